@@ -1,0 +1,1 @@
+//! The tape: ops record what their backward needs; `backward` runs it in reverse.

@@ -1,0 +1,1 @@
+//! `CpuBackend`: the pure-Rust reference implementation of every op.

@@ -1,0 +1,1 @@
+//! Tokenizers, dataset preparation, memory-mapped token files, batches.

@@ -1,0 +1,1 @@
+//! Devices: raw memory, copies and kernel launches (CUDA and the CPU emulator).

@@ -1,0 +1,1 @@
+//! AdamW over unique slots, gradient clipping, learning-rate schedules.

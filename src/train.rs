@@ -1,0 +1,1 @@
+//! The training loop: episodes, agent steps, evaluation, checkpoints, metrics.

@@ -1,0 +1,1 @@
+//! Dynamic layer tying: tie table, slot store, Q-agent, static policies.
