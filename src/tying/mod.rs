@@ -1,1 +1,2 @@
 //! Dynamic layer tying: tie table, slot store, Q-agent, static policies.
+pub mod slots;
