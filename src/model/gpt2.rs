@@ -660,3 +660,163 @@ impl Gpt2 {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    fn cfg(dropout: f32, bias: bool) -> Gpt2Config {
+        Gpt2Config {
+            n_layer: 2,
+            n_embd: 16,
+            n_head: 2,
+            n_ctx: 8,
+            vocab_size: 23,
+            dropout,
+            bias,
+        }
+    }
+
+    fn model(cfg: Gpt2Config) -> Gpt2 {
+        Gpt2::new(Arc::new(CpuBackend::new()), cfg, 7).unwrap()
+    }
+
+    fn batch(b: usize, t: usize, v: u32) -> (Vec<u32>, Vec<u32>) {
+        let mut rng = HostRng::new(3);
+        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v as u64) as u32).collect();
+        let mut targets: Vec<u32> = (0..b * t).map(|_| rng.below(v as u64) as u32).collect();
+        targets[1] = IGNORE_INDEX;
+        (tokens, targets)
+    }
+
+    /// Central differences at the largest-gradient element of every tensor,
+    /// with the same dropout seed for every evaluation so the masks agree.
+    fn check_gradients(cfg: Gpt2Config) {
+        let mut m = model(cfg.clone());
+        let (b, t) = (2, 5);
+        let (tokens, targets) = batch(b, t, cfg.vocab_size as u32);
+        m.zero_grads().unwrap();
+        m.forward_backward(&tokens, &targets, b, t, 11, 1.0)
+            .unwrap();
+        let h = 1e-2f32;
+        // Read every gradient first: the evaluations below accumulate more.
+        let names: Vec<String> = m.param_names().into_iter().map(|(n, _)| n).collect();
+        let grads: Vec<Vec<f32>> = names.iter().map(|n| m.read_grad(n).unwrap()).collect();
+        for (name, grad) in names.iter().zip(grads) {
+            let (i, &g) = grad
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap();
+            let orig = m.read_param(name).unwrap();
+            let mut loss_at = |x: f32| {
+                let mut p = orig.clone();
+                p[i] = x;
+                m.write_param(name, &p).unwrap();
+                m.forward_backward(&tokens, &targets, b, t, 11, 1.0)
+                    .unwrap() as f64
+            };
+            let fd = (loss_at(orig[i] + h) - loss_at(orig[i] - h)) / (2.0 * h as f64);
+            m.write_param(name, &orig).unwrap();
+            let err = (fd - g as f64).abs();
+            assert!(
+                err <= 2e-4 + 2e-2 * (g as f64).abs(),
+                "{name}[{i}]: analytic {g:e}, finite difference {fd:e}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_with_dropout() {
+        check_gradients(cfg(0.2, true));
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_without_biases() {
+        check_gradients(cfg(0.0, false));
+    }
+
+    #[test]
+    fn layers_on_one_slot_sum_their_gradients() {
+        let c = cfg(0.1, true);
+        let (tokens, targets) = batch(2, 6, c.vocab_size as u32);
+        // Untied, with layer 1 holding a copy of layer 0's weights.
+        let mut untied = model(c.clone());
+        for (name, _) in untied.param_names() {
+            if let Some(field) = name.strip_prefix("h.0.") {
+                let w = untied.read_param(&name).unwrap();
+                untied.write_param(&format!("h.1.{field}"), &w).unwrap();
+            }
+        }
+        untied.zero_grads().unwrap();
+        let loss_untied = untied
+            .forward_backward(&tokens, &targets, 2, 6, 5, 1.0)
+            .unwrap();
+        // Tied: both layers on slot 0, slot 1 freed.
+        let mut tied = model(c);
+        tied.slots_mut().layer_slot[1] = 0;
+        tied.slots_mut().slots[1] = None;
+        tied.zero_grads().unwrap();
+        let loss_tied = tied
+            .forward_backward(&tokens, &targets, 2, 6, 5, 1.0)
+            .unwrap();
+        assert_eq!(loss_tied, loss_untied);
+        for e in tied.block_layout().entries() {
+            let g0 = untied.read_grad(&format!("h.0.{}", e.name)).unwrap();
+            let g1 = untied.read_grad(&format!("h.1.{}", e.name)).unwrap();
+            let g = tied.read_grad(&format!("h.0.{}", e.name)).unwrap();
+            for k in 0..g.len() {
+                let want = g0[k] + g1[k];
+                assert!(
+                    (g[k] - want).abs() <= 1e-6 + 1e-5 * want.abs(),
+                    "{}[{k}]: {} vs {want}",
+                    e.name,
+                    g[k]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn micro_batches_accumulate_and_eval_matches_training_without_dropout() {
+        let c = cfg(0.0, true);
+        let (tokens, targets) = batch(2, 8, c.vocab_size as u32);
+        let mut m = model(c);
+        m.zero_grads().unwrap();
+        let loss = m.forward_backward(&tokens, &targets, 2, 8, 0, 1.0).unwrap();
+        let once = m.read_grad("h.1.mlp.fc.weight").unwrap();
+        m.zero_grads().unwrap();
+        m.forward_backward(&tokens, &targets, 2, 8, 0, 0.5).unwrap();
+        m.forward_backward(&tokens, &targets, 2, 8, 0, 0.5).unwrap();
+        let twice = m.read_grad("h.1.mlp.fc.weight").unwrap();
+        for (a, b) in once.iter().zip(&twice) {
+            assert!((a - b).abs() <= 1e-6 + 1e-5 * a.abs(), "{a} vs {b}");
+        }
+        let (sum, count) = m.eval_loss(&tokens, &targets, 2, 8).unwrap();
+        assert_eq!(count, 15);
+        assert!(((sum / count as f64) as f32 - loss).abs() < 1e-6);
+        // Sampling at another shape re-plans the arenas.
+        let last = m.logits_last(&tokens[..5], 5).unwrap();
+        assert_eq!(last.len(), 23);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let mut m = model(cfg(0.0, true));
+        let e = m
+            .forward_backward(&[0, 99], &[0, 1], 1, 2, 0, 1.0)
+            .unwrap_err();
+        assert!(e.to_string().contains("vocabulary"), "{e}");
+        let e = m.eval_loss(&[0; 9], &[0; 9], 1, 9).unwrap_err();
+        assert!(e.to_string().contains("n_ctx"), "{e}");
+        let e = m.eval_loss(&[0; 4], &[0; 3], 1, 4).unwrap_err();
+        assert!(e.to_string().contains("targets"), "{e}");
+        let e = m
+            .forward_backward(&[0, 1], &[IGNORE_INDEX; 2], 1, 2, 0, 1.0)
+            .unwrap_err();
+        assert!(e.to_string().contains("ignore"), "{e}");
+        assert!(m.write_param("h.5.ln1.weight", &[0.0]).is_err());
+        assert!(m.write_param("wte", &[0.0]).is_err());
+    }
+}
