@@ -165,7 +165,6 @@ impl Gpt2 {
     /// parameter gradients (zero them with [`Gpt2::zero_grads`] before the
     /// first micro-batch) and returns the mean loss over the targets that are
     /// not [`IGNORE_INDEX`].
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &mut self,
         tokens: &[u32],
@@ -210,7 +209,7 @@ impl Gpt2 {
     /// rows, `vocab_size` per row (for sampling).
     pub fn logits_last(&mut self, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
         ensure!(
-            seq > 0 && tokens.len() % seq == 0 && !tokens.is_empty(),
+            seq > 0 && tokens.len().is_multiple_of(seq) && !tokens.is_empty(),
             "logits_last: {} tokens do not split into rows of {seq}",
             tokens.len()
         );

@@ -40,7 +40,7 @@ impl Gpt2Config {
                 bail!("model config: {name} must be > 0");
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!(
                 "model config: n_head ({}) must divide n_embd ({}); pick a width that is a multiple of the head count",
                 self.n_head,
