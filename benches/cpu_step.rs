@@ -36,21 +36,27 @@ fn main() -> Result<()> {
     };
     let (tokens, targets) = (ids(), ids());
 
-    let mut times = Vec::new();
+    let (mut times, mut opt_times) = (Vec::new(), Vec::new());
     for step in 0..WARMUP + STEPS {
         let start = Instant::now();
         model.zero_grads()?;
         let loss = model.forward_backward(&tokens, &targets, b, t, step as u64, 1.0)?;
+        let opt_start = Instant::now();
         opt.clip_and_update(&model, Some(1.0))?;
         model.backend().synchronize()?;
         let secs = start.elapsed().as_secs_f64();
-        eprintln!("step {step}: loss {loss:.4}, {secs:.3} s");
+        let opt_secs = opt_start.elapsed().as_secs_f64();
+        eprintln!("step {step}: loss {loss:.4}, {secs:.3} s (optimizer {opt_secs:.3} s)");
         if step >= WARMUP {
             times.push(secs);
+            opt_times.push(opt_secs);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (median, opt_median) = (median(times), median(opt_times));
     println!(
         "cpu_step: {} layers, width {}, {} heads, T={t}, B={b}, vocab {}: {} params, {} threads",
         cfg.n_layer,
@@ -61,10 +67,26 @@ fn main() -> Result<()> {
         rayon::current_num_threads()
     );
     println!(
-        "median step {:.3} s over {STEPS} steps: {:.0} tokens/s; peak counted memory {:.1} MiB",
+        "median step {:.3} s (optimizer {:.3} s) over {STEPS} steps: {:.0} tokens/s; peak counted memory {:.1} MiB; peak RSS {}",
         median,
+        opt_median,
         (b * t) as f64 / median,
-        model.backend().mem_stats().peak_bytes as f64 / (1 << 20) as f64
+        model.backend().mem_stats().peak_bytes as f64 / (1 << 20) as f64,
+        peak_rss().unwrap_or_else(|| "unknown".into())
     );
     Ok(())
+}
+
+/// The process's peak resident set (Linux `VmHWM`), as the PyTorch script reports it.
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(format!("{:.1} MiB", kb / 1024.0))
 }
