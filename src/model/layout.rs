@@ -58,10 +58,10 @@ pub struct BlockLayout {
 }
 
 impl BlockLayout {
-    /// In order: ln1.weight[C], ln1.bias[C], attn.qkv.weight[3C,C],
-    /// attn.qkv.bias[3C], attn.proj.weight[C,C], attn.proj.bias[C],
-    /// ln2.weight[C], ln2.bias[C], mlp.fc.weight[4C,C], mlp.fc.bias[4C],
-    /// mlp.proj.weight[C,4C], mlp.proj.bias[C]; biases only with `cfg.bias`.
+    /// In order: `ln1.weight[C]`, `ln1.bias[C]`, `attn.qkv.weight[3C,C]`,
+    /// `attn.qkv.bias[3C]`, `attn.proj.weight[C,C]`, `attn.proj.bias[C]`,
+    /// `ln2.weight[C]`, `ln2.bias[C]`, `mlp.fc.weight[4C,C]`, `mlp.fc.bias[4C]`,
+    /// `mlp.proj.weight[C,4C]`, `mlp.proj.bias[C]`; biases only with `cfg.bias`.
     pub fn new(cfg: &Gpt2Config) -> Self {
         let c = cfg.n_embd;
         let mut b = Builder::default();
@@ -119,8 +119,8 @@ impl BlockLayout {
     }
 }
 
-/// The never-tied parameters: wte[V,C] (also the output head), wpe[n_ctx,C],
-/// ln_f.weight[C] and, with biases, ln_f.bias[C].
+/// The never-tied parameters: `wte[V,C]` (also the output head),
+/// `wpe[n_ctx,C]`, `ln_f.weight[C]` and, with biases, `ln_f.bias[C]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GlobalLayout {
     entries: Vec<ParamEntry>,
