@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod train;
 pub mod tying;
