@@ -239,7 +239,10 @@ mod tests {
         let a = MemoryReport::from_table(&shape, &none, false, 0);
         let b = MemoryReport::from_table(&shape, &all, false, 0);
         assert_eq!((b.live_slots, b.trainable_slots), (1, 1));
-        assert_eq!(a.total_bytes - b.total_bytes, 47 * shape.block_params() * 16);
+        assert_eq!(
+            a.total_bytes - b.total_bytes,
+            47 * shape.block_params() * 16
+        );
         // Paper-compat start: 48 stored blocks, one trained.
         let paper = TieTable::new(
             48,
@@ -265,7 +268,11 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("policy"));
-        assert!(lines[1].starts_with("none") && lines[1].contains("1556.38") && lines[1].ends_with("1.00x"));
+        assert!(
+            lines[1].starts_with("none")
+                && lines[1].contains("1556.38")
+                && lines[1].ends_with("1.00x")
+        );
         assert!(lines[2].contains("6/48") && lines[2].contains("12/48"));
         // fp32 weights of the conventional model: 1,556,382,400 * 4 B.
         assert!(lines[1].contains(&format!("{:.1}", 1_556_382_400.0 * 4.0 / 1048576.0)));

@@ -36,7 +36,8 @@ pub enum TyingPolicy {
     Reverse,
 }
 
-const USAGE: &str = "use dynamic, none, all, every:K, random, pattern:0,0,1,..., cyclic:K, sequence or reverse";
+const USAGE: &str =
+    "use dynamic, none, all, every:K, random, pattern:0,0,1,..., cyclic:K, sequence or reverse";
 
 impl TyingPolicy {
     /// Parse the `--tying` flag for a model of `n_layer` blocks.
@@ -83,8 +84,12 @@ impl TyingPolicy {
                 validate_state(&s).with_context(|| format!("--tying pattern:{a}"))?;
                 TyingPolicy::Pattern(s)
             }
-            ("pattern", None) => bail!("--tying pattern needs a state vector, e.g. pattern:0,0,1,1"),
-            (n, Some(_)) if ["dynamic", "none", "all", "random", "sequence", "reverse"].contains(&n) => {
+            ("pattern", None) => {
+                bail!("--tying pattern needs a state vector, e.g. pattern:0,0,1,1")
+            }
+            (n, Some(_))
+                if ["dynamic", "none", "all", "random", "sequence", "reverse"].contains(&n) =>
+            {
                 bail!("--tying {flag}: '{n}' takes no argument")
             }
             _ => bail!("--tying {flag}: unknown policy; {USAGE}"),
@@ -114,11 +119,19 @@ impl TyingPolicy {
             TyingPolicy::Cyclic(k) => (0..n_layer).map(|i| i % k).collect(),
             TyingPolicy::Sequence => (0..n_layer).map(|i| i - (i % 2)).collect(),
             TyingPolicy::Reverse => (0..n_layer)
-                .map(|i| if n_layer - 1 - i < i { n_layer - 1 - i } else { i })
+                .map(|i| {
+                    if n_layer - 1 - i < i {
+                        n_layer - 1 - i
+                    } else {
+                        i
+                    }
+                })
                 .collect(),
             TyingPolicy::Random => {
                 let mut rng = HostRng::derive(seed, 0x7121_0003);
-                (0..n_layer).map(|i| rng.below(i as u64 + 1) as usize).collect()
+                (0..n_layer)
+                    .map(|i| rng.below(i as u64 + 1) as usize)
+                    .collect()
             }
             TyingPolicy::Pattern(p) => {
                 if p.len() != n_layer {
@@ -169,7 +182,10 @@ mod tests {
         assert!(p.is_dynamic());
         assert!(!TyingPolicy::parse("all", 4).unwrap().is_dynamic());
         assert_eq!(p.initial_state(4, 0, InitTies::Zero).unwrap(), vec![0; 4]);
-        assert_eq!(p.initial_state(4, 0, InitTies::Independent).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            p.initial_state(4, 0, InitTies::Independent).unwrap(),
+            vec![0, 1, 2, 3]
+        );
     }
 
     #[test]
