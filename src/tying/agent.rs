@@ -9,6 +9,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::table::TieTable;
 use crate::rng::HostRng;
 
 /// How the state vector is fed to the network.
@@ -93,6 +94,30 @@ pub struct TieRecord {
     pub state_after: Vec<usize>,
     /// Block -> slot after the action.
     pub slots_after: Vec<usize>,
+}
+
+impl TieRecord {
+    /// The record of `decision`, its reward and the table after the action.
+    pub fn new(
+        step: u64,
+        episode: u64,
+        decision: &Decision,
+        reward: f64,
+        table: &TieTable,
+    ) -> Self {
+        TieRecord {
+            step,
+            episode,
+            layer: decision.layer,
+            action: decision.action,
+            explored: decision.explored,
+            epsilon: decision.epsilon,
+            reward,
+            q_values: decision.q_values.clone(),
+            state_after: table.state().to_vec(),
+            slots_after: table.slots().to_vec(),
+        }
+    }
 }
 
 /// One (s, a, r, s') for the update. `next_state` is the state after the
@@ -414,7 +439,7 @@ fn argmax(xs: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tying::table::{TieOptions, TieTable};
+    use crate::tying::table::TieOptions;
 
     #[test]
     fn shapes_and_init_bounds() {
@@ -664,6 +689,13 @@ mod tests {
             out
         };
         run(&mut a, 23);
+        let mut table = TieTable::new(5, TieOptions::default()).unwrap();
+        let d = a.decide(table.state(), 3).unwrap();
+        table.apply_action(3, d.action).unwrap();
+        let rec = TieRecord::new(92, 5, &d, -0.25, &table);
+        let line = serde_json::to_string(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<TieRecord>(&line).unwrap(), rec);
+        assert!(line.contains("\"state_after\"") && !line.contains('\n'));
         let json = serde_json::to_string(&a).unwrap();
         let mut b: QAgent = serde_json::from_str(&json).unwrap();
         assert_eq!(a, b, "bit-exact restore");

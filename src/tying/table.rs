@@ -60,6 +60,18 @@ pub struct TieOptions {
     pub tie_grad: TieGrad,
 }
 
+impl TieOptions {
+    /// The paper code's behaviour: s starts at zeros over the blocks' own
+    /// frozen weights, tied blocks are frozen, untie keeps the alias.
+    pub fn paper() -> Self {
+        TieOptions {
+            init: InitTies::Zero,
+            paper_compat: true,
+            tie_grad: TieGrad::Frozen,
+        }
+    }
+}
+
 impl Default for TieOptions {
     fn default() -> Self {
         TieOptions {
@@ -263,6 +275,30 @@ impl TieTable {
         }
     }
 
+    /// Verify the table's invariants (after reading it from a checkpoint):
+    /// a valid state, slot numbers in range, reference counts that match.
+    pub fn check(&self) -> Result<()> {
+        let n = self.n_layer();
+        validate_state(&self.state)?;
+        if self.slot_of.len() != n || self.refcount.len() != n {
+            bail!(
+                "tie table: {n} blocks but {} slot entries and {} counts",
+                self.slot_of.len(),
+                self.refcount.len()
+            );
+        }
+        for (slot, &count) in self.refcount.iter().enumerate() {
+            let used = self.slot_of.iter().filter(|&&s| s == slot).count();
+            if used != count {
+                bail!("tie table: slot {slot} is used by {used} blocks but counted {count}");
+            }
+        }
+        if let Some(&bad) = self.slot_of.iter().find(|&&s| s >= n) {
+            bail!("tie table: slot {bad} is out of range for {n} blocks");
+        }
+        Ok(())
+    }
+
     fn check_layer(&self, i: usize) -> Result<()> {
         if i == 0 || i >= self.n_layer() {
             bail!(
@@ -294,18 +330,21 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn opts(init: InitTies, paper_compat: bool) -> TieOptions {
-        TieOptions {
-            init,
-            paper_compat,
-            tie_grad: if paper_compat {
-                TieGrad::Frozen
-            } else {
-                TieGrad::Shared
-            },
+        if paper_compat {
+            TieOptions {
+                init,
+                ..TieOptions::paper()
+            }
+        } else {
+            TieOptions {
+                init,
+                ..TieOptions::default()
+            }
         }
     }
 
     fn check_invariants(t: &TieTable) {
+        t.check().unwrap();
         let n = t.n_layer();
         assert_eq!(t.state()[0], 0);
         assert_eq!(t.slot_of(0), t.slots()[0]);
@@ -400,6 +439,19 @@ mod tests {
         // Untied, block 2 sends gradients again, into block 0's slot.
         assert!(t.receives_grad(2));
         check_invariants(&t);
+    }
+
+    #[test]
+    fn check_catches_a_corrupt_table() {
+        let t = TieTable::new(3, TieOptions::default()).unwrap();
+        let mut json: serde_json::Value = serde_json::to_value(&t).unwrap();
+        json["refcount"] = serde_json::json!([2, 1, 1]);
+        let bad: TieTable = serde_json::from_value(json.clone()).unwrap();
+        assert!(bad.check().unwrap_err().to_string().contains("slot 0"));
+        json["refcount"] = serde_json::json!([1, 1, 1]);
+        json["slot_of"] = serde_json::json!([0, 1, 3]);
+        let bad: TieTable = serde_json::from_value(json).unwrap();
+        assert!(bad.check().is_err());
     }
 
     #[test]
