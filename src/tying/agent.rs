@@ -630,14 +630,12 @@ mod tests {
     }
 
     /// L = 6, reward +1 when block i ties to its target block, -1 otherwise.
-    /// After a bounded number of episodes the greedy policy is right for
+    /// Returns whether, after `episodes`, the greedy policy is right for
     /// every block along the greedy trajectory.
-    #[test]
-    fn learns_a_synthetic_tie_pattern() {
+    fn learns_synthetic_pattern(cfg: AgentConfig, options: TieOptions, episodes: usize) -> bool {
         let target = [0, 0, 1, 2, 2, 5]; // block 5 independent
-        let mut a = QAgent::new(AgentConfig::new(6, 11)).unwrap();
-        let mut table = TieTable::new(6, TieOptions::default()).unwrap();
-        let episodes = 150;
+        let mut a = QAgent::new(cfg).unwrap();
+        let mut table = TieTable::new(6, options).unwrap();
         for _ in 0..episodes {
             for (layer, &want) in target.iter().enumerate().skip(1) {
                 let s = table.state().to_vec();
@@ -655,11 +653,52 @@ mod tests {
             }
             a.end_episode();
         }
-        for (layer, &want) in target.iter().enumerate().skip(1) {
+        target.iter().enumerate().skip(1).all(|(layer, &want)| {
             let s = table.state().to_vec();
-            assert_eq!(a.greedy(&s, layer).unwrap(), want, "block {layer} in {s:?}");
+            let ok = a.greedy(&s, layer).unwrap() == want;
             table.apply_action(layer, want).unwrap();
+            ok
+        })
+    }
+
+    // With the default target and raw state inputs, 7 of 20 seeds stay on a
+    // wrong action even after 600 episodes: Q(s') of states reached by a
+    // wrong action is misestimated by more than the reward gap of 2. The
+    // normalised encoding learns all 20 within 300 episodes.
+    #[test]
+    fn learns_a_synthetic_tie_pattern_default_targets_normalized_input() {
+        for seed in 0..5 {
+            let mut cfg = AgentConfig::new(6, seed);
+            cfg.encoding = StateEncoding::Normalized;
+            assert!(
+                learns_synthetic_pattern(cfg, TieOptions::default(), 200),
+                "seed {seed}"
+            );
         }
+    }
+
+    #[test]
+    fn learns_a_synthetic_tie_pattern_paper_targets_raw_input() {
+        for seed in 0..5 {
+            let mut cfg = AgentConfig::new(6, seed);
+            cfg.paper_compat = true;
+            assert!(
+                learns_synthetic_pattern(cfg, TieOptions::paper(), 200),
+                "seed {seed}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalized_encoding_scales_by_l_minus_one() {
+        let mut cfg = AgentConfig::new(5, 12);
+        assert_eq!(
+            QAgent::new(cfg.clone()).unwrap().encode(&[0, 1, 1, 3, 4]),
+            vec![0.0, 1.0, 1.0, 3.0, 4.0]
+        );
+        cfg.encoding = StateEncoding::Normalized;
+        let a = QAgent::new(cfg).unwrap();
+        assert_eq!(a.encode(&[0, 1, 1, 3, 4]), vec![0.0, 0.25, 0.25, 0.75, 1.0]);
     }
 
     #[test]
