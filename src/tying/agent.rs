@@ -194,6 +194,33 @@ impl QAgent {
         })
     }
 
+    /// Verify the tensor sizes against the config (after reading a checkpoint).
+    pub fn check(&self) -> Result<()> {
+        let c = &self.config;
+        if c.n_layer < 2 || c.hidden == 0 {
+            bail!(
+                "agent checkpoint: n_layer {} / hidden {} is not a valid agent",
+                c.n_layer,
+                c.hidden
+            );
+        }
+        let want = layout(c.n_layer, c.hidden).end;
+        for (name, len) in [
+            ("weights", self.params.len()),
+            ("AdamW m", self.adam_m.len()),
+            ("AdamW v", self.adam_v.len()),
+        ] {
+            if len != want {
+                bail!(
+                    "agent checkpoint: {name} have {len} values, expected {want} for {} blocks and width {}",
+                    c.n_layer,
+                    c.hidden
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &AgentConfig {
         &self.config
     }
@@ -738,7 +765,11 @@ mod tests {
         assert!(line.contains("\"state_after\"") && !line.contains('\n'));
         let json = serde_json::to_string(&a).unwrap();
         let mut b: QAgent = serde_json::from_str(&json).unwrap();
+        b.check().unwrap();
         assert_eq!(a, b, "bit-exact restore");
+        let mut wrong = b.clone();
+        wrong.config.n_layer = 6;
+        assert!(wrong.check().unwrap_err().to_string().contains("6 blocks"));
         assert_eq!(run(&mut a, 40), run(&mut b, 40));
         assert_eq!(a, b);
     }
