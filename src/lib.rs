@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod rng;
