@@ -15,6 +15,7 @@ pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod train;
 pub mod tying;

@@ -1,1 +1,7 @@
 //! Dynamic layer tying: tie table, slot store, Q-agent, static policies.
+
+pub mod accounting;
+pub mod agent;
+pub mod policy;
+pub mod reward;
+pub mod table;
