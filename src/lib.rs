@@ -7,8 +7,12 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod report;
