@@ -46,7 +46,10 @@ pub fn safetensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
 }
 
 /// Reads every tensor of a safetensors file as f32, by name.
-pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+/// Tensors by name: (shape, data).
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+pub fn load_safetensors(path: &Path) -> Result<TensorMap> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;

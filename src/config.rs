@@ -230,7 +230,7 @@ impl RunConfig {
         if m.n_layer == 0 || m.n_embd == 0 || m.n_head == 0 || m.n_ctx == 0 {
             bail!("--layers, --d-model, --heads and --ctx must all be at least 1");
         }
-        if m.n_embd % m.n_head != 0 {
+        if !m.n_embd.is_multiple_of(m.n_head) {
             bail!(
                 "--heads {} does not divide --d-model {}: choose a head count that divides the width",
                 m.n_head,
