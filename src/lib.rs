@@ -10,6 +10,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod data;
 pub mod device;
 pub mod metrics;
