@@ -1,0 +1,206 @@
+//! Token files (`train.bin`, `valid.bin`, `test.bin`).
+//!
+//! Layout, all integers little-endian:
+//!
+//! | offset | size | field                                   |
+//! |-------:|-----:|-----------------------------------------|
+//! | 0      | 8    | magic `b"DYNTOKS\0"`                    |
+//! | 8      | 4    | format version (u32, currently 1)       |
+//! | 12     | 4    | token width in bytes (u32, 2 or 4)      |
+//! | 16     | 4    | vocabulary size (u32)                   |
+//! | 20     | 4    | reserved, 0                             |
+//! | 24     | 8    | token count `n` (u64)                   |
+//! | 32     | n·w  | the tokens, each `w` bytes (u16 or u32) |
+//!
+//! The writer picks width 2 when every id fits in a u16 (vocab <= 65536).
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"DYNTOKS\0";
+pub const VERSION: u32 = 1;
+pub const HEADER_BYTES: usize = 32;
+
+const FIX: &str = "re-run `dyntie prepare` to rebuild it";
+
+/// Write `tokens` to `path` atomically (temp file, fsync, rename).
+pub fn write_tokens(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()> {
+    if vocab_size == 0 || vocab_size > u32::MAX as usize {
+        bail!("{}: invalid vocabulary size {vocab_size}", path.display());
+    }
+    if let Some(pos) = tokens.iter().position(|&t| t as usize >= vocab_size) {
+        bail!(
+            "{}: token {} at position {pos} is outside the vocabulary of {vocab_size}",
+            path.display(),
+            tokens[pos]
+        );
+    }
+    let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
+    let tmp = tmp_path(path);
+    let write = || -> Result<()> {
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        w.write_all(&width.to_le_bytes())?;
+        w.write_all(&(vocab_size as u32).to_le_bytes())?;
+        w.write_all(&0u32.to_le_bytes())?;
+        w.write_all(&(tokens.len() as u64).to_le_bytes())?;
+        for &t in tokens {
+            if width == 2 {
+                w.write_all(&(t as u16).to_le_bytes())?;
+            } else {
+                w.write_all(&t.to_le_bytes())?;
+            }
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("cannot write {}", tmp.display())));
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Write `bytes` to `path` atomically (used for `meta.json`).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let write = || -> Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// A validated, memory-mapped token file.
+pub struct TokenFile {
+    path: PathBuf,
+    map: Mmap,
+    width: usize,
+    vocab_size: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenFile({}, {} tokens)", self.path.display(), self.len)
+    }
+}
+
+impl TokenFile {
+    /// Open and validate the header, the size and every token id.
+    pub fn open(path: &Path) -> Result<TokenFile> {
+        let p = path.display();
+        let file = File::open(path).with_context(|| format!("cannot open token file {p}"))?;
+        // SAFETY: the file is opened read-only and prepared files are never
+        // modified in place (the writer replaces them by rename).
+        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {p}"))?;
+        if map.len() < HEADER_BYTES {
+            bail!("{p}: {} bytes is too short for the {HEADER_BYTES}-byte header; {FIX}", map.len());
+        }
+        if &map[0..8] != MAGIC {
+            bail!("{p}: not a dyntie token file (bad magic bytes); {FIX}");
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().unwrap());
+        let version = u32_at(8);
+        if version != VERSION {
+            bail!("{p}: token file format version {version}, this build reads version {VERSION}; {FIX}");
+        }
+        let width = u32_at(12) as usize;
+        if width != 2 && width != 4 {
+            bail!("{p}: token width {width} bytes (must be 2 or 4); {FIX}");
+        }
+        let vocab_size = u32_at(16) as usize;
+        if vocab_size == 0 || (width == 2 && vocab_size > 1 << 16) {
+            bail!("{p}: vocabulary size {vocab_size} does not fit width {width}; {FIX}");
+        }
+        let count = u64::from_le_bytes(map[24..32].try_into().unwrap());
+        let body = (map.len() - HEADER_BYTES) as u64;
+        if count.checked_mul(width as u64) != Some(body) {
+            bail!(
+                "{p}: header says {count} tokens of {width} bytes but the body has {body} bytes \
+                 (truncated or corrupt); {FIX}"
+            );
+        }
+        let tf = TokenFile { path: path.to_path_buf(), map, width, vocab_size, len: count as usize };
+        tf.check_ids()?;
+        Ok(tf)
+    }
+
+    fn check_ids(&self) -> Result<()> {
+        let body = &self.map[HEADER_BYTES..];
+        let bad = if self.width == 2 {
+            body.chunks_exact(2)
+                .position(|c| u16::from_le_bytes([c[0], c[1]]) as usize >= self.vocab_size)
+        } else {
+            body.chunks_exact(4)
+                .position(|c| u32::from_le_bytes(c.try_into().unwrap()) as usize >= self.vocab_size)
+        };
+        if let Some(pos) = bad {
+            bail!(
+                "{}: token id {} at position {pos} is >= the vocabulary size {}; {FIX}",
+                self.path.display(),
+                self.get(pos),
+                self.vocab_size
+            );
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn width(&self) -> usize {
+        self.width
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn get(&self, i: usize) -> u32 {
+        let o = HEADER_BYTES + i * self.width;
+        if self.width == 2 {
+            u16::from_le_bytes([self.map[o], self.map[o + 1]]) as u32
+        } else {
+            u32::from_le_bytes(self.map[o..o + 4].try_into().unwrap())
+        }
+    }
+
+    /// Copy tokens `start..start + out.len()` into `out`. Panics when the
+    /// range is out of bounds (callers check against `len`).
+    pub fn read_into(&self, start: usize, out: &mut [u32]) {
+        assert!(start + out.len() <= self.len, "token range out of bounds");
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = self.get(start + k);
+        }
+    }
+
+    /// Tokens `start..start + len` as u32, whatever the width on disk.
+    pub fn window(&self, start: usize, len: usize) -> Vec<u32> {
+        let mut v = vec![0; len];
+        self.read_into(start, &mut v);
+        v
+    }
+}
