@@ -204,8 +204,8 @@ mod tests {
 
     #[test]
     fn train_windows_reach_both_ends() {
-        // 10 tokens, T = 9: starts 0 and 1 are the only windows; both appear.
-        let mut b = TrainBatcher::new(seq(10), 1, 9, HostRng::new(1)).unwrap();
+        // 11 tokens, T = 9: windows of 10 start at 0 or 1; both appear.
+        let mut b = TrainBatcher::new(seq(11), 1, 9, HostRng::new(1)).unwrap();
         let firsts: std::collections::HashSet<u32> =
             (0..64).map(|_| b.next_batch().inputs[0]).collect();
         assert_eq!(firsts, [0, 1].into_iter().collect());
