@@ -75,9 +75,8 @@ fn every_bad_header_is_a_clear_error() {
     let good = dir.join("good.bin");
     write_tokens(&good, &[1, 2, 3, 4], 256).unwrap();
     let bytes = std::fs::read(&good).unwrap();
-    let id_at_2: Corrupt = Box::new(|b| {
-        b[HEADER_BYTES + 4..HEADER_BYTES + 6].copy_from_slice(&300u16.to_le_bytes())
-    });
+    let id_at_2: Corrupt =
+        Box::new(|b| b[HEADER_BYTES + 4..HEADER_BYTES + 6].copy_from_slice(&300u16.to_le_bytes()));
     let cases: Vec<(&str, Corrupt, &str)> = vec![
         ("short", Box::new(|b| b.truncate(10)), "too short"),
         ("magic", Box::new(|b| b[0] = b'X'), "bad magic"),
@@ -88,7 +87,11 @@ fn every_bad_header_is_a_clear_error() {
             Box::new(|b| b[16..20].copy_from_slice(&0u32.to_le_bytes())),
             "vocabulary size 0",
         ),
-        ("truncated", Box::new(|b| b.truncate(b.len() - 1)), "truncated"),
+        (
+            "truncated",
+            Box::new(|b| b.truncate(b.len() - 1)),
+            "truncated",
+        ),
         ("longer", Box::new(|b| b.extend([0, 0])), "truncated"),
         ("count", Box::new(|b| b[24] = 5), "header says 5 tokens"),
         ("id", id_at_2, "token id 300 at position 2"),
@@ -137,7 +140,11 @@ fn wikitext_tokens_prepare_like_encoding_each_file_whole() {
     for tok in ["gpt2", "byte"] {
         let ds = prepared("wikitext-2", &dir, tok, &format!("wt-{tok}"));
         let t = Tokenizer::from_name(tok).unwrap();
-        for (split, src) in [("train", &ds.train), ("valid", &ds.valid), ("test", &ds.test)] {
+        for (split, src) in [
+            ("train", &ds.train),
+            ("valid", &ds.valid),
+            ("test", &ds.test),
+        ] {
             let text = std::fs::read_to_string(dir.join(format!("wiki.{split}.tokens"))).unwrap();
             assert_eq!(all(src), t.encode(&text), "{tok} {split}");
             assert_eq!(t.decode(&all(src)).unwrap(), text);
@@ -215,16 +222,31 @@ fn prepare_errors_name_the_problem() {
     let out = scratch("errors");
     let t = Tokenizer::Byte;
     let opts = PrepareOptions::default();
-    let e = err_of(prepare(Corpus::WikiText2, &out.join("nope"), &out, &t, &opts));
+    let e = err_of(prepare(
+        Corpus::WikiText2,
+        &out.join("nope"),
+        &out,
+        &t,
+        &opts,
+    ));
     assert!(e.contains("does not exist"), "{e}");
-    let e = err_of(prepare(Corpus::WikiText2, &samples("lambada"), &out, &t, &opts));
+    let e = err_of(prepare(
+        Corpus::WikiText2,
+        &samples("lambada"),
+        &out,
+        &t,
+        &opts,
+    ));
     assert!(e.contains("wiki.train.tokens"), "{e}");
     let e = err_of(prepare(Corpus::Lm1b, &samples("wikitext"), &out, &t, &opts));
     assert!(e.contains("training-monolingual"), "{e}");
     let bad = out.join("latin1.txt");
     std::fs::write(&bad, b"caf\xe9\nok\n").unwrap();
     let e = err_of(prepare(Corpus::Text, &bad, &out.join("o"), &t, &opts));
-    assert!(e.contains("not valid UTF-8") && e.contains("offset 3"), "{e}");
+    assert!(
+        e.contains("not valid UTF-8") && e.contains("offset 3"),
+        "{e}"
+    );
     let json = out.join("bad.jsonl");
     std::fs::write(&json, "{\"text\": \"a b\"}\nnot json\n").unwrap();
     let e = err_of(prepare(Corpus::Lambada, &json, &out.join("o"), &t, &opts));
@@ -354,4 +376,31 @@ fn tiny_shakespeare_gpt2_count() {
     let s = prepare(Corpus::Text, &file, &out, &Tokenizer::gpt2(), &opts).unwrap();
     let c = &s.meta.tokens;
     assert_eq!(c.train + c.valid + c.test, 338_025);
+}
+
+#[test]
+fn wikitext2_gpt2_prepare_round_trips() {
+    let Some(dir) = corpora("wikitext2_gpt2_prepare_round_trips") else {
+        return;
+    };
+    let wt = dir.join("wikitext-2");
+    let out = scratch("wikitext-2");
+    let gpt2 = Tokenizer::gpt2();
+    let s = prepare(
+        Corpus::WikiText2,
+        &wt,
+        &out,
+        &gpt2,
+        &PrepareOptions::default(),
+    )
+    .unwrap();
+    eprintln!(
+        "prepared wikitext-2 with gpt2 in {:.2} s: {:?}",
+        s.seconds, s.meta.tokens
+    );
+    // The README's "about 2.45 M" GPT-2 tokens for wiki.train.tokens.
+    assert!((2_400_000..2_500_000).contains(&s.meta.tokens.train));
+    let ds = Dataset::open(&out).unwrap();
+    let text = std::fs::read_to_string(wt.join("wiki.valid.tokens")).unwrap();
+    assert_eq!(gpt2.decode(&all(&ds.valid)).unwrap(), text);
 }

@@ -23,10 +23,16 @@ enum Inner {
 
 impl TokenSource {
     pub fn from_file(name: &str, file: TokenFile) -> Self {
-        TokenSource { name: name.to_string(), inner: Arc::new(Inner::File(file)) }
+        TokenSource {
+            name: name.to_string(),
+            inner: Arc::new(Inner::File(file)),
+        }
     }
     pub fn from_vec(name: &str, tokens: Vec<u32>) -> Self {
-        TokenSource { name: name.to_string(), inner: Arc::new(Inner::Memory(tokens)) }
+        TokenSource {
+            name: name.to_string(),
+            inner: Arc::new(Inner::Memory(tokens)),
+        }
     }
     /// The split's name ("train", "valid", "test"), used in error messages.
     pub fn name(&self) -> &str {
@@ -105,7 +111,12 @@ impl TrainBatcher {
         if rows == 0 {
             bail!("batch size must be at least 1");
         }
-        Ok(TrainBatcher { source, rows, context, rng })
+        Ok(TrainBatcher {
+            source,
+            rows,
+            context,
+            rng,
+        })
     }
 
     pub fn rng(&self) -> &HostRng {
@@ -127,7 +138,12 @@ impl TrainBatcher {
             inputs.extend_from_slice(&buf[..t]);
             targets.extend_from_slice(&buf[1..]);
         }
-        Batch { rows, context: t, inputs, targets }
+        Batch {
+            rows,
+            context: t,
+            inputs,
+            targets,
+        }
     }
 }
 
@@ -172,13 +188,20 @@ impl EvalWindows {
             inputs[r * t..r * t + avail - 1].copy_from_slice(&w[..avail - 1]);
             targets[r * t..r * t + avail - 1].copy_from_slice(&w[1..]);
         }
-        Batch { rows, context: t, inputs, targets }
+        Batch {
+            rows,
+            context: t,
+            inputs,
+            targets,
+        }
     }
 
     /// All windows in batches of `rows` (the last batch may have fewer rows).
     pub fn batches(&self, rows: usize) -> impl Iterator<Item = Batch> + '_ {
         let rows = rows.max(1);
-        (0..self.len()).step_by(rows).map(move |first| self.batch(first, rows))
+        (0..self.len())
+            .step_by(rows)
+            .map(move |first| self.batch(first, rows))
     }
 }
 

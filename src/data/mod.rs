@@ -43,10 +43,16 @@ impl Dataset {
     pub fn open(dir: &Path) -> Result<Dataset> {
         let meta_path = dir.join("meta.json");
         let json = std::fs::read_to_string(&meta_path).with_context(|| {
-            format!("cannot read {}; run `dyntie prepare` to create the dataset", meta_path.display())
+            format!(
+                "cannot read {}; run `dyntie prepare` to create the dataset",
+                meta_path.display()
+            )
         })?;
         let meta: Meta = serde_json::from_str(&json).with_context(|| {
-            format!("{} is not a valid meta.json; re-run `dyntie prepare`", meta_path.display())
+            format!(
+                "{} is not a valid meta.json; re-run `dyntie prepare`",
+                meta_path.display()
+            )
         })?;
         if meta.format_version != prepare::META_VERSION {
             bail!(

@@ -76,7 +76,9 @@ pub struct PrepareOptions {
 
 impl Default for PrepareOptions {
     fn default() -> Self {
-        PrepareOptions { split_ratio: [0.9, 0.05, 0.05] }
+        PrepareOptions {
+            split_ratio: [0.9, 0.05, 0.05],
+        }
     }
 }
 
@@ -122,7 +124,11 @@ pub fn prepare(
 ) -> Result<PrepareSummary> {
     let t0 = Instant::now();
     if !input.exists() {
-        bail!("input {} does not exist; give the {} folder or file", input.display(), corpus.name());
+        bail!(
+            "input {} does not exist; give the {} folder or file",
+            input.display(),
+            corpus.name()
+        );
     }
     let mut sources = Vec::new();
     let splits: [Vec<u32>; 3] = match corpus {
@@ -146,7 +152,11 @@ pub fn prepare(
             out.try_into().unwrap()
         }
         Corpus::Lambada => {
-            let file = if input.is_dir() { input.join("lambada_test.jsonl") } else { input.to_path_buf() };
+            let file = if input.is_dir() {
+                input.join("lambada_test.jsonl")
+            } else {
+                input.to_path_buf()
+            };
             let text = read_text(&file, &mut sources)?;
             let docs = lambada_texts(&file, &text)?;
             [Vec::new(), Vec::new(), encode_documents(tokenizer, &docs)]
@@ -154,7 +164,10 @@ pub fn prepare(
         Corpus::Lm1b => prepare_lm1b(input, tokenizer, &mut sources)?,
         Corpus::Text => {
             if input.is_dir() {
-                bail!("{} is a folder; the text dataset takes one UTF-8 file", input.display());
+                bail!(
+                    "{} is a folder; the text dataset takes one UTF-8 file",
+                    input.display()
+                );
             }
             let text = read_text(input, &mut sources)?;
             let [a, b] = split_points(&text, options.split_ratio)?;
@@ -183,7 +196,11 @@ pub fn prepare(
     };
     let json = serde_json::to_string_pretty(&meta)?;
     write_atomic(&out_dir.join("meta.json"), json.as_bytes())?;
-    Ok(PrepareSummary { out_dir: out_dir.to_path_buf(), meta, seconds: t0.elapsed().as_secs_f64() })
+    Ok(PrepareSummary {
+        out_dir: out_dir.to_path_buf(),
+        meta,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Read a UTF-8 file and record its size and sha256.
@@ -226,9 +243,15 @@ fn lambada_texts(path: &Path, text: &str) -> Result<Vec<String>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str::<Line>(l).map(|x| x.text).with_context(|| {
-                format!("{}:{}: expected a JSON object {{\"text\": ...}}", path.display(), i + 1)
-            })
+            serde_json::from_str::<Line>(l)
+                .map(|x| x.text)
+                .with_context(|| {
+                    format!(
+                        "{}:{}: expected a JSON object {{\"text\": ...}}",
+                        path.display(),
+                        i + 1
+                    )
+                })
         })
         .collect()
 }
@@ -243,7 +266,11 @@ pub struct LambadaExample {
 
 /// Read `lambada_test.jsonl` (or a folder holding it) into examples.
 pub fn lambada_examples(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<LambadaExample>> {
-    let file = if path.is_dir() { path.join("lambada_test.jsonl") } else { path.to_path_buf() };
+    let file = if path.is_dir() {
+        path.join("lambada_test.jsonl")
+    } else {
+        path.to_path_buf()
+    };
     let text = read_text(&file, &mut Vec::new())?;
     let texts = lambada_texts(&file, &text)?;
     texts
@@ -252,7 +279,11 @@ pub fn lambada_examples(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Lambad
         .map(|(i, t)| {
             let t = t.trim_end();
             let cut = t.rfind(char::is_whitespace).with_context(|| {
-                format!("{} example {}: needs at least two words", file.display(), i + 1)
+                format!(
+                    "{} example {}: needs at least two words",
+                    file.display(),
+                    i + 1
+                )
             })?;
             let word = &t[cut..].trim_start();
             Ok(LambadaExample {
@@ -272,7 +303,10 @@ fn prepare_lm1b(
     let held_dir = input.join("heldout-monolingual.tokenized.shuffled");
     let mut shards: Vec<PathBuf> = std::fs::read_dir(&train_dir)
         .with_context(|| {
-            format!("cannot list {}; give the One Billion Word folder that holds it", train_dir.display())
+            format!(
+                "cannot list {}; give the One Billion Word folder that holds it",
+                train_dir.display()
+            )
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -281,7 +315,10 @@ fn prepare_lm1b(
         })
         .collect();
     if shards.is_empty() {
-        bail!("{}: no news.en-*-of-00100 training shards", train_dir.display());
+        bail!(
+            "{}: no news.en-*-of-00100 training shards",
+            train_dir.display()
+        );
     }
     shards.sort();
     let sentences = |path: &Path, sources: &mut Vec<SourceFile>| -> Result<Vec<u32>> {
@@ -303,7 +340,7 @@ fn prepare_lm1b(
 /// after each cumulative fraction.
 fn split_points(text: &str, ratio: [f64; 3]) -> Result<[usize; 2]> {
     let sum: f64 = ratio.iter().sum();
-    if ratio.iter().any(|r| !(*r > 0.0)) || (sum - 1.0).abs() > 1e-6 {
+    if ratio.iter().any(|r| r.is_nan() || *r <= 0.0) || (sum - 1.0).abs() > 1e-6 {
         bail!("split ratio {ratio:?} must be three positive fractions summing to 1");
     }
     let line_start_after = |frac: f64| {
@@ -313,7 +350,10 @@ fn split_points(text: &str, ratio: [f64; 3]) -> Result<[usize; 2]> {
         }
         text[at - 1..].find('\n').map_or(text.len(), |i| at + i)
     };
-    Ok([line_start_after(ratio[0]), line_start_after(ratio[0] + ratio[1])])
+    Ok([
+        line_start_after(ratio[0]),
+        line_start_after(ratio[0] + ratio[1]),
+    ])
 }
 
 /// Whitespace word count: `lines`, and `tokens` counting one `<eos>` per
@@ -326,7 +366,10 @@ pub struct WordCount {
 
 pub fn count_words(path: &Path) -> Result<WordCount> {
     let text = read_text(path, &mut Vec::new())?;
-    let mut wc = WordCount { lines: 0, tokens: 0 };
+    let mut wc = WordCount {
+        lines: 0,
+        tokens: 0,
+    };
     for line in text.lines() {
         wc.lines += 1;
         wc.tokens += line.split_whitespace().count() + 1;

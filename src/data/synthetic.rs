@@ -62,7 +62,10 @@ impl Synthetic {
         }
         let n = cfg.vocab - 1;
         if cfg.branching == 0 || cfg.branching > n {
-            bail!("synthetic branching must be in 1..={n}, got {}", cfg.branching);
+            bail!(
+                "synthetic branching must be in 1..={n}, got {}",
+                cfg.branching
+            );
         }
         if !(0.0..1.0).contains(&cfg.copy_prob) || cfg.copy_len == 0 {
             bail!("synthetic copy_prob must be in [0, 1) and copy_len >= 1");
@@ -79,7 +82,10 @@ impl Synthetic {
                 }
                 let w: Vec<f64> = succ.iter().map(|_| rng.uniform() + 0.1).collect();
                 let total: f64 = w.iter().sum();
-                succ.into_iter().zip(w).map(|(c, w)| (c, w / total)).collect()
+                succ.into_iter()
+                    .zip(w)
+                    .map(|(c, w)| (c, w / total))
+                    .collect()
             })
             .collect();
         Ok(Synthetic { cfg, next })
@@ -157,7 +163,11 @@ impl Synthetic {
             .map(|(succ, w)| w * succ.iter().map(|&(_, p)| -p * p.ln()).sum::<f64>())
             .sum();
         let q = self.cfg.copy_prob;
-        let hb = if q > 0.0 { -q * q.ln() - (1.0 - q) * (1.0 - q).ln() } else { 0.0 };
+        let hb = if q > 0.0 {
+            -q * q.ln() - (1.0 - q) * (1.0 - q).ln()
+        } else {
+            0.0
+        };
         (hb + (1.0 - q) * h_chain) / (1.0 + q * self.cfg.copy_len as f64)
     }
 
@@ -179,7 +189,10 @@ impl Synthetic {
                 copying = k;
                 q_here
             } else {
-                let pc = self.next[s as usize].iter().find(|e| e.0 == t).map_or(0.0, |e| e.1);
+                let pc = self.next[s as usize]
+                    .iter()
+                    .find(|e| e.0 == t)
+                    .map_or(0.0, |e| e.1);
                 s = t;
                 (1.0 - q_here) * pc
             };
@@ -195,7 +208,10 @@ mod tests {
 
     #[test]
     fn deterministic_and_in_range() {
-        let cfg = SyntheticConfig { vocab: 64, ..Default::default() };
+        let cfg = SyntheticConfig {
+            vocab: 64,
+            ..Default::default()
+        };
         let a = Synthetic::new(cfg.clone()).unwrap();
         let b = Synthetic::new(cfg).unwrap();
         assert_eq!(a.generate(5000, 0), b.generate(5000, 0));
@@ -210,21 +226,31 @@ mod tests {
         let floor = syn.entropy_floor();
         let nll = syn.nll(&toks);
         assert!(nll.is_finite());
-        assert!((nll - floor).abs() < 0.02 * floor, "nll {nll} floor {floor}");
+        assert!(
+            (nll - floor).abs() < 0.02 * floor,
+            "nll {nll} floor {floor}"
+        );
         let mut counts = vec![0usize; 512];
         for &t in &toks {
             counts[t as usize] += 1;
         }
         let n = toks.len() as f64;
-        let unigram: f64 =
-            counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum();
+        let unigram: f64 = counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| -(c as f64 / n) * (c as f64 / n).ln())
+            .sum();
         assert!(floor < 0.3 * unigram, "floor {floor} unigram {unigram}");
     }
 
     #[test]
     fn copies_repeat_the_preceding_span() {
-        let syn = Synthetic::new(SyntheticConfig { vocab: 32, copy_prob: 0.2, ..Default::default() })
-            .unwrap();
+        let syn = Synthetic::new(SyntheticConfig {
+            vocab: 32,
+            copy_prob: 0.2,
+            ..Default::default()
+        })
+        .unwrap();
         let toks = syn.generate(2000, 0);
         let k = syn.config().copy_len;
         let mut seen = 0;

@@ -91,9 +91,9 @@ impl Tokenizer {
                 .iter()
                 .map(|&t| u8::try_from(t).with_context(|| format!("byte token id {t} >= 256")))
                 .collect::<Result<Vec<u8>>>()?,
-            Tokenizer::Gpt2(bpe) => bpe
-                .decode_bytes(ids)
-                .map_err(|e| anyhow::anyhow!("GPT-2 token id {} is not in the vocabulary", e.token))?,
+            Tokenizer::Gpt2(bpe) => bpe.decode_bytes(ids).map_err(|e| {
+                anyhow::anyhow!("GPT-2 token id {} is not in the vocabulary", e.token)
+            })?,
         };
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -142,7 +142,9 @@ mod tests {
 
     #[test]
     fn unknown_name_is_an_error() {
-        let e = Tokenizer::from_name("sentencepiece").unwrap_err().to_string();
+        let e = Tokenizer::from_name("sentencepiece")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gpt2"), "{e}");
     }
 

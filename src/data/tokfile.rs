@@ -41,7 +41,8 @@ pub fn write_tokens(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()
     let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
     let tmp = tmp_path(path);
     let write = || -> Result<()> {
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         w.write_all(MAGIC)?;
         w.write_all(&VERSION.to_le_bytes())?;
@@ -112,7 +113,10 @@ impl TokenFile {
         // modified in place (the writer replaces them by rename).
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {p}"))?;
         if map.len() < HEADER_BYTES {
-            bail!("{p}: {} bytes is too short for the {HEADER_BYTES}-byte header; {FIX}", map.len());
+            bail!(
+                "{p}: {} bytes is too short for the {HEADER_BYTES}-byte header; {FIX}",
+                map.len()
+            );
         }
         if &map[0..8] != MAGIC {
             bail!("{p}: not a dyntie token file (bad magic bytes); {FIX}");
@@ -138,7 +142,13 @@ impl TokenFile {
                  (truncated or corrupt); {FIX}"
             );
         }
-        let tf = TokenFile { path: path.to_path_buf(), map, width, vocab_size, len: count as usize };
+        let tf = TokenFile {
+            path: path.to_path_buf(),
+            map,
+            width,
+            vocab_size,
+            len: count as usize,
+        };
         tf.check_ids()?;
         Ok(tf)
     }
