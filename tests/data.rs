@@ -78,6 +78,7 @@ fn every_bad_header_is_a_clear_error() {
     let id_at_2: Corrupt =
         Box::new(|b| b[HEADER_BYTES + 4..HEADER_BYTES + 6].copy_from_slice(&300u16.to_le_bytes()));
     let cases: Vec<(&str, Corrupt, &str)> = vec![
+        ("empty", Box::new(|b| b.clear()), "too short"),
         ("short", Box::new(|b| b.truncate(10)), "too short"),
         ("magic", Box::new(|b| b[0] = b'X'), "bad magic"),
         ("version", Box::new(|b| b[8] = 9), "version 9"),

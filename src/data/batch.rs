@@ -9,16 +9,22 @@ use std::sync::Arc;
 pub const IGNORE_INDEX: u32 = u32::MAX;
 
 /// One split's tokens: a memory-mapped file or a vector. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TokenSource {
     name: String,
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 enum Inner {
     File(TokenFile),
     Memory(Vec<u32>),
+}
+
+impl std::fmt::Debug for TokenSource {
+    // Not the tokens themselves: a split can hold billions.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenSource({}, {} tokens)", self.name, self.len())
+    }
 }
 
 impl TokenSource {

@@ -285,7 +285,7 @@ pub fn lambada_examples(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Lambad
                     i + 1
                 )
             })?;
-            let word = &t[cut..].trim_start();
+            let word = t[cut..].trim_start();
             Ok(LambadaExample {
                 context: tokenizer.encode(t[..cut].trim_end()),
                 target: tokenizer.encode(&format!(" {word}")),

@@ -240,6 +240,7 @@ mod tests {
             .filter(|&&c| c > 0)
             .map(|&c| -(c as f64 / n) * (c as f64 / n).ln())
             .sum();
+        eprintln!("synthetic default: floor {floor:.4} nats/token, unigram {unigram:.4}");
         assert!(floor < 0.3 * unigram, "floor {floor} unigram {unigram}");
     }
 

@@ -166,7 +166,7 @@ impl TokenFile {
             bail!(
                 "{}: token id {} at position {pos} is >= the vocabulary size {}; {FIX}",
                 self.path.display(),
-                self.get(pos),
+                self.window(pos, 1)[0],
                 self.vocab_size
             );
         }
@@ -189,21 +189,20 @@ impl TokenFile {
         self.vocab_size
     }
 
-    fn get(&self, i: usize) -> u32 {
-        let o = HEADER_BYTES + i * self.width;
-        if self.width == 2 {
-            u16::from_le_bytes([self.map[o], self.map[o + 1]]) as u32
-        } else {
-            u32::from_le_bytes(self.map[o..o + 4].try_into().unwrap())
-        }
-    }
-
     /// Copy tokens `start..start + out.len()` into `out`. Panics when the
     /// range is out of bounds (callers check against `len`).
     pub fn read_into(&self, start: usize, out: &mut [u32]) {
         assert!(start + out.len() <= self.len, "token range out of bounds");
-        for (k, o) in out.iter_mut().enumerate() {
-            *o = self.get(start + k);
+        let from = HEADER_BYTES + start * self.width;
+        let bytes = &self.map[from..from + out.len() * self.width];
+        if self.width == 2 {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u16::from_le_bytes([c[0], c[1]]) as u32;
+            }
+        } else {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
         }
     }
 
