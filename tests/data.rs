@@ -1,7 +1,7 @@
 //! Data layer: token files, every corpus layout from `data/samples/`, batching,
 //! and (when present) the reference corpora under `../shared/data`.
 
-use dyntie::data::tokfile::{write_tokens, HEADER_BYTES};
+use dyntie::data::tokfile::{write_tokens, TokenWriter, HEADER_BYTES};
 use dyntie::data::*;
 use dyntie::rng::HostRng;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,29 @@ fn writer_rejects_out_of_range_ids() {
     let dir = scratch("writer-range");
     let e = err_of(write_tokens(&dir.join("x.bin"), &[1, 2, 300], 256));
     assert!(e.contains("position 2"), "{e}");
+}
+
+#[test]
+fn streaming_writer_appends_and_cleans_up() {
+    let dir = scratch("stream");
+    let path = dir.join("s.bin");
+    let mut w = TokenWriter::create(&path, 1000).unwrap();
+    w.push(&[1, 2, 3]).unwrap();
+    w.push(&[]).unwrap();
+    w.push(&[4, 5]).unwrap();
+    let e = err_of(w.push(&[6, 1000]));
+    assert!(e.contains("position 6"), "{e}");
+    assert_eq!(w.finish().unwrap(), 5);
+    assert_eq!(
+        TokenFile::open(&path).unwrap().window(0, 5),
+        [1, 2, 3, 4, 5]
+    );
+    // An unfinished writer leaves neither the file nor its temp file.
+    let lost = dir.join("lost.bin");
+    let mut w = TokenWriter::create(&lost, 1000).unwrap();
+    w.push(&[1]).unwrap();
+    drop(w);
+    assert!(!lost.exists() && !dir.join("lost.bin.tmp").exists());
 }
 
 type Corrupt = Box<dyn Fn(&mut Vec<u8>)>;
@@ -241,6 +264,12 @@ fn prepare_errors_name_the_problem() {
     assert!(e.contains("wiki.train.tokens"), "{e}");
     let e = err_of(prepare(Corpus::Lm1b, &samples("wikitext"), &out, &t, &opts));
     assert!(e.contains("training-monolingual"), "{e}");
+    let lm1b = out.join("lm1b");
+    let shards = lm1b.join("training-monolingual.tokenized.shuffled");
+    std::fs::create_dir_all(&shards).unwrap();
+    std::fs::write(shards.join("news.en-00001-of-00100"), "A sentence .\n").unwrap();
+    let e = err_of(prepare(Corpus::Lm1b, &lm1b, &out.join("o"), &t, &opts));
+    assert!(e.contains("heldout-00000-of-00050: missing"), "{e}");
     let bad = out.join("latin1.txt");
     std::fs::write(&bad, b"caf\xe9\nok\n").unwrap();
     let e = err_of(prepare(Corpus::Text, &bad, &out.join("o"), &t, &opts));

@@ -23,7 +23,7 @@
 //! The separator is `<|endoftext|>` for GPT-2 and `\n` for bytes.
 
 use super::tokenizer::Tokenizer;
-use super::tokfile::{write_atomic, write_tokens};
+use super::tokfile::{write_atomic, write_tokens, TokenWriter};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -131,7 +131,8 @@ pub fn prepare(
         );
     }
     let mut sources = Vec::new();
-    let splits: [Vec<u32>; 3] = match corpus {
+    let vocab = tokenizer.vocab_size();
+    let counts: [u64; 3] = match corpus {
         Corpus::WikiText2 | Corpus::WikiText103 => {
             let ext = ["tokens", "raw"]
                 .into_iter()
@@ -149,7 +150,7 @@ pub fn prepare(
                 let text = read_text(&input.join(format!("wiki.{split}.{ext}")), &mut sources)?;
                 out.push(tokenizer.encode(&text));
             }
-            out.try_into().unwrap()
+            write_splits(out_dir, vocab, out.try_into().unwrap())?
         }
         Corpus::Lambada => {
             let file = if input.is_dir() {
@@ -159,9 +160,10 @@ pub fn prepare(
             };
             let text = read_text(&file, &mut sources)?;
             let docs = lambada_texts(&file, &text)?;
-            [Vec::new(), Vec::new(), encode_documents(tokenizer, &docs)]
+            let test = encode_documents(tokenizer, &docs);
+            write_splits(out_dir, vocab, [Vec::new(), Vec::new(), test])?
         }
-        Corpus::Lm1b => prepare_lm1b(input, tokenizer, &mut sources)?,
+        Corpus::Lm1b => prepare_lm1b(input, out_dir, tokenizer, &mut sources)?,
         Corpus::Text => {
             if input.is_dir() {
                 bail!(
@@ -172,25 +174,19 @@ pub fn prepare(
             let text = read_text(input, &mut sources)?;
             let [a, b] = split_points(&text, options.split_ratio)?;
             let parts = [&text[..a], &text[a..b], &text[b..]];
-            parts.map(|p| tokenizer.encode(p))
+            write_splits(out_dir, vocab, parts.map(|p| tokenizer.encode(p)))?
         }
     };
 
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
-    let vocab = tokenizer.vocab_size();
-    for (split, toks) in SPLITS.iter().zip(&splits) {
-        write_tokens(&out_dir.join(format!("{split}.bin")), toks, vocab)?;
-    }
     let meta = Meta {
         format_version: META_VERSION,
         dataset: corpus.name().to_string(),
         tokenizer: tokenizer.name().to_string(),
         vocab_size: vocab,
         tokens: SplitCounts {
-            train: splits[0].len() as u64,
-            valid: splits[1].len() as u64,
-            test: splits[2].len() as u64,
+            train: counts[0],
+            valid: counts[1],
+            test: counts[2],
         },
         sources,
     };
@@ -201,6 +197,23 @@ pub fn prepare(
         meta,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+fn create_out_dir(out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create output folder {}", out_dir.display()))
+}
+
+fn bin_path(out_dir: &Path, split: &str) -> PathBuf {
+    out_dir.join(format!("{split}.bin"))
+}
+
+fn write_splits(out_dir: &Path, vocab: usize, splits: [Vec<u32>; 3]) -> Result<[u64; 3]> {
+    create_out_dir(out_dir)?;
+    for (split, toks) in SPLITS.iter().zip(&splits) {
+        write_tokens(&bin_path(out_dir, split), toks, vocab)?;
+    }
+    Ok(splits.map(|s| s.len() as u64))
 }
 
 /// Read a UTF-8 file and record its size and sha256.
@@ -296,9 +309,10 @@ pub fn lambada_examples(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Lambad
 
 fn prepare_lm1b(
     input: &Path,
+    out_dir: &Path,
     tokenizer: &Tokenizer,
     sources: &mut Vec<SourceFile>,
-) -> Result<[Vec<u32>; 3]> {
+) -> Result<[u64; 3]> {
     let train_dir = input.join("training-monolingual.tokenized.shuffled");
     let held_dir = input.join("heldout-monolingual.tokenized.shuffled");
     let mut shards: Vec<PathBuf> = std::fs::read_dir(&train_dir)
@@ -321,19 +335,35 @@ fn prepare_lm1b(
         );
     }
     shards.sort();
+    let held = |k: u32| held_dir.join(format!("news.en.heldout-{k:05}-of-00050"));
+    for k in [0, 1] {
+        if !held(k).is_file() {
+            bail!(
+                "{}: missing; the held-out shards 00000 (test) and 00001 (valid) are needed",
+                held(k).display()
+            );
+        }
+    }
     let sentences = |path: &Path, sources: &mut Vec<SourceFile>| -> Result<Vec<u32>> {
         let text = read_text(path, sources)?;
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         Ok(encode_documents(tokenizer, &lines))
     };
-    let mut train = Vec::new();
+    create_out_dir(out_dir)?;
+    // The full training set is ~0.8 G tokens: stream it one shard at a time.
+    let vocab = tokenizer.vocab_size();
+    let mut train = TokenWriter::create(&bin_path(out_dir, "train"), vocab)?;
     for shard in &shards {
-        train.extend(sentences(shard, sources)?);
+        train.push(&sentences(shard, sources)?)?;
     }
-    let held = |k: u32| held_dir.join(format!("news.en.heldout-{k:05}-of-00050"));
-    let valid = sentences(&held(1), sources)?;
-    let test = sentences(&held(0), sources)?;
-    Ok([train, valid, test])
+    let train = train.finish()?;
+    let mut counts = [train, 0, 0];
+    for (i, k) in [(1, 1), (2, 0)] {
+        let toks = sentences(&held(k), sources)?;
+        write_tokens(&bin_path(out_dir, SPLITS[i]), &toks, vocab)?;
+        counts[i] = toks.len() as u64;
+    }
+    Ok(counts)
 }
 
 /// Byte offsets where valid and test begin: the first line start at or

@@ -17,7 +17,7 @@
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"DYNTOKS\0";
@@ -28,45 +28,110 @@ const FIX: &str = "re-run `dyntie prepare` to rebuild it";
 
 /// Write `tokens` to `path` atomically (temp file, fsync, rename).
 pub fn write_tokens(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()> {
-    if vocab_size == 0 || vocab_size > u32::MAX as usize {
-        bail!("{}: invalid vocabulary size {vocab_size}", path.display());
-    }
-    if let Some(pos) = tokens.iter().position(|&t| t as usize >= vocab_size) {
-        bail!(
-            "{}: token {} at position {pos} is outside the vocabulary of {vocab_size}",
-            path.display(),
-            tokens[pos]
-        );
-    }
-    let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
-    let tmp = tmp_path(path);
-    let write = || -> Result<()> {
+    let mut w = TokenWriter::create(path, vocab_size)?;
+    w.push(tokens)?;
+    w.finish().map(|_| ())
+}
+
+/// Streams tokens into `<path>.tmp`; [`TokenWriter::finish`] writes the
+/// count into the header, fsyncs and renames the file into place, so a
+/// reader never sees a half-written file. Dropped unfinished, it removes
+/// the temp file.
+pub struct TokenWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    width: usize,
+    vocab_size: usize,
+    count: u64,
+}
+
+impl TokenWriter {
+    pub fn create(path: &Path, vocab_size: usize) -> Result<TokenWriter> {
+        if vocab_size == 0 || vocab_size > u32::MAX as usize {
+            bail!("{}: invalid vocabulary size {vocab_size}", path.display());
+        }
+        let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
+        let tmp = tmp_path(path);
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        w.write_all(MAGIC)?;
-        w.write_all(&VERSION.to_le_bytes())?;
-        w.write_all(&width.to_le_bytes())?;
-        w.write_all(&(vocab_size as u32).to_le_bytes())?;
-        w.write_all(&0u32.to_le_bytes())?;
-        w.write_all(&(tokens.len() as u64).to_le_bytes())?;
+        let mut w = TokenWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            width: width as usize,
+            vocab_size,
+            count: 0,
+        };
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&width.to_le_bytes());
+        header.extend_from_slice(&(vocab_size as u32).to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&0u64.to_le_bytes()); // count, set by finish
+        w.write(&header)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = self.out.as_mut().expect("writer used after finish");
+        out.write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.tmp.display()))
+    }
+
+    /// Append tokens; an id outside the vocabulary is an error.
+    pub fn push(&mut self, tokens: &[u32]) -> Result<()> {
+        if let Some(pos) = tokens.iter().position(|&t| t as usize >= self.vocab_size) {
+            bail!(
+                "{}: token {} at position {} is outside the vocabulary of {}",
+                self.path.display(),
+                tokens[pos],
+                self.count + pos as u64,
+                self.vocab_size
+            );
+        }
+        let mut bytes = Vec::with_capacity(tokens.len() * self.width);
         for &t in tokens {
-            if width == 2 {
-                w.write_all(&(t as u16).to_le_bytes())?;
+            if self.width == 2 {
+                bytes.extend_from_slice(&(t as u16).to_le_bytes());
             } else {
-                w.write_all(&t.to_le_bytes())?;
+                bytes.extend_from_slice(&t.to_le_bytes());
             }
         }
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        self.write(&bytes)?;
+        self.count += tokens.len() as u64;
         Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.context(format!("cannot write {}", tmp.display())));
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+
+    /// Complete the file and move it into place; returns the token count.
+    pub fn finish(mut self) -> Result<u64> {
+        let out = self.out.take().expect("writer used after finish");
+        let tmp = self.tmp.clone();
+        let done = || -> Result<()> {
+            let mut file = out.into_inner().map_err(|e| e.into_error())?;
+            file.seek(SeekFrom::Start(24))?;
+            file.write_all(&self.count.to_le_bytes())?;
+            file.sync_all()?;
+            Ok(())
+        };
+        if let Err(e) = done() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(format!("cannot write {}", tmp.display())));
+        }
+        std::fs::rename(&tmp, &self.path).with_context(|| {
+            format!("cannot rename {} to {}", tmp.display(), self.path.display())
+        })?;
+        Ok(self.count)
+    }
+}
+
+impl Drop for TokenWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Write `bytes` to `path` atomically (used for `meta.json`).
