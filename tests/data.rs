@@ -434,3 +434,18 @@ fn wikitext2_gpt2_prepare_round_trips() {
     let text = std::fs::read_to_string(wt.join("wiki.valid.tokens")).unwrap();
     assert_eq!(gpt2.decode(&all(&ds.valid)).unwrap(), text);
 }
+
+#[test]
+fn lambada_reference_examples() {
+    let Some(dir) = corpora("lambada_reference_examples") else {
+        return;
+    };
+    let gpt2 = Tokenizer::gpt2();
+    let ex = lambada_examples(&dir.join("lambada"), &gpt2).unwrap();
+    assert_eq!(ex.len(), 5153);
+    for e in &ex {
+        assert!(!e.context.is_empty());
+        let target = gpt2.decode(&e.target).unwrap();
+        assert!(target.starts_with(' ') && target[1..].split_whitespace().count() == 1);
+    }
+}
