@@ -4,4 +4,5 @@ pub mod accounting;
 pub mod agent;
 pub mod policy;
 pub mod reward;
+pub mod slots;
 pub mod table;
