@@ -801,6 +801,28 @@ mod tests {
     }
 
     #[test]
+    fn dropout_depends_on_the_seed_and_is_off_in_eval() {
+        let c = cfg(0.2, true);
+        let (tokens, targets) = batch(2, 8, c.vocab_size as u32);
+        let mut m = model(c);
+        let a = m.forward_backward(&tokens, &targets, 2, 8, 1, 1.0).unwrap();
+        let b = m.forward_backward(&tokens, &targets, 2, 8, 2, 1.0).unwrap();
+        let a2 = m.forward_backward(&tokens, &targets, 2, 8, 1, 1.0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a2);
+        let e1 = m.eval_loss(&tokens, &targets, 2, 8).unwrap();
+        let e2 = m.eval_loss(&tokens, &targets, 2, 8).unwrap();
+        assert_eq!(e1, e2);
+        assert_ne!((e1.0 / e1.1 as f64) as f32, a);
+    }
+
+    #[test]
+    fn the_model_can_move_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<Gpt2>();
+    }
+
+    #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let mut m = model(cfg(0.0, true));
         let e = m

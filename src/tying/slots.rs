@@ -99,3 +99,30 @@ impl SlotStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    #[test]
+    fn independent_store_gives_each_layer_a_slot_and_frees_memory_on_drop() {
+        let be = CpuBackend::new();
+        let mut store = SlotStore::independent(&be, 3, 10).unwrap();
+        assert_eq!(store.live_slots().count(), 3);
+        assert_eq!(store.slot_index(2), 2);
+        assert_eq!(store.slot_of(1).len(), 10);
+        assert!(store.check().is_ok());
+        let before = be.mem_stats().live_bytes;
+        store.layer_slot[2] = 0;
+        store.slots[2] = None;
+        assert_eq!(before - be.mem_stats().live_bytes, 4 * 10 * 4);
+        assert_eq!(
+            store.live_slots().map(|(i, _)| i).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert!(store.check().is_ok());
+        store.layer_slot[1] = 2;
+        assert!(store.check().is_err());
+    }
+}
