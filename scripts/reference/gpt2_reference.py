@@ -15,7 +15,8 @@ Contents: every parameter (random, including biases and LayerNorm weights, so
 a swapped tensor cannot go unnoticed), `tokens` and `targets` (int64, -1 =
 ignored), `logits`, `loss`, `grad.<name>` for every parameter, and
 `adamw_losses`: the loss before each of 10 AdamW steps on the same batch
-(lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on 2-D tensors only,
+(lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on the linear weight matrices only
+(not biases, LayerNorm weights or the embeddings wte/wpe),
 gradient norm clipped to 1.0).
 """
 
@@ -103,11 +104,12 @@ def main():
     for k, v in params.items():
         out["grad." + k] = v.grad.float().contiguous()
 
-    # Ten AdamW steps on the same batch, with nanoGPT's decay groups.
+    # Ten AdamW steps on the same batch; only linear weight matrices decay.
     for v in params.values():
         v.grad = None
-    decay = [v for v in params.values() if v.dim() == 2]
-    no_decay = [v for v in params.values() if v.dim() < 2]
+    decays = {k: v.dim() == 2 and k not in ("wte", "wpe") for k, v in params.items()}
+    decay = [v for k, v in params.items() if decays[k]]
+    no_decay = [v for k, v in params.items() if not decays[k]]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-3,

@@ -5,8 +5,10 @@
 //! reads. Linear weights are stored `[out, in]`. The embeddings and the final
 //! LayerNorm live in a separate global buffer laid out the same way.
 //!
-//! Weight decay follows nanoGPT: tensors with two dimensions (linear weights
-//! and embeddings) decay; biases and LayerNorm weights do not.
+//! Weight decay follows the nanoGPT convention (its original form, with an
+//! Embedding blacklist): the linear layers' weight matrices decay; biases,
+//! LayerNorm weights and the embeddings wte and wpe do not. Since wte is also
+//! the output head, decaying it would shrink the logits of rare tokens.
 
 use super::Gpt2Config;
 use crate::backend::View;
@@ -44,7 +46,7 @@ impl Builder {
             offset: self.next,
             len,
             shape: shape.to_vec(),
-            decays: shape.len() == 2,
+            decays: shape.len() == 2 && !matches!(name, "wte" | "wpe"),
         });
         self.next += len;
     }
@@ -215,6 +217,7 @@ mod tests {
         let names: Vec<_> = g.entries().iter().map(|e| e.name).collect();
         assert_eq!(names, ["wte", "wpe", "ln_f.weight", "ln_f.bias"]);
         assert_eq!(g.len(), 11 * 8 + 4 * 8 + 16);
-        assert!(g.get("wte").unwrap().decays && !g.get("ln_f.weight").unwrap().decays);
+        assert!(!g.get("wte").unwrap().decays && !g.get("wpe").unwrap().decays);
+        assert!(!g.get("ln_f.weight").unwrap().decays);
     }
 }
