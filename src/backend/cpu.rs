@@ -1,1 +1,0 @@
-//! `CpuBackend`: the pure-Rust reference implementation of every op.

@@ -1,0 +1,587 @@
+//! The arithmetic of every CPU op over plain slices. Shapes and overlap were
+//! checked by the caller (`mod.rs`), so these functions only compute.
+//!
+//! Reductions across threads are split into fixed chunks whose partial results
+//! are combined in order, so every result is bit-for-bit the same however many
+//! threads run it (a resumed run must continue exactly).
+
+use crate::backend::{AdamWStep, AttnShape, LAYERNORM_EPS};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Elements per parallel task for elementwise ops: big enough to amortize
+/// rayon's scheduling, small enough to balance over a few cores.
+const CHUNK: usize = 1 << 14;
+
+/// Rows per task in row reductions (layernorm weight gradients).
+const ROW_CHUNK: usize = 64;
+
+pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = a + b;
+            }
+        });
+}
+
+pub fn accumulate(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d += s;
+            }
+        });
+}
+
+pub fn scale(dst: &mut [f32], factor: f32) {
+    dst.par_chunks_mut(CHUNK).for_each(|d| {
+        for d in d {
+            *d *= factor;
+        }
+    });
+}
+
+pub fn fill(dst: &mut [f32], value: f32) {
+    dst.par_chunks_mut(CHUNK).for_each(|d| d.fill(value));
+}
+
+pub fn embedding_fwd(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    seq: usize,
+    c: usize,
+) {
+    out.par_chunks_mut(c)
+        .zip(tokens.par_iter())
+        .enumerate()
+        .for_each(|(row, (o, &tok))| {
+            let e = &wte[tok as usize * c..][..c];
+            let p = &wpe[(row % seq) * c..][..c];
+            for ((o, e), p) in o.iter_mut().zip(e).zip(p) {
+                *o = e + p;
+            }
+        });
+}
+
+/// Sequential on purpose: repeated tokens scatter into the same rows, and the
+/// op is a few hundred thousand adds.
+pub fn embedding_bwd(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    seq: usize,
+    c: usize,
+) {
+    for (row, (d, &tok)) in dout.chunks_exact(c).zip(tokens).enumerate() {
+        let e = &mut dwte[tok as usize * c..][..c];
+        for (e, d) in e.iter_mut().zip(d) {
+            *e += d;
+        }
+        let p = &mut dwpe[(row % seq) * c..][..c];
+        for (p, d) in p.iter_mut().zip(d) {
+            *p += d;
+        }
+    }
+}
+
+pub fn layernorm_fwd(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    c: usize,
+) {
+    out.par_chunks_mut(c)
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .zip(inp.par_chunks(c))
+        .for_each(|((o, (m, r)), x)| {
+            let mu = x.iter().sum::<f32>() / c as f32;
+            // Two passes: the variance of centred values does not cancel.
+            let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+            let rs = 1.0 / (var + LAYERNORM_EPS).sqrt();
+            for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+                *o = (x - mu) * rs * w + b;
+            }
+            *m = mu;
+            *r = rs;
+        });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd(
+    dinp: &mut [f32],
+    dweight: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    dinp.par_chunks_mut(c)
+        .zip(dout.par_chunks(c).zip(inp.par_chunks(c)))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|((di, (dy, x)), (&mu, &rs))| {
+            // dnorm = dy * w; dx = rs * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+            let mut sum_dn = 0.0f32;
+            let mut sum_dn_n = 0.0f32;
+            for ((dy, x), w) in dy.iter().zip(x).zip(weight) {
+                let dn = dy * w;
+                sum_dn += dn;
+                sum_dn_n += dn * (x - mu) * rs;
+            }
+            let mean_dn = sum_dn / c as f32;
+            let mean_dn_n = sum_dn_n / c as f32;
+            for (((di, dy), x), w) in di.iter_mut().zip(dy).zip(x).zip(weight) {
+                let n = (x - mu) * rs;
+                *di += rs * (dy * w - mean_dn - n * mean_dn_n);
+            }
+        });
+    if dweight.is_none() && dbias.is_none() {
+        return;
+    }
+    // Per-chunk partial sums of dy * norm and dy, combined in chunk order.
+    let partials: Vec<Vec<f32>> = dout
+        .par_chunks(c * ROW_CHUNK)
+        .zip(inp.par_chunks(c * ROW_CHUNK))
+        .zip(mean.par_chunks(ROW_CHUNK).zip(rstd.par_chunks(ROW_CHUNK)))
+        .map(|((dy, x), (mu, rs))| {
+            let mut acc = vec![0.0f32; 2 * c];
+            let (dw, db) = acc.split_at_mut(c);
+            for (((dy, x), mu), rs) in dy.chunks_exact(c).zip(x.chunks_exact(c)).zip(mu).zip(rs) {
+                for (((dw, db), dy), x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
+                    *dw += dy * (x - mu) * rs;
+                    *db += dy;
+                }
+            }
+            acc
+        })
+        .collect();
+    if let Some(dweight) = dweight {
+        for p in &partials {
+            for (d, p) in dweight.iter_mut().zip(&p[..c]) {
+                *d += p;
+            }
+        }
+    }
+    if let Some(dbias) = dbias {
+        for p in &partials {
+            for (d, p) in dbias.iter_mut().zip(&p[c..]) {
+                *d += p;
+            }
+        }
+    }
+}
+
+/// A row-major matrix operand for [`matmul`]: base pointer and strides in
+/// elements (`rs` between rows, `cs` between columns).
+#[derive(Clone, Copy)]
+pub struct Mat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl Mat {
+    /// `rows x cols` row-major data.
+    pub fn rows(data: &[f32], cols: usize) -> Mat {
+        Mat {
+            ptr: data.as_ptr(),
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+    /// The transpose of `rows x cols` row-major data (so `cols x rows`).
+    pub fn transposed(data: &[f32], cols: usize) -> Mat {
+        Mat {
+            ptr: data.as_ptr(),
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`, accumulating when `accumulate`.
+/// `dst` is row-major `m x n`; the operands were built from slices of at
+/// least the sizes their strides reach.
+pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, m: usize, n: usize, k: usize, accumulate: bool) {
+    debug_assert!(dst.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: `dst` is an exclusive slice of m*n elements; `lhs` and `rhs`
+    // come from shared slices covering every element their strides address
+    // (the callers pass the matching sizes), and none overlaps `dst` (checked
+    // before the slices were made). `read_dst = false` ignores alpha and the
+    // old contents.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        );
+    }
+}
+
+pub fn matmul_fwd(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    ic: usize,
+    oc: usize,
+) {
+    if let Some(bias) = bias {
+        out.par_chunks_mut(oc).for_each(|o| o.copy_from_slice(bias));
+    }
+    // out = inp @ weight^T (+ the bias already there)
+    matmul(
+        out,
+        Mat::rows(inp, ic),
+        Mat::transposed(weight, ic),
+        rows,
+        oc,
+        ic,
+        bias.is_some(),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bwd(
+    dinp: Option<&mut [f32]>,
+    dweight: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    rows: usize,
+    ic: usize,
+    oc: usize,
+) {
+    if let Some(dinp) = dinp {
+        // dinp[rows, ic] += dout[rows, oc] @ weight[oc, ic]
+        matmul(
+            dinp,
+            Mat::rows(dout, oc),
+            Mat::rows(weight, ic),
+            rows,
+            ic,
+            oc,
+            true,
+        );
+    }
+    if let Some(dweight) = dweight {
+        // dweight[oc, ic] += dout^T[oc, rows] @ inp[rows, ic]
+        matmul(
+            dweight,
+            Mat::transposed(dout, oc),
+            Mat::rows(inp, ic),
+            oc,
+            ic,
+            rows,
+            true,
+        );
+    }
+    if let Some(dbias) = dbias {
+        // Column sums; each task owns a block of columns and walks all rows
+        // in order, so the sum order never depends on the thread count.
+        const COLS: usize = 64;
+        dbias
+            .par_chunks_mut(COLS)
+            .enumerate()
+            .for_each(|(blk, db)| {
+                let j0 = blk * COLS;
+                for row in dout.chunks_exact(oc) {
+                    for (d, g) in db.iter_mut().zip(&row[j0..]) {
+                        *d += g;
+                    }
+                }
+            });
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// Causal attention, parallel over the batch: each sequence's rows of `out`,
+/// `att` and `qkv` are contiguous, so tasks write disjoint slices. Per head
+/// the work is O(T^2 * hs) with no temporaries beyond `att` itself.
+pub fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
+    let (t_len, c, nh) = (s.seq, s.channels, s.heads);
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    out.par_chunks_mut(t_len * c)
+        .zip(att.par_chunks_mut(nh * t_len * t_len))
+        .zip(qkv.par_chunks(t_len * 3 * c))
+        .for_each(|((out, att), qkv)| {
+            for h in 0..nh {
+                for t in 0..t_len {
+                    let q = &qkv[t * 3 * c + h * hs..][..hs];
+                    let row = &mut att[(h * t_len + t) * t_len..][..t_len];
+                    let mut max = f32::NEG_INFINITY;
+                    for (t2, a) in row[..=t].iter_mut().enumerate() {
+                        let k = &qkv[t2 * 3 * c + c + h * hs..][..hs];
+                        *a = dot(q, k) * scale;
+                        max = max.max(*a);
+                    }
+                    let mut sum = 0.0f32;
+                    for a in &mut row[..=t] {
+                        *a = (*a - max).exp();
+                        sum += *a;
+                    }
+                    let inv = 1.0 / sum;
+                    for a in &mut row[..=t] {
+                        *a *= inv;
+                    }
+                    row[t + 1..].fill(0.0);
+                    let o = &mut out[t * c + h * hs..][..hs];
+                    o.fill(0.0);
+                    for (t2, &a) in row[..=t].iter().enumerate() {
+                        let v = &qkv[t2 * 3 * c + 2 * c + h * hs..][..hs];
+                        for (o, v) in o.iter_mut().zip(v) {
+                            *o += a * v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Backward of [`attention_fwd`], parallel over the batch like it. One row
+/// of `scratch` per query position holds d(scores).
+pub fn attention_bwd(
+    dqkv: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    s: AttnShape,
+) {
+    let (t_len, c, nh) = (s.seq, s.channels, s.heads);
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    dqkv.par_chunks_mut(t_len * 3 * c)
+        .zip(scratch.par_chunks_mut(nh * t_len * t_len))
+        .zip(dout.par_chunks(t_len * c))
+        .zip(
+            qkv.par_chunks(t_len * 3 * c)
+                .zip(att.par_chunks(nh * t_len * t_len)),
+        )
+        .for_each(|(((dqkv, scratch), dout), (qkv, att))| {
+            let mut dq = vec![0.0f32; hs];
+            for h in 0..nh {
+                for t in 0..t_len {
+                    let a = &att[(h * t_len + t) * t_len..][..=t];
+                    let ds = &mut scratch[(h * t_len + t) * t_len..][..=t];
+                    let dy = &dout[t * c + h * hs..][..hs];
+                    // d(probabilities), and dv += p * dy
+                    for (t2, (ds, &p)) in ds.iter_mut().zip(a).enumerate() {
+                        let v = &qkv[t2 * 3 * c + 2 * c + h * hs..][..hs];
+                        *ds = dot(dy, v);
+                        let dv = &mut dqkv[t2 * 3 * c + 2 * c + h * hs..][..hs];
+                        for (dv, g) in dv.iter_mut().zip(dy) {
+                            *dv += p * g;
+                        }
+                    }
+                    // softmax backward: d(score) = p * (dp - sum(p * dp)), times the scale
+                    let pdp = dot(a, ds);
+                    for (ds, &p) in ds.iter_mut().zip(a) {
+                        *ds = p * (*ds - pdp) * scale;
+                    }
+                    let q = &qkv[t * 3 * c + h * hs..][..hs];
+                    dq.fill(0.0);
+                    for (t2, &g) in ds.iter().enumerate() {
+                        let k = &qkv[t2 * 3 * c + c + h * hs..][..hs];
+                        for (dq, k) in dq.iter_mut().zip(k) {
+                            *dq += g * k;
+                        }
+                        let dk = &mut dqkv[t2 * 3 * c + c + h * hs..][..hs];
+                        for (dk, q) in dk.iter_mut().zip(q) {
+                            *dk += g * q;
+                        }
+                    }
+                    for (d, g) in dqkv[t * 3 * c + h * hs..][..hs].iter_mut().zip(&dq) {
+                        *d += g;
+                    }
+                }
+            }
+        });
+}
+
+const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
+const GELU_A: f32 = 0.044_715;
+
+pub fn gelu_fwd(out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                let u = GELU_K * (x + GELU_A * x * x * x);
+                *o = 0.5 * x * (1.0 + u.tanh());
+            }
+        });
+}
+
+pub fn gelu_bwd(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    dinp.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
+        .for_each(|(di, (x, dy))| {
+            for ((di, &x), dy) in di.iter_mut().zip(x).zip(dy) {
+                let u = GELU_K * (x + GELU_A * x * x * x);
+                let th = u.tanh();
+                let du = GELU_K * (1.0 + 3.0 * GELU_A * x * x);
+                *di += dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
+            }
+        });
+}
+
+/// `out[i] (+)= inp[i] * mask(offset + i) / (1 - p)`: the forward overwrites,
+/// the backward accumulates. `p == 1` drops everything (no 0 * inf).
+pub fn dropout(out: &mut [f32], inp: &[f32], p: f32, seed: u64, offset: u64, accumulate: bool) {
+    let keep_scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(blk, (o, x))| {
+            let base = offset + (blk * CHUNK) as u64;
+            for (i, (o, x)) in o.iter_mut().zip(x).enumerate() {
+                let kept = crate::rng::dropout_keep(seed, base + i as u64, p);
+                let y = if kept { x * keep_scale } else { 0.0 };
+                if accumulate {
+                    *o += y;
+                } else {
+                    *o = y;
+                }
+            }
+        });
+}
+
+fn row_max(row: &[f32]) -> f32 {
+    row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+}
+
+/// `losses[r] = logsumexp(logits[r]) - logits[r][target]`, or 0 on ignored
+/// rows. Subtracting the row maximum keeps exp in range.
+pub fn softmax_xent(
+    losses: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    vocab: usize,
+    ignore_index: u32,
+) {
+    losses
+        .par_iter_mut()
+        .zip(logits.par_chunks(vocab).zip(targets.par_iter()))
+        .for_each(|(loss, (row, &tgt))| {
+            if tgt == ignore_index {
+                *loss = 0.0;
+                return;
+            }
+            let max = row_max(row);
+            let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+            *loss = sum.ln() - (row[tgt as usize] - max);
+        });
+}
+
+/// [`softmax_xent`] with its gradient: `rows` holds the logits on entry and
+/// `(softmax - onehot) * grad_scale` on return. Working in place is what lets
+/// `dlogits` be the logits' own memory; it also needs one exp per logit.
+pub fn softmax_xent_grad_in_place(
+    losses: &mut [f32],
+    rows: &mut [f32],
+    targets: &[u32],
+    vocab: usize,
+    ignore_index: u32,
+    grad_scale: f32,
+) {
+    losses
+        .par_iter_mut()
+        .zip(rows.par_chunks_mut(vocab).zip(targets.par_iter()))
+        .for_each(|(loss, (row, &tgt))| {
+            if tgt == ignore_index {
+                *loss = 0.0;
+                row.fill(0.0);
+                return;
+            }
+            let tgt = tgt as usize;
+            let max = row_max(row);
+            let target_logit = row[tgt];
+            let mut sum = 0.0f32;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            *loss = sum.ln() - (target_logit - max);
+            let k = grad_scale / sum;
+            for x in row.iter_mut() {
+                *x *= k;
+            }
+            row[tgt] -= grad_scale;
+        });
+}
+
+pub fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamWStep) {
+    // Bias corrections in f64, as PyTorch computes them on the host.
+    let t = hp.step as i32;
+    let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
+    let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
+    let step_size = (hp.lr as f64 / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let decay = 1.0 - hp.lr * hp.weight_decay;
+    let (b1, b2) = (hp.beta1, hp.beta2);
+    params
+        .par_chunks_mut(CHUNK)
+        .zip(grads.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .for_each(|((p, g), (m, v))| {
+            for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = g * hp.grad_scale;
+                *p *= decay;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *p -= step_size * *m / (v.sqrt() / bc2_sqrt + hp.eps);
+            }
+        });
+}
+
+/// `sum(x^2)` in f64, from fixed chunks summed in order.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    let partials: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .collect();
+    partials.iter().sum()
+}
