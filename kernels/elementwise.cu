@@ -56,7 +56,7 @@ extern "C" __global__ void gelu_bwd_f32(float* __restrict__ dinp, const float* _
 
 // Inverted dropout. The mask is recomputed from (seed, offset + i) with
 // Philox, in the forward and again in the backward, so it is never stored.
-// `scale` = 1 / (1 - p) is computed on the host, once.
+// `scale` = 1 / (1 - p) is computed on the host, once (0 when p == 1).
 extern "C" __global__ void dropout_fwd_f32(float* __restrict__ out, const float* __restrict__ inp, float p,
                                            float scale, u64 seed, u64 offset, u64 n) {
     GRID_STRIDE_LOOP(i, n) { out[i] = philox_uniform(seed, offset + i) >= p ? inp[i] * scale : 0.0f; }

@@ -49,12 +49,14 @@ fn same_len(op: &str, a: (&str, usize), b: (&str, usize)) -> Result<()> {
     Ok(())
 }
 
+/// `1 / (1 - p)`, or 0 for `p == 1` (everything dropped, no 0 * inf), as the
+/// CPU reference does.
 fn check_dropout_p(op: &str, p: f32) -> Result<f32> {
     ensure!(
-        (0.0..1.0).contains(&p),
-        "{op}: dropout probability {p} must be in [0, 1)"
+        (0.0..=1.0).contains(&p),
+        "{op}: dropout probability {p} is not in [0, 1]"
     );
-    Ok(1.0 / (1.0 - p))
+    Ok(if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 })
 }
 
 impl<D: Device> KernelBackend<D> {

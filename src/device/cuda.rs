@@ -24,6 +24,12 @@ pub struct GpuModule {
 
 include!(concat!(env!("OUT_DIR"), "/gpu_kernels.rs"));
 
+/// Whether the CUDA driver library (libcuda) can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda.
+    unsafe { sys::is_culib_present() }
+}
+
 /// What build.rs produced: the NVRTC version and targets, or why there are
 /// no GPU kernels in this binary.
 pub fn gpu_build_info() -> &'static str {
@@ -134,9 +140,8 @@ impl CudaDevice {
     /// Opens GPU `ordinal`. Fails with a clear message when there is no CUDA
     /// driver, no GPU, or when this binary was built without GPU kernels.
     pub fn new(ordinal: usize) -> Result<CudaDevice> {
-        // SAFETY: only tries to dlopen libcuda; touching the driver API
-        // without it would panic inside cudarc.
-        if !unsafe { sys::is_culib_present() } {
+        // Touching the driver API without libcuda would panic inside cudarc.
+        if !driver_present() {
             bail!(
                 "no CUDA driver found (libcuda.so could not be loaded): this machine has no usable \
                  NVIDIA GPU; use --backend cpu (or emu)"
