@@ -81,6 +81,9 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[Path
         // Kernels are linked statically; initial-exec TLS keeps `__shared__`
         // (thread_local) access cheap.
         .flag("-ftls-model=initial-exec")
+        // Probe every page of a big stack frame, so a fiber that overflows
+        // its stack always hits the guard page instead of a neighbour's stack.
+        .flag("-fstack-clash-protection")
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-unused-parameter")
         .file(kernels_dir.join("emu/runtime.cpp"));

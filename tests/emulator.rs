@@ -309,3 +309,59 @@ fn kernel_registry_lists_every_kernel() {
         assert!(names.iter().any(|n| n == k), "{k} missing from {names:?}");
     }
 }
+
+#[test]
+fn a_fiber_stack_overflow_is_named_before_the_crash() {
+    // The overflow kills the process, so it runs in a child copy of this test.
+    if std::env::var_os("DYNTIE_EMU_OVERFLOW_CHILD").is_some() {
+        let dev = device(ResumeOrder::Forward);
+        let out = upload(&dev, &[0.0; 32]);
+        let (mut po, mut n) = (out.addr(), 32768i32);
+        let _ = unsafe {
+            dev.launch(
+                "test_stack_overflow",
+                dims(1, 32, 0),
+                &mut [arg(&mut po), arg(&mut n)],
+            )
+        };
+        return;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_fiber_stack_overflow_is_named_before_the_crash",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("DYNTIE_EMU_OVERFLOW_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(
+        !child.status.success(),
+        "the overflow went unnoticed: {stderr}"
+    );
+    assert!(stderr.contains("overflowed its fiber stack"), "{stderr}");
+}
+
+#[test]
+fn a_bigger_stack_fits_big_locals() {
+    let dev = EmuDevice::with_config(EmuConfig {
+        stack_bytes: 256 << 10,
+        ..EmuConfig::default()
+    });
+    let out = upload(&dev, &[0.0; 32]);
+    let (mut po, mut n) = (out.addr(), 32768i32);
+    unsafe {
+        dev.launch(
+            "test_stack_overflow",
+            dims(1, 32, 0),
+            &mut [arg(&mut po), arg(&mut n)],
+        )
+    }
+    .unwrap();
+    let got = download(&dev, out.f32());
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(t, &v)| v == (32767 - t) as f32));
+}

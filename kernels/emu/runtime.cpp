@@ -9,6 +9,7 @@
 // that change with the resume order.
 #include "emu.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -24,7 +25,12 @@
 #include <thread>
 #include <vector>
 
-#if !defined(__x86_64__)
+// The hand-written switch on x86-64; ucontext elsewhere (or with
+// -DEMU_UCONTEXT, to test the fallback): it is ~30x slower, a system call per switch.
+#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#else
+#define EMU_ASM_SWITCH 0
 #include <ucontext.h>
 #endif
 
@@ -38,7 +44,7 @@ __thread Coords tls_coords;
 
 // ---- context switch ------------------------------------------------------
 
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
 // Saves the callee-saved registers, MXCSR and the x87 control word on the
 // current stack, stores rsp in *from, loads rsp from *to and restores the
 // same from there. No system call, unlike swapcontext (~30x slower).
@@ -88,7 +94,7 @@ static void fiber_main(Fiber* f);
 enum State : int { RUNNABLE, AT_BARRIER, IN_COLLECTIVE, DONE };
 
 struct Fiber {
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
     void* sp = nullptr;
 #else
     ucontext_t uc;
@@ -110,10 +116,12 @@ struct WarpState {
 };
 
 struct Launch;
+struct Worker;
+static __thread Worker* tls_worker_raw;  // for the signal handler: no TLS wrapper
 
 // Per-OS-thread state: fibers and buffers are kept between blocks and launches.
 struct Worker {
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
     void* sched_sp = nullptr;
 #else
     ucontext_t sched_uc;
@@ -128,8 +136,16 @@ struct Worker {
     unsigned live = 0, arrived = 0, exited = 0;
     bool failed = false;
     std::string error;
+    std::vector<char> altstack;  // signal stack, when the thread had none
 
     ~Worker() {
+        if (!altstack.empty()) {
+            stack_t ss;
+            std::memset(&ss, 0, sizeof ss);
+            ss.ss_flags = SS_DISABLE;
+            sigaltstack(&ss, nullptr);
+        }
+        tls_worker_raw = nullptr;
         for (auto& f : fibers) release_stack(f);
     }
     static void release_stack(Fiber& f) {
@@ -141,8 +157,61 @@ struct Worker {
 
 static thread_local std::unique_ptr<Worker> tls_worker;
 
+// ---- stack overflow report ---------------------------------------------------
+
+// A fiber that runs off its stack hits the guard page. Say so before the
+// process dies, instead of leaving a bare "segmentation fault".
+static struct sigaction previous_segv;
+
+static void on_segv(int sig, siginfo_t* info, void* uctx) {
+    Worker* w = tls_worker_raw;
+    char* addr = static_cast<char*>(info->si_addr);
+    if (w && w->current && addr < w->current->stack && addr >= w->current->stack - Worker::page()) {
+        static const char msg[] =
+            "emulator: a CUDA thread overflowed its fiber stack (guard page hit); large local arrays? "
+            "raise EmuConfig::stack_bytes\n";
+        ssize_t ignored = write(2, msg, sizeof msg - 1);
+        (void)ignored;
+    }
+    // Hand over to whoever handled SIGSEGV before (Rust's own overflow check).
+    if (previous_segv.sa_flags & SA_SIGINFO) {
+        previous_segv.sa_sigaction(sig, info, uctx);
+    } else if (previous_segv.sa_handler != SIG_IGN && previous_segv.sa_handler != SIG_DFL) {
+        previous_segv.sa_handler(sig);
+    } else {
+        signal(SIGSEGV, SIG_DFL);  // returning re-runs the fault, now fatal
+    }
+}
+
+static void install_overflow_report() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa;
+        std::memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_segv;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &previous_segv);
+    });
+}
+
 static Worker& worker() {
-    if (!tls_worker) tls_worker = std::make_unique<Worker>();
+    if (!tls_worker) {
+        install_overflow_report();
+        tls_worker = std::make_unique<Worker>();
+        tls_worker_raw = tls_worker.get();
+        // The handler needs a stack of its own: the fiber's is exhausted.
+        // Keep one that already exists (Rust threads have one).
+        stack_t old;
+        if (sigaltstack(nullptr, &old) == 0 && (old.ss_flags & SS_DISABLE)) {
+            tls_worker->altstack.resize(64 * 1024);
+            stack_t ss;
+            ss.ss_sp = tls_worker->altstack.data();
+            ss.ss_size = tls_worker->altstack.size();
+            ss.ss_flags = 0;
+            sigaltstack(&ss, nullptr);
+        }
+    }
     return *tls_worker;
 }
 
@@ -185,7 +254,7 @@ static std::string where(const Worker& w) {
 // ---- fibers ----------------------------------------------------------------
 
 static void yield_to_scheduler(Worker& w, Fiber* f) {
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
     emu_switch(&f->sp, &w.sched_sp);
 #else
     swapcontext(&f->uc, &w.sched_uc);
@@ -232,7 +301,7 @@ static bool prepare_stacks(Worker& w, unsigned n, size_t stack_bytes, std::strin
 }
 
 static void start_fiber(Worker& w, Fiber& f) {
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
     // Build the frame emu_switch expects: after it pops the control words and
     // six registers, `ret` lands in emu_fiber_entry with r12 = fiber and
     // r13 = fiber_main, and rsp 16-byte aligned as the ABI requires.
@@ -460,7 +529,7 @@ static bool run_block(Worker& w, Launch& L, unsigned long long linear_block) {
             progress = true;
             w.current = &f;
             tls_coords.thread = f.tid;
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
             emu_switch(&w.sched_sp, &f.sp);
 #else
             swapcontext(&w.sched_uc, &f.uc);

@@ -105,3 +105,10 @@ extern "C" __global__ void test_matmul_tiled(float* c, const float* a, const flo
     }
     if (row < n && col < n) c[row * n + col] = acc;
 }
+
+// 128 KiB of locals: more than the default 64 KiB fiber stack.
+extern "C" __global__ void test_stack_overflow(float* out, int n) {
+    float big[32768];
+    for (int i = 0; i < n; i++) big[i] = (float)i;
+    out[threadIdx.x] = big[n - 1 - threadIdx.x];
+}
