@@ -349,11 +349,18 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf
     });
 
     let mut rs = String::new();
+    let list = |prefix: &str, archs: &[u32]| {
+        archs
+            .iter()
+            .map(|a| format!("{prefix}_{a}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     rs += &format!(
-        "pub const GPU_BUILD: &str = \"NVRTC {} (compute_{:?} PTX, sm_{:?} cubins)\";\n",
+        "pub const GPU_BUILD: &str = \"NVRTC {}: {} PTX, {} cubins\";\n",
         nvrtc.version(),
-        PTX_ARCHS,
-        CUBIN_ARCHS
+        list("compute", &PTX_ARCHS),
+        list("sm", &CUBIN_ARCHS)
     );
     rs += "pub static GPU_MODULES: &[GpuModule] = &[\n";
     for (i, src) in sources.iter().enumerate() {

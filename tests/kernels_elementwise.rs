@@ -13,17 +13,36 @@ const N: usize = 256 * 5 + 37;
 /// One op applied to a backend and the views of its inputs.
 type Op<'a> = dyn Fn(&dyn Backend, &[View<f32>]) -> anyhow::Result<()> + 'a;
 
-fn backends() -> Vec<KernelBackend<EmuDevice>> {
-    [ResumeOrder::Forward, ResumeOrder::Reverse]
+/// The emulator under forward and reverse resume order, and the GPU when
+/// this machine has one (then the same comparisons check the real kernels).
+fn backends() -> Vec<(String, Box<dyn Backend>)> {
+    let mut out: Vec<(String, Box<dyn Backend>)> = [ResumeOrder::Forward, ResumeOrder::Reverse]
         .into_iter()
         .map(|order| {
-            KernelBackend::new(EmuDevice::with_config(EmuConfig {
+            let dev = EmuDevice::with_config(EmuConfig {
                 workers: 2,
                 order,
                 ..EmuConfig::default()
-            }))
+            });
+            (
+                format!("emu {order:?}"),
+                Box::new(KernelBackend::new(dev)) as Box<dyn Backend>,
+            )
         })
-        .collect()
+        .collect();
+    if dyntie::device::cuda::driver_present() {
+        let dev =
+            CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
+        out.push((
+            dev.description().to_string(),
+            Box::new(KernelBackend::new(dev)),
+        ));
+    }
+    out
+}
+
+fn emu() -> KernelBackend<EmuDevice> {
+    KernelBackend::new(EmuDevice::new())
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -50,12 +69,11 @@ fn check(name: &str, inputs: &[Vec<f32>], tol: f32, op: &Op) {
         be.download_f32(views[0]).unwrap()
     };
     let want = run(&cpu);
-    for be in backends() {
-        let got = run(&be);
-        let order = be.device().config().order;
+    for (label, be) in backends() {
+        let got = run(be.as_ref());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let ok = (g - w).abs() <= tol * (1.0 + w.abs()) && (*g == 0.0) == (*w == 0.0);
-            assert!(ok, "{name} {order:?}: element {i}: {g} vs cpu {w}");
+            assert!(ok, "{name} on {label}: element {i}: {g} vs cpu {w}");
         }
     }
 }
@@ -110,8 +128,8 @@ fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
     // More elements than one capped grid covers (8192 blocks x 256 threads).
     let n = 8192 * 256 + 1000;
     let x = random(n, 9);
-    let be = &backends()[0];
-    let xb = put(be, &x);
+    let be = emu();
+    let xb = put(&be, &x);
     let out = be.alloc_f32(n).unwrap();
     let ms = dyntie::device::Device::time_ms(be.device(), &mut || be.gelu_fwd(out.f32(), xb.f32()))
         .unwrap();
@@ -124,7 +142,7 @@ fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
 
 #[test]
 fn bad_shapes_and_missing_kernels_are_errors() {
-    let be = &backends()[0];
+    let be = emu();
     let (a, b) = (be.alloc_f32(10).unwrap(), be.alloc_f32(11).unwrap());
     let msg = be.copy(a.f32(), b.f32()).unwrap_err().to_string();
     assert!(
