@@ -66,8 +66,20 @@ emu_switch:
     fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq (%rsi), %rsp
+    # fldcw is slow (half the switch): reload the control words only when
+    # the target's differ from the current ones, which is almost never.
+    stmxcsr -8(%rsp)
+    fnstcw -4(%rsp)
+    movl -8(%rsp), %eax
+    cmpl (%rsp), %eax
+    jne 2f
+    movw -4(%rsp), %ax
+    cmpw 4(%rsp), %ax
+    je 1f
+2:
     ldmxcsr (%rsp)
     fldcw 4(%rsp)
+1:
     addq $8, %rsp
     popq %r15
     popq %r14
