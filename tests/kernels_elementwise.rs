@@ -149,11 +149,25 @@ fn bad_shapes_and_missing_kernels_are_errors() {
         msg.contains("copy") && msg.contains("10") && msg.contains("11"),
         "{msg}"
     );
+    let big = be.alloc_f32(20).unwrap();
     let msg = be
-        .dropout_fwd(a.f32(), a.f32(), 1.5, 0, 0)
+        .dropout_fwd(a.f32(), big.f32().slice(0, 10), 1.5, 0, 0)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("not in [0, 1]"), "{msg}");
+    let msg = be
+        .gelu_fwd(big.f32().slice(0, 10), big.f32().slice(5, 10))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("gelu_fwd: output out overlaps input inp"),
+        "{msg}"
+    );
+    let msg = be
+        .add(big.f32().slice(0, 10), big.f32().slice(2, 10), a.f32())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("overlaps input a"), "{msg}");
     let msg = be.sum_squares(a.f32(), b.f32()).unwrap_err().to_string();
     assert!(msg.contains("sum_squares has no kernel yet"), "{msg}");
 }

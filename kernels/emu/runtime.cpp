@@ -66,13 +66,15 @@ emu_switch:
     fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq (%rsi), %rsp
-    # fldcw is slow (half the switch): reload the control words only when
-    # the target's differ from the current ones, which is almost never.
+    # ldmxcsr/fldcw are slow: reload the control words only when the
+    # target's differ from the current ones, which is almost never. MXCSR's
+    # low 6 bits are sticky exception flags, not control: ignore them.
     stmxcsr -8(%rsp)
     fnstcw -4(%rsp)
     movl -8(%rsp), %eax
-    cmpl (%rsp), %eax
-    jne 2f
+    xorl (%rsp), %eax
+    testl $0xffc0, %eax
+    jnz 2f
     movw -4(%rsp), %ax
     cmpw 4(%rsp), %ax
     je 1f

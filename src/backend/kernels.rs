@@ -49,6 +49,22 @@ fn same_len(op: &str, a: (&str, usize), b: (&str, usize)) -> Result<()> {
     Ok(())
 }
 
+/// Fails when the output shares memory with an input it may not alias:
+/// the kernels read and write through different pointers, so a partial
+/// overlap would give results that depend on thread timing.
+fn disjoint(op: &str, out: (&str, View<f32>), inputs: &[(&str, View<f32>)]) -> Result<()> {
+    let (o0, o1) = (out.1.addr, out.1.addr + out.1.bytes() as u64);
+    for (name, v) in inputs {
+        let (i0, i1) = (v.addr, v.addr + v.bytes() as u64);
+        ensure!(
+            o0 >= i1 || i0 >= o1 || out.1.len == 0 || v.len == 0,
+            "{op}: output {} overlaps input {name}",
+            out.0
+        );
+    }
+    Ok(())
+}
+
 /// `1 / (1 - p)`, or 0 for `p == 1` (everything dropped, no 0 * inf), as the
 /// CPU reference does.
 fn check_dropout_p(op: &str, p: f32) -> Result<f32> {
@@ -157,6 +173,7 @@ impl<D: Device> Backend for KernelBackend<D> {
 
     fn copy(&self, dst: View<f32>, src: View<f32>) -> Result<()> {
         same_len("copy", ("dst", dst.len), ("src", src.len))?;
+        disjoint("copy", ("dst", dst), &[("src", src)])?;
         let (mut d, mut s, mut n) = (dst.addr, src.addr, dst.len as u64);
         // SAFETY: copy_f32(float*, const float*, u64).
         unsafe {
@@ -171,6 +188,13 @@ impl<D: Device> Backend for KernelBackend<D> {
     fn add(&self, out: View<f32>, a: View<f32>, b: View<f32>) -> Result<()> {
         same_len("add", ("out", out.len), ("a", a.len))?;
         same_len("add", ("out", out.len), ("b", b.len))?;
+        // `out` may be exactly `a` or `b` (each element is read, then written
+        // by one thread), but must not partly overlap them.
+        let others: Vec<_> = [("a", a), ("b", b)]
+            .into_iter()
+            .filter(|(_, v)| v.addr != out.addr)
+            .collect();
+        disjoint("add", ("out", out), &others)?;
         let (mut o, mut pa, mut pb, mut n) = (out.addr, a.addr, b.addr, out.len as u64);
         // SAFETY: add_f32(float*, const float*, const float*, u64).
         unsafe {
@@ -184,6 +208,7 @@ impl<D: Device> Backend for KernelBackend<D> {
 
     fn accumulate(&self, dst: View<f32>, src: View<f32>) -> Result<()> {
         same_len("accumulate", ("dst", dst.len), ("src", src.len))?;
+        disjoint("accumulate", ("dst", dst), &[("src", src)])?;
         let (mut d, mut s, mut n) = (dst.addr, src.addr, dst.len as u64);
         // SAFETY: accumulate_f32(float*, const float*, u64).
         unsafe {
@@ -197,6 +222,7 @@ impl<D: Device> Backend for KernelBackend<D> {
 
     fn gelu_fwd(&self, out: View<f32>, inp: View<f32>) -> Result<()> {
         same_len("gelu_fwd", ("out", out.len), ("inp", inp.len))?;
+        disjoint("gelu_fwd", ("out", out), &[("inp", inp)])?;
         let (mut o, mut i, mut n) = (out.addr, inp.addr, out.len as u64);
         // SAFETY: gelu_fwd_f32(float*, const float*, u64).
         unsafe {
@@ -211,6 +237,7 @@ impl<D: Device> Backend for KernelBackend<D> {
     fn gelu_bwd(&self, dinp: View<f32>, inp: View<f32>, dout: View<f32>) -> Result<()> {
         same_len("gelu_bwd", ("dinp", dinp.len), ("inp", inp.len))?;
         same_len("gelu_bwd", ("dinp", dinp.len), ("dout", dout.len))?;
+        disjoint("gelu_bwd", ("dinp", dinp), &[("inp", inp), ("dout", dout)])?;
         let (mut di, mut i, mut d, mut n) = (dinp.addr, inp.addr, dout.addr, dinp.len as u64);
         // SAFETY: gelu_bwd_f32(float*, const float*, const float*, u64).
         unsafe {
@@ -231,6 +258,7 @@ impl<D: Device> Backend for KernelBackend<D> {
         offset: u64,
     ) -> Result<()> {
         same_len("dropout_fwd", ("out", out.len), ("inp", inp.len))?;
+        disjoint("dropout_fwd", ("out", out), &[("inp", inp)])?;
         let mut scale = check_dropout_p("dropout_fwd", p)?;
         let (mut o, mut i, mut p, mut seed, mut offset, mut n) =
             (out.addr, inp.addr, p, seed, offset, out.len as u64);
@@ -261,6 +289,7 @@ impl<D: Device> Backend for KernelBackend<D> {
         offset: u64,
     ) -> Result<()> {
         same_len("dropout_bwd", ("dinp", dinp.len), ("dout", dout.len))?;
+        disjoint("dropout_bwd", ("dinp", dinp), &[("dout", dout)])?;
         let mut scale = check_dropout_p("dropout_bwd", p)?;
         let (mut di, mut d, mut p, mut seed, mut offset, mut n) =
             (dinp.addr, dout.addr, p, seed, offset, dinp.len as u64);
