@@ -210,6 +210,7 @@ static void install_overflow_report() {
 }
 
 static Worker& worker() {
+    if (__builtin_expect(tls_worker_raw != nullptr, 1)) return *tls_worker_raw;
     if (!tls_worker) {
         install_overflow_report();
         tls_worker = std::make_unique<Worker>();
@@ -321,7 +322,7 @@ static void start_fiber(Worker& w, Fiber& f) {
     // r13 = fiber_main, and rsp 16-byte aligned as the ABI requires.
     // Stagger the stack tops by a few cache lines: otherwise every fiber's
     // hot frames share one L1 set (the stacks are page aligned) and thrash it.
-    uintptr_t color = (f.linear % 61) * 64;
+    uintptr_t color = (f.linear & 63) * 64;
     uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + f.stack_bytes - color) & ~uintptr_t(15);
     uint64_t* sp = reinterpret_cast<uint64_t*>(top - 80);
     uint32_t ctl[2] = {0x1F80, 0x037F};  // default MXCSR and x87 control word
@@ -519,11 +520,20 @@ static bool run_block(Worker& w, Launch& L, unsigned long long linear_block) {
         unsigned lanes = std::min(32u, n - k * 32);
         w.warps[k].existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
     }
+    dim3 tid(0, 0, 0);
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = w.fibers[i];
         f.linear = i;
-        f.tid = dim3(i % L.block.x, (i / L.block.x) % L.block.y, i / (L.block.x * L.block.y));
+        f.tid = tid;
         start_fiber(w, f);
+        // x fastest, then y, then z (no divisions: this runs per thread).
+        if (++tid.x == L.block.x) {
+            tid.x = 0;
+            if (++tid.y == L.block.y) {
+                tid.y = 0;
+                tid.z++;
+            }
+        }
     }
     w.live = n;
     w.arrived = 0;
