@@ -82,6 +82,7 @@ struct KernelTable {
 #define __global__
 #define __device__ inline
 #define __host__
+#define __constant__ inline
 #define __forceinline__ __attribute__((always_inline))
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
@@ -118,6 +119,14 @@ inline int __all_sync(unsigned mask, int pred) { return (int)::emu::warp_collect
 // Float add as a compare-and-swap loop, as on GPUs without native support.
 inline float atomicAdd(float* addr, float v) {
     float old, next;
+    __atomic_load(addr, &old, __ATOMIC_RELAXED);
+    do {
+        next = old + v;
+    } while (!__atomic_compare_exchange(addr, &old, &next, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return old;
+}
+inline double atomicAdd(double* addr, double v) {
+    double old, next;
     __atomic_load(addr, &old, __ATOMIC_RELAXED);
     do {
         next = old + v;
@@ -173,6 +182,13 @@ inline float __powf(float x, float y) { return powf(x, y); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __saturatef(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+template <typename T>
+inline T __ldg(const T* p) {
+    return *p;
+}
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline int __float_as_int(float x) { return ::emu::from_bits<int>(::emu::to_bits(x)); }
@@ -194,5 +210,10 @@ inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
 inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+// Mixed signed/unsigned arguments compare as unsigned, as CUDA's overloads do.
+inline unsigned min(int a, unsigned b) { return min((unsigned)a, b); }
+inline unsigned min(unsigned a, int b) { return min(a, (unsigned)b); }
+inline unsigned max(int a, unsigned b) { return max((unsigned)a, b); }
+inline unsigned max(unsigned a, int b) { return max(a, (unsigned)b); }
 inline float min(float a, float b) { return fminf(a, b); }
 inline float max(float a, float b) { return fmaxf(a, b); }
