@@ -224,8 +224,11 @@ fn load_module(m: &GpuModule, arch: u32) -> Result<sys::CUmodule> {
         .collect();
     cubins.sort_by_key(|(a, _)| std::cmp::Reverse(*a));
     for (a, image) in cubins {
+        // include_bytes! gives no alignment guarantee; ELF images want 8 bytes.
+        let mut aligned = vec![0u64; image.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..image.len()].copy_from_slice(image);
         // SAFETY: a cubin image produced by NVRTC.
-        match unsafe { result::module::load_data(image.as_ptr() as *const c_void) } {
+        match unsafe { result::module::load_data(aligned.as_ptr() as *const c_void) } {
             Ok(module) => return Ok(module),
             Err(e) => errors.push(format!("sm_{a} cubin: {:?}", e)),
         }
