@@ -142,6 +142,29 @@ fn a_shuffle_by_half_a_warp_is_reported() {
 }
 
 #[test]
+fn mismatched_warp_collectives_are_reported() {
+    for order in ORDERS {
+        let dev = device(order);
+        let out = Buffer::new(dev.memory(), 32 * 4).unwrap();
+        let mut po = out.addr();
+        let msg = launch_err(
+            &dev,
+            "test_mismatched_collectives",
+            dims(1, 32, 0),
+            &mut [arg(&mut po)],
+        );
+        assert!(
+            msg.contains("mismatched warp collectives"),
+            "{order:?}: {msg}"
+        );
+        assert!(
+            msg.contains("__shfl_xor_sync") && msg.contains("__ballot_sync"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
 fn a_deadlock_is_reported_not_hung() {
     for order in ORDERS {
         let dev = device(order);

@@ -112,3 +112,13 @@ extern "C" __global__ void test_stack_overflow(float* out, int n) {
     for (int i = 0; i < n; i++) big[i] = (float)i;
     out[threadIdx.x] = big[n - 1 - threadIdx.x];
 }
+
+// Even lanes shuffle while odd lanes vote: two different collectives at once.
+extern "C" __global__ void test_mismatched_collectives(int* out) {
+    int v = (int)threadIdx.x;
+    if (threadIdx.x % 2 == 0) {
+        out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 1);
+    } else {
+        out[threadIdx.x] = (int)__ballot_sync(0xffffffffu, 1);
+    }
+}
