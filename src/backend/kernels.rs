@@ -8,7 +8,7 @@
 
 use super::{AdamWStep, AttnShape, Backend, Memory, View};
 use crate::device::{Device, LaunchDims};
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -113,6 +113,7 @@ impl<D: Device> KernelBackend<D> {
             shared_bytes: 0,
         };
         self.launch(kernel, dims, args)
+            .with_context(|| format!("{} backend: {kernel} over {n} elements", self.device.name()))
     }
 
     fn upload<T: bytemuck::Pod>(&self, dst: View<T>, src: &[T]) -> Result<()> {
