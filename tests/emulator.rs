@@ -125,6 +125,32 @@ fn an_early_return_before_a_barrier_is_reported() {
 }
 
 #[test]
+fn an_early_return_can_be_allowed() {
+    for order in ORDERS {
+        let dev = EmuDevice::with_config(EmuConfig {
+            order,
+            allow_early_return: true,
+            ..EmuConfig::default()
+        });
+        let out = upload(&dev, &[0.0; 64]);
+        let (mut po, mut n) = (out.addr(), 40i32);
+        unsafe {
+            dev.launch(
+                "test_early_return",
+                dims(2, 64, 0),
+                &mut [arg(&mut po), arg(&mut n)],
+            )
+        }
+        .unwrap();
+        let got = download(&dev, out.f32());
+        assert!(
+            got[..40].iter().all(|&v| v == 1.0) && got[40..].iter().all(|&v| v == 0.0),
+            "{order:?}"
+        );
+    }
+}
+
+#[test]
 fn a_shuffle_by_half_a_warp_is_reported() {
     let dev = device(ResumeOrder::Forward);
     let out = upload(&dev, &[0.0; 32]);

@@ -230,11 +230,13 @@ static Worker& worker() {
     return *tls_worker;
 }
 
+// Launch knobs, as Rust passes them (src/device/emu.rs: RawConfig).
 struct Config {
     unsigned workers;
     unsigned order;  // 0 forward, 1 reverse, 2 random
     unsigned long long seed;
     unsigned long long stack_bytes;
+    unsigned allow_early_return;  // exited threads count as arrived at barriers
 };
 
 struct Launch {
@@ -346,12 +348,20 @@ static void start_fiber(Worker& w, Fiber& f) {
     f.state = RUNNABLE;
 }
 
+static void release_barrier(Worker& w) {
+    w.arrived = 0;
+    unsigned n = w.live + w.exited;
+    for (unsigned i = 0; i < n; i++)
+        if (w.fibers[i].state == AT_BARRIER) w.fibers[i].state = RUNNABLE;
+}
+
 static void fiber_main(Fiber* f) {
     Worker& w = worker();
     w.launch->kernel(w.launch->args);
     // Returning while others wait at a barrier (or after they passed one the
     // returning thread never reached) is undefined behaviour in CUDA.
-    if (w.arrived > 0)
+    bool strict = !w.launch->cfg.allow_early_return;
+    if (strict && w.arrived > 0)
         fail_in_fiber(w, format("%s returned while %u threads wait at __syncthreads (early return before a barrier)",
                                 where(w).c_str(), w.arrived));
     WarpState& ws = w.warps[f->linear / 32];
@@ -363,6 +373,7 @@ static void fiber_main(Fiber* f) {
     w.exited++;
     f->state = DONE;
     w.live--;
+    if (!strict && w.arrived > 0 && w.arrived == w.live) release_barrier(w);
     yield_to_scheduler(w, f);
     __builtin_unreachable();
 }
@@ -372,17 +383,14 @@ void* dyn_smem() { return worker().smem.data(); }
 void syncthreads() {
     Worker& w = worker();
     Fiber* f = w.current;
-    if (w.exited > 0)
+    if (w.exited > 0 && !w.launch->cfg.allow_early_return)
         fail_in_fiber(w, format("%s reached __syncthreads after %u threads of its block returned (early return "
                                 "before a barrier)",
                                 where(w).c_str(), w.exited));
     w.arrived++;
     if (w.arrived == w.live) {
         // Last to arrive: release everyone and carry on.
-        w.arrived = 0;
-        unsigned n = w.live + w.exited;
-        for (unsigned i = 0; i < n; i++)
-            if (w.fibers[i].state == AT_BARRIER) w.fibers[i].state = RUNNABLE;
+        release_barrier(w);
         return;
     }
     f->state = AT_BARRIER;
@@ -643,20 +651,13 @@ static const KernelEntry* find_kernel(const char* name) {
 
 extern "C" {
 
-struct EmuConfig {
-    unsigned workers;
-    unsigned order;
-    unsigned long long seed;
-    unsigned long long stack_bytes;
-};
-
 static int set_err(char* err, size_t len, const std::string& msg) {
     if (len) std::snprintf(err, len, "%s", msg.c_str());
     return 1;
 }
 
 int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], unsigned long long smem_bytes,
-               void** args, const EmuConfig* cfg, char* err, size_t err_len) {
+               void** args, const emu::Config* cfg, char* err, size_t err_len) {
     const emu::KernelEntry* k = emu::find_kernel(name);
     if (!k) return set_err(err, err_len, emu::format("no kernel named `%s` was compiled into the emulator", name));
     unsigned long long threads = (unsigned long long)block[0] * block[1] * block[2];
@@ -677,7 +678,7 @@ int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3]
     L.grid = dim3(grid[0], grid[1], grid[2]);
     L.block = dim3(block[0], block[1], block[2]);
     L.smem_bytes = smem_bytes;
-    L.cfg = {cfg->workers, cfg->order, cfg->seed, cfg->stack_bytes};
+    L.cfg = *cfg;
     L.nblocks = nblocks;
     unsigned helpers = (unsigned)std::min<unsigned long long>(cfg->workers > 0 ? cfg->workers - 1 : 0, nblocks - 1);
     emu::Pool& p = emu::pool();

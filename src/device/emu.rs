@@ -29,6 +29,10 @@ pub struct EmuConfig {
     pub order: ResumeOrder,
     /// Stack of each emulated CUDA thread; a guard page catches overflows.
     pub stack_bytes: usize,
+    /// Let threads return before a `__syncthreads` the others still reach
+    /// (they count as arrived, as on Volta and later). CUDA calls this
+    /// undefined, so by default it is reported as an error.
+    pub allow_early_return: bool,
 }
 
 impl Default for EmuConfig {
@@ -37,6 +41,7 @@ impl Default for EmuConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             order: ResumeOrder::Forward,
             stack_bytes: 64 << 10,
+            allow_early_return: false,
         }
     }
 }
@@ -47,6 +52,7 @@ struct RawConfig {
     order: c_uint,
     seed: u64,
     stack_bytes: u64,
+    allow_early_return: c_uint,
 }
 
 extern "C" {
@@ -149,6 +155,7 @@ impl Device for EmuDevice {
             order,
             seed,
             stack_bytes: self.config.stack_bytes as u64,
+            allow_early_return: self.config.allow_early_return as c_uint,
         };
         let mut err = vec![0 as c_char; 2048];
         let rc = emu_launch(
