@@ -125,8 +125,8 @@ fn dropout_masks_are_identical_to_the_cpu() {
 
 #[test]
 fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
-    // More elements than one capped grid covers (8192 blocks x 256 threads).
-    let n = 8192 * 256 + 1000;
+    // More elements than one capped grid covers, so threads loop.
+    let n = dyntie::backend::kernels::MAX_GRID_1D as usize * 256 * 2 + 1000;
     let x = random(n, 9);
     let be = emu();
     let xb = put(&be, &x);

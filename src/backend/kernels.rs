@@ -15,9 +15,11 @@ use std::sync::Arc;
 /// Threads per block of the 1-D elementwise kernels: a multiple of the warp
 /// size, small enough that several blocks fit on every SM.
 pub const ELEMENTWISE_BLOCK: u32 = 256;
-/// Cap on the 1-D grid: enough blocks to fill any current GPU several times
-/// over; the kernels' grid-stride loops cover the rest.
-pub const MAX_GRID_1D: u64 = 8192;
+/// Cap on the 1-D grid: 1024 blocks of 256 threads is about one full wave on
+/// an H100 (132 SMs x 2048 resident threads); the kernels' grid-stride loops
+/// cover bigger tensors with several elements per thread. Fewer, busier
+/// threads also make the emulator several times faster (a thread costs a fiber).
+pub const MAX_GRID_1D: u64 = 1024;
 
 /// Blocks for `n` elements, one per thread, capped at [`MAX_GRID_1D`].
 pub fn grid_1d(n: u64, block: u32) -> u32 {
