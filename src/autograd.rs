@@ -1,1 +1,218 @@
 //! The tape: ops record what their backward needs; `backward` runs it in reverse.
+//!
+//! Each op function below runs its forward on the backend at once and, when
+//! the tape records, pushes a closure that runs its backward. Closures capture
+//! only [`View`]s (plain addresses), so they own nothing and cost nothing to
+//! keep. Gradients follow the backend's convention: every backward
+//! accumulates (`+=`) into the gradients it writes, so whoever plans the
+//! gradient buffers zeroes them before they are first written (the model
+//! records those fills on the tape too).
+
+use crate::backend::{AttnShape, Backend, View};
+use anyhow::Result;
+
+type BackwardOp = Box<dyn FnOnce(&dyn Backend) -> Result<()> + Send>;
+
+/// A list of backward closures, run last-recorded first.
+pub struct Tape {
+    ops: Vec<BackwardOp>,
+    recording: bool,
+}
+
+impl Tape {
+    /// A tape that records (training).
+    pub fn new() -> Self {
+        Tape {
+            ops: Vec::new(),
+            recording: true,
+        }
+    }
+
+    /// A tape that drops everything (evaluation: no gradients).
+    pub fn no_grad() -> Self {
+        Tape {
+            ops: Vec::new(),
+            recording: false,
+        }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    pub fn record(&mut self, op: impl FnOnce(&dyn Backend) -> Result<()> + Send + 'static) {
+        if self.recording {
+            self.ops.push(Box::new(op));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Runs every recorded backward in reverse order and empties the tape.
+    pub fn backward(&mut self, backend: &dyn Backend) -> Result<()> {
+        while let Some(op) = self.ops.pop() {
+            op(backend)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Tape::new()
+    }
+}
+
+/// An activation and the buffer its gradient accumulates into.
+#[derive(Clone, Copy, Debug)]
+pub struct Var {
+    pub val: View<f32>,
+    pub grad: View<f32>,
+}
+
+/// A parameter; `grad` is `None` when its gradient is not wanted (frozen).
+#[derive(Clone, Copy, Debug)]
+pub struct Param {
+    pub val: View<f32>,
+    pub grad: Option<View<f32>>,
+}
+
+/// Records `dst = 0` (runs in backward before whatever comes earlier in forward).
+pub fn zero_grad(tape: &mut Tape, dst: View<f32>) {
+    tape.record(move |be| be.fill(dst, 0.0));
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn embedding(
+    be: &dyn Backend,
+    tape: &mut Tape,
+    out: Var,
+    tokens: View<u32>,
+    wte: Param,
+    wpe: Param,
+    batch: usize,
+    seq: usize,
+    channels: usize,
+) -> Result<()> {
+    be.embedding_fwd(out.val, tokens, wte.val, wpe.val, batch, seq, channels)?;
+    if let (Some(dwte), Some(dwpe)) = (wte.grad, wpe.grad) {
+        tape.record(move |be| be.embedding_bwd(dwte, dwpe, out.grad, tokens, batch, seq, channels));
+    }
+    Ok(())
+}
+
+/// LayerNorm. The backend always wants a bias, so a bias-free model passes a
+/// zero buffer with `grad: None`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm(
+    be: &dyn Backend,
+    tape: &mut Tape,
+    out: Var,
+    mean: View<f32>,
+    rstd: View<f32>,
+    inp: Var,
+    weight: Param,
+    bias: Param,
+    rows: usize,
+    channels: usize,
+) -> Result<()> {
+    be.layernorm_fwd(
+        out.val, mean, rstd, inp.val, weight.val, bias.val, rows, channels,
+    )?;
+    tape.record(move |be| {
+        be.layernorm_bwd(
+            inp.grad,
+            weight.grad,
+            bias.grad,
+            out.grad,
+            inp.val,
+            weight.val,
+            mean,
+            rstd,
+            rows,
+            channels,
+        )
+    });
+    Ok(())
+}
+
+/// `out = inp @ weight^T + bias`, weight `[out_ch, in_ch]`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    be: &dyn Backend,
+    tape: &mut Tape,
+    out: Var,
+    inp: Var,
+    weight: Param,
+    bias: Option<Param>,
+    rows: usize,
+    in_ch: usize,
+    out_ch: usize,
+) -> Result<()> {
+    be.matmul_fwd(
+        out.val,
+        inp.val,
+        weight.val,
+        bias.map(|b| b.val),
+        rows,
+        in_ch,
+        out_ch,
+    )?;
+    tape.record(move |be| {
+        be.matmul_bwd(
+            Some(inp.grad),
+            weight.grad,
+            bias.and_then(|b| b.grad),
+            out.grad,
+            inp.val,
+            weight.val,
+            rows,
+            in_ch,
+            out_ch,
+        )
+    });
+    Ok(())
+}
+
+/// Causal self-attention over the fused `qkv`; `att` saves the
+/// probabilities, `scratch` is backward workspace of the same size.
+pub fn attention(
+    be: &dyn Backend,
+    tape: &mut Tape,
+    out: Var,
+    att: View<f32>,
+    scratch: View<f32>,
+    qkv: Var,
+    shape: AttnShape,
+) -> Result<()> {
+    be.attention_fwd(out.val, att, qkv.val, shape)?;
+    tape.record(move |be| be.attention_bwd(qkv.grad, scratch, out.grad, qkv.val, att, shape));
+    Ok(())
+}
+
+pub fn gelu(be: &dyn Backend, tape: &mut Tape, out: Var, inp: Var) -> Result<()> {
+    be.gelu_fwd(out.val, inp.val)?;
+    tape.record(move |be| be.gelu_bwd(inp.grad, inp.val, out.grad));
+    Ok(())
+}
+
+/// Inverted dropout; the backward recomputes the mask from `(seed, offset)`.
+pub fn dropout(
+    be: &dyn Backend,
+    tape: &mut Tape,
+    out: Var,
+    inp: Var,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> Result<()> {
+    be.dropout_fwd(out.val, inp.val, p, seed, offset)?;
+    tape.record(move |be| be.dropout_bwd(inp.grad, out.grad, p, seed, offset));
+    Ok(())
+}

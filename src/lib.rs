@@ -7,10 +7,16 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod conformance;
 pub mod data;
 pub mod device;
+pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod train;
 pub mod tying;

@@ -187,6 +187,7 @@ pub trait Backend: Send + Sync {
     // ---- embeddings ---------------------------------------------------
     /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`. Token ids must be < vocab
     /// (validated by the data layer before they reach a backend).
+    #[allow(clippy::too_many_arguments)]
     fn embedding_fwd(
         &self,
         out: View<f32>,
@@ -198,6 +199,7 @@ pub trait Backend: Send + Sync {
         channels: usize,
     ) -> Result<()>;
     /// Scatter-adds `dout` into the rows of `dwte` and `dwpe`.
+    #[allow(clippy::too_many_arguments)]
     fn embedding_bwd(
         &self,
         dwte: View<f32>,

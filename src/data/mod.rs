@@ -1,1 +1,106 @@
 //! Tokenizers, dataset preparation, memory-mapped token files, batches.
+//!
+//! - [`Tokenizer`]: GPT-2 BPE or bytes.
+//! - [`tokfile`]: the `.bin` token file format (layout in its doc).
+//! - [`prepare()`]: corpus layouts to `train/valid/test.bin` + `meta.json`.
+//! - [`synthetic`]: a seeded corpus with a known entropy floor.
+//! - [`TrainBatcher`], [`EvalWindows`]: training and evaluation windows.
+//! - [`Dataset`]: a prepared folder or the synthetic corpus.
+
+pub mod batch;
+pub mod prepare;
+pub mod synthetic;
+pub mod tokenizer;
+pub mod tokfile;
+
+pub use batch::{Batch, EvalWindows, TokenSource, TrainBatcher, IGNORE_INDEX};
+pub use prepare::{
+    count_words, lambada_examples, prepare, Corpus, LambadaExample, Meta, PrepareOptions,
+    PrepareSummary, WordCount,
+};
+pub use synthetic::{Synthetic, SyntheticConfig};
+pub use tokenizer::Tokenizer;
+pub use tokfile::TokenFile;
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// A dataset's three splits and, for text corpora, its tokenizer.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub name: String,
+    /// `None` for the synthetic corpus (its ids are not text).
+    pub tokenizer: Option<Tokenizer>,
+    pub vocab_size: usize,
+    pub train: TokenSource,
+    pub valid: TokenSource,
+    pub test: TokenSource,
+}
+
+impl Dataset {
+    /// Open a folder written by [`prepare()`], checking the token files
+    /// against `meta.json`.
+    pub fn open(dir: &Path) -> Result<Dataset> {
+        let meta_path = dir.join("meta.json");
+        let json = std::fs::read_to_string(&meta_path).with_context(|| {
+            format!(
+                "cannot read {}; run `dyntie prepare` to create the dataset",
+                meta_path.display()
+            )
+        })?;
+        let meta: Meta = serde_json::from_str(&json).with_context(|| {
+            format!(
+                "{} is not a valid meta.json; re-run `dyntie prepare`",
+                meta_path.display()
+            )
+        })?;
+        if meta.format_version != prepare::META_VERSION {
+            bail!(
+                "{}: format version {} (expected {}); re-run `dyntie prepare`",
+                meta_path.display(),
+                meta.format_version,
+                prepare::META_VERSION
+            );
+        }
+        let tokenizer = Tokenizer::from_name(&meta.tokenizer)
+            .with_context(|| format!("in {}", meta_path.display()))?;
+        let counts = [meta.tokens.train, meta.tokens.valid, meta.tokens.test];
+        let mut sources = Vec::new();
+        for (split, count) in prepare::SPLITS.iter().zip(counts) {
+            let file = TokenFile::open(&dir.join(format!("{split}.bin")))?;
+            if file.len() as u64 != count || file.vocab_size() != meta.vocab_size {
+                bail!(
+                    "{}: {} tokens with vocab {}, but meta.json says {count} with vocab {}; \
+                     re-run `dyntie prepare`",
+                    file.path().display(),
+                    file.len(),
+                    file.vocab_size(),
+                    meta.vocab_size
+                );
+            }
+            sources.push(TokenSource::from_file(split, file));
+        }
+        let [train, valid, test]: [TokenSource; 3] = sources.try_into().unwrap();
+        Ok(Dataset {
+            name: meta.dataset,
+            tokenizer: Some(tokenizer),
+            vocab_size: meta.vocab_size,
+            train,
+            valid,
+            test,
+        })
+    }
+
+    /// Generate the synthetic corpus in memory.
+    pub fn synthetic(cfg: SyntheticConfig) -> Result<Dataset> {
+        let syn = Synthetic::new(cfg.clone())?;
+        Ok(Dataset {
+            name: "synthetic".to_string(),
+            tokenizer: None,
+            vocab_size: cfg.vocab,
+            train: TokenSource::from_vec("train", syn.generate(cfg.train_tokens, 0)),
+            valid: TokenSource::from_vec("valid", syn.generate(cfg.valid_tokens, 1)),
+            test: TokenSource::from_vec("test", syn.generate(cfg.test_tokens, 2)),
+        })
+    }
+}

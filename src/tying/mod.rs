@@ -1,1 +1,8 @@
 //! Dynamic layer tying: tie table, slot store, Q-agent, static policies.
+
+pub mod accounting;
+pub mod agent;
+pub mod policy;
+pub mod reward;
+pub mod slots;
+pub mod table;

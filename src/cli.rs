@@ -1,0 +1,305 @@
+//! The `dyntie` command line: argument definitions and how flags override
+//! the resolved configuration.
+
+use crate::config::RunConfig;
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Train GPT-2-style transformers with dynamic layer tying (Hay & Wolf, ICLR 2024).
+///
+/// A small Q-learning agent decides every few steps, block by block, whether a
+/// transformer block trains its own weights or reuses an earlier block's. Tied
+/// blocks share one buffer, so parameters, gradients and optimizer state
+/// shrink. Start with `dyntie train` (no arguments): a small model on a
+/// built-in synthetic corpus, on the GPU if there is one, else on the CPU.
+#[derive(Parser, Debug)]
+#[command(name = "dyntie", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (with no flags: a small model with dynamic tying on the synthetic corpus).
+    Train(Box<TrainArgs>),
+    /// Perplexity of a trained run on a split, or LAMBADA last-word accuracy.
+    Eval(EvalArgs),
+    /// Tokenize a corpus into train/valid/test token files.
+    Prepare(PrepareArgs),
+    /// Generate text from a trained run.
+    Sample(SampleArgs),
+    /// Write a run's weights in another layout (Hugging Face GPT-2).
+    Export(ExportArgs),
+    /// Memory, throughput and kernel benchmarks.
+    Bench(Box<BenchArgs>),
+    /// Check the GPU: every kernel against the CPU reference, then a short training run.
+    Doctor(DoctorArgs),
+}
+
+/// Model shape flags, shared by `train` and `bench`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelFlags {
+    /// Start from a preset: tiny, small, gpt2, gpt2-medium, gpt2-large, gpt2-xl, paper.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A TOML file overriding the preset (any subset of config.toml's fields).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Transformer blocks.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Model width.
+    #[arg(long = "d-model")]
+    pub d_model: Option<usize>,
+    /// Attention heads (must divide the width).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Context length.
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Vocabulary size (default: the dataset's tokenizer).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// Dropout probability.
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Tying policy: dynamic, none, all, every:K, random, pattern:0,0,1,..,
+    /// cyclic:K, sequence, reverse.
+    #[arg(long)]
+    pub tying: Option<String>,
+    /// Compute backend: auto (CUDA if available, else CPU), cpu, cuda, emu (kernels on the CPU emulator).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Random seed for initialization, data order, dropout and the agent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl ModelFlags {
+    /// The preset (default `small`), then `--config`, then the flags.
+    pub fn resolve(&self) -> Result<RunConfig> {
+        let mut cfg = RunConfig::preset(self.preset.as_deref().unwrap_or("small"))?;
+        if let Some(path) = &self.config {
+            cfg.merge_toml_file(path)?;
+        }
+        let m = &mut cfg.model;
+        set(&mut m.n_layer, self.layers);
+        set(&mut m.n_embd, self.d_model);
+        set(&mut m.n_head, self.heads);
+        set(&mut m.n_ctx, self.ctx);
+        set(&mut m.vocab_size, self.vocab);
+        set(&mut m.dropout, self.dropout);
+        set(&mut cfg.train.batch, self.batch);
+        set(&mut cfg.train.seed, self.seed);
+        set(&mut cfg.tying.policy, self.tying.clone());
+        set(&mut cfg.backend, self.backend.clone());
+        Ok(cfg)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelFlags,
+    /// `synthetic` (built in) or a folder written by `dyntie prepare`.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Micro-batches per optimizer step.
+    #[arg(long = "grad-accum")]
+    pub grad_accum: Option<usize>,
+    /// shared: tied blocks all add gradient to the shared weights; frozen: only the owner block does.
+    #[arg(long = "tie-grad")]
+    pub tie_grad: Option<String>,
+    /// Table before the first decision: independent or zero (all on block 0).
+    #[arg(long = "init-ties")]
+    pub init_ties: Option<String>,
+    /// Training steps between two agent decisions.
+    #[arg(long = "agent-k")]
+    pub agent_k: Option<usize>,
+    /// Reward cost per trainable block (pushes the agent towards tying).
+    #[arg(long = "param-cost")]
+    pub param_cost: Option<f32>,
+    /// Reproduce the authors' code instead of the clean reading of the paper.
+    #[arg(long = "paper-compat")]
+    pub paper_compat: bool,
+    /// Steps between validation passes (0: only at the end).
+    #[arg(long = "eval-every")]
+    pub eval_every: Option<usize>,
+    /// Steps between checkpoints (0: only at the end).
+    #[arg(long = "checkpoint-every")]
+    pub checkpoint_every: Option<usize>,
+    /// Run folder (default: runs/<date>-<time>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in DIR from its last checkpoint.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Overwrite an existing run folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl TrainArgs {
+    pub fn resolve(&self) -> Result<RunConfig> {
+        let mut cfg = self.model.resolve()?;
+        set(&mut cfg.data.source, self.data.clone());
+        set(&mut cfg.train.steps, self.steps);
+        set(&mut cfg.train.lr, self.lr);
+        set(&mut cfg.train.grad_accum, self.grad_accum);
+        set(&mut cfg.tying.tie_grad, self.tie_grad.clone());
+        set(&mut cfg.tying.init_ties, self.init_ties.clone());
+        set(&mut cfg.tying.agent_k, self.agent_k);
+        set(&mut cfg.tying.param_cost, self.param_cost);
+        set(&mut cfg.train.eval_every, self.eval_every);
+        set(&mut cfg.train.checkpoint_every, self.checkpoint_every);
+        if self.paper_compat {
+            cfg.tying.paper_compat = true;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The run folder.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Dataset folder (default: the one the run trained on).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<String>,
+    /// valid or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// `lambada`: last-word accuracy on a LAMBADA jsonl file given with --data.
+    #[arg(long)]
+    pub task: Option<String>,
+    #[arg(long)]
+    pub backend: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PrepareArgs {
+    /// wikitext-2, wikitext-103, lambada, lm1b or text.
+    #[arg(long)]
+    pub dataset: String,
+    /// The corpus: a folder (wikitext, lm1b) or a file (lambada, text).
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
+    /// Output folder (default: data/prepared/<dataset>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// gpt2 (BPE, r50k_base) or byte.
+    #[arg(long, default_value = "gpt2")]
+    pub tokenizer: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    #[arg(long = "max-new-tokens", default_value_t = 100)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample among the K most likely tokens (0 = all).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub backend: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// hf: Hugging Face GPT2LMHeadModel layout.
+    #[arg(long, default_value = "hf")]
+    pub format: String,
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// memory, throughput, kernels or compare.
+    pub what: String,
+    #[command(flatten)]
+    pub model: ModelFlags,
+    /// Tie patterns to compare (memory), e.g. none all pattern:0,0,1,1.
+    #[arg(long, num_args = 1..)]
+    pub patterns: Vec<String>,
+    /// Take the final tie table of a run (memory).
+    #[arg(long = "from-run", value_name = "DIR")]
+    pub from_run: Option<PathBuf>,
+    /// Also measure the allocator on the backend (memory).
+    #[arg(long)]
+    pub measure: bool,
+    /// Timed steps (throughput).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Exit 0 on a machine without a GPU (after saying so).
+    #[arg(long = "allow-no-gpu")]
+    pub allow_no_gpu: bool,
+    /// Check the kernels under the CPU emulator instead of a GPU.
+    #[arg(long)]
+    pub emu: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_preset_and_contradictions_are_errors() {
+        let cli =
+            Cli::try_parse_from(["dyntie", "train", "--preset", "tiny", "--layers", "3"]).unwrap();
+        let Command::Train(args) = cli.command else {
+            panic!("not train")
+        };
+        let cfg = args.resolve().unwrap();
+        assert_eq!((cfg.preset.as_str(), cfg.model.n_layer), ("tiny", 3));
+
+        let cli =
+            Cli::try_parse_from(["dyntie", "train", "--d-model", "30", "--heads", "4"]).unwrap();
+        let Command::Train(args) = cli.command else {
+            panic!("not train")
+        };
+        assert!(args.resolve().is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! What a run leaves behind while it trains: JSON lines appended and flushed
+//! one record at a time, so a crashed run still has everything up to the crash.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+pub struct JsonlWriter {
+    path: PathBuf,
+    file: File,
+}
+
+impl JsonlWriter {
+    /// Opens `path` for appending (creating it).
+    pub fn append(path: &Path) -> Result<JsonlWriter> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for writing", path.display()))?;
+        Ok(JsonlWriter {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// Reads every JSON line of a file (a missing file reads as empty).
+pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let Ok(file) = File::open(path) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{} line {} is not valid JSON", path.display(), i + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Keeps only the lines whose `step` is at most `step` (a resumed run drops
+/// what was logged after its checkpoint, so the files match the model).
+pub fn truncate_after_step(path: &Path, step: u64) -> Result<()> {
+    let records = read_jsonl(path)?;
+    let mut text = String::new();
+    for r in records {
+        if r.get("step").and_then(|s| s.as_u64()).unwrap_or(0) <= step {
+            text.push_str(&serde_json::to_string(&r)?);
+            text.push('\n');
+        }
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot rewrite {}", path.display()))
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC, for default run names.
+pub fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
+        assert_eq!(utc_timestamp().len(), 15);
+    }
+
+    #[test]
+    fn jsonl_append_read_and_truncate() {
+        let path =
+            std::env::temp_dir().join(format!("dyntie-metrics-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut w = JsonlWriter::append(&path).unwrap();
+        for step in 1..=5u64 {
+            w.write(&serde_json::json!({ "step": step, "loss": 1.0 / step as f64 }))
+                .unwrap();
+        }
+        truncate_after_step(&path, 3).unwrap();
+        let back = read_jsonl(&path).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[2]["step"], 3);
+    }
+}

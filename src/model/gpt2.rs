@@ -1,0 +1,843 @@
+//! GPT-2 (pre-LayerNorm, GELU, learned positions, output head tied to wte)
+//! whose blocks read their weights from a [`SlotStore`].
+//!
+//! Forward, per block: `x = x + drop(proj(attn(ln1(x))))`, then
+//! `x = x + drop(mlp.proj(gelu(mlp.fc(ln2(x)))))`; before the blocks
+//! `x = drop(wte[tok] + wpe[t])`, after them `logits = ln_f(x) @ wte^T`.
+//! Dropout sits on the embeddings and on both residual branches, as in
+//! nanoGPT, but not on the attention probabilities: the backend's fused
+//! attention has no dropout, and dyntie keeps it that way (the paper's
+//! dropout of 0.2 is applied at the three sites above). Dropout site `k`
+//! (0 = embeddings, then two per block) draws mask elements at counter offset
+//! `k * B*T*C` of the step's Philox stream, so the masks of different sites
+//! differ.
+//!
+//! Gradients of the residual stream: every block reads and writes the stream,
+//! and its gradient is one buffer (`g_resid`) for all layers. A residual
+//! add `out = x + branch` then needs no backward of its own: `out`, `x` and
+//! `branch` all share that buffer, and the ops that read the stream (the
+//! LayerNorms) accumulate into it after the branch has consumed it.
+
+use super::plan::{ActivationPlan, Region};
+use super::{BlockLayout, GlobalLayout, Gpt2Config};
+use crate::autograd::{self, Param, Tape, Var};
+use crate::backend::{AttnShape, Backend, Buffer, View};
+use crate::rng::HostRng;
+use crate::tying::slots::{Slot, SlotStore};
+use anyhow::{bail, ensure, Context, Result};
+use std::sync::Arc;
+
+/// Targets equal to this are left out of the loss.
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
+/// Label of the initialization stream derived from the model seed.
+const INIT_STREAM: u64 = 0x494e_4954; // "INIT"
+
+/// Both arenas for one (batch, seq).
+struct Arena {
+    plan: ActivationPlan,
+    acts: Buffer,
+    grads: Buffer,
+}
+
+pub struct Gpt2 {
+    backend: Arc<dyn Backend>,
+    cfg: Gpt2Config,
+    block: BlockLayout,
+    global: GlobalLayout,
+    globals: Slot,
+    slots: SlotStore,
+    /// `C` zeros standing in for LayerNorm biases when `cfg.bias` is false
+    /// (the backend's LayerNorm always adds a bias).
+    zero_bias: Option<Buffer>,
+    arena: Option<Arena>,
+    tape: Tape,
+}
+
+/// What a forward pass is for.
+#[derive(Clone, Copy)]
+enum Mode {
+    Train { dropout_seed: u64, grad_scale: f32 },
+    Eval,
+}
+
+impl Gpt2 {
+    /// A model with every block on its own slot, initialized from `seed`
+    /// (see [`Gpt2::init`]).
+    pub fn new(backend: Arc<dyn Backend>, cfg: Gpt2Config, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let block = BlockLayout::new(&cfg);
+        let global = GlobalLayout::new(&cfg);
+        let globals = Slot::zeros(backend.as_ref(), global.len())?;
+        let slots = SlotStore::independent(backend.as_ref(), cfg.n_layer, block.len())?;
+        let zero_bias = if cfg.bias {
+            None
+        } else {
+            Some(backend.alloc_f32(cfg.n_embd)?)
+        };
+        let model = Gpt2 {
+            backend,
+            cfg,
+            block,
+            global,
+            globals,
+            slots,
+            zero_bias,
+            arena: None,
+            tape: Tape::new(),
+        };
+        model.init(seed)?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.cfg
+    }
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+    pub fn block_layout(&self) -> &BlockLayout {
+        &self.block
+    }
+    pub fn global_layout(&self) -> &GlobalLayout {
+        &self.global
+    }
+    /// Embeddings and final LayerNorm, with their gradients and moments.
+    pub fn globals(&self) -> &Slot {
+        &self.globals
+    }
+    pub fn slots(&self) -> &SlotStore {
+        &self.slots
+    }
+    pub fn slots_mut(&mut self) -> &mut SlotStore {
+        &mut self.slots
+    }
+
+    /// Initializes every parameter on the host from one stream derived from
+    /// `seed`, in this order: the global buffer (wte, wpe, ln_f), then the
+    /// slot of layer 0, 1, ..., each in layout order. Linear weights, wte and
+    /// wpe are N(0, 0.02); the residual output projections (attn.proj.weight,
+    /// mlp.proj.weight) N(0, 0.02 / sqrt(2 n_layer)) as in GPT-2; biases 0;
+    /// LayerNorm weights 1. Only the normal draws consume the stream.
+    pub fn init(&self, seed: u64) -> Result<()> {
+        let mut rng = HostRng::derive(seed, INIT_STREAM);
+        let proj_std = 0.02 / (2.0 * self.cfg.n_layer as f64).sqrt();
+        let mut fill = |entries: &[super::ParamEntry], len: usize| {
+            let mut host = vec![0f32; len];
+            for e in entries {
+                let dst = &mut host[e.offset..e.offset + e.len];
+                let std = match e.name {
+                    "attn.proj.weight" | "mlp.proj.weight" => proj_std,
+                    n if n.starts_with("ln") && n.ends_with("weight") => {
+                        dst.fill(1.0);
+                        continue;
+                    }
+                    n if n.ends_with("bias") => continue,
+                    _ => 0.02,
+                };
+                for x in dst {
+                    *x = (rng.normal() * std) as f32;
+                }
+            }
+            host
+        };
+        let host = fill(self.global.entries(), self.global.len());
+        self.backend.upload_f32(self.globals.params.f32(), &host)?;
+        for layer in 0..self.cfg.n_layer {
+            let host = fill(self.block.entries(), self.block.len());
+            self.backend
+                .upload_f32(self.slots.slot_of(layer).params.f32(), &host)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the gradients of the globals and of every live slot.
+    pub fn zero_grads(&self) -> Result<()> {
+        self.backend.fill(self.globals.grads.f32(), 0.0)?;
+        for (_, slot) in self.slots.live_slots() {
+            self.backend.fill(slot.grads.f32(), 0.0)?;
+        }
+        Ok(())
+    }
+
+    /// One forward and backward pass on `batch` rows of `seq` tokens.
+    /// Accumulates `grad_scale` times the gradient of the mean loss into the
+    /// parameter gradients (zero them with [`Gpt2::zero_grads`] before the
+    /// first micro-batch) and returns the mean loss over the targets that are
+    /// not [`IGNORE_INDEX`].
+    pub fn forward_backward(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+        dropout_seed: u64,
+        grad_scale: f32,
+    ) -> Result<f32> {
+        let count = self.check_targets(targets, batch, seq)?;
+        if count == 0 {
+            bail!("every target of this batch is the ignore index; there is no loss to train on");
+        }
+        let mode = Mode::Train {
+            dropout_seed,
+            grad_scale: grad_scale / count as f32,
+        };
+        self.forward(tokens, Some(targets), batch, seq, mode)?;
+        let mut tape = std::mem::take(&mut self.tape);
+        let result = tape.backward(self.backend.as_ref());
+        self.tape = tape;
+        result?;
+        let (sum, _) = self.sum_losses(targets)?;
+        Ok((sum / count as f64) as f32)
+    }
+
+    /// The summed loss and the number of non-ignored targets, with no dropout
+    /// and no gradients.
+    pub fn eval_loss(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<(f64, usize)> {
+        self.check_targets(targets, batch, seq)?;
+        self.forward(tokens, Some(targets), batch, seq, Mode::Eval)?;
+        self.sum_losses(targets)
+    }
+
+    /// The logits of the last position of each of the `tokens.len() / seq`
+    /// rows, `vocab_size` per row (for sampling).
+    pub fn logits_last(&mut self, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
+        ensure!(
+            seq > 0 && tokens.len().is_multiple_of(seq) && !tokens.is_empty(),
+            "logits_last: {} tokens do not split into rows of {seq}",
+            tokens.len()
+        );
+        let batch = tokens.len() / seq;
+        self.forward(tokens, None, batch, seq, Mode::Eval)?;
+        let arena = self.arena.as_ref().expect("forward planned the arena");
+        let logits = arena.plan.logits.f32(arena.acts.f32());
+        let v = self.cfg.vocab_size;
+        let mut out = Vec::with_capacity(batch * v);
+        for b in 0..batch {
+            let row = (b * seq + seq - 1) * v;
+            out.extend(self.backend.download_f32(logits.slice(row, v))?);
+        }
+        Ok(out)
+    }
+
+    /// The full logits `[batch * seq, vocab]` of the last forward pass
+    /// (after a training step they hold the logits' gradient instead).
+    pub fn last_logits(&self) -> Result<Vec<f32>> {
+        let arena = self.arena.as_ref().context("no forward pass has run yet")?;
+        self.backend
+            .download_f32(arena.plan.logits.f32(arena.acts.f32()))
+    }
+
+    // ---- named parameters -------------------------------------------------
+
+    /// Every parameter name with its shape: the globals (`wte`, `wpe`,
+    /// `ln_f.weight`, `ln_f.bias`), then `h.{layer}.{block name}` per layer.
+    /// Layers that share a slot name the same memory.
+    pub fn param_names(&self) -> Vec<(String, Vec<usize>)> {
+        let mut names: Vec<_> = self
+            .global
+            .entries()
+            .iter()
+            .map(|e| (e.name.to_string(), e.shape.clone()))
+            .collect();
+        for layer in 0..self.cfg.n_layer {
+            for e in self.block.entries() {
+                names.push((format!("h.{layer}.{}", e.name), e.shape.clone()));
+            }
+        }
+        names
+    }
+
+    /// The parameter and gradient views of a named parameter.
+    fn resolve(&self, name: &str) -> Result<(View<f32>, View<f32>)> {
+        if let Some(e) = self.global.get(name) {
+            return Ok((
+                e.view(self.globals.params.f32()),
+                e.view(self.globals.grads.f32()),
+            ));
+        }
+        let unknown = || format!("unknown parameter name {name:?} (see Gpt2::param_names)");
+        let rest = name.strip_prefix("h.").with_context(unknown)?;
+        let (layer, field) = rest.split_once('.').with_context(unknown)?;
+        let layer: usize = layer.parse().ok().with_context(unknown)?;
+        ensure!(layer < self.cfg.n_layer, "{}", unknown());
+        let e = self.block.get(field).with_context(unknown)?;
+        let slot = self.slots.slot_of(layer);
+        Ok((e.view(slot.params.f32()), e.view(slot.grads.f32())))
+    }
+
+    pub fn read_param(&self, name: &str) -> Result<Vec<f32>> {
+        self.backend.download_f32(self.resolve(name)?.0)
+    }
+
+    pub fn read_grad(&self, name: &str) -> Result<Vec<f32>> {
+        self.backend.download_f32(self.resolve(name)?.1)
+    }
+
+    pub fn write_param(&self, name: &str, data: &[f32]) -> Result<()> {
+        let (view, _) = self.resolve(name)?;
+        ensure!(
+            data.len() == view.len,
+            "parameter {name} has {} elements, got {}",
+            view.len,
+            data.len()
+        );
+        self.backend.upload_f32(view, data)
+    }
+
+    // ---- the forward pass -------------------------------------------------
+
+    /// Validates targets against the vocabulary; returns how many count.
+    fn check_targets(&self, targets: &[u32], batch: usize, seq: usize) -> Result<usize> {
+        ensure!(
+            targets.len() == batch * seq,
+            "expected {batch} x {seq} = {} targets, got {}",
+            batch * seq,
+            targets.len()
+        );
+        let v = self.cfg.vocab_size as u32;
+        if let Some(i) = targets.iter().position(|&t| t >= v && t != IGNORE_INDEX) {
+            bail!(
+                "target {} at position {i} is outside the vocabulary of {v}",
+                targets[i]
+            );
+        }
+        Ok(targets.iter().filter(|&&t| t != IGNORE_INDEX).count())
+    }
+
+    /// Sums the per-position losses of the last forward pass.
+    fn sum_losses(&self, targets: &[u32]) -> Result<(f64, usize)> {
+        let arena = self.arena.as_ref().expect("forward planned the arena");
+        let losses = self
+            .backend
+            .download_f32(arena.plan.losses.f32(arena.acts.f32()))?;
+        let mut sum = 0f64;
+        let mut count = 0;
+        for (&l, &t) in losses.iter().zip(targets) {
+            if t != IGNORE_INDEX {
+                sum += l as f64;
+                count += 1;
+            }
+        }
+        Ok((sum, count))
+    }
+
+    /// Plans and allocates the arenas for `(batch, seq)` unless they exist.
+    fn ensure_arena(&mut self, batch: usize, seq: usize) -> Result<()> {
+        if let Some(a) = &self.arena {
+            if a.plan.batch == batch && a.plan.seq == seq {
+                return Ok(());
+            }
+        }
+        // Free the old arenas first so the peak is the larger of the two.
+        self.arena = None;
+        let plan = ActivationPlan::new(&self.cfg, batch, seq);
+        let acts = self.backend.alloc_f32(plan.act_len)?;
+        let grads = self.backend.alloc_f32(plan.grad_len)?;
+        self.arena = Some(Arena { plan, acts, grads });
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        batch: usize,
+        seq: usize,
+        mode: Mode,
+    ) -> Result<()> {
+        ensure!(batch > 0 && seq > 0, "batch and seq must be > 0");
+        ensure!(
+            seq <= self.cfg.n_ctx,
+            "sequence length {seq} exceeds the model's context n_ctx = {}",
+            self.cfg.n_ctx
+        );
+        ensure!(
+            tokens.len() == batch * seq,
+            "expected {batch} x {seq} = {} tokens, got {}",
+            batch * seq,
+            tokens.len()
+        );
+        let v = self.cfg.vocab_size as u32;
+        if let Some(i) = tokens.iter().position(|&t| t >= v) {
+            bail!(
+                "token {} at position {i} is outside the vocabulary of {v}",
+                tokens[i]
+            );
+        }
+        self.ensure_arena(batch, seq)?;
+        let mut tape = if matches!(mode, Mode::Train { .. }) {
+            Tape::new()
+        } else {
+            Tape::no_grad()
+        };
+        let result = self.record_forward(&mut tape, tokens, targets, mode);
+        self.tape = tape;
+        result
+    }
+
+    fn record_forward(
+        &self,
+        tape: &mut Tape,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        mode: Mode,
+    ) -> Result<()> {
+        let be = self.backend.as_ref();
+        let arena = self.arena.as_ref().expect("arena planned");
+        let plan = &arena.plan;
+        let (acts, grads) = (arena.acts.f32(), arena.grads.f32());
+        let act = |r: Region| r.f32(acts);
+        let grad = |r: Region| r.f32(grads);
+        let (b, t, c) = (plan.batch, plan.seq, self.cfg.n_embd);
+        let n = b * t;
+        let shape = AttnShape {
+            batch: b,
+            seq: t,
+            channels: c,
+            heads: self.cfg.n_head,
+        };
+        let dropout = match mode {
+            Mode::Train { dropout_seed, .. } if self.cfg.dropout > 0.0 => {
+                Some((self.cfg.dropout, dropout_seed))
+            }
+            _ => None,
+        };
+        let site_offset = |k: usize| (k * n * c) as u64;
+        let g_resid = grad(plan.g_resid);
+        let resid = |r: Region| Var {
+            val: act(r),
+            grad: g_resid,
+        };
+
+        let tok = plan.tokens.u32(acts);
+        be.upload_u32(tok, tokens)?;
+        let gp = |name: &str| Param {
+            val: self.global.view(self.globals.params.f32(), name),
+            grad: Some(self.global.view(self.globals.grads.f32(), name)),
+        };
+        let (wte, wpe) = (gp("wte"), gp("wpe"));
+
+        // Embeddings, then dropout site 0.
+        let x0 = resid(plan.x0);
+        match (dropout, plan.scratch, plan.g_emb) {
+            (Some((p, seed)), Some(scratch), Some(g_emb)) => {
+                let emb = Var {
+                    val: act(scratch),
+                    grad: grad(g_emb),
+                };
+                autograd::embedding(be, tape, emb, tok, wte, wpe, b, t, c)?;
+                autograd::dropout(be, tape, x0, emb, p, seed, site_offset(0))?;
+            }
+            _ => autograd::embedding(be, tape, x0, tok, wte, wpe, b, t, c)?,
+        }
+
+        let gl = plan.g_layer;
+        let mut x = x0;
+        for (layer, la) in plan.layers.iter().enumerate() {
+            let slot = self.slots.slot_of(layer);
+            let want_grad = self.slots.grad_enabled(layer);
+            let (pv, gv) = (slot.params.f32(), slot.grads.f32());
+            let p = |name: &str| Param {
+                val: self.block.view(pv, name),
+                grad: want_grad.then(|| self.block.view(gv, name)),
+            };
+            let pb = |name: &str| {
+                self.block.bias_view(pv, name).map(|val| Param {
+                    val,
+                    grad: want_grad.then(|| self.block.view(gv, name)),
+                })
+            };
+            let ln_bias = |name: &str| self.ln_bias(pb(name));
+            let var = |a: Region, g: Region| Var {
+                val: act(a),
+                grad: grad(g),
+            };
+
+            // Attention branch.
+            let ln1 = var(la.ln1, gl.ln1);
+            let (m1, r1) = (act(la.ln1_mean), act(la.ln1_rstd));
+            autograd::layernorm(
+                be,
+                tape,
+                ln1,
+                m1,
+                r1,
+                x,
+                p("ln1.weight"),
+                ln_bias("ln1.bias"),
+                n,
+                c,
+            )?;
+            let qkv = var(la.qkv, gl.qkv);
+            autograd::linear(
+                be,
+                tape,
+                qkv,
+                ln1,
+                p("attn.qkv.weight"),
+                pb("attn.qkv.bias"),
+                n,
+                c,
+                3 * c,
+            )?;
+            let atty = var(la.atty, gl.atty);
+            autograd::attention(
+                be,
+                tape,
+                atty,
+                act(la.att),
+                grad(gl.att_scratch),
+                qkv,
+                shape,
+            )?;
+            let x_mid = resid(la.x_mid);
+            self.branch(
+                tape,
+                plan,
+                dropout,
+                gl.attn_branch,
+                x_mid,
+                1 + 2 * layer,
+                |tape, out| {
+                    autograd::linear(
+                        be,
+                        tape,
+                        out,
+                        atty,
+                        p("attn.proj.weight"),
+                        pb("attn.proj.bias"),
+                        n,
+                        c,
+                        c,
+                    )
+                },
+            )?;
+            be.add(x_mid.val, x.val, x_mid.val)?;
+
+            // MLP branch.
+            let ln2 = var(la.ln2, gl.ln2);
+            let (m2, r2) = (act(la.ln2_mean), act(la.ln2_rstd));
+            autograd::layernorm(
+                be,
+                tape,
+                ln2,
+                m2,
+                r2,
+                x_mid,
+                p("ln2.weight"),
+                ln_bias("ln2.bias"),
+                n,
+                c,
+            )?;
+            let fc = var(la.fc, gl.fc);
+            autograd::linear(
+                be,
+                tape,
+                fc,
+                ln2,
+                p("mlp.fc.weight"),
+                pb("mlp.fc.bias"),
+                n,
+                c,
+                4 * c,
+            )?;
+            let gelu = var(la.gelu, gl.gelu);
+            autograd::gelu(be, tape, gelu, fc)?;
+            let x_out = resid(la.x_out);
+            self.branch(
+                tape,
+                plan,
+                dropout,
+                gl.mlp_branch,
+                x_out,
+                2 + 2 * layer,
+                |tape, out| {
+                    autograd::linear(
+                        be,
+                        tape,
+                        out,
+                        gelu,
+                        p("mlp.proj.weight"),
+                        pb("mlp.proj.bias"),
+                        n,
+                        4 * c,
+                        c,
+                    )
+                },
+            )?;
+            be.add(x_out.val, x_mid.val, x_out.val)?;
+
+            // Runs in backward before this layer's ops: the workspace still
+            // holds the layer above's gradients.
+            autograd::zero_grad(tape, grad(gl.all));
+            x = x_out;
+        }
+
+        let lnf = Var {
+            val: act(plan.lnf),
+            grad: grad(plan.g_lnf),
+        };
+        let lnf_bias = self.ln_bias(self.global.get("ln_f.bias").map(|_| gp("ln_f.bias")));
+        let (mf, rf) = (act(plan.lnf_mean), act(plan.lnf_rstd));
+        autograd::layernorm(be, tape, lnf, mf, rf, x, gp("ln_f.weight"), lnf_bias, n, c)?;
+        // The loss writes the logits' gradient over the logits.
+        let logits = Var {
+            val: act(plan.logits),
+            grad: act(plan.logits),
+        };
+        let vocab = self.cfg.vocab_size;
+        autograd::linear(be, tape, logits, lnf, wte, None, n, c, vocab)?;
+
+        if let Some(targets) = targets {
+            let tgt = plan.targets.u32(acts);
+            be.upload_u32(tgt, targets)?;
+            let (dlogits, scale) = match mode {
+                Mode::Train { grad_scale, .. } => (Some(logits.val), grad_scale),
+                Mode::Eval => (None, 1.0),
+            };
+            let losses = act(plan.losses);
+            be.softmax_xent(
+                losses,
+                dlogits,
+                logits.val,
+                tgt,
+                n,
+                vocab,
+                IGNORE_INDEX,
+                scale,
+            )?;
+        }
+        // Recorded last, so it runs first: the global gradients start at zero.
+        autograd::zero_grad(tape, grad(plan.g_globals));
+        Ok(())
+    }
+
+    /// Runs a residual branch's last op (`op` writes into the `Var` it is
+    /// given) and its dropout site `site`, leaving the result in `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn branch(
+        &self,
+        tape: &mut Tape,
+        plan: &ActivationPlan,
+        dropout: Option<(f32, u64)>,
+        g_branch: Option<Region>,
+        out: Var,
+        site: usize,
+        op: impl FnOnce(&mut Tape, Var) -> Result<()>,
+    ) -> Result<()> {
+        let arena = self.arena.as_ref().expect("arena planned");
+        match (dropout, plan.scratch, g_branch) {
+            (Some((p, seed)), Some(scratch), Some(g)) => {
+                let pre = Var {
+                    val: scratch.f32(arena.acts.f32()),
+                    grad: g.f32(arena.grads.f32()),
+                };
+                op(tape, pre)?;
+                let offset = (site * plan.batch * plan.seq * self.cfg.n_embd) as u64;
+                autograd::dropout(self.backend.as_ref(), tape, out, pre, p, seed, offset)
+            }
+            _ => op(tape, out),
+        }
+    }
+
+    /// A LayerNorm bias parameter, or the zero stand-in without biases.
+    fn ln_bias(&self, bias: Option<Param>) -> Param {
+        bias.unwrap_or_else(|| Param {
+            val: self
+                .zero_bias
+                .as_ref()
+                .expect("a model without biases has a zero bias buffer")
+                .f32(),
+            grad: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    fn cfg(dropout: f32, bias: bool) -> Gpt2Config {
+        Gpt2Config {
+            n_layer: 2,
+            n_embd: 16,
+            n_head: 2,
+            n_ctx: 8,
+            vocab_size: 23,
+            dropout,
+            bias,
+        }
+    }
+
+    fn model(cfg: Gpt2Config) -> Gpt2 {
+        Gpt2::new(Arc::new(CpuBackend::new()), cfg, 7).unwrap()
+    }
+
+    fn batch(b: usize, t: usize, v: u32) -> (Vec<u32>, Vec<u32>) {
+        let mut rng = HostRng::new(3);
+        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v as u64) as u32).collect();
+        let mut targets: Vec<u32> = (0..b * t).map(|_| rng.below(v as u64) as u32).collect();
+        targets[1] = IGNORE_INDEX;
+        (tokens, targets)
+    }
+
+    /// Central differences at the largest-gradient element of every tensor,
+    /// with the same dropout seed for every evaluation so the masks agree.
+    fn check_gradients(cfg: Gpt2Config) {
+        let mut m = model(cfg.clone());
+        let (b, t) = (2, 5);
+        let (tokens, targets) = batch(b, t, cfg.vocab_size as u32);
+        m.zero_grads().unwrap();
+        m.forward_backward(&tokens, &targets, b, t, 11, 1.0)
+            .unwrap();
+        let h = 1e-2f32;
+        // Read every gradient first: the evaluations below accumulate more.
+        let names: Vec<String> = m.param_names().into_iter().map(|(n, _)| n).collect();
+        let grads: Vec<Vec<f32>> = names.iter().map(|n| m.read_grad(n).unwrap()).collect();
+        for (name, grad) in names.iter().zip(grads) {
+            let (i, &g) = grad
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap();
+            let orig = m.read_param(name).unwrap();
+            let mut loss_at = |x: f32| {
+                let mut p = orig.clone();
+                p[i] = x;
+                m.write_param(name, &p).unwrap();
+                m.forward_backward(&tokens, &targets, b, t, 11, 1.0)
+                    .unwrap() as f64
+            };
+            let fd = (loss_at(orig[i] + h) - loss_at(orig[i] - h)) / (2.0 * h as f64);
+            m.write_param(name, &orig).unwrap();
+            let err = (fd - g as f64).abs();
+            assert!(
+                err <= 2e-4 + 2e-2 * (g as f64).abs(),
+                "{name}[{i}]: analytic {g:e}, finite difference {fd:e}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_with_dropout() {
+        check_gradients(cfg(0.2, true));
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_without_biases() {
+        check_gradients(cfg(0.0, false));
+    }
+
+    #[test]
+    fn layers_on_one_slot_sum_their_gradients() {
+        let c = cfg(0.1, true);
+        let (tokens, targets) = batch(2, 6, c.vocab_size as u32);
+        // Untied, with layer 1 holding a copy of layer 0's weights.
+        let mut untied = model(c.clone());
+        for (name, _) in untied.param_names() {
+            if let Some(field) = name.strip_prefix("h.0.") {
+                let w = untied.read_param(&name).unwrap();
+                untied.write_param(&format!("h.1.{field}"), &w).unwrap();
+            }
+        }
+        untied.zero_grads().unwrap();
+        let loss_untied = untied
+            .forward_backward(&tokens, &targets, 2, 6, 5, 1.0)
+            .unwrap();
+        // Tied: both layers on slot 0, slot 1 freed.
+        let mut tied = model(c);
+        tied.slots_mut().layer_slot[1] = 0;
+        tied.slots_mut().slots[1] = None;
+        tied.zero_grads().unwrap();
+        let loss_tied = tied
+            .forward_backward(&tokens, &targets, 2, 6, 5, 1.0)
+            .unwrap();
+        assert_eq!(loss_tied, loss_untied);
+        for e in tied.block_layout().entries() {
+            let g0 = untied.read_grad(&format!("h.0.{}", e.name)).unwrap();
+            let g1 = untied.read_grad(&format!("h.1.{}", e.name)).unwrap();
+            let g = tied.read_grad(&format!("h.0.{}", e.name)).unwrap();
+            for k in 0..g.len() {
+                let want = g0[k] + g1[k];
+                assert!(
+                    (g[k] - want).abs() <= 1e-6 + 1e-5 * want.abs(),
+                    "{}[{k}]: {} vs {want}",
+                    e.name,
+                    g[k]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn micro_batches_accumulate_and_eval_matches_training_without_dropout() {
+        let c = cfg(0.0, true);
+        let (tokens, targets) = batch(2, 8, c.vocab_size as u32);
+        let mut m = model(c);
+        m.zero_grads().unwrap();
+        let loss = m.forward_backward(&tokens, &targets, 2, 8, 0, 1.0).unwrap();
+        let once = m.read_grad("h.1.mlp.fc.weight").unwrap();
+        m.zero_grads().unwrap();
+        m.forward_backward(&tokens, &targets, 2, 8, 0, 0.5).unwrap();
+        m.forward_backward(&tokens, &targets, 2, 8, 0, 0.5).unwrap();
+        let twice = m.read_grad("h.1.mlp.fc.weight").unwrap();
+        for (a, b) in once.iter().zip(&twice) {
+            assert!((a - b).abs() <= 1e-6 + 1e-5 * a.abs(), "{a} vs {b}");
+        }
+        let (sum, count) = m.eval_loss(&tokens, &targets, 2, 8).unwrap();
+        assert_eq!(count, 15);
+        assert!(((sum / count as f64) as f32 - loss).abs() < 1e-6);
+        // Sampling at another shape re-plans the arenas.
+        let last = m.logits_last(&tokens[..5], 5).unwrap();
+        assert_eq!(last.len(), 23);
+    }
+
+    #[test]
+    fn dropout_depends_on_the_seed_and_is_off_in_eval() {
+        let c = cfg(0.2, true);
+        let (tokens, targets) = batch(2, 8, c.vocab_size as u32);
+        let mut m = model(c);
+        let a = m.forward_backward(&tokens, &targets, 2, 8, 1, 1.0).unwrap();
+        let b = m.forward_backward(&tokens, &targets, 2, 8, 2, 1.0).unwrap();
+        let a2 = m.forward_backward(&tokens, &targets, 2, 8, 1, 1.0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a2);
+        let e1 = m.eval_loss(&tokens, &targets, 2, 8).unwrap();
+        let e2 = m.eval_loss(&tokens, &targets, 2, 8).unwrap();
+        assert_eq!(e1, e2);
+        assert_ne!((e1.0 / e1.1 as f64) as f32, a);
+    }
+
+    #[test]
+    fn the_model_can_move_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<Gpt2>();
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let mut m = model(cfg(0.0, true));
+        let e = m
+            .forward_backward(&[0, 99], &[0, 1], 1, 2, 0, 1.0)
+            .unwrap_err();
+        assert!(e.to_string().contains("vocabulary"), "{e}");
+        let e = m.eval_loss(&[0; 9], &[0; 9], 1, 9).unwrap_err();
+        assert!(e.to_string().contains("n_ctx"), "{e}");
+        let e = m.eval_loss(&[0; 4], &[0; 3], 1, 4).unwrap_err();
+        assert!(e.to_string().contains("targets"), "{e}");
+        let e = m
+            .forward_backward(&[0, 1], &[IGNORE_INDEX; 2], 1, 2, 0, 1.0)
+            .unwrap_err();
+        assert!(e.to_string().contains("ignore"), "{e}");
+        assert!(m.write_param("h.5.ln1.weight", &[0.0]).is_err());
+        assert!(m.write_param("wte", &[0.0]).is_err());
+    }
+}

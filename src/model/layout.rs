@@ -1,0 +1,220 @@
+//! Where each parameter lives inside a buffer.
+//!
+//! A block's parameters sit at fixed offsets in one contiguous slot buffer
+//! (the same offsets for every slot), so a tie only swaps which buffer a layer
+//! reads. Linear weights are stored `[out, in]`. The embeddings and the final
+//! LayerNorm live in a separate global buffer laid out the same way.
+//!
+//! Weight decay follows nanoGPT: tensors with two dimensions (linear weights
+//! and embeddings) decay; biases and LayerNorm weights do not.
+
+use super::Gpt2Config;
+use crate::backend::View;
+
+/// One named tensor inside a buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamEntry {
+    pub name: &'static str,
+    /// Offset in elements from the start of the buffer.
+    pub offset: usize,
+    pub len: usize,
+    pub shape: Vec<usize>,
+    /// Whether AdamW applies weight decay to it.
+    pub decays: bool,
+}
+
+impl ParamEntry {
+    pub fn view(&self, buffer: View<f32>) -> View<f32> {
+        buffer.slice(self.offset, self.len)
+    }
+}
+
+/// Appends entries at consecutive offsets.
+#[derive(Default)]
+struct Builder {
+    entries: Vec<ParamEntry>,
+    next: usize,
+}
+
+impl Builder {
+    fn push(&mut self, name: &'static str, shape: &[usize]) {
+        let len = shape.iter().product();
+        self.entries.push(ParamEntry {
+            name,
+            offset: self.next,
+            len,
+            shape: shape.to_vec(),
+            decays: shape.len() == 2,
+        });
+        self.next += len;
+    }
+}
+
+/// The fixed offsets of one block's parameters inside a slot buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockLayout {
+    entries: Vec<ParamEntry>,
+    len: usize,
+}
+
+impl BlockLayout {
+    /// In order: ln1.weight[C], ln1.bias[C], attn.qkv.weight[3C,C],
+    /// attn.qkv.bias[3C], attn.proj.weight[C,C], attn.proj.bias[C],
+    /// ln2.weight[C], ln2.bias[C], mlp.fc.weight[4C,C], mlp.fc.bias[4C],
+    /// mlp.proj.weight[C,4C], mlp.proj.bias[C]; biases only with `cfg.bias`.
+    pub fn new(cfg: &Gpt2Config) -> Self {
+        let c = cfg.n_embd;
+        let mut b = Builder::default();
+        let bias = |b: &mut Builder, name, len| {
+            if cfg.bias {
+                b.push(name, &[len]);
+            }
+        };
+        b.push("ln1.weight", &[c]);
+        bias(&mut b, "ln1.bias", c);
+        b.push("attn.qkv.weight", &[3 * c, c]);
+        bias(&mut b, "attn.qkv.bias", 3 * c);
+        b.push("attn.proj.weight", &[c, c]);
+        bias(&mut b, "attn.proj.bias", c);
+        b.push("ln2.weight", &[c]);
+        bias(&mut b, "ln2.bias", c);
+        b.push("mlp.fc.weight", &[4 * c, c]);
+        bias(&mut b, "mlp.fc.bias", 4 * c);
+        b.push("mlp.proj.weight", &[c, 4 * c]);
+        bias(&mut b, "mlp.proj.bias", c);
+        BlockLayout {
+            len: b.next,
+            entries: b.entries,
+        }
+    }
+
+    /// Total elements of one slot buffer.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn entries(&self) -> &[ParamEntry] {
+        &self.entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ParamEntry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// The view of `name` inside `buffer`; `name` must be one of this layout's
+    /// (a typo is a bug, hence the panic).
+    pub fn view(&self, buffer: View<f32>, name: &str) -> View<f32> {
+        self.get(name)
+            .unwrap_or_else(|| panic!("no block parameter named {name}"))
+            .view(buffer)
+    }
+
+    /// Like `view`, but `None` for a bias the configuration leaves out.
+    pub fn bias_view(&self, buffer: View<f32>, name: &str) -> Option<View<f32>> {
+        self.get(name).map(|e| e.view(buffer))
+    }
+}
+
+/// The never-tied parameters: wte[V,C] (also the output head), wpe[n_ctx,C],
+/// ln_f.weight[C] and, with biases, ln_f.bias[C].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalLayout {
+    entries: Vec<ParamEntry>,
+    len: usize,
+}
+
+impl GlobalLayout {
+    pub fn new(cfg: &Gpt2Config) -> Self {
+        let c = cfg.n_embd;
+        let mut b = Builder::default();
+        b.push("wte", &[cfg.vocab_size, c]);
+        b.push("wpe", &[cfg.n_ctx, c]);
+        b.push("ln_f.weight", &[c]);
+        if cfg.bias {
+            b.push("ln_f.bias", &[c]);
+        }
+        GlobalLayout {
+            len: b.next,
+            entries: b.entries,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn entries(&self) -> &[ParamEntry] {
+        &self.entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ParamEntry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    pub fn view(&self, buffer: View<f32>, name: &str) -> View<f32> {
+        self.get(name)
+            .unwrap_or_else(|| panic!("no global parameter named {name}"))
+            .view(buffer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(bias: bool) -> Gpt2Config {
+        Gpt2Config {
+            n_layer: 2,
+            n_embd: 8,
+            n_head: 2,
+            n_ctx: 4,
+            vocab_size: 11,
+            dropout: 0.0,
+            bias,
+        }
+    }
+
+    #[test]
+    fn block_entries_tile_the_buffer_and_only_matrices_decay() {
+        for bias in [true, false] {
+            let l = BlockLayout::new(&cfg(bias));
+            let mut next = 0;
+            for e in l.entries() {
+                assert_eq!(e.offset, next, "{}", e.name);
+                assert_eq!(e.len, e.shape.iter().product::<usize>());
+                assert_eq!(
+                    e.decays,
+                    e.name.ends_with("weight") && !e.name.starts_with("ln")
+                );
+                next += e.len;
+            }
+            assert_eq!(next, l.len());
+            let c = 8;
+            let expect = if bias {
+                12 * c * c + 13 * c
+            } else {
+                12 * c * c + 2 * c
+            };
+            assert_eq!(l.len(), expect);
+            assert_eq!(l.get("mlp.proj.weight").unwrap().shape, vec![c, 4 * c]);
+            assert_eq!(l.get("attn.qkv.bias").is_some(), bias);
+        }
+    }
+
+    #[test]
+    fn globals_hold_embeddings_and_final_norm() {
+        let g = GlobalLayout::new(&cfg(true));
+        let names: Vec<_> = g.entries().iter().map(|e| e.name).collect();
+        assert_eq!(names, ["wte", "wpe", "ln_f.weight", "ln_f.bias"]);
+        assert_eq!(g.len(), 11 * 8 + 4 * 8 + 16);
+        assert!(g.get("wte").unwrap().decays && !g.get("ln_f.weight").unwrap().decays);
+    }
+}

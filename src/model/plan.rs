@@ -1,0 +1,259 @@
+//! The activation plan: every tensor a forward and backward pass at one
+//! (batch, seq) needs, as offsets into two arenas allocated once.
+//!
+//! The *activation* arena holds what the backward reads (per layer), the
+//! logits and the token ids. The *gradient* arena holds the gradients of the
+//! activations; it does not grow with depth: the residual stream has one
+//! gradient buffer for all layers (see `gpt2.rs`), and the per-layer
+//! gradients share one workspace that is zeroed before each layer's backward.
+
+use super::Gpt2Config;
+use crate::backend::View;
+
+/// Offsets are rounded up to 64 elements (256 bytes) so every view is as
+/// aligned as the allocation itself.
+const ALIGN_ELEMS: usize = 64;
+
+#[derive(Default)]
+struct Bump {
+    next: usize,
+}
+
+impl Bump {
+    fn take(&mut self, len: usize) -> Region {
+        let r = Region {
+            offset: self.next,
+            len,
+        };
+        self.next += len.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+        r
+    }
+}
+
+/// `len` elements at `offset` inside an arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Region {
+    pub fn f32(&self, arena: View<f32>) -> View<f32> {
+        arena.slice(self.offset, self.len)
+    }
+    pub fn u32(&self, arena: View<f32>) -> View<u32> {
+        let v = arena.slice(self.offset, self.len);
+        View::new(v.addr, v.len)
+    }
+}
+
+/// Saved activations of one block.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerActs {
+    pub ln1: Region,
+    pub ln1_mean: Region,
+    pub ln1_rstd: Region,
+    pub qkv: Region,
+    pub att: Region,
+    pub atty: Region,
+    /// Residual stream after the attention branch.
+    pub x_mid: Region,
+    pub ln2: Region,
+    pub ln2_mean: Region,
+    pub ln2_rstd: Region,
+    pub fc: Region,
+    pub gelu: Region,
+    /// Residual stream after the block (the next block's input).
+    pub x_out: Region,
+}
+
+/// Gradients of one block's activations (shared by all blocks).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerGrads {
+    pub ln1: Region,
+    pub qkv: Region,
+    pub att_scratch: Region,
+    pub atty: Region,
+    /// Before dropout (only planned with dropout; otherwise the branch
+    /// output's gradient is the residual gradient itself).
+    pub attn_branch: Option<Region>,
+    pub ln2: Region,
+    pub fc: Region,
+    pub gelu: Region,
+    pub mlp_branch: Option<Region>,
+    /// The whole workspace, zeroed before each layer's backward.
+    pub all: Region,
+}
+
+#[derive(Clone, Debug)]
+pub struct ActivationPlan {
+    pub batch: usize,
+    pub seq: usize,
+    pub tokens: Region,
+    pub targets: Region,
+    /// Residual stream after the embeddings.
+    pub x0: Region,
+    /// Pre-dropout values (transient, forward only); planned with dropout.
+    pub scratch: Option<Region>,
+    pub layers: Vec<LayerActs>,
+    pub lnf: Region,
+    pub lnf_mean: Region,
+    pub lnf_rstd: Region,
+    /// The logits; the loss overwrites them with their gradient in training.
+    pub logits: Region,
+    pub losses: Region,
+    pub act_len: usize,
+
+    /// Gradient of the residual stream, shared by every layer.
+    pub g_resid: Region,
+    /// Gradient of the embeddings before dropout; planned with dropout.
+    pub g_emb: Option<Region>,
+    pub g_lnf: Region,
+    pub g_layer: LayerGrads,
+    /// The global gradients (`g_resid`, `g_emb`, `g_lnf`), zeroed at the
+    /// start of every backward.
+    pub g_globals: Region,
+    pub grad_len: usize,
+}
+
+impl ActivationPlan {
+    pub fn new(cfg: &Gpt2Config, batch: usize, seq: usize) -> Self {
+        let (n, c) = (batch * seq, cfg.n_embd);
+        let nc = n * c;
+        let att = batch * cfg.n_head * seq * seq;
+        let dropout = cfg.dropout > 0.0;
+
+        let mut a = Bump::default();
+        let tokens = a.take(n);
+        let targets = a.take(n);
+        let x0 = a.take(nc);
+        let scratch = dropout.then(|| a.take(nc));
+        let layers = (0..cfg.n_layer)
+            .map(|_| LayerActs {
+                ln1: a.take(nc),
+                ln1_mean: a.take(n),
+                ln1_rstd: a.take(n),
+                qkv: a.take(3 * nc),
+                att: a.take(att),
+                atty: a.take(nc),
+                x_mid: a.take(nc),
+                ln2: a.take(nc),
+                ln2_mean: a.take(n),
+                ln2_rstd: a.take(n),
+                fc: a.take(4 * nc),
+                gelu: a.take(4 * nc),
+                x_out: a.take(nc),
+            })
+            .collect();
+        let lnf = a.take(nc);
+        let lnf_mean = a.take(n);
+        let lnf_rstd = a.take(n);
+        let logits = a.take(n * cfg.vocab_size);
+        let losses = a.take(n);
+
+        let mut g = Bump::default();
+        let g_resid = g.take(nc);
+        let g_emb = dropout.then(|| g.take(nc));
+        let g_lnf = g.take(nc);
+        let g_globals = Region {
+            offset: 0,
+            len: g.next,
+        };
+        let start = g.next;
+        let mut g_layer = LayerGrads {
+            ln1: g.take(nc),
+            qkv: g.take(3 * nc),
+            att_scratch: g.take(att),
+            atty: g.take(nc),
+            attn_branch: dropout.then(|| g.take(nc)),
+            ln2: g.take(nc),
+            fc: g.take(4 * nc),
+            gelu: g.take(4 * nc),
+            mlp_branch: dropout.then(|| g.take(nc)),
+            all: Region { offset: 0, len: 0 },
+        };
+        g_layer.all = Region {
+            offset: start,
+            len: g.next - start,
+        };
+
+        ActivationPlan {
+            batch,
+            seq,
+            tokens,
+            targets,
+            x0,
+            scratch,
+            layers,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            losses,
+            act_len: a.next,
+            g_resid,
+            g_emb,
+            g_lnf,
+            g_layer,
+            g_globals,
+            grad_len: g.next,
+        }
+    }
+
+    /// Bytes of both arenas.
+    pub fn bytes(&self) -> usize {
+        (self.act_len + self.grad_len) * 4
+    }
+}
+
+/// Bytes of activation memory (activations plus their gradients) that one
+/// training step at `(batch, seq)` allocates, independent of tying.
+pub fn activation_bytes(cfg: &Gpt2Config, batch: usize, seq: usize) -> usize {
+    ActivationPlan::new(cfg, batch, seq).bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_aligned_disjoint_and_grad_arena_does_not_grow_with_depth() {
+        let mut cfg = Gpt2Config {
+            n_layer: 3,
+            n_embd: 24,
+            n_head: 3,
+            n_ctx: 8,
+            vocab_size: 13,
+            dropout: 0.1,
+            bias: true,
+        };
+        let p = ActivationPlan::new(&cfg, 2, 5);
+        let mut regions = vec![
+            p.tokens,
+            p.targets,
+            p.x0,
+            p.scratch.unwrap(),
+            p.lnf,
+            p.logits,
+        ];
+        for l in &p.layers {
+            regions.extend([
+                l.ln1, l.qkv, l.att, l.atty, l.x_mid, l.ln2, l.fc, l.gelu, l.x_out,
+            ]);
+        }
+        regions.sort_by_key(|r| r.offset);
+        for w in regions.windows(2) {
+            assert_eq!(w[0].offset % ALIGN_ELEMS, 0);
+            assert!(w[0].offset + w[0].len <= w[1].offset);
+        }
+        assert!(p.act_len >= regions.last().map(|r| r.offset + r.len).unwrap());
+        assert_eq!(p.g_layer.all.offset + p.g_layer.all.len, p.grad_len);
+
+        let grad_len = p.grad_len;
+        cfg.n_layer = 6;
+        let deeper = ActivationPlan::new(&cfg, 2, 5);
+        assert_eq!(deeper.grad_len, grad_len);
+        assert!(deeper.act_len > p.act_len);
+        assert_eq!(activation_bytes(&cfg, 2, 5), deeper.bytes());
+    }
+}

@@ -1,0 +1,214 @@
+//! Tying policies (`--tying`): the dynamic agent and the static baselines
+//! behind one interface.
+//!
+//! Every static policy is a fixed state vector s (`s[i]` = the block whose
+//! weights block i uses, `s[i] = i` independent), built once for L blocks:
+//!
+//! | flag | s[i] | example, L = 6 |
+//! |---|---|---|
+//! | `none` | i (conventional training) | 0 1 2 3 4 5 |
+//! | `all` | 0 (ALBERT-like: one block's weights everywhere) | 0 0 0 0 0 0 |
+//! | `every:K` | K * floor(i / K) (consecutive groups of K share) | every:2 → 0 0 2 2 4 4 |
+//! | `cyclic:K` | i mod K (the first K blocks repeat) | cyclic:2 → 0 1 0 1 0 1 |
+//! | `sequence` | i - 1 for odd i, else i (odd blocks copy the previous one) | 0 0 2 2 4 4 |
+//! | `reverse` | L-1-i in the second half (it mirrors the first) | 0 1 2 2 1 0 |
+//! | `random` | uniform in 0..=i, fixed by the seed | |
+//! | `pattern:s0,s1,...` | the given vector (length L, s[0] = 0, s[i] <= i) | |
+//!
+//! `dynamic` starts from `--init-ties` and lets the agent change it.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::table::{validate_state, InitTies};
+use crate::rng::HostRng;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TyingPolicy {
+    Dynamic,
+    None,
+    All,
+    Every(usize),
+    Random,
+    Pattern(Vec<usize>),
+    Cyclic(usize),
+    Sequence,
+    Reverse,
+}
+
+const USAGE: &str =
+    "use dynamic, none, all, every:K, random, pattern:0,0,1,..., cyclic:K, sequence or reverse";
+
+impl TyingPolicy {
+    /// Parse the `--tying` flag for a model of `n_layer` blocks.
+    pub fn parse(flag: &str, n_layer: usize) -> Result<Self> {
+        let flag = flag.trim();
+        let (name, arg) = match flag.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (flag, None),
+        };
+        let group_size = |arg: Option<&str>| -> Result<usize> {
+            let a = arg.with_context(|| format!("--tying {name}:K needs a group size K"))?;
+            let k: usize = a
+                .trim()
+                .parse()
+                .with_context(|| format!("--tying {name}:{a}: K must be a positive integer"))?;
+            if k == 0 {
+                bail!("--tying {name}:0: K must be at least 1");
+            }
+            Ok(k)
+        };
+        let policy = match (name, arg) {
+            ("dynamic", None) => TyingPolicy::Dynamic,
+            ("none", None) => TyingPolicy::None,
+            ("all", None) => TyingPolicy::All,
+            ("random", None) => TyingPolicy::Random,
+            ("sequence", None) => TyingPolicy::Sequence,
+            ("reverse", None) => TyingPolicy::Reverse,
+            ("every", a) => TyingPolicy::Every(group_size(a)?),
+            ("cyclic", a) => TyingPolicy::Cyclic(group_size(a)?),
+            ("pattern", Some(a)) => {
+                let s = a
+                    .split(',')
+                    .map(|x| x.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| {
+                        format!("--tying pattern:{a}: entries must be non-negative integers separated by commas")
+                    })?;
+                if s.len() != n_layer {
+                    bail!(
+                        "--tying pattern:{a}: has {} entries but the model has {n_layer} blocks",
+                        s.len()
+                    );
+                }
+                validate_state(&s).with_context(|| format!("--tying pattern:{a}"))?;
+                TyingPolicy::Pattern(s)
+            }
+            ("pattern", None) => {
+                bail!("--tying pattern needs a state vector, e.g. pattern:0,0,1,1")
+            }
+            (n, Some(_))
+                if ["dynamic", "none", "all", "random", "sequence", "reverse"].contains(&n) =>
+            {
+                bail!("--tying {flag}: '{n}' takes no argument")
+            }
+            _ => bail!("--tying {flag}: unknown policy; {USAGE}"),
+        };
+        Ok(policy)
+    }
+
+    pub fn is_dynamic(&self) -> bool {
+        matches!(self, TyingPolicy::Dynamic)
+    }
+
+    /// The state for `n_layer` blocks: the fixed one for static policies, the
+    /// starting one (from `init`) for the dynamic policy. `seed` is used by
+    /// `random` only.
+    pub fn initial_state(&self, n_layer: usize, seed: u64, init: InitTies) -> Result<Vec<usize>> {
+        if n_layer == 0 {
+            bail!("a tying policy needs at least one block (n_layer = 0)");
+        }
+        let s: Vec<usize> = match self {
+            TyingPolicy::Dynamic => match init {
+                InitTies::Independent => (0..n_layer).collect(),
+                InitTies::Zero => vec![0; n_layer],
+            },
+            TyingPolicy::None => (0..n_layer).collect(),
+            TyingPolicy::All => vec![0; n_layer],
+            TyingPolicy::Every(k) => (0..n_layer).map(|i| k * (i / k)).collect(),
+            TyingPolicy::Cyclic(k) => (0..n_layer).map(|i| i % k).collect(),
+            TyingPolicy::Sequence => (0..n_layer).map(|i| i - (i % 2)).collect(),
+            TyingPolicy::Reverse => (0..n_layer)
+                .map(|i| {
+                    if n_layer - 1 - i < i {
+                        n_layer - 1 - i
+                    } else {
+                        i
+                    }
+                })
+                .collect(),
+            TyingPolicy::Random => {
+                let mut rng = HostRng::derive(seed, 0x7121_0003);
+                (0..n_layer)
+                    .map(|i| rng.below(i as u64 + 1) as usize)
+                    .collect()
+            }
+            TyingPolicy::Pattern(p) => {
+                if p.len() != n_layer {
+                    bail!(
+                        "--tying pattern has {} entries but the model has {n_layer} blocks",
+                        p.len()
+                    );
+                }
+                p.clone()
+            }
+        };
+        validate_state(&s)?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(flag: &str, l: usize) -> Vec<usize> {
+        TyingPolicy::parse(flag, l)
+            .unwrap()
+            .initial_state(l, 1, InitTies::Independent)
+            .unwrap()
+    }
+
+    #[test]
+    fn static_policies_for_six_blocks() {
+        assert_eq!(state("none", 6), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(state("all", 6), vec![0; 6]);
+        assert_eq!(state("every:2", 6), vec![0, 0, 2, 2, 4, 4]);
+        assert_eq!(state("every:4", 6), vec![0, 0, 0, 0, 4, 4]);
+        assert_eq!(state("every:1", 6), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(state("cyclic:2", 6), vec![0, 1, 0, 1, 0, 1]);
+        assert_eq!(state("cyclic:4", 6), vec![0, 1, 2, 3, 0, 1]);
+        assert_eq!(state("sequence", 6), vec![0, 0, 2, 2, 4, 4]);
+        assert_eq!(state("sequence", 5), vec![0, 0, 2, 2, 4]);
+        assert_eq!(state("reverse", 6), vec![0, 1, 2, 2, 1, 0]);
+        assert_eq!(state("reverse", 5), vec![0, 1, 2, 1, 0]);
+        assert_eq!(state("pattern:0,0,1,3", 4), vec![0, 0, 1, 3]);
+        assert_eq!(state(" pattern: 0, 0 ,2", 3), vec![0, 0, 2]);
+    }
+
+    #[test]
+    fn dynamic_starts_from_init_ties() {
+        let p = TyingPolicy::parse("dynamic", 4).unwrap();
+        assert!(p.is_dynamic());
+        assert!(!TyingPolicy::parse("all", 4).unwrap().is_dynamic());
+        assert_eq!(p.initial_state(4, 0, InitTies::Zero).unwrap(), vec![0; 4]);
+        assert_eq!(
+            p.initial_state(4, 0, InitTies::Independent).unwrap(),
+            vec![0, 1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn random_is_valid_fixed_by_seed_and_varies_with_it() {
+        let p = TyingPolicy::parse("random", 12).unwrap();
+        let a = p.initial_state(12, 5, InitTies::Independent).unwrap();
+        assert_eq!(a, p.initial_state(12, 5, InitTies::Independent).unwrap());
+        assert_ne!(a, p.initial_state(12, 6, InitTies::Independent).unwrap());
+        assert!(a.iter().enumerate().all(|(i, &j)| j <= i));
+    }
+
+    #[test]
+    fn bad_flags_get_clear_errors() {
+        let err = |flag: &str, l: usize| format!("{:#}", TyingPolicy::parse(flag, l).unwrap_err());
+        assert!(err("pattern:0,0,1", 4).contains("3 entries but the model has 4"));
+        assert!(err("pattern:0,2,1", 3).contains("block 1"));
+        assert!(err("pattern:1,0,0", 3).contains("block 0"));
+        assert!(err("pattern:0,x", 2).contains("non-negative integers"));
+        assert!(err("pattern", 2).contains("needs a state vector"));
+        assert!(err("every:0", 4).contains("at least 1"));
+        assert!(err("every", 4).contains("group size"));
+        assert!(err("cyclic:-2", 4).contains("positive integer"));
+        assert!(err("all:3", 4).contains("takes no argument"));
+        assert!(err("tied", 4).contains("unknown policy"));
+    }
+}
