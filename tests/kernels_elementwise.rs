@@ -191,3 +191,29 @@ fn cuda_device_without_a_gpu_is_an_error_not_a_panic() {
     assert!(msg.contains("no CUDA driver found"), "{msg}");
     assert!(msg.contains("--backend cpu"), "{msg}");
 }
+
+#[test]
+fn the_conformance_harness_passes_the_elementwise_ops() {
+    // The same harness `dyntie doctor` runs on a GPU.
+    use dyntie::conformance::{check_ops, format_results, Dims};
+    let ops = [
+        "fill",
+        "copy",
+        "add",
+        "accumulate",
+        "gelu_fwd",
+        "gelu_bwd",
+        "dropout_fwd",
+        "dropout_bwd",
+    ];
+    let cpu = CpuBackend::new();
+    for (label, be) in backends() {
+        let results = check_ops(&cpu, be.as_ref(), &ops, &Dims::standard(), 11);
+        assert_eq!(results.len(), ops.len() * Dims::standard().len());
+        assert!(
+            results.iter().all(|r| r.passed),
+            "{label}:\n{}",
+            format_results(&results)
+        );
+    }
+}
