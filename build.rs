@@ -101,7 +101,7 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[Path
             "{prefix}{}",
             src.file_stem().unwrap().to_string_lossy()
         ));
-        // One translation unit per .cu file, so file-local helpers of
+        // One translation unit per .cu file, so file-local functions of
         // different files never collide.
         let mut cpp = format!("#include \"{}\"\n", src.display());
         cpp += &format!("extern \"C\" const emu::KernelEntry emu_table_{stem}[] = {{\n");

@@ -250,7 +250,7 @@ struct Launch {
     std::atomic<bool> failed{false};
     std::mutex err_mutex;
     std::string error;
-    unsigned active_helpers = 0;  // guarded by the pool mutex
+    unsigned active_pool_threads = 0;  // guarded by the pool mutex
 };
 
 static std::string format(const char* fmt, ...) {
@@ -603,8 +603,8 @@ static void run_blocks(Launch& L) {
 // ---- worker pool -------------------------------------------------------------
 
 // Persistent threads (spawning per launch costs ~60 us). A launch is queued
-// once per helper it wants; the caller also runs blocks and, when it runs out,
-// withdraws the requests no helper has taken yet.
+// once per pool thread it wants; the caller also runs blocks and, when it runs out,
+// withdraws the requests no pool thread has taken yet.
 struct Pool {
     std::mutex m;
     std::condition_variable work_cv, done_cv;
@@ -623,11 +623,11 @@ struct Pool {
             work_cv.wait(g, [this] { return !queue.empty(); });
             Launch* L = queue.front();
             queue.pop_front();
-            L->active_helpers++;
+            L->active_pool_threads++;
             g.unlock();
             run_blocks(*L);
             g.lock();
-            L->active_helpers--;
+            L->active_pool_threads--;
             done_cv.notify_all();
         }
     }
@@ -680,19 +680,19 @@ int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3]
     L.smem_bytes = smem_bytes;
     L.cfg = *cfg;
     L.nblocks = nblocks;
-    unsigned helpers = (unsigned)std::min<unsigned long long>(cfg->workers > 0 ? cfg->workers - 1 : 0, nblocks - 1);
+    unsigned extra = (unsigned)std::min<unsigned long long>(cfg->workers > 0 ? cfg->workers - 1 : 0, nblocks - 1);
     emu::Pool& p = emu::pool();
-    if (helpers > 0) {
+    if (extra > 0) {
         std::lock_guard<std::mutex> g(p.m);
-        p.ensure(helpers);
-        for (unsigned i = 0; i < helpers; i++) p.queue.push_back(&L);
+        p.ensure(extra);
+        for (unsigned i = 0; i < extra; i++) p.queue.push_back(&L);
         p.work_cv.notify_all();
     }
     emu::run_blocks(L);
-    if (helpers > 0) {
+    if (extra > 0) {
         std::unique_lock<std::mutex> g(p.m);
         p.queue.erase(std::remove(p.queue.begin(), p.queue.end(), &L), p.queue.end());
-        p.done_cv.wait(g, [&] { return L.active_helpers == 0; });
+        p.done_cv.wait(g, [&] { return L.active_pool_threads == 0; });
     }
     if (L.failed) return set_err(err, err_len, emu::format("kernel %s: ", name) + L.error);
     return 0;
