@@ -1,5 +1,5 @@
 // The CPU emulator's runtime: fibers, the block scheduler, barriers, warp
-// collectives and the worker pool. See shared design notes (EMULATOR.md).
+// collectives and the worker pool. kernels/README.md has the rules for kernels.
 //
 // A launch hands out blocks to workers (the calling thread plus pool
 // threads). A worker runs one block at a time: it makes one fiber per CUDA
