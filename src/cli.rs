@@ -136,6 +136,9 @@ pub struct TrainArgs {
     /// Reward cost per trainable block (pushes the agent towards tying).
     #[arg(long = "param-cost")]
     pub param_cost: Option<f32>,
+    /// How the agent sees the tie state: raw (block indices, as the paper) or normalized.
+    #[arg(long = "agent-input")]
+    pub agent_input: Option<String>,
     /// Reproduce the authors' code instead of the clean reading of the paper.
     #[arg(long = "paper-compat")]
     pub paper_compat: bool,
@@ -167,6 +170,7 @@ impl TrainArgs {
         set(&mut cfg.tying.init_ties, self.init_ties.clone());
         set(&mut cfg.tying.agent_k, self.agent_k);
         set(&mut cfg.tying.param_cost, self.param_cost);
+        set(&mut cfg.tying.agent_input, self.agent_input.clone());
         set(&mut cfg.train.eval_every, self.eval_every);
         set(&mut cfg.train.checkpoint_every, self.checkpoint_every);
         if self.paper_compat {

@@ -69,6 +69,9 @@ pub struct TyingSettings {
     pub paper_compat: bool,
     /// Reward cost per trainable block (lambda in TYING.md).
     pub param_cost: f32,
+    /// How the agent sees the state: raw (block indices, the paper's) or
+    /// normalized (indices / (L - 1)).
+    pub agent_input: String,
 }
 
 /// Where the tokens come from.
@@ -144,6 +147,7 @@ impl RunConfig {
                 agent_k: 4,
                 paper_compat: false,
                 param_cost: 0.0,
+                agent_input: "raw".into(),
             },
             data: DataSettings {
                 source: "synthetic".into(),
@@ -265,6 +269,12 @@ impl RunConfig {
             bail!(
                 "--init-ties '{}' is unknown: use independent or zero",
                 self.tying.init_ties
+            );
+        }
+        if !["raw", "normalized"].contains(&self.tying.agent_input.as_str()) {
+            bail!(
+                "--agent-input '{}' is unknown: use raw or normalized",
+                self.tying.agent_input
             );
         }
         if self.tying.agent_k == 0 {

@@ -9,6 +9,7 @@ pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod conformance;
 pub mod data;

@@ -1,10 +1,20 @@
 use clap::Parser;
-
-/// Train GPT-2-style transformers with dynamic layer tying.
-#[derive(Parser)]
-#[command(name = "dyntie", version, about)]
-struct Cli {}
+use dyntie::cli::{Cli, Command};
+use dyntie::commands;
 
 fn main() {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Train(args) => commands::train(args),
+        Command::Eval(args) => commands::eval(args),
+        Command::Prepare(args) => commands::prepare(args),
+        Command::Sample(args) => commands::sample(args),
+        Command::Export(args) => commands::export(args),
+        Command::Bench(args) => commands::bench(args),
+        Command::Doctor(args) => commands::doctor(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,6 +1,6 @@
 //! AdamW over unique slots, gradient clipping, learning-rate schedules.
 //!
-//! The optimizer steps the global buffer and each *live slot once*, however
+//! The optimizer steps the global buffer and each *trainable live slot once*, however
 //! many layers share it, applying weight decay per tensor as the layouts say
 //! (matrices and embeddings decay; biases and LayerNorm weights do not).
 
@@ -63,7 +63,7 @@ impl AdamW {
         let acc = self.norm_acc.f32();
         be.fill(acc, 0.0)?;
         be.sum_squares(acc, model.globals().grads.f32())?;
-        for (_, slot) in model.slots().live_slots() {
+        for (_, slot) in model.slots().trainable_slots() {
             be.sum_squares(acc, slot.grads.f32())?;
         }
         Ok(be.download_f32(acc)?[0].sqrt())
@@ -86,7 +86,7 @@ impl AdamW {
             ],
             grad_scale,
         )?;
-        for (_, s) in model.slots().live_slots() {
+        for (_, s) in model.slots().trainable_slots() {
             let views = [
                 s.params.f32(),
                 s.grads.f32(),

@@ -24,6 +24,7 @@ use crate::autograd::{self, Param, Tape, Var};
 use crate::backend::{AttnShape, Backend, Buffer, View};
 use crate::rng::HostRng;
 use crate::tying::slots::{Slot, SlotStore};
+use crate::tying::table::{TieEffect, TieOptions, TieTable};
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::Arc;
 
@@ -65,11 +66,29 @@ impl Gpt2 {
     /// A model with every block on its own slot, initialized from `seed`
     /// (see [`Gpt2::init`]).
     pub fn new(backend: Arc<dyn Backend>, cfg: Gpt2Config, seed: u64) -> Result<Self> {
+        let table = TieTable::new(cfg.n_layer.max(1), TieOptions::default())?;
+        Self::with_table(backend, cfg, seed, table)
+    }
+
+    /// A model whose blocks sit on the slots of `table` (only the live slots
+    /// are allocated), initialized from `seed` (see [`Gpt2::init`]).
+    pub fn with_table(
+        backend: Arc<dyn Backend>,
+        cfg: Gpt2Config,
+        seed: u64,
+        table: TieTable,
+    ) -> Result<Self> {
         cfg.validate()?;
+        ensure!(
+            table.n_layer() == cfg.n_layer,
+            "the tie table has {} blocks but the model {}",
+            table.n_layer(),
+            cfg.n_layer
+        );
         let block = BlockLayout::new(&cfg);
         let global = GlobalLayout::new(&cfg);
         let globals = Slot::zeros(backend.as_ref(), global.len())?;
-        let slots = SlotStore::independent(backend.as_ref(), cfg.n_layer, block.len())?;
+        let slots = SlotStore::new(backend.as_ref(), table, block.len())?;
         let zero_bias = if cfg.bias {
             None
         } else {
@@ -109,13 +128,27 @@ impl Gpt2 {
     pub fn slots(&self) -> &SlotStore {
         &self.slots
     }
-    pub fn slots_mut(&mut self) -> &mut SlotStore {
-        &mut self.slots
+    /// Applies the agent's action `a` for block `i` to the tie table and
+    /// the slot buffers (see [`SlotStore::apply_action`]).
+    pub fn apply_action(&mut self, i: usize, a: usize) -> Result<TieEffect> {
+        self.slots.apply_action(self.backend.as_ref(), i, a)
+    }
+
+    /// Ties block `i` to block `j`'s slot.
+    pub fn tie(&mut self, i: usize, j: usize) -> Result<TieEffect> {
+        self.slots.tie(self.backend.as_ref(), i, j)
+    }
+
+    /// Gives block `i` its own copy of its slot.
+    pub fn untie(&mut self, i: usize) -> Result<TieEffect> {
+        self.slots.untie(self.backend.as_ref(), i)
     }
 
     /// Initializes every parameter on the host from one stream derived from
     /// `seed`, in this order: the global buffer (wte, wpe, ln_f), then the
-    /// slot of layer 0, 1, ..., each in layout order. Linear weights, wte and
+    /// slot of layer 0, 1, ..., each in layout order (a layer that does not
+    /// own its slot draws its values too, and drops them, so a tie pattern
+    /// never changes what the other slots get). Linear weights, wte and
     /// wpe are N(0, 0.02); the residual output projections (attn.proj.weight,
     /// mlp.proj.weight) N(0, 0.02 / sqrt(2 n_layer)) as in GPT-2; biases 0;
     /// LayerNorm weights 1. Only the normal draws consume the stream.
@@ -143,10 +176,13 @@ impl Gpt2 {
         };
         let host = fill(self.global.entries(), self.global.len());
         self.backend.upload_f32(self.globals.params.f32(), &host)?;
+        let table = self.slots.table();
         for layer in 0..self.cfg.n_layer {
             let host = fill(self.block.entries(), self.block.len());
-            self.backend
-                .upload_f32(self.slots.slot_of(layer).params.f32(), &host)?;
+            if table.owner(table.slot_of(layer)) == Some(layer) {
+                self.backend
+                    .upload_f32(self.slots.slot_of(layer).params.f32(), &host)?;
+            }
         }
         Ok(())
     }
@@ -754,8 +790,8 @@ mod tests {
             .unwrap();
         // Tied: both layers on slot 0, slot 1 freed.
         let mut tied = model(c);
-        tied.slots_mut().layer_slot[1] = 0;
-        tied.slots_mut().slots[1] = None;
+        let effect = tied.tie(1, 0).unwrap();
+        assert_eq!(effect.freed, Some(1));
         tied.zero_grads().unwrap();
         let loss_tied = tied
             .forward_backward(&tokens, &targets, 2, 6, 5, 1.0)

@@ -1,11 +1,16 @@
 //! The slot store: which buffer holds each layer's weights.
 //!
 //! A [`Slot`] is one block's parameters in one contiguous buffer (offsets in
-//! [`crate::model::BlockLayout`]) with its gradients and AdamW moments. Layer
-//! `i` reads and writes slot `layer_slot[i]`; several layers may share one
-//! slot, and then their gradients add up in the slot's gradient buffer.
+//! [`crate::model::BlockLayout`]) with its gradients and AdamW moments. The
+//! store owns the [`TieTable`] and keeps exactly the slots it references
+//! alive: a tie that leaves a slot without layers drops its four buffers at
+//! once (that is where the memory saving comes from); an untie allocates a
+//! new slot as a copy of the old one's weights and moments. Several layers on
+//! one slot add their gradients into its gradient buffer (`--tie-grad
+//! shared`), or only the owner does (`frozen`, see [`SlotStore::grad_enabled`]).
 
 use crate::backend::{Backend, Buffer};
+use crate::tying::table::{TieEffect, TieOptions, TieTable};
 use anyhow::{ensure, Result};
 
 /// Parameters, gradients and AdamW moments of equal length.
@@ -36,45 +41,66 @@ impl Slot {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes held by the four buffers.
+    pub fn bytes(&self) -> usize {
+        4 * self.params.bytes()
+    }
 }
 
 #[derive(Debug)]
 pub struct SlotStore {
-    /// `None` marks a freed slot (its index may be reused).
-    pub slots: Vec<Option<Slot>>,
-    /// Layer -> index into `slots`.
-    pub layer_slot: Vec<usize>,
+    /// `None` marks a free slot number.
+    slots: Vec<Option<Slot>>,
+    table: TieTable,
+    block_len: usize,
 }
 
 impl SlotStore {
-    /// Every layer on its own zero-filled slot of `block_len` parameters.
-    pub fn independent(backend: &dyn Backend, n_layer: usize, block_len: usize) -> Result<Self> {
-        let slots = (0..n_layer)
-            .map(|_| Slot::zeros(backend, block_len).map(Some))
-            .collect::<Result<Vec<_>>>()?;
+    /// The slots `table` references, zero-filled.
+    pub fn new(backend: &dyn Backend, table: TieTable, block_len: usize) -> Result<Self> {
+        let mut slots: Vec<Option<Slot>> = (0..table.n_layer()).map(|_| None).collect();
+        for s in table.live_slots() {
+            slots[s] = Some(Slot::zeros(backend, block_len)?);
+        }
         Ok(SlotStore {
             slots,
-            layer_slot: (0..n_layer).collect(),
+            table,
+            block_len,
         })
     }
 
+    /// Every layer on its own zero-filled slot.
+    pub fn independent(backend: &dyn Backend, n_layer: usize, block_len: usize) -> Result<Self> {
+        Self::new(
+            backend,
+            TieTable::new(n_layer, TieOptions::default())?,
+            block_len,
+        )
+    }
+
+    pub fn table(&self) -> &TieTable {
+        &self.table
+    }
+
     pub fn n_layer(&self) -> usize {
-        self.layer_slot.len()
+        self.table.n_layer()
     }
 
     pub fn slot_index(&self, layer: usize) -> usize {
-        self.layer_slot[layer]
+        self.table.slot_of(layer)
     }
 
     /// The slot layer `layer` uses. The store keeps every referenced slot
     /// live, so a missing one is a bug.
     pub fn slot_of(&self, layer: usize) -> &Slot {
-        self.slots[self.layer_slot[layer]]
+        let s = self.table.slot_of(layer);
+        self.slots[s]
             .as_ref()
-            .unwrap_or_else(|| panic!("layer {layer} points at a freed slot"))
+            .unwrap_or_else(|| panic!("layer {layer} points at freed slot {s}"))
     }
 
-    /// The live slots with their indices, each once.
+    /// The live slots with their numbers, each once.
     pub fn live_slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
         self.slots
             .iter()
@@ -82,47 +108,79 @@ impl SlotStore {
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
     }
 
-    /// Whether layer `layer` contributes weight gradients. Always true for
-    /// now: every layer on a slot trains it ("shared" tie gradients).
-    pub fn grad_enabled(&self, _layer: usize) -> bool {
-        true
+    /// The live slots that receive gradients (the ones AdamW steps), each once.
+    pub fn trainable_slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        let trainable = self.table.trainable_slots();
+        self.live_slots()
+            .filter(move |(i, _)| trainable.contains(i))
     }
 
-    /// Checks that every layer points at a live slot.
-    pub fn check(&self) -> Result<()> {
-        for (layer, &s) in self.layer_slot.iter().enumerate() {
-            ensure!(
-                self.slots.get(s).is_some_and(|s| s.is_some()),
-                "layer {layer} points at slot {s}, which is not live"
-            );
+    /// Whether layer `layer` contributes weight gradients: always with shared
+    /// tie gradients; with frozen ones only a layer that is its slot's owner
+    /// and independent.
+    pub fn grad_enabled(&self, layer: usize) -> bool {
+        self.table.receives_grad(layer)
+    }
+
+    /// Applies the agent's action `a` for block `i` (see
+    /// [`TieTable::apply_action`]) to the table and the buffers.
+    pub fn apply_action(&mut self, backend: &dyn Backend, i: usize, a: usize) -> Result<TieEffect> {
+        let mut table = self.table.clone();
+        let effect = table.apply_action(i, a)?;
+        self.commit(backend, table, effect)?;
+        Ok(effect)
+    }
+
+    /// Ties block `i` to block `j`'s slot.
+    pub fn tie(&mut self, backend: &dyn Backend, i: usize, j: usize) -> Result<TieEffect> {
+        let mut table = self.table.clone();
+        let effect = table.tie(i, j)?;
+        self.commit(backend, table, effect)?;
+        Ok(effect)
+    }
+
+    /// Gives block `i` its own slot again.
+    pub fn untie(&mut self, backend: &dyn Backend, i: usize) -> Result<TieEffect> {
+        let mut table = self.table.clone();
+        let effect = table.untie(i)?;
+        self.commit(backend, table, effect)?;
+        Ok(effect)
+    }
+
+    /// Makes the buffers match `table`; the table only changes once the
+    /// allocation succeeded, so an out-of-memory error leaves the store as it was.
+    fn commit(&mut self, backend: &dyn Backend, table: TieTable, effect: TieEffect) -> Result<()> {
+        if let Some(c) = effect.created {
+            let fresh = Slot::zeros(backend, self.block_len)?;
+            let src = self.slots[c.from]
+                .as_ref()
+                .expect("the table copies from a live slot");
+            backend.copy(fresh.params.f32(), src.params.f32())?;
+            backend.copy(fresh.adam_m.f32(), src.adam_m.f32())?;
+            backend.copy(fresh.adam_v.f32(), src.adam_v.f32())?;
+            self.slots[c.slot] = Some(fresh);
         }
+        if let Some(f) = effect.freed {
+            self.slots[f] = None;
+        }
+        self.table = table;
+        debug_assert!(self.check().is_ok());
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::cpu::CpuBackend;
-
-    #[test]
-    fn independent_store_gives_each_layer_a_slot_and_frees_memory_on_drop() {
-        let be = CpuBackend::new();
-        let mut store = SlotStore::independent(&be, 3, 10).unwrap();
-        assert_eq!(store.live_slots().count(), 3);
-        assert_eq!(store.slot_index(2), 2);
-        assert_eq!(store.slot_of(1).len(), 10);
-        assert!(store.check().is_ok());
-        let before = be.mem_stats().live_bytes;
-        store.layer_slot[2] = 0;
-        store.slots[2] = None;
-        assert_eq!(before - be.mem_stats().live_bytes, 4 * 10 * 4);
-        assert_eq!(
-            store.live_slots().map(|(i, _)| i).collect::<Vec<_>>(),
-            [0, 1]
+    /// Checks that the live buffers are exactly the slots the table references.
+    pub fn check(&self) -> Result<()> {
+        let want = self.table.live_slots();
+        let have: Vec<usize> = self.live_slots().map(|(i, _)| i).collect();
+        ensure!(
+            want == have,
+            "slot store holds slots {have:?} but the tie table references {want:?}"
         );
-        assert!(store.check().is_ok());
-        store.layer_slot[1] = 2;
-        assert!(store.check().is_err());
+        Ok(())
+    }
+
+    /// Bytes held by all live slots.
+    pub fn live_bytes(&self) -> usize {
+        self.live_slots().map(|(_, s)| s.bytes()).sum()
     }
 }
