@@ -1,1 +1,405 @@
-fn main() {}
+//! Builds the kernels twice:
+//! 1. every `kernels/*.cu` (and the host-only `kernels/tests/*.cu`) as host
+//!    C++ together with the emulator runtime, into a static library with a
+//!    registry of every `extern "C" __global__ void NAME(` so Rust launches
+//!    kernels by name, as on the GPU;
+//! 2. every `kernels/*.cu` with NVRTC (loaded at build time, when found) into
+//!    PTX for compute_80 and compute_90 plus cubins for sm_80 and sm_90,
+//!    embedded into the crate.
+//!
+//! Why cubins as well as PTX: a PTX file carries the PTX ISA version of the
+//! NVRTC that wrote it (12.9 writes ISA 8.8), and a driver only JIT-compiles
+//! ISAs it knows (8.8 needs driver 575+). A cubin is machine code that any
+//! CUDA 12 driver loads, and an sm_80 cubin also runs on sm_86/sm_89 (same
+//! major version), so sm_80 + sm_90 cover Ampere, Ada and Hopper. The PTX is
+//! the fallback for newer GPUs (JIT on a recent enough driver).
+//!
+//! Without NVRTC the build succeeds with one warning and the CUDA device
+//! reports "built without GPU kernels".
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Virtual architectures for PTX and real ones for cubins.
+const PTX_ARCHS: [u32; 2] = [80, 90];
+const CUBIN_ARCHS: [u32; 2] = [80, 90];
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernels");
+    for var in ["NVRTC_LIB", "CUDA_PATH", "CUDA_INCLUDE_DIR"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let kernels_dir = manifest.join("kernels");
+    let gpu_sources = cu_files(&kernels_dir);
+    let test_sources = cu_files(&kernels_dir.join("tests"));
+    build_emulator(&kernels_dir, &out, &gpu_sources, &test_sources);
+    build_gpu(&manifest, &kernels_dir, &out, &gpu_sources);
+}
+
+fn cu_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "cu"));
+    files.sort();
+    files
+}
+
+/// Names of the `extern "C" __global__ void NAME(` kernels of one source file.
+fn kernel_names(path: &Path) -> Vec<String> {
+    const MARK: &str = "extern \"C\" __global__ void ";
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.match_indices(MARK)
+        .filter_map(|(at, _)| {
+            let rest = &text[at + MARK.len()..];
+            let name = rest[..rest.find('(')?].trim();
+            let ok =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            ok.then(|| name.to_string())
+        })
+        .collect()
+}
+
+fn ident(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[PathBuf]) {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .opt_level(2)
+        .include(kernels_dir)
+        // Kernels are linked statically; initial-exec TLS keeps `__shared__`
+        // (thread_local) access cheap.
+        .flag("-ftls-model=initial-exec")
+        // Probe every page of a big stack frame, so a fiber that overflows
+        // its stack always hits the guard page instead of a neighbour's stack.
+        .flag("-fstack-clash-protection")
+        .flag("-Wno-unknown-pragmas")
+        .flag("-Wno-unused-parameter")
+        .file(kernels_dir.join("emu/runtime.cpp"));
+    let mut tables = Vec::new();
+    for (prefix, src) in gpu
+        .iter()
+        .map(|p| ("", p))
+        .chain(tests.iter().map(|p| ("tests_", p)))
+    {
+        let names = kernel_names(src);
+        if names.is_empty() {
+            continue;
+        }
+        let stem = ident(&format!(
+            "{prefix}{}",
+            src.file_stem().unwrap().to_string_lossy()
+        ));
+        // One translation unit per .cu file, so file-local functions of
+        // different files never collide.
+        let mut cpp = format!("#include \"{}\"\n", src.display());
+        cpp += &format!("extern \"C\" const emu::KernelEntry emu_table_{stem}[] = {{\n");
+        for n in &names {
+            cpp += &format!("    {{\"{n}\", &emu::trampoline<&{n}>}},\n");
+        }
+        cpp += "};\n";
+        let wrapper = out.join(format!("emu_{stem}.cpp"));
+        write_if_changed(&wrapper, cpp.as_bytes());
+        build.file(&wrapper);
+        tables.push((stem, names.len()));
+    }
+    let mut reg = String::from("#include \"emu/emu.h\"\n");
+    for (stem, _) in &tables {
+        reg += &format!("extern \"C\" const emu::KernelEntry emu_table_{stem}[];\n");
+    }
+    reg += "extern \"C\" const emu::KernelTable emu_kernel_tables[] = {\n";
+    for (stem, len) in &tables {
+        reg += &format!("    {{emu_table_{stem}, {len}}},\n");
+    }
+    if tables.is_empty() {
+        reg += "    {nullptr, 0},\n";
+    }
+    reg += "};\n";
+    reg += &format!(
+        "extern \"C\" const unsigned emu_kernel_table_count = {};\n",
+        tables.len()
+    );
+    let registry = out.join("emu_registry.cpp");
+    write_if_changed(&registry, reg.as_bytes());
+    build.file(&registry);
+    build.compile("dyntie_emu");
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) {
+    if fs::read(path).ok().as_deref() != Some(bytes) {
+        fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
+
+// ---- NVRTC -------------------------------------------------------------------
+
+fn find_nvrtc(manifest: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NVRTC_LIB") {
+        return Some(PathBuf::from(p));
+    }
+    let mut dirs = Vec::new();
+    if let Some(cuda) = std::env::var_os("CUDA_PATH") {
+        dirs.push(PathBuf::from(&cuda).join("lib64"));
+        dirs.push(PathBuf::from(&cuda).join("lib"));
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
+    dirs.push(manifest.join(".cuda-tools/nvidia/cuda_nvrtc/lib"));
+    for dir in dirs {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        let mut libs: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.starts_with("libnvrtc.so")
+            })
+            .collect();
+        libs.sort();
+        if let Some(lib) = libs.into_iter().next() {
+            return Some(lib);
+        }
+    }
+    None
+}
+
+fn find_cuda_include(manifest: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CUDA_INCLUDE_DIR") {
+        return Some(PathBuf::from(p));
+    }
+    let mut dirs = Vec::new();
+    if let Some(cuda) = std::env::var_os("CUDA_PATH") {
+        dirs.push(PathBuf::from(cuda).join("include"));
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/include"));
+    dirs.push(manifest.join(".cuda-tools/nvidia/cuda_runtime/include"));
+    dirs.into_iter().find(|d| d.join("cuda_runtime.h").exists())
+}
+
+type Program = *mut c_void;
+
+struct Nvrtc {
+    lib: libloading::Library,
+}
+
+impl Nvrtc {
+    fn load(path: &Path) -> Result<Nvrtc, String> {
+        // SAFETY: loading NVRTC runs only its (trusted) initializers.
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| format!("cannot load NVRTC from {}: {e}", path.display()))?;
+        Ok(Nvrtc { lib })
+    }
+
+    fn sym<T>(&self, name: &str) -> libloading::Symbol<'_, T> {
+        // SAFETY: the signatures below are NVRTC's documented C API.
+        unsafe { self.lib.get(name.as_bytes()) }
+            .unwrap_or_else(|e| panic!("NVRTC lacks {name}: {e}"))
+    }
+
+    fn version(&self) -> String {
+        let f = self.sym::<unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int>("nvrtcVersion");
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: two out-parameters.
+        unsafe { f(&mut major, &mut minor) };
+        format!("{major}.{minor}")
+    }
+
+    /// Compiles `src`; returns PTX (when `cubin` is false) or a cubin.
+    fn compile(
+        &self,
+        src: &str,
+        name: &str,
+        opts: &[String],
+        cubin: bool,
+    ) -> Result<Vec<u8>, String> {
+        type Create = unsafe extern "C" fn(
+            *mut Program,
+            *const c_char,
+            *const c_char,
+            c_int,
+            *const *const c_char,
+            *const *const c_char,
+        ) -> c_int;
+        type Compile = unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int;
+        type Size = unsafe extern "C" fn(Program, *mut usize) -> c_int;
+        type Get = unsafe extern "C" fn(Program, *mut c_char) -> c_int;
+        type Destroy = unsafe extern "C" fn(*mut Program) -> c_int;
+        let csrc = CString::new(src).unwrap();
+        let cname = CString::new(name).unwrap();
+        let copts: Vec<CString> = opts
+            .iter()
+            .map(|o| CString::new(o.as_str()).unwrap())
+            .collect();
+        let opt_ptrs: Vec<*const c_char> = copts.iter().map(|o| o.as_ptr()).collect();
+        let mut prog: Program = std::ptr::null_mut();
+        // SAFETY: NVRTC's C API with valid, NUL-terminated strings; the
+        // program is destroyed before returning.
+        unsafe {
+            let rc = self.sym::<Create>("nvrtcCreateProgram")(
+                &mut prog,
+                csrc.as_ptr(),
+                cname.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            );
+            if rc != 0 {
+                return Err(format!("nvrtcCreateProgram failed ({rc})"));
+            }
+            let rc = self.sym::<Compile>("nvrtcCompileProgram")(
+                prog,
+                opt_ptrs.len() as c_int,
+                opt_ptrs.as_ptr(),
+            );
+            let get_text = |size: &str, get: &str| -> Vec<u8> {
+                let mut n = 0usize;
+                self.sym::<Size>(size)(prog, &mut n);
+                let mut buf = vec![0u8; n];
+                self.sym::<Get>(get)(prog, buf.as_mut_ptr() as *mut c_char);
+                buf
+            };
+            let result = if rc != 0 {
+                let log = get_text("nvrtcGetProgramLogSize", "nvrtcGetProgramLog");
+                Err(CStr::from_bytes_until_nul(&log)
+                    .map(|c| c.to_string_lossy().into_owned())
+                    .unwrap_or_default())
+            } else if cubin {
+                Ok(get_text("nvrtcGetCUBINSize", "nvrtcGetCUBIN"))
+            } else {
+                let mut ptx = get_text("nvrtcGetPTXSize", "nvrtcGetPTX");
+                while ptx.last() == Some(&0) {
+                    ptx.pop();
+                }
+                Ok(ptx)
+            };
+            self.sym::<Destroy>("nvrtcDestroyProgram")(&mut prog);
+            result
+        }
+    }
+}
+
+fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf]) {
+    let generated = out.join("gpu_kernels.rs");
+    let without = |why: String| {
+        println!("cargo:warning=dyntie: building without GPU kernels: {why}");
+        let rs = format!(
+            "pub static GPU_MODULES: &[GpuModule] = &[];\npub const GPU_BUILD: &str = {:?};\n",
+            format!("built without GPU kernels: {why}")
+        );
+        write_if_changed(&generated, rs.as_bytes());
+    };
+    let Some(lib) = find_nvrtc(manifest) else {
+        return without(
+            "NVRTC not found (set NVRTC_LIB or CUDA_PATH, or run scripts/install-cuda-tools.sh)"
+                .into(),
+        );
+    };
+    let nvrtc = match Nvrtc::load(&lib) {
+        Ok(n) => n,
+        Err(e) => return without(e),
+    };
+    let mut base_opts = vec![
+        "--std=c++17".to_string(),
+        "-lineinfo".to_string(),
+        format!("-I{}", kernels_dir.display()),
+    ];
+    if let Some(inc) = find_cuda_include(manifest) {
+        base_opts.push(format!("-I{}", inc.display()));
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target"));
+    let ptx_dir = target_dir.join("ptx");
+    fs::create_dir_all(&ptx_dir).unwrap_or_else(|e| panic!("creating {}: {e}", ptx_dir.display()));
+
+    // Every (file, target) pair compiles in its own thread: NVRTC is slow
+    // and its programs are independent.
+    let jobs: Vec<(usize, u32, bool)> = (0..sources.len())
+        .flat_map(|i| {
+            let ptx = PTX_ARCHS.iter().map(move |&a| (i, a, false));
+            let cubin = CUBIN_ARCHS.iter().map(move |&a| (i, a, true));
+            ptx.chain(cubin)
+        })
+        .collect();
+    let results: Vec<Result<Vec<u8>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|&(i, arch, cubin)| {
+                let src_path = &sources[i];
+                let nvrtc = &nvrtc;
+                let mut opts = base_opts.clone();
+                let kind = if cubin { "sm" } else { "compute" };
+                opts.push(format!("--gpu-architecture={kind}_{arch}"));
+                s.spawn(move || {
+                    let src = fs::read_to_string(src_path).map_err(|e| e.to_string())?;
+                    nvrtc.compile(&src, &src_path.display().to_string(), &opts, cubin)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    let mut rs = String::new();
+    let list = |prefix: &str, archs: &[u32]| {
+        archs
+            .iter()
+            .map(|a| format!("{prefix}_{a}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    rs += &format!(
+        "pub const GPU_BUILD: &str = \"NVRTC {}: {} PTX, {} cubins\";\n",
+        nvrtc.version(),
+        list("compute", &PTX_ARCHS),
+        list("sm", &CUBIN_ARCHS)
+    );
+    rs += "pub static GPU_MODULES: &[GpuModule] = &[\n";
+    for (i, src) in sources.iter().enumerate() {
+        let stem = src.file_stem().unwrap().to_string_lossy().to_string();
+        let mut ptx = Vec::new();
+        let mut cubins = Vec::new();
+        for (&(j, arch, cubin), res) in jobs.iter().zip(&results) {
+            if j != i {
+                continue;
+            }
+            let bytes = res.as_ref().unwrap_or_else(|log| {
+                panic!("NVRTC failed on {} for arch {arch}:\n{log}", src.display())
+            });
+            let file = if cubin {
+                out.join(format!("{stem}.sm_{arch}.cubin"))
+            } else {
+                let stable = ptx_dir.join(format!("{stem}.compute_{arch}.ptx"));
+                write_if_changed(&stable, bytes);
+                out.join(format!("{stem}.compute_{arch}.ptx"))
+            };
+            write_if_changed(&file, bytes);
+            if cubin {
+                cubins.push(format!(
+                    "({arch}, include_bytes!({:?}))",
+                    file.display().to_string()
+                ));
+            } else {
+                ptx.push(format!(
+                    "({arch}, include_str!({:?}))",
+                    file.display().to_string()
+                ));
+            }
+        }
+        rs += &format!(
+            "    GpuModule {{ name: {stem:?}, ptx: &[{}], cubins: &[{}] }},\n",
+            ptx.join(", "),
+            cubins.join(", ")
+        );
+    }
+    rs += "];\n";
+    write_if_changed(&generated, rs.as_bytes());
+}

@@ -18,6 +18,7 @@
 
 pub mod cpu;
 pub mod host_memory;
+pub mod kernels;
 
 use anyhow::Result;
 use std::marker::PhantomData;

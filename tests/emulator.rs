@@ -1,0 +1,416 @@
+//! The CPU emulator itself: correct kernels give the same results under every
+//! resume order, wrong ones are caught (different results, or a reported
+//! error instead of a hang). Kernels: kernels/tests/emu_tests.cu.
+
+use dyntie::backend::{Buffer, View};
+use dyntie::device::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
+use dyntie::rng::HostRng;
+use std::ffi::c_void;
+
+const ORDERS: [ResumeOrder; 3] = [
+    ResumeOrder::Forward,
+    ResumeOrder::Reverse,
+    ResumeOrder::Random(7),
+];
+
+fn device(order: ResumeOrder) -> EmuDevice {
+    EmuDevice::with_config(EmuConfig {
+        workers: 2,
+        order,
+        ..EmuConfig::default()
+    })
+}
+
+fn arg<T>(v: &mut T) -> *mut c_void {
+    v as *mut T as *mut c_void
+}
+
+fn dims(grid: u32, block: u32, shared_bytes: u32) -> LaunchDims {
+    LaunchDims {
+        grid: [grid, 1, 1],
+        block: [block, 1, 1],
+        shared_bytes,
+    }
+}
+
+fn upload(dev: &EmuDevice, data: &[f32]) -> Buffer {
+    let buf = Buffer::new(dev.memory(), data.len() * 4).unwrap();
+    dev.copy_htod(buf.addr(), bytemuck::cast_slice(data))
+        .unwrap();
+    buf
+}
+
+fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, view: View<T>) -> Vec<T> {
+    let mut out = vec![T::default(); view.len];
+    dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), view.addr)
+        .unwrap();
+    out
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = HostRng::new(seed);
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+fn reduce(dev: &EmuDevice, kernel: &str, x: &[f32]) -> f32 {
+    let xb = upload(dev, x);
+    let out = upload(dev, &[0.0]);
+    let (mut px, mut po, mut n) = (xb.addr(), out.addr(), x.len() as i32);
+    unsafe {
+        dev.launch(
+            kernel,
+            dims(7, 256, 0),
+            &mut [arg(&mut px), arg(&mut po), arg(&mut n)],
+        )
+        .unwrap()
+    };
+    download(dev, out.f32())[0]
+}
+
+#[test]
+fn shared_memory_reduction_is_right_under_every_order() {
+    let x = random(10_000, 1);
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    for order in ORDERS {
+        let got = reduce(&device(order), "test_reduce_sum", &x);
+        assert!(
+            (got as f64 - want).abs() < 1e-3,
+            "{order:?}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_syncthreads_changes_results_with_the_order() {
+    let x = random(10_000, 2);
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    let fwd = reduce(&device(ResumeOrder::Forward), "test_reduce_sum_no_sync", &x);
+    let rev = reduce(&device(ResumeOrder::Reverse), "test_reduce_sum_no_sync", &x);
+    assert_ne!(fwd, rev, "the race went unnoticed");
+    // Reverse order happens to be the order the tree needs; forward is wrong.
+    assert!(
+        (rev as f64 - want).abs() < 1e-3 && (fwd as f64 - want).abs() > 1e-2,
+        "{fwd} {rev} {want}"
+    );
+}
+
+fn launch_err(dev: &EmuDevice, kernel: &str, d: LaunchDims, args: &mut [*mut c_void]) -> String {
+    match unsafe { dev.launch(kernel, d, args) } {
+        Ok(()) => panic!("{kernel} should have failed"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_early_return_before_a_barrier_is_reported() {
+    for order in ORDERS {
+        let dev = device(order);
+        let out = upload(&dev, &[0.0; 64]);
+        let (mut po, mut n) = (out.addr(), 40i32);
+        let msg = launch_err(
+            &dev,
+            "test_early_return",
+            dims(2, 64, 0),
+            &mut [arg(&mut po), arg(&mut n)],
+        );
+        assert!(
+            msg.contains("early return before a barrier"),
+            "{order:?}: {msg}"
+        );
+        assert!(
+            msg.contains("test_early_return") && msg.contains("block ("),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn an_early_return_can_be_allowed() {
+    for order in ORDERS {
+        let dev = EmuDevice::with_config(EmuConfig {
+            order,
+            allow_early_return: true,
+            ..EmuConfig::default()
+        });
+        let out = upload(&dev, &[0.0; 64]);
+        let (mut po, mut n) = (out.addr(), 40i32);
+        unsafe {
+            dev.launch(
+                "test_early_return",
+                dims(2, 64, 0),
+                &mut [arg(&mut po), arg(&mut n)],
+            )
+        }
+        .unwrap();
+        let got = download(&dev, out.f32());
+        assert!(
+            got[..40].iter().all(|&v| v == 1.0) && got[40..].iter().all(|&v| v == 0.0),
+            "{order:?}"
+        );
+    }
+}
+
+#[test]
+fn a_shuffle_by_half_a_warp_is_reported() {
+    let dev = device(ResumeOrder::Forward);
+    let out = upload(&dev, &[0.0; 32]);
+    let mut po = out.addr();
+    let msg = launch_err(
+        &dev,
+        "test_half_warp_shuffle",
+        dims(1, 32, 0),
+        &mut [arg(&mut po)],
+    );
+    assert!(
+        msg.contains("does not include it") && msg.contains("0x0000ffff"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn mismatched_warp_collectives_are_reported() {
+    for order in ORDERS {
+        let dev = device(order);
+        let out = Buffer::new(dev.memory(), 32 * 4).unwrap();
+        let mut po = out.addr();
+        let msg = launch_err(
+            &dev,
+            "test_mismatched_collectives",
+            dims(1, 32, 0),
+            &mut [arg(&mut po)],
+        );
+        assert!(
+            msg.contains("mismatched warp collectives"),
+            "{order:?}: {msg}"
+        );
+        assert!(
+            msg.contains("__shfl_xor_sync") && msg.contains("__ballot_sync"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn a_deadlock_is_reported_not_hung() {
+    for order in ORDERS {
+        let dev = device(order);
+        let out = upload(&dev, &[0.0; 64]);
+        let mut po = out.addr();
+        let msg = launch_err(&dev, "test_deadlock", dims(1, 64, 0), &mut [arg(&mut po)]);
+        assert!(msg.contains("deadlock"), "{msg}");
+        assert!(
+            msg.contains("63 of 64 live threads wait at __syncthreads"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("warp 1: lanes 0x00000001 wait in __syncwarp"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn warp_collectives_are_right_under_every_order() {
+    for order in ORDERS {
+        let dev = device(order);
+        let out = Buffer::new(dev.memory(), 64 * 8 * 4).unwrap();
+        let mut po = out.addr();
+        unsafe {
+            dev.launch("test_warp_collectives", dims(1, 64, 0), &mut [arg(&mut po)])
+                .unwrap()
+        };
+        let got: Vec<i32> = download(&dev, View::<i32>::new(out.addr(), 64 * 8));
+        for t in 0..64i32 {
+            let (lane, warp0) = (t % 32, t - t % 32);
+            let o = &got[t as usize * 8..t as usize * 8 + 8];
+            let seg = lane - lane % 16;
+            let want = [
+                (warp0..warp0 + 32).sum::<i32>(),
+                warp0 + 3,
+                if lane >= 1 { t - 1 } else { t },
+                if lane + 2 < seg + 16 { t + 2 } else { t },
+                0xAAAA_AAAAu32 as i32,
+                1,
+                0,
+                if lane < 16 { t ^ 1 } else { -1 },
+            ];
+            assert_eq!(o, want, "{order:?} thread {t}");
+        }
+    }
+}
+
+#[test]
+fn atomics_from_many_blocks() {
+    let dev = device(ResumeOrder::Random(3));
+    let count = Buffer::new(dev.memory(), 4).unwrap();
+    let fsum = Buffer::new(dev.memory(), 4).unwrap();
+    let imax = Buffer::new(dev.memory(), 4).unwrap();
+    let imin = Buffer::new(dev.memory(), 4).unwrap();
+    let (mut a, mut b, mut c, mut d) = (count.addr(), fsum.addr(), imax.addr(), imin.addr());
+    let (blocks, threads) = (200u32, 128u32);
+    unsafe {
+        dev.launch(
+            "test_atomics",
+            dims(blocks, threads, 0),
+            &mut [arg(&mut a), arg(&mut b), arg(&mut c), arg(&mut d)],
+        )
+        .unwrap()
+    };
+    let total = blocks * threads;
+    assert_eq!(download(&dev, count.u32())[0], total);
+    assert_eq!(download(&dev, fsum.f32())[0], total as f32 * 0.5);
+    assert_eq!(
+        download(&dev, View::<i32>::new(imax.addr(), 1))[0],
+        total as i32 - 1
+    );
+    assert_eq!(
+        download(&dev, View::<i32>::new(imin.addr(), 1))[0],
+        1 - total as i32
+    );
+}
+
+#[test]
+fn dynamic_shared_memory_is_nan_before_every_block() {
+    // One worker, so later blocks reuse the buffer earlier blocks wrote.
+    let dev = EmuDevice::with_config(EmuConfig {
+        workers: 1,
+        ..EmuConfig::default()
+    });
+    let (blocks, threads, per) = (3u32, 64u32, 4i32);
+    let n = (blocks * threads) as usize * per as usize;
+    let out = upload(&dev, &vec![0.0; n]);
+    let (mut po, mut pp) = (out.addr(), per);
+    let smem = threads * per as u32 * 4;
+    unsafe {
+        dev.launch(
+            "test_dyn_smem_probe",
+            dims(blocks, threads, smem),
+            &mut [arg(&mut po), arg(&mut pp)],
+        )
+        .unwrap()
+    };
+    assert!(download(&dev, out.f32()).iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn launch_errors_are_results() {
+    let dev = device(ResumeOrder::Forward);
+    let msg = launch_err(&dev, "no_such_kernel", dims(1, 32, 0), &mut []);
+    assert!(msg.contains("no kernel named `no_such_kernel`"), "{msg}");
+    let out = upload(&dev, &[0.0; 32]);
+    let mut po = out.addr();
+    let msg = launch_err(
+        &dev,
+        "test_half_warp_shuffle",
+        dims(1, 2048, 0),
+        &mut [arg(&mut po)],
+    );
+    assert!(msg.contains("1 to 1024"), "{msg}");
+}
+
+#[test]
+fn tiled_matmul_matches_and_reports_its_speed() {
+    let n = 256usize;
+    let a = random(n * n, 4);
+    let b = random(n * n, 5);
+    let dev = device(ResumeOrder::Forward);
+    let (ab, bb) = (upload(&dev, &a), upload(&dev, &b));
+    let cb = Buffer::new(dev.memory(), n * n * 4).unwrap();
+    let (mut pc, mut pa, mut pb, mut pn) = (cb.addr(), ab.addr(), bb.addr(), n as i32);
+    let d = LaunchDims {
+        grid: [16, 16, 1],
+        block: [16, 16, 1],
+        shared_bytes: 0,
+    };
+    let mut run = || unsafe {
+        dev.launch(
+            "test_matmul_tiled",
+            d,
+            &mut [arg(&mut pc), arg(&mut pa), arg(&mut pb), arg(&mut pn)],
+        )
+    };
+    // The first launch also maps and touches the fiber stacks.
+    let first = dev.time_ms(&mut run).unwrap();
+    let again = dev.time_ms(&mut run).unwrap();
+    eprintln!("emulated 256^3 tiled matmul: {first:.1} ms first launch, {again:.1} ms after");
+    let c = download(&dev, cb.f32());
+    for (i, j) in [(0, 0), (17, 200), (255, 255), (128, 3)] {
+        let want: f64 = (0..n)
+            .map(|k| a[i * n + k] as f64 * b[k * n + j] as f64)
+            .sum();
+        assert!(
+            (c[i * n + j] as f64 - want).abs() < 1e-3,
+            "c[{i},{j}] {} vs {want}",
+            c[i * n + j]
+        );
+    }
+}
+
+#[test]
+fn kernel_registry_lists_every_kernel() {
+    let names = dyntie::device::emu::kernel_names();
+    for k in [
+        "fill_f32",
+        "dropout_bwd_f32",
+        "test_reduce_sum",
+        "test_matmul_tiled",
+    ] {
+        assert!(names.iter().any(|n| n == k), "{k} missing from {names:?}");
+    }
+}
+
+#[test]
+fn a_fiber_stack_overflow_is_named_before_the_crash() {
+    // The overflow kills the process, so it runs in a child copy of this test.
+    if std::env::var_os("DYNTIE_EMU_OVERFLOW_CHILD").is_some() {
+        let dev = device(ResumeOrder::Forward);
+        let out = upload(&dev, &[0.0; 32]);
+        let (mut po, mut n) = (out.addr(), 32768i32);
+        let _ = unsafe {
+            dev.launch(
+                "test_stack_overflow",
+                dims(1, 32, 0),
+                &mut [arg(&mut po), arg(&mut n)],
+            )
+        };
+        return;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_fiber_stack_overflow_is_named_before_the_crash",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("DYNTIE_EMU_OVERFLOW_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(
+        !child.status.success(),
+        "the overflow went unnoticed: {stderr}"
+    );
+    assert!(stderr.contains("overflowed its fiber stack"), "{stderr}");
+}
+
+#[test]
+fn a_bigger_stack_fits_big_locals() {
+    let dev = EmuDevice::with_config(EmuConfig {
+        stack_bytes: 256 << 10,
+        ..EmuConfig::default()
+    });
+    let out = upload(&dev, &[0.0; 32]);
+    let (mut po, mut n) = (out.addr(), 32768i32);
+    unsafe {
+        dev.launch(
+            "test_stack_overflow",
+            dims(1, 32, 0),
+            &mut [arg(&mut po), arg(&mut n)],
+        )
+    }
+    .unwrap();
+    let got = download(&dev, out.f32());
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(t, &v)| v == (32767 - t) as f32));
+}

@@ -1,0 +1,219 @@
+//! The elementwise kernels (kernels/elementwise.cu) under the emulator,
+//! against `CpuBackend`, under forward and reverse resume order. Sizes are not
+//! multiples of the block size and span several blocks.
+
+use dyntie::backend::cpu::CpuBackend;
+use dyntie::backend::kernels::KernelBackend;
+use dyntie::backend::{Backend, Buffer, View};
+use dyntie::device::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
+use dyntie::rng::HostRng;
+
+const N: usize = 256 * 5 + 37;
+
+/// One op applied to a backend and the views of its inputs.
+type Op<'a> = dyn Fn(&dyn Backend, &[View<f32>]) -> anyhow::Result<()> + 'a;
+
+/// The emulator under forward and reverse resume order, and the GPU when
+/// this machine has one (then the same comparisons check the real kernels).
+fn backends() -> Vec<(String, Box<dyn Backend>)> {
+    let mut out: Vec<(String, Box<dyn Backend>)> = [ResumeOrder::Forward, ResumeOrder::Reverse]
+        .into_iter()
+        .map(|order| {
+            let dev = EmuDevice::with_config(EmuConfig {
+                workers: 2,
+                order,
+                ..EmuConfig::default()
+            });
+            (
+                format!("emu {order:?}"),
+                Box::new(KernelBackend::new(dev)) as Box<dyn Backend>,
+            )
+        })
+        .collect();
+    if dyntie::device::cuda::driver_present() {
+        let dev =
+            CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
+        out.push((
+            dev.description().to_string(),
+            Box::new(KernelBackend::new(dev)),
+        ));
+    }
+    out
+}
+
+fn emu() -> KernelBackend<EmuDevice> {
+    KernelBackend::new(EmuDevice::new())
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = HostRng::new(seed);
+    (0..n).map(|_| (rng.normal() * 2.0) as f32).collect()
+}
+
+fn put(be: &dyn Backend, data: &[f32]) -> Buffer {
+    let buf = be.alloc_f32(data.len()).unwrap();
+    be.upload_f32(buf.f32(), data).unwrap();
+    buf
+}
+
+/// Runs `op` on the CPU and on every emulated backend with the same inputs
+/// (`inputs[0]` is also the initial content of the output) and compares the
+/// output buffer `inputs[0]`.
+fn check(name: &str, inputs: &[Vec<f32>], tol: f32, op: &Op) {
+    let cpu = CpuBackend::new();
+    let run = |be: &dyn Backend| -> Vec<f32> {
+        let bufs: Vec<Buffer> = inputs.iter().map(|x| put(be, x)).collect();
+        let views: Vec<View<f32>> = bufs.iter().map(|b| b.f32()).collect();
+        op(be, &views).unwrap();
+        be.synchronize().unwrap();
+        be.download_f32(views[0]).unwrap()
+    };
+    let want = run(&cpu);
+    for (label, be) in backends() {
+        let got = run(be.as_ref());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let ok = (g - w).abs() <= tol * (1.0 + w.abs()) && (*g == 0.0) == (*w == 0.0);
+            assert!(ok, "{name} on {label}: element {i}: {g} vs cpu {w}");
+        }
+    }
+}
+
+#[test]
+fn fill_copy_add_accumulate_match_the_cpu() {
+    let (a, b, c) = (random(N, 1), random(N, 2), random(N, 3));
+    check("fill", std::slice::from_ref(&a), 0.0, &|be, v| {
+        be.fill(v[0], 0.75)
+    });
+    check("copy", &[a.clone(), b.clone()], 0.0, &|be, v| {
+        be.copy(v[0], v[1])
+    });
+    check("add", &[a.clone(), b.clone(), c.clone()], 0.0, &|be, v| {
+        be.add(v[0], v[1], v[2])
+    });
+    check("add in place", &[a.clone(), b.clone()], 0.0, &|be, v| {
+        be.add(v[0], v[0], v[1])
+    });
+    check("accumulate", &[a.clone(), b.clone()], 0.0, &|be, v| {
+        be.accumulate(v[0], v[1])
+    });
+}
+
+#[test]
+fn gelu_matches_the_cpu() {
+    let (a, x, d) = (random(N, 4), random(N, 5), random(N, 6));
+    check("gelu_fwd", &[a.clone(), x.clone()], 1e-6, &|be, v| {
+        be.gelu_fwd(v[0], v[1])
+    });
+    // The backward accumulates into a non-zero gradient.
+    check("gelu_bwd", &[a, x, d], 1e-6, &|be, v| {
+        be.gelu_bwd(v[0], v[1], v[2])
+    });
+}
+
+#[test]
+fn dropout_masks_are_identical_to_the_cpu() {
+    let (a, x) = (random(N, 7), random(N, 8));
+    for (p, seed, offset) in [(0.1, 42, 0), (0.5, 7, 1 << 33), (0.0, 1, 5), (1.0, 3, 9)] {
+        check("dropout_fwd", &[a.clone(), x.clone()], 1e-6, &|be, v| {
+            be.dropout_fwd(v[0], v[1], p, seed, offset)
+        });
+        check("dropout_bwd", &[a.clone(), x.clone()], 1e-6, &|be, v| {
+            be.dropout_bwd(v[0], v[1], p, seed, offset)
+        });
+    }
+}
+
+#[test]
+fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
+    // More elements than one capped grid covers, so threads loop.
+    let n = dyntie::backend::kernels::MAX_GRID_1D as usize * 256 * 2 + 1000;
+    let x = random(n, 9);
+    let be = emu();
+    let xb = put(&be, &x);
+    let out = be.alloc_f32(n).unwrap();
+    let ms = dyntie::device::Device::time_ms(be.device(), &mut || be.gelu_fwd(out.f32(), xb.f32()))
+        .unwrap();
+    eprintln!("emulated gelu_fwd over {n} elements: {ms:.1} ms");
+    be.fill(out.f32(), 2.0).unwrap();
+    be.accumulate(out.f32(), xb.f32()).unwrap();
+    let got = be.download_f32(out.f32()).unwrap();
+    assert!(got.iter().zip(&x).all(|(g, x)| *g == 2.0 + x));
+}
+
+#[test]
+fn bad_shapes_and_missing_kernels_are_errors() {
+    let be = emu();
+    let (a, b) = (be.alloc_f32(10).unwrap(), be.alloc_f32(11).unwrap());
+    let msg = be.copy(a.f32(), b.f32()).unwrap_err().to_string();
+    assert!(
+        msg.contains("copy") && msg.contains("10") && msg.contains("11"),
+        "{msg}"
+    );
+    let big = be.alloc_f32(20).unwrap();
+    let msg = be
+        .dropout_fwd(a.f32(), big.f32().slice(0, 10), 1.5, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not in [0, 1]"), "{msg}");
+    let msg = be
+        .gelu_fwd(big.f32().slice(0, 10), big.f32().slice(5, 10))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("gelu_fwd: output out overlaps input inp"),
+        "{msg}"
+    );
+    let msg = be
+        .add(big.f32().slice(0, 10), big.f32().slice(2, 10), a.f32())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("overlaps input a"), "{msg}");
+    let msg = be.sum_squares(a.f32(), b.f32()).unwrap_err().to_string();
+    assert!(msg.contains("sum_squares has no kernel yet"), "{msg}");
+}
+
+#[test]
+fn cuda_device_without_a_gpu_is_an_error_not_a_panic() {
+    let result = CudaDevice::new(0);
+    if dyntie::device::cuda::driver_present() {
+        // A GPU machine: opening it may work; it must not panic either way.
+        if let Err(e) = result {
+            eprintln!("CudaDevice::new with a driver present: {e:#}");
+        }
+        return;
+    }
+    let msg = format!(
+        "{:#}",
+        result
+            .err()
+            .expect("no driver, yet CudaDevice::new succeeded")
+    );
+    assert!(msg.contains("no CUDA driver found"), "{msg}");
+    assert!(msg.contains("--backend cpu"), "{msg}");
+}
+
+#[test]
+fn the_conformance_harness_passes_the_elementwise_ops() {
+    // The same harness `dyntie doctor` runs on a GPU.
+    use dyntie::conformance::{check_ops, format_results, Dims};
+    let ops = [
+        "fill",
+        "copy",
+        "add",
+        "accumulate",
+        "gelu_fwd",
+        "gelu_bwd",
+        "dropout_fwd",
+        "dropout_bwd",
+    ];
+    let cpu = CpuBackend::new();
+    for (label, be) in backends() {
+        let results = check_ops(&cpu, be.as_ref(), &ops, &Dims::standard(), 11);
+        assert_eq!(results.len(), ops.len() * Dims::standard().len());
+        assert!(
+            results.iter().all(|r| r.passed),
+            "{label}:\n{}",
+            format_results(&results)
+        );
+    }
+}
