@@ -14,6 +14,7 @@ pub mod config;
 pub mod conformance;
 pub mod data;
 pub mod device;
+pub mod doctor;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -8,7 +8,11 @@ pub use bench::bench;
 pub use run::{eval, export, prepare, sample, train};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::kernels::KernelBackend;
 use crate::backend::Backend;
+use crate::cli::DoctorArgs;
+use crate::device::cuda::{self, CudaDevice};
+use crate::device::emu::EmuDevice;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
@@ -20,23 +24,95 @@ pub fn select_backend(name: &str) -> Result<(Arc<dyn Backend>, String)> {
             Arc::new(CpuBackend::new()),
             "backend cpu (asked for with --backend cpu)".into(),
         )),
-        "auto" => Ok((
-            Arc::new(CpuBackend::new()),
-            "backend cpu (auto: this build has no CUDA backend yet)".into(),
+        "emu" => Ok((
+            Arc::new(KernelBackend::new(EmuDevice::new())),
+            "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower than cpu)"
+                .into(),
         )),
-        "cuda" | "emu" => {
-            bail!("--backend {name} is not available in this build yet; use --backend cpu")
+        "cuda" => {
+            let dev = CudaDevice::new(0)?;
+            let why = format!("backend cuda on {}", dev.description());
+            Ok((Arc::new(KernelBackend::new(dev)), why))
+        }
+        "auto" => {
+            if !cuda::driver_present() {
+                return Ok((
+                    Arc::new(CpuBackend::new()),
+                    "backend cpu (auto: no CUDA driver on this machine)".into(),
+                ));
+            }
+            match CudaDevice::new(0) {
+                Ok(dev) => {
+                    let why = format!("backend cuda (auto: found {})", dev.description());
+                    Ok((Arc::new(KernelBackend::new(dev)), why))
+                }
+                Err(e) => Ok((
+                    Arc::new(CpuBackend::new()),
+                    format!("backend cpu (auto: CUDA unusable: {e:#})"),
+                )),
+            }
         }
         other => bail!("--backend '{other}' is unknown: use auto, cpu, cuda or emu"),
     }
 }
 
-/// `dyntie doctor`: on this build there is no CUDA backend yet, so there is
-/// no GPU to check.
-pub fn doctor(args: &crate::cli::DoctorArgs) -> Result<()> {
-    if args.allow_no_gpu {
-        println!("dyntie doctor: this build has no CUDA backend yet; nothing to check");
-        return Ok(());
+/// `dyntie doctor`: every kernel against the CPU reference on the GPU (or,
+/// with `--emu`, under the emulator), then a short training run on both.
+pub fn doctor(args: &DoctorArgs) -> Result<()> {
+    let reference = Arc::new(CpuBackend::new());
+    let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
+        println!("dyntie doctor: checking the kernels under the CPU emulator");
+        (Arc::new(KernelBackend::new(EmuDevice::new())), false)
+    } else {
+        println!("kernels in this build: {}", cuda::gpu_build_info());
+        match CudaDevice::new(0) {
+            Ok(dev) => {
+                println!("dyntie doctor: checking {}", dev.description());
+                (Arc::new(KernelBackend::new(dev)), true)
+            }
+            Err(e) if args.allow_no_gpu => {
+                println!("dyntie doctor: no GPU to check ({e:#}); exiting 0 (--allow-no-gpu)");
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e.context("dyntie doctor needs a GPU (--allow-no-gpu exits 0 without one, --emu checks the emulator)"))
+            }
+        }
+    };
+    let results = crate::doctor::check_kernels(reference.as_ref(), candidate.as_ref(), gpu);
+    print!("{}", crate::conformance::format_results(&results));
+    let kernel_failures = results.iter().filter(|r| !r.passed).count();
+
+    let scratch = std::env::temp_dir().join(format!("dyntie-doctor-{}", std::process::id()));
+    let cfg = crate::doctor::doctor_training_config();
+    let cmp = crate::doctor::compare_training(&cfg, reference, candidate, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    const TRAIN_TOL: f64 = 1e-4;
+    let train_ok = match &cmp {
+        Ok(c) => {
+            println!(
+                "training check: {} steps, {} tie decisions; max relative loss difference {:.2e} (tolerance {TRAIN_TOL:.0e}); decisions {}; final loss cpu {:.5} vs kernels {:.5}",
+                c.steps,
+                c.decisions,
+                c.max_rel_diff,
+                if c.same_decisions { "identical" } else { "DIFFER" },
+                c.reference.last().copied().unwrap_or(f64::NAN),
+                c.candidate.last().copied().unwrap_or(f64::NAN),
+            );
+            c.agrees(TRAIN_TOL)
+        }
+        Err(e) => {
+            println!("training check: ERROR {e:#}");
+            false
+        }
+    };
+    println!(
+        "summary: kernels {} passed, {kernel_failures} failed; training {}",
+        results.len() - kernel_failures,
+        if train_ok { "agrees" } else { "DISAGREES" }
+    );
+    if kernel_failures > 0 || !train_ok {
+        bail!("dyntie doctor found problems (see the table above)");
     }
-    bail!("this build has no CUDA backend yet (run with --allow-no-gpu to exit 0)")
+    Ok(())
 }
