@@ -38,6 +38,8 @@ if ! have_all; then
     echo "error: pip finished but NVRTC, cuda_runtime.h or ptxas is missing under $DEST" >&2
     exit 1
 fi
+# build.rs looked for NVRTC when it last ran; make the next cargo build look again.
+touch build.rs
 # build.rs cannot watch a folder that did not exist when it last ran; touch it
 # so the next cargo build looks for NVRTC again.
 touch build.rs
