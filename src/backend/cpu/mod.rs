@@ -7,6 +7,7 @@
 //! `gemm` crate, everything row-parallel through rayon.
 
 mod kernels;
+mod math;
 
 use super::host_memory::HostMemory;
 use super::{AdamWStep, AttnShape, Backend, Memory, View};
