@@ -3,22 +3,51 @@
 //!
 //! `cargo bench --bench gemm` prints GFLOP/s for the matmuls (forward and
 //! both backward products) and milliseconds for the fused loss and attention.
+//!
+//! Each op reports its best wall time and, on Linux, the CPU time all
+//! threads spent in that run (from /proc/self/task/*/schedstat): on a shared
+//! machine the wall time depends on the neighbours, while GFLOP per CPU
+//! second shows the code's own efficiency. Run with `RAYON_NUM_THREADS=1`
+//! for single-core numbers.
 
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::{AttnShape, Backend, Buffer};
 use dyntie::rng::HostRng;
 use std::time::Instant;
 
-/// Best wall time of `reps` runs after one warm-up, in seconds.
-fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+/// CPU time of all this process's threads so far, in seconds (None where
+/// /proc does not say).
+fn cpu_seconds() -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
+}
+
+/// Best wall time and best CPU time of `reps` runs after one warm-up, in
+/// seconds.
+fn best_of(reps: usize, mut f: impl FnMut()) -> (f64, Option<f64>) {
     f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
+    let mut best = (f64::INFINITY, None::<f64>);
+    for _ in 0..reps {
+        let (c, t) = (cpu_seconds(), Instant::now());
+        f();
+        best.0 = best.0.min(t.elapsed().as_secs_f64());
+        if let (Some(c0), Some(c1)) = (c, cpu_seconds()) {
+            best.1 = Some(best.1.map_or(c1 - c0, |b: f64| b.min(c1 - c0)));
+        }
+    }
+    best
+}
+
+fn cpu_note(cpu: Option<f64>, gflop: f64) -> String {
+    match cpu {
+        Some(c) if gflop > 0.0 => format!("  ({:6.1} GFLOP per CPU second)", gflop / c),
+        Some(c) => format!("  ({:8.2} ms CPU)", c * 1e3),
+        None => String::new(),
+    }
 }
 
 fn random(be: &CpuBackend, rng: &mut HostRng, n: usize, scale: f64) -> Buffer {
@@ -69,11 +98,12 @@ fn bench_matmul(be: &CpuBackend, rng: &mut HostRng, name: &str, rows: usize, ic:
         )
         .unwrap()
     });
-    for (what, t) in [("fwd", fwd), ("bwd dinp", bwd_x), ("bwd dweight", bwd_w)] {
+    for (what, (t, cpu)) in [("fwd", fwd), ("bwd dinp", bwd_x), ("bwd dweight", bwd_w)] {
         println!(
-            "matmul {name:<8} [{rows}x{ic}] x [{ic}x{oc}] {what:<12} {:8.2} ms {:7.1} GFLOP/s",
+            "matmul {name:<8} [{rows}x{ic}] x [{ic}x{oc}] {what:<12} {:8.2} ms {:6.1} GFLOP/s{}",
             t * 1e3,
-            gflop / t
+            gflop / t,
+            cpu_note(cpu, gflop)
         );
     }
 }
@@ -94,23 +124,33 @@ fn main() {
     be.upload_u32(targets.u32(), &tgt).unwrap();
     let losses = be.alloc_f32(rows).unwrap();
     let dl = be.alloc_f32(rows * vocab).unwrap();
-    let t = best_of(5, || {
-        be.softmax_xent(
-            losses.f32(),
-            Some(dl.f32()),
-            logits.f32(),
-            targets.u32(),
-            rows,
-            vocab,
-            u32::MAX,
-            1.0 / rows as f32,
-        )
-        .unwrap()
-    });
-    println!(
-        "softmax_xent [{rows}x{vocab}] with dlogits        {:8.2} ms",
-        t * 1e3
-    );
+    // Gradient into its own buffer, into the logits (as training does; the
+    // repeated runs then start from earlier gradients, which is harmless),
+    // and the loss alone.
+    for (what, dlogits) in [
+        ("dlogits apart", Some(dl.f32())),
+        ("dlogits in place", Some(logits.f32())),
+        ("loss only", None),
+    ] {
+        let t = best_of(5, || {
+            be.softmax_xent(
+                losses.f32(),
+                dlogits,
+                logits.f32(),
+                targets.u32(),
+                rows,
+                vocab,
+                u32::MAX,
+                1.0 / rows as f32,
+            )
+            .unwrap()
+        });
+        println!(
+            "softmax_xent [{rows}x{vocab}] {what:<17}  {:8.2} ms{}",
+            t.0 * 1e3,
+            cpu_note(t.1, 0.0)
+        );
+    }
 
     let shape = AttnShape {
         batch: 8,
@@ -141,8 +181,13 @@ fn main() {
         .unwrap()
     });
     println!(
-        "attention B=8 T=128 C=256 H=8                 fwd {:6.2} ms  bwd {:6.2} ms",
-        fwd * 1e3,
-        bwd * 1e3
+        "attention B=8 T=128 C=256 H=8 fwd             {:8.2} ms{}",
+        fwd.0 * 1e3,
+        cpu_note(fwd.1, 0.0)
+    );
+    println!(
+        "attention B=8 T=128 C=256 H=8 bwd             {:8.2} ms{}",
+        bwd.0 * 1e3,
+        cpu_note(bwd.1, 0.0)
     );
 }

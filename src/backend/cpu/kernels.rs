@@ -608,6 +608,27 @@ fn exp_in_place(x: &mut [f32], max: f32, scale: f32) -> f32 {
     sum + lanes.iter().sum::<f32>()
 }
 
+/// Writes `dst = e^(src - max)` and returns its sum.
+#[inline(always)]
+fn exp_from(dst: &mut [f32], src: &[f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = dst.chunks_exact_mut(LANES);
+    let src_chunks = src.chunks_exact(LANES);
+    let src_tail = src_chunks.remainder();
+    for (c, s) in (&mut chunks).zip(src_chunks) {
+        for ((acc, d), &x) in lanes.iter_mut().zip(c).zip(s) {
+            *d = math::exp(x - max);
+            *acc += *d;
+        }
+    }
+    let mut sum = 0.0;
+    for (d, &x) in chunks.into_remainder().iter_mut().zip(src_tail) {
+        *d = math::exp(x - max);
+        sum += *d;
+    }
+    sum + lanes.iter().sum::<f32>()
+}
+
 /// `sum(e^(x - max))` without writing.
 #[inline(always)]
 fn exp_sum(x: &[f32], max: f32) -> f32 {
@@ -724,12 +745,14 @@ pub fn softmax_xent(
         });
 }
 
-/// [`softmax_xent`] with its gradient: `rows` holds the logits on entry and
-/// `(softmax - onehot) * grad_scale` on return. Working in place is what lets
-/// `dlogits` be the logits' own memory; it also needs one exp per logit.
-pub fn softmax_xent_grad_in_place(
+/// [`softmax_xent`] with its gradient `(softmax - onehot) * grad_scale`
+/// written to `dlogits`. `logits` is `None` when the logits are `dlogits`'
+/// own memory (the aliased call): each row is then read and overwritten in
+/// place. Either way a row is read once from memory and then stays in cache.
+pub fn softmax_xent_grad(
     losses: &mut [f32],
-    rows: &mut [f32],
+    dlogits: &mut [f32],
+    logits: Option<&[f32]>,
     targets: &[u32],
     vocab: usize,
     ignore_index: u32,
@@ -737,20 +760,29 @@ pub fn softmax_xent_grad_in_place(
 ) {
     losses
         .par_iter_mut()
-        .zip(rows.par_chunks_mut(vocab).zip(targets.par_iter()))
-        .for_each(|(loss, (row, &tgt))| {
+        .zip(dlogits.par_chunks_mut(vocab).zip(targets.par_iter()))
+        .enumerate()
+        .for_each(|(r, (loss, (row, &tgt)))| {
             if tgt == ignore_index {
                 *loss = 0.0;
                 row.fill(0.0);
                 return;
             }
             let tgt = tgt as usize;
+            let src = logits.map(|l| &l[r * vocab..][..vocab]);
             *loss = simd(
                 #[inline(always)]
                 || {
-                    let max = max_of(row);
-                    let target_logit = row[tgt];
-                    let sum = exp_in_place(row, max, 1.0);
+                    let (max, target_logit, sum) = match src {
+                        Some(src) => {
+                            let max = max_of(src);
+                            (max, src[tgt], exp_from(row, src, max))
+                        }
+                        None => {
+                            let max = max_of(row);
+                            (max, row[tgt], exp_in_place(row, max, 1.0))
+                        }
+                    };
                     let k = grad_scale / sum;
                     for x in row.iter_mut() {
                         *x *= k;
