@@ -4,8 +4,8 @@
 //! `cargo bench --bench gemm` prints GFLOP/s for the matmuls (forward and
 //! both backward products) and milliseconds for the fused loss and attention.
 //!
-//! Each op reports its best wall time and, on Linux, the CPU time all
-//! threads spent in that run (from /proc/self/task/*/schedstat): on a shared
+//! Each op reports its best wall time and, on Linux, the mean CPU time all
+//! threads spent per run (from /proc/self/task/*/schedstat): on a shared
 //! machine the wall time depends on the neighbours, while GFLOP per CPU
 //! second shows the code's own efficiency. Run with `RAYON_NUM_THREADS=1`
 //! for single-core numbers.
@@ -26,20 +26,25 @@ fn cpu_seconds() -> Option<f64> {
     Some(ns as f64 * 1e-9)
 }
 
-/// Best wall time and best CPU time of `reps` runs after one warm-up, in
-/// seconds.
+/// Best wall time and mean CPU time per run, in seconds, over at least
+/// `reps` runs after one warm-up, and over at least half a second: the kernel
+/// updates a running thread's CPU time only now and then, so short runs are
+/// averaged.
 fn best_of(reps: usize, mut f: impl FnMut()) -> (f64, Option<f64>) {
     f();
-    let mut best = (f64::INFINITY, None::<f64>);
-    for _ in 0..reps {
-        let (c, t) = (cpu_seconds(), Instant::now());
+    let (start_cpu, start) = (cpu_seconds(), Instant::now());
+    let (mut best, mut runs) = (f64::INFINITY, 0);
+    while runs < reps || (start.elapsed().as_secs_f64() < 0.5 && runs < 1000) {
+        let t = Instant::now();
         f();
-        best.0 = best.0.min(t.elapsed().as_secs_f64());
-        if let (Some(c0), Some(c1)) = (c, cpu_seconds()) {
-            best.1 = Some(best.1.map_or(c1 - c0, |b: f64| b.min(c1 - c0)));
-        }
+        best = best.min(t.elapsed().as_secs_f64());
+        runs += 1;
     }
-    best
+    let cpu = match (start_cpu, cpu_seconds()) {
+        (Some(c0), Some(c1)) => Some((c1 - c0) / runs as f64),
+        _ => None,
+    };
+    (best, cpu)
 }
 
 fn cpu_note(cpu: Option<f64>, gflop: f64) -> String {
