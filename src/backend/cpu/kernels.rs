@@ -5,6 +5,7 @@
 //! are combined in order, so every result is bit-for-bit the same however many
 //! threads run it (a resumed run must continue exactly).
 
+use super::math::{self, simd};
 use crate::backend::{AdamWStep, AttnShape, LAYERNORM_EPS};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -212,46 +213,78 @@ impl Mat {
 
 /// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`, accumulating when `accumulate`.
 /// `dst` is row-major `m x n`; the operands were built from slices of at
-/// least the sizes their strides reach.
+/// least the sizes their strides reach, none overlapping `dst`.
 pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, m: usize, n: usize, k: usize, accumulate: bool) {
-    debug_assert!(dst.len() >= m * n);
+    assert!(dst.len() >= m * n);
+    // SAFETY: `dst` is an exclusive slice of at least m*n elements; the
+    // operands are as this function's contract says.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            n,
+            lhs,
+            rhs,
+            m,
+            n,
+            k,
+            accumulate,
+            Parallelism::Rayon(0),
+        )
+    };
+}
+
+/// [`matmul`] over raw memory: `dst` has row stride `dst_rs`.
+///
+/// # Safety
+/// `dst` and the operands must be valid for every element their strides
+/// reach for these sizes, and nothing else may access the `dst` elements or
+/// write the operands during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: Mat,
+    rhs: Mat,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for r in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(0.0);
+            }
         }
         return;
     }
-    // SAFETY: `dst` is an exclusive slice of m*n elements; `lhs` and `rhs`
-    // come from shared slices covering every element their strides address
-    // (the callers pass the matching sizes), and none overlaps `dst` (checked
-    // before the slices were made). `read_dst = false` ignores alpha and the
-    // old contents.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::Rayon(0),
-        );
-    }
+    // gemm computes dst = alpha * dst + beta * lhs @ rhs, reading dst only
+    // when asked to.
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 pub fn matmul_fwd(
@@ -332,56 +365,102 @@ pub fn matmul_bwd(
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| a * b).sum()
+/// The base of a slice that parallel tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used where each task writes elements no other task touches.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The element at `offset`. A method, so that closures capture the
+    /// whole (`Send`) struct rather than its raw-pointer field.
+    ///
+    /// # Safety
+    /// `offset` must lie inside the slice this was made from.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
 }
 
-/// Causal attention, parallel over the batch: each sequence's rows of `out`,
-/// `att` and `qkv` are contiguous, so tasks write disjoint slices. Per head
-/// the work is O(T^2 * hs) with no temporaries beyond `att` itself.
+/// Causal attention, one task per (batch, head). Per head:
+/// `att = softmax(mask(q k^T) / sqrt(hs))`, then `out = att v`, both as
+/// single-threaded gemm calls on strided views of `qkv` (the products also
+/// cover the masked upper triangle, where `att` is zero: twice the minimum
+/// arithmetic, but far faster than scalar loops). Memory: `att` only.
 pub fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
-    out.par_chunks_mut(t_len * c)
-        .zip(att.par_chunks_mut(nh * t_len * t_len))
-        .zip(qkv.par_chunks(t_len * 3 * c))
-        .for_each(|((out, att), qkv)| {
-            for h in 0..nh {
-                for t in 0..t_len {
-                    let q = &qkv[t * 3 * c + h * hs..][..hs];
-                    let row = &mut att[(h * t_len + t) * t_len..][..t_len];
-                    let mut max = f32::NEG_INFINITY;
-                    for (t2, a) in row[..=t].iter_mut().enumerate() {
-                        let k = &qkv[t2 * 3 * c + c + h * hs..][..hs];
-                        *a = dot(q, k) * scale;
-                        max = max.max(*a);
-                    }
-                    let mut sum = 0.0f32;
-                    for a in &mut row[..=t] {
-                        *a = (*a - max).exp();
-                        sum += *a;
-                    }
-                    let inv = 1.0 / sum;
-                    for a in &mut row[..=t] {
-                        *a *= inv;
-                    }
-                    row[t + 1..].fill(0.0);
-                    let o = &mut out[t * c + h * hs..][..hs];
-                    o.fill(0.0);
-                    for (t2, &a) in row[..=t].iter().enumerate() {
-                        let v = &qkv[t2 * 3 * c + 2 * c + h * hs..][..hs];
-                        for (o, v) in o.iter_mut().zip(v) {
-                            *o += a * v;
+    let out = SharedMut(out.as_mut_ptr());
+    att.par_chunks_mut(t_len * t_len)
+        .enumerate()
+        .for_each(|(bh, att)| {
+            let (b, h) = (bh / nh, bh % nh);
+            // q of head h at row 0 of sequence b; k and v follow at +C, +2C.
+            let q = &qkv[b * t_len * 3 * c + h * hs..];
+            let rows = |off: usize| Mat {
+                ptr: q[off..].as_ptr(),
+                rs: 3 * c as isize,
+                cs: 1,
+            };
+            let k_t = Mat {
+                ptr: q[c..].as_ptr(),
+                rs: 1,
+                cs: 3 * c as isize,
+            };
+            // SAFETY: `att` is this task's own T x T block; q, k and v reach
+            // at most (T-1)*3C + 2C + hs elements past `q`'s start, inside
+            // sequence b of `qkv`.
+            unsafe {
+                gemm_raw(
+                    att.as_mut_ptr(),
+                    t_len,
+                    rows(0),
+                    k_t,
+                    t_len,
+                    t_len,
+                    hs,
+                    false,
+                    Parallelism::None,
+                )
+            };
+            simd(
+                #[inline(always)]
+                || {
+                    for (t, row) in att.chunks_exact_mut(t_len).enumerate() {
+                        let (live, masked) = row.split_at_mut(t + 1);
+                        let max = max_of(live);
+                        let inv = 1.0 / exp_in_place(live, max, scale);
+                        for a in live {
+                            *a *= inv;
                         }
+                        masked.fill(0.0);
                     }
-                }
+                },
+            );
+            // SAFETY: this task alone writes head h's `hs` columns of the T
+            // rows of sequence b in `out`; the operands are as above.
+            unsafe {
+                let dst = out.at(b * t_len * c + h * hs);
+                gemm_raw(
+                    dst,
+                    c,
+                    Mat::rows(att, t_len),
+                    rows(2 * c),
+                    t_len,
+                    hs,
+                    t_len,
+                    false,
+                    Parallelism::None,
+                );
             }
         });
 }
 
-/// Backward of [`attention_fwd`], parallel over the batch like it. One row
-/// of `scratch` per query position holds d(scores).
+/// Backward of [`attention_fwd`], one task per (batch, head), with gemm:
+/// `dp = dy v^T` (into `scratch`), `dv += att^T dy`,
+/// `ds = att * (dp - rowsum(att * dp)) / sqrt(hs)`, `dq += ds k`, `dk += ds^T q`.
 pub fn attention_bwd(
     dqkv: &mut [f32],
     scratch: &mut [f32],
@@ -393,52 +472,193 @@ pub fn attention_bwd(
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
-    dqkv.par_chunks_mut(t_len * 3 * c)
-        .zip(scratch.par_chunks_mut(nh * t_len * t_len))
-        .zip(dout.par_chunks(t_len * c))
-        .zip(
-            qkv.par_chunks(t_len * 3 * c)
-                .zip(att.par_chunks(nh * t_len * t_len)),
-        )
-        .for_each(|(((dqkv, scratch), dout), (qkv, att))| {
-            let mut dq = vec![0.0f32; hs];
-            for h in 0..nh {
-                for t in 0..t_len {
-                    let a = &att[(h * t_len + t) * t_len..][..=t];
-                    let ds = &mut scratch[(h * t_len + t) * t_len..][..=t];
-                    let dy = &dout[t * c + h * hs..][..hs];
-                    // d(probabilities), and dv += p * dy
-                    for (t2, (ds, &p)) in ds.iter_mut().zip(a).enumerate() {
-                        let v = &qkv[t2 * 3 * c + 2 * c + h * hs..][..hs];
-                        *ds = dot(dy, v);
-                        let dv = &mut dqkv[t2 * 3 * c + 2 * c + h * hs..][..hs];
-                        for (dv, g) in dv.iter_mut().zip(dy) {
-                            *dv += p * g;
+    let dqkv = SharedMut(dqkv.as_mut_ptr());
+    scratch
+        .par_chunks_mut(t_len * t_len)
+        .enumerate()
+        .for_each(|(bh, ds)| {
+            let (b, h) = (bh / nh, bh % nh);
+            let base = b * t_len * 3 * c + h * hs;
+            let q = &qkv[base..];
+            let rows = |off: usize| Mat {
+                ptr: q[off..].as_ptr(),
+                rs: 3 * c as isize,
+                cs: 1,
+            };
+            let v_t = Mat {
+                ptr: q[2 * c..].as_ptr(),
+                rs: 1,
+                cs: 3 * c as isize,
+            };
+            let p = &att[bh * t_len * t_len..][..t_len * t_len];
+            let dy = Mat {
+                ptr: dout[b * t_len * c + h * hs..].as_ptr(),
+                rs: c as isize,
+                cs: 1,
+            };
+            let (dq, dk, dv) = unsafe {
+                // SAFETY: offsets inside sequence b of `dqkv`, as for `q`.
+                let dq = dqkv.at(base);
+                (dq, dq.add(c), dq.add(2 * c))
+            };
+            let (t, c3) = (t_len, 3 * c);
+            // SAFETY: `ds` is this task's own T x T block; this task alone
+            // writes head h's columns of q, k and v in sequence b of `dqkv`;
+            // every operand reaches only inside its slice (see the forward).
+            unsafe {
+                gemm_raw(
+                    ds.as_mut_ptr(),
+                    t,
+                    dy,
+                    v_t,
+                    t,
+                    t,
+                    hs,
+                    false,
+                    Parallelism::None,
+                );
+                gemm_raw(
+                    dv,
+                    c3,
+                    Mat::transposed(p, t),
+                    dy,
+                    t,
+                    hs,
+                    t,
+                    true,
+                    Parallelism::None,
+                );
+            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (i, (ds, p)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+                        let (live, masked) = ds.split_at_mut(i + 1);
+                        let pdp = dot(&p[..=i], live);
+                        for (d, &p) in live.iter_mut().zip(p) {
+                            *d = p * (*d - pdp) * scale;
                         }
+                        masked.fill(0.0);
                     }
-                    // softmax backward: d(score) = p * (dp - sum(p * dp)), times the scale
-                    let pdp = dot(a, ds);
-                    for (ds, &p) in ds.iter_mut().zip(a) {
-                        *ds = p * (*ds - pdp) * scale;
-                    }
-                    let q = &qkv[t * 3 * c + h * hs..][..hs];
-                    dq.fill(0.0);
-                    for (t2, &g) in ds.iter().enumerate() {
-                        let k = &qkv[t2 * 3 * c + c + h * hs..][..hs];
-                        for (dq, k) in dq.iter_mut().zip(k) {
-                            *dq += g * k;
-                        }
-                        let dk = &mut dqkv[t2 * 3 * c + c + h * hs..][..hs];
-                        for (dk, q) in dk.iter_mut().zip(q) {
-                            *dk += g * q;
-                        }
-                    }
-                    for (d, g) in dqkv[t * 3 * c + h * hs..][..hs].iter_mut().zip(&dq) {
-                        *d += g;
-                    }
-                }
+                },
+            );
+            // SAFETY: as above.
+            unsafe {
+                gemm_raw(
+                    dq,
+                    c3,
+                    Mat::rows(ds, t),
+                    rows(c),
+                    t,
+                    hs,
+                    t,
+                    true,
+                    Parallelism::None,
+                );
+                gemm_raw(
+                    dk,
+                    c3,
+                    Mat::transposed(ds, t),
+                    rows(0),
+                    t,
+                    hs,
+                    t,
+                    true,
+                    Parallelism::None,
+                );
             }
         });
+}
+
+/// Independent partial results per lane let LLVM vectorize reductions
+/// (a single running f32 sum would fix the order and forbid it).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Replaces each `x` by `e^((x - max) * scale)` and returns their sum.
+#[inline(always)]
+fn exp_in_place(x: &mut [f32], max: f32, scale: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (s, v) in lanes.iter_mut().zip(c) {
+            *v = math::exp((*v - max) * scale);
+            *s += *v;
+        }
+    }
+    let mut sum = 0.0;
+    for v in chunks.into_remainder() {
+        *v = math::exp((*v - max) * scale);
+        sum += *v;
+    }
+    sum + lanes.iter().sum::<f32>()
+}
+
+/// Writes `dst = e^(src - max)` and returns its sum.
+#[inline(always)]
+fn exp_from(dst: &mut [f32], src: &[f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = dst.chunks_exact_mut(LANES);
+    let src_chunks = src.chunks_exact(LANES);
+    let src_tail = src_chunks.remainder();
+    for (c, s) in (&mut chunks).zip(src_chunks) {
+        for ((acc, d), &x) in lanes.iter_mut().zip(c).zip(s) {
+            *d = math::exp(x - max);
+            *acc += *d;
+        }
+    }
+    let mut sum = 0.0;
+    for (d, &x) in chunks.into_remainder().iter_mut().zip(src_tail) {
+        *d = math::exp(x - max);
+        sum += *d;
+    }
+    sum + lanes.iter().sum::<f32>()
+}
+
+/// `sum(e^(x - max))` without writing.
+#[inline(always)]
+fn exp_sum(x: &[f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (s, &v) in lanes.iter_mut().zip(c) {
+            *s += math::exp(v - max);
+        }
+    }
+    tail.iter().map(|&v| math::exp(v - max)).sum::<f32>() + lanes.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((s, a), b) in lanes.iter_mut().zip(ca).zip(cb) {
+            *s += a * b;
+        }
+    }
+    tail + lanes.iter().sum::<f32>()
 }
 
 const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
@@ -448,10 +668,15 @@ pub fn gelu_fwd(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                let u = GELU_K * (x + GELU_A * x * x * x);
-                *o = 0.5 * x * (1.0 + u.tanh());
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        let th = math::tanh(GELU_K * (x + GELU_A * x * x * x));
+                        *o = 0.5 * x * (1.0 + th);
+                    }
+                },
+            )
         });
 }
 
@@ -459,12 +684,16 @@ pub fn gelu_bwd(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
     dinp.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
         .for_each(|(di, (x, dy))| {
-            for ((di, &x), dy) in di.iter_mut().zip(x).zip(dy) {
-                let u = GELU_K * (x + GELU_A * x * x * x);
-                let th = u.tanh();
-                let du = GELU_K * (1.0 + 3.0 * GELU_A * x * x);
-                *di += dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((di, &x), dy) in di.iter_mut().zip(x).zip(dy) {
+                        let th = math::tanh(GELU_K * (x + GELU_A * x * x * x));
+                        let du = GELU_K * (1.0 + 3.0 * GELU_A * x * x);
+                        *di += dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
+                    }
+                },
+            )
         });
 }
 
@@ -489,10 +718,6 @@ pub fn dropout(out: &mut [f32], inp: &[f32], p: f32, seed: u64, offset: u64, acc
         });
 }
 
-fn row_max(row: &[f32]) -> f32 {
-    row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
-}
-
 /// `losses[r] = logsumexp(logits[r]) - logits[r][target]`, or 0 on ignored
 /// rows. Subtracting the row maximum keeps exp in range.
 pub fn softmax_xent(
@@ -510,18 +735,24 @@ pub fn softmax_xent(
                 *loss = 0.0;
                 return;
             }
-            let max = row_max(row);
-            let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
-            *loss = sum.ln() - (row[tgt as usize] - max);
+            *loss = simd(
+                #[inline(always)]
+                || {
+                    let max = max_of(row);
+                    exp_sum(row, max).ln() - (row[tgt as usize] - max)
+                },
+            );
         });
 }
 
-/// [`softmax_xent`] with its gradient: `rows` holds the logits on entry and
-/// `(softmax - onehot) * grad_scale` on return. Working in place is what lets
-/// `dlogits` be the logits' own memory; it also needs one exp per logit.
-pub fn softmax_xent_grad_in_place(
+/// [`softmax_xent`] with its gradient `(softmax - onehot) * grad_scale`
+/// written to `dlogits`. `logits` is `None` when the logits are `dlogits`'
+/// own memory (the aliased call): each row is then read and overwritten in
+/// place. Either way a row is read once from memory and then stays in cache.
+pub fn softmax_xent_grad(
     losses: &mut [f32],
-    rows: &mut [f32],
+    dlogits: &mut [f32],
+    logits: Option<&[f32]>,
     targets: &[u32],
     vocab: usize,
     ignore_index: u32,
@@ -529,27 +760,37 @@ pub fn softmax_xent_grad_in_place(
 ) {
     losses
         .par_iter_mut()
-        .zip(rows.par_chunks_mut(vocab).zip(targets.par_iter()))
-        .for_each(|(loss, (row, &tgt))| {
+        .zip(dlogits.par_chunks_mut(vocab).zip(targets.par_iter()))
+        .enumerate()
+        .for_each(|(r, (loss, (row, &tgt)))| {
             if tgt == ignore_index {
                 *loss = 0.0;
                 row.fill(0.0);
                 return;
             }
             let tgt = tgt as usize;
-            let max = row_max(row);
-            let target_logit = row[tgt];
-            let mut sum = 0.0f32;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            *loss = sum.ln() - (target_logit - max);
-            let k = grad_scale / sum;
-            for x in row.iter_mut() {
-                *x *= k;
-            }
-            row[tgt] -= grad_scale;
+            let src = logits.map(|l| &l[r * vocab..][..vocab]);
+            *loss = simd(
+                #[inline(always)]
+                || {
+                    let (max, target_logit, sum) = match src {
+                        Some(src) => {
+                            let max = max_of(src);
+                            (max, src[tgt], exp_from(row, src, max))
+                        }
+                        None => {
+                            let max = max_of(row);
+                            (max, row[tgt], exp_in_place(row, max, 1.0))
+                        }
+                    };
+                    let k = grad_scale / sum;
+                    for x in row.iter_mut() {
+                        *x *= k;
+                    }
+                    row[tgt] -= grad_scale;
+                    sum.ln() - (target_logit - max)
+                },
+            );
         });
 }
 

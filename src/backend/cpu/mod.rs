@@ -7,6 +7,7 @@
 //! `gemm` crate, everything row-parallel through rayon.
 
 mod kernels;
+mod math;
 
 use super::host_memory::HostMemory;
 use super::{AdamWStep, AttnShape, Backend, Memory, View};
@@ -680,19 +681,25 @@ impl Backend for CpuBackend {
             }
             Some(dl) => {
                 let d = span(op, "dlogits", dl, n * v)?;
-                if dl.addr == logits.addr {
+                let aliased = dl.addr == logits.addr;
+                if aliased {
                     disjoint(op, &[l, d], &[t])?;
                 } else {
                     disjoint(op, &[l, d], &[x, t])?;
-                    // SAFETY: checked by `span` and `disjoint` above.
-                    unsafe { write(dl, n * v).copy_from_slice(read(logits, n * v)) };
                 }
-                // SAFETY: checked by `span` and `disjoint` above; `dlogits`
-                // now holds the logits and is the only view of them used.
+                // SAFETY: checked by `span` and `disjoint` above; when
+                // `dlogits` is the logits' memory only the `&mut` slice of it
+                // is made.
                 unsafe {
-                    kernels::softmax_xent_grad_in_place(
+                    let src = if aliased {
+                        None
+                    } else {
+                        Some(read(logits, n * v))
+                    };
+                    kernels::softmax_xent_grad(
                         write(losses, n),
                         write(dl, n * v),
+                        src,
                         tgts,
                         v,
                         ignore_index,
