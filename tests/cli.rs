@@ -74,9 +74,15 @@ const SMALL: &[&str] = &[
     "4",
 ];
 
+/// `train` with the small shape, where a flag in `extra` replaces the
+/// small shape's value.
 fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["train"];
-    v.extend_from_slice(SMALL);
+    for pair in SMALL.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            v.extend_from_slice(pair);
+        }
+    }
     v.extend_from_slice(extra);
     v
 }
@@ -128,6 +134,10 @@ fn bad_data_is_a_clear_error() {
         )
     };
     run(&root.join("missing"), &["missing", "meta.json"]);
+    fs::create_dir_all(root.join("empty")).unwrap();
+    run(&root.join("empty"), &["empty", "meta.json"]);
+    fs::write(root.join("empty/meta.json"), b"{\"format_version\": 1").unwrap();
+    run(&root.join("empty"), &["meta.json", "prepare"]);
 
     let good = prepared(&root);
     let train_bin = good.join("train.bin");
@@ -149,10 +159,11 @@ fn bad_data_is_a_clear_error() {
     fs::write(&train_bin, &original).unwrap();
     // The valid split has 128 tokens: a context of 200 does not fit.
     let mut args = train_on(&good);
-    args.extend(["--ctx".into(), "200".into()]);
+    let ctx = args.iter().position(|a| a == "--ctx").unwrap();
+    args[ctx + 1] = "200".into();
     fails(
         &args.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        &["context"],
+        &["valid", "context"],
     );
     let metrics = fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
     assert!(
