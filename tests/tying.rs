@@ -49,7 +49,7 @@ fn copy_block(src: &Gpt2, from: usize, dst: &Gpt2, to: usize) -> Result<()> {
 
 fn copy_globals(src: &Gpt2, dst: &Gpt2) -> Result<()> {
     for e in src.global_layout().entries() {
-        dst.write_param(&e.name, &src.read_param(&e.name)?)?;
+        dst.write_param(e.name, &src.read_param(e.name)?)?;
     }
     Ok(())
 }
