@@ -107,6 +107,12 @@ fn untie_makes_an_independent_copy() -> Result<()> {
     for (a, b) in names(1).iter().zip(names(2)) {
         assert_eq!(m.read_param(a)?, m.read_param(&b)?, "untie copies {a}");
     }
+    let (s1, s2) = (m.slots().slot_of(1), m.slots().slot_of(2));
+    for (name, a, b) in [("m", &s1.adam_m, &s2.adam_m), ("v", &s1.adam_v, &s2.adam_v)] {
+        let (a, b) = (be.download_f32(a.f32())?, be.download_f32(b.f32())?);
+        assert!(a.iter().any(|x| *x != 0.0), "AdamW {name} is still zero");
+        assert_eq!(a, b, "untie copies AdamW {name}");
+    }
     // A step now moves the two blocks apart: they get different gradients
     // and each slot its own update.
     m.zero_grads()?;
