@@ -55,17 +55,32 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
 }
 
 /// Keeps only the lines whose `step` is at most `step` (a resumed run drops
-/// what was logged after its checkpoint, so the files match the model).
+/// what was logged after its checkpoint, so the files match the model). The
+/// kept lines are copied verbatim, so a resumed run's files are byte for byte
+/// those of an uninterrupted one; a torn last line (a kill mid-write) is
+/// dropped.
 pub fn truncate_after_step(path: &Path, step: u64) -> Result<()> {
-    let records = read_jsonl(path)?;
-    let mut text = String::new();
-    for r in records {
-        if r.get("step").and_then(|s| s.as_u64()).unwrap_or(0) <= step {
-            text.push_str(&serde_json::to_string(&r)?);
-            text.push('\n');
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut kept = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let record: serde_json::Value = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(_) if i + 1 == lines.len() => break,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("{} line {} is not valid JSON", path.display(), i + 1)
+                })
+            }
+        };
+        if record.get("step").and_then(|s| s.as_u64()).unwrap_or(0) <= step {
+            kept.push_str(line);
+            kept.push('\n');
         }
     }
-    std::fs::write(path, text).with_context(|| format!("cannot rewrite {}", path.display()))
+    std::fs::write(path, kept).with_context(|| format!("cannot rewrite {}", path.display()))
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, for default run names.

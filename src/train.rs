@@ -67,6 +67,9 @@ struct DynamicState {
 struct Pending {
     state: Vec<usize>,
     decision: Decision,
+    /// The episode the decision belongs to (the counter moves on after the
+    /// last block's decision, before that decision is closed).
+    episode: u64,
     /// Perplexity on the reward batch just before the action.
     ppl_before: f64,
 }
@@ -308,6 +311,9 @@ impl Trainer {
             },
         };
         let n_ctx = cfg.model.n_ctx;
+        // A split too short to evaluate would otherwise fail only after training.
+        EvalWindows::new(data.valid.clone(), n_ctx)?;
+        EvalWindows::new(data.test.clone(), n_ctx)?;
         let batcher = TrainBatcher::new(
             data.train.clone(),
             t.batch,
@@ -487,7 +493,7 @@ impl Trainer {
             // The record carries the table right after that action, which
             // is the table now (nothing else changes it in between).
             self.ties
-                .write(&TieRecord::new(self.step, d.episode, &p.decision, r, table))?;
+                .write(&TieRecord::new(self.step, p.episode, &p.decision, r, table))?;
         }
         let layer = d.next_layer;
         let state = self.model.slots().table().state().to_vec();
@@ -496,6 +502,7 @@ impl Trainer {
         d.pending = Some(Pending {
             state,
             decision,
+            episode: d.episode,
             ppl_before: ppl_now,
         });
         d.next_layer += 1;

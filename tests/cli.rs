@@ -1,0 +1,370 @@
+//! The `dyntie` program: bad input is a one-line `error:` naming the file
+//! or flag (never a panic), and every subcommand runs on a trained run.
+
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dyntie-cli-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn dyntie(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(args)
+        .output()
+        .expect("cannot run dyntie")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dyntie(args);
+    assert!(
+        out.status.success(),
+        "dyntie {args:?} failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs dyntie, expects a failure with one `error:` line mentioning every
+/// word of `needles`; returns that line.
+fn fails(args: &[&str], needles: &[&str]) -> String {
+    let out = dyntie(args);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "dyntie {args:?} succeeded:\n{}",
+        text(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(1), "dyntie {args:?}: {err}");
+    assert!(!err.contains("panicked"), "dyntie {args:?} panicked: {err}");
+    let err = err.trim();
+    assert!(
+        err.starts_with("error:") && err.lines().count() == 1,
+        "dyntie {args:?}: not a one-line error:\n{err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "dyntie {args:?}: '{n}' not in: {err}");
+    }
+    err.to_string()
+}
+
+/// The shape every test trains: a few steps of a 3-block model.
+const SMALL: &[&str] = &[
+    "--preset",
+    "tiny",
+    "--layers",
+    "3",
+    "--d-model",
+    "32",
+    "--heads",
+    "2",
+    "--ctx",
+    "16",
+    "--batch",
+    "4",
+];
+
+/// `train` with the small shape, where a flag in `extra` replaces the
+/// small shape's value.
+fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train"];
+    for pair in SMALL.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            v.extend_from_slice(pair);
+        }
+    }
+    v.extend_from_slice(extra);
+    v
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A byte-level dataset prepared from the text sample.
+fn prepared(root: &Path) -> PathBuf {
+    let dir = root.join("text");
+    ok(&[
+        "prepare",
+        "--dataset",
+        "text",
+        "--input",
+        "data/samples/text/input.txt",
+        "--tokenizer",
+        "byte",
+        "--out",
+        s(&dir),
+    ]);
+    dir
+}
+
+#[test]
+fn bad_data_is_a_clear_error() {
+    let root = temp_dir("data");
+    let out = root.join("run");
+    let train_on = |data: &Path| {
+        train_args(&[
+            "--steps",
+            "2",
+            "--out",
+            s(&out),
+            "--force",
+            "--data",
+            s(data),
+        ])
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let run = |data: &Path, needles: &[&str]| {
+        let args = train_on(data);
+        fails(
+            &args.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            needles,
+        )
+    };
+    run(&root.join("missing"), &["missing", "meta.json"]);
+    fs::create_dir_all(root.join("empty")).unwrap();
+    run(&root.join("empty"), &["empty", "meta.json"]);
+    fs::write(root.join("empty/meta.json"), b"{\"format_version\": 1").unwrap();
+    run(&root.join("empty"), &["meta.json", "prepare"]);
+
+    let good = prepared(&root);
+    let train_bin = good.join("train.bin");
+    let original = fs::read(&train_bin).unwrap();
+    let with = |edit: &dyn Fn(&mut Vec<u8>), needles: &[&str]| {
+        let mut bytes = original.clone();
+        edit(&mut bytes);
+        fs::write(&train_bin, &bytes).unwrap();
+        run(&good, needles);
+    };
+    with(&|b| b[0] = b'X', &["train.bin", "magic"]);
+    with(&|b| b[8] = 7, &["train.bin", "version 7"]);
+    with(&|b| b.truncate(b.len() - 5), &["train.bin"]);
+    // Width 2, vocabulary 256: id 300 at the tenth token.
+    with(
+        &|b| b[32 + 18..32 + 20].copy_from_slice(&300u16.to_le_bytes()),
+        &["train.bin", "300"],
+    );
+    fs::write(&train_bin, &original).unwrap();
+    // The valid split has 128 tokens: a context of 200 does not fit.
+    let mut args = train_on(&good);
+    let ctx = args.iter().position(|a| a == "--ctx").unwrap();
+    args[ctx + 1] = "200".into();
+    fails(
+        &args.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        &["valid", "context"],
+    );
+    let metrics = fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+    assert!(
+        !metrics.contains("\"train\""),
+        "a too-short split must be refused before training"
+    );
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let root = temp_dir("flags");
+    let out = root.join("run");
+    let o = s(&out);
+    fails(
+        &train_args(&["--d-model", "30", "--heads", "4", "--out", o]),
+        &["--heads 4", "--d-model 30"],
+    );
+    fails(&train_args(&["--steps", "0", "--out", o]), &["--steps"]);
+    fails(
+        &["train", "--preset", "huge", "--out", o],
+        &["preset", "huge"],
+    );
+    fails(
+        &train_args(&["--tying", "sometimes", "--out", o]),
+        &["sometimes"],
+    );
+    fails(
+        &train_args(&["--tying", "pattern:0,2,1", "--out", o]),
+        &["pattern"],
+    );
+    fails(
+        &train_args(&["--tying", "pattern:0,0", "--out", o]),
+        &["pattern"],
+    );
+    fails(
+        &["train", "--resume", s(&root.join("nothing"))],
+        &["--resume"],
+    );
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn an_existing_run_is_refused_without_force() {
+    let root = temp_dir("force");
+    let out = root.join("run");
+    ok(&train_args(&["--steps", "2", "--out", s(&out)]));
+    fails(
+        &train_args(&["--steps", "2", "--out", s(&out)]),
+        &[s(&out), "--force"],
+    );
+    ok(&train_args(&["--steps", "2", "--out", s(&out), "--force"]));
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn corrupt_checkpoints_are_clear_errors() {
+    let root = temp_dir("ckpt");
+    let run = root.join("run");
+    let wide = root.join("wide");
+    ok(&train_args(&["--steps", "2", "--out", s(&run)]));
+    ok(&train_args(&[
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--out",
+        s(&wide),
+    ]));
+    let ckpt = run.join("checkpoint");
+    let resume = || fails(&["train", "--resume", s(&run), "--steps", "4"], &[]);
+    let keep = |name: &str| fs::read(ckpt.join(name)).unwrap();
+    let (state, model) = (keep("state.json"), keep("model.safetensors"));
+
+    fs::write(ckpt.join("state.json"), b"{ not json").unwrap();
+    assert!(resume().contains("state.json"));
+    fs::write(ckpt.join("state.json"), &state).unwrap();
+
+    fs::write(ckpt.join("model.safetensors"), &model[..model.len() / 2]).unwrap();
+    assert!(resume().contains("model.safetensors"));
+    fs::write(ckpt.join("model.safetensors"), &model).unwrap();
+
+    // A checkpoint from a model of another width.
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        fs::copy(wide.join("checkpoint").join(f), ckpt.join(f)).unwrap();
+    }
+    let err = resume();
+    assert!(
+        err.contains("shape") && err.contains(".safetensors"),
+        "{err}"
+    );
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn eval_sample_export_run_on_a_trained_model() {
+    let root = temp_dir("cmds");
+    let run = root.join("run");
+    ok(&train_args(&["--steps", "3", "--out", s(&run)]));
+
+    let out = ok(&["eval", "--run", s(&run), "--split", "valid"]);
+    assert!(out.contains("valid") && out.contains("perplexity"), "{out}");
+
+    let out = ok(&["sample", "--run", s(&run), "--max-new-tokens", "5"]);
+    let ids: Vec<u32> = out
+        .split_whitespace()
+        .map(|w| w.parse().expect("the synthetic corpus samples token ids"))
+        .collect();
+    assert_eq!(ids.len(), 6, "the start token and 5 new ones: {out}");
+
+    let hf = root.join("hf");
+    ok(&[
+        "export",
+        "--run",
+        s(&run),
+        "--format",
+        "hf",
+        "--out",
+        s(&hf),
+    ]);
+    for f in ["config.json", "model.safetensors", "dyntie_check.json"] {
+        assert!(hf.join(f).is_file(), "export wrote no {f}");
+    }
+    let config: Value = serde_json::from_slice(&fs::read(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["n_layer"], 3);
+    assert_eq!(config["n_embd"], 32);
+    let vocab = config["vocab_size"].as_u64().unwrap() as usize;
+    let t = dyntie::checkpoint::load_safetensors(&hf.join("model.safetensors")).unwrap();
+    // Hugging Face Conv1D weights are [in, out].
+    assert_eq!(t["transformer.h.0.attn.c_attn.weight"].0, vec![32, 96]);
+    assert_eq!(t["transformer.h.2.mlp.c_fc.weight"].0, vec![32, 128]);
+    assert_eq!(t["transformer.h.2.mlp.c_proj.weight"].0, vec![128, 32]);
+    assert_eq!(t["transformer.wte.weight"].0, vec![vocab, 32]);
+    assert!(!t.contains_key("lm_head.weight"));
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn bench_memory_counts_the_paper_model() {
+    // 48 blocks in 6 groups of 8, each group on its first block.
+    let pattern = format!(
+        "pattern:{}",
+        (0..48)
+            .map(|i| (i / 8 * 8).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let out = ok(&[
+        "bench",
+        "memory",
+        "--preset",
+        "paper",
+        "--patterns",
+        "none",
+        "all",
+        &pattern,
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    let rows = v["rows"].as_array().unwrap();
+    let report = |i: usize| &rows[i]["report"];
+    assert_eq!(rows.len(), 3);
+    let conventional = report(0)["trainable_params"].as_u64().unwrap();
+    // The paper: about 1,556 M parameters, 30.74 M per block.
+    assert!(
+        (1_550_000_000..1_560_000_000).contains(&conventional),
+        "{conventional}"
+    );
+    assert_eq!(report(1)["live_slots"], 1);
+    assert_eq!(report(2)["live_slots"], 6);
+    let block = report(0)["block_params"].as_u64().unwrap();
+    assert_eq!(
+        conventional - report(2)["trainable_params"].as_u64().unwrap(),
+        42 * block
+    );
+}
+
+#[test]
+fn prepare_then_train_on_text() {
+    let root = temp_dir("prep");
+    let data = root.join("data");
+    ok(&[
+        "prepare",
+        "--dataset",
+        "text",
+        "--input",
+        "data/samples/text/input.txt",
+        "--out",
+        s(&data),
+    ]);
+    assert!(data.join("meta.json").is_file());
+    // The GPT-2 tokenizer leaves 32 valid tokens: the context must be shorter.
+    ok(&train_args(&[
+        "--data",
+        s(&data),
+        "--steps",
+        "2",
+        "--ctx",
+        "8",
+        "--out",
+        s(&root.join("run")),
+    ]));
+    fs::remove_dir_all(root).unwrap();
+}
