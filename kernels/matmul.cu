@@ -46,6 +46,8 @@ struct GemmParams {
     int batch_inner;
     float alpha;
 };
+// KernelBackend checks the same size for its twin of this struct.
+static_assert(sizeof(GemmParams) == 128, "GemmParams layout changed: update KernelBackend's GemmParams");
 
 // C = (accumulate ? C : 0) + alpha * op(A) op(B) + bias, for a batch of
 // products in blockIdx.z. Any M, N, K: loads outside the matrices read 0

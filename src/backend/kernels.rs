@@ -662,6 +662,8 @@ struct GemmParams {
     batch_inner: i32,
     alpha: f32,
 }
+// matmul.cu asserts the same size for its struct.
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
 /// Launches `g` as `[m, n, k]` products, one per batch.
 fn launch_gemm<D: Device>(
