@@ -198,3 +198,31 @@ fn bad_shapes_are_errors_not_panics() {
         .to_string();
     assert!(msg.contains("output dinp overlaps input dweight"), "{msg}");
 }
+
+#[test]
+fn a_256_cube_product_matches_and_reports_emulator_speed() {
+    // Several blocks in both grid dimensions and a 16-slice k loop.
+    let n = 256;
+    let (x, w) = (random(n * n, 9), random(n * n, 10));
+    let cpu = CpuBackend::new();
+    let dev = EmuDevice::with_config(EmuConfig {
+        workers: 2,
+        ..EmuConfig::default()
+    });
+    let be = KernelBackend::new(dev);
+    let run = |be: &dyn Backend| {
+        let (xb, wb, out) = (put(be, &x), put(be, &w), be.alloc_f32(n * n).unwrap());
+        let t = std::time::Instant::now();
+        be.matmul_fwd(out.f32(), xb.f32(), wb.f32(), None, n, n, n)
+            .unwrap();
+        be.synchronize().unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        (be.download_f32(out.f32()).unwrap(), ms)
+    };
+    let (want, _) = run(&cpu);
+    let (got, ms) = run(&be);
+    eprintln!("emulated matmul_fwd 256 x 256 x 256: {ms:.1} ms");
+    let tol = 2e-6 * (n as f64).sqrt() + 2e-6;
+    let err = max_err(&got, &want);
+    assert!(err <= tol, "256^3 product: error {err:.2e} > {tol:.1e}");
+}
