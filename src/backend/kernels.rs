@@ -370,49 +370,187 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
     fn matmul_fwd(
         &self,
-        _out: View<f32>,
-        _inp: View<f32>,
-        _weight: View<f32>,
-        _bias: Option<View<f32>>,
-        _rows: usize,
-        _in_ch: usize,
-        _out_ch: usize,
+        out: View<f32>,
+        inp: View<f32>,
+        weight: View<f32>,
+        bias: Option<View<f32>>,
+        rows: usize,
+        in_ch: usize,
+        out_ch: usize,
     ) -> Result<()> {
-        no_kernel("matmul_fwd")
+        let op = "matmul_fwd";
+        let (n, ic, oc) = (rows, in_ch, out_ch);
+        let out = fits(op, "out", out, n * oc)?;
+        let inp = fits(op, "inp", inp, n * ic)?;
+        let weight = fits(op, "weight", weight, oc * ic)?;
+        let bias = bias.map(|b| fits(op, "bias", b, oc)).transpose()?;
+        let mut inputs = vec![("inp", inp), ("weight", weight)];
+        inputs.extend(bias.map(|b| ("bias", b)));
+        disjoint(op, ("out", out), &inputs)?;
+        // out[n, oc] = inp[n, ic] @ weight^T + bias, weight stored [oc, ic].
+        let mut g = Gemm::new(
+            (out.addr, oc),
+            (inp.addr, ic, false),
+            (weight.addr, ic, true),
+        );
+        g.bias = bias.map_or(0, |b| b.addr);
+        launch_gemm(self, op, g, [n, oc, ic])
     }
     fn matmul_bwd(
         &self,
-        _dinp: Option<View<f32>>,
-        _dweight: Option<View<f32>>,
-        _dbias: Option<View<f32>>,
-        _dout: View<f32>,
-        _inp: View<f32>,
-        _weight: View<f32>,
-        _rows: usize,
-        _in_ch: usize,
-        _out_ch: usize,
+        dinp: Option<View<f32>>,
+        dweight: Option<View<f32>>,
+        dbias: Option<View<f32>>,
+        dout: View<f32>,
+        inp: View<f32>,
+        weight: View<f32>,
+        rows: usize,
+        in_ch: usize,
+        out_ch: usize,
     ) -> Result<()> {
-        no_kernel("matmul_bwd")
+        let op = "matmul_bwd";
+        let (n, ic, oc) = (rows, in_ch, out_ch);
+        let dinp = dinp.map(|v| fits(op, "dinp", v, n * ic)).transpose()?;
+        let dweight = dweight
+            .map(|v| fits(op, "dweight", v, oc * ic))
+            .transpose()?;
+        let dbias = dbias.map(|v| fits(op, "dbias", v, oc)).transpose()?;
+        let dout = fits(op, "dout", dout, n * oc)?;
+        let inp = fits(op, "inp", inp, n * ic)?;
+        let weight = fits(op, "weight", weight, oc * ic)?;
+        // Every output is disjoint from the inputs and from the other outputs.
+        let outs: Vec<_> = [("dinp", dinp), ("dweight", dweight), ("dbias", dbias)]
+            .into_iter()
+            .filter_map(|(name, v)| v.map(|v| (name, v)))
+            .collect();
+        for (i, &o) in outs.iter().enumerate() {
+            let mut others = vec![("dout", dout), ("inp", inp), ("weight", weight)];
+            others.extend(outs[i + 1..].iter().copied());
+            disjoint(op, o, &others)?;
+        }
+        if let Some(dinp) = dinp {
+            // dinp[n, ic] += dout[n, oc] @ weight[oc, ic]
+            let mut g = Gemm::new(
+                (dinp.addr, ic),
+                (dout.addr, oc, false),
+                (weight.addr, ic, false),
+            );
+            g.accumulate = true;
+            launch_gemm(self, op, g, [n, ic, oc])?;
+        }
+        if let Some(dweight) = dweight {
+            // dweight[oc, ic] += dout^T @ inp[n, ic], dout stored [n, oc]. Tied
+            // blocks accumulate into one slot's dweight this way.
+            let mut g = Gemm::new(
+                (dweight.addr, ic),
+                (dout.addr, oc, true),
+                (inp.addr, ic, false),
+            );
+            g.accumulate = true;
+            launch_gemm(self, op, g, [oc, ic, n])?;
+        }
+        if let (Some(dbias), true) = (dbias, n > 0 && oc > 0) {
+            let (mut db, mut d) = (dbias.addr, dout.addr);
+            let (mut r, mut c) = (to_i32(op, "rows", n)?, to_i32(op, "out_ch", oc)?);
+            let dims = LaunchDims {
+                grid: [oc.div_ceil(BIAS_COLS) as u32, 1, 1],
+                block: [BIAS_THREADS, 1, 1],
+                shared_bytes: 0,
+            };
+            // SAFETY: bias_grad_f32(float*, const float*, int, int) over
+            // dbias[oc] and dout[n, oc], both checked by `fits` above.
+            unsafe {
+                self.launch(
+                    "bias_grad_f32",
+                    dims,
+                    &mut [arg(&mut db), arg(&mut d), arg(&mut r), arg(&mut c)],
+                )
+            }
+            .with_context(|| format!("{op}: bias_grad_f32 over {n} x {oc}"))?;
+        }
+        Ok(())
     }
     fn attention_fwd(
         &self,
-        _out: View<f32>,
-        _att: View<f32>,
-        _qkv: View<f32>,
-        _shape: AttnShape,
+        out: View<f32>,
+        att: View<f32>,
+        qkv: View<f32>,
+        shape: AttnShape,
     ) -> Result<()> {
-        no_kernel("attention_fwd")
+        let op = "attention_fwd";
+        let a = AttnGeom::new(op, shape)?;
+        let (b, t, c, nh, hs) = (a.b, a.t, a.c, a.nh, a.hs);
+        let out = fits(op, "out", out, b * t * c)?;
+        let att = fits(op, "att", att, b * nh * t * t)?;
+        let qkv = fits(op, "qkv", qkv, b * t * 3 * c)?;
+        disjoint(op, ("out", out), &[("qkv", qkv), ("att", att)])?;
+        disjoint(op, ("att", att), &[("qkv", qkv)])?;
+        let (q, k, v) = (a.part(qkv, 0), a.part(qkv, 1), a.part(qkv, 2));
+        // att = q k^T / sqrt(hs), only the tiles that reach the lower triangle.
+        let mut g = Gemm::new((att.addr, t), (q, 3 * c, false), (k, 3 * c, true));
+        g.alpha = 1.0 / (hs as f32).sqrt();
+        g.causal = GEMM_OUT_LOWER;
+        g.batch = a.batch([a.qkv_strides(), a.qkv_strides(), a.att_strides()]);
+        launch_gemm(self, op, g, [t, t, hs])?;
+        softmax_rows(self, op, att.addr, None, b * nh * t, t)?;
+        // out = att @ v; att is zero above the diagonal.
+        let mut g = Gemm::new((out.addr, c), (att.addr, t, false), (v, 3 * c, false));
+        g.causal = GEMM_A_LOWER;
+        g.batch = a.batch([a.att_strides(), a.qkv_strides(), a.out_strides()]);
+        launch_gemm(self, op, g, [t, hs, t])
     }
     fn attention_bwd(
         &self,
-        _dqkv: View<f32>,
-        _scratch: View<f32>,
-        _dout: View<f32>,
-        _qkv: View<f32>,
-        _att: View<f32>,
-        _shape: AttnShape,
+        dqkv: View<f32>,
+        scratch: View<f32>,
+        dout: View<f32>,
+        qkv: View<f32>,
+        att: View<f32>,
+        shape: AttnShape,
     ) -> Result<()> {
-        no_kernel("attention_bwd")
+        let op = "attention_bwd";
+        let a = AttnGeom::new(op, shape)?;
+        let (b, t, c, nh, hs) = (a.b, a.t, a.c, a.nh, a.hs);
+        let dqkv = fits(op, "dqkv", dqkv, b * t * 3 * c)?;
+        let scratch = fits(op, "scratch", scratch, b * nh * t * t)?;
+        let dout = fits(op, "dout", dout, b * t * c)?;
+        let qkv = fits(op, "qkv", qkv, b * t * 3 * c)?;
+        let att = fits(op, "att", att, b * nh * t * t)?;
+        let inputs = [("dout", dout), ("qkv", qkv), ("att", att)];
+        disjoint(
+            op,
+            ("dqkv", dqkv),
+            &[("scratch", scratch), inputs[0], inputs[1], inputs[2]],
+        )?;
+        disjoint(op, ("scratch", scratch), &inputs)?;
+        let (q, k, v) = (a.part(qkv, 0), a.part(qkv, 1), a.part(qkv, 2));
+        let (dq, dk, dv) = (a.part(dqkv, 0), a.part(dqkv, 1), a.part(dqkv, 2));
+        let (qs, ss, os) = (a.qkv_strides(), a.att_strides(), a.out_strides());
+
+        // scratch = d(att) = dout v^T, needed on and below the diagonal only.
+        let mut g = Gemm::new((scratch.addr, t), (dout.addr, c, false), (v, 3 * c, true));
+        g.causal = GEMM_OUT_LOWER;
+        g.batch = a.batch([os, qs, ss]);
+        launch_gemm(self, op, g, [t, t, hs])?;
+        // scratch = d(scores) (times the scale), zero above the diagonal.
+        let scale = 1.0 / (hs as f32).sqrt();
+        let rows = b * nh * t;
+        softmax_rows(self, op, scratch.addr, Some((att.addr, scale)), rows, t)?;
+        // dq += ds @ k
+        let mut g = Gemm::new((dq, 3 * c), (scratch.addr, t, false), (k, 3 * c, false));
+        (g.accumulate, g.causal) = (true, GEMM_A_LOWER);
+        g.batch = a.batch([ss, qs, qs]);
+        launch_gemm(self, op, g, [t, hs, t])?;
+        // dk += ds^T @ q
+        let mut g = Gemm::new((dk, 3 * c), (scratch.addr, t, true), (q, 3 * c, false));
+        (g.accumulate, g.causal) = (true, GEMM_A_UPPER);
+        g.batch = a.batch([ss, qs, qs]);
+        launch_gemm(self, op, g, [t, hs, t])?;
+        // dv += att^T @ dout
+        let mut g = Gemm::new((dv, 3 * c), (att.addr, t, true), (dout.addr, c, false));
+        (g.accumulate, g.causal) = (true, GEMM_A_UPPER);
+        g.batch = a.batch([ss, os, qs]);
+        launch_gemm(self, op, g, [t, hs, t])
     }
     fn softmax_xent(
         &self,
@@ -440,4 +578,237 @@ impl<D: Device> Backend for KernelBackend<D> {
     fn sum_squares(&self, _acc: View<f32>, _x: View<f32>) -> Result<()> {
         no_kernel("sum_squares")
     }
+}
+
+// ---- matmul and attention launch helpers (kernels/matmul.cu, attention.cu) ----
+
+/// Threads of `bias_grad_f32` (32 columns x 16 warps) and columns per block.
+const BIAS_THREADS: u32 = 512;
+const BIAS_COLS: usize = 32;
+/// Output tile of `gemm_f32` (square) and its threads per block.
+const GEMM_TILE: usize = 64;
+const GEMM_THREADS: u32 = 256;
+/// Threads per block of the row-wise attention softmax (one warp per row).
+const SOFTMAX_THREADS: u32 = 256;
+/// `causal` of `gemm_f32`: which triangle a product may skip (see matmul.cu).
+const GEMM_DENSE: i32 = 0;
+const GEMM_OUT_LOWER: i32 = 1;
+const GEMM_A_LOWER: i32 = 2;
+const GEMM_A_UPPER: i32 = 3;
+
+fn fits(op: &str, name: &str, v: View<f32>, len: usize) -> Result<View<f32>> {
+    ensure!(
+        v.len >= len,
+        "{op}: {name} has {} elements but the shape needs {len}",
+        v.len
+    );
+    Ok(v.slice(0, len))
+}
+
+fn to_i32(op: &str, what: &str, x: usize) -> Result<i32> {
+    i32::try_from(x)
+        .with_context(|| format!("{op}: {what} = {x} does not fit the kernels' 32-bit sizes"))
+}
+
+/// One `gemm_f32` call: `C (+)= alpha op(A) op(B) + bias`, each operand given
+/// as (address, row stride of the stored matrix, stored transposed).
+struct Gemm {
+    c: (u64, usize),
+    a: (u64, usize, bool),
+    b: (u64, usize, bool),
+    bias: u64,
+    alpha: f32,
+    accumulate: bool,
+    causal: i32,
+    /// (outer count, inner count, [a, b, c] (outer, inner) strides in
+    /// elements): grid z runs over outer x inner products.
+    batch: (usize, usize, [(usize, usize); 3]),
+}
+
+impl Gemm {
+    fn new(c: (u64, usize), a: (u64, usize, bool), b: (u64, usize, bool)) -> Self {
+        Gemm {
+            c,
+            a,
+            b,
+            bias: 0,
+            alpha: 1.0,
+            accumulate: false,
+            causal: GEMM_DENSE,
+            batch: (1, 1, [(0, 0); 3]),
+        }
+    }
+}
+
+/// The `GemmParams` struct of kernels/matmul.cu, field for field (passed by
+/// value as the kernel's one parameter).
+#[repr(C)]
+struct GemmParams {
+    c: u64,
+    a: u64,
+    b: u64,
+    bias: u64,
+    strides: [u64; 6],
+    m: i32,
+    n: i32,
+    k: i32,
+    lda: i32,
+    ldb: i32,
+    ldc: i32,
+    trans_a: i32,
+    trans_b: i32,
+    accumulate: i32,
+    causal: i32,
+    batch_inner: i32,
+    alpha: f32,
+}
+// matmul.cu asserts the same size for its struct.
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
+
+/// Launches `g` as `[m, n, k]` products, one per batch.
+fn launch_gemm<D: Device>(
+    be: &KernelBackend<D>,
+    op: &str,
+    g: Gemm,
+    [m, n, k]: [usize; 3],
+) -> Result<()> {
+    let (outer, inner, s) = g.batch;
+    let batches = outer * inner;
+    if m == 0 || n == 0 || batches == 0 {
+        return Ok(());
+    }
+    let grid = [n.div_ceil(GEMM_TILE), m.div_ceil(GEMM_TILE), batches];
+    ensure!(
+        grid[1] <= 65535 && grid[2] <= 65535 && grid[0] <= i32::MAX as usize,
+        "{op}: a {m} x {n} product over {batches} batches needs a grid of {grid:?} blocks, \
+         beyond CUDA's limits"
+    );
+    let mut p = GemmParams {
+        c: g.c.0,
+        a: g.a.0,
+        b: g.b.0,
+        bias: g.bias,
+        strides: [s[0].0, s[0].1, s[1].0, s[1].1, s[2].0, s[2].1].map(|x| x as u64),
+        m: to_i32(op, "m", m)?,
+        n: to_i32(op, "n", n)?,
+        k: to_i32(op, "k", k)?,
+        lda: to_i32(op, "lda", g.a.1)?,
+        ldb: to_i32(op, "ldb", g.b.1)?,
+        ldc: to_i32(op, "ldc", g.c.1)?,
+        trans_a: g.a.2 as i32,
+        trans_b: g.b.2 as i32,
+        accumulate: g.accumulate as i32,
+        causal: g.causal,
+        batch_inner: inner as i32,
+        alpha: g.alpha,
+    };
+    let dims = LaunchDims {
+        grid: grid.map(|x| x as u32),
+        block: [GEMM_THREADS, 1, 1],
+        shared_bytes: 0,
+    };
+    // SAFETY: gemm_f32(GemmParams) by value; every operand was checked by
+    // `fits` for the extent its strides reach.
+    unsafe { be.launch("gemm_f32", dims, &mut [arg(&mut p)]) }
+        .with_context(|| format!("{op}: gemm_f32 [{m} x {n} x {k}] over {batches} batches"))
+}
+
+/// Attention sizes, checked, and the batch layout of its products: one
+/// product per (sequence, head).
+struct AttnGeom {
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    hs: usize,
+}
+
+impl AttnGeom {
+    fn new(op: &str, s: AttnShape) -> Result<Self> {
+        ensure!(
+            s.heads > 0 && s.channels.is_multiple_of(s.heads),
+            "{op}: {} channels do not split into {} heads",
+            s.channels,
+            s.heads
+        );
+        Ok(AttnGeom {
+            b: s.batch,
+            t: s.seq,
+            c: s.channels,
+            nh: s.heads,
+            hs: s.channels / s.heads,
+        })
+    }
+    /// Address of q (0), k (1) or v (2) of the first head in `qkv[B, T, 3C]`.
+    fn part(&self, qkv: View<f32>, i: usize) -> u64 {
+        qkv.addr + (i * self.c * 4) as u64
+    }
+    /// Strides of q, k, v (and their gradients) in `qkv[B, T, 3C]`.
+    fn qkv_strides(&self) -> (usize, usize) {
+        (self.t * 3 * self.c, self.hs)
+    }
+    /// Strides of `out[B, T, C]` and `dout`.
+    fn out_strides(&self) -> (usize, usize) {
+        (self.t * self.c, self.hs)
+    }
+    /// Strides of `att[B, heads, T, T]` and `scratch`.
+    fn att_strides(&self) -> (usize, usize) {
+        (self.nh * self.t * self.t, self.t * self.t)
+    }
+    fn batch(&self, strides: [(usize, usize); 3]) -> (usize, usize, [(usize, usize); 3]) {
+        (self.b, self.nh, strides)
+    }
+}
+
+/// Runs the row-wise softmax of attention.cu over `rows` rows of `seq` at
+/// `x`, one warp per row: the forward, or with `bwd = Some((att, scale))` the
+/// backward.
+fn softmax_rows<D: Device>(
+    be: &KernelBackend<D>,
+    op: &str,
+    x: u64,
+    bwd: Option<(u64, f32)>,
+    rows: usize,
+    seq: usize,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let blocks = rows.div_ceil(SOFTMAX_THREADS as usize / 32);
+    ensure!(
+        blocks <= i32::MAX as usize,
+        "{op}: {rows} attention rows need more blocks than one launch takes"
+    );
+    let dims = LaunchDims {
+        grid: [blocks as u32, 1, 1],
+        block: [SOFTMAX_THREADS, 1, 1],
+        shared_bytes: 0,
+    };
+    let (mut x, mut r, mut t) = (x, rows as u64, to_i32(op, "seq", seq)?);
+    // SAFETY: attn_softmax_fwd_f32(float*, u64, int) and
+    // attn_softmax_bwd_f32(float*, const float*, u64, int, float) over
+    // `rows * seq` elements, checked by the caller.
+    let (kernel, res) = match bwd {
+        None => ("attn_softmax_fwd_f32", unsafe {
+            be.launch(
+                "attn_softmax_fwd_f32",
+                dims,
+                &mut [arg(&mut x), arg(&mut r), arg(&mut t)],
+            )
+        }),
+        Some((mut att, mut scale)) => ("attn_softmax_bwd_f32", unsafe {
+            be.launch(
+                "attn_softmax_bwd_f32",
+                dims,
+                &mut [
+                    arg(&mut x),
+                    arg(&mut att),
+                    arg(&mut r),
+                    arg(&mut t),
+                    arg(&mut scale),
+                ],
+            )
+        }),
+    };
+    res.with_context(|| format!("{op}: {kernel} over {rows} rows of {seq}"))
 }
