@@ -62,6 +62,7 @@ fn the_conformance_harness_passes_these_ops() {
     for (label, be) in all {
         let results = check_ops(&cpu, be.as_ref(), &OPS, &Dims::standard(), 23);
         assert_eq!(results.len(), OPS.len() * Dims::standard().len());
+        eprintln!("{label}:\n{}", format_results(&results));
         assert!(
             results.iter().all(|r| r.passed),
             "{label}:\n{}",
