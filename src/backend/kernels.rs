@@ -318,55 +318,281 @@ impl<D: Device> Backend for KernelBackend<D> {
 
     fn embedding_fwd(
         &self,
-        _out: View<f32>,
-        _tokens: View<u32>,
-        _wte: View<f32>,
-        _wpe: View<f32>,
-        _batch: usize,
-        _seq: usize,
-        _channels: usize,
+        out: View<f32>,
+        tokens: View<u32>,
+        wte: View<f32>,
+        wpe: View<f32>,
+        batch: usize,
+        seq: usize,
+        channels: usize,
     ) -> Result<()> {
-        no_kernel("embedding_fwd")
+        let op = "embedding_fwd";
+        let (n, c) = (batch * seq, channels);
+        ensure!(c > 0, "{op}: zero channels");
+        let vocab = wte.len / c;
+        holds(op, "out", out.len, n * c)?;
+        holds(op, "tokens", tokens.len, n)?;
+        holds(op, "wpe", wpe.len, seq * c)?;
+        let out = out.slice(0, n * c);
+        disjoint(
+            op,
+            ("out", out),
+            &[
+                ("tokens", as_f32(tokens.slice(0, n))),
+                ("wte", wte.slice(0, vocab * c)),
+                ("wpe", wpe.slice(0, seq * c)),
+            ],
+        )?;
+        let (mut o, mut tk, mut e, mut p) = (out.addr, tokens.addr, wte.addr, wpe.addr);
+        let (mut rows, mut seq, mut c, mut vocab) = (
+            fits_u32(op, "batch x seq", n)?,
+            fits_u32(op, "seq", seq)?,
+            fits_u32(op, "channels", c)?,
+            fits_u32(op, "vocabulary", vocab)?,
+        );
+        // SAFETY: embedding_fwd_f32(float*, const u32*, const float*, const
+        // float*, u32 rows, u32 seq, u32 channels, u32 vocab); the views hold
+        // the shapes checked above, and the kernel skips token ids >= vocab.
+        unsafe {
+            self.launch_rows(
+                op,
+                "embedding_fwd_f32",
+                rows,
+                &mut [
+                    arg(&mut o),
+                    arg(&mut tk),
+                    arg(&mut e),
+                    arg(&mut p),
+                    arg(&mut rows),
+                    arg(&mut seq),
+                    arg(&mut c),
+                    arg(&mut vocab),
+                ],
+            )
+        }
     }
     fn embedding_bwd(
         &self,
-        _dwte: View<f32>,
-        _dwpe: View<f32>,
-        _dout: View<f32>,
-        _tokens: View<u32>,
-        _batch: usize,
-        _seq: usize,
-        _channels: usize,
+        dwte: View<f32>,
+        dwpe: View<f32>,
+        dout: View<f32>,
+        tokens: View<u32>,
+        batch: usize,
+        seq: usize,
+        channels: usize,
     ) -> Result<()> {
-        no_kernel("embedding_bwd")
+        let op = "embedding_bwd";
+        let (n, c) = (batch * seq, channels);
+        ensure!(c > 0, "{op}: zero channels");
+        let vocab = dwte.len / c;
+        holds(op, "dwpe", dwpe.len, seq * c)?;
+        holds(op, "dout", dout.len, n * c)?;
+        holds(op, "tokens", tokens.len, n)?;
+        let (dwte, dwpe) = (dwte.slice(0, vocab * c), dwpe.slice(0, seq * c));
+        let reads = [
+            ("dout", dout.slice(0, n * c)),
+            ("tokens", as_f32(tokens.slice(0, n))),
+        ];
+        disjoint(op, ("dwte", dwte), &[reads[0], reads[1], ("dwpe", dwpe)])?;
+        disjoint(op, ("dwpe", dwpe), &reads)?;
+        // The kernel indexes positions x channels in 32 bits.
+        ensure!(
+            seq * c <= i32::MAX as usize,
+            "{op}: seq x channels = {} is too large for one launch",
+            seq * c
+        );
+        let (mut de, mut dp, mut d, mut tk) = (dwte.addr, dwpe.addr, dout.addr, tokens.addr);
+        let (mut batch, mut seq_u, mut c_u, mut vocab) = (
+            fits_u32(op, "batch", batch)?,
+            fits_u32(op, "seq", seq)?,
+            fits_u32(op, "channels", c)?,
+            fits_u32(op, "vocabulary", vocab)?,
+        );
+        if batch == 0 {
+            return Ok(());
+        }
+        // SAFETY: embedding_bwd_f32(float*, float*, const float*, const u32*,
+        // u32 batch, u32 seq, u32 channels, u32 vocab), one thread per
+        // (position, channel); shapes checked above.
+        unsafe {
+            self.launch_1d(
+                "embedding_bwd_f32",
+                seq * c,
+                &mut [
+                    arg(&mut de),
+                    arg(&mut dp),
+                    arg(&mut d),
+                    arg(&mut tk),
+                    arg(&mut batch),
+                    arg(&mut seq_u),
+                    arg(&mut c_u),
+                    arg(&mut vocab),
+                ],
+            )
+        }
     }
     fn layernorm_fwd(
         &self,
-        _out: View<f32>,
-        _mean: View<f32>,
-        _rstd: View<f32>,
-        _inp: View<f32>,
-        _weight: View<f32>,
-        _bias: View<f32>,
-        _rows: usize,
-        _channels: usize,
+        out: View<f32>,
+        mean: View<f32>,
+        rstd: View<f32>,
+        inp: View<f32>,
+        weight: View<f32>,
+        bias: View<f32>,
+        rows: usize,
+        channels: usize,
     ) -> Result<()> {
-        no_kernel("layernorm_fwd")
+        let op = "layernorm_fwd";
+        let (n, c) = (rows, channels);
+        ensure!(c > 0, "{op}: zero channels");
+        for (name, v, len) in [
+            ("out", out, n * c),
+            ("mean", mean, n),
+            ("rstd", rstd, n),
+            ("inp", inp, n * c),
+            ("weight", weight, c),
+            ("bias", bias, c),
+        ] {
+            holds(op, name, v.len, len)?;
+        }
+        let (out, mean, rstd) = (out.slice(0, n * c), mean.slice(0, n), rstd.slice(0, n));
+        let reads = [
+            ("inp", inp.slice(0, n * c)),
+            ("weight", weight.slice(0, c)),
+            ("bias", bias.slice(0, c)),
+        ];
+        disjoint(
+            op,
+            ("out", out),
+            &[reads[0], reads[1], reads[2], ("mean", mean), ("rstd", rstd)],
+        )?;
+        disjoint(
+            op,
+            ("mean", mean),
+            &[reads[0], reads[1], reads[2], ("rstd", rstd)],
+        )?;
+        disjoint(op, ("rstd", rstd), &reads)?;
+        let (mut o, mut m, mut r, mut x, mut w, mut b) = (
+            out.addr,
+            mean.addr,
+            rstd.addr,
+            inp.addr,
+            weight.addr,
+            bias.addr,
+        );
+        let (mut rows, mut c) = (fits_u32(op, "rows", n)?, fits_u32(op, "channels", c)?);
+        // SAFETY: layernorm_fwd_f32(float* out, float* mean, float* rstd,
+        // const float* inp, const float* weight, const float* bias, u32 rows,
+        // u32 channels); shapes and overlaps checked above.
+        unsafe {
+            self.launch_rows(
+                op,
+                "layernorm_fwd_f32",
+                rows,
+                &mut [
+                    arg(&mut o),
+                    arg(&mut m),
+                    arg(&mut r),
+                    arg(&mut x),
+                    arg(&mut w),
+                    arg(&mut b),
+                    arg(&mut rows),
+                    arg(&mut c),
+                ],
+            )
+        }
     }
     fn layernorm_bwd(
         &self,
-        _dinp: View<f32>,
-        _dweight: Option<View<f32>>,
-        _dbias: Option<View<f32>>,
-        _dout: View<f32>,
-        _inp: View<f32>,
-        _weight: View<f32>,
-        _mean: View<f32>,
-        _rstd: View<f32>,
-        _rows: usize,
-        _channels: usize,
+        dinp: View<f32>,
+        dweight: Option<View<f32>>,
+        dbias: Option<View<f32>>,
+        dout: View<f32>,
+        inp: View<f32>,
+        weight: View<f32>,
+        mean: View<f32>,
+        rstd: View<f32>,
+        rows: usize,
+        channels: usize,
     ) -> Result<()> {
-        no_kernel("layernorm_bwd")
+        let op = "layernorm_bwd";
+        let (n, c) = (rows, channels);
+        ensure!(c > 0, "{op}: zero channels");
+        let mut writes = vec![("dinp", dinp, n * c)];
+        writes.extend(dweight.map(|v| ("dweight", v, c)));
+        writes.extend(dbias.map(|v| ("dbias", v, c)));
+        let reads = [
+            ("dout", dout, n * c),
+            ("inp", inp, n * c),
+            ("weight", weight, c),
+            ("mean", mean, n),
+            ("rstd", rstd, n),
+        ];
+        for (name, v, len) in writes.iter().chain(&reads) {
+            holds(op, name, v.len, *len)?;
+        }
+        let writes: Vec<_> = writes
+            .iter()
+            .map(|&(nm, v, len)| (nm, v.slice(0, len)))
+            .collect();
+        let reads: Vec<_> = reads
+            .iter()
+            .map(|&(nm, v, len)| (nm, v.slice(0, len)))
+            .collect();
+        for (i, &w) in writes.iter().enumerate() {
+            let others: Vec<_> = writes[i + 1..].iter().chain(&reads).copied().collect();
+            disjoint(op, w, &others)?;
+        }
+        let params = dweight.is_some() || dbias.is_some();
+        // The block's partial dweight and dbias live in shared memory.
+        let shared_bytes = if params { 2 * c * 4 } else { 0 };
+        ensure!(
+            shared_bytes <= LAYERNORM_BWD_MAX_SHARED,
+            "{op}: {c} channels need {shared_bytes} bytes of shared memory for the weight \
+             gradients, more than the {LAYERNORM_BWD_MAX_SHARED} a block gets by default"
+        );
+        if n == 0 {
+            return Ok(());
+        }
+        let (mut dx, mut dw, mut db) = (
+            dinp.addr,
+            dweight.map_or(0, |v| v.addr),
+            dbias.map_or(0, |v| v.addr),
+        );
+        let (mut dy, mut x, mut w, mut m, mut r) =
+            (dout.addr, inp.addr, weight.addr, mean.addr, rstd.addr);
+        let (mut rows, mut c) = (fits_u32(op, "rows", n)?, fits_u32(op, "channels", c)?);
+        let dims = LaunchDims {
+            grid: [
+                rows.div_ceil(ROW_BLOCK / 32).min(LAYERNORM_BWD_MAX_GRID),
+                1,
+                1,
+            ],
+            block: [ROW_BLOCK, 1, 1],
+            shared_bytes: shared_bytes as u32,
+        };
+        // SAFETY: layernorm_bwd_f32(float* dinp, float* dweight, float* dbias,
+        // const float* dout, inp, weight, mean, rstd, u32 rows, u32 channels);
+        // null gradient pointers are skipped by the kernel; shapes checked above.
+        unsafe {
+            self.launch(
+                "layernorm_bwd_f32",
+                dims,
+                &mut [
+                    arg(&mut dx),
+                    arg(&mut dw),
+                    arg(&mut db),
+                    arg(&mut dy),
+                    arg(&mut x),
+                    arg(&mut w),
+                    arg(&mut m),
+                    arg(&mut r),
+                    arg(&mut rows),
+                    arg(&mut c),
+                ],
+            )
+        }
+        .with_context(|| format!("{op}: {n} rows of {channels} channels"))
     }
     fn matmul_fwd(
         &self,
@@ -554,29 +780,202 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
     fn softmax_xent(
         &self,
-        _losses: View<f32>,
-        _dlogits: Option<View<f32>>,
-        _logits: View<f32>,
-        _targets: View<u32>,
-        _rows: usize,
-        _vocab: usize,
-        _ignore_index: u32,
-        _grad_scale: f32,
+        losses: View<f32>,
+        dlogits: Option<View<f32>>,
+        logits: View<f32>,
+        targets: View<u32>,
+        rows: usize,
+        vocab: usize,
+        ignore_index: u32,
+        grad_scale: f32,
     ) -> Result<()> {
-        no_kernel("softmax_xent")
+        let op = "softmax_xent";
+        let (n, v) = (rows, vocab);
+        ensure!(v > 0, "{op}: zero vocabulary");
+        holds(op, "losses", losses.len, n)?;
+        holds(op, "logits", logits.len, n * v)?;
+        holds(op, "targets", targets.len, n)?;
+        let (losses, logits) = (losses.slice(0, n), logits.slice(0, n * v));
+        let targets_f = ("targets", as_f32(targets.slice(0, n)));
+        disjoint(op, ("losses", losses), &[("logits", logits), targets_f])?;
+        if let Some(dl) = dlogits {
+            holds(op, "dlogits", dl.len, n * v)?;
+            let dl = dl.slice(0, n * v);
+            disjoint(op, ("dlogits", dl), &[("losses", losses), targets_f])?;
+            // In place is allowed (each logit is read before its gradient is
+            // written), a partial overlap is not.
+            if dl.addr != logits.addr {
+                disjoint(op, ("dlogits", dl), &[("logits", logits)])?;
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (mut l, mut dl, mut x, mut t) = (
+            losses.addr,
+            dlogits.map_or(0, |v| v.addr),
+            logits.addr,
+            targets.addr,
+        );
+        let (mut v_u, mut ignore, mut scale) =
+            (fits_u32(op, "vocabulary", v)?, ignore_index, grad_scale);
+        ensure!(
+            n <= i32::MAX as usize,
+            "{op}: {n} rows exceed the grid limit of one launch"
+        );
+        let dims = LaunchDims {
+            grid: [n as u32, 1, 1],
+            block: [XENT_BLOCK, 1, 1],
+            shared_bytes: 0,
+        };
+        // SAFETY: softmax_xent_f32(float* losses, float* dlogits (may be
+        // null or logits), const float* logits, const u32* targets, u32 vocab,
+        // u32 ignore_index, float grad_scale), one block per row; shapes and
+        // overlaps checked above.
+        unsafe {
+            self.launch(
+                "softmax_xent_f32",
+                dims,
+                &mut [
+                    arg(&mut l),
+                    arg(&mut dl),
+                    arg(&mut x),
+                    arg(&mut t),
+                    arg(&mut v_u),
+                    arg(&mut ignore),
+                    arg(&mut scale),
+                ],
+            )
+        }
+        .with_context(|| format!("{op}: {n} rows of {v} logits"))
     }
     fn adamw(
         &self,
-        _params: View<f32>,
-        _grads: View<f32>,
-        _m: View<f32>,
-        _v: View<f32>,
-        _hp: AdamWStep,
+        params: View<f32>,
+        grads: View<f32>,
+        m: View<f32>,
+        v: View<f32>,
+        hp: AdamWStep,
     ) -> Result<()> {
-        no_kernel("adamw")
+        let op = "adamw";
+        ensure!(hp.step >= 1, "{op}: step is 1-based, got 0");
+        same_len(op, ("params", params.len), ("grads", grads.len))?;
+        same_len(op, ("params", params.len), ("m", m.len))?;
+        same_len(op, ("params", params.len), ("v", v.len))?;
+        disjoint(
+            op,
+            ("params", params),
+            &[("grads", grads), ("m", m), ("v", v)],
+        )?;
+        disjoint(op, ("m", m), &[("grads", grads), ("v", v)])?;
+        disjoint(op, ("v", v), &[("grads", grads)])?;
+        // Bias corrections in f64, exactly as the CPU reference computes them.
+        let t = hp.step as i32;
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
+        let mut step_size = (hp.lr as f64 / bc1) as f32;
+        let mut bc2_sqrt = bc2.sqrt() as f32;
+        let mut decay = 1.0 - hp.lr * hp.weight_decay;
+        let (mut b1, mut b2, mut eps, mut gs) = (hp.beta1, hp.beta2, hp.eps, hp.grad_scale);
+        let (mut p, mut g, mut pm, mut pv, mut n) =
+            (params.addr, grads.addr, m.addr, v.addr, params.len as u64);
+        // SAFETY: adamw_f32(float* params, const float* grads, float* m,
+        // float* v, float beta1, float beta2, float eps, float decay, float
+        // step_size, float bc2_sqrt, float grad_scale, u64 n).
+        unsafe {
+            self.launch_1d(
+                "adamw_f32",
+                params.len,
+                &mut [
+                    arg(&mut p),
+                    arg(&mut g),
+                    arg(&mut pm),
+                    arg(&mut pv),
+                    arg(&mut b1),
+                    arg(&mut b2),
+                    arg(&mut eps),
+                    arg(&mut decay),
+                    arg(&mut step_size),
+                    arg(&mut bc2_sqrt),
+                    arg(&mut gs),
+                    arg(&mut n),
+                ],
+            )
+        }
     }
-    fn sum_squares(&self, _acc: View<f32>, _x: View<f32>) -> Result<()> {
-        no_kernel("sum_squares")
+    fn sum_squares(&self, acc: View<f32>, x: View<f32>) -> Result<()> {
+        let op = "sum_squares";
+        holds(op, "acc", acc.len, 1)?;
+        let acc = acc.slice(0, 1);
+        disjoint(op, ("acc", acc), &[("x", x)])?;
+        let (mut a, mut px, mut n) = (acc.addr, x.addr, x.len as u64);
+        // SAFETY: sum_squares_f32(float* acc, const float* x, u64 n).
+        unsafe {
+            self.launch_1d(
+                "sum_squares_f32",
+                x.len,
+                &mut [arg(&mut a), arg(&mut px), arg(&mut n)],
+            )
+        }
+    }
+}
+
+// ---- helpers of the embedding, layernorm, classifier and optimizer ops ----
+
+/// Threads per block of the one-warp-per-row kernels (layernorm, embedding
+/// forward): 8 rows per block.
+const ROW_BLOCK: u32 = 256;
+/// Cap on layernorm_bwd's grid: every block ends with `2 * channels` atomic
+/// adds of its partial weight and bias gradients, so keep to about two blocks
+/// per H100 SM (132 SMs) and let the warps loop over the remaining rows.
+const LAYERNORM_BWD_MAX_GRID: u32 = 264;
+/// Dynamic shared memory a block may use without opting in (48 KiB).
+const LAYERNORM_BWD_MAX_SHARED: usize = 48 << 10;
+/// Threads per block of softmax_xent, one block per row: enough loads in
+/// flight to stream a 50257-logit row, and 4 blocks still fit on an SM.
+const XENT_BLOCK: u32 = 512;
+
+/// Fails when a view is shorter than the shape needs.
+fn holds(op: &str, name: &str, have: usize, need: usize) -> Result<()> {
+    ensure!(
+        have >= need,
+        "{op}: {name} has {have} elements but the shape needs {need}"
+    );
+    Ok(())
+}
+
+/// A size passed to a kernel as `u32`.
+fn fits_u32(op: &str, what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).with_context(|| format!("{op}: {what} = {value} does not fit in 32 bits"))
+}
+
+/// The same bytes as an f32 view, for overlap checks against integer inputs.
+fn as_f32(v: View<u32>) -> View<f32> {
+    View::new(v.addr, v.len)
+}
+
+impl<D: Device> KernelBackend<D> {
+    /// Launches a one-warp-per-row kernel over `rows` rows; nothing for 0 rows.
+    ///
+    /// # Safety
+    /// As [`Device::launch`].
+    unsafe fn launch_rows(
+        &self,
+        op: &str,
+        kernel: &str,
+        rows: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let dims = LaunchDims {
+            grid: [rows.div_ceil(ROW_BLOCK / 32), 1, 1],
+            block: [ROW_BLOCK, 1, 1],
+            shared_bytes: 0,
+        };
+        self.launch(kernel, dims, args)
+            .with_context(|| format!("{op}: {rows} rows"))
     }
 }
 

@@ -1,0 +1,56 @@
+// Token + position embeddings, forward and backward.
+//
+// Token ids are validated by the data layer, not here (checking them on the
+// host would mean copying them back every step). A kernel cannot return an
+// error, so an id >= vocab makes its output row NaN in the forward, which
+// shows up in the loss, and is skipped in the backward, instead of reading or
+// writing outside `wte`.
+#include "common.cuh"
+
+// out[row, :] = wte[tokens[row], :] + wpe[row % seq, :]. One warp per row,
+// lanes across the channels: each load and store is 32 consecutive floats,
+// the token id is read once per lane, and there is no 64-bit division per
+// element as a flat grid-stride loop over rows * channels would need.
+extern "C" __global__ void embedding_fwd_f32(float* __restrict__ out, const u32* __restrict__ tokens,
+                                             const float* __restrict__ wte, const float* __restrict__ wpe,
+                                             u32 rows, u32 seq, u32 channels, u32 vocab) {
+    const u32 lane = threadIdx.x % 32;
+    const u64 row = (u64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const u32 tok = tokens[row];
+    float* y = out + row * channels;
+    if (tok >= vocab) {
+        for (u32 c = lane; c < channels; c += 32) y[c] = NAN;
+        return;
+    }
+    const float* e = wte + (u64)tok * channels;
+    const float* p = wpe + (u64)(row % seq) * channels;
+    for (u32 c = lane; c < channels; c += 32) y[c] = e[c] + p[c];
+}
+
+// dwpe[t, c] += sum over the batch of dout[b, t, c]; dwte[tokens[b, t], c] += dout[b, t, c].
+// One thread per (t, c), looping over the batch: the position gradient is
+// then a private sum with one plain store (deterministic, no atomics), and
+// consecutive threads touch consecutive columns. Token rows collide whenever
+// a token repeats anywhere in the batch, so the token gradient uses
+// atomicAdd. The deterministic alternative (sort the positions by token id,
+// then let one thread own each (token, column)) needs a sort and a scratch
+// buffer per step; float atomics to distinct addresses are cheap on L2, and
+// collisions are rare outside frequent tokens.
+extern "C" __global__ void embedding_bwd_f32(float* dwte, float* __restrict__ dwpe, const float* __restrict__ dout,
+                                             const u32* __restrict__ tokens, u32 batch, u32 seq, u32 channels,
+                                             u32 vocab) {
+    const u32 n = seq * channels;  // checked on the host to fit in 32 bits
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        const u32 t = i / channels, c = i - t * channels;
+        float acc = 0.0f;
+        for (u32 b = 0; b < batch; b++) {
+            const u64 row = (u64)b * seq + t;
+            const float g = dout[row * channels + c];
+            acc += g;
+            const u32 tok = tokens[row];
+            if (tok < vocab) atomicAdd(&dwte[(u64)tok * channels + c], g);
+        }
+        dwpe[i] += acc;
+    }
+}
