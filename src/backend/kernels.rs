@@ -2,13 +2,12 @@
 //! [`Device`] — the GPU (`CudaDevice`) or the CPU emulator (`EmuDevice`).
 //!
 //! Each op checks its shapes, packs its arguments the way `cuLaunchKernel`
-//! takes them and launches one kernel of `kernels/<family>.cu`. To add a
-//! family: write the kernels, then replace the op's `no_kernel` call with a
-//! launch through [`KernelBackend::launch`] or [`KernelBackend::launch_1d`].
+//! takes them and launches the kernels of `kernels/<family>.cu` through
+//! [`KernelBackend::launch`] or [`KernelBackend::launch_1d`].
 
 use super::{AdamWStep, AttnShape, Backend, Memory, View};
 use crate::device::{Device, LaunchDims};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -33,10 +32,6 @@ pub fn arg<T>(value: &mut T) -> *mut c_void {
 
 pub struct KernelBackend<D: Device> {
     device: Arc<D>,
-}
-
-fn no_kernel<T>(op: &str) -> Result<T> {
-    bail!("{op} has no kernel yet (use the cpu backend)")
 }
 
 fn same_len(op: &str, a: (&str, usize), b: (&str, usize)) -> Result<()> {
@@ -314,7 +309,7 @@ impl<D: Device> Backend for KernelBackend<D> {
         }
     }
 
-    // ---- families still without kernels ---------------------------------
+    // ---- embeddings, layernorm, attention, loss, optimizer ----------------
 
     fn embedding_fwd(
         &self,
