@@ -47,8 +47,13 @@ pub struct TrainSettings {
     pub log_every: usize,
     /// Steps between validation passes; 0 evaluates only at the end.
     pub eval_every: usize,
-    /// Limit on validation windows per pass (0 = the whole split).
+    /// Limit on validation windows per periodic pass (0 = the whole split).
     pub eval_max_windows: usize,
+    /// Limit on windows of the final valid and test passes (0 = the whole
+    /// split, the default; a limit is for quick experiments and is recorded
+    /// in config.toml).
+    #[serde(default)]
+    pub final_eval_max_windows: usize,
     /// Steps between checkpoints; 0 writes one only at the end.
     pub checkpoint_every: usize,
 }
@@ -71,6 +76,7 @@ pub struct TyingSettings {
     pub param_cost: f32,
     /// How the agent sees the state: raw (block indices, the paper's) or
     /// normalized (indices / (L - 1)).
+    #[serde(default = "raw")]
     pub agent_input: String,
 }
 
@@ -138,6 +144,7 @@ impl RunConfig {
                 log_every: 10,
                 eval_every: 100,
                 eval_max_windows: 64,
+                final_eval_max_windows: 0,
                 checkpoint_every: 0,
             },
             tying: TyingSettings {
@@ -288,6 +295,10 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+fn raw() -> String {
+    "raw".into()
 }
 
 fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {

@@ -633,9 +633,9 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        let valid = self.evaluate("valid", 0)?;
+        let valid = self.evaluate("valid", tc.final_eval_max_windows)?;
         self.log_eval("valid", valid)?;
-        let test = self.evaluate("test", 0)?;
+        let test = self.evaluate("test", tc.final_eval_max_windows)?;
         self.log_eval("test", test)?;
         self.save_checkpoint()?;
         self.write_report()?;
