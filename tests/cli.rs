@@ -368,3 +368,43 @@ fn prepare_then_train_on_text() {
     ]));
     fs::remove_dir_all(root).unwrap();
 }
+
+#[test]
+fn lambada_accuracy_runs_on_a_byte_level_model() {
+    let root = temp_dir("lambada");
+    let data = prepared(&root);
+    let run = root.join("run");
+    ok(&train_args(&[
+        "--data",
+        s(&data),
+        "--steps",
+        "2",
+        "--out",
+        s(&run),
+    ]));
+    let out = ok(&[
+        "eval",
+        "--run",
+        s(&run),
+        "--task",
+        "lambada",
+        "--data",
+        "data/samples/lambada/lambada_test.jsonl",
+    ]);
+    let examples = fs::read_to_string("data/samples/lambada/lambada_test.jsonl")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert!(
+        out.contains(&format!("lambada: {examples} examples, last-word accuracy")),
+        "{out}"
+    );
+    // A model trained for two steps guesses no multi-byte word right.
+    assert!(out.contains("accuracy 0.00%"), "{out}");
+    fails(
+        &["eval", "--run", s(&run), "--task", "lambada"],
+        &["--task lambada needs --data"],
+    );
+    fs::remove_dir_all(root).unwrap();
+}
