@@ -4,54 +4,28 @@
 //! plus shapes that cross the 64-row tiles of the causal products. On a
 //! machine with a GPU the same checks run on it too.
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
+mod common;
+
+use common::{assert_conformance, backends, emu};
 use dyntie::backend::{AttnShape, Backend};
-use dyntie::conformance::{check_ops, format_results, Dims};
-use dyntie::device::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
+use dyntie::conformance::Dims;
+use dyntie::device::ResumeOrder;
 
-fn emu(order: ResumeOrder) -> (String, Box<dyn Backend>) {
-    let dev = EmuDevice::with_config(EmuConfig {
-        workers: 2,
-        order,
-        ..EmuConfig::default()
-    });
-    (format!("emu {order:?}"), Box::new(KernelBackend::new(dev)))
-}
-
-/// The emulator in forward and reverse order, and the GPU when there is one.
-fn backends() -> Vec<(String, Box<dyn Backend>)> {
-    let mut out = vec![emu(ResumeOrder::Forward), emu(ResumeOrder::Reverse)];
-    if dyntie::device::cuda::driver_present() {
-        let dev =
-            CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
-        out.push((
-            dev.description().to_string(),
-            Box::new(KernelBackend::new(dev)),
-        ));
-    }
-    out
-}
-
-fn assert_all_pass(label: &str, dims: &[Dims], seed: u64, be: &dyn Backend) {
-    let ops = ["attention_fwd", "attention_bwd"];
-    let cpu = CpuBackend::new();
-    let results = check_ops(&cpu, be, &ops, dims, seed);
-    assert_eq!(results.len(), ops.len() * dims.len());
-    assert!(
-        results.iter().all(|r| r.passed),
-        "{label}:\n{}",
-        format_results(&results)
-    );
-}
+const OPS: [&str; 2] = ["attention_fwd", "attention_bwd"];
 
 #[test]
 fn the_conformance_harness_passes_the_attention_ops() {
+    let dims = Dims::standard();
     for (label, be) in backends() {
-        assert_all_pass(&label, &Dims::standard(), 31, be.as_ref());
+        assert_conformance(&label, be.as_ref(), &OPS, &dims, 31);
     }
-    let (label, be) = emu(ResumeOrder::Random(9));
-    assert_all_pass(&label, &Dims::standard(), 32, be.as_ref());
+    assert_conformance(
+        "emu Random(9)",
+        &emu(ResumeOrder::Random(9)),
+        &OPS,
+        &dims,
+        32,
+    );
 }
 
 #[test]
@@ -83,13 +57,13 @@ fn sequences_across_several_tiles_and_single_positions() {
         },
     ];
     for (label, be) in backends() {
-        assert_all_pass(&label, &dims, 33, be.as_ref());
+        assert_conformance(&label, be.as_ref(), &OPS, &dims, 33);
     }
 }
 
 #[test]
 fn bad_shapes_are_errors_not_panics() {
-    let (_, be) = emu(ResumeOrder::Forward);
+    let be = emu(ResumeOrder::Forward);
     let (out, att, qkv) = (
         be.alloc_f32(2 * 3 * 12).unwrap(),
         be.alloc_f32(2 * 5 * 3 * 3).unwrap(),

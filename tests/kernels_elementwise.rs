@@ -2,59 +2,18 @@
 //! against `CpuBackend`, under forward and reverse resume order. Sizes are not
 //! multiples of the block size and span several blocks.
 
+mod common;
+
+use common::{assert_conformance, backends, put, random};
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::{Backend, Buffer, View};
-use dyntie::device::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
-use dyntie::rng::HostRng;
+use dyntie::device::{CudaDevice, EmuDevice};
 
 const N: usize = 256 * 5 + 37;
 
 /// One op applied to a backend and the views of its inputs.
 type Op<'a> = dyn Fn(&dyn Backend, &[View<f32>]) -> anyhow::Result<()> + 'a;
-
-/// The emulator under forward and reverse resume order, and the GPU when
-/// this machine has one (then the same comparisons check the real kernels).
-fn backends() -> Vec<(String, Box<dyn Backend>)> {
-    let mut out: Vec<(String, Box<dyn Backend>)> = [ResumeOrder::Forward, ResumeOrder::Reverse]
-        .into_iter()
-        .map(|order| {
-            let dev = EmuDevice::with_config(EmuConfig {
-                workers: 2,
-                order,
-                ..EmuConfig::default()
-            });
-            (
-                format!("emu {order:?}"),
-                Box::new(KernelBackend::new(dev)) as Box<dyn Backend>,
-            )
-        })
-        .collect();
-    if dyntie::device::cuda::driver_present() {
-        let dev =
-            CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
-        out.push((
-            dev.description().to_string(),
-            Box::new(KernelBackend::new(dev)),
-        ));
-    }
-    out
-}
-
-fn emu() -> KernelBackend<EmuDevice> {
-    KernelBackend::new(EmuDevice::new())
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = HostRng::new(seed);
-    (0..n).map(|_| (rng.normal() * 2.0) as f32).collect()
-}
-
-fn put(be: &dyn Backend, data: &[f32]) -> Buffer {
-    let buf = be.alloc_f32(data.len()).unwrap();
-    be.upload_f32(buf.f32(), data).unwrap();
-    buf
-}
 
 /// Runs `op` on the CPU and on every emulated backend with the same inputs
 /// (`inputs[0]` is also the initial content of the output) and compares the
@@ -80,7 +39,7 @@ fn check(name: &str, inputs: &[Vec<f32>], tol: f32, op: &Op) {
 
 #[test]
 fn fill_copy_add_accumulate_match_the_cpu() {
-    let (a, b, c) = (random(N, 1), random(N, 2), random(N, 3));
+    let (a, b, c) = (random(N, 2.0, 1), random(N, 2.0, 2), random(N, 2.0, 3));
     check("fill", std::slice::from_ref(&a), 0.0, &|be, v| {
         be.fill(v[0], 0.75)
     });
@@ -100,7 +59,7 @@ fn fill_copy_add_accumulate_match_the_cpu() {
 
 #[test]
 fn gelu_matches_the_cpu() {
-    let (a, x, d) = (random(N, 4), random(N, 5), random(N, 6));
+    let (a, x, d) = (random(N, 2.0, 4), random(N, 2.0, 5), random(N, 2.0, 6));
     check("gelu_fwd", &[a.clone(), x.clone()], 1e-6, &|be, v| {
         be.gelu_fwd(v[0], v[1])
     });
@@ -112,7 +71,7 @@ fn gelu_matches_the_cpu() {
 
 #[test]
 fn dropout_masks_are_identical_to_the_cpu() {
-    let (a, x) = (random(N, 7), random(N, 8));
+    let (a, x) = (random(N, 2.0, 7), random(N, 2.0, 8));
     for (p, seed, offset) in [(0.1, 42, 0), (0.5, 7, 1 << 33), (0.0, 1, 5), (1.0, 3, 9)] {
         check("dropout_fwd", &[a.clone(), x.clone()], 1e-6, &|be, v| {
             be.dropout_fwd(v[0], v[1], p, seed, offset)
@@ -127,8 +86,8 @@ fn dropout_masks_are_identical_to_the_cpu() {
 fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
     // More elements than one capped grid covers, so threads loop.
     let n = dyntie::backend::kernels::MAX_GRID_1D as usize * 256 * 2 + 1000;
-    let x = random(n, 9);
-    let be = emu();
+    let x = random(n, 2.0, 9);
+    let be = KernelBackend::new(EmuDevice::new());
     let xb = put(&be, &x);
     let out = be.alloc_f32(n).unwrap();
     let ms = dyntie::device::Device::time_ms(be.device(), &mut || be.gelu_fwd(out.f32(), xb.f32()))
@@ -142,7 +101,7 @@ fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
 
 #[test]
 fn bad_shapes_and_missing_kernels_are_errors() {
-    let be = emu();
+    let be = KernelBackend::new(EmuDevice::new());
     let (a, b) = (be.alloc_f32(10).unwrap(), be.alloc_f32(11).unwrap());
     let msg = be.copy(a.f32(), b.f32()).unwrap_err().to_string();
     assert!(
@@ -193,7 +152,7 @@ fn cuda_device_without_a_gpu_is_an_error_not_a_panic() {
 #[test]
 fn the_conformance_harness_passes_the_elementwise_ops() {
     // The same harness `dyntie doctor` runs on a GPU.
-    use dyntie::conformance::{check_ops, format_results, Dims};
+    use dyntie::conformance::Dims;
     let ops = [
         "fill",
         "copy",
@@ -204,14 +163,7 @@ fn the_conformance_harness_passes_the_elementwise_ops() {
         "dropout_fwd",
         "dropout_bwd",
     ];
-    let cpu = CpuBackend::new();
     for (label, be) in backends() {
-        let results = check_ops(&cpu, be.as_ref(), &ops, &Dims::standard(), 11);
-        assert_eq!(results.len(), ops.len() * Dims::standard().len());
-        assert!(
-            results.iter().all(|r| r.passed),
-            "{label}:\n{}",
-            format_results(&results)
-        );
+        assert_conformance(&label, be.as_ref(), &ops, &Dims::standard(), 11);
     }
 }

@@ -3,78 +3,28 @@
 //! random resume order, plus edge shapes the harness does not reach. On a
 //! machine with a GPU the same checks run on it too.
 
+mod common;
+
+use common::{assert_conformance, backends, emu, norm_err, put, random, tol_for};
 use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::{Backend, Buffer};
-use dyntie::conformance::{check_ops, format_results, Dims};
-use dyntie::device::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
-use dyntie::rng::HostRng;
-
-fn emu(order: ResumeOrder) -> (String, Box<dyn Backend>) {
-    let dev = EmuDevice::with_config(EmuConfig {
-        workers: 2,
-        order,
-        ..EmuConfig::default()
-    });
-    (format!("emu {order:?}"), Box::new(KernelBackend::new(dev)))
-}
-
-/// The emulator in forward and reverse order, and the GPU when there is one.
-fn backends() -> Vec<(String, Box<dyn Backend>)> {
-    let mut out = vec![emu(ResumeOrder::Forward), emu(ResumeOrder::Reverse)];
-    if dyntie::device::cuda::driver_present() {
-        let dev =
-            CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
-        out.push((
-            dev.description().to_string(),
-            Box::new(KernelBackend::new(dev)),
-        ));
-    }
-    out
-}
-
-fn assert_all_pass(label: &str, ops: &[&str], seed: u64, be: &dyn Backend) {
-    let cpu = CpuBackend::new();
-    let results = check_ops(&cpu, be, ops, &Dims::standard(), seed);
-    assert_eq!(results.len(), ops.len() * Dims::standard().len());
-    assert!(
-        results.iter().all(|r| r.passed),
-        "{label}:\n{}",
-        format_results(&results)
-    );
-}
+use dyntie::conformance::Dims;
+use dyntie::device::ResumeOrder;
 
 #[test]
 fn the_conformance_harness_passes_the_matmul_ops() {
     let ops = ["matmul_fwd", "matmul_bwd"];
+    let dims = Dims::standard();
     for (label, be) in backends() {
-        assert_all_pass(&label, &ops, 21, be.as_ref());
+        assert_conformance(&label, be.as_ref(), &ops, &dims, 21);
     }
-    let (label, be) = emu(ResumeOrder::Random(5));
-    assert_all_pass(&label, &ops, 22, be.as_ref());
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = HostRng::new(seed);
-    (0..n).map(|_| rng.normal() as f32).collect()
-}
-
-fn put(be: &dyn Backend, data: &[f32]) -> Buffer {
-    let buf = be.alloc_f32(data.len().max(1)).unwrap();
-    be.upload_f32(buf.f32().slice(0, data.len()), data).unwrap();
-    buf
-}
-
-/// Normalised max error, as the conformance harness measures it.
-fn max_err(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs() as f64));
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - *w as f64).abs() / scale)
-        .fold(
-            0.0,
-            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-        )
+    assert_conformance(
+        "emu Random(5)",
+        &emu(ResumeOrder::Random(5)),
+        &ops,
+        &dims,
+        22,
+    );
 }
 
 /// Forward and full backward at `(rows, ic, oc)` on `be` and the CPU; the
@@ -82,16 +32,16 @@ fn max_err(got: &[f32], want: &[f32]) -> f64 {
 fn check_shape(label: &str, be: &dyn Backend, rows: usize, ic: usize, oc: usize) {
     let cpu = CpuBackend::new();
     let (x, w, bias, dy) = (
-        random(rows * ic, 1),
-        random(oc * ic, 2),
-        random(oc, 3),
-        random(rows * oc, 4),
+        random(rows * ic, 1.0, 1),
+        random(oc * ic, 1.0, 2),
+        random(oc, 1.0, 3),
+        random(rows * oc, 1.0, 4),
     );
     let (out0, dx0, dw0, db0) = (
-        random(rows * oc, 5),
-        random(rows * ic, 6),
-        random(oc * ic, 7),
-        random(oc, 8),
+        random(rows * oc, 1.0, 5),
+        random(rows * ic, 1.0, 6),
+        random(oc * ic, 1.0, 7),
+        random(oc, 1.0, 8),
     );
     let run = |be: &dyn Backend| -> Vec<Vec<f32>> {
         let bufs: Vec<Buffer> = [&x, &w, &bias, &dy, &out0, &dx0, &dw0, &db0]
@@ -127,13 +77,12 @@ fn check_shape(label: &str, be: &dyn Backend, rows: usize, ic: usize, oc: usize)
             .collect()
     };
     let (want, got) = (run(&cpu), run(be));
-    let k = rows.max(ic).max(oc) as f64;
-    let tol = 2e-6 * k.sqrt() + 2e-6;
+    let tol = tol_for(rows.max(ic).max(oc));
     for (name, (g, w)) in ["out", "dinp", "dweight", "dbias"]
         .iter()
         .zip(got.iter().zip(&want))
     {
-        let err = max_err(g, w);
+        let err = norm_err(g, w);
         assert!(
             err <= tol,
             "{label}: {name} at rows {rows} in {ic} out {oc}: error {err:.2e} > {tol:.1e}"
@@ -162,7 +111,7 @@ fn edge_shapes_match_the_cpu() {
 
 #[test]
 fn bad_shapes_are_errors_not_panics() {
-    let (_, be) = emu(ResumeOrder::Forward);
+    let be = emu(ResumeOrder::Forward);
     let (a, b, c) = (
         be.alloc_f32(12).unwrap(),
         be.alloc_f32(12).unwrap(),
@@ -203,13 +152,9 @@ fn bad_shapes_are_errors_not_panics() {
 fn a_256_cube_product_matches_and_reports_emulator_speed() {
     // Several blocks in both grid dimensions and a 16-slice k loop.
     let n = 256;
-    let (x, w) = (random(n * n, 9), random(n * n, 10));
+    let (x, w) = (random(n * n, 1.0, 9), random(n * n, 1.0, 10));
     let cpu = CpuBackend::new();
-    let dev = EmuDevice::with_config(EmuConfig {
-        workers: 2,
-        ..EmuConfig::default()
-    });
-    let be = KernelBackend::new(dev);
+    let be = emu(ResumeOrder::Forward);
     let run = |be: &dyn Backend| {
         let (xb, wb, out) = (put(be, &x), put(be, &w), be.alloc_f32(n * n).unwrap());
         let t = std::time::Instant::now();
@@ -222,7 +167,7 @@ fn a_256_cube_product_matches_and_reports_emulator_speed() {
     let (want, _) = run(&cpu);
     let (got, ms) = run(&be);
     eprintln!("emulated matmul_fwd 256 x 256 x 256: {ms:.1} ms");
-    let tol = 2e-6 * (n as f64).sqrt() + 2e-6;
-    let err = max_err(&got, &want);
+    let tol = tol_for(n);
+    let err = norm_err(&got, &want);
     assert!(err <= tol, "256^3 product: error {err:.2e} > {tol:.1e}");
 }

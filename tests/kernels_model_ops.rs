@@ -6,12 +6,13 @@
 //! that loop, colliding tokens, bad ids and bad shapes). On a machine with a
 //! GPU the same comparisons also run on it.
 
+mod common;
+
+use common::{assert_conformance, backends, emu, norm_err, put, put_u32, random, tol_for};
 use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::{AdamWStep, Backend, Buffer, View};
-use dyntie::conformance::{check_ops, format_results, Dims};
-use dyntie::device::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
-use dyntie::rng::HostRng;
+use dyntie::conformance::Dims;
+use dyntie::device::ResumeOrder;
 
 const OPS: [&str; 7] = [
     "embedding_fwd",
@@ -23,72 +24,16 @@ const OPS: [&str; 7] = [
     "sum_squares",
 ];
 
-fn emu(order: ResumeOrder) -> KernelBackend<EmuDevice> {
-    KernelBackend::new(EmuDevice::with_config(EmuConfig {
-        workers: 2,
-        order,
-        ..EmuConfig::default()
-    }))
-}
-
-/// The emulator under forward and reverse resume order, and the GPU when
-/// this machine has one.
-fn backends() -> Vec<(String, Box<dyn Backend>)> {
-    let mut out: Vec<(String, Box<dyn Backend>)> = [ResumeOrder::Forward, ResumeOrder::Reverse]
-        .into_iter()
-        .map(|order| {
-            (
-                format!("emu {order:?}"),
-                Box::new(emu(order)) as Box<dyn Backend>,
-            )
-        })
-        .collect();
-    if dyntie::device::cuda::driver_present() {
-        let dev =
-            CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
-        out.push((
-            dev.description().to_string(),
-            Box::new(KernelBackend::new(dev)),
-        ));
-    }
-    out
-}
-
 #[test]
 fn the_conformance_harness_passes_these_ops() {
-    let cpu = CpuBackend::new();
     let mut all: Vec<(String, Box<dyn Backend>)> = backends();
     all.push(("emu Random".into(), Box::new(emu(ResumeOrder::Random(5)))));
     for (label, be) in all {
-        let results = check_ops(&cpu, be.as_ref(), &OPS, &Dims::standard(), 23);
-        assert_eq!(results.len(), OPS.len() * Dims::standard().len());
-        eprintln!("{label}:\n{}", format_results(&results));
-        assert!(
-            results.iter().all(|r| r.passed),
-            "{label}:\n{}",
-            format_results(&results)
-        );
+        assert_conformance(&label, be.as_ref(), &OPS, &Dims::standard(), 23);
     }
 }
 
 // ---- a small harness for the edge cases -----------------------------------
-
-fn random(n: usize, scale: f64, seed: u64) -> Vec<f32> {
-    let mut rng = HostRng::new(seed);
-    (0..n).map(|_| (rng.normal() * scale) as f32).collect()
-}
-
-fn put(be: &dyn Backend, data: &[f32]) -> Buffer {
-    let buf = be.alloc_f32(data.len().max(1)).unwrap();
-    be.upload_f32(buf.f32().slice(0, data.len()), data).unwrap();
-    buf
-}
-
-fn put_u32(be: &dyn Backend, data: &[u32]) -> Buffer {
-    let buf = be.alloc(data.len().max(1) * 4).unwrap();
-    be.upload_u32(buf.u32().slice(0, data.len()), data).unwrap();
-    buf
-}
 
 /// Views of the float and the integer inputs, on one backend.
 struct Views {
@@ -132,26 +77,6 @@ fn run_all(
         out.push((label, run(be.as_ref())));
     }
     out
-}
-
-/// `max |got - want| / max(max |want|, 1e-3)`, the harness's error measure
-/// (infinite on any NaN).
-fn norm_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs() as f64));
-    got.iter().zip(want).fold(0.0, |worst, (g, w)| {
-        let d = (*g as f64 - *w as f64).abs() / scale;
-        if d.is_nan() {
-            f64::INFINITY
-        } else {
-            worst.max(d)
-        }
-    })
-}
-
-/// The harness's tolerance for a reduction over `k` terms.
-fn tol_for(k: usize) -> f64 {
-    2e-6 * (k as f64).sqrt() + 2e-6
 }
 
 /// Asserts that every backend matches the reference (the first entry).
