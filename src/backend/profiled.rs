@@ -26,6 +26,9 @@ pub struct ProfiledBackend {
     inner: Arc<dyn Backend>,
     enabled: AtomicBool,
     stats: Mutex<BTreeMap<&'static str, OpStat>>,
+    /// Matmuls again, per shape: they dominate a step, and which of them
+    /// (the output head or the blocks' layers) is the first question.
+    matmul_shapes: Mutex<BTreeMap<String, OpStat>>,
 }
 
 impl ProfiledBackend {
@@ -34,6 +37,7 @@ impl ProfiledBackend {
             inner,
             enabled: AtomicBool::new(false),
             stats: Mutex::new(BTreeMap::new()),
+            matmul_shapes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -58,6 +62,40 @@ impl ProfiledBackend {
     /// Forgets the accumulated statistics.
     pub fn reset(&self) {
         self.stats.lock().unwrap().clear();
+        self.matmul_shapes.lock().unwrap().clear();
+    }
+
+    /// Matmul statistics per "op rows x in -> out" shape, slowest first.
+    pub fn matmul_report(&self) -> Vec<(String, OpStat)> {
+        let mut rows: Vec<_> = self
+            .matmul_shapes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        rows.sort_by(|a, b| b.1.secs.total_cmp(&a.1.secs).then(a.0.cmp(&b.0)));
+        rows
+    }
+
+    /// A matmul, recorded under its op name and under its shape.
+    fn matmul<R>(
+        &self,
+        name: &'static str,
+        (rows, in_ch, out_ch): (usize, usize, usize),
+        f: impl FnOnce(&dyn Backend) -> Result<R>,
+    ) -> Result<R> {
+        let start = Instant::now();
+        let out = self.op(name, f)?;
+        if self.is_enabled() {
+            let secs = start.elapsed().as_secs_f64();
+            let key = format!("{name} {rows}x{in_ch}->{out_ch}");
+            let mut shapes = self.matmul_shapes.lock().unwrap();
+            let s = shapes.entry(key).or_default();
+            s.calls += 1;
+            s.secs += secs;
+        }
+        Ok(out)
     }
 
     /// Per-op statistics, slowest op first.
@@ -199,7 +237,7 @@ impl Backend for ProfiledBackend {
         in_ch: usize,
         out_ch: usize,
     ) -> Result<()> {
-        self.op("matmul_fwd", |b| {
+        self.matmul("matmul_fwd", (rows, in_ch, out_ch), |b| {
             b.matmul_fwd(out, inp, weight, bias, rows, in_ch, out_ch)
         })
     }
@@ -215,7 +253,7 @@ impl Backend for ProfiledBackend {
         in_ch: usize,
         out_ch: usize,
     ) -> Result<()> {
-        self.op("matmul_bwd", |b| {
+        self.matmul("matmul_bwd", (rows, in_ch, out_ch), |b| {
             b.matmul_bwd(dinp, dweight, dbias, dout, inp, weight, rows, in_ch, out_ch)
         })
     }

@@ -377,6 +377,8 @@ pub struct ThroughputReport {
     pub profiled_steps: usize,
     pub profile_ms_per_step: f64,
     pub ops: Vec<OpRow>,
+    /// The matmul rows of `ops`, split by shape (`rows x in -> out`).
+    pub matmul_shapes: Vec<OpRow>,
 }
 
 /// The AdamW and clipping settings of the run (constant learning rate).
@@ -482,6 +484,20 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
             },
         })
         .collect();
+    let matmul_shapes = profiled
+        .matmul_report()
+        .into_iter()
+        .map(|(name, s)| OpRow {
+            op: name,
+            calls_per_step: s.calls as f64 / profiled_steps as f64,
+            ms_per_step: s.secs * 1e3 / profiled_steps as f64,
+            share: if op_total > 0.0 {
+                s.secs / op_total
+            } else {
+                0.0
+            },
+        })
+        .collect();
 
     let tokens_per_step = cfg.train.batch * mc.n_ctx;
     let med = median(&step_ms);
@@ -529,6 +545,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         profiled_steps,
         profile_ms_per_step: profile_ms,
         ops,
+        matmul_shapes,
     })
 }
 
@@ -614,6 +631,17 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
         let _ = writeln!(
             s,
             "  {:<16} {:>8} {:>10.2} {:>6.1}%",
+            o.op,
+            o.calls_per_step,
+            o.ms_per_step,
+            o.share * 100.0
+        );
+    }
+    let _ = writeln!(s, "matmuls by shape (rows x in -> out):");
+    for o in &r.matmul_shapes {
+        let _ = writeln!(
+            s,
+            "  {:<34} {:>4} {:>10.2} {:>6.1}%",
             o.op,
             o.calls_per_step,
             o.ms_per_step,
