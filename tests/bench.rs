@@ -113,6 +113,13 @@ fn profiled_backend_counts_every_op_of_a_step() {
     // One AdamW call per parameter tensor; sum_squares once per buffer.
     assert_eq!(calls("adamw"), model.param_names().len() as u64);
     assert_eq!(calls("sum_squares"), l + 1);
+    // The per-shape matmul rows split the same calls.
+    let shape_calls: u64 = profiled.matmul_report().iter().map(|(_, s)| s.calls).sum();
+    assert_eq!(shape_calls, calls("matmul_fwd") + calls("matmul_bwd"));
+    assert!(profiled
+        .matmul_report()
+        .iter()
+        .any(|(k, s)| k == "matmul_fwd 32x32->97" && s.calls == 1));
     for (name, s) in profiled.report() {
         assert!(s.calls > 0 && s.secs >= 0.0, "{name}: {s:?}");
     }
