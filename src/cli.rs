@@ -264,6 +264,9 @@ pub struct BenchArgs {
     /// Timed steps (throughput).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Untimed steps before the timed ones (throughput).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -19,6 +19,7 @@
 pub mod cpu;
 pub mod host_memory;
 pub mod kernels;
+pub mod profiled;
 
 use anyhow::Result;
 use std::marker::PhantomData;

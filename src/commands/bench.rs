@@ -1,20 +1,41 @@
-//! `dyntie bench`: memory accounting (and, below, the timed benchmarks).
+//! `dyntie bench`: counted (and measured) memory per tie pattern, and the
+//! training throughput with a per-op time breakdown.
 
+use crate::backend::kernels::KernelBackend;
+use crate::backend::profiled::{OpStat, ProfiledBackend};
+use crate::backend::{Backend, MemStats};
 use crate::cli::BenchArgs;
+use crate::commands::select_backend;
 use crate::config::RunConfig;
-use crate::model::{activation_bytes, Gpt2Config};
+use crate::device::cuda::{self, CudaDevice};
+use crate::device::Device;
+use crate::model::{activation_bytes, Gpt2, Gpt2Config};
+use crate::optim::AdamW;
 use crate::rng::HostRng;
-use crate::train::{model_shape, tie_options};
+use crate::train::{initial_table, model_shape, tie_options};
 use crate::tying::accounting::{format_memory_table, MemoryReport};
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::TieTable;
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// `dyntie bench WHAT`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.what.as_str() {
         "memory" => memory(args),
-        other => bail!("dyntie bench '{other}' is unknown: use memory"),
+        "throughput" => throughput(args),
+        "compare" => {
+            println!(
+                "dyntie bench compare is a script: it runs this binary and the PyTorch baseline \
+                 alternately on one config and prints the ratios:\n\n    \
+                 scripts/compare.sh --backend cpu --layers 6 --d-model 256 --heads 8 --ctx 128 --batch 8\n\n\
+                 (PYTHON=... picks the interpreter with torch; ROUNDS=N the rounds; DYNTIE_BIN=... this binary)"
+            );
+            Ok(())
+        }
+        other => bail!("dyntie bench '{other}' is unknown: use memory, throughput or compare"),
     }
 }
 
@@ -46,6 +67,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx) as u64;
     let options = tie_options(&cfg)?;
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
+    let mut tables: Vec<TieTable> = Vec::new();
     let mut patterns = args.patterns.clone();
     if patterns.is_empty() && args.from_run.is_none() {
         patterns = vec!["none".into(), "all".into()];
@@ -62,6 +84,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
             p.clone(),
             MemoryReport::from_table(&shape, &table, false, acts),
         ));
+        tables.push(table);
     }
     if let Some(dir) = &args.from_run {
         let ties = crate::metrics::read_jsonl(&dir.join("ties.jsonl"))?;
@@ -91,11 +114,26 @@ fn memory(args: &BenchArgs) -> Result<()> {
             format!("run {}", dir.display()),
             MemoryReport::from_table(&shape, &table, false, acts),
         ));
+        tables.push(table);
+    }
+    // --measure: one training step per pattern on the backend, each on a fresh
+    // backend so that every peak is that pattern's own.
+    let mut measured: Vec<Measured> = Vec::new();
+    if args.measure {
+        for table in tables {
+            let bb = open_backend(&cfg.backend)?;
+            let mut runner = StepRunner::new(bb.backend.clone(), &cfg, &mc, table, 1)?;
+            runner.step()?;
+            measured.push(bb.measured(runner.model.backend().mem_stats()));
+        }
     }
     if args.json {
         let out: Vec<_> = rows
             .iter()
-            .map(|(name, r)| serde_json::json!({ "pattern": name, "report": r }))
+            .enumerate()
+            .map(|(i, (name, r))| {
+                serde_json::json!({ "pattern": name, "report": r, "measured": measured.get(i) })
+            })
             .collect();
         println!(
             "{}",
@@ -110,6 +148,505 @@ fn memory(args: &BenchArgs) -> Result<()> {
         );
         let refs: Vec<(&str, &MemoryReport)> = rows.iter().map(|(n, r)| (n.as_str(), r)).collect();
         print!("{}", format_memory_table(&refs));
+        if !measured.is_empty() {
+            println!("measured on {} after one training step:", cfg.backend);
+            for ((name, r), m) in rows.iter().zip(&measured) {
+                println!(
+                    "  {name:<20} peak {:>10.1} MiB  live {:>10.1} MiB  (counted {:.1} MiB){}",
+                    mib(m.peak_bytes),
+                    mib(m.live_bytes),
+                    mib(r.total_bytes),
+                    m.device_line()
+                );
+            }
+        }
     }
     Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// A backend for a bench run; on CUDA also the device, for its free/total
+/// memory and its name (the MFU table).
+struct BenchBackend {
+    backend: Arc<dyn Backend>,
+    why: String,
+    cuda: Option<Arc<KernelBackend<CudaDevice>>>,
+}
+
+fn open_backend(name: &str) -> Result<BenchBackend> {
+    if name == "cuda" || (name == "auto" && cuda::driver_present()) {
+        match CudaDevice::new(0) {
+            Ok(dev) => {
+                let kb = Arc::new(KernelBackend::new(dev));
+                return Ok(BenchBackend {
+                    backend: kb.clone(),
+                    why: format!("backend cuda on {}", kb.device().description()),
+                    cuda: Some(kb),
+                });
+            }
+            Err(e) if name == "cuda" => return Err(e),
+            Err(_) => {} // auto: select_backend says why it fell back
+        }
+    }
+    let (backend, why) = select_backend(name)?;
+    Ok(BenchBackend {
+        backend,
+        why,
+        cuda: None,
+    })
+}
+
+impl BenchBackend {
+    fn gpu_name(&self) -> Option<String> {
+        self.cuda
+            .as_ref()
+            .map(|c| c.device().description().to_string())
+    }
+
+    fn measured(&self, stats: MemStats) -> Measured {
+        let (free, total) = match self.cuda.as_ref().map(|c| c.device().mem_info()) {
+            Some(Ok((f, t))) => (Some(f), Some(t)),
+            _ => (None, None),
+        };
+        Measured {
+            live_bytes: stats.live_bytes,
+            peak_bytes: stats.peak_bytes,
+            device_free_bytes: free,
+            device_total_bytes: total,
+        }
+    }
+}
+
+/// Memory as the backend's allocator counted it (and, on CUDA, the device's view).
+#[derive(Clone, Debug, Serialize)]
+pub struct Measured {
+    pub live_bytes: u64,
+    pub peak_bytes: u64,
+    pub device_free_bytes: Option<u64>,
+    pub device_total_bytes: Option<u64>,
+}
+
+impl Measured {
+    fn device_line(&self) -> String {
+        match (self.device_free_bytes, self.device_total_bytes) {
+            (Some(f), Some(t)) => format!("; device {:.0} MiB free of {:.0} MiB", mib(f), mib(t)),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One full training step at a time on fixed random tokens: zero the
+/// gradients, forward and backward, clip, AdamW, synchronize.
+struct StepRunner {
+    model: Gpt2,
+    opt: AdamW,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    batch: usize,
+    seq: usize,
+    clip: Option<f32>,
+    step: u64,
+}
+
+impl StepRunner {
+    fn new(
+        backend: Arc<dyn Backend>,
+        cfg: &RunConfig,
+        mc: &Gpt2Config,
+        table: TieTable,
+        data_seed: u64,
+    ) -> Result<StepRunner> {
+        let t = &cfg.train;
+        let model = Gpt2::with_table(backend, mc.clone(), t.seed, table)?;
+        let be = model.backend().clone();
+        let opt = AdamW::new(be.as_ref(), t.lr, t.beta1, t.beta2, t.eps, t.weight_decay)?;
+        let (batch, seq) = (t.batch, mc.n_ctx);
+        let mut rng = HostRng::new(data_seed);
+        let mut ids = || -> Vec<u32> {
+            (0..batch * seq)
+                .map(|_| rng.below(mc.vocab_size as u64) as u32)
+                .collect()
+        };
+        let (tokens, targets) = (ids(), ids());
+        Ok(StepRunner {
+            model,
+            opt,
+            tokens,
+            targets,
+            batch,
+            seq,
+            clip: (t.grad_clip > 0.0).then_some(t.grad_clip),
+            step: 0,
+        })
+    }
+
+    /// One step; returns its loss.
+    fn step(&mut self) -> Result<f32> {
+        self.model.zero_grads()?;
+        let loss = self.model.forward_backward(
+            &self.tokens,
+            &self.targets,
+            self.batch,
+            self.seq,
+            self.step,
+            1.0,
+        )?;
+        self.opt.clip_and_update(&self.model, self.clip)?;
+        self.model.backend().synchronize()?;
+        self.step += 1;
+        Ok(loss)
+    }
+}
+
+/// Peak fp32 throughput without tensor cores (FP32 SIMT, dense), in TFLOP/s,
+/// from NVIDIA's data sheets. The kernels are fp32 SIMT code, so this, not
+/// the TF32/BF16 tensor-core peak, is the honest denominator of their MFU.
+/// More specific names come first (an "H100 PCIe" also contains "H100").
+pub const FP32_PEAK_TFLOPS: &[(&str, f64)] = &[
+    ("H100 PCIe", 51.2),
+    ("H100 NVL", 60.0),
+    ("H100", 66.9), // SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200", 66.9), // same GH100 SMs and clocks as the H100 SXM
+    ("A100", 19.5),
+];
+
+/// The fp32 peak of the named GPU, if it is in [`FP32_PEAK_TFLOPS`].
+pub fn fp32_peak_tflops(gpu_name: &str) -> Option<f64> {
+    FP32_PEAK_TFLOPS
+        .iter()
+        .find(|(k, _)| gpu_name.contains(k))
+        .map(|(_, v)| *v)
+}
+
+/// Training FLOPs per token, `6 N + 12 L T C` (Kaplan et al. 2020; PaLM
+/// appendix B), where N counts the weights of every matmul that runs: the
+/// four linear layers of all L blocks (12 C^2 each, tied or not, since a tied
+/// block still computes) plus the output head (V C, tied to wte). Biases,
+/// LayerNorms and the embedding lookup are left out, as usual. With
+/// `--tie-grad frozen` tied blocks skip their weight gradients, so this
+/// overcounts their backward a little.
+pub fn flops_per_token(mc: &Gpt2Config) -> (u64, f64) {
+    let (l, c, t, v) = (
+        mc.n_layer as u64,
+        mc.n_embd as u64,
+        mc.n_ctx as u64,
+        mc.vocab_size as u64,
+    );
+    let n = l * 12 * c * c + v * c;
+    (n, (6 * n + 12 * l * t * c) as f64)
+}
+
+/// What `dyntie bench throughput` reports (also its `--json`).
+#[derive(Debug, Serialize)]
+pub struct ThroughputReport {
+    pub backend: String,
+    pub backend_description: String,
+    pub threads: usize,
+    pub model: Gpt2Config,
+    pub batch: usize,
+    pub tying: String,
+    pub tie_grad: String,
+    pub tie_state: Vec<usize>,
+    pub seed: u64,
+    pub optimizer: OptimizerSettings,
+    pub warmup: usize,
+    pub steps: usize,
+    pub tokens_per_step: usize,
+    pub tokens_per_s: f64,
+    pub ms_per_step_median: f64,
+    pub ms_per_step_min: f64,
+    pub step_ms: Vec<f64>,
+    pub losses: Vec<f32>,
+    pub params: u64,
+    pub trainable_params: u64,
+    pub counted: MemoryReport,
+    pub measured: Measured,
+    /// The whole process's peak resident set (Linux), comparable with
+    /// PyTorch's `ru_maxrss` on the CPU.
+    pub peak_rss_bytes: Option<u64>,
+    /// The N of `6 N + 12 L T C` (see `flops_per_token`).
+    pub flops_n: u64,
+    pub flops_per_token: f64,
+    pub gpu: Option<String>,
+    pub fp32_peak_tflops: Option<f64>,
+    pub mfu: Option<f64>,
+    /// Steps run with profiling on (serialized; not part of the timing above).
+    pub profiled_steps: usize,
+    pub profile_ms_per_step: f64,
+    pub ops: Vec<OpRow>,
+    /// The matmul rows of `ops`, split by shape (`rows x in -> out`).
+    pub matmul_shapes: Vec<OpRow>,
+}
+
+/// The AdamW and clipping settings of the run (constant learning rate).
+#[derive(Debug, Serialize)]
+pub struct OptimizerSettings {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpRow {
+    pub op: String,
+    pub calls_per_step: f64,
+    pub ms_per_step: f64,
+    pub share: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `dyntie bench throughput`: times full training steps of one tie pattern.
+fn throughput(args: &BenchArgs) -> Result<()> {
+    let report = run_throughput(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", format_throughput(&report));
+    }
+    Ok(())
+}
+
+/// Runs the throughput benchmark and returns its report.
+pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1 (the timed steps)");
+    }
+    let mut cfg = args.model.resolve()?;
+    // A bench times a fixed pattern; with no --tying that is the conventional model.
+    if args.model.tying.is_none() {
+        cfg.tying.policy = "none".into();
+    }
+    cfg.validate()?;
+    let mc = bench_model(&cfg);
+    mc.validate()?;
+    let policy = TyingPolicy::parse(&cfg.tying.policy, mc.n_layer)?;
+    if policy.is_dynamic() {
+        bail!("--tying dynamic changes the table while training; benchmark a fixed pattern (none, all, every:K, pattern:...)");
+    }
+    let table = initial_table(&cfg, &policy, mc.n_layer)?;
+    let tie_state = table.state().to_vec();
+    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx) as u64;
+    let counted = MemoryReport::from_table(&model_shape(&mc), &table, false, acts);
+
+    let bb = open_backend(&cfg.backend)?;
+    let profiled = Arc::new(ProfiledBackend::new(bb.backend.clone()));
+    let mut runner = StepRunner::new(profiled.clone(), &cfg, &mc, table, 1)?;
+    let mut losses = Vec::new();
+    for _ in 0..args.warmup {
+        losses.push(runner.step()?);
+    }
+    let mut step_ms = Vec::new();
+    for _ in 0..args.steps {
+        let start = Instant::now();
+        losses.push(runner.step()?);
+        step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    // Memory before profiling, so the report is the plain run's.
+    let measured = bb.measured(bb.backend.mem_stats());
+
+    // The breakdown: a separate profiled step (serialized after each op).
+    let profiled_steps = 1;
+    profiled.set_enabled(true)?;
+    let start = Instant::now();
+    for _ in 0..profiled_steps {
+        losses.push(runner.step()?);
+    }
+    let profile_ms = start.elapsed().as_secs_f64() * 1e3 / profiled_steps as f64;
+    profiled.set_enabled(false)?;
+    let op_stats: Vec<(&str, OpStat)> = profiled.report();
+    let op_total: f64 = op_stats.iter().map(|(_, s)| s.secs).sum();
+    let ops = op_stats
+        .iter()
+        .map(|(name, s)| OpRow {
+            op: name.to_string(),
+            calls_per_step: s.calls as f64 / profiled_steps as f64,
+            ms_per_step: s.secs * 1e3 / profiled_steps as f64,
+            share: if op_total > 0.0 {
+                s.secs / op_total
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    let matmul_shapes = profiled
+        .matmul_report()
+        .into_iter()
+        .map(|(name, s)| OpRow {
+            op: name,
+            calls_per_step: s.calls as f64 / profiled_steps as f64,
+            ms_per_step: s.secs * 1e3 / profiled_steps as f64,
+            share: if op_total > 0.0 {
+                s.secs / op_total
+            } else {
+                0.0
+            },
+        })
+        .collect();
+
+    let tokens_per_step = cfg.train.batch * mc.n_ctx;
+    let med = median(&step_ms);
+    let tokens_per_s = tokens_per_step as f64 / (med / 1e3);
+    let (flops_n, fpt) = flops_per_token(&mc);
+    let gpu = bb.gpu_name();
+    let peak = gpu.as_deref().and_then(fp32_peak_tflops);
+    let mfu = peak.map(|p| fpt * tokens_per_s / (p * 1e12));
+    Ok(ThroughputReport {
+        backend: bb.backend.name().to_string(),
+        backend_description: bb.why.clone(),
+        threads: rayon::current_num_threads(),
+        model: mc.clone(),
+        batch: cfg.train.batch,
+        tying: cfg.tying.policy.clone(),
+        tie_grad: cfg.tying.tie_grad.clone(),
+        tie_state,
+        seed: cfg.train.seed,
+        optimizer: OptimizerSettings {
+            lr: cfg.train.lr,
+            beta1: cfg.train.beta1,
+            beta2: cfg.train.beta2,
+            eps: cfg.train.eps,
+            weight_decay: cfg.train.weight_decay,
+            grad_clip: cfg.train.grad_clip,
+        },
+        warmup: args.warmup,
+        steps: args.steps,
+        tokens_per_step,
+        tokens_per_s,
+        ms_per_step_median: med,
+        ms_per_step_min: step_ms.iter().copied().fold(f64::INFINITY, f64::min),
+        step_ms,
+        losses,
+        params: counted.params,
+        trainable_params: counted.trainable_params,
+        counted,
+        measured,
+        peak_rss_bytes: peak_rss_bytes(),
+        flops_n,
+        flops_per_token: fpt,
+        gpu,
+        fp32_peak_tflops: peak,
+        mfu,
+        profiled_steps,
+        profile_ms_per_step: profile_ms,
+        ops,
+        matmul_shapes,
+    })
+}
+
+/// The process's peak resident set (`VmHWM` in /proc/self/status), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The human-readable form of a throughput report.
+pub fn format_throughput(r: &ThroughputReport) -> String {
+    use std::fmt::Write;
+    let m = &r.model;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}, {} threads", r.backend_description, r.threads);
+    let _ = writeln!(
+        s,
+        "model: {} blocks x width {}, {} heads, T={}, B={}, vocab {}, dropout {}; tying {} (state {:?}, tie-grad {})",
+        m.n_layer, m.n_embd, m.n_head, m.n_ctx, r.batch, m.vocab_size, m.dropout, r.tying, r.tie_state, r.tie_grad
+    );
+    let _ = writeln!(
+        s,
+        "params {} stored, {} trainable",
+        r.params, r.trainable_params
+    );
+    let _ = writeln!(
+        s,
+        "{} timed steps after {} warm-up: {:.0} tokens/s; ms/step median {:.1}, min {:.1}",
+        r.steps, r.warmup, r.tokens_per_s, r.ms_per_step_median, r.ms_per_step_min
+    );
+    let _ = writeln!(
+        s,
+        "memory: counted {:.1} MiB; measured peak {:.1} MiB, live {:.1} MiB{}; process peak RSS {}",
+        mib(r.counted.total_bytes),
+        mib(r.measured.peak_bytes),
+        mib(r.measured.live_bytes),
+        r.measured.device_line(),
+        r.peak_rss_bytes
+            .map_or("unknown".into(), |b| format!("{:.1} MiB", mib(b)))
+    );
+    match (r.mfu, r.fp32_peak_tflops) {
+        (Some(mfu), Some(peak)) => {
+            let _ = writeln!(
+                s,
+                "MFU {:.1}% of the {peak} TFLOP/s fp32 (non-tensor-core) peak; {:.3} GFLOP/token (6N + 12LTC, N = {} matmul weights)",
+                mfu * 100.0,
+                r.flops_per_token / 1e9,
+                r.flops_n
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                s,
+                "MFU: not reported ({}); {:.3} GFLOP/token (6N + 12LTC, N = {} matmul weights)",
+                match &r.gpu {
+                    Some(g) => format!("no fp32 peak on file for {g}"),
+                    None => "not a GPU".into(),
+                },
+                r.flops_per_token / 1e9,
+                r.flops_n
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "per-op time of {} profiled step(s) ({:.1} ms/step, synchronized after every op):",
+        r.profiled_steps, r.profile_ms_per_step
+    );
+    let _ = writeln!(
+        s,
+        "  {:<16} {:>8} {:>10} {:>7}",
+        "op", "calls", "ms/step", "share"
+    );
+    for o in &r.ops {
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>8} {:>10.2} {:>6.1}%",
+            o.op,
+            o.calls_per_step,
+            o.ms_per_step,
+            o.share * 100.0
+        );
+    }
+    let _ = writeln!(s, "matmuls by shape (rows x in -> out):");
+    for o in &r.matmul_shapes {
+        let _ = writeln!(
+            s,
+            "  {:<34} {:>4} {:>10.2} {:>6.1}%",
+            o.op,
+            o.calls_per_step,
+            o.ms_per_step,
+            o.share * 100.0
+        );
+    }
+    s
 }

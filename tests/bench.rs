@@ -1,0 +1,238 @@
+//! `dyntie bench`: the profiling wrapper, the throughput and memory reports,
+//! and the benchmark scripts' syntax.
+
+use dyntie::backend::cpu::CpuBackend;
+use dyntie::backend::profiled::ProfiledBackend;
+use dyntie::backend::Backend;
+use dyntie::commands::bench::{flops_per_token, fp32_peak_tflops};
+use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::optim::AdamW;
+use dyntie::rng::HostRng;
+use std::process::Command;
+use std::sync::Arc;
+
+fn cfg() -> Gpt2Config {
+    Gpt2Config {
+        n_layer: 3,
+        n_embd: 32,
+        n_head: 4,
+        n_ctx: 16,
+        vocab_size: 97,
+        dropout: 0.1,
+        bias: true,
+    }
+}
+
+/// Two training steps on `backend`: the losses and every parameter after.
+fn train(backend: Arc<dyn Backend>) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let c = cfg();
+    let (b, t) = (2, c.n_ctx);
+    let mut model = Gpt2::new(backend, c.clone(), 7).unwrap();
+    let mut opt = AdamW::new(model.backend().as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
+    let mut rng = HostRng::new(3);
+    let mut ids = || -> Vec<u32> { (0..b * t).map(|_| rng.below(97) as u32).collect() };
+    let (tokens, targets) = (ids(), ids());
+    let mut losses = Vec::new();
+    for step in 0..2 {
+        model.zero_grads().unwrap();
+        losses.push(
+            model
+                .forward_backward(&tokens, &targets, b, t, step, 1.0)
+                .unwrap(),
+        );
+        opt.clip_and_update(&model, Some(1.0)).unwrap();
+    }
+    let params = model
+        .param_names()
+        .iter()
+        .map(|(n, _)| model.read_param(n).unwrap())
+        .collect();
+    (losses, params)
+}
+
+#[test]
+fn profiled_backend_passes_results_through_bitwise() {
+    let plain = train(Arc::new(CpuBackend::new()));
+    let profiled = Arc::new(ProfiledBackend::new(Arc::new(CpuBackend::new())));
+    profiled.set_enabled(true).unwrap();
+    let wrapped = train(profiled.clone());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&plain.0), bits(&wrapped.0), "losses differ");
+    assert_eq!(plain.1.len(), wrapped.1.len());
+    for (a, b) in plain.1.iter().zip(&wrapped.1) {
+        assert_eq!(bits(a), bits(b), "a parameter differs");
+    }
+}
+
+#[test]
+fn profiled_backend_counts_every_op_of_a_step() {
+    let profiled = Arc::new(ProfiledBackend::new(Arc::new(CpuBackend::new())));
+    let c = cfg();
+    let mut model = Gpt2::new(profiled.clone(), c.clone(), 7).unwrap();
+    let mut opt = AdamW::new(profiled.as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
+    let (b, t) = (2, c.n_ctx);
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i % 97) as u32).collect();
+    // Off: nothing is recorded.
+    model.zero_grads().unwrap();
+    model
+        .forward_backward(&tokens, &tokens, b, t, 0, 1.0)
+        .unwrap();
+    assert!(profiled.report().is_empty());
+
+    profiled.set_enabled(true).unwrap();
+    model.zero_grads().unwrap();
+    model
+        .forward_backward(&tokens, &tokens, b, t, 1, 1.0)
+        .unwrap();
+    opt.clip_and_update(&model, Some(1.0)).unwrap();
+    profiled.set_enabled(false).unwrap();
+
+    let calls = |op: &str| {
+        profiled
+            .report()
+            .iter()
+            .find(|(n, _)| *n == op)
+            .map_or(0, |(_, s)| s.calls)
+    };
+    let l = c.n_layer as u64;
+    // Per block: qkv, attn.proj, mlp.fc, mlp.proj; plus the output head.
+    assert_eq!(calls("matmul_fwd"), 4 * l + 1);
+    assert_eq!(calls("matmul_bwd"), 4 * l + 1);
+    assert_eq!(calls("attention_fwd"), l);
+    assert_eq!(calls("attention_bwd"), l);
+    assert_eq!(calls("layernorm_fwd"), 2 * l + 1);
+    assert_eq!(calls("layernorm_bwd"), 2 * l + 1);
+    assert_eq!(calls("gelu_fwd"), l);
+    assert_eq!(calls("gelu_bwd"), l);
+    // Embeddings and both residual branches of every block.
+    assert_eq!(calls("dropout_fwd"), 2 * l + 1);
+    assert_eq!(calls("dropout_bwd"), 2 * l + 1);
+    assert_eq!(calls("embedding_fwd"), 1);
+    assert_eq!(calls("embedding_bwd"), 1);
+    assert_eq!(calls("softmax_xent"), 1);
+    // One AdamW call per parameter tensor; sum_squares once per buffer.
+    assert_eq!(calls("adamw"), model.param_names().len() as u64);
+    assert_eq!(calls("sum_squares"), l + 1);
+    // The per-shape matmul rows split the same calls.
+    let shape_calls: u64 = profiled.matmul_report().iter().map(|(_, s)| s.calls).sum();
+    assert_eq!(shape_calls, calls("matmul_fwd") + calls("matmul_bwd"));
+    assert!(profiled
+        .matmul_report()
+        .iter()
+        .any(|(k, s)| k == "matmul_fwd 32x32->97" && s.calls == 1));
+    for (name, s) in profiled.report() {
+        assert!(s.calls > 0 && s.secs >= 0.0, "{name}: {s:?}");
+    }
+    profiled.reset();
+    assert!(profiled.report().is_empty());
+}
+
+fn dyntie(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dyntie {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("dyntie printed JSON")
+}
+
+#[test]
+fn bench_throughput_json_parses() {
+    let r = dyntie(&[
+        "bench",
+        "throughput",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        "--backend",
+        "cpu",
+        "--tying",
+        "all",
+    ]);
+    assert_eq!(r["backend"], "cpu");
+    assert_eq!(r["model"]["vocab_size"], 50257, "vocab 0 means GPT-2's");
+    let layers = r["model"]["n_layer"].as_u64().unwrap() as usize;
+    assert_eq!(r["tie_state"], serde_json::json!(vec![0; layers]));
+    assert_eq!(r["step_ms"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        r["losses"].as_array().unwrap().len(),
+        3,
+        "2 timed + 1 profiled"
+    );
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["ms_per_step_min"].as_f64() <= r["ms_per_step_median"].as_f64());
+    assert!(r["mfu"].is_null(), "no MFU on the CPU");
+    // All tied: one block's weights are stored.
+    let (params, globals, block) = (
+        r["params"].as_u64().unwrap(),
+        r["counted"]["global_params"].as_u64().unwrap(),
+        r["counted"]["block_params"].as_u64().unwrap(),
+    );
+    assert_eq!(params, globals + block);
+    let peak = r["measured"]["peak_bytes"].as_u64().unwrap();
+    assert!(
+        peak >= 4 * params,
+        "the weights alone are {} bytes",
+        4 * params
+    );
+    let ops = r["ops"].as_array().unwrap();
+    assert!(ops.iter().any(|o| o["op"] == "matmul_fwd"));
+    let share: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn bench_memory_paper_config_has_1556m_parameters() {
+    let r = dyntie(&["bench", "memory", "--preset", "paper", "--json"]);
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["pattern"], "none");
+    let params = rows[0]["report"]["params"].as_u64().unwrap();
+    assert_eq!((params as f64 / 1e6).round(), 1556.0, "{params}");
+    assert_eq!(rows[1]["pattern"], "all");
+    assert!(rows[1]["report"]["params"].as_u64().unwrap() < params / 10);
+}
+
+#[test]
+fn mfu_denominators_and_flops() {
+    assert_eq!(fp32_peak_tflops("NVIDIA H100 PCIe (sm_90)"), Some(51.2));
+    assert_eq!(
+        fp32_peak_tflops("NVIDIA H100 80GB HBM3 (sm_90)"),
+        Some(66.9)
+    );
+    assert_eq!(fp32_peak_tflops("NVIDIA H200 (sm_90)"), Some(66.9));
+    assert_eq!(
+        fp32_peak_tflops("NVIDIA A100-SXM4-80GB (sm_80)"),
+        Some(19.5)
+    );
+    assert_eq!(fp32_peak_tflops("Tesla T4"), None);
+    // GPT-2 small at T=1024: N = 12 * 12 * 768^2 + 50257 * 768 = 123,532,032.
+    let gpt2 = Gpt2Config {
+        n_layer: 12,
+        n_embd: 768,
+        n_head: 12,
+        n_ctx: 1024,
+        vocab_size: 50257,
+        dropout: 0.0,
+        bias: true,
+    };
+    let (n, f) = flops_per_token(&gpt2);
+    assert_eq!(n, 123_532_032);
+    assert_eq!(f, 6.0 * 123_532_032.0 + 12.0 * 12.0 * 1024.0 * 768.0);
+}
+
+#[test]
+fn scripts_parse() {
+    for s in ["scripts/compare.sh", "scripts/gpu-check.sh"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(s);
+        let st = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+        assert!(st.success(), "bash -n {s}");
+    }
+}
