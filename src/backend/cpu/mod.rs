@@ -107,6 +107,29 @@ unsafe fn write<'a, T>(v: View<T>, len: usize) -> &'a mut [T] {
     std::slice::from_raw_parts_mut(v.addr as *mut T, len)
 }
 
+/// Copies host data into host memory behind a view (both are host memory
+/// here), after checking the view and that the two do not overlap.
+fn upload<T: Copy>(op: &str, dst: View<T>, src: &[T]) -> Result<()> {
+    let n = same_len(op, &[("dst", dst.len), ("src", src.len())])?;
+    let d = span(op, "dst", dst, n)?;
+    let s = Span {
+        name: "src",
+        start: src.as_ptr() as u64,
+        end: src.as_ptr() as u64 + std::mem::size_of_val(src) as u64,
+    };
+    disjoint(op, &[d], &[s])?;
+    // SAFETY: checked by `span` and `disjoint` above.
+    unsafe { write(dst, n) }.copy_from_slice(src);
+    Ok(())
+}
+
+/// The contents of a view, copied out.
+fn download<T: Copy>(op: &str, src: View<T>) -> Result<Vec<T>> {
+    span(op, "src", src, src.len)?;
+    // SAFETY: checked by `span`; nothing is written.
+    Ok(unsafe { read(src, src.len) }.to_vec())
+}
+
 fn same_len(op: &str, views: &[(&str, usize)]) -> Result<usize> {
     let n = views[0].1;
     for (name, len) in views {
@@ -149,43 +172,19 @@ impl Backend for CpuBackend {
     }
 
     fn upload_f32(&self, dst: View<f32>, src: &[f32]) -> Result<()> {
-        let n = same_len("upload_f32", &[("dst", dst.len), ("src", src.len())])?;
-        let d = span("upload_f32", "dst", dst, n)?;
-        let s = Span {
-            name: "src",
-            start: src.as_ptr() as u64,
-            end: src.as_ptr() as u64 + (n * 4) as u64,
-        };
-        disjoint("upload_f32", &[d], &[s])?;
-        // SAFETY: checked by `span` and `disjoint` above.
-        unsafe { write(dst, n) }.copy_from_slice(src);
-        Ok(())
+        upload("upload_f32", dst, src)
     }
 
     fn download_f32(&self, src: View<f32>) -> Result<Vec<f32>> {
-        span("download_f32", "src", src, src.len)?;
-        // SAFETY: checked by `span`; nothing is written.
-        Ok(unsafe { read(src, src.len) }.to_vec())
+        download("download_f32", src)
     }
 
     fn upload_u32(&self, dst: View<u32>, src: &[u32]) -> Result<()> {
-        let n = same_len("upload_u32", &[("dst", dst.len), ("src", src.len())])?;
-        let d = span("upload_u32", "dst", dst, n)?;
-        let s = Span {
-            name: "src",
-            start: src.as_ptr() as u64,
-            end: src.as_ptr() as u64 + (n * 4) as u64,
-        };
-        disjoint("upload_u32", &[d], &[s])?;
-        // SAFETY: checked by `span` and `disjoint` above.
-        unsafe { write(dst, n) }.copy_from_slice(src);
-        Ok(())
+        upload("upload_u32", dst, src)
     }
 
     fn download_u32(&self, src: View<u32>) -> Result<Vec<u32>> {
-        span("download_u32", "src", src, src.len)?;
-        // SAFETY: checked by `span`; nothing is written.
-        Ok(unsafe { read(src, src.len) }.to_vec())
+        download("download_u32", src)
     }
 
     fn synchronize(&self) -> Result<()> {
