@@ -638,6 +638,9 @@ fn matmul_matches_reference_on_blocked_and_threaded_shapes() {
     // block and split the work over threads.
     check_matmul(7, 67, 130, 75);
     check_matmul(8, 193, 161, 129);
+    // Wide enough (oc >= 4 blocks of 1 MiB / (4 ic) dweight rows) for the
+    // weight gradient to go by row blocks, with a short last block.
+    check_matmul(10, 5, 1031, 1100);
 }
 
 #[test]

@@ -311,6 +311,13 @@ pub fn matmul_fwd(
     );
 }
 
+/// Bytes of dweight one task owns in the blocked weight-gradient product.
+/// Whole-matrix gemm on the 50257-wide head keeps re-streaming a 51 MB
+/// dweight through the caches (~90 GFLOP/s per core on the Xeon this was
+/// tuned on, 2 MB L2); 1 MiB blocks that stay in L2 gave ~115 (benches/gemm.rs,
+/// `lm_head bwd dweight`). Small enough for 1 MB-L2 cores too.
+const DWEIGHT_BLOCK_BYTES: usize = 1 << 20;
+
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bwd(
     dinp: Option<&mut [f32]>,
@@ -337,15 +344,43 @@ pub fn matmul_bwd(
     }
     if let Some(dweight) = dweight {
         // dweight[oc, ic] += dout^T[oc, rows] @ inp[rows, ic]
-        matmul(
-            dweight,
-            Mat::transposed(dout, oc),
-            Mat::rows(inp, ic),
-            oc,
-            ic,
-            rows,
-            true,
-        );
+        let block_rows = (DWEIGHT_BLOCK_BYTES / (4 * ic)).max(1);
+        if oc >= 4 * block_rows {
+            // Wide outputs (the vocabulary head): one single-threaded product
+            // per block of output rows, so each task's dweight block stays in
+            // its core's L2 while all `rows` of the reduction stream past it.
+            dweight
+                .par_chunks_mut(block_rows * ic)
+                .enumerate()
+                .for_each(|(blk, dw)| {
+                    let j0 = blk * block_rows;
+                    // SAFETY: `dw` is this task's own rows j0.. of dweight;
+                    // dout's columns j0..j0+n and `inp` are read-only here.
+                    unsafe {
+                        gemm_raw(
+                            dw.as_mut_ptr(),
+                            ic,
+                            Mat::transposed(&dout[j0..], oc),
+                            Mat::rows(inp, ic),
+                            dw.len() / ic,
+                            ic,
+                            rows,
+                            true,
+                            Parallelism::None,
+                        )
+                    };
+                });
+        } else {
+            matmul(
+                dweight,
+                Mat::transposed(dout, oc),
+                Mat::rows(inp, ic),
+                oc,
+                ic,
+                rows,
+                true,
+            );
+        }
     }
     if let Some(dbias) = dbias {
         // Column sums; each task owns a block of columns and walks all rows
