@@ -79,6 +79,15 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Replaces the file `path` by `bytes`: written and synced beside it first,
+/// then renamed over it, so a reader sees the old contents or the new, never
+/// a part.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = sibling(path, ".tmp");
+    write_synced(&tmp, bytes)?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+}
+
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);

@@ -107,6 +107,8 @@ pub struct Trainer {
     ties: JsonlWriter,
     /// Print progress lines (set false in tests).
     pub verbose: bool,
+    /// What resuming with another `--steps` changed, for the user.
+    extension_note: Option<String>,
 }
 
 /// The model configuration a run config resolves to on a dataset.
@@ -241,14 +243,23 @@ impl Trainer {
 
     /// Continues the run in `dir` from its checkpoint; `steps` may extend it.
     pub fn resume(dir: &Path, backend: Arc<dyn Backend>, steps: Option<usize>) -> Result<Trainer> {
-        let mut cfg = RunConfig::load(&dir.join("config.toml"))
+        let config_path = dir.join("config.toml");
+        let mut cfg = RunConfig::load(&config_path)
             .with_context(|| format!("--resume {}: not a dyntie run folder", dir.display()))?;
+        let recorded_steps = cfg.train.steps;
         if let Some(s) = steps {
             cfg.train.steps = s;
         }
         cfg.validate()?;
         let (ckpt, state) = read_state(dir)?;
         let state_path = ckpt.join("state.json");
+        ensure!(
+            cfg.train.steps as u64 >= state.step,
+            "{} is already at step {}; --steps {} would end before it (give more steps to extend the run)",
+            dir.display(),
+            state.step,
+            cfg.train.steps
+        );
         let data = open_dataset(&cfg)?;
         let mc = model_config(&cfg, &data)?;
         ensure!(
@@ -281,6 +292,29 @@ impl Trainer {
         // Lines logged after the checkpoint belong to a future that is redone.
         metrics::truncate_after_step(&dir.join("metrics.jsonl"), t.step)?;
         metrics::truncate_after_step(&dir.join("ties.jsonl"), t.step)?;
+        if t.cfg.train.steps != recorded_steps {
+            // config.toml describes the run, so a later resume, eval or
+            // sample sees the new length too.
+            checkpoint::write_file_atomically(&config_path, t.cfg.to_toml().as_bytes())?;
+            let mut note = format!(
+                "the run's length changes from {recorded_steps} to {} steps (config.toml updated)",
+                t.cfg.train.steps
+            );
+            if let LrSchedule::WarmupCosine { .. } = t.schedule {
+                let mut before = t.schedule.clone();
+                if let LrSchedule::WarmupCosine { total, .. } = &mut before {
+                    *total = recorded_steps as u32;
+                }
+                let at = t.step as u32;
+                note += &format!(
+                    "; the cosine schedule now ends at step {}: learning rate at step {at} {:.3e} (was {:.3e})",
+                    t.cfg.train.steps,
+                    t.schedule.lr(at),
+                    before.lr(at)
+                );
+            }
+            t.extension_note = Some(note);
+        }
         Ok(t)
     }
 
@@ -363,6 +397,7 @@ impl Trainer {
             tokens_seen: 0,
             elapsed_s: 0.0,
             verbose: true,
+            extension_note: None,
         })
     }
 
@@ -388,6 +423,12 @@ impl Trainer {
             MemoryReport::from_table(&shape, table, false, acts),
             MemoryReport::from_counts(&shape, n, n, false, acts),
         )
+    }
+
+    /// After a resume that changed the step count: what that changed (the
+    /// run's length, and the learning rate of a cosine schedule).
+    pub fn extension_note(&self) -> Option<&str> {
+        self.extension_note.as_deref()
     }
 
     /// One optimizer step; returns (mean loss, gradient norm).

@@ -220,6 +220,35 @@ fn an_existing_run_is_refused_without_force() {
 }
 
 #[test]
+fn resume_with_more_steps_extends_the_run_and_records_it() {
+    let root = temp_dir("extend");
+    let run = root.join("run");
+    ok(&train_args(&["--steps", "3", "--out", s(&run)]));
+    let config = || fs::read_to_string(run.join("config.toml")).unwrap();
+    let before = config();
+    // Fewer steps than the checkpoint holds: refused, nothing changed.
+    fails(
+        &["train", "--resume", s(&run), "--steps", "2"],
+        &["already at step 3", "--steps 2"],
+    );
+    assert_eq!(config(), before);
+    let out = ok(&["train", "--resume", s(&run), "--steps", "5"]);
+    assert!(
+        out.contains("from 3 to 5 steps") && out.contains("cosine schedule now ends at step 5"),
+        "{out}"
+    );
+    assert!(config().contains("steps = 5"), "{}", config());
+    // A later resume without --steps finds the run complete at 5.
+    let out = ok(&["train", "--resume", s(&run)]);
+    assert!(
+        out.contains("resuming") && out.contains("at step 5"),
+        "{out}"
+    );
+    assert!(!out.contains("length changes"), "{out}");
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn corrupt_checkpoints_are_clear_errors() {
     let root = temp_dir("ckpt");
     let run = root.join("run");

@@ -22,6 +22,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         println!("{why}");
         let t = Trainer::resume(dir, backend, args.steps)?;
         println!("resuming {} at step {}", dir.display(), t.step());
+        if let Some(note) = t.extension_note() {
+            println!("{note}");
+        }
         t
     } else {
         let cfg = args.resolve()?;
