@@ -14,6 +14,10 @@ block whose weights block i uses, as in dyntie) is made by aliasing modules:
 block i *is* block s[i]'s nn.Module, so parameters, gradients and optimizer
 state are shared (dyntie's default --tie-grad shared).
 
+--recompute wraps every block in torch.utils.checkpoint (non-reentrant, RNG
+state preserved), PyTorch's form of dyntie's --recompute: only each block's
+input is kept and the block runs again in backward.
+
     pip install torch
     python benches/pytorch_baseline.py --threads 2 --json
     python benches/pytorch_baseline.py --device cuda --layers 12 --d-model 768 --heads 12 --ctx 1024 --tying all
@@ -30,6 +34,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 class Block(nn.Module):
@@ -76,8 +81,9 @@ def tie_state(flag, layers):
 
 
 class GPT2(nn.Module):
-    def __init__(self, layers, c, heads, ctx, vocab, dropout, state):
+    def __init__(self, layers, c, heads, ctx, vocab, dropout, state, recompute=False):
         super().__init__()
+        self.recompute = recompute
         self.wte = nn.Embedding(vocab, c)
         self.wpe = nn.Embedding(ctx, c)
         self.drop = nn.Dropout(dropout)
@@ -106,7 +112,10 @@ class GPT2(nn.Module):
         t = idx.shape[1]
         x = self.drop(self.wte(idx) + self.wpe(torch.arange(t, device=idx.device)))
         for key in self.order:
-            x = self.unique[key](x, self.mask)
+            if self.recompute and self.training:
+                x = checkpoint(self.unique[key], x, self.mask, use_reentrant=False)
+            else:
+                x = self.unique[key](x, self.mask)
         logits = self.ln_f(x) @ self.wte.weight.T
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
@@ -138,6 +147,7 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--recompute", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--json", action="store_true", help="print one JSON object (logs go to stderr)")
     args = ap.parse_args()
     if args.steps < 1:
@@ -153,7 +163,7 @@ def main():
     dev = torch.device(args.device)
     torch.manual_seed(args.seed)
     state = tie_state(args.tying, args.layers)
-    model = GPT2(args.layers, args.width, args.heads, args.ctx, args.vocab, args.dropout, state).to(dev)
+    model = GPT2(args.layers, args.width, args.heads, args.ctx, args.vocab, args.dropout, state, args.recompute).to(dev)
     model.train()
     # Decay linear weight matrices only; wte (= lm_head) is 2-D but an embedding.
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith(("wte", "wpe"))]
@@ -216,7 +226,7 @@ def main():
         "compile": compiled,
         "config": {k: getattr(args, k) for k in (
             "layers", "width", "heads", "ctx", "batch", "vocab", "dropout", "tying", "lr", "beta1",
-            "beta2", "eps", "weight_decay", "grad_clip", "seed", "steps", "warmup")},
+            "beta2", "eps", "weight_decay", "grad_clip", "seed", "steps", "warmup", "recompute")},
         "tie_state": state,
         "params": params,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),

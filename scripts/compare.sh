@@ -66,7 +66,7 @@ print(" ".join(str(x) for x in [
     "--tying", "pattern:" + ",".join(map(str, r["tie_state"])), "--seed", r["seed"],
     "--lr", r["optimizer"]["lr"], "--beta1", r["optimizer"]["beta1"], "--beta2", r["optimizer"]["beta2"],
     "--eps", r["optimizer"]["eps"], "--weight-decay", r["optimizer"]["weight_decay"],
-    "--grad-clip", r["optimizer"]["grad_clip"]]))
+    "--grad-clip", r["optimizer"]["grad_clip"]] + (["--recompute"] if r.get("recompute") else [])))
 PY
 }
 

@@ -78,6 +78,11 @@ pub struct ModelFlags {
     /// Random seed for initialization, data order, dropout and the agent.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Activation checkpointing: keep only each block's output and recompute
+    /// the rest in backward (much less activation memory, one more forward
+    /// pass of the blocks per step; the same gradients).
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 impl ModelFlags {
@@ -98,6 +103,9 @@ impl ModelFlags {
         set(&mut cfg.train.seed, self.seed);
         set(&mut cfg.tying.policy, self.tying.clone());
         set(&mut cfg.backend, self.backend.clone());
+        if self.recompute {
+            cfg.train.recompute = true;
+        }
         Ok(cfg)
     }
 }

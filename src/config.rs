@@ -56,6 +56,10 @@ pub struct TrainSettings {
     pub final_eval_max_windows: usize,
     /// Steps between checkpoints; 0 writes one only at the end.
     pub checkpoint_every: usize,
+    /// Activation checkpointing: recompute each block's activations in its
+    /// backward instead of keeping them (`--recompute`).
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 /// Which layers share weights, and how the agent decides.
@@ -146,6 +150,7 @@ impl RunConfig {
                 eval_max_windows: 64,
                 final_eval_max_windows: 0,
                 checkpoint_every: 0,
+                recompute: false,
             },
             tying: TyingSettings {
                 policy: "dynamic".into(),

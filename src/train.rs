@@ -321,11 +321,12 @@ impl Trainer {
     fn assemble(
         cfg: RunConfig,
         dir: &Path,
-        model: Gpt2,
+        mut model: Gpt2,
         data: Dataset,
         policy: TyingPolicy,
     ) -> Result<Trainer> {
         let t = &cfg.train;
+        model.set_recompute(t.recompute);
         let backend = model.backend().clone();
         let opt = AdamW::new(
             backend.as_ref(),
@@ -416,7 +417,8 @@ impl Trainer {
     pub fn memory(&self) -> (MemoryReport, MemoryReport) {
         let mc = self.model.config();
         let shape = model_shape(mc);
-        let acts = activation_bytes(mc, self.cfg.train.batch, mc.n_ctx) as u64;
+        let acts =
+            activation_bytes(mc, self.cfg.train.batch, mc.n_ctx, self.cfg.train.recompute) as u64;
         let n = mc.n_layer;
         let table = self.model.slots().table();
         (
@@ -748,7 +750,8 @@ pub fn load_model(dir: &Path, cfg: &RunConfig, backend: Arc<dyn Backend>) -> Res
         state.table.n_layer(),
         mc.n_layer
     );
-    let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table)?;
+    let mut model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table)?;
+    model.set_recompute(cfg.train.recompute);
     load_tensors(&model, &ckpt)?;
     Ok(model)
 }

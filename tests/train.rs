@@ -278,3 +278,42 @@ fn assert_balanced_xml(svg: &str) {
     }
     assert!(stack.is_empty(), "unclosed elements {stack:?}");
 }
+
+/// A dynamic run with dropout and activation recomputation takes the same
+/// steps, decisions and weights as one that keeps every activation, in less
+/// memory.
+#[test]
+fn recomputation_changes_memory_and_nothing_else() -> Result<()> {
+    let (a, b) = (temp_dir("keep"), temp_dir("recompute"));
+    create(config("dynamic", 20), &a)?.run()?;
+    let mut cfg = config("dynamic", 20);
+    cfg.train.recompute = true;
+    create(cfg, &b)?.run()?;
+    let memory = |d: &Path| {
+        let lines = train_lines(d);
+        let bytes = lines[0]["counted_bytes"].as_u64().unwrap();
+        let rest: Vec<Value> = lines
+            .into_iter()
+            .map(|mut r| {
+                let o = r.as_object_mut().unwrap();
+                o.remove("counted_bytes");
+                o.remove("live_bytes");
+                r
+            })
+            .collect();
+        (bytes, rest)
+    };
+    let ((bytes_a, lines_a), (bytes_b, lines_b)) = (memory(&a), memory(&b));
+    assert!(bytes_b < bytes_a, "{bytes_b} counted bytes vs {bytes_a}");
+    assert_eq!(lines_a, lines_b);
+    let read = |d: &Path, f: &str| fs::read(d.join(f)).unwrap();
+    assert_eq!(read(&a, "ties.jsonl"), read(&b, "ties.jsonl"));
+    for f in ["checkpoint/model.safetensors", "checkpoint/optimizer.safetensors"] {
+        assert!(read(&a, f) == read(&b, f), "{f} differs");
+    }
+    assert!(fs::read_to_string(b.join("config.toml"))?.contains("recompute = true"));
+    for d in [a, b] {
+        fs::remove_dir_all(d)?;
+    }
+    Ok(())
+}

@@ -64,7 +64,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
     let mc = bench_model(&cfg);
     mc.validate()?;
     let shape = model_shape(&mc);
-    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx) as u64;
+    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
     let options = tie_options(&cfg)?;
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
     let mut tables: Vec<TieTable> = Vec::new();
@@ -138,13 +138,23 @@ fn memory(args: &BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "model": mc, "batch": cfg.train.batch, "rows": out
+                "model": mc, "batch": cfg.train.batch, "recompute": cfg.train.recompute, "rows": out
             }))?
         );
     } else {
         println!(
-            "model: {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW)",
-            mc.n_layer, mc.n_embd, mc.n_head, mc.n_ctx, mc.vocab_size, cfg.train.batch
+            "model: {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{})",
+            mc.n_layer,
+            mc.n_embd,
+            mc.n_head,
+            mc.n_ctx,
+            mc.vocab_size,
+            cfg.train.batch,
+            if cfg.train.recompute {
+                ", activations recomputed"
+            } else {
+                ""
+            }
         );
         let refs: Vec<(&str, &MemoryReport)> = rows.iter().map(|(n, r)| (n.as_str(), r)).collect();
         print!("{}", format_memory_table(&refs));
@@ -260,7 +270,8 @@ impl StepRunner {
         data_seed: u64,
     ) -> Result<StepRunner> {
         let t = &cfg.train;
-        let model = Gpt2::with_table(backend, mc.clone(), t.seed, table)?;
+        let mut model = Gpt2::with_table(backend, mc.clone(), t.seed, table)?;
+        model.set_recompute(t.recompute);
         let be = model.backend().clone();
         let opt = AdamW::new(be.as_ref(), t.lr, t.beta1, t.beta2, t.eps, t.weight_decay)?;
         let (batch, seq) = (t.batch, mc.n_ctx);
@@ -350,6 +361,8 @@ pub struct ThroughputReport {
     pub tying: String,
     pub tie_grad: String,
     pub tie_state: Vec<usize>,
+    /// Activation recomputation (`--recompute`).
+    pub recompute: bool,
     pub seed: u64,
     pub optimizer: OptimizerSettings,
     pub warmup: usize,
@@ -441,7 +454,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     }
     let table = initial_table(&cfg, &policy, mc.n_layer)?;
     let tie_state = table.state().to_vec();
-    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx) as u64;
+    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
     let counted = MemoryReport::from_table(&model_shape(&mc), &table, false, acts);
 
     let bb = open_backend(&cfg.backend)?;
@@ -515,6 +528,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         tying: cfg.tying.policy.clone(),
         tie_grad: cfg.tying.tie_grad.clone(),
         tie_state,
+        recompute: cfg.train.recompute,
         seed: cfg.train.seed,
         optimizer: OptimizerSettings {
             lr: cfg.train.lr,
@@ -571,8 +585,9 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
     let _ = writeln!(s, "{}, {} threads", r.backend_description, r.threads);
     let _ = writeln!(
         s,
-        "model: {} blocks x width {}, {} heads, T={}, B={}, vocab {}, dropout {}; tying {} (state {:?}, tie-grad {})",
-        m.n_layer, m.n_embd, m.n_head, m.n_ctx, r.batch, m.vocab_size, m.dropout, r.tying, r.tie_state, r.tie_grad
+        "model: {} blocks x width {}, {} heads, T={}, B={}, vocab {}, dropout {}; tying {} (state {:?}, tie-grad {}){}",
+        m.n_layer, m.n_embd, m.n_head, m.n_ctx, r.batch, m.vocab_size, m.dropout, r.tying, r.tie_state, r.tie_grad,
+        if r.recompute { "; activations recomputed" } else { "" }
     );
     let _ = writeln!(
         s,

@@ -52,6 +52,8 @@ pub struct Gpt2 {
     /// (the backend's LayerNorm always adds a bias).
     zero_bias: Option<Buffer>,
     arena: Option<Arena>,
+    /// Recompute each block's activations in backward (see `plan.rs`).
+    recompute: bool,
     tape: Tape,
 }
 
@@ -103,6 +105,7 @@ impl Gpt2 {
             slots,
             zero_bias,
             arena: None,
+            recompute: false,
             tape: Tape::new(),
         };
         model.init(seed)?;
@@ -111,6 +114,19 @@ impl Gpt2 {
 
     pub fn config(&self) -> &Gpt2Config {
         &self.cfg
+    }
+
+    /// Keep only each block's output through the forward pass and recompute
+    /// the rest of a block's activations in its backward (activation
+    /// checkpointing): far less activation memory for one more forward pass
+    /// of the blocks. The gradients are the same, bit for bit, on a
+    /// deterministic backend. Takes effect at the next forward pass.
+    pub fn set_recompute(&mut self, on: bool) {
+        self.recompute = on;
+    }
+
+    pub fn recompute(&self) -> bool {
+        self.recompute
     }
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -367,13 +383,13 @@ impl Gpt2 {
     /// Plans and allocates the arenas for `(batch, seq)` unless they exist.
     fn ensure_arena(&mut self, batch: usize, seq: usize) -> Result<()> {
         if let Some(a) = &self.arena {
-            if a.plan.batch == batch && a.plan.seq == seq {
+            if a.plan.batch == batch && a.plan.seq == seq && a.plan.recompute == self.recompute {
                 return Ok(());
             }
         }
         // Free the old arenas first so the peak is the larger of the two.
         self.arena = None;
-        let plan = ActivationPlan::new(&self.cfg, batch, seq);
+        let plan = ActivationPlan::new(&self.cfg, batch, seq, self.recompute);
         let acts = self.backend.alloc_f32(plan.act_len)?;
         let grads = self.backend.alloc_f32(plan.grad_len)?;
         self.arena = Some(Arena { plan, acts, grads });
@@ -490,130 +506,66 @@ impl Gpt2 {
                     grad: want_grad.then(|| self.block.view(gv, name)),
                 })
             };
-            let ln_bias = |name: &str| self.ln_bias(pb(name));
             let var = |a: Region, g: Region| Var {
                 val: act(a),
                 grad: grad(g),
             };
-
-            // Attention branch.
-            let ln1 = var(la.ln1, gl.ln1);
-            let (m1, r1) = (act(la.ln1_mean), act(la.ln1_rstd));
-            autograd::layernorm(
-                be,
-                tape,
-                ln1,
-                m1,
-                r1,
+            // Pre-dropout outputs of the two branches, with dropout.
+            let pre = |g: Option<Region>| plan.scratch.zip(g).map(|(a, g)| var(a, g));
+            let block = BlockRun {
+                ln1_weight: p("ln1.weight"),
+                ln1_bias: self.ln_bias(pb("ln1.bias")),
+                qkv_weight: p("attn.qkv.weight"),
+                qkv_bias: pb("attn.qkv.bias"),
+                attn_proj_weight: p("attn.proj.weight"),
+                attn_proj_bias: pb("attn.proj.bias"),
+                ln2_weight: p("ln2.weight"),
+                ln2_bias: self.ln_bias(pb("ln2.bias")),
+                fc_weight: p("mlp.fc.weight"),
+                fc_bias: pb("mlp.fc.bias"),
+                mlp_proj_weight: p("mlp.proj.weight"),
+                mlp_proj_bias: pb("mlp.proj.bias"),
                 x,
-                p("ln1.weight"),
-                ln_bias("ln1.bias"),
-                n,
-                c,
-            )?;
-            let qkv = var(la.qkv, gl.qkv);
-            autograd::linear(
-                be,
-                tape,
-                qkv,
-                ln1,
-                p("attn.qkv.weight"),
-                pb("attn.qkv.bias"),
-                n,
-                c,
-                3 * c,
-            )?;
-            let atty = var(la.atty, gl.atty);
-            autograd::attention(
-                be,
-                tape,
-                atty,
-                act(la.att),
-                grad(gl.att_scratch),
-                qkv,
+                ln1: var(la.ln1, gl.ln1),
+                ln1_stats: (act(la.ln1_mean), act(la.ln1_rstd)),
+                qkv: var(la.qkv, gl.qkv),
+                att: act(la.att),
+                att_scratch: grad(gl.att_scratch),
+                atty: var(la.atty, gl.atty),
+                attn_pre: pre(gl.attn_branch),
+                x_mid: resid(la.x_mid),
+                ln2: var(la.ln2, gl.ln2),
+                ln2_stats: (act(la.ln2_mean), act(la.ln2_rstd)),
+                fc: var(la.fc, gl.fc),
+                gelu: var(la.gelu, gl.gelu),
+                mlp_pre: pre(gl.mlp_branch),
+                x_out: resid(la.x_out),
+                workspace: grad(gl.all),
+                dropout: dropout.map(|(p, seed)| {
+                    let site = |k: usize| DropoutSite {
+                        p,
+                        seed,
+                        offset: site_offset(k),
+                    };
+                    (site(1 + 2 * layer), site(2 + 2 * layer))
+                }),
                 shape,
-            )?;
-            let x_mid = resid(la.x_mid);
-            self.branch(
-                tape,
-                plan,
-                dropout,
-                gl.attn_branch,
-                x_mid,
-                1 + 2 * layer,
-                |tape, out| {
-                    autograd::linear(
-                        be,
-                        tape,
-                        out,
-                        atty,
-                        p("attn.proj.weight"),
-                        pb("attn.proj.bias"),
-                        n,
-                        c,
-                        c,
-                    )
-                },
-            )?;
-            be.add(x_mid.val, x.val, x_mid.val)?;
-
-            // MLP branch.
-            let ln2 = var(la.ln2, gl.ln2);
-            let (m2, r2) = (act(la.ln2_mean), act(la.ln2_rstd));
-            autograd::layernorm(
-                be,
-                tape,
-                ln2,
-                m2,
-                r2,
-                x_mid,
-                p("ln2.weight"),
-                ln_bias("ln2.bias"),
-                n,
-                c,
-            )?;
-            let fc = var(la.fc, gl.fc);
-            autograd::linear(
-                be,
-                tape,
-                fc,
-                ln2,
-                p("mlp.fc.weight"),
-                pb("mlp.fc.bias"),
-                n,
-                c,
-                4 * c,
-            )?;
-            let gelu = var(la.gelu, gl.gelu);
-            autograd::gelu(be, tape, gelu, fc)?;
-            let x_out = resid(la.x_out);
-            self.branch(
-                tape,
-                plan,
-                dropout,
-                gl.mlp_branch,
-                x_out,
-                2 + 2 * layer,
-                |tape, out| {
-                    autograd::linear(
-                        be,
-                        tape,
-                        out,
-                        gelu,
-                        p("mlp.proj.weight"),
-                        pb("mlp.proj.bias"),
-                        n,
-                        4 * c,
-                        c,
-                    )
-                },
-            )?;
-            be.add(x_out.val, x_mid.val, x_out.val)?;
-
-            // Runs in backward before this layer's ops: the workspace still
-            // holds the layer above's gradients.
-            autograd::zero_grad(tape, grad(gl.all));
-            x = x_out;
+            };
+            if plan.recompute && tape.is_recording() {
+                // Forward now without saving for backward; the backward of
+                // this block runs its forward again (into the shared
+                // workspace, from its input `x`, which is kept) and then
+                // that forward's own tape.
+                block.run(be, &mut Tape::no_grad())?;
+                tape.record(move |be| {
+                    let mut inner = Tape::new();
+                    block.run(be, &mut inner)?;
+                    inner.backward(be)
+                });
+            } else {
+                block.run(be, tape)?;
+            }
+            x = block.x_out;
         }
 
         let lnf = Var {
@@ -655,34 +607,6 @@ impl Gpt2 {
         Ok(())
     }
 
-    /// Runs a residual branch's last op (`op` writes into the `Var` it is
-    /// given) and its dropout site `site`, leaving the result in `out`.
-    #[allow(clippy::too_many_arguments)]
-    fn branch(
-        &self,
-        tape: &mut Tape,
-        plan: &ActivationPlan,
-        dropout: Option<(f32, u64)>,
-        g_branch: Option<Region>,
-        out: Var,
-        site: usize,
-        op: impl FnOnce(&mut Tape, Var) -> Result<()>,
-    ) -> Result<()> {
-        let arena = self.arena.as_ref().expect("arena planned");
-        match (dropout, plan.scratch, g_branch) {
-            (Some((p, seed)), Some(scratch), Some(g)) => {
-                let pre = Var {
-                    val: scratch.f32(arena.acts.f32()),
-                    grad: g.f32(arena.grads.f32()),
-                };
-                op(tape, pre)?;
-                let offset = (site * plan.batch * plan.seq * self.cfg.n_embd) as u64;
-                autograd::dropout(self.backend.as_ref(), tape, out, pre, p, seed, offset)
-            }
-            _ => op(tape, out),
-        }
-    }
-
     /// A LayerNorm bias parameter, or the zero stand-in without biases.
     fn ln_bias(&self, bias: Option<Param>) -> Param {
         bias.unwrap_or_else(|| Param {
@@ -693,6 +617,185 @@ impl Gpt2 {
                 .f32(),
             grad: None,
         })
+    }
+}
+
+/// Dropout probability, seed and Philox counter offset of one site.
+#[derive(Clone, Copy)]
+struct DropoutSite {
+    p: f32,
+    seed: u64,
+    offset: u64,
+}
+
+/// One block's forward as plain views: its parameters, where each
+/// activation and its gradient live, and its dropout sites. Everything is
+/// `Copy`, so a backward closure can keep it and run the block again
+/// (recomputation).
+#[derive(Clone, Copy)]
+struct BlockRun {
+    ln1_weight: Param,
+    ln1_bias: Param,
+    qkv_weight: Param,
+    qkv_bias: Option<Param>,
+    attn_proj_weight: Param,
+    attn_proj_bias: Option<Param>,
+    ln2_weight: Param,
+    ln2_bias: Param,
+    fc_weight: Param,
+    fc_bias: Option<Param>,
+    mlp_proj_weight: Param,
+    mlp_proj_bias: Option<Param>,
+    /// The block's input (the residual stream).
+    x: Var,
+    ln1: Var,
+    /// LayerNorm mean and rstd, saved for its backward.
+    ln1_stats: (View<f32>, View<f32>),
+    qkv: Var,
+    att: View<f32>,
+    att_scratch: View<f32>,
+    atty: Var,
+    /// The attention branch before dropout (only with dropout).
+    attn_pre: Option<Var>,
+    x_mid: Var,
+    ln2: Var,
+    ln2_stats: (View<f32>, View<f32>),
+    fc: Var,
+    gelu: Var,
+    mlp_pre: Option<Var>,
+    x_out: Var,
+    /// The per-block gradient workspace, zeroed before the block's backward.
+    workspace: View<f32>,
+    /// The attention and MLP branches' dropout sites.
+    dropout: Option<(DropoutSite, DropoutSite)>,
+    shape: AttnShape,
+}
+
+impl BlockRun {
+    /// `x_mid = x + drop(proj(attn(ln1(x))))`,
+    /// `x_out = x_mid + drop(mlp.proj(gelu(mlp.fc(ln2(x_mid)))))`.
+    fn run(&self, be: &dyn Backend, tape: &mut Tape) -> Result<()> {
+        let c = self.shape.channels;
+        let n = self.shape.batch * self.shape.seq;
+        let (m1, r1) = self.ln1_stats;
+        autograd::layernorm(
+            be,
+            tape,
+            self.ln1,
+            m1,
+            r1,
+            self.x,
+            self.ln1_weight,
+            self.ln1_bias,
+            n,
+            c,
+        )?;
+        autograd::linear(
+            be,
+            tape,
+            self.qkv,
+            self.ln1,
+            self.qkv_weight,
+            self.qkv_bias,
+            n,
+            c,
+            3 * c,
+        )?;
+        autograd::attention(
+            be,
+            tape,
+            self.atty,
+            self.att,
+            self.att_scratch,
+            self.qkv,
+            self.shape,
+        )?;
+        let (attn_site, mlp_site) = self.dropout.unzip();
+        Self::branch(
+            be,
+            tape,
+            self.x_mid,
+            self.attn_pre,
+            attn_site,
+            |tape, out| {
+                autograd::linear(
+                    be,
+                    tape,
+                    out,
+                    self.atty,
+                    self.attn_proj_weight,
+                    self.attn_proj_bias,
+                    n,
+                    c,
+                    c,
+                )
+            },
+        )?;
+        be.add(self.x_mid.val, self.x.val, self.x_mid.val)?;
+
+        let (m2, r2) = self.ln2_stats;
+        autograd::layernorm(
+            be,
+            tape,
+            self.ln2,
+            m2,
+            r2,
+            self.x_mid,
+            self.ln2_weight,
+            self.ln2_bias,
+            n,
+            c,
+        )?;
+        autograd::linear(
+            be,
+            tape,
+            self.fc,
+            self.ln2,
+            self.fc_weight,
+            self.fc_bias,
+            n,
+            c,
+            4 * c,
+        )?;
+        autograd::gelu(be, tape, self.gelu, self.fc)?;
+        Self::branch(be, tape, self.x_out, self.mlp_pre, mlp_site, |tape, out| {
+            autograd::linear(
+                be,
+                tape,
+                out,
+                self.gelu,
+                self.mlp_proj_weight,
+                self.mlp_proj_bias,
+                n,
+                4 * c,
+                c,
+            )
+        })?;
+        be.add(self.x_out.val, self.x_mid.val, self.x_out.val)?;
+
+        // Runs in backward before this block's ops: the workspace still
+        // holds the block above's gradients.
+        autograd::zero_grad(tape, self.workspace);
+        Ok(())
+    }
+
+    /// A residual branch's last op (`op` writes into the `Var` it is given),
+    /// then its dropout site, leaving the result in `out`.
+    fn branch(
+        be: &dyn Backend,
+        tape: &mut Tape,
+        out: Var,
+        pre: Option<Var>,
+        site: Option<DropoutSite>,
+        op: impl FnOnce(&mut Tape, Var) -> Result<()>,
+    ) -> Result<()> {
+        match (pre, site) {
+            (Some(pre), Some(d)) => {
+                op(tape, pre)?;
+                autograd::dropout(be, tape, out, pre, d.p, d.seed, d.offset)
+            }
+            _ => op(tape, out),
+        }
     }
 }
 

@@ -6,6 +6,14 @@
 //! activations; it does not grow with depth: the residual stream has one
 //! gradient buffer for all layers (see `gpt2.rs`), and the per-layer
 //! gradients share one workspace that is zeroed before each layer's backward.
+//!
+//! With *recomputation* (activation checkpointing) only each block's output
+//! (the residual stream) is kept per layer; the rest of a block's
+//! activations live in one workspace that every block's forward overwrites,
+//! and the backward of block `i` first runs block `i`'s forward again from
+//! its input (the previous block's output) to refill it. Depth then costs
+//! `B*T*C` floats per block instead of about `16 B*T*C + B*H*T*T`, for one
+//! more forward pass of the blocks per step.
 
 use super::Gpt2Config;
 use crate::backend::View;
@@ -89,6 +97,9 @@ pub struct LayerGrads {
 pub struct ActivationPlan {
     pub batch: usize,
     pub seq: usize,
+    /// Blocks share one workspace for everything but `x_out`, and their
+    /// backward recomputes it (see the module docs).
+    pub recompute: bool,
     pub tokens: Region,
     pub targets: Region,
     /// Residual stream after the embeddings.
@@ -117,7 +128,7 @@ pub struct ActivationPlan {
 }
 
 impl ActivationPlan {
-    pub fn new(cfg: &Gpt2Config, batch: usize, seq: usize) -> Self {
+    pub fn new(cfg: &Gpt2Config, batch: usize, seq: usize, recompute: bool) -> Self {
         let (n, c) = (batch * seq, cfg.n_embd);
         let nc = n * c;
         let att = batch * cfg.n_head * seq * seq;
@@ -128,23 +139,33 @@ impl ActivationPlan {
         let targets = a.take(n);
         let x0 = a.take(nc);
         let scratch = dropout.then(|| a.take(nc));
-        let layers = (0..cfg.n_layer)
-            .map(|_| LayerActs {
-                ln1: a.take(nc),
-                ln1_mean: a.take(n),
-                ln1_rstd: a.take(n),
-                qkv: a.take(3 * nc),
-                att: a.take(att),
-                atty: a.take(nc),
-                x_mid: a.take(nc),
-                ln2: a.take(nc),
-                ln2_mean: a.take(n),
-                ln2_rstd: a.take(n),
-                fc: a.take(4 * nc),
-                gelu: a.take(4 * nc),
-                x_out: a.take(nc),
-            })
-            .collect();
+        let block = |a: &mut Bump| LayerActs {
+            ln1: a.take(nc),
+            ln1_mean: a.take(n),
+            ln1_rstd: a.take(n),
+            qkv: a.take(3 * nc),
+            att: a.take(att),
+            atty: a.take(nc),
+            x_mid: a.take(nc),
+            ln2: a.take(nc),
+            ln2_mean: a.take(n),
+            ln2_rstd: a.take(n),
+            fc: a.take(4 * nc),
+            gelu: a.take(4 * nc),
+            x_out: a.take(nc),
+        };
+        let layers = if recompute {
+            // The workspace's own x_out serves as block 0's output.
+            let shared = block(&mut a);
+            (0..cfg.n_layer)
+                .map(|i| LayerActs {
+                    x_out: if i == 0 { shared.x_out } else { a.take(nc) },
+                    ..shared
+                })
+                .collect()
+        } else {
+            (0..cfg.n_layer).map(|_| block(&mut a)).collect()
+        };
         let lnf = a.take(nc);
         let lnf_mean = a.take(n);
         let lnf_rstd = a.take(n);
@@ -180,6 +201,7 @@ impl ActivationPlan {
         ActivationPlan {
             batch,
             seq,
+            recompute,
             tokens,
             targets,
             x0,
@@ -207,9 +229,10 @@ impl ActivationPlan {
 }
 
 /// Bytes of activation memory (activations plus their gradients) that one
-/// training step at `(batch, seq)` allocates, independent of tying.
-pub fn activation_bytes(cfg: &Gpt2Config, batch: usize, seq: usize) -> usize {
-    ActivationPlan::new(cfg, batch, seq).bytes()
+/// training step at `(batch, seq)` allocates, with or without recomputation;
+/// independent of tying.
+pub fn activation_bytes(cfg: &Gpt2Config, batch: usize, seq: usize, recompute: bool) -> usize {
+    ActivationPlan::new(cfg, batch, seq, recompute).bytes()
 }
 
 #[cfg(test)]
@@ -227,7 +250,7 @@ mod tests {
             dropout: 0.1,
             bias: true,
         };
-        let p = ActivationPlan::new(&cfg, 2, 5);
+        let p = ActivationPlan::new(&cfg, 2, 5, false);
         let mut regions = vec![
             p.tokens,
             p.targets,
@@ -251,9 +274,64 @@ mod tests {
 
         let grad_len = p.grad_len;
         cfg.n_layer = 6;
-        let deeper = ActivationPlan::new(&cfg, 2, 5);
+        let deeper = ActivationPlan::new(&cfg, 2, 5, false);
         assert_eq!(deeper.grad_len, grad_len);
         assert!(deeper.act_len > p.act_len);
-        assert_eq!(activation_bytes(&cfg, 2, 5), deeper.bytes());
+        assert_eq!(activation_bytes(&cfg, 2, 5, false), deeper.bytes());
+    }
+
+    #[test]
+    fn recomputation_keeps_one_block_output_per_layer_beside_one_workspace() {
+        let cfg = Gpt2Config {
+            n_layer: 4,
+            n_embd: 24,
+            n_head: 3,
+            n_ctx: 8,
+            vocab_size: 13,
+            dropout: 0.1,
+            bias: true,
+        };
+        let (full, re) = (
+            ActivationPlan::new(&cfg, 2, 5, false),
+            ActivationPlan::new(&cfg, 2, 5, true),
+        );
+        let ws = re.layers[0];
+        let workspace = [
+            ws.ln1,
+            ws.ln1_mean,
+            ws.ln1_rstd,
+            ws.qkv,
+            ws.att,
+            ws.atty,
+            ws.x_mid,
+            ws.ln2,
+            ws.ln2_mean,
+            ws.ln2_rstd,
+            ws.fc,
+            ws.gelu,
+        ];
+        let outputs: Vec<Region> = re.layers.iter().map(|l| l.x_out).collect();
+        for (i, l) in re.layers.iter().enumerate() {
+            let mut shared = [
+                l.ln1, l.ln1_mean, l.ln1_rstd, l.qkv, l.att, l.atty, l.x_mid, l.ln2, l.ln2_mean,
+                l.ln2_rstd, l.fc, l.gelu,
+            ];
+            assert_eq!(shared, workspace, "layer {i} uses the workspace");
+            shared.sort_by_key(|r| r.offset);
+            for r in shared.iter().chain(&outputs) {
+                if *r != l.x_out {
+                    let apart = r.offset + r.len <= l.x_out.offset
+                        || l.x_out.offset + l.x_out.len <= r.offset;
+                    assert!(apart, "layer {i}'s output overlaps {r:?}");
+                }
+            }
+        }
+        // Per extra layer: one aligned B*T*C region instead of a whole block.
+        let nc = (2 * 5 * 24usize).div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+        let per_layer = (full.act_len - re.act_len) / (cfg.n_layer - 1);
+        assert_eq!(full.act_len - re.act_len, per_layer * (cfg.n_layer - 1));
+        let block_stride = full.layers[1].x_out.offset - full.layers[0].x_out.offset;
+        assert_eq!(per_layer + nc, block_stride);
+        assert_eq!(re.grad_len, full.grad_len);
     }
 }
