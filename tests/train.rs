@@ -308,7 +308,10 @@ fn recomputation_changes_memory_and_nothing_else() -> Result<()> {
     assert_eq!(lines_a, lines_b);
     let read = |d: &Path, f: &str| fs::read(d.join(f)).unwrap();
     assert_eq!(read(&a, "ties.jsonl"), read(&b, "ties.jsonl"));
-    for f in ["checkpoint/model.safetensors", "checkpoint/optimizer.safetensors"] {
+    for f in [
+        "checkpoint/model.safetensors",
+        "checkpoint/optimizer.safetensors",
+    ] {
         assert!(read(&a, f) == read(&b, f), "{f} differs");
     }
     assert!(fs::read_to_string(b.join("config.toml"))?.contains("recompute = true"));
