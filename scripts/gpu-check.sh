@@ -121,6 +121,10 @@ echo "== bench memory --measure" >&2
 timeout "$T_MEM" "$BIN" bench memory "${BENCH[@]}" --backend "$BACKEND" --patterns none all --measure \
     >"$OUT/bench-memory.txt" 2>&1
 record "bench memory --measure" $?
+# The same with activation recomputation, which should cut the activations.
+timeout "$T_MEM" "$BIN" bench memory "${BENCH[@]}" --backend "$BACKEND" --patterns none all --measure \
+    --recompute >>"$OUT/bench-memory.txt" 2>&1
+record "bench memory --measure --recompute" $?
 if [[ $BACKEND == cuda ]]; then
     echo "== compare.sh against PyTorch" >&2
     for tying in none all; do
