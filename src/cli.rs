@@ -168,6 +168,41 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The flags given that would change a run's configuration, which a
+    /// resume takes from the run's config.toml instead (only --steps,
+    /// --backend and --recompute may change on resume).
+    pub fn fixed_on_resume(&self) -> Vec<&'static str> {
+        let m = &self.model;
+        [
+            ("--preset", m.preset.is_some()),
+            ("--config", m.config.is_some()),
+            ("--layers", m.layers.is_some()),
+            ("--d-model", m.d_model.is_some()),
+            ("--heads", m.heads.is_some()),
+            ("--ctx", m.ctx.is_some()),
+            ("--batch", m.batch.is_some()),
+            ("--vocab", m.vocab.is_some()),
+            ("--dropout", m.dropout.is_some()),
+            ("--tying", m.tying.is_some()),
+            ("--seed", m.seed.is_some()),
+            ("--data", self.data.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--grad-accum", self.grad_accum.is_some()),
+            ("--tie-grad", self.tie_grad.is_some()),
+            ("--init-ties", self.init_ties.is_some()),
+            ("--agent-k", self.agent_k.is_some()),
+            ("--param-cost", self.param_cost.is_some()),
+            ("--agent-input", self.agent_input.is_some()),
+            ("--paper-compat", self.paper_compat),
+            ("--eval-every", self.eval_every.is_some()),
+            ("--checkpoint-every", self.checkpoint_every.is_some()),
+            ("--force", self.force),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
     pub fn resolve(&self) -> Result<RunConfig> {
         let mut cfg = self.model.resolve()?;
         set(&mut cfg.data.source, self.data.clone());

@@ -408,6 +408,10 @@ impl Trainer {
     pub fn step(&self) -> u64 {
         self.step
     }
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -424,6 +428,18 @@ impl Trainer {
         (
             MemoryReport::from_table(&shape, table, false, acts),
             MemoryReport::from_counts(&shape, n, n, false, acts),
+        )
+    }
+
+    /// Turns on activation recomputation for the rest of the run (it
+    /// changes memory and time, not the results) and records it in
+    /// config.toml.
+    pub fn enable_recompute(&mut self) -> Result<()> {
+        self.cfg.train.recompute = true;
+        self.model.set_recompute(true);
+        checkpoint::write_file_atomically(
+            &self.dir.join("config.toml"),
+            self.cfg.to_toml().as_bytes(),
         )
     }
 

@@ -245,6 +245,27 @@ fn resume_with_more_steps_extends_the_run_and_records_it() {
         "{out}"
     );
     assert!(!out.contains("length changes"), "{out}");
+    // Flags that would change the run are refused, not ignored.
+    let before = config();
+    fails(
+        &[
+            "train",
+            "--resume",
+            s(&run),
+            "--steps",
+            "7",
+            "--layers",
+            "2",
+            "--lr",
+            "0.1",
+        ],
+        &["--layers, --lr would change the run", "--out"],
+    );
+    assert_eq!(config(), before);
+    // Recomputation may be turned on (it changes memory, not results).
+    let out = ok(&["train", "--resume", s(&run), "--steps", "6", "--recompute"]);
+    assert!(out.contains("recomputed from here on"), "{out}");
+    assert!(config().contains("recompute = true"), "{}", config());
     fs::remove_dir_all(root).unwrap();
 }
 

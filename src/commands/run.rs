@@ -15,15 +15,27 @@ use std::path::{Path, PathBuf};
 /// `dyntie train`.
 pub fn train(args: &TrainArgs) -> Result<()> {
     let mut trainer = if let Some(dir) = &args.resume {
+        let fixed = args.fixed_on_resume();
+        ensure!(
+            fixed.is_empty(),
+            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --backend and --recompute may change on resume), or start a new run with --out",
+            dir.display(),
+            fixed.join(", "),
+            if fixed.len() == 1 { "it" } else { "them" }
+        );
         let cfg = RunConfig::load(&dir.join("config.toml"))
             .with_context(|| format!("--resume {}: not a dyntie run folder", dir.display()))?;
         let name = args.model.backend.as_deref().unwrap_or(&cfg.backend);
         let (backend, why) = select_backend(name)?;
         println!("{why}");
-        let t = Trainer::resume(dir, backend, args.steps)?;
+        let mut t = Trainer::resume(dir, backend, args.steps)?;
         println!("resuming {} at step {}", dir.display(), t.step());
         if let Some(note) = t.extension_note() {
             println!("{note}");
+        }
+        if args.model.recompute && !t.config().train.recompute {
+            t.enable_recompute()?;
+            println!("activations are recomputed from here on (config.toml updated)");
         }
         t
     } else {
