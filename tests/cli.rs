@@ -220,6 +220,26 @@ fn an_existing_run_is_refused_without_force() {
 }
 
 #[test]
+fn a_closed_stdout_ends_the_program_without_a_panic() {
+    let root = temp_dir("pipe");
+    // A pipe whose reader is gone before dyntie writes its first line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(train_args(&["--steps", "2", "--out", s(&root.join("run"))]))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success(),
+        "a write to a closed pipe went unnoticed"
+    );
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn resume_with_more_steps_extends_the_run_and_records_it() {
     let root = temp_dir("extend");
     let run = root.join("run");

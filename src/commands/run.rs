@@ -87,13 +87,18 @@ fn describe(t: &Trainer) {
     let n_params = t.model().global_layout().len() + m.n_layer * t.model().block_layout().len();
     let table = t.model().slots().table();
     println!(
-        "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied)",
+        "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied){}",
         m.n_layer,
         m.n_embd,
         m.n_head,
         m.n_ctx,
         m.vocab_size,
-        n_params as f64 / 1e6
+        n_params as f64 / 1e6,
+        if t.model().recompute() {
+            "; activations recomputed in backward"
+        } else {
+            ""
+        }
     );
     println!(
         "tying: table {:?} ({} unique blocks); run folder {}",
