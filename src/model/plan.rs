@@ -239,17 +239,21 @@ pub fn activation_bytes(cfg: &Gpt2Config, batch: usize, seq: usize, recompute: b
 mod tests {
     use super::*;
 
-    #[test]
-    fn regions_are_aligned_disjoint_and_grad_arena_does_not_grow_with_depth() {
-        let mut cfg = Gpt2Config {
-            n_layer: 3,
+    fn cfg(n_layer: usize) -> Gpt2Config {
+        Gpt2Config {
+            n_layer,
             n_embd: 24,
             n_head: 3,
             n_ctx: 8,
             vocab_size: 13,
             dropout: 0.1,
             bias: true,
-        };
+        }
+    }
+
+    #[test]
+    fn regions_are_aligned_disjoint_and_grad_arena_does_not_grow_with_depth() {
+        let mut cfg = cfg(3);
         let p = ActivationPlan::new(&cfg, 2, 5, false);
         let mut regions = vec![
             p.tokens,
@@ -282,15 +286,7 @@ mod tests {
 
     #[test]
     fn recomputation_keeps_one_block_output_per_layer_beside_one_workspace() {
-        let cfg = Gpt2Config {
-            n_layer: 4,
-            n_embd: 24,
-            n_head: 3,
-            n_ctx: 8,
-            vocab_size: 13,
-            dropout: 0.1,
-            bias: true,
-        };
+        let cfg = cfg(4);
         let (full, re) = (
             ActivationPlan::new(&cfg, 2, 5, false),
             ActivationPlan::new(&cfg, 2, 5, true),
