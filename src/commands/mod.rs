@@ -83,29 +83,41 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
     print!("{}", crate::conformance::format_results(&results));
     let kernel_failures = results.iter().filter(|r| !r.passed).count();
 
-    let scratch = std::env::temp_dir().join(format!("dyntie-doctor-{}", std::process::id()));
-    let cfg = crate::doctor::doctor_training_config();
-    let cmp = crate::doctor::compare_training(&cfg, reference, candidate, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
+    // The training run, then a shorter one with activation recomputation
+    // (on both backends: on the CPU it is bit for bit the plain run).
+    let plain = crate::doctor::doctor_training_config();
+    let mut recompute = plain.clone();
+    recompute.train.recompute = true;
+    recompute.train.steps = 10;
     const TRAIN_TOL: f64 = 1e-4;
-    let train_ok = match &cmp {
-        Ok(c) => {
-            println!(
-                "training check: {} steps, {} tie decisions; max relative loss difference {:.2e} (tolerance {TRAIN_TOL:.0e}); decisions {}; final loss cpu {:.5} vs kernels {:.5}",
-                c.steps,
-                c.decisions,
-                c.max_rel_diff,
-                if c.same_decisions { "identical" } else { "DIFFER" },
-                c.reference.last().copied().unwrap_or(f64::NAN),
-                c.candidate.last().copied().unwrap_or(f64::NAN),
-            );
-            c.agrees(TRAIN_TOL)
-        }
-        Err(e) => {
-            println!("training check: ERROR {e:#}");
-            false
-        }
-    };
+    let mut train_ok = true;
+    for (what, cfg) in [
+        ("training check", plain),
+        ("training check, --recompute", recompute),
+    ] {
+        let scratch = std::env::temp_dir().join(format!("dyntie-doctor-{}", std::process::id()));
+        let cmp =
+            crate::doctor::compare_training(&cfg, reference.clone(), candidate.clone(), &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        train_ok &= match &cmp {
+            Ok(c) => {
+                println!(
+                    "{what}: {} steps, {} tie decisions; max relative loss difference {:.2e} (tolerance {TRAIN_TOL:.0e}); decisions {}; final loss cpu {:.5} vs kernels {:.5}",
+                    c.steps,
+                    c.decisions,
+                    c.max_rel_diff,
+                    if c.same_decisions { "identical" } else { "DIFFER" },
+                    c.reference.last().copied().unwrap_or(f64::NAN),
+                    c.candidate.last().copied().unwrap_or(f64::NAN),
+                );
+                c.agrees(TRAIN_TOL)
+            }
+            Err(e) => {
+                println!("{what}: ERROR {e:#}");
+                false
+            }
+        };
+    }
     println!(
         "summary: kernels {} passed, {kernel_failures} failed; training {}",
         results.len() - kernel_failures,
