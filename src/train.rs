@@ -766,8 +766,8 @@ pub fn load_model(dir: &Path, cfg: &RunConfig, backend: Arc<dyn Backend>) -> Res
         state.table.n_layer(),
         mc.n_layer
     );
-    let mut model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table)?;
-    model.set_recompute(cfg.train.recompute);
+    // Evaluation, sampling and export keep full logits (no recomputation).
+    let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table)?;
     load_tensors(&model, &ckpt)?;
     Ok(model)
 }

@@ -1,15 +1,16 @@
-//! Activation recomputation: a model that keeps only each block's output and
-//! reruns the blocks in backward computes the same loss and gradients as one
-//! that keeps every activation (bit for bit on the CPU, and on the kernels
-//! under the emulator within float-atomic noise), with far less activation
-//! memory.
+//! Activation recomputation: a model that keeps only each block's output,
+//! reruns the blocks in backward and computes the loss head by row chunks
+//! computes the same loss and gradients as one that keeps every activation
+//! (bit for bit on the CPU while the head is one chunk, to rounding with
+//! several; on the kernels under the emulator within float-atomic noise),
+//! with far less activation memory.
 
 use anyhow::Result;
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::Backend;
 use dyntie::device::EmuDevice;
-use dyntie::model::{activation_bytes, Gpt2, Gpt2Config};
+use dyntie::model::{activation_bytes, ActivationPlan, Gpt2, Gpt2Config};
 use std::sync::Arc;
 
 const B: usize = 2;
@@ -112,4 +113,53 @@ fn recomputation_keeps_one_residual_stream_per_block() {
     let (btc, bhtt) = (16 * 256 * 1600 * 4, 16 * 16 * 256 * 256 * 4);
     assert!(full - re >= 47 * (15 * btc + bhtt), "{full} vs {re}");
     assert!(full - re <= 47 * (17 * btc + bhtt), "{full} vs {re}");
+}
+
+/// GPT-2's vocabulary and 400 rows: the loss head goes in two chunks.
+#[test]
+fn the_chunked_loss_head_matches_the_whole_one() -> Result<()> {
+    let cfg = Gpt2Config {
+        n_layer: 2,
+        n_embd: 8,
+        n_head: 2,
+        n_ctx: 100,
+        vocab_size: 50257,
+        dropout: 0.0,
+        bias: true,
+    };
+    let (b, t) = (4, 100);
+    let plan = ActivationPlan::new(&cfg, b, t, true);
+    assert!(plan.head_rows < b * t && 2 * plan.head_rows >= b * t);
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7919 % 50257) as u32).collect();
+    let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 104_729 % 50257) as u32).collect();
+    targets[5] = u32::MAX; // an ignored position
+                           // Loss, gradients, the logits of two last positions, and the model.
+    type Outcome = (f32, Vec<Vec<f32>>, Vec<f32>, Gpt2);
+    let run = |recompute: bool| -> Result<Outcome> {
+        let mut m = Gpt2::new(Arc::new(CpuBackend::new()), cfg.clone(), 5)?;
+        m.set_recompute(recompute);
+        m.zero_grads()?;
+        let loss = m.forward_backward(&tokens, &targets, b, t, 1, 1.0)?;
+        let grads = m
+            .param_names()
+            .iter()
+            .map(|(name, _)| m.read_grad(name))
+            .collect::<Result<_>>()?;
+        let last = m.logits_last(&tokens[..2 * t], t)?;
+        Ok((loss, grads, last, m))
+    };
+    let (l0, g0, last0, _) = run(false)?;
+    let (l1, g1, last1, chunked) = run(true)?;
+    assert!((l0 - l1).abs() <= 1e-6 * l0.abs(), "loss {l0} vs {l1}");
+    for (i, (a, b)) in g0.iter().zip(&g1).enumerate() {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "parameter {i} has no gradient");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "parameter {i}: {x} vs {y}");
+        }
+    }
+    assert_eq!(last0, last1, "logits of the last positions");
+    let err = chunked.last_logits().unwrap_err().to_string();
+    assert!(err.contains("not kept"), "{err}");
+    Ok(())
 }

@@ -272,8 +272,19 @@ impl Gpt2 {
         let v = self.cfg.vocab_size;
         let mut out = Vec::with_capacity(batch * v);
         for b in 0..batch {
-            let row = (b * seq + seq - 1) * v;
-            out.extend(self.backend.download_f32(logits.slice(row, v))?);
+            let last = b * seq + seq - 1;
+            if arena.plan.recompute {
+                // The chunked head computed nothing without targets: the
+                // last row's logits alone, into the chunk buffer.
+                let c = self.cfg.n_embd;
+                let x = arena.plan.lnf.f32(arena.acts.f32()).slice(last * c, c);
+                let wte = self.global.view(self.globals.params.f32(), "wte");
+                self.backend
+                    .matmul_fwd(logits.slice(0, v), x, wte, None, 1, c, v)?;
+                out.extend(self.backend.download_f32(logits.slice(0, v))?);
+            } else {
+                out.extend(self.backend.download_f32(logits.slice(last * v, v))?);
+            }
         }
         Ok(out)
     }
@@ -282,6 +293,10 @@ impl Gpt2 {
     /// (after a training step they hold the logits' gradient instead).
     pub fn last_logits(&self) -> Result<Vec<f32>> {
         let arena = self.arena.as_ref().context("no forward pass has run yet")?;
+        ensure!(
+            !arena.plan.recompute,
+            "the full logits are not kept with activation recomputation (the loss head goes by row chunks); turn it off with set_recompute(false)"
+        );
         self.backend
             .download_f32(arena.plan.logits.f32(arena.acts.f32()))
     }
@@ -575,12 +590,23 @@ impl Gpt2 {
         let lnf_bias = self.ln_bias(self.global.get("ln_f.bias").map(|_| gp("ln_f.bias")));
         let (mf, rf) = (act(plan.lnf_mean), act(plan.lnf_rstd));
         autograd::layernorm(be, tape, lnf, mf, rf, x, gp("ln_f.weight"), lnf_bias, n, c)?;
+        let vocab = self.cfg.vocab_size;
+        if plan.recompute {
+            if let Some(targets) = targets {
+                let tgt = plan.targets.u32(acts);
+                be.upload_u32(tgt, targets)?;
+                self.chunked_head_and_loss(plan, acts, grads, lnf, wte, tgt, mode)?;
+            }
+            // Recorded last, so it runs first; g_lnf already holds the head's
+            // gradient.
+            autograd::zero_grad(tape, grad(plan.g_stream));
+            return Ok(());
+        }
         // The loss writes the logits' gradient over the logits.
         let logits = Var {
             val: act(plan.logits),
             grad: act(plan.logits),
         };
-        let vocab = self.cfg.vocab_size;
         autograd::linear(be, tape, logits, lnf, wte, None, n, c, vocab)?;
 
         if let Some(targets) = targets {
@@ -604,6 +630,67 @@ impl Gpt2 {
         }
         // Recorded last, so it runs first: the global gradients start at zero.
         autograd::zero_grad(tape, grad(plan.g_globals));
+        Ok(())
+    }
+
+    /// The loss head by chunks of `plan.head_rows` rows, so that the logits
+    /// of all rows never exist at once: per chunk the logits, the per-row
+    /// losses and, in training, at once their gradient and its backward
+    /// through the head (`g_lnf` rows, and `wte`'s gradient `+=`). The loss
+    /// is the last op, so its gradient is known in the forward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn chunked_head_and_loss(
+        &self,
+        plan: &ActivationPlan,
+        acts: View<f32>,
+        grads: View<f32>,
+        lnf: Var,
+        wte: Param,
+        tgt: View<u32>,
+        mode: Mode,
+    ) -> Result<()> {
+        let be = self.backend.as_ref();
+        let (n, c, vocab) = (plan.batch * plan.seq, self.cfg.n_embd, self.cfg.vocab_size);
+        let train_scale = match mode {
+            Mode::Train { grad_scale, .. } => Some(grad_scale),
+            Mode::Eval => None,
+        };
+        let g_lnf = plan.g_lnf.f32(grads);
+        if train_scale.is_some() {
+            be.fill(g_lnf, 0.0)?;
+        }
+        let losses = plan.losses.f32(acts);
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = plan.head_rows.min(n - r0);
+            let logits = plan.logits.f32(acts).slice(0, rows * vocab);
+            let x = lnf.val.slice(r0 * c, rows * c);
+            be.matmul_fwd(logits, x, wte.val, None, rows, c, vocab)?;
+            be.softmax_xent(
+                losses.slice(r0, rows),
+                train_scale.map(|_| logits),
+                logits,
+                tgt.slice(r0, rows),
+                rows,
+                vocab,
+                IGNORE_INDEX,
+                train_scale.unwrap_or(1.0),
+            )?;
+            if train_scale.is_some() {
+                be.matmul_bwd(
+                    Some(g_lnf.slice(r0 * c, rows * c)),
+                    wte.grad,
+                    None,
+                    logits,
+                    x,
+                    wte.val,
+                    rows,
+                    c,
+                    vocab,
+                )?;
+            }
+            r0 += rows;
+        }
         Ok(())
     }
 

@@ -13,10 +13,17 @@
 //! and the backward of block `i` first runs block `i`'s forward again from
 //! its input (the previous block's output) to refill it. Depth then costs
 //! `B*T*C` floats per block instead of about `16 B*T*C + B*H*T*T`, for one
-//! more forward pass of the blocks per step.
+//! more forward pass of the blocks per step. The loss head then also goes by
+//! row chunks (see `head_rows`), so the logits never exist for all rows at
+//! once.
 
 use super::Gpt2Config;
 use crate::backend::View;
+
+/// Bytes of logits the chunked loss head (with recomputation) keeps at once.
+/// Each chunk passes once more over the head's weight gradient (vocab x
+/// width), so chunks are large: 64 MiB is 333 rows of GPT-2's 50257 logits.
+pub const HEAD_CHUNK_BYTES: usize = 64 << 20;
 
 /// Offsets are rounded up to 64 elements (256 bytes) so every view is as
 /// aligned as the allocation itself.
@@ -110,8 +117,12 @@ pub struct ActivationPlan {
     pub lnf: Region,
     pub lnf_mean: Region,
     pub lnf_rstd: Region,
-    /// The logits; the loss overwrites them with their gradient in training.
+    /// The logits of `head_rows` rows; the loss overwrites them with their
+    /// gradient in training.
     pub logits: Region,
+    /// Rows of logits that exist at once: all `batch * seq`, or with
+    /// recomputation a chunk of about [`HEAD_CHUNK_BYTES`].
+    pub head_rows: usize,
     pub losses: Region,
     pub act_len: usize,
 
@@ -124,6 +135,9 @@ pub struct ActivationPlan {
     /// The global gradients (`g_resid`, `g_emb`, `g_lnf`), zeroed at the
     /// start of every backward.
     pub g_globals: Region,
+    /// `g_resid` and `g_emb` only: the chunked loss head (recomputation)
+    /// writes `g_lnf` during the forward pass, before the backward starts.
+    pub g_stream: Region,
     pub grad_len: usize,
 }
 
@@ -169,13 +183,22 @@ impl ActivationPlan {
         let lnf = a.take(nc);
         let lnf_mean = a.take(n);
         let lnf_rstd = a.take(n);
-        let logits = a.take(n * cfg.vocab_size);
+        let head_rows = if recompute {
+            (HEAD_CHUNK_BYTES / (4 * cfg.vocab_size)).clamp(1, n)
+        } else {
+            n
+        };
+        let logits = a.take(head_rows * cfg.vocab_size);
         let losses = a.take(n);
 
         let mut g = Bump::default();
         let g_resid = g.take(nc);
         let g_emb = dropout.then(|| g.take(nc));
         let g_lnf = g.take(nc);
+        let g_stream = Region {
+            offset: 0,
+            len: g_lnf.offset,
+        };
         let g_globals = Region {
             offset: 0,
             len: g.next,
@@ -211,6 +234,7 @@ impl ActivationPlan {
             lnf_mean,
             lnf_rstd,
             logits,
+            head_rows,
             losses,
             act_len: a.next,
             g_resid,
@@ -218,6 +242,7 @@ impl ActivationPlan {
             g_lnf,
             g_layer,
             g_globals,
+            g_stream,
             grad_len: g.next,
         }
     }
