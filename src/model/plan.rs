@@ -20,10 +20,11 @@
 use super::Gpt2Config;
 use crate::backend::View;
 
-/// Bytes of logits the chunked loss head (with recomputation) keeps at once.
-/// Each chunk passes once more over the head's weight gradient (vocab x
-/// width), so chunks are large: 64 MiB is 333 rows of GPT-2's 50257 logits.
-pub const HEAD_CHUNK_BYTES: usize = 64 << 20;
+/// Most bytes of logits the chunked loss head (with recomputation) keeps at
+/// once. Each chunk passes once more over the head's weight gradient (vocab
+/// x width), so chunks are large: 128 MiB is 667 rows of GPT-2's 50257
+/// logits (1024 rows go as 2 x 512, the paper config's 4096 as 7 x 586).
+pub const HEAD_CHUNK_BYTES: usize = 128 << 20;
 
 /// Offsets are rounded up to 64 elements (256 bytes) so every view is as
 /// aligned as the allocation itself.
@@ -184,7 +185,10 @@ impl ActivationPlan {
         let lnf_mean = a.take(n);
         let lnf_rstd = a.take(n);
         let head_rows = if recompute {
-            (HEAD_CHUNK_BYTES / (4 * cfg.vocab_size)).clamp(1, n)
+            // Equal chunks: a short last one would run at a fraction of the
+            // speed of the others.
+            let most = (HEAD_CHUNK_BYTES / (4 * cfg.vocab_size)).clamp(1, n);
+            n.div_ceil(n.div_ceil(most))
         } else {
             n
         };
