@@ -300,11 +300,19 @@ impl Trainer {
                 "the run's length changes from {recorded_steps} to {} steps (config.toml updated)",
                 t.cfg.train.steps
             );
-            if let LrSchedule::WarmupCosine { .. } = t.schedule {
-                let mut before = t.schedule.clone();
-                if let LrSchedule::WarmupCosine { total, .. } = &mut before {
-                    *total = recorded_steps as u32;
-                }
+            if let LrSchedule::WarmupCosine {
+                max_lr,
+                min_lr,
+                warmup,
+                ..
+            } = t.schedule
+            {
+                let before = LrSchedule::WarmupCosine {
+                    max_lr,
+                    min_lr,
+                    warmup,
+                    total: recorded_steps as u32,
+                };
                 let at = t.step as u32;
                 note += &format!(
                     "; the cosine schedule now ends at step {}: learning rate at step {at} {:.3e} (was {:.3e})",

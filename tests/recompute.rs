@@ -108,11 +108,17 @@ fn recomputation_keeps_one_residual_stream_per_block() {
         activation_bytes(&c, 16, 256, false),
         activation_bytes(&c, 16, 256, true),
     );
-    // Per block: ~16 B*T*C floats plus the attention matrix B*H*T*T without,
-    // one B*T*C with.
-    let (btc, bhtt) = (16 * 256 * 1600 * 4, 16 * 16 * 256 * 256 * 4);
-    assert!(full - re >= 47 * (15 * btc + bhtt), "{full} vs {re}");
-    assert!(full - re <= 47 * (17 * btc + bhtt), "{full} vs {re}");
+    // The chunked head keeps `head_rows` of the 4096 rows of logits.
+    let rows = 16 * 256;
+    let head_rows = ActivationPlan::new(&c, 16, 256, true).head_rows;
+    assert_eq!(head_rows, 586, "4096 rows in 7 equal chunks of <= 128 MiB");
+    let logits_saved = (rows - head_rows) * 50257 * 4;
+    // Per block beyond the first: ~16 B*T*C floats plus the attention matrix
+    // B*H*T*T without recomputation, one B*T*C with.
+    let blocks_saved = full - re - logits_saved;
+    let (btc, bhtt) = (rows * 1600 * 4, 16 * 16 * 256 * 256 * 4);
+    assert!(blocks_saved >= 47 * (15 * btc + bhtt), "{blocks_saved}");
+    assert!(blocks_saved <= 47 * (16 * btc + bhtt), "{blocks_saved}");
 }
 
 /// GPT-2's vocabulary and 800 rows: the loss head goes in two chunks.
