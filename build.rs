@@ -77,6 +77,7 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[Path
         .cpp(true)
         .std("c++20")
         .opt_level(2)
+        .include(kernels_dir.join("include"))
         .include(kernels_dir)
         // Kernels are linked statically; initial-exec TLS keeps `__shared__`
         // (thread_local) access cheap.
@@ -310,6 +311,7 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf
     let mut base_opts = vec![
         "--std=c++17".to_string(),
         "-lineinfo".to_string(),
+        format!("-I{}", kernels_dir.join("include").display()),
         format!("-I{}", kernels_dir.display()),
     ];
     if let Some(inc) = find_cuda_include(manifest) {

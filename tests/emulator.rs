@@ -3,7 +3,7 @@
 //! error instead of a hang). Kernels: kernels/tests/emu_tests.cu.
 
 use dyntie::backend::{Buffer, View};
-use dyntie::device::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
+use dyntie::cuda::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
 use dyntie::rng::HostRng;
 use std::ffi::c_void;
 
@@ -348,7 +348,7 @@ fn tiled_matmul_matches_and_reports_its_speed() {
 
 #[test]
 fn kernel_registry_lists_every_kernel() {
-    let names = dyntie::device::emu::kernel_names();
+    let names = dyntie::cuda::emu::kernel_names();
     for k in [
         "fill_f32",
         "dropout_bwd_f32",

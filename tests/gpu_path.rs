@@ -8,7 +8,7 @@ use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::Backend;
 use dyntie::config::RunConfig;
-use dyntie::device::emu::EmuDevice;
+use dyntie::cuda::emu::EmuDevice;
 use dyntie::doctor::{compare_training, doctor_training_config};
 use dyntie::metrics::read_jsonl;
 use dyntie::model::{Gpt2, Gpt2Config};

@@ -9,7 +9,7 @@ mod common;
 use common::{assert_conformance, backends, emu};
 use dyntie::backend::{AttnShape, Backend};
 use dyntie::conformance::Dims;
-use dyntie::device::ResumeOrder;
+use dyntie::cuda::ResumeOrder;
 
 const OPS: [&str; 2] = ["attention_fwd", "attention_bwd"];
 

@@ -8,7 +8,7 @@ use common::{assert_conformance, backends, put, random};
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::{Backend, Buffer, View};
-use dyntie::device::{CudaDevice, EmuDevice};
+use dyntie::cuda::{CudaDevice, EmuDevice};
 
 const N: usize = 256 * 5 + 37;
 
@@ -118,7 +118,7 @@ fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
     let be = KernelBackend::new(EmuDevice::new());
     let xb = put(&be, &x);
     let out = be.alloc_f32(n).unwrap();
-    let ms = dyntie::device::Device::time_ms(be.device(), &mut || be.gelu_fwd(out.f32(), xb.f32()))
+    let ms = dyntie::cuda::Device::time_ms(be.device(), &mut || be.gelu_fwd(out.f32(), xb.f32()))
         .unwrap();
     eprintln!("emulated gelu_fwd over {n} elements: {ms:.1} ms");
     be.fill(out.f32(), 2.0).unwrap();
@@ -160,7 +160,7 @@ fn bad_shapes_and_missing_kernels_are_errors() {
 #[test]
 fn cuda_device_without_a_gpu_is_an_error_not_a_panic() {
     let result = CudaDevice::new(0);
-    if dyntie::device::cuda::driver_present() {
+    if dyntie::cuda::driver_present() {
         // A GPU machine: opening it may work; it must not panic either way.
         if let Err(e) = result {
             eprintln!("CudaDevice::new with a driver present: {e:#}");

@@ -9,7 +9,7 @@ use common::{assert_conformance, backends, emu, norm_err, put, random, tol_for};
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::{Backend, Buffer};
 use dyntie::conformance::Dims;
-use dyntie::device::ResumeOrder;
+use dyntie::cuda::ResumeOrder;
 
 #[test]
 fn the_conformance_harness_passes_the_matmul_ops() {

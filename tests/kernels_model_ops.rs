@@ -12,7 +12,7 @@ use common::{assert_conformance, backends, emu, norm_err, put, put_u32, random, 
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::{AdamWStep, Backend, Buffer, View};
 use dyntie::conformance::Dims;
-use dyntie::device::ResumeOrder;
+use dyntie::cuda::ResumeOrder;
 
 const OPS: [&str; 7] = [
     "embedding_fwd",

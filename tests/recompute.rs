@@ -9,7 +9,7 @@ use anyhow::Result;
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::Backend;
-use dyntie::device::EmuDevice;
+use dyntie::cuda::EmuDevice;
 use dyntie::model::{activation_bytes, ActivationPlan, Gpt2, Gpt2Config};
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 //! [`KernelBackend::launch`] or [`KernelBackend::launch_1d`].
 
 use super::{AdamWStep, AttnShape, Backend, Memory, View};
-use crate::device::{Device, LaunchDims};
+use crate::cuda::{Device, LaunchDims};
 use anyhow::{ensure, Context, Result};
 use std::ffi::c_void;
 use std::sync::Arc;

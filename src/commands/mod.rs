@@ -11,8 +11,8 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::kernels::KernelBackend;
 use crate::backend::Backend;
 use crate::cli::DoctorArgs;
-use crate::device::cuda::{self, CudaDevice};
-use crate::device::emu::EmuDevice;
+use crate::cuda::EmuDevice;
+use crate::cuda::{self, CudaDevice};
 use anyhow::{bail, Result};
 use std::sync::Arc;
 

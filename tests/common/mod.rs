@@ -7,7 +7,7 @@ use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::kernels::KernelBackend;
 use dyntie::backend::{Backend, Buffer};
 use dyntie::conformance::{check_ops, format_results, Dims};
-use dyntie::device::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
+use dyntie::cuda::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
 use dyntie::rng::HostRng;
 
 /// The emulator with two workers (the CI machine's cores) in `order`.
@@ -31,7 +31,7 @@ pub fn backends() -> Vec<(String, Box<dyn Backend>)> {
             )
         })
         .collect();
-    if dyntie::device::cuda::driver_present() {
+    if dyntie::cuda::driver_present() {
         let dev =
             CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
         out.push((

@@ -5,10 +5,10 @@
 //! GPU through the driver API. `KernelBackend` is written once over
 //! [`Device`] and serves both.
 
-pub mod cuda;
+pub mod device;
 pub mod emu;
 
-pub use cuda::CudaDevice;
+pub use device::{driver_present, gpu_build_info, CudaDevice};
 pub use emu::{EmuConfig, EmuDevice, ResumeOrder};
 
 use crate::backend::{MemStats, Memory};
