@@ -1,11 +1,16 @@
 //! Builds the kernels twice:
-//! 1. every `kernels/*.cu` (and the host-only `kernels/tests/*.cu`) as host
-//!    C++ together with the emulator runtime, into a static library with a
-//!    registry of every `extern "C" __global__ void NAME(` so Rust launches
-//!    kernels by name, as on the GPU;
-//! 2. every `kernels/*.cu` with NVRTC (loaded at build time, when found) into
-//!    PTX for compute_80 and compute_90 plus cubins for sm_80 and sm_90,
-//!    embedded into the crate.
+//! 1. every `kernels/**/*.cu` (and the host-only `kernels/tests/*.cu`) as
+//!    host C++ together with the emulator runtime, into a static library
+//!    with a registry of every `extern "C" __global__ void NAME(` so Rust
+//!    launches kernels by name, as on the GPU;
+//! 2. every `kernels/**/*.cu` with NVRTC (loaded at build time, when found)
+//!    into PTX for compute_80 and compute_90 plus cubins for sm_80 and
+//!    sm_90, embedded into the crate.
+//!
+//! It also reads each kernel's parameter list from its declaration and
+//! writes it out as Rust (`kernel_signatures.rs`), so that every launch is
+//! checked against the C side (see `src/cuda/launch.rs`). `kernels/emu`,
+//! `kernels/include` and `kernels/tests` hold no GPU kernels.
 //!
 //! Why cubins as well as PTX: a PTX file carries the PTX ISA version of the
 //! NVRTC that wrote it (12.9 writes ISA 8.8), and a driver only JIT-compiles
@@ -34,35 +39,155 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let kernels_dir = manifest.join("kernels");
-    let gpu_sources = cu_files(&kernels_dir);
-    let test_sources = cu_files(&kernels_dir.join("tests"));
+    let gpu_sources = cu_files(&kernels_dir, &kernels_dir, &["emu", "include", "tests"]);
+    let test_sources = cu_files(&kernels_dir, &kernels_dir.join("tests"), &[]);
+    write_signatures(&out, &gpu_sources);
     build_emulator(&kernels_dir, &out, &gpu_sources, &test_sources);
     build_gpu(&manifest, &kernels_dir, &out, &gpu_sources);
 }
 
-fn cu_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "cu"));
-    files.sort();
+/// A kernel source file.
+struct Source {
+    path: PathBuf,
+    /// Relative to `kernels/`, without `.cu`: `gemm/simt_f32`.
+    name: String,
+    /// `name` as an identifier: `gemm_simt_f32`.
+    stem: String,
+}
+
+/// The `.cu` files under `dir`, recursively, except in the subfolders
+/// `skip`, sorted; named relative to `root`.
+fn cu_files(root: &Path, dir: &Path, skip: &[&str]) -> Vec<Source> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for path in rd.filter_map(|e| e.ok().map(|e| e.path())) {
+            let file_name = path.file_name().unwrap().to_string_lossy().to_string();
+            if path.is_dir() {
+                if d != dir || !skip.contains(&file_name.as_str()) {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "cu") {
+                let rel = path.strip_prefix(root).unwrap().with_extension("");
+                let name = rel.to_string_lossy().replace('\\', "/");
+                files.push(Source {
+                    stem: ident(&name),
+                    name,
+                    path,
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
     files
 }
 
-/// Names of the `extern "C" __global__ void NAME(` kernels of one source file.
-fn kernel_names(path: &Path) -> Vec<String> {
+/// One `extern "C" __global__` kernel: its name and (C type, name) parameters.
+struct KernelDecl {
+    name: String,
+    params: Vec<(String, String)>,
+}
+
+/// The kernels declared in one source file.
+fn kernel_decls(path: &Path) -> Vec<KernelDecl> {
     const MARK: &str = "extern \"C\" __global__ void ";
     let text =
         fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.match_indices(MARK)
         .filter_map(|(at, _)| {
             let rest = &text[at + MARK.len()..];
-            let name = rest[..rest.find('(')?].trim();
+            let open = rest.find('(')?;
+            let name = rest[..open].trim();
             let ok =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            ok.then(|| name.to_string())
+            let close = open + rest[open..].find(')')?;
+            let list = rest[open + 1..close].trim();
+            let params = if list.is_empty() || list == "void" {
+                Vec::new()
+            } else {
+                list.split(',').map(parse_param).collect()
+            };
+            ok.then(|| KernelDecl {
+                name: name.to_string(),
+                params,
+            })
         })
         .collect()
+}
+
+/// `const float* __restrict__ out` -> ("float*", "out").
+fn parse_param(decl: &str) -> (String, String) {
+    let spaced = decl.replace('*', " * ");
+    let mut words: Vec<&str> = spaced
+        .split_whitespace()
+        .filter(|w| *w != "const" && *w != "__restrict__")
+        .collect();
+    let name = words.pop().unwrap_or_default().to_string();
+    (words.concat(), name)
+}
+
+/// The Rust `ParamType` of a kernel parameter's C type.
+fn param_type(c_type: &str) -> String {
+    let dtype = |t: &str| match t {
+        "float" => Some("F32"),
+        "u32" => Some("U32"),
+        "bf16" | "__nv_bfloat16" => Some("BF16"),
+        _ => None,
+    };
+    match c_type.strip_suffix('*') {
+        Some(pointee) => match dtype(pointee) {
+            Some(d) => format!("ParamType::Ptr(Some(DType::{d}))"),
+            None => "ParamType::Ptr(None)".into(),
+        },
+        None => match c_type {
+            "float" => "ParamType::F32".into(),
+            "u32" | "unsigned" => "ParamType::U32".into(),
+            "u64" => "ParamType::U64".into(),
+            "int" => "ParamType::I32".into(),
+            other => format!("ParamType::Struct({other:?})"),
+        },
+    }
+}
+
+/// `kernel_signatures.rs`: every GPU kernel's parameters, for
+/// `src/cuda/module.rs`.
+fn write_signatures(out: &Path, sources: &[Source]) {
+    let mut rs = String::from("pub static KERNEL_SIGNATURES: &[KernelSignature] = &[\n");
+    let mut seen = std::collections::HashMap::new();
+    for src in sources {
+        for k in kernel_decls(&src.path) {
+            if let Some(other) = seen.insert(k.name.clone(), src.name.clone()) {
+                panic!(
+                    "kernel {} is defined in both kernels/{other}.cu and kernels/{}.cu",
+                    k.name, src.name
+                );
+            }
+            let params: Vec<String> = k
+                .params
+                .iter()
+                .map(|(ty, name)| {
+                    format!(
+                        "Param {{ name: {name:?}, ty: {}, c_type: {ty:?} }}",
+                        param_type(ty)
+                    )
+                })
+                .collect();
+            rs += &format!(
+                "    KernelSignature {{ name: {:?}, file: \"{}.cu\", params: &[{}] }},\n",
+                k.name,
+                src.name,
+                params.join(", ")
+            );
+        }
+    }
+    rs += "];\n";
+    write_if_changed(&out.join("kernel_signatures.rs"), rs.as_bytes());
+}
+
+/// Names of the `extern "C" __global__ void NAME(` kernels of one source file.
+fn kernel_names(path: &Path) -> Vec<String> {
+    kernel_decls(path).into_iter().map(|k| k.name).collect()
 }
 
 fn ident(s: &str) -> String {
@@ -71,7 +196,7 @@ fn ident(s: &str) -> String {
         .collect()
 }
 
-fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[PathBuf]) {
+fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[Source], tests: &[Source]) {
     let mut build = cc::Build::new();
     build
         .cpp(true)
@@ -89,22 +214,15 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[Path
         .flag("-Wno-unused-parameter")
         .file(kernels_dir.join("emu/runtime.cpp"));
     let mut tables = Vec::new();
-    for (prefix, src) in gpu
-        .iter()
-        .map(|p| ("", p))
-        .chain(tests.iter().map(|p| ("tests_", p)))
-    {
-        let names = kernel_names(src);
+    for src in gpu.iter().chain(tests) {
+        let names = kernel_names(&src.path);
         if names.is_empty() {
             continue;
         }
-        let stem = ident(&format!(
-            "{prefix}{}",
-            src.file_stem().unwrap().to_string_lossy()
-        ));
+        let stem = &src.stem;
         // One translation unit per .cu file, so file-local functions of
         // different files never collide.
-        let mut cpp = format!("#include \"{}\"\n", src.display());
+        let mut cpp = format!("#include \"{}\"\n", src.path.display());
         cpp += &format!("extern \"C\" const emu::KernelEntry emu_table_{stem}[] = {{\n");
         for n in &names {
             cpp += &format!("    {{\"{n}\", &emu::trampoline<&{n}>}},\n");
@@ -288,7 +406,7 @@ impl Nvrtc {
     }
 }
 
-fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf]) {
+fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[Source]) {
     let generated = out.join("gpu_kernels.rs");
     let without = |why: String| {
         println!("cargo:warning=dyntie: building without GPU kernels: {why}");
@@ -336,7 +454,7 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf
         let handles: Vec<_> = jobs
             .iter()
             .map(|&(i, arch, cubin)| {
-                let src_path = &sources[i];
+                let src_path = &sources[i].path;
                 let nvrtc = &nvrtc;
                 let mut opts = base_opts.clone();
                 let kind = if cubin { "sm" } else { "compute" };
@@ -365,8 +483,9 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf
         list("sm", &CUBIN_ARCHS)
     );
     rs += "pub static GPU_MODULES: &[GpuModule] = &[\n";
+    let mut written = Vec::new();
     for (i, src) in sources.iter().enumerate() {
-        let stem = src.file_stem().unwrap().to_string_lossy().to_string();
+        let stem = &src.stem;
         let mut ptx = Vec::new();
         let mut cubins = Vec::new();
         for (&(j, arch, cubin), res) in jobs.iter().zip(&results) {
@@ -374,13 +493,17 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf
                 continue;
             }
             let bytes = res.as_ref().unwrap_or_else(|log| {
-                panic!("NVRTC failed on {} for arch {arch}:\n{log}", src.display())
+                panic!(
+                    "NVRTC failed on {} for arch {arch}:\n{log}",
+                    src.path.display()
+                )
             });
             let file = if cubin {
                 out.join(format!("{stem}.sm_{arch}.cubin"))
             } else {
                 let stable = ptx_dir.join(format!("{stem}.compute_{arch}.ptx"));
                 write_if_changed(&stable, bytes);
+                written.push(stable);
                 out.join(format!("{stem}.compute_{arch}.ptx"))
             };
             write_if_changed(&file, bytes);
@@ -396,12 +519,26 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[PathBuf
                 ));
             }
         }
+        let kernels: Vec<String> = kernel_names(&src.path)
+            .iter()
+            .map(|k| format!("{k:?}"))
+            .collect();
         rs += &format!(
-            "    GpuModule {{ name: {stem:?}, ptx: &[{}], cubins: &[{}] }},\n",
+            "    GpuModule {{ name: {:?}, kernels: &[{}], ptx: &[{}], cubins: &[{}] }},\n",
+            src.name,
+            kernels.join(", "),
             ptx.join(", "),
             cubins.join(", ")
         );
     }
     rs += "];\n";
     write_if_changed(&generated, rs.as_bytes());
+    // PTX of kernel files that no longer exist would still be checked by
+    // scripts/ptxas-check.sh.
+    for stale in fs::read_dir(&ptx_dir).into_iter().flatten().flatten() {
+        let path = stale.path();
+        if path.extension().is_some_and(|e| e == "ptx") && !written.contains(&path) {
+            let _ = fs::remove_file(path);
+        }
+    }
 }

@@ -1,6 +1,6 @@
 // Causal self-attention, the unfused way: KernelBackend runs the products
 // (scores = q k^T, out = att v, and in the backward datt = dout v^T,
-// dq = ds k, dk = ds^T q, dv = att^T dout) with gemm_f32 of matmul.cu, one
+// dq = ds k, dk = ds^T q, dv = att^T dout) with gemm_simt_f32 of matmul.cu, one
 // batch entry per (sequence, head), skipping the tiles the causal mask makes
 // zero. This file holds the row-wise softmax between them.
 //
@@ -34,7 +34,7 @@ __device__ __forceinline__ float warp_max(float v) {
 // above the diagonal (never computed, or garbage) become exact zeros, as the
 // backward and the att @ v product expect. expf, not __expf: the CPU
 // reference is compared elementwise.
-extern "C" __global__ void attn_softmax_fwd_f32(float* att, u64 rows, int seq) {
+extern "C" __global__ void attention_softmax_fwd_f32(float* att, u64 rows, int seq) {
     const u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (row >= rows) return;  // whole warps leave together; no barrier follows
@@ -57,7 +57,7 @@ extern "C" __global__ void attn_softmax_fwd_f32(float* att, u64 rows, int seq) {
 // Softmax backward, in place on `ds`, which holds d(probabilities) on entry:
 // ds = p * (dp - sum_j p_j dp_j) * scale on and below the diagonal, 0 above
 // (the dq and dk products read a few entries past the diagonal).
-extern "C" __global__ void attn_softmax_bwd_f32(float* ds, const float* __restrict__ att, u64 rows, int seq,
+extern "C" __global__ void attention_softmax_bwd_f32(float* ds, const float* __restrict__ att, u64 rows, int seq,
                                                 float scale) {
     const u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;

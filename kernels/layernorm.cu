@@ -8,8 +8,6 @@
 // kernel stays correct for any width without a per-thread array.
 #include "common.cuh"
 
-#define LN_EPS 1e-5f
-
 static __device__ __forceinline__ float ln_warp_sum(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -21,7 +19,7 @@ static __device__ __forceinline__ float ln_warp_sum(float v) {
 extern "C" __global__ void layernorm_fwd_f32(float* __restrict__ out, float* __restrict__ mean,
                                              float* __restrict__ rstd, const float* __restrict__ inp,
                                              const float* __restrict__ weight, const float* __restrict__ bias,
-                                             u32 rows, u32 channels) {
+                                             u32 rows, u32 channels, float eps) {
     const u32 lane = threadIdx.x % 32;
     const u64 row = (u64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     // The whole warp leaves together, and no block barrier follows.
@@ -38,7 +36,7 @@ extern "C" __global__ void layernorm_fwd_f32(float* __restrict__ out, float* __r
         sq += d * d;
     }
     // Exact 1/sqrt, not rsqrtf: once per row, and it matches the reference.
-    const float rs = 1.0f / sqrtf(ln_warp_sum(sq) / (float)channels + LN_EPS);
+    const float rs = 1.0f / sqrtf(ln_warp_sum(sq) / (float)channels + eps);
     for (u32 c = lane; c < channels; c += 32) y[c] = (x[c] - mu) * rs * weight[c] + bias[c];
     if (lane == 0) {
         mean[row] = mu;

@@ -52,7 +52,7 @@ static_assert(sizeof(GemmParams) == 128, "GemmParams layout changed: update Kern
 // C = (accumulate ? C : 0) + alpha * op(A) op(B) + bias, for a batch of
 // products in blockIdx.z. Any M, N, K: loads outside the matrices read 0
 // and stores outside are skipped.
-extern "C" __global__ void gemm_f32(GemmParams p) {
+extern "C" __global__ void gemm_simt_f32(GemmParams p) {
     // +1 column of padding: the non-transposed loads write 16 k-values of one
     // row, which would otherwise land on 16 words 64 apart (one bank).
     __shared__ float as[GEMM_TK][GEMM_TILE + 1];
@@ -143,7 +143,7 @@ extern "C" __global__ void gemm_f32(GemmParams p) {
 #define BIAS_COLS 32
 #define BIAS_WARPS 16
 
-extern "C" __global__ void bias_grad_f32(float* __restrict__ dbias, const float* __restrict__ dout, int rows,
+extern "C" __global__ void gemm_bias_grad_f32(float* __restrict__ dbias, const float* __restrict__ dout, int rows,
                                          int cols) {
     __shared__ float part[BIAS_WARPS][BIAS_COLS + 1];
     const int lane = threadIdx.x % BIAS_COLS, warp = threadIdx.x / BIAS_COLS;

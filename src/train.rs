@@ -6,12 +6,12 @@
 //! (reward, Q-update, a line in `ties.jsonl`) and makes the next one for the
 //! next block (1, 2, ..., L-1, then a new episode), editing the tie table.
 
-use crate::backend::Backend;
 use crate::checkpoint::{self, NamedTensor};
 use crate::config::RunConfig;
 use crate::data::{Batch, Dataset, EvalWindows, SyntheticConfig, TrainBatcher, IGNORE_INDEX};
 use crate::metrics::{self, JsonlWriter};
 use crate::model::{activation_bytes, Gpt2, Gpt2Config};
+use crate::ops::{Backend, BackendExt};
 use crate::optim::{AdamW, AdamWState, LrSchedule};
 use crate::report::{self, EvalPoint, LossPoint, ReportData, TieSnapshot};
 use crate::rng::HostRng;
@@ -896,17 +896,17 @@ fn collect_tensors(model: &Gpt2) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)>
             params.push(NamedTensor::new(
                 &name,
                 shape.clone(),
-                be.download_f32(e.view(slot.params.f32()))?,
+                be.download(e.view(slot.params.view()))?,
             ));
             moments.push(NamedTensor::new(
                 format!("{name}.m"),
                 shape.clone(),
-                be.download_f32(e.view(slot.adam_m.f32()))?,
+                be.download(e.view(slot.adam_m.view()))?,
             ));
             moments.push(NamedTensor::new(
                 format!("{name}.v"),
                 shape,
-                be.download_f32(e.view(slot.adam_v.f32()))?,
+                be.download(e.view(slot.adam_v.view()))?,
             ));
         }
         Ok(())
@@ -954,7 +954,7 @@ fn load_tensors(model: &Gpt2, dir: &Path) -> Result<()> {
                     path.display(),
                     e.shape
                 );
-                be.upload_f32(e.view(buf.f32()), data)?;
+                be.upload(e.view(buf.view()), data)?;
             }
             expected += 1;
         }

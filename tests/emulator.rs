@@ -2,8 +2,8 @@
 //! resume order, wrong ones are caught (different results, or a reported
 //! error instead of a hang). Kernels: kernels/tests/emu_tests.cu.
 
-use dyntie::backend::{Buffer, View};
 use dyntie::cuda::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
+use dyntie::mem::{Buffer, DType};
 use dyntie::rng::HostRng;
 use std::ffi::c_void;
 
@@ -34,15 +34,16 @@ fn dims(grid: u32, block: u32, shared_bytes: u32) -> LaunchDims {
 }
 
 fn upload(dev: &EmuDevice, data: &[f32]) -> Buffer {
-    let buf = Buffer::new(dev.memory(), data.len() * 4).unwrap();
+    let buf = Buffer::new(dev.memory(), DType::F32, data.len()).unwrap();
     dev.copy_htod(buf.addr(), bytemuck::cast_slice(data))
         .unwrap();
     buf
 }
 
-fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, view: View<T>) -> Vec<T> {
-    let mut out = vec![T::default(); view.len];
-    dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), view.addr)
+/// `len` values of `T` at device address `addr`.
+fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, addr: u64, len: usize) -> Vec<T> {
+    let mut out = vec![T::default(); len];
+    dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), addr)
         .unwrap();
     out
 }
@@ -64,7 +65,7 @@ fn reduce(dev: &EmuDevice, kernel: &str, x: &[f32]) -> f32 {
         )
         .unwrap()
     };
-    download(dev, out.f32())[0]
+    download::<f32>(dev, out.addr(), 1)[0]
 }
 
 #[test]
@@ -142,7 +143,7 @@ fn an_early_return_can_be_allowed() {
             )
         }
         .unwrap();
-        let got = download(&dev, out.f32());
+        let got: Vec<f32> = download(&dev, out.addr(), out.len());
         assert!(
             got[..40].iter().all(|&v| v == 1.0) && got[40..].iter().all(|&v| v == 0.0),
             "{order:?}"
@@ -171,7 +172,7 @@ fn a_shuffle_by_half_a_warp_is_reported() {
 fn mismatched_warp_collectives_are_reported() {
     for order in ORDERS {
         let dev = device(order);
-        let out = Buffer::new(dev.memory(), 32 * 4).unwrap();
+        let out = Buffer::new(dev.memory(), DType::F32, 32).unwrap();
         let mut po = out.addr();
         let msg = launch_err(
             &dev,
@@ -213,13 +214,13 @@ fn a_deadlock_is_reported_not_hung() {
 fn warp_collectives_are_right_under_every_order() {
     for order in ORDERS {
         let dev = device(order);
-        let out = Buffer::new(dev.memory(), 64 * 8 * 4).unwrap();
+        let out = Buffer::new(dev.memory(), DType::U32, 64 * 8).unwrap();
         let mut po = out.addr();
         unsafe {
             dev.launch("test_warp_collectives", dims(1, 64, 0), &mut [arg(&mut po)])
                 .unwrap()
         };
-        let got: Vec<i32> = download(&dev, View::<i32>::new(out.addr(), 64 * 8));
+        let got: Vec<i32> = download(&dev, out.addr(), 64 * 8);
         for t in 0..64i32 {
             let (lane, warp0) = (t % 32, t - t % 32);
             let o = &got[t as usize * 8..t as usize * 8 + 8];
@@ -242,10 +243,10 @@ fn warp_collectives_are_right_under_every_order() {
 #[test]
 fn atomics_from_many_blocks() {
     let dev = device(ResumeOrder::Random(3));
-    let count = Buffer::new(dev.memory(), 4).unwrap();
-    let fsum = Buffer::new(dev.memory(), 4).unwrap();
-    let imax = Buffer::new(dev.memory(), 4).unwrap();
-    let imin = Buffer::new(dev.memory(), 4).unwrap();
+    let count = Buffer::new(dev.memory(), DType::U32, 1).unwrap();
+    let fsum = Buffer::new(dev.memory(), DType::F32, 1).unwrap();
+    let imax = Buffer::new(dev.memory(), DType::U32, 1).unwrap();
+    let imin = Buffer::new(dev.memory(), DType::U32, 1).unwrap();
     let (mut a, mut b, mut c, mut d) = (count.addr(), fsum.addr(), imax.addr(), imin.addr());
     let (blocks, threads) = (200u32, 128u32);
     unsafe {
@@ -257,16 +258,10 @@ fn atomics_from_many_blocks() {
         .unwrap()
     };
     let total = blocks * threads;
-    assert_eq!(download(&dev, count.u32())[0], total);
-    assert_eq!(download(&dev, fsum.f32())[0], total as f32 * 0.5);
-    assert_eq!(
-        download(&dev, View::<i32>::new(imax.addr(), 1))[0],
-        total as i32 - 1
-    );
-    assert_eq!(
-        download(&dev, View::<i32>::new(imin.addr(), 1))[0],
-        1 - total as i32
-    );
+    assert_eq!(download::<u32>(&dev, count.addr(), 1)[0], total);
+    assert_eq!(download::<f32>(&dev, fsum.addr(), 1)[0], total as f32 * 0.5);
+    assert_eq!(download::<i32>(&dev, imax.addr(), 1)[0], total as i32 - 1);
+    assert_eq!(download::<i32>(&dev, imin.addr(), 1)[0], 1 - total as i32);
 }
 
 #[test]
@@ -289,7 +284,9 @@ fn dynamic_shared_memory_is_nan_before_every_block() {
         )
         .unwrap()
     };
-    assert!(download(&dev, out.f32()).iter().all(|v| v.is_nan()));
+    assert!(download::<f32>(&dev, out.addr(), out.len())
+        .iter()
+        .all(|v| v.is_nan()));
 }
 
 #[test]
@@ -315,7 +312,7 @@ fn tiled_matmul_matches_and_reports_its_speed() {
     let b = random(n * n, 5);
     let dev = device(ResumeOrder::Forward);
     let (ab, bb) = (upload(&dev, &a), upload(&dev, &b));
-    let cb = Buffer::new(dev.memory(), n * n * 4).unwrap();
+    let cb = Buffer::new(dev.memory(), DType::F32, n * n).unwrap();
     let (mut pc, mut pa, mut pb, mut pn) = (cb.addr(), ab.addr(), bb.addr(), n as i32);
     let d = LaunchDims {
         grid: [16, 16, 1],
@@ -333,7 +330,7 @@ fn tiled_matmul_matches_and_reports_its_speed() {
     let first = dev.time_ms(&mut run).unwrap();
     let again = dev.time_ms(&mut run).unwrap();
     eprintln!("emulated 256^3 tiled matmul: {first:.1} ms first launch, {again:.1} ms after");
-    let c = download(&dev, cb.f32());
+    let c: Vec<f32> = download(&dev, cb.addr(), cb.len());
     for (i, j) in [(0, 0), (17, 200), (255, 255), (128, 3)] {
         let want: f64 = (0..n)
             .map(|k| a[i * n + k] as f64 * b[k * n + j] as f64)
@@ -350,8 +347,8 @@ fn tiled_matmul_matches_and_reports_its_speed() {
 fn kernel_registry_lists_every_kernel() {
     let names = dyntie::cuda::emu::kernel_names();
     for k in [
-        "fill_f32",
-        "dropout_bwd_f32",
+        "elementwise_fill_f32",
+        "activation_dropout_bwd_f32",
         "test_reduce_sum",
         "test_matmul_tiled",
     ] {
@@ -408,7 +405,7 @@ fn a_bigger_stack_fits_big_locals() {
         )
     }
     .unwrap();
-    let got = download(&dev, out.f32());
+    let got: Vec<f32> = download(&dev, out.addr(), out.len());
     assert!(got
         .iter()
         .enumerate()

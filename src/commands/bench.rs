@@ -1,15 +1,14 @@
 //! `dyntie bench`: counted (and measured) memory per tie pattern, and the
 //! training throughput with a per-op time breakdown.
 
-use crate::backend::kernels::KernelBackend;
-use crate::backend::profiled::{OpStat, ProfiledBackend};
-use crate::backend::{Backend, MemStats};
 use crate::cli::BenchArgs;
 use crate::commands::select_backend;
 use crate::config::RunConfig;
-use crate::cuda::Device;
-use crate::cuda::{self, CudaDevice};
+use crate::cuda::{self, CudaDevice, Device, KernelBackend};
+use crate::mem::MemStats;
 use crate::model::{activation_bytes, Gpt2, Gpt2Config};
+use crate::ops::profile::{OpStat, ProfiledBackend};
+use crate::ops::Backend;
 use crate::optim::AdamW;
 use crate::rng::HostRng;
 use crate::train::{initial_table, model_shape, tie_options};

@@ -7,12 +7,10 @@ pub mod run;
 pub use bench::bench;
 pub use run::{eval, export, prepare, sample, train};
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::kernels::KernelBackend;
-use crate::backend::Backend;
 use crate::cli::DoctorArgs;
-use crate::cuda::EmuDevice;
-use crate::cuda::{self, CudaDevice};
+use crate::cpu::CpuBackend;
+use crate::cuda::{self, CudaDevice, EmuDevice, KernelBackend};
+use crate::ops::Backend;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
@@ -62,13 +60,17 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
     let reference = Arc::new(CpuBackend::new());
     let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
         println!("dyntie doctor: checking the kernels under the CPU emulator");
-        (Arc::new(KernelBackend::new(EmuDevice::new())), false)
+        let kb = KernelBackend::new(EmuDevice::new());
+        kb.set_sync_launches(kb.sync_launches() || args.sync_launches);
+        (Arc::new(kb), false)
     } else {
         println!("kernels in this build: {}", cuda::gpu_build_info());
         match CudaDevice::new(0) {
             Ok(dev) => {
                 println!("dyntie doctor: checking {}", dev.description());
-                (Arc::new(KernelBackend::new(dev)), true)
+                let kb = KernelBackend::new(dev);
+                kb.set_sync_launches(kb.sync_launches() || args.sync_launches);
+                (Arc::new(kb), true)
             }
             Err(e) if args.allow_no_gpu => {
                 println!("dyntie doctor: no GPU to check ({e:#}); exiting 0 (--allow-no-gpu)");

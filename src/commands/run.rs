@@ -402,7 +402,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         "resid_pdrop": m.dropout,
         "embd_pdrop": m.dropout,
         "attn_pdrop": 0.0,
-        "layer_norm_epsilon": crate::backend::LAYERNORM_EPS,
+        "layer_norm_epsilon": crate::ops::layernorm::LAYERNORM_EPS,
         "initializer_range": 0.02,
         "tie_word_embeddings": true,
         "bos_token_id": 50256.min(m.vocab_size - 1),

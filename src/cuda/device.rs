@@ -1,28 +1,79 @@
-//! `CudaDevice`: the kernels on an NVIDIA GPU through the driver API
-//! (`cudarc`, loaded dynamically, so nothing links against CUDA).
+//! The [`Device`] trait, and [`CudaDevice`]: the kernels on an NVIDIA GPU
+//! through the driver API (`cudarc`, loaded dynamically, so nothing links
+//! against CUDA).
 //!
-//! Modules come from the PTX and cubins that build.rs embedded; kernels are
-//! looked up by name on first use. All work goes to the legacy default
-//! stream, so copies and launches run in program order.
+//! A device speaks in byte addresses and `cuLaunchKernel`-style argument
+//! lists, so the emulator ([`super::EmuDevice`]) and the driver are
+//! interchangeable under one kernel backend. `CudaDevice` loads every module
+//! build.rs embedded when it opens the GPU and resolves all their kernels
+//! once; all its work goes to one non-blocking compute stream
+//! ([`super::stream`]), so copies and launches run in program order.
 
-use super::{Device, LaunchDims};
-use crate::backend::{MemStats, Memory};
-use anyhow::{anyhow, bail, Context, Result};
+use super::launch::LaunchDims;
+use super::module::{GpuModule, GPU_BUILD, GPU_MODULES};
+use super::stream::{driver_err, Event, Stream};
+use crate::mem::{MemStats, Memory};
+use anyhow::{bail, Context, Result};
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// The kernels of one `kernels/*.cu` file, compiled by build.rs.
-pub struct GpuModule {
-    pub name: &'static str,
-    /// (virtual architecture, e.g. 80 for compute_80, PTX text)
-    pub ptx: &'static [(u32, &'static str)],
-    /// (real architecture, e.g. 90 for sm_90, cubin image)
-    pub cubins: &'static [(u32, &'static [u8])],
+/// The most dynamic shared memory per block on the GPUs we target, after
+/// opting in (227 KiB on sm_90; sm_80 allows 163 KiB). Devices that know
+/// their own limit report it instead.
+pub const MAX_SHARED_BYTES_SM90: u32 = 227 << 10;
+
+pub trait Device: Send + Sync + 'static {
+    /// Short name for logs: "emu", "cuda".
+    fn name(&self) -> &str;
+    /// The allocator, counting live and peak bytes; `Buffer`s hold it.
+    fn memory(&self) -> Arc<dyn Memory>;
+    fn mem_stats(&self) -> MemStats {
+        self.memory().stats()
+    }
+    /// Copies host bytes to device address `dst`.
+    fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// Copies from device address `src` into host bytes (waits for prior work).
+    fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
+    fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()>;
+    /// Launches the kernel `kernel` (an `extern "C" __global__` name).
+    ///
+    /// # Safety
+    /// `args` holds one pointer per kernel parameter, each pointing to a value
+    /// of exactly that parameter's type, and every device address passed must
+    /// be valid for what the kernel does with it.
+    unsafe fn launch(&self, kernel: &str, dims: LaunchDims, args: &mut [*mut c_void])
+        -> Result<()>;
+    /// The most dynamic shared memory one block may use after
+    /// [`Device::opt_in_shared`].
+    fn max_shared_bytes(&self) -> u32 {
+        MAX_SHARED_BYTES_SM90
+    }
+    /// Lets `kernel` use `bytes` (over 48 KiB) of dynamic shared memory per
+    /// block, which the driver refuses without it
+    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`). The launcher calls
+    /// it before every such launch. A device without that limit accepts it.
+    fn opt_in_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
+        let _ = (kernel, bytes);
+        Ok(())
+    }
+    /// Waits for all queued work; reports errors of kernels that already ran.
+    fn synchronize(&self) -> Result<()>;
+    /// (free, total) bytes of device memory.
+    fn mem_info(&self) -> Result<(u64, u64)>;
+    /// Wall time of `work` in milliseconds, from a synchronized start to a
+    /// synchronized end.
+    fn time_ms(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.synchronize()?;
+        let start = Instant::now();
+        work()?;
+        self.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    }
 }
-
-include!(concat!(env!("OUT_DIR"), "/gpu_kernels.rs"));
 
 /// Whether the CUDA driver library (libcuda) can be loaded on this machine.
 pub fn driver_present() -> bool {
@@ -30,27 +81,16 @@ pub fn driver_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// What build.rs produced: the NVRTC version and targets, or why there are
-/// no GPU kernels in this binary.
-pub fn gpu_build_info() -> &'static str {
-    GPU_BUILD
-}
-
 const MIB: f64 = (1u64 << 20) as f64;
 
-fn driver_err(what: &str, e: result::DriverError) -> anyhow::Error {
-    let name = e
-        .error_name()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| format!("{:?}", e.0));
-    anyhow!("{what}: {name}")
-}
-
-/// The device's memory: cuMemAlloc/cuMemFree in the device's context,
-/// counted. It keeps the primary context alive as long as any `Buffer` does.
+/// The GPU's context, its compute stream and its memory: cuMemAlloc/cuMemFree
+/// in the device's context, counted. It keeps the primary context alive as
+/// long as any `Buffer` does.
 struct CudaMemory {
     ctx: sys::CUcontext,
     dev: sys::CUdevice,
+    /// `None` only while the context is being set up and torn down.
+    stream: Option<Stream>,
     stats: Mutex<MemStats>,
 }
 
@@ -63,6 +103,12 @@ impl CudaMemory {
     fn bind(&self) -> Result<()> {
         // SAFETY: the context is retained for the lifetime of `self`.
         unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| driver_err("cuCtxSetCurrent", e))
+    }
+
+    fn stream(&self) -> &Stream {
+        self.stream
+            .as_ref()
+            .expect("the stream lives as long as the context")
     }
 }
 
@@ -85,10 +131,11 @@ impl Memory for CudaMemory {
             }
             Err(e) => return Err(driver_err(&format!("cuMemAlloc of {bytes} bytes"), e)),
         };
-        // Memory is zero-filled by contract.
+        // Memory is zero-filled by contract; on the stream, ahead of any
+        // work that uses it.
         // SAFETY: `ptr` was just allocated with this size.
-        unsafe { result::memset_d8_sync(ptr, 0, bytes) }
-            .map_err(|e| driver_err("cuMemsetD8", e))?;
+        unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream().raw()) }
+            .map_err(|e| driver_err("cuMemsetD8Async", e))?;
         let mut s = self.stats.lock().unwrap();
         s.live_bytes += bytes as u64;
         s.live_allocations += 1;
@@ -99,8 +146,9 @@ impl Memory for CudaMemory {
     fn free(&self, addr: u64, bytes: usize) {
         // Freeing cannot report an error through this interface; a failure
         // here means the context is already broken and the next call says so.
-        if self.bind().is_ok() {
-            // SAFETY: `addr` came from `alloc`.
+        // Work queued on the stream may still use the memory: wait for it.
+        if self.bind().is_ok() && self.stream().synchronize().is_ok() {
+            // SAFETY: `addr` came from `alloc`, and no queued work uses it.
             let _ = unsafe { result::free_sync(addr) };
         }
         let mut s = self.stats.lock().unwrap();
@@ -115,19 +163,22 @@ impl Memory for CudaMemory {
 
 impl Drop for CudaMemory {
     fn drop(&mut self) {
+        if self.bind().is_ok() {
+            self.stream = None;
+        }
         // SAFETY: retained in `CudaDevice::new`.
         let _ = unsafe { result::primary_ctx::release(self.dev) };
     }
 }
 
-struct Modules {
-    modules: Vec<(&'static str, sys::CUmodule)>,
-    functions: HashMap<String, sys::CUfunction>,
-}
-
 pub struct CudaDevice {
     memory: Arc<CudaMemory>,
-    modules: Mutex<Modules>,
+    modules: Vec<sys::CUmodule>,
+    /// Every kernel of every module, resolved when the device opens.
+    functions: HashMap<&'static str, sys::CUfunction>,
+    /// The dynamic shared memory each kernel has been allowed so far.
+    shared_opt_in: Mutex<HashMap<&'static str, u32>>,
+    max_shared_bytes: u32,
     description: String,
 }
 
@@ -162,31 +213,47 @@ impl CudaDevice {
         // SAFETY: `dev` is a valid device; the context is released by CudaMemory.
         let ctx = unsafe { result::primary_ctx::retain(dev) }
             .map_err(|e| driver_err("cuDevicePrimaryCtxRetain", e))?;
-        let memory = Arc::new(CudaMemory {
+        let mut memory = CudaMemory {
             ctx,
             dev,
+            stream: None,
             stats: Mutex::new(MemStats::default()),
-        });
+        };
         memory.bind()?;
-        let attr = |a| unsafe { result::device::get_attribute(dev, a) };
-        let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-            .map_err(|e| driver_err("cuDeviceGetAttribute", e))? as u32;
-        let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
-            .map_err(|e| driver_err("cuDeviceGetAttribute", e))? as u32;
+        memory.stream = Some(Stream::new()?);
+        let memory = Arc::new(memory);
+        let attr = |a| {
+            unsafe { result::device::get_attribute(dev, a) }
+                .map_err(|e| driver_err("cuDeviceGetAttribute", e))
+        };
+        use sys::CUdevice_attribute as A;
+        let major = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? as u32;
+        let minor = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)? as u32;
+        let max_shared_bytes =
+            attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
         let arch = major * 10 + minor;
         let name = result::device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into());
         let mut modules = Vec::new();
+        let mut functions = HashMap::new();
         for m in GPU_MODULES {
             let module = load_module(m, arch)
                 .with_context(|| format!("loading kernels/{}.cu on {name} (sm_{arch})", m.name))?;
-            modules.push((m.name, module));
+            modules.push(module);
+            for &kernel in m.kernels {
+                let cname = CString::new(kernel)?;
+                // SAFETY: `module` is loaded and not unloaded before `self` drops.
+                let f = unsafe { result::module::get_function(module, cname) }.map_err(|e| {
+                    driver_err(&format!("kernel {kernel} in kernels/{}.cu", m.name), e)
+                })?;
+                functions.insert(kernel, f);
+            }
         }
         Ok(CudaDevice {
             memory,
-            modules: Mutex::new(Modules {
-                modules,
-                functions: HashMap::new(),
-            }),
+            modules,
+            functions,
+            shared_opt_in: Mutex::new(HashMap::new()),
+            max_shared_bytes,
             description: format!("{name} (sm_{arch}), kernels {GPU_BUILD}"),
         })
     }
@@ -196,20 +263,15 @@ impl CudaDevice {
         &self.description
     }
 
-    fn function(&self, kernel: &str) -> Result<sys::CUfunction> {
-        let mut m = self.modules.lock().unwrap();
-        if let Some(&f) = m.functions.get(kernel) {
-            return Ok(f);
+    fn stream(&self) -> &Stream {
+        self.memory.stream()
+    }
+
+    fn function(&self, kernel: &str) -> Result<(&'static str, sys::CUfunction)> {
+        match self.functions.get_key_value(kernel) {
+            Some((&name, &f)) => Ok((name, f)),
+            None => bail!("no GPU kernel named `{kernel}` in the embedded modules"),
         }
-        let cname = CString::new(kernel)?;
-        for &(_, module) in &m.modules {
-            // SAFETY: `module` is loaded and not unloaded before `self` drops.
-            if let Ok(f) = unsafe { result::module::get_function(module, cname.clone()) } {
-                m.functions.insert(kernel.to_string(), f);
-                return Ok(f);
-            }
-        }
-        bail!("no GPU kernel named `{kernel}` in the embedded modules")
     }
 }
 
@@ -254,7 +316,8 @@ fn load_module(m: &GpuModule, arch: u32) -> Result<sys::CUmodule> {
 impl Drop for CudaDevice {
     fn drop(&mut self) {
         if self.memory.bind().is_ok() {
-            for &(_, module) in &self.modules.lock().unwrap().modules {
+            let _ = self.stream().synchronize();
+            for &module in &self.modules {
                 // SAFETY: loaded in `new`, unloaded once.
                 let _ = unsafe { result::module::unload(module) };
             }
@@ -271,25 +334,31 @@ impl Device for CudaDevice {
     }
     fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<()> {
         self.memory.bind()?;
-        // SAFETY: `dst` is a device allocation of at least `src.len()` bytes.
-        unsafe { result::memcpy_htod_sync(dst, src) }.map_err(|e| driver_err("copy to GPU", e))
+        // SAFETY: `dst` is a device allocation of at least `src.len()` bytes;
+        // the stream is synchronized before `src`'s borrow ends.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream().raw()) }
+            .map_err(|e| driver_err("copy to GPU", e))?;
+        self.stream().synchronize()
     }
     fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         self.memory.bind()?;
-        // SAFETY: `src` is a device allocation of at least `dst.len()` bytes.
-        unsafe { result::memcpy_dtoh_sync(dst, src) }
-            .map_err(|e| driver_err("copy from GPU (an earlier kernel may have failed)", e))
+        // SAFETY: `src` is a device allocation of at least `dst.len()` bytes;
+        // the stream is synchronized before `dst` is read.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream().raw()) }
+            .map_err(|e| driver_err("copy from GPU (an earlier kernel may have failed)", e))?;
+        self.stream().synchronize()
     }
     fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.memory.bind()?;
         // SAFETY: both are device allocations of at least `bytes`.
-        unsafe { result::memcpy_dtod_sync(dst, src, bytes) }
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream().raw()) }
             .map_err(|e| driver_err("device-to-device copy", e))
     }
     fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
         self.memory.bind()?;
         // SAFETY: device allocation of at least `bytes`.
-        unsafe { result::memset_d8_sync(dst, byte, bytes) }.map_err(|e| driver_err("cuMemsetD8", e))
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream().raw()) }
+            .map_err(|e| driver_err("cuMemsetD8Async", e))
     }
     unsafe fn launch(
         &self,
@@ -298,7 +367,7 @@ impl Device for CudaDevice {
         args: &mut [*mut c_void],
     ) -> Result<()> {
         self.memory.bind()?;
-        let f = self.function(kernel)?;
+        let (_, f) = self.function(kernel)?;
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         result::launch_kernel(
@@ -306,27 +375,55 @@ impl Device for CudaDevice {
             (gx, gy, gz),
             (bx, by, bz),
             dims.shared_bytes,
-            std::ptr::null_mut(),
+            self.stream().raw(),
             args,
         )
+        .map_err(|e| driver_err("cuLaunchKernel", e))
+    }
+    fn max_shared_bytes(&self) -> u32 {
+        self.max_shared_bytes
+    }
+    fn opt_in_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
+        let (name, f) = self.function(kernel)?;
+        let mut allowed = self.shared_opt_in.lock().unwrap();
+        if allowed.get(name).is_some_and(|&b| b >= bytes) {
+            return Ok(());
+        }
+        self.memory.bind()?;
+        // SAFETY: a function of a loaded module; the attribute takes bytes.
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        }
         .map_err(|e| {
             driver_err(
-                &format!(
-                    "launching kernel {kernel} (grid {:?}, block {:?})",
-                    dims.grid, dims.block
-                ),
+                &format!("allowing {kernel} {bytes} bytes of shared memory"),
                 e,
             )
-        })
+        })?;
+        allowed.insert(name, bytes);
+        Ok(())
     }
     fn synchronize(&self) -> Result<()> {
         self.memory.bind()?;
-        result::ctx::synchronize()
-            .map_err(|e| driver_err("a GPU kernel failed (found at synchronize)", e))
+        self.stream().synchronize()
     }
     fn mem_info(&self) -> Result<(u64, u64)> {
         self.memory.bind()?;
         let (free, total) = result::mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))?;
         Ok((free as u64, total as u64))
+    }
+    /// Timed with events on the compute stream.
+    fn time_ms(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.memory.bind()?;
+        let (start, end) = (Event::new()?, Event::new()?);
+        self.synchronize()?;
+        start.record(self.stream())?;
+        work()?;
+        end.record(self.stream())?;
+        end.elapsed_ms_since(&start)
     }
 }

@@ -6,8 +6,7 @@
 //! their own device.
 
 use super::{Device, LaunchDims};
-use crate::backend::host_memory::HostMemory;
-use crate::backend::Memory;
+use crate::mem::{HostMemory, Memory};
 use anyhow::{bail, Result};
 use std::ffi::{c_char, c_uint, c_void, CStr, CString};
 use std::sync::Arc;

@@ -1,70 +1,28 @@
-//! Devices: raw memory, copies and kernel launches, in byte addresses.
+//! Everything that exists only for NVIDIA GPUs: devices, the compiled
+//! kernels, launches, streams, and the kernel backend with its launchers.
 //!
-//! [`EmuDevice`] runs the kernels of `kernels/*.cu` on the CPU under the
+//! [`EmuDevice`] runs the kernels of `kernels/` on the CPU under the
 //! emulator (host memory); [`CudaDevice`] runs the same kernels on an NVIDIA
-//! GPU through the driver API. `KernelBackend` is written once over
-//! [`Device`] and serves both.
+//! GPU through the driver API. [`KernelBackend`] is written once over
+//! [`Device`] and serves both: it dispatches each op to its launcher in
+//! `ops/<family>.rs`, which builds typed [`launch::Args`] and launches
+//! kernels by family, op and dtype ([`module`]).
+//!
+//! The debug mode `DYNTIE_SYNC_LAUNCHES=1` (or `dyntie doctor
+//! --sync-launches`) waits for every kernel as it is launched, so the first
+//! one that fails is named with its op and shapes instead of surfacing at a
+//! later copy.
 
+pub mod backend;
 pub mod device;
 pub mod emu;
+pub mod launch;
+pub mod module;
+pub mod ops;
+pub mod stream;
 
-pub use device::{driver_present, gpu_build_info, CudaDevice};
+pub use backend::KernelBackend;
+pub use device::{driver_present, CudaDevice, Device};
 pub use emu::{EmuConfig, EmuDevice, ResumeOrder};
-
-use crate::backend::{MemStats, Memory};
-use anyhow::Result;
-use std::ffi::c_void;
-use std::sync::Arc;
-use std::time::Instant;
-
-/// Kernel launch geometry, as `cuLaunchKernel` takes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LaunchDims {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    /// Dynamic shared memory per block, in bytes.
-    pub shared_bytes: u32,
-}
-
-pub trait Device: Send + Sync + 'static {
-    /// Short name for logs: "emu", "cuda".
-    fn name(&self) -> &str;
-    /// The allocator, counting live and peak bytes; `Buffer`s hold it.
-    fn memory(&self) -> Arc<dyn Memory>;
-    fn alloc(&self, bytes: usize) -> Result<u64> {
-        self.memory().alloc(bytes)
-    }
-    fn free(&self, addr: u64, bytes: usize) {
-        self.memory().free(addr, bytes)
-    }
-    fn mem_stats(&self) -> MemStats {
-        self.memory().stats()
-    }
-    /// Copies host bytes to device address `dst`.
-    fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<()>;
-    /// Copies from device address `src` into host bytes (waits for prior work).
-    fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
-    fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
-    fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()>;
-    /// Launches the kernel `kernel` (an `extern "C" __global__` name).
-    ///
-    /// # Safety
-    /// `args` holds one pointer per kernel parameter, each pointing to a value
-    /// of exactly that parameter's type, and every device address passed must
-    /// be valid for what the kernel does with it.
-    unsafe fn launch(&self, kernel: &str, dims: LaunchDims, args: &mut [*mut c_void])
-        -> Result<()>;
-    /// Waits for all queued work; reports errors of kernels that already ran.
-    fn synchronize(&self) -> Result<()>;
-    /// (free, total) bytes of device memory.
-    fn mem_info(&self) -> Result<(u64, u64)>;
-    /// Wall time of `work` in milliseconds, from a synchronized start to a
-    /// synchronized end.
-    fn time_ms(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-        self.synchronize()?;
-        let start = Instant::now();
-        work()?;
-        self.synchronize()?;
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    }
-}
+pub use launch::LaunchDims;
+pub use module::gpu_build_info;

@@ -1,4 +1,6 @@
-//! Vectorizable `exp` and `tanh`, and running loops with AVX2 when present.
+//! Vectorizable `exp` and `tanh`, the lane-parallel reductions over rows
+//! that softmax and cross-entropy share, and running loops with AVX2 when
+//! present.
 //!
 //! libm's `expf`/`tanhf` are scalar calls, which made the softmax over a
 //! 50257-word vocabulary as slow as the lm_head matmul. These versions are
@@ -75,6 +77,97 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+/// Independent partial results per lane let LLVM vectorize reductions
+/// (a single running f32 sum would fix the order and forbid it).
+const LANES: usize = 16;
+
+#[inline(always)]
+pub(super) fn max_of(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Replaces each `x` by `e^((x - max) * scale)` and returns their sum.
+#[inline(always)]
+pub(super) fn exp_in_place(x: &mut [f32], max: f32, scale: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (s, v) in lanes.iter_mut().zip(c) {
+            *v = exp((*v - max) * scale);
+            *s += *v;
+        }
+    }
+    let mut sum = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp((*v - max) * scale);
+        sum += *v;
+    }
+    sum + lanes.iter().sum::<f32>()
+}
+
+/// Writes `dst = e^(src - max)` and returns its sum.
+#[inline(always)]
+pub(super) fn exp_from(dst: &mut [f32], src: &[f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = dst.chunks_exact_mut(LANES);
+    let src_chunks = src.chunks_exact(LANES);
+    let src_tail = src_chunks.remainder();
+    for (c, s) in (&mut chunks).zip(src_chunks) {
+        for ((acc, d), &x) in lanes.iter_mut().zip(c).zip(s) {
+            *d = exp(x - max);
+            *acc += *d;
+        }
+    }
+    let mut sum = 0.0;
+    for (d, &x) in chunks.into_remainder().iter_mut().zip(src_tail) {
+        *d = exp(x - max);
+        sum += *d;
+    }
+    sum + lanes.iter().sum::<f32>()
+}
+
+/// `sum(e^(x - max))` without writing.
+#[inline(always)]
+pub(super) fn exp_sum(x: &[f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (s, &v) in lanes.iter_mut().zip(c) {
+            *s += exp(v - max);
+        }
+    }
+    tail.iter().map(|&v| exp(v - max)).sum::<f32>() + lanes.iter().sum::<f32>()
+}
+
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((s, a), b) in lanes.iter_mut().zip(ca).zip(cb) {
+            *s += a * b;
+        }
+    }
+    tail + lanes.iter().sum::<f32>()
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ static __device__ __forceinline__ void xent_merge(float& m, float& s, float m2, 
 // barrier that precedes any write. A target that is neither below `vocab`
 // nor ignored gives a NaN loss and NaN gradient row (a kernel cannot fail;
 // the data layer validates targets). Blocks must be a multiple of 32 threads.
-extern "C" __global__ void softmax_xent_f32(float* __restrict__ losses, float* dlogits, const float* logits,
+extern "C" __global__ void loss_softmax_xent_f32(float* __restrict__ losses, float* dlogits, const float* logits,
                                             const u32* __restrict__ targets, u32 vocab, u32 ignore_index,
                                             float grad_scale) {
     __shared__ float warp_max[32], warp_sum[32];

@@ -12,7 +12,7 @@
 // the bias corrections once, in double as the reference does, and passes
 // `step_size` = lr / (1 - beta1^t), `bc2_sqrt` = sqrt(1 - beta2^t) and
 // `decay` = 1 - lr * weight_decay, so the kernel needs no pow per element.
-extern "C" __global__ void adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
+extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
                                      float* __restrict__ m, float* __restrict__ v, float beta1, float beta2,
                                      float eps, float decay, float step_size, float bc2_sqrt, float grad_scale,
                                      u64 n) {
@@ -32,7 +32,7 @@ extern "C" __global__ void adamw_f32(float* __restrict__ params, const float* __
 // only float roundings left are those of the few hundred per-block additions
 // into `acc`. A single-block launch would be exact but would use one SM of
 // the GPU; a second reduction kernel would need a scratch buffer.
-extern "C" __global__ void sum_squares_f32(float* acc, const float* __restrict__ x, u64 n) {
+extern "C" __global__ void optimizer_sum_squares_f32(float* acc, const float* __restrict__ x, u64 n) {
     __shared__ double warp_total[32];
     double s = 0.0;
     GRID_STRIDE_LOOP(i, n) {

@@ -59,14 +59,14 @@ impl Memory for HostMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Buffer;
+    use crate::mem::{Buffer, DType};
     use std::sync::Arc;
 
     #[test]
     fn counts_live_and_peak_bytes() {
         let mem = Arc::new(HostMemory::new());
-        let a = Buffer::new(mem.clone(), 1000).unwrap();
-        let b = Buffer::new(mem.clone(), 24).unwrap();
+        let a = Buffer::new(mem.clone(), DType::F32, 250).unwrap();
+        let b = Buffer::new(mem.clone(), DType::BF16, 12).unwrap();
         assert_eq!(a.addr() % HOST_ALIGN as u64, 0);
         assert_eq!(mem.stats().live_bytes, 1024);
         drop(a);

@@ -1,0 +1,53 @@
+//! Launchers of kernels/elementwise.cu: 1-D grid-stride loops.
+
+use super::KernelOp;
+use crate::cuda::launch::{Args, Launcher};
+use crate::cuda::module::{kernel_id, KernelId};
+use crate::ops::elementwise::{Accumulate, Add, CopyView, Fill};
+use anyhow::Result;
+
+const FILL: KernelId = kernel_id!(elementwise, fill);
+const COPY: KernelId = kernel_id!(elementwise, copy);
+const ADD: KernelId = kernel_id!(elementwise, add);
+const ACCUMULATE: KernelId = kernel_id!(elementwise, accumulate);
+
+impl KernelOp for Fill {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let n = self.dst.len;
+        let args = Args::new().ptr(self.dst).f32(self.value).u64(n as u64);
+        l.launch_1d(&FILL, self.dst.dtype, n, args)
+    }
+}
+
+impl KernelOp for CopyView {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        // The contract allows `dst` to be exactly `src`: nothing to do (and
+        // the kernel's pointers are `__restrict__`).
+        if self.dst.addr == self.src.addr {
+            return Ok(());
+        }
+        let n = self.dst.len;
+        let args = Args::new().ptr(self.dst).ptr(self.src).u64(n as u64);
+        l.launch_1d(&COPY, self.dst.dtype, n, args)
+    }
+}
+
+impl KernelOp for Add {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let n = self.out.len;
+        let args = Args::new()
+            .ptr(self.out)
+            .ptr(self.a)
+            .ptr(self.b)
+            .u64(n as u64);
+        l.launch_1d(&ADD, self.out.dtype, n, args)
+    }
+}
+
+impl KernelOp for Accumulate {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let n = self.dst.len;
+        let args = Args::new().ptr(self.dst).ptr(self.src).u64(n as u64);
+        l.launch_1d(&ACCUMULATE, self.dst.dtype, n, args)
+    }
+}
