@@ -54,6 +54,20 @@ fn fill_copy_add_accumulate_match_the_cpu() {
             src: v[1],
         })
     });
+    // Views off the 16-byte alignment the vector path needs, on either side.
+    for (d, s) in [(1, 2), (0, 3), (4, 4)] {
+        check(
+            "copy, offset views",
+            &[a.clone(), b.clone()],
+            0.0,
+            &|be, v| {
+                be.run(CopyView {
+                    dst: v[0].slice(d, N - 4),
+                    src: v[1].slice(s, N - 4),
+                })
+            },
+        );
+    }
     check("add", &[a.clone(), b.clone(), c.clone()], 0.0, &|be, v| {
         be.run(Add {
             out: v[0],
@@ -151,7 +165,7 @@ fn dropout_masks_are_identical_to_the_cpu() {
 #[test]
 fn big_tensors_use_the_grid_stride_loop_and_report_speed() {
     // More elements than one capped grid covers, so threads loop.
-    let n = dyntie::cuda::launch::MAX_GRID_1D as usize * 256 * 2 + 1000;
+    let n = dyntie::cuda::params::MAX_GRID_1D as usize * 256 * 2 + 1000;
     let x = random(n, 2.0, 9);
     let be = KernelBackend::new(EmuDevice::new());
     let xb = put(&be, &x);

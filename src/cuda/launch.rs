@@ -13,6 +13,7 @@
 
 use super::device::Device;
 use super::module::{signature, KernelId, ParamType};
+use super::params::{ELEMENTWISE_BLOCK, MAX_GRID_1D};
 use crate::mem::{DType, View};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::ffi::c_void;
@@ -40,18 +41,9 @@ impl LaunchDims {
 /// Dynamic shared memory a block gets without opting in.
 pub const DEFAULT_SHARED_BYTES: u32 = 48 << 10;
 
-/// Threads per block of the 1-D elementwise kernels: a multiple of the warp
-/// size, small enough that several blocks fit on every SM.
-pub const ELEMENTWISE_BLOCK: u32 = 256;
-/// Cap on the 1-D grid: 1024 blocks of 256 threads is about one full wave on
-/// an H100 (132 SMs x 2048 resident threads); the kernels' grid-stride loops
-/// cover bigger tensors with several elements per thread. Fewer, busier
-/// threads also make the emulator several times faster (a thread costs a fiber).
-pub const MAX_GRID_1D: u64 = 1024;
-
 /// Blocks for `n` elements, one per thread, capped at [`MAX_GRID_1D`].
 pub fn grid_1d(n: u64, block: u32) -> u32 {
-    n.div_ceil(block as u64).clamp(1, MAX_GRID_1D) as u32
+    n.div_ceil(block as u64).clamp(1, MAX_GRID_1D as u64) as u32
 }
 
 /// `value` as a kernel's `u32` parameter, or an error naming it.

@@ -19,6 +19,7 @@ pub mod emu;
 pub mod launch;
 pub mod module;
 pub mod ops;
+pub mod params;
 pub mod stream;
 
 pub use backend::KernelBackend;

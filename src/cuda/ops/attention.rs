@@ -2,19 +2,17 @@
 //! six products on [`Gemm`] (one batch entry per (sequence, head), skipping
 //! the tiles the causal mask makes zero) and the row-wise softmax between them.
 
-use super::gemm::{Gemm, GEMM_A_LOWER, GEMM_A_UPPER, GEMM_OUT_LOWER};
+use super::gemm::Gemm;
 use super::KernelOp;
 use crate::cuda::launch::{to_i32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
+use crate::cuda::params::{ATTN_SOFTMAX_BLOCK, GEMM_A_LOWER, GEMM_A_UPPER, GEMM_OUT_LOWER};
 use crate::mem::View;
 use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
 use anyhow::{ensure, Result};
 
 const SOFTMAX_FWD: KernelId = kernel_id!(attention, softmax_fwd);
 const SOFTMAX_BWD: KernelId = kernel_id!(attention, softmax_bwd);
-
-/// Threads per block of the row-wise softmax (one warp per row).
-const SOFTMAX_THREADS: u32 = 256;
 
 /// Attention sizes and the batch layout of its products.
 struct AttnGeom {
@@ -129,12 +127,12 @@ fn softmax_rows(
     if rows == 0 {
         return Ok(());
     }
-    let blocks = rows.div_ceil(SOFTMAX_THREADS as usize / 32);
+    let blocks = rows.div_ceil(ATTN_SOFTMAX_BLOCK as usize / 32);
     ensure!(
         blocks <= i32::MAX as usize,
         "{rows} attention rows need more blocks than one launch takes"
     );
-    let dims = LaunchDims::linear(blocks as u32, SOFTMAX_THREADS);
+    let dims = LaunchDims::linear(blocks as u32, ATTN_SOFTMAX_BLOCK);
     let seq = to_i32("seq", seq)?;
     match bwd {
         None => {

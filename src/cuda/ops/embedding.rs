@@ -3,14 +3,12 @@
 use super::KernelOp;
 use crate::cuda::launch::{to_u32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
+use crate::cuda::params::ROW_BLOCK;
 use crate::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use anyhow::{ensure, Result};
 
 const FWD: KernelId = kernel_id!(embedding, fwd);
 const BWD: KernelId = kernel_id!(embedding, bwd);
-
-/// Threads per block of the forward, one warp per row: 8 rows per block.
-const ROW_BLOCK: u32 = 256;
 
 impl KernelOp for EmbeddingFwd {
     fn launch(&self, l: &Launcher) -> Result<()> {

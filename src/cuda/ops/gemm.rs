@@ -2,56 +2,15 @@
 //! general product that attention's launcher uses too.
 
 use super::KernelOp;
-use crate::cuda::launch::{to_i32, Args, KernelParams, LaunchDims, Launcher};
+use crate::cuda::launch::{to_i32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
+use crate::cuda::params::{GemmParams, BIAS_COLS, BIAS_WARPS, GEMM_DENSE, GEMM_THREADS, GEMM_TILE};
 use crate::mem::{DType, View};
 use crate::ops::matmul::{MatmulBwd, MatmulFwd};
 use anyhow::{ensure, Result};
 
 const SIMT: KernelId = kernel_id!(gemm, simt);
 const BIAS_GRAD: KernelId = kernel_id!(gemm, bias_grad);
-
-/// Threads of `gemm_bias_grad` (32 columns x 16 warps) and columns per block.
-const BIAS_THREADS: u32 = 512;
-const BIAS_COLS: usize = 32;
-/// Output tile of `gemm_simt` (square) and its threads per block.
-const GEMM_TILE: usize = 64;
-const GEMM_THREADS: u32 = 256;
-/// `causal` of `gemm_simt`: which triangle a product may skip (see the kernel).
-pub const GEMM_DENSE: i32 = 0;
-pub const GEMM_OUT_LOWER: i32 = 1;
-pub const GEMM_A_LOWER: i32 = 2;
-pub const GEMM_A_UPPER: i32 = 3;
-
-/// The `GemmParams` struct of the kernel, field for field (passed by value
-/// as the kernel's one parameter).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct GemmParams {
-    c: u64,
-    a: u64,
-    b: u64,
-    bias: u64,
-    strides: [u64; 6],
-    m: i32,
-    n: i32,
-    k: i32,
-    lda: i32,
-    ldb: i32,
-    ldc: i32,
-    trans_a: i32,
-    trans_b: i32,
-    accumulate: i32,
-    causal: i32,
-    batch_inner: i32,
-    alpha: f32,
-}
-// The kernel asserts the same size for its struct.
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
-
-impl KernelParams for GemmParams {
-    const C_NAME: &'static str = "GemmParams";
-}
 
 /// One general product: `C (+)= alpha op(A) op(B) + bias`, each operand
 /// given as (address, row stride of the stored matrix, stored transposed),
@@ -98,7 +57,8 @@ impl Gemm {
         if m == 0 || n == 0 || batches == 0 {
             return Ok(());
         }
-        let grid = [n.div_ceil(GEMM_TILE), m.div_ceil(GEMM_TILE), batches];
+        let tile = GEMM_TILE as usize;
+        let grid = [n.div_ceil(tile), m.div_ceil(tile), batches];
         ensure!(
             grid[1] <= 65535 && grid[2] <= 65535 && grid[0] <= i32::MAX as usize,
             "a {m} x {n} product over {batches} batches needs a grid of {grid:?} blocks, \
@@ -109,7 +69,12 @@ impl Gemm {
             a: self.a.0,
             b: self.b.0,
             bias: self.bias,
-            strides: [s[0].0, s[0].1, s[1].0, s[1].1, s[2].0, s[2].1].map(|x| x as u64),
+            a_outer: s[0].0 as u64,
+            a_inner: s[0].1 as u64,
+            b_outer: s[1].0 as u64,
+            b_inner: s[1].1 as u64,
+            c_outer: s[2].0 as u64,
+            c_inner: s[2].1 as u64,
             m: to_i32("m", m)?,
             n: to_i32("n", n)?,
             k: to_i32("k", k)?,
@@ -125,7 +90,7 @@ impl Gemm {
         };
         let dims = LaunchDims {
             grid: grid.map(|x| x as u32),
-            block: [GEMM_THREADS, 1, 1],
+            block: [GEMM_THREADS as u32, 1, 1],
             shared_bytes: 0,
         };
         l.launch(&SIMT, self.dtype, dims, Args::new().params(&p))
@@ -188,6 +153,8 @@ fn bias_grad(l: &Launcher, dbias: View, dout: View, rows: usize, cols: usize) ->
         .ptr(dout)
         .i32(to_i32("rows", rows)?)
         .i32(to_i32("out_ch", cols)?);
-    let dims = LaunchDims::linear(cols.div_ceil(BIAS_COLS) as u32, BIAS_THREADS);
+    // One warp-wide row of BIAS_COLS columns per warp.
+    let threads = (BIAS_COLS * BIAS_WARPS) as u32;
+    let dims = LaunchDims::linear(cols.div_ceil(BIAS_COLS as usize) as u32, threads);
     l.launch(&BIAS_GRAD, dout.dtype, dims, args)
 }

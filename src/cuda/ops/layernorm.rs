@@ -3,18 +3,12 @@
 use super::KernelOp;
 use crate::cuda::launch::{to_u32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
+use crate::cuda::params::{LAYERNORM_BWD_MAX_GRID, ROW_BLOCK};
 use crate::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
 use anyhow::Result;
 
 const FWD: KernelId = kernel_id!(layernorm, fwd);
 const BWD: KernelId = kernel_id!(layernorm, bwd);
-
-/// Threads per block: one warp per row, 8 rows per block.
-const ROW_BLOCK: u32 = 256;
-/// Cap on the backward's grid: every block ends with `2 * channels` atomic
-/// adds of its partial weight and bias gradients, so keep to about two blocks
-/// per H100 SM (132 SMs) and let the warps loop over the remaining rows.
-const BWD_MAX_GRID: u32 = 264;
 
 impl KernelOp for LayernormFwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
@@ -59,7 +53,10 @@ impl KernelOp for LayernormBwd {
         let params = self.dweight.is_some() || self.dbias.is_some();
         let dims = LaunchDims {
             shared_bytes: if params { 2 * c * 4 } else { 0 },
-            ..LaunchDims::linear(rows.div_ceil(ROW_BLOCK / 32).min(BWD_MAX_GRID), ROW_BLOCK)
+            ..LaunchDims::linear(
+                rows.div_ceil(ROW_BLOCK / 32).min(LAYERNORM_BWD_MAX_GRID),
+                ROW_BLOCK,
+            )
         };
         l.launch(&BWD, self.dinp.dtype, dims, args)
     }

@@ -3,14 +3,11 @@
 use super::KernelOp;
 use crate::cuda::launch::{to_u32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
+use crate::cuda::params::XENT_BLOCK;
 use crate::ops::loss::SoftmaxXent;
 use anyhow::{ensure, Result};
 
 const SOFTMAX_XENT: KernelId = kernel_id!(loss, softmax_xent);
-
-/// Threads per block, one block per row: enough loads in flight to stream a
-/// 50257-logit row, and 4 blocks still fit on an SM.
-const XENT_BLOCK: u32 = 512;
 
 impl KernelOp for SoftmaxXent {
     fn launch(&self, l: &Launcher) -> Result<()> {

@@ -1,4 +1,4 @@
-// Matrix products: one generic tiled fp32 GEMM and the bias-gradient reduction.
+// The reference GEMM: one generic tiled fp32 product on the SIMT cores.
 //
 // Why one generic GEMM: the matmul forward (inp @ W^T), both weight-side
 // backward products (dout @ W, dout^T @ inp) and all six products of
@@ -6,48 +6,17 @@
 // which operand is stored transposed, in their leading dimensions, in a batch
 // offset and in whether the result overwrites or accumulates. One kernel with
 // those as parameters is one kernel to get right, tune and check with ptxas.
-// (KernelBackend launches it by name for attention too.)
-#include "common.cuh"
+// (The attention launcher uses it too.) It stays fp32-only by design: the
+// tensor-core GEMM for bf16 is gemm/mma_bf16.cu.
+#include "params.h"
 
-// Output tile per block and k-slice staged in shared memory. 256 threads as
-// 16 x 16, each owning a 4 x 4 register tile at stride 16 (rows ty + 16 i,
-// cols tx + 16 j): consecutive threads read consecutive shared-memory words
-// (no bank conflicts on the B side, broadcasts on the A side) and store
-// consecutive columns of C (coalesced).
-#define GEMM_TILE 64
-#define GEMM_TK 16
-#define GEMM_THREADS 256
-#define GEMM_PER_THREAD 4
-
-// Which triangle the causal attention products may skip. The skipped entries
-// are exact zeros (or are overwritten afterwards), so skipping them changes
-// nothing but the work done.
-#define GEMM_DENSE 0
-#define GEMM_OUT_LOWER 1  // only C[m, n] with n <= m is needed: skip tiles above the diagonal
-#define GEMM_A_LOWER 2    // A[m, k] == 0 for k > m: stop the k loop after the tile's last row
-#define GEMM_A_UPPER 3    // A[m, k] == 0 for k < m: start the k loop at the tile's first row
-
-// Passed by value (one kernel parameter): KernelBackend fills a #[repr(C)]
-// twin of this struct. Eight-byte fields first, so there is no padding.
-struct GemmParams {
-    float* c;
-    const float* a;
-    const float* b;
-    const float* bias;  // null for none
-    // Batch offsets in elements: batch z = outer * batch_inner + inner (for
-    // attention: outer = sequence, inner = head).
-    u64 a_outer, a_inner, b_outer, b_inner, c_outer, c_inner;
-    int m, n, k;
-    int lda, ldb, ldc;
-    int trans_a;  // A stored as [K, M] (else [M, K])
-    int trans_b;  // B stored as [N, K] (else [K, N])
-    int accumulate;  // C += ... (else C = ...)
-    int causal;      // GEMM_DENSE or one of the triangles above
-    int batch_inner;
-    float alpha;
-};
-// KernelBackend checks the same size for its twin of this struct.
-static_assert(sizeof(GemmParams) == 128, "GemmParams layout changed: update KernelBackend's GemmParams");
+// The tile sizes (params.h): output tile GEMM_TILE x GEMM_TILE per block,
+// k-slices of GEMM_TK staged in shared memory. GEMM_THREADS = 256 threads
+// as 16 x 16, each owning a 4 x 4 register tile at stride 16 (rows
+// ty + 16 i, cols tx + 16 j): consecutive threads read consecutive
+// shared-memory words (no bank conflicts on the B side, broadcasts on the A
+// side) and store consecutive columns of C (coalesced). GemmParams and the
+// causal flags are in params.h too.
 
 // C = (accumulate ? C : 0) + alpha * op(A) op(B) + bias, for a batch of
 // products in blockIdx.z. Any M, N, K: loads outside the matrices read 0
@@ -132,30 +101,5 @@ extern "C" __global__ void gemm_simt_f32(GemmParams p) {
             if (p.accumulate) v += *dst;
             *dst = v;
         }
-    }
-}
-
-// dbias[col] += sum over rows of dout[row, col]. A block owns 32 columns and
-// its 16 warps split the rows (each warp reads 32 consecutive floats of a
-// row: coalesced), then the 16 partial sums per column meet in shared
-// memory. Each column is summed by one block in a fixed order, so the result
-// is deterministic (no atomics) and needs no zeroed scratch.
-#define BIAS_COLS 32
-#define BIAS_WARPS 16
-
-extern "C" __global__ void gemm_bias_grad_f32(float* __restrict__ dbias, const float* __restrict__ dout, int rows,
-                                         int cols) {
-    __shared__ float part[BIAS_WARPS][BIAS_COLS + 1];
-    const int lane = threadIdx.x % BIAS_COLS, warp = threadIdx.x / BIAS_COLS;
-    const int col = blockIdx.x * BIAS_COLS + lane;
-    float s = 0.0f;
-    if (col < cols)
-        for (int r = warp; r < rows; r += BIAS_WARPS) s += dout[(u64)r * cols + col];
-    part[warp][lane] = s;
-    __syncthreads();
-    if (warp == 0 && col < cols) {
-        float total = 0.0f;
-        for (int w = 0; w < BIAS_WARPS; w++) total += part[w][lane];
-        dbias[col] += total;
     }
 }
