@@ -1,5 +1,5 @@
-// Activations and dropout: GELU (tanh approximation) and inverted dropout,
-// forward and backward.
+// Activations and dropout: GELU (GPT-2's tanh approximation, and the exact
+// erf form BERT uses) and inverted dropout, forward and backward.
 //
 // Memory-bound like the elementwise kernels and shaped the same way: a 1-D
 // grid-stride loop over `n` elements, templated over the stored type T and
@@ -34,6 +34,30 @@ __device__ void gelu_bwd(T* __restrict__ dinp, const T* __restrict__ inp, const 
     }
 }
 
+// The exact GELU, x Φ(x), with Φ(x) = erfc(-x / sqrt 2) / 2: erfc rather
+// than 1 + erf, which cancels to 0 for large negative x and loses the tail
+// (CUDA's erfcf is within 4 ulp everywhere; the reference is the f64 Φ).
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+template <typename T>
+__device__ void gelu_erf_fwd(T* __restrict__ out, const T* __restrict__ inp, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        const float x = to_f32(inp[i]);
+        out[i] = from_f32<T>(x * 0.5f * erfcf(-x * INV_SQRT2));
+    }
+}
+
+// dinp += (Φ(x) + x φ(x)) * dout, φ the standard normal density.
+template <typename T>
+__device__ void gelu_erf_bwd(T* __restrict__ dinp, const T* __restrict__ inp, const T* __restrict__ dout, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        const float x = to_f32(inp[i]);
+        const float grad = 0.5f * erfcf(-x * INV_SQRT2) + x * expf(-0.5f * x * x) * INV_SQRT_2PI;
+        dinp[i] = from_f32<T>(to_f32(dinp[i]) + grad * to_f32(dout[i]));
+    }
+}
+
 // Inverted dropout. The mask is recomputed from (seed, offset + i) with
 // Philox, in the forward and again in the backward, so it is never stored.
 // `scale` = 1 / (1 - p) is computed on the host, once (0 when p == 1).
@@ -60,6 +84,15 @@ extern "C" __global__ void activation_gelu_fwd_f32(float* __restrict__ out, cons
 extern "C" __global__ void activation_gelu_bwd_f32(float* __restrict__ dinp, const float* __restrict__ inp,
                                                    const float* __restrict__ dout, u64 n) {
     gelu_bwd(dinp, inp, dout, n);
+}
+
+extern "C" __global__ void activation_gelu_erf_fwd_f32(float* __restrict__ out, const float* __restrict__ inp, u64 n) {
+    gelu_erf_fwd(out, inp, n);
+}
+
+extern "C" __global__ void activation_gelu_erf_bwd_f32(float* __restrict__ dinp, const float* __restrict__ inp,
+                                                       const float* __restrict__ dout, u64 n) {
+    gelu_erf_bwd(dinp, inp, dout, n);
 }
 
 extern "C" __global__ void activation_dropout_fwd_f32(float* __restrict__ out, const float* __restrict__ inp, float p,

@@ -11,7 +11,7 @@
 
 use dyntie::cpu::CpuBackend;
 use dyntie::mem::{Buffer, DType};
-use dyntie::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluFwd};
+use dyntie::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
 use dyntie::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
 use dyntie::ops::elementwise::{Accumulate, Add, CopyView, Fill};
 use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
@@ -812,6 +812,91 @@ fn gelu_matches_reference() {
         .unwrap();
     let want = plus(&g, &reference::gelu_bwd(&x, &dy));
     assert_close("gelu dinp", &tb.down(&dx), &want, tol);
+}
+
+/// `x Φ(x)` and its derivative `Φ(x) + x φ(x)` at points across both tails,
+/// from Python's `math.erfc` (an independent implementation).
+const GELU_ERF_POINTS: [(f64, f64, f64); 9] = [
+    (-6.0, -5.919525870226207e-09, -3.5468709453902015e-08),
+    (-3.0, -0.004049694094890287, -0.011945647204183927),
+    (-1.0, -0.15865525393145707, -0.08331547058768629),
+    (-0.5, -0.15426876936299344, 0.13250487534383712),
+    (0.0, 0.0, 0.5),
+    (0.3, 0.18537342665668577, 0.7323277668271098),
+    (1.0, 0.8413447460685429, 1.0833154705876864),
+    (2.5, 2.4844758366855597, 1.037611085908145),
+    (5.0, 4.99999856674214, 1.0000071469460017),
+];
+
+/// The exact GELU on the CPU: forward and backward `(x, dout = 1)`.
+fn gelu_erf(tb: &Bench, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (bx, ones) = (tb.up(x), tb.up(&vec![1.0; x.len()]));
+    let (out, dx) = (tb.up(&vec![0.0; x.len()]), tb.up(&vec![0.0; x.len()]));
+    let fwd = GeluErfFwd {
+        out: out.view(),
+        inp: bx.view(),
+    };
+    tb.be.run(fwd).unwrap();
+    let bwd = GeluErfBwd {
+        dinp: dx.view(),
+        inp: bx.view(),
+        dout: ones.view(),
+    };
+    tb.be.run(bwd).unwrap();
+    (tb.down(&out), tb.down(&dx))
+}
+
+#[test]
+fn gelu_erf_matches_known_values_in_both_tails() {
+    let tb = Bench::new(21);
+    let x: Vec<f64> = GELU_ERF_POINTS.iter().map(|p| p.0).collect();
+    let (out, grad) = gelu_erf(&tb, &x);
+    for (i, &(x, f, df)) in GELU_ERF_POINTS.iter().enumerate() {
+        // Computed in f64 and rounded once: within one f32 rounding, relative
+        // even in the far negative tail, where 1 + erf would have cancelled.
+        assert!(
+            (out[i] - f).abs() <= EPS32 * f.abs(),
+            "gelu_erf({x}) = {} vs {f}",
+            out[i]
+        );
+        assert!(
+            (grad[i] - df).abs() <= EPS32 * df.abs(),
+            "gelu_erf'({x}) = {} vs {df}",
+            grad[i]
+        );
+    }
+}
+
+#[test]
+fn gelu_erf_backward_matches_finite_differences_of_the_forward() {
+    let mut tb = Bench::new(22);
+    let mut x: Vec<f64> = tb
+        .randn(300)
+        .iter()
+        .map(|v| (3.0 * v) as f32 as f64)
+        .collect();
+    x.extend(GELU_ERF_POINTS.iter().map(|p| p.0));
+    // h a power of two, and the quotient over the f32 points actually used.
+    let h = 1.0 / 64.0;
+    let (xp, xm): (Vec<f64>, Vec<f64>) = x
+        .iter()
+        .map(|&x| ((x + h) as f32 as f64, (x - h) as f32 as f64))
+        .unzip();
+    let (fp, _) = gelu_erf(&tb, &xp);
+    let (fm, _) = gelu_erf(&tb, &xm);
+    let (_, grad) = gelu_erf(&tb, &x);
+    for i in 0..x.len() {
+        let fd = (fp[i] - fm[i]) / (xp[i] - xm[i]);
+        // Truncation h^2/6 times the third derivative's maximum (0.78):
+        // 3.2e-5; plus two f32 roundings of outputs up to 12, over 2h: 7e-5
+        // in all.
+        assert!(
+            (fd - grad[i]).abs() <= 1e-4,
+            "gelu_erf'({}) = {} but the central difference is {fd}",
+            x[i],
+            grad[i]
+        );
+    }
 }
 
 #[test]

@@ -286,6 +286,8 @@ fn the_conformance_harness_passes_the_elementwise_ops() {
         "accumulate",
         "gelu_fwd",
         "gelu_bwd",
+        "gelu_erf_fwd",
+        "gelu_erf_bwd",
         "dropout_fwd",
         "dropout_bwd",
     ];

@@ -41,6 +41,43 @@ impl Contract for GeluBwd {
     }
 }
 
+/// The exact GELU of BERT: `out = x Φ(x) = 0.5 x (1 + erf(x / sqrt(2)))`,
+/// with the error function rather than GPT-2's tanh approximation.
+#[derive(Clone, Copy, Debug)]
+pub struct GeluErfFwd {
+    pub out: View,
+    pub inp: View,
+}
+
+impl Contract for GeluErfFwd {
+    const NAME: &'static str = "gelu_erf_fwd";
+    fn check(&self) -> Result<()> {
+        unary(Self::NAME, ("out", self.out), ("inp", self.inp))
+    }
+    fn shape(&self) -> String {
+        format!("n={}", self.out.len)
+    }
+}
+
+/// `dinp += (Φ(x) + x φ(x)) * dout`, the derivative of [`GeluErfFwd`]
+/// (φ the standard normal density).
+#[derive(Clone, Copy, Debug)]
+pub struct GeluErfBwd {
+    pub dinp: View,
+    pub inp: View,
+    pub dout: View,
+}
+
+impl Contract for GeluErfBwd {
+    const NAME: &'static str = "gelu_erf_bwd";
+    fn check(&self) -> Result<()> {
+        unary_bwd(Self::NAME, self.dinp, self.inp, self.dout)
+    }
+    fn shape(&self) -> String {
+        format!("n={}", self.dinp.len)
+    }
+}
+
 /// Inverted dropout: element `i` is kept iff
 /// [`crate::rng::dropout_keep`]`(seed, offset + i, p)`, and kept elements
 /// are scaled by `1 / (1 - p)` (`p == 1` drops everything). The mask is never

@@ -24,6 +24,8 @@ macro_rules! for_each_op {
             elementwise::Accumulate => cases::accumulate,
             activation::GeluFwd => cases::gelu_fwd,
             activation::GeluBwd => cases::gelu_bwd,
+            activation::GeluErfFwd => cases::gelu_erf_fwd,
+            activation::GeluErfBwd => cases::gelu_erf_bwd,
             activation::DropoutFwd => cases::dropout_fwd,
             activation::DropoutBwd => cases::dropout_bwd,
             embedding::EmbeddingFwd => cases::embedding_fwd,
@@ -201,6 +203,37 @@ mod cases {
             .into()
         });
         b.compare(&[dx], 1e-5);
+    }
+
+    /// erfcf within 4 ulp, expf within 2 and a few roundings of products
+    /// and sums: 16 ulp of f32 relative to the largest output bound them.
+    const GELU_ERF_TOL: f64 = 16.0 * f32::EPSILON as f64;
+
+    pub fn gelu_erf_fwd(b: &mut CaseBuilder, d: Dims) {
+        // Scale 3: both tails of the normal distribution function.
+        let (out, x) = (b.random(odd_len(d), 1.0), b.random(odd_len(d), 3.0));
+        b.run(move |t| {
+            activation::GeluErfFwd {
+                out: t[out],
+                inp: t[x],
+            }
+            .into()
+        });
+        b.compare(&[out], GELU_ERF_TOL);
+    }
+
+    pub fn gelu_erf_bwd(b: &mut CaseBuilder, d: Dims) {
+        let len = odd_len(d);
+        let (dx, x, dy) = (b.random(len, 1.0), b.random(len, 3.0), b.random(len, 1.0));
+        b.run(move |t| {
+            activation::GeluErfBwd {
+                dinp: t[dx],
+                inp: t[x],
+                dout: t[dy],
+            }
+            .into()
+        });
+        b.compare(&[dx], GELU_ERF_TOL);
     }
 
     pub fn dropout_fwd(b: &mut CaseBuilder, d: Dims) {

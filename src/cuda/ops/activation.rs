@@ -3,11 +3,13 @@
 use super::KernelOp;
 use crate::cuda::launch::{Args, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
-use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluFwd};
+use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
 use anyhow::Result;
 
 const GELU_FWD: KernelId = kernel_id!(activation, gelu_fwd);
 const GELU_BWD: KernelId = kernel_id!(activation, gelu_bwd);
+const GELU_ERF_FWD: KernelId = kernel_id!(activation, gelu_erf_fwd);
+const GELU_ERF_BWD: KernelId = kernel_id!(activation, gelu_erf_bwd);
 const DROPOUT_FWD: KernelId = kernel_id!(activation, dropout_fwd);
 const DROPOUT_BWD: KernelId = kernel_id!(activation, dropout_bwd);
 
@@ -28,6 +30,26 @@ impl KernelOp for GeluBwd {
             .ptr(self.dout)
             .u64(n as u64);
         l.launch_1d(&GELU_BWD, self.dinp.dtype, n, args)
+    }
+}
+
+impl KernelOp for GeluErfFwd {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let n = self.out.len;
+        let args = Args::new().ptr(self.out).ptr(self.inp).u64(n as u64);
+        l.launch_1d(&GELU_ERF_FWD, self.out.dtype, n, args)
+    }
+}
+
+impl KernelOp for GeluErfBwd {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let n = self.dinp.len;
+        let args = Args::new()
+            .ptr(self.dinp)
+            .ptr(self.inp)
+            .ptr(self.dout)
+            .u64(n as u64);
+        l.launch_1d(&GELU_ERF_BWD, self.dinp.dtype, n, args)
     }
 }
 
