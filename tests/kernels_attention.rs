@@ -1,5 +1,5 @@
-//! The attention kernels (the products of kernels/matmul.cu and the softmax
-//! of kernels/attention.cu) under the emulator, against `CpuBackend`, through
+//! The attention kernels (the products of kernels/gemm/simt_f32.cu and the
+//! softmax of kernels/attention/unfused.cu) under the emulator, against `CpuBackend`, through
 //! the conformance harness under forward, reverse and random resume order,
 //! plus shapes that cross the 64-row tiles of the causal products. On a
 //! machine with a GPU the same checks run on it too.

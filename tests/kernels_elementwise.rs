@@ -1,4 +1,5 @@
-//! The elementwise kernels (kernels/elementwise.cu) under the emulator,
+//! The elementwise and activation kernels (kernels/elementwise.cu,
+//! kernels/activation.cu) under the emulator,
 //! against `CpuBackend`, under forward and reverse resume order. Sizes are not
 //! multiples of the block size and span several blocks.
 

@@ -1,4 +1,4 @@
-//! The matmul kernels (kernels/matmul.cu) under the emulator, against
+//! The matmul kernels (kernels/gemm/) under the emulator, against
 //! `CpuBackend`, through the conformance harness under forward, reverse and
 //! random resume order, plus edge shapes the harness does not reach. On a
 //! machine with a GPU the same checks run on it too.

@@ -1,5 +1,5 @@
-//! The layernorm, embedding, classifier (softmax + cross-entropy) and
-//! optimizer kernels (kernels/{layernorm,embedding,classifier,adamw}.cu)
+//! The layernorm, embedding, loss (softmax + cross-entropy) and optimizer
+//! kernels (kernels/{layernorm,embedding,loss,optimizer}.cu)
 //! under the emulator, against `CpuBackend`: the shared conformance harness
 //! under forward, reverse and random resume order, then the edge cases it
 //! does not reach (GPT-2's vocabulary, frozen layernorm gradients, grids
