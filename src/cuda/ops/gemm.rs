@@ -1,5 +1,8 @@
 //! Launchers of kernels/gemm/: the matmul ops, and [`Gemm`], the one
-//! general product that attention's launcher uses too.
+//! general product that attention's launcher uses too. Every product goes
+//! through [`Gemm::launch`], so that is where the choice of kernel by dtype
+//! and shape belongs once there is more than the fp32 SIMT one (the bf16
+//! tensor-core GEMM for bf16 operands).
 
 use super::KernelOp;
 use crate::cuda::launch::{to_i32, Args, LaunchDims, Launcher};
