@@ -1,8 +1,9 @@
 //! Launchers of kernels/activation.cu: 1-D grid-stride loops.
 
-use super::KernelOp;
+use super::{pointwise, KernelOp};
 use crate::cuda::launch::{Args, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
+use crate::mem::View;
 use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
 use anyhow::Result;
 
@@ -15,80 +16,63 @@ const DROPOUT_BWD: KernelId = kernel_id!(activation, dropout_bwd);
 
 impl KernelOp for GeluFwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.out.len;
-        let args = Args::new().ptr(self.out).ptr(self.inp).u64(n as u64);
-        l.launch_1d(&GELU_FWD, self.out.dtype, n, args)
+        pointwise(l, &GELU_FWD, &[self.out, self.inp])
     }
 }
 
 impl KernelOp for GeluBwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.dinp.len;
-        let args = Args::new()
-            .ptr(self.dinp)
-            .ptr(self.inp)
-            .ptr(self.dout)
-            .u64(n as u64);
-        l.launch_1d(&GELU_BWD, self.dinp.dtype, n, args)
+        pointwise(l, &GELU_BWD, &[self.dinp, self.inp, self.dout])
     }
 }
 
 impl KernelOp for GeluErfFwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.out.len;
-        let args = Args::new().ptr(self.out).ptr(self.inp).u64(n as u64);
-        l.launch_1d(&GELU_ERF_FWD, self.out.dtype, n, args)
+        pointwise(l, &GELU_ERF_FWD, &[self.out, self.inp])
     }
 }
 
 impl KernelOp for GeluErfBwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.dinp.len;
-        let args = Args::new()
-            .ptr(self.dinp)
-            .ptr(self.inp)
-            .ptr(self.dout)
-            .u64(n as u64);
-        l.launch_1d(&GELU_ERF_BWD, self.dinp.dtype, n, args)
+        pointwise(l, &GELU_ERF_BWD, &[self.dinp, self.inp, self.dout])
     }
 }
 
-/// `1 / (1 - p)`, or 0 for `p == 1` (everything dropped, no 0 * inf), as the
-/// CPU reference does; computed once here rather than per element.
-fn keep_scale(p: f32) -> f32 {
-    if p < 1.0 {
-        1.0 / (1.0 - p)
-    } else {
-        0.0
-    }
+/// Both dropout kernels: `(out, inp, p, scale, seed, offset, n)`, with
+/// `scale = 1 / (1 - p)`, or 0 for `p == 1` (everything dropped, no
+/// 0 * inf), as the CPU reference does; computed once here rather than per
+/// element.
+fn dropout(
+    l: &Launcher,
+    kernel: &KernelId,
+    [out, inp]: [View; 2],
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> Result<()> {
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    let n = out.len;
+    let args = Args::new()
+        .ptr(out)
+        .ptr(inp)
+        .f32(p)
+        .f32(scale)
+        .u64(seed)
+        .u64(offset)
+        .u64(n as u64);
+    l.launch_1d(kernel, out.dtype, n, args)
 }
 
 impl KernelOp for DropoutFwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.out.len;
-        let args = Args::new()
-            .ptr(self.out)
-            .ptr(self.inp)
-            .f32(self.p)
-            .f32(keep_scale(self.p))
-            .u64(self.seed)
-            .u64(self.offset)
-            .u64(n as u64);
-        l.launch_1d(&DROPOUT_FWD, self.out.dtype, n, args)
+        let views = [self.out, self.inp];
+        dropout(l, &DROPOUT_FWD, views, self.p, self.seed, self.offset)
     }
 }
 
 impl KernelOp for DropoutBwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.dinp.len;
-        let args = Args::new()
-            .ptr(self.dinp)
-            .ptr(self.dout)
-            .f32(self.p)
-            .f32(keep_scale(self.p))
-            .u64(self.seed)
-            .u64(self.offset)
-            .u64(n as u64);
-        l.launch_1d(&DROPOUT_BWD, self.dinp.dtype, n, args)
+        let views = [self.dinp, self.dout];
+        dropout(l, &DROPOUT_BWD, views, self.p, self.seed, self.offset)
     }
 }

@@ -1,6 +1,6 @@
 //! Launchers of kernels/elementwise.cu: 1-D grid-stride loops.
 
-use super::KernelOp;
+use super::{pointwise, KernelOp};
 use crate::cuda::launch::{Args, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
 use crate::ops::elementwise::{Accumulate, Add, CopyView, Fill};
@@ -26,28 +26,18 @@ impl KernelOp for CopyView {
         if self.dst.addr == self.src.addr {
             return Ok(());
         }
-        let n = self.dst.len;
-        let args = Args::new().ptr(self.dst).ptr(self.src).u64(n as u64);
-        l.launch_1d(&COPY, self.dst.dtype, n, args)
+        pointwise(l, &COPY, &[self.dst, self.src])
     }
 }
 
 impl KernelOp for Add {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.out.len;
-        let args = Args::new()
-            .ptr(self.out)
-            .ptr(self.a)
-            .ptr(self.b)
-            .u64(n as u64);
-        l.launch_1d(&ADD, self.out.dtype, n, args)
+        pointwise(l, &ADD, &[self.out, self.a, self.b])
     }
 }
 
 impl KernelOp for Accumulate {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let n = self.dst.len;
-        let args = Args::new().ptr(self.dst).ptr(self.src).u64(n as u64);
-        l.launch_1d(&ACCUMULATE, self.dst.dtype, n, args)
+        pointwise(l, &ACCUMULATE, &[self.dst, self.src])
     }
 }

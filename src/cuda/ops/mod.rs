@@ -10,7 +10,9 @@ mod layernorm;
 mod loss;
 mod optimizer;
 
-use super::launch::Launcher;
+use super::launch::{Args, Launcher};
+use super::module::KernelId;
+use crate::mem::View;
 use crate::ops::registry::for_each_op;
 use crate::ops::Op;
 use anyhow::Result;
@@ -32,3 +34,12 @@ macro_rules! kernel_dispatch {
     };
 }
 for_each_op!(kernel_dispatch);
+
+/// Launches a 1-D grid-stride kernel whose parameters are one pointer per
+/// view and then the element count, `views[0].len` (the element type is
+/// `views[0]`'s): `(out, inp, n)`, `(dinp, inp, dout, n)`, `(out, a, b, n)`.
+fn pointwise(l: &Launcher, kernel: &KernelId, views: &[View]) -> Result<()> {
+    let n = views[0].len;
+    let args = views.iter().fold(Args::new(), |args, &v| args.ptr(v));
+    l.launch_1d(kernel, views[0].dtype, n, args.u64(n as u64))
+}
