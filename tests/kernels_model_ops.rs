@@ -265,6 +265,60 @@ fn layernorm_bwd_skips_frozen_gradients_and_loops_over_many_rows() {
 }
 
 #[test]
+fn layernorm_bwd_wider_than_48_kib_of_shared_memory() {
+    // 2 x 6200 floats of block partials: 49600 bytes, past the 48 KiB a
+    // block gets without the opt-in the launcher makes.
+    let (rows, c) = (3, 6200);
+    let x = random(rows * c, 2.0, 30);
+    let w: Vec<f32> = random(c, 0.2, 31).iter().map(|v| v + 1.0).collect();
+    let (b, dy) = (random(c, 0.2, 32), random(rows * c, 1.0, 33));
+    let (dx, dw, db) = (
+        random(rows * c, 1.0, 34),
+        random(c, 1.0, 35),
+        random(c, 1.0, 36),
+    );
+    let stats = vec![0.0; rows];
+    let floats = [
+        x,
+        w,
+        b,
+        dy,
+        dx,
+        dw,
+        db,
+        vec![0.0; rows * c],
+        stats.clone(),
+        stats,
+    ];
+    let results = run_all(&floats, &[], &[4, 5, 6], &|be, v| {
+        let f = &v.f;
+        be.run(LayernormFwd {
+            out: f[7],
+            mean: f[8],
+            rstd: f[9],
+            inp: f[0],
+            weight: f[1],
+            bias: f[2],
+            rows,
+            channels: c,
+        })?;
+        be.run(LayernormBwd {
+            dinp: f[4],
+            dweight: Some(f[5]),
+            dbias: Some(f[6]),
+            dout: f[3],
+            inp: f[0],
+            weight: f[1],
+            mean: f[8],
+            rstd: f[9],
+            rows,
+            channels: c,
+        })
+    });
+    assert_match("layernorm, 6200 channels", &results, tol_for(c));
+}
+
+#[test]
 fn embedding_bwd_adds_up_a_single_repeated_token() {
     // Every position holds the same token: all rows collide in dwte.
     let (batch, seq, c, vocab) = (9, 5, 33, 4);
