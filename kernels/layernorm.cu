@@ -55,7 +55,7 @@ __device__ void layernorm_fwd(T* __restrict__ out, float* __restrict__ mean, flo
 // few per column per SM. `dweight`/`dbias` may be null (frozen blocks): then
 // no shared memory is used and the launch passes 0 dynamic bytes.
 // Dynamic shared memory: 2 * channels floats when either gradient is wanted
-// (over 48 KiB from 6144 channels: the launcher opts in).
+// (over 48 KiB from 6144 channels, which the launcher's opt-in allows).
 template <typename T>
 __device__ void layernorm_bwd(T* __restrict__ dinp, float* dweight, float* dbias, const T* __restrict__ dout,
                               const T* __restrict__ inp, const T* __restrict__ weight,

@@ -48,15 +48,16 @@ pub trait Device: Send + Sync + 'static {
     unsafe fn launch(&self, kernel: &str, dims: LaunchDims, args: &mut [*mut c_void])
         -> Result<()>;
     /// The most dynamic shared memory one block may use after
-    /// [`Device::opt_in_shared`].
+    /// [`Device::set_max_dynamic_shared`].
     fn max_shared_bytes(&self) -> u32 {
         MAX_SHARED_BYTES_SM90
     }
-    /// Lets `kernel` use `bytes` (over 48 KiB) of dynamic shared memory per
-    /// block, which the driver refuses without it
-    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`). The launcher calls
-    /// it before every such launch. A device without that limit accepts it.
-    fn opt_in_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
+    /// Lets `kernel` use `bytes` of dynamic shared memory per block
+    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`): without it a block
+    /// gets 48 KiB of static and dynamic shared memory together, and the
+    /// driver refuses more. The launcher calls it before every launch with
+    /// dynamic shared memory. A device without that limit accepts it.
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
         let _ = (kernel, bytes);
         Ok(())
     }
@@ -383,7 +384,7 @@ impl Device for CudaDevice {
     fn max_shared_bytes(&self) -> u32 {
         self.max_shared_bytes
     }
-    fn opt_in_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
         let (name, f) = self.function(kernel)?;
         let mut allowed = self.shared_opt_in.lock().unwrap();
         if allowed.get(name).is_some_and(|&b| b >= bytes) {

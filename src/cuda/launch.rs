@@ -38,9 +38,6 @@ impl LaunchDims {
     }
 }
 
-/// Dynamic shared memory a block gets without opting in.
-pub const DEFAULT_SHARED_BYTES: u32 = 48 << 10;
-
 /// Blocks for `n` elements, one per thread, capped at [`MAX_GRID_1D`].
 pub fn grid_1d(n: u64, block: u32) -> u32 {
     n.div_ceil(block as u64).clamp(1, MAX_GRID_1D as u64) as u32
@@ -241,8 +238,11 @@ impl<'a> Launcher<'a> {
             "{name} needs {bytes} bytes of dynamic shared memory per block, more than the {max} \
              this device allows"
         );
-        if bytes > DEFAULT_SHARED_BYTES {
-            self.device.opt_in_shared(name, bytes)?;
+        // Without the opt-in a block gets 48 KiB of static and dynamic
+        // shared memory together, so any dynamic amount may need it; the
+        // device skips kernels already allowed as much.
+        if bytes > 0 {
+            self.device.set_max_dynamic_shared(name, bytes)?;
         }
         let mut ptrs = args.pointers();
         // SAFETY: the arguments match the kernel's parameters in number and
@@ -297,7 +297,7 @@ mod tests {
             self.calls.lock().unwrap().push(format!("launch {kernel}"));
             Ok(())
         }
-        fn opt_in_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
+        fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
             self.opted_in.lock().unwrap().push((kernel.into(), bytes));
             Ok(())
         }
@@ -396,13 +396,14 @@ mod tests {
             shared_bytes,
             ..LaunchDims::linear(1, 32)
         };
-        for bytes in [DEFAULT_SHARED_BYTES, 100 << 10] {
+        for bytes in [0, 48 << 10, 100 << 10] {
             l.launch(&FILL, DType::F32, dims(bytes), fill_args(DType::F32))
                 .unwrap();
         }
+        let name = "elementwise_fill_f32".to_string();
         assert_eq!(
             *dev.opted_in.lock().unwrap(),
-            [("elementwise_fill_f32".to_string(), 100 << 10)]
+            [(name.clone(), 48 << 10), (name, 100 << 10)]
         );
         let e = l
             .launch(&FILL, DType::F32, dims(228 << 10), fill_args(DType::F32))
