@@ -33,7 +33,7 @@ extern "C" __global__ void adamw_f32(float* __restrict__ params, const float* __
 // into `acc`. A single-block launch would be exact but would use one SM of
 // the GPU; a second reduction kernel would need a scratch buffer.
 extern "C" __global__ void sum_squares_f32(float* acc, const float* __restrict__ x, u64 n) {
-    __shared__ double warp_total[32];
+    SMEM(double, warp_total, [32]);
     double s = 0.0;
     GRID_STRIDE_LOOP(i, n) {
         const double v = x[i];

@@ -30,7 +30,8 @@ static __device__ __forceinline__ void xent_merge(float& m, float& s, float m2, 
 extern "C" __global__ void softmax_xent_f32(float* __restrict__ losses, float* dlogits, const float* logits,
                                             const u32* __restrict__ targets, u32 vocab, u32 ignore_index,
                                             float grad_scale) {
-    __shared__ float warp_max[32], warp_sum[32];
+    SMEM(float, warp_max, [32]);
+    SMEM(float, warp_sum, [32]);
     const u64 row = blockIdx.x;
     const float* x = logits + row * vocab;
     float* dx = dlogits ? dlogits + row * vocab : nullptr;

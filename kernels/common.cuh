@@ -13,6 +13,7 @@
 #define NAN __int_as_float(0x7fffffff)
 #endif
 #define DYN_SMEM(T, name) extern __shared__ T name[]
+#define SMEM(T, name, dims) __shared__ T name dims
 
 #else
 

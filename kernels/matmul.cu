@@ -55,8 +55,8 @@ static_assert(sizeof(GemmParams) == 128, "GemmParams layout changed: update Kern
 extern "C" __global__ void gemm_f32(GemmParams p) {
     // +1 column of padding: the non-transposed loads write 16 k-values of one
     // row, which would otherwise land on 16 words 64 apart (one bank).
-    __shared__ float as[GEMM_TK][GEMM_TILE + 1];
-    __shared__ float bs[GEMM_TK][GEMM_TILE + 1];
+    SMEM(float, as, [GEMM_TK][GEMM_TILE + 1]);
+    SMEM(float, bs, [GEMM_TK][GEMM_TILE + 1]);
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
     const int m0 = blockIdx.y * GEMM_TILE, n0 = blockIdx.x * GEMM_TILE;
@@ -145,7 +145,7 @@ extern "C" __global__ void gemm_f32(GemmParams p) {
 
 extern "C" __global__ void bias_grad_f32(float* __restrict__ dbias, const float* __restrict__ dout, int rows,
                                          int cols) {
-    __shared__ float part[BIAS_WARPS][BIAS_COLS + 1];
+    SMEM(float, part, [BIAS_WARPS][BIAS_COLS + 1]);
     const int lane = threadIdx.x % BIAS_COLS, warp = threadIdx.x / BIAS_COLS;
     const int col = blockIdx.x * BIAS_COLS + lane;
     float s = 0.0f;

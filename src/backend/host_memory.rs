@@ -1,4 +1,4 @@
-//! Host memory for the CPU backend and the emulator: aligned, zero-filled,
+//! Host memory for the CPU backend: aligned, zero-filled,
 //! counted allocations addressed by their host pointer.
 
 use super::{MemStats, Memory};

@@ -83,7 +83,8 @@ impl<D: Device> KernelBackend<D> {
         &self.device
     }
 
-    /// Launches `kernel`, naming it and its geometry in any error.
+    /// Launches `kernel`, naming it and its geometry in any error; makes the
+    /// shared memory opt-in first where the launch needs it.
     ///
     /// # Safety
     /// As [`Device::launch`]: `args` must match the kernel's parameters.
@@ -93,6 +94,13 @@ impl<D: Device> KernelBackend<D> {
         dims: LaunchDims,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        // Without the opt-in a block gets 48 KiB minus the kernel's static
+        // shared memory; the devices skip the call when the kernel already
+        // has at least this much.
+        if dims.shared_bytes > 0 {
+            self.device
+                .set_max_dynamic_shared(kernel, dims.shared_bytes)?;
+        }
         self.device.launch(kernel, dims, args)
     }
 

@@ -62,12 +62,25 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
     let reference = Arc::new(CpuBackend::new());
     let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
         println!("dyntie doctor: checking the kernels under the CPU emulator");
-        (Arc::new(KernelBackend::new(EmuDevice::new())), false)
+        let dev = EmuDevice::new();
+        let limits = dev.config().gpu;
+        println!(
+            "launch checks: the limits of sm_{} ({} KiB of shared memory per block with the \
+             opt-in); kernel registers and static shared memory: {}",
+            limits.arch,
+            limits.max_shared_per_block_optin >> 10,
+            crate::device::limits::ptxas_report_status()
+        );
+        (Arc::new(KernelBackend::new(dev)), false)
     } else {
         println!("kernels in this build: {}", cuda::gpu_build_info());
         match CudaDevice::new(0) {
             Ok(dev) => {
                 println!("dyntie doctor: checking {}", dev.description());
+                println!(
+                    "launch checks: the limits of this GPU; kernel registers and static shared \
+                     memory from the driver"
+                );
                 (Arc::new(KernelBackend::new(dev)), true)
             }
             Err(e) if args.allow_no_gpu => {

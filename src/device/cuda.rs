@@ -5,6 +5,7 @@
 //! looked up by name on first use. All work goes to the legacy default
 //! stream, so copies and launches run in program order.
 
+use super::limits::{self, GpuLimits, KernelResources};
 use super::{Device, LaunchDims};
 use crate::backend::{MemStats, Memory};
 use anyhow::{anyhow, bail, Context, Result};
@@ -120,15 +121,27 @@ impl Drop for CudaMemory {
     }
 }
 
+/// A kernel looked up in the loaded modules, with what the launch checks need.
+#[derive(Clone, Copy)]
+struct Function {
+    handle: sys::CUfunction,
+    /// Registers and static shared memory of the loaded code, from the driver.
+    resources: KernelResources,
+    /// Dynamic shared memory it opted in to (set_max_dynamic_shared).
+    opt_in: Option<u32>,
+}
+
 struct Modules {
     modules: Vec<(&'static str, sys::CUmodule)>,
-    functions: HashMap<String, sys::CUfunction>,
+    functions: HashMap<String, Function>,
 }
 
 pub struct CudaDevice {
     memory: Arc<CudaMemory>,
     modules: Mutex<Modules>,
     description: String,
+    /// This GPU's per-block limits, from the driver.
+    limits: GpuLimits,
 }
 
 // SAFETY: see CudaMemory; module and function handles are plain handles valid
@@ -174,6 +187,21 @@ impl CudaDevice {
         let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
             .map_err(|e| driver_err("cuDeviceGetAttribute", e))? as u32;
         let arch = major * 10 + minor;
+        let limit = |a| {
+            attr(a)
+                .map(|v| v as u32)
+                .map_err(|e| driver_err("cuDeviceGetAttribute", e))
+        };
+        use sys::CUdevice_attribute as A;
+        let limits = GpuLimits {
+            arch,
+            max_threads_per_block: limit(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            max_registers_per_block: limit(A::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK)?,
+            max_shared_per_block: limit(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
+            max_shared_per_block_optin: limit(
+                A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?,
+        };
         let name = result::device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into());
         let mut modules = Vec::new();
         for m in GPU_MODULES {
@@ -188,7 +216,13 @@ impl CudaDevice {
                 functions: HashMap::new(),
             }),
             description: format!("{name} (sm_{arch}), kernels {GPU_BUILD}"),
+            limits,
         })
+    }
+
+    /// This GPU's per-block launch limits.
+    pub fn limits(&self) -> GpuLimits {
+        self.limits
     }
 
     /// GPU name, compute capability and how the kernels were built.
@@ -196,7 +230,7 @@ impl CudaDevice {
         &self.description
     }
 
-    fn function(&self, kernel: &str) -> Result<sys::CUfunction> {
+    fn function(&self, kernel: &str) -> Result<Function> {
         let mut m = self.modules.lock().unwrap();
         if let Some(&f) = m.functions.get(kernel) {
             return Ok(f);
@@ -204,10 +238,27 @@ impl CudaDevice {
         let cname = CString::new(kernel)?;
         for &(_, module) in &m.modules {
             // SAFETY: `module` is loaded and not unloaded before `self` drops.
-            if let Ok(f) = unsafe { result::module::get_function(module, cname.clone()) } {
-                m.functions.insert(kernel.to_string(), f);
-                return Ok(f);
-            }
+            let Ok(handle) = (unsafe { result::module::get_function(module, cname.clone()) })
+            else {
+                continue;
+            };
+            let attr = |a| {
+                // SAFETY: `handle` is a function of a loaded module.
+                unsafe { result::function::get_function_attribute(handle, a) }
+                    .map(|v| v as u32)
+                    .map_err(|e| driver_err(&format!("cuFuncGetAttribute of {kernel}"), e))
+            };
+            use sys::CUfunction_attribute as A;
+            let f = Function {
+                handle,
+                resources: KernelResources {
+                    registers: attr(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+                    static_shared: attr(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+                },
+                opt_in: None,
+            };
+            m.functions.insert(kernel.to_string(), f);
+            return Ok(f);
         }
         bail!("no GPU kernel named `{kernel}` in the embedded modules")
     }
@@ -299,10 +350,11 @@ impl Device for CudaDevice {
     ) -> Result<()> {
         self.memory.bind()?;
         let f = self.function(kernel)?;
+        limits::check_launch(kernel, &dims, Some(f.resources), f.opt_in, &self.limits)?;
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         result::launch_kernel(
-            f,
+            f.handle,
             (gx, gy, gz),
             (bx, by, bz),
             dims.shared_bytes,
@@ -318,6 +370,31 @@ impl Device for CudaDevice {
                 e,
             )
         })
+    }
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
+        self.memory.bind()?;
+        let f = self.function(kernel)?;
+        if f.opt_in.is_some_and(|b| b >= bytes) {
+            return Ok(());
+        }
+        limits::check_opt_in(kernel, bytes, Some(f.resources), &self.limits)?;
+        // SAFETY: a function of a loaded module; the value was checked above.
+        unsafe {
+            result::function::set_function_attribute(
+                f.handle,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        }
+        .map_err(|e| {
+            driver_err(
+                &format!("opting {kernel} in to {bytes} bytes of shared memory"),
+                e,
+            )
+        })?;
+        let mut m = self.modules.lock().unwrap();
+        m.functions.get_mut(kernel).expect("looked up above").opt_in = Some(bytes);
+        Ok(())
     }
     fn synchronize(&self) -> Result<()> {
         self.memory.bind()?;

@@ -7,9 +7,11 @@
 
 pub mod cuda;
 pub mod emu;
+pub mod limits;
 
 pub use cuda::CudaDevice;
 pub use emu::{EmuConfig, EmuDevice, ResumeOrder};
+pub use limits::GpuLimits;
 
 use crate::backend::{MemStats, Memory};
 use anyhow::Result;
@@ -54,6 +56,12 @@ pub trait Device: Send + Sync + 'static {
     /// be valid for what the kernel does with it.
     unsafe fn launch(&self, kernel: &str, dims: LaunchDims, args: &mut [*mut c_void])
         -> Result<()>;
+    /// Lets `kernel` be launched with up to `bytes` of dynamic shared memory
+    /// (`cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)`).
+    /// Without it a block gets [`limits::DEFAULT_SHARED_PER_BLOCK`] of shared
+    /// memory, static and dynamic together, and a launch that needs more
+    /// fails, on the GPU and under the emulator alike.
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()>;
     /// Waits for all queued work; reports errors of kernels that already ran.
     fn synchronize(&self) -> Result<()>;
     /// (free, total) bytes of device memory.
