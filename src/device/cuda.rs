@@ -90,10 +90,7 @@ impl Memory for CudaMemory {
         // SAFETY: `ptr` was just allocated with this size.
         unsafe { result::memset_d8_sync(ptr, 0, bytes) }
             .map_err(|e| driver_err("cuMemsetD8", e))?;
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes += bytes as u64;
-        s.live_allocations += 1;
-        s.peak_bytes = s.peak_bytes.max(s.live_bytes);
+        self.stats.lock().unwrap().allocated(bytes);
         Ok(ptr)
     }
 
@@ -104,9 +101,7 @@ impl Memory for CudaMemory {
             // SAFETY: `addr` came from `alloc`.
             let _ = unsafe { result::free_sync(addr) };
         }
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes -= bytes as u64;
-        s.live_allocations -= 1;
+        self.stats.lock().unwrap().freed(bytes);
     }
 
     fn stats(&self) -> MemStats {

@@ -107,19 +107,14 @@ impl Memory for EmuMemory {
                 bytes as f64 / (1 << 20) as f64
             );
         }
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes += bytes as u64;
-        s.live_allocations += 1;
-        s.peak_bytes = s.peak_bytes.max(s.live_bytes);
+        self.stats.lock().unwrap().allocated(bytes);
         Ok(addr)
     }
 
     fn free(&self, addr: u64, bytes: usize) {
         // SAFETY: `addr` came from `alloc`; memory.cpp ignores (and reports) any other.
         unsafe { emu_free(addr) };
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes -= bytes as u64;
-        s.live_allocations -= 1;
+        self.stats.lock().unwrap().freed(bytes);
     }
 
     fn stats(&self) -> MemStats {
