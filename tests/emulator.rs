@@ -532,7 +532,7 @@ fn shared_memory_over_the_architecture_limit_is_refused() {
     sm90.set_max_dynamic_shared(kernel, dynamic).unwrap();
     static_and_dynamic(&sm90, dynamic).unwrap();
     let msg = sm90
-        .set_max_dynamic_shared(kernel, 212 << 10)
+        .set_max_dynamic_shared(kernel, 228 << 10)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("232448 a block may have on sm_90"), "{msg}");
