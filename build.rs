@@ -82,8 +82,8 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[Path
         .std("c++20")
         .opt_level(2)
         .include(kernels_dir)
-        // Kernels are linked statically; initial-exec TLS keeps `__shared__`
-        // (thread_local) access cheap.
+        // Kernels are linked statically; initial-exec TLS keeps the per-worker
+        // state they read (threadIdx, the SMEM slots) cheap.
         .flag("-ftls-model=initial-exec")
         // Probe every page of a big stack frame, so a fiber that overflows
         // its stack always hits the guard page instead of a neighbour's stack.
