@@ -1,0 +1,266 @@
+// The bf16 tensor-core GEMM: mma.sync m16n8k16 (bf16 in, fp32 accumulate),
+// operands staged by cp.async through a 3-stage shared-memory pipeline and
+// loaded into fragments with ldmatrix. It serves every product gemm_f32
+// serves (matmul forward and both backward products, the six attention
+// products: transpose flags, accumulate, batch strides, causal skipping),
+// with fused epilogues: bias, GELU (keeping the pre-activation for the
+// backward) and accumulation into an fp32 C (weight gradients).
+//
+// Shape, and why:
+// - Block tile 128 x 128 x 32, 8 warps as 2 (M) x 4 (N), each warp 64 x 32:
+//   per 16-deep k step a warp issues 6 ldmatrix.x4 (4 for its A rows, 2 for
+//   its B columns) for 16 mma, and the block reads 128 + 128 operand rows
+//   per 128 x 128 outputs from global memory (arithmetic intensity 64
+//   FLOP/byte of tile traffic, against ~206 FLOP/B of ridge on an H200:
+//   enough with L2 reuse between neighbouring blocks).
+// - Registers: 64 fp32 accumulators + 16 (A) + 8 (B) fragment registers +
+//   addresses, under the 128 that __launch_bounds__(256, 2) allows, so two
+//   blocks (16 warps) share an SM and one block's loads hide the other's math.
+// - Shared memory: 3 stages x (8 KiB A + 8 KiB B) = 48 KiB, the most a
+//   block gets without the opt-in; two blocks use 96 of the 228 KiB per SM.
+//   Three stages keep two tiles in flight while the third is consumed.
+// - Bank conflicts: a tile row is stored in 16-byte chunks (8 bf16). Tiles
+//   whose rows run along k (128 rows x 4 chunks, "K-contiguous") XOR the
+//   chunk with (row / 2) % 4; tiles whose rows run along m or n (32 rows x
+//   16 chunks, "MN-contiguous") XOR it with row % 8. Either way the 8 rows
+//   one ldmatrix matrix reads, and the 8 chunks a quarter-warp of cp.async
+//   writes, fall into 8 different groups of 4 banks. No padding, so the
+//   three stages stay at exactly 48 KiB.
+// - Transposes: an operand stored with k contiguous (A as [M, K], B as
+//   [N, K]) is loaded with ldmatrix; one stored the other way (A as [K, M],
+//   B as [K, N]) with ldmatrix.trans. The four combinations are four
+//   kernels (gemm_bf16_<a><b>, n = as the math reads it, t = transposed), so
+//   no layout test sits in the inner loop.
+// - Ragged edges: every 16-byte load is a zero-filling cp.async whose source
+//   size is cut at the matrix edge (0 bytes outside it), so any M, N and K
+//   work; stores outside C are skipped. What cp.async needs is alignment
+//   (mma_bf16.h): base addresses 16-byte aligned, leading dimensions and a/b
+//   batch strides multiples of 8 elements. Operands that are not (rare: the
+//   model's dimensions are multiples of 64) must go through gemm_f32 after a
+//   conversion, or be copied into a padded buffer by the launcher.
+#include "common.cuh"
+#include "gemm/mma_bf16.h"
+#include "tensor_core.cuh"
+
+// One operand tile, in 16-byte chunks (same count for both shapes, as BM == BN).
+#define MMA_TILE_CHUNKS (MMA_BM * MMA_BK / 8)
+#define MMA_TILE_BYTES (MMA_TILE_CHUNKS * 16)
+static_assert(MMA_BM == MMA_BN && MMA_BK == 32 && MMA_THREADS == 256,
+              "the tile loaders and swizzles below assume 128 x 128 x 32 with 256 threads");
+static_assert(MMA_SMEM_BYTES == 2 * MMA_STAGES * MMA_TILE_BYTES, "shared memory is 2 tiles per stage");
+
+// Swizzled chunk index of (row, 16-byte chunk c) in each tile shape.
+__device__ __forceinline__ int k_contig_chunk(int row, int c) { return row * 4 + (c ^ ((row >> 1) & 3)); }
+__device__ __forceinline__ int mn_contig_chunk(int row, int c) { return row * 16 + (c ^ (row & 7)); }
+
+// Issues this thread's two 16-byte copies of one operand tile: rows mn0.. of
+// a K-contiguous operand (g[mn * ld + k]) or k-rows k0.. of an MN-contiguous
+// one (g[k * ld + mn]), zero beyond mn_end and k_end.
+template <bool K_CONTIG>
+__device__ __forceinline__ void load_tile(char* tile, const bf16* g, int ld, int mn0, int mn_end, int k0, int k_end,
+                                          int tid) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int q = tid + i * MMA_THREADS;
+        int row, c, mn, k, avail;
+        if (K_CONTIG) {
+            row = q >> 2;
+            c = q & 3;
+            mn = mn0 + row;
+            k = k0 + c * 8;
+            avail = mn < mn_end ? k_end - k : 0;
+        } else {
+            row = q >> 4;
+            c = q & 15;
+            k = k0 + row;
+            mn = mn0 + c * 8;
+            avail = k < k_end ? mn_end - mn : 0;
+        }
+        const int bytes = avail <= 0 ? 0 : (avail >= 8 ? 16 : avail * 2);
+        const bf16* src = bytes ? (K_CONTIG ? g + (u64)mn * ld + k : g + (u64)k * ld + mn) : g;
+        char* dst = tile + 16 * (K_CONTIG ? k_contig_chunk(row, c) : mn_contig_chunk(row, c));
+        cp_async_16_zfill(dst, src, bytes);
+    }
+}
+
+// The 16 (m or n) x 16 (k) block at mn_base, k step kk of a tile, as four
+// 8 x 8 matrices: j = 0..3 covers (mn +0, k +0), (mn +8, k +0), (mn +0,
+// k +8), (mn +8, k +8). For A these are a0..a3; for B, n-tile mn_base gets
+// {r0, r2} and n-tile mn_base + 8 gets {r1, r3}.
+template <bool K_CONTIG>
+__device__ __forceinline__ void load_fragment(u32 r[4], const char* tile, int mn_base, int kk, int lane) {
+    const int j = lane >> 3, rr = lane & 7;
+    const int mn_off = (j & 1) * 8, k_off = (j >> 1) * 8;
+    if (K_CONTIG) {
+        const int row = mn_base + mn_off + rr, c = (kk * 16 + k_off) >> 3;
+        ldmatrix_x4(r, tile + 16 * k_contig_chunk(row, c));
+    } else {
+        const int row = kk * 16 + k_off + rr, c = (mn_base + mn_off) >> 3;
+        ldmatrix_x4_trans(r, tile + 16 * mn_contig_chunk(row, c));
+    }
+}
+
+// GELU, tanh form (as gelu_fwd_f32 and the CPU's gelu_fwd).
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float cube = 0.044715f * x * x * x;
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + cube)));
+}
+
+// Stores v0 at c[idx] and, when `two`, v1 at c[idx + 1]: one paired store
+// when the pair is aligned for it.
+__device__ __forceinline__ void store_pair(void* c, bool f32, u64 idx, float v0, float v1, bool two, bool paired) {
+    if (f32) {
+        float* cf = (float*)c + idx;
+        if (two && paired) {
+            *(u64*)cf = (u64)__float_as_uint(v0) | ((u64)__float_as_uint(v1) << 32);
+        } else {
+            cf[0] = v0;
+            if (two) cf[1] = v1;
+        }
+    } else {
+        bf16* cb = (bf16*)c + idx;
+        if (two && paired) {
+            *(u32*)cb = pack_bf16x2(v0, v1);
+        } else {
+            cb[0] = f32_to_bf16(v0);
+            if (two) cb[1] = f32_to_bf16(v1);
+        }
+    }
+}
+__device__ __forceinline__ float load_elem(const void* c, bool f32, u64 idx) {
+    return f32 ? ((const float*)c)[idx] : bf16_to_f32(((const bf16*)c)[idx]);
+}
+
+template <bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
+    constexpr bool A_K = !TRANS_A;  // A stored [M, K]
+    constexpr bool B_K = TRANS_B;   // B stored [N, K]
+    DYN_SMEM(u32, smem_words);
+    char* const a_tiles = (char*)smem_words;
+    char* const b_tiles = a_tiles + MMA_STAGES * MMA_TILE_BYTES;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int warp_m = warp / MMA_WARPS_N, warp_n = warp % MMA_WARPS_N;
+    const int m0 = blockIdx.y * MMA_BM, n0 = blockIdx.x * MMA_BN;
+    // Uniform per block, before any barrier: the whole block leaves together.
+    if (p.causal == MMA_OUT_LOWER && n0 > m0 + MMA_BM - 1) return;
+
+    const u64 outer = blockIdx.z / p.batch_inner, inner = blockIdx.z % p.batch_inner;
+    const bf16* a = (const bf16*)p.a + outer * p.a_outer + inner * p.a_inner;
+    const bf16* b = (const bf16*)p.b + outer * p.b_outer + inner * p.b_inner;
+    const u64 c_off = outer * p.c_outer + inner * p.c_inner;
+
+    int k_begin = 0, k_end = p.k;
+    if (p.causal == MMA_A_LOWER) k_end = min(p.k, m0 + MMA_BM);
+    if (p.causal == MMA_A_UPPER) k_begin = m0;
+    const int k_tiles = k_end > k_begin ? (k_end - k_begin + MMA_BK - 1) / MMA_BK : 0;
+
+    // Tile kt of both operands into pipeline stage `stage`.
+    auto load_stage = [&](int stage, int kt) {
+        const int k0 = k_begin + kt * MMA_BK;
+        load_tile<A_K>(a_tiles + stage * MMA_TILE_BYTES, a, p.lda, m0, p.m, k0, k_end, tid);
+        load_tile<B_K>(b_tiles + stage * MMA_TILE_BYTES, b, p.ldb, n0, p.n, k0, k_end, tid);
+    };
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    // Prologue: the first STAGES-1 tiles in flight. Every iteration commits
+    // one group (empty past the end) so that wait<STAGES-2> always means
+    // "tile kt has landed".
+#pragma unroll
+    for (int s = 0; s < MMA_STAGES - 1; s++) {
+        if (s < k_tiles) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < k_tiles; kt++) {
+        cp_async_wait<MMA_STAGES - 2>();
+        // Tile kt is visible to all, and every warp is done with tile kt-1,
+        // whose stage the prefetch below overwrites.
+        __syncthreads();
+        const int next = kt + MMA_STAGES - 1;
+        if (next < k_tiles) load_stage(next % MMA_STAGES, next);
+        cp_async_commit();
+
+        const char* at = a_tiles + (kt % MMA_STAGES) * MMA_TILE_BYTES;
+        const char* bt = b_tiles + (kt % MMA_STAGES) * MMA_TILE_BYTES;
+#pragma unroll
+        for (int kk = 0; kk < MMA_BK / 16; kk++) {
+            u32 af[4][4], bfr[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) load_fragment<A_K>(af[mi], at, warp_m * 64 + mi * 16, kk, lane);
+#pragma unroll
+            for (int nj = 0; nj < 4; nj += 2) {
+                u32 r[4];
+                load_fragment<B_K>(r, bt, warp_n * 32 + nj * 8, kk, lane);
+                bfr[nj][0] = r[0];
+                bfr[nj][1] = r[2];
+                bfr[nj + 1][0] = r[1];
+                bfr[nj + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int nj = 0; nj < 4; nj++) mma_m16n8k16_bf16_f32(acc[mi][nj], af[mi], bfr[nj]);
+        }
+    }
+
+    // Epilogue straight from the accumulators: this lane holds rows g, g+8
+    // and columns 2t, 2t+1 of each 16 x 8 tile.
+    const int g = lane >> 2, t = lane & 3;
+    const bool f32 = p.c_f32 != 0;
+    const bf16* bias = (const bf16*)p.bias;
+    // Paired stores need the pair's address aligned to twice the element.
+    const u64 esize = f32 ? 4 : 2;
+    const bool paired = (p.ldc % 2 == 0) && (c_off % 2 == 0) && ((u64)p.c % (2 * esize) == 0) &&
+                        (!p.gelu || (u64)p.pre % (2 * esize) == 0);
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int gm = m0 + warp_m * 64 + mi * 16 + h * 8 + g;
+            if (gm >= p.m) continue;
+#pragma unroll
+            for (int nj = 0; nj < 4; nj++) {
+                const int gn = n0 + warp_n * 32 + nj * 8 + 2 * t;
+                if (gn >= p.n) continue;
+                const bool two = gn + 1 < p.n;
+                const u64 idx = c_off + (u64)gm * p.ldc + gn;
+                float v0 = p.alpha * acc[mi][nj][2 * h], v1 = p.alpha * acc[mi][nj][2 * h + 1];
+                if (bias) {
+                    v0 += bf16_to_f32(bias[gn]);
+                    if (two) v1 += bf16_to_f32(bias[gn + 1]);
+                }
+                if (p.gelu) {
+                    store_pair(p.pre, f32, idx, v0, v1, two, paired);
+                    v0 = gelu_tanh(v0);
+                    v1 = gelu_tanh(v1);
+                }
+                if (p.accumulate) {
+                    v0 += load_elem(p.c, f32, idx);
+                    if (two) v1 += load_elem(p.c, f32, idx + 1);
+                }
+                store_pair(p.c, f32, idx, v0, v1, two, paired);
+            }
+        }
+}
+
+// a, b: n = stored as the product reads it (A [M, K], B [K, N]), t = stored
+// transposed (A [K, M], B [N, K]). The matmul forward (inp @ W^T) is nt, its
+// input gradient nn, its weight gradient tn; q k^T is nt, att v nn, ds^T q tn.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nn(GemmBf16Params p) {
+    gemm_bf16_body<false, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nt(GemmBf16Params p) {
+    gemm_bf16_body<false, true>(p);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tn(GemmBf16Params p) {
+    gemm_bf16_body<true, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tt(GemmBf16Params p) {
+    gemm_bf16_body<true, true>(p);
+}
