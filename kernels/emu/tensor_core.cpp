@@ -14,6 +14,7 @@
 // instead of passing by luck as it could on the GPU.
 #include "tensor_core.h"
 
+#include <atomic>
 #include <cstdio>
 #include <vector>
 
@@ -87,6 +88,29 @@ void run_mma(Record* const r[32]) {
     }
 }
 
+// Bank conflicts of ldmatrix, which the emulator can see and a test cannot
+// time: shared memory has 32 banks of 4 bytes, so a 16-byte row covers one of
+// 8 groups of 4 banks, (address / 16) % 8. The 8 rows of one matrix are one
+// access when they fall into 8 different groups (equal addresses broadcast);
+// otherwise the hardware needs one more pass per extra row in a group.
+std::atomic<unsigned long long> ldmatrix_matrices{0}, ldmatrix_extra_passes{0};
+
+unsigned extra_passes(Record* const r[32], int j) {
+    uintptr_t rows[8];
+    int n = 0, per_group[8] = {};
+    for (int row = 0; row < 8; row++) {
+        uintptr_t a = reinterpret_cast<uintptr_t>(r[8 * j + row]->row);
+        bool seen = false;
+        for (int i = 0; i < n; i++) seen |= rows[i] == a;
+        if (seen) continue;
+        rows[n++] = a;
+        per_group[(a / 16) % 8]++;
+    }
+    int passes = 0;
+    for (int c : per_group) passes = c > passes ? c : passes;
+    return (unsigned)(passes - 1);
+}
+
 // ldmatrix: lanes 8j..8j+7 give the rows of matrix j (16 bytes each).
 const char* run_ldmatrix(Record* const r[32]) {
     const int count = r[0]->count;
@@ -99,6 +123,10 @@ const char* run_ldmatrix(Record* const r[32]) {
                 return error("ldmatrix: lane %d gives a row address that is not 16-byte aligned", 8 * j + row);
             std::memcpy(m[j][row], p, 16);
         }
+    unsigned extra = 0;
+    for (int j = 0; j < count; j++) extra += extra_passes(r, j);
+    ldmatrix_matrices.fetch_add((unsigned long long)count, std::memory_order_relaxed);
+    ldmatrix_extra_passes.fetch_add(extra, std::memory_order_relaxed);
     for (int l = 0; l < 32; l++) {
         for (int j = 0; j < count; j++) {
             uint16_t lo, hi;
@@ -218,3 +246,10 @@ void cp_async_wait(int groups_left) {
 }
 
 }  // namespace emu
+
+// For tests: matrices ldmatrix has loaded and the extra passes bank conflicts
+// cost them, since the process started (all launches, all threads).
+extern "C" void emu_ldmatrix_counters(unsigned long long out[2]) {
+    out[0] = emu::ldmatrix_matrices.load();
+    out[1] = emu::ldmatrix_extra_passes.load();
+}

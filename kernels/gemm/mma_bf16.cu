@@ -53,44 +53,67 @@ static_assert(MMA_SMEM_BYTES == 2 * MMA_STAGES * MMA_TILE_BYTES, "shared memory 
 __device__ __forceinline__ int k_contig_chunk(int row, int c) { return row * 4 + (c ^ ((row >> 1) & 3)); }
 __device__ __forceinline__ int mn_contig_chunk(int row, int c) { return row * 16 + (c ^ (row & 7)); }
 
-// Issues this thread's two 16-byte copies of one operand tile: rows mn0.. of
-// a K-contiguous operand (g[mn * ld + k]) or k-rows k0.. of an MN-contiguous
-// one (g[k * ld + mn]), zero beyond mn_end and k_end.
+// One thread's share of loading one operand, tile after tile: two 16-byte
+// chunks per tile, rows mn0.. of a K-contiguous operand (g[mn * ld + k]) or
+// k-rows of an MN-contiguous one (g[k * ld + mn]), zero beyond mn_end and
+// k_end. Addresses and limits are set up once; each tile only advances them,
+// so the main loop spends few integer instructions per copy.
 template <bool K_CONTIG>
-__device__ __forceinline__ void load_tile(char* tile, const bf16* g, int ld, int mn0, int mn_end, int k0, int k_end,
+struct TileLoader {
+    const bf16* src[2];  // this chunk's source in the next tile
+    int left[2];         // elements of the row (K_CONTIG) or k-rows (else) before the edge
+    int mn_bytes[2];     // MN-contiguous: bytes of the chunk inside the matrix
+    int dst;             // byte offset of chunk 0 in a tile; chunk 1 is 4 KiB further
+    u64 step;            // elements from one tile to the next
+
+    __device__ __forceinline__ TileLoader(const bf16* g, int ld, int mn0, int mn_end, int k_begin, int k_end,
                                           int tid) {
+        dst = 16 * (K_CONTIG ? k_contig_chunk(tid >> 2, tid & 3) : mn_contig_chunk(tid >> 4, tid & 15));
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int q = tid + i * MMA_THREADS;
-        int row, c, mn, k, avail;
-        if (K_CONTIG) {
-            row = q >> 2;
-            c = q & 3;
-            mn = mn0 + row;
-            k = k0 + c * 8;
-            avail = mn < mn_end ? k_end - k : 0;
-        } else {
-            row = q >> 4;
-            c = q & 15;
-            k = k0 + row;
-            mn = mn0 + c * 8;
-            avail = k < k_end ? mn_end - mn : 0;
+        for (int i = 0; i < 2; i++) {
+            // Chunk 1 is 64 K-contiguous rows or 16 k-rows further: the same
+            // swizzle phase, 4 KiB on.
+            const int q = tid + i * MMA_THREADS;
+            if (K_CONTIG) {
+                const int row = q >> 2, c = q & 3, mn = mn0 + row, k = k_begin + c * 8;
+                src[i] = g + (u64)mn * ld + k;
+                left[i] = mn < mn_end ? k_end - k : -(1 << 30);
+                mn_bytes[i] = 16;
+            } else {
+                const int row = q >> 4, c = q & 15, mn = mn0 + c * 8, k = k_begin + row;
+                src[i] = g + (u64)k * ld + mn;
+                left[i] = k_end - k;
+                mn_bytes[i] = min(max(mn_end - mn, 0), 8) * 2;
+            }
         }
-        const int bytes = avail <= 0 ? 0 : (avail >= 8 ? 16 : avail * 2);
-        const bf16* src = bytes ? (K_CONTIG ? g + (u64)mn * ld + k : g + (u64)k * ld + mn) : g;
-        char* dst = tile + 16 * (K_CONTIG ? k_contig_chunk(row, c) : mn_contig_chunk(row, c));
-        cp_async_16_zfill(dst, src, bytes);
+        step = K_CONTIG ? (u64)MMA_BK : (u64)MMA_BK * ld;
     }
-}
+
+    // Copies the next tile into `tile` and moves on to the one after.
+    __device__ __forceinline__ void issue(char* tile) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int bytes;
+            if (K_CONTIG)
+                bytes = min(max(left[i], 0), 8) * 2;
+            else
+                bytes = left[i] > 0 ? mn_bytes[i] : 0;
+            cp_async_16_zfill(tile + dst + i * (MMA_TILE_BYTES / 2), src[i], bytes);
+            src[i] += step;
+            left[i] -= MMA_BK;
+        }
+    }
+};
 
 // The 16 (m or n) x 16 (k) block at mn_base, k step kk of a tile, as four
-// 8 x 8 matrices: j = 0..3 covers (mn +0, k +0), (mn +8, k +0), (mn +0,
-// k +8), (mn +8, k +8). For A these are a0..a3; for B, n-tile mn_base gets
-// {r0, r2} and n-tile mn_base + 8 gets {r1, r3}.
-template <bool K_CONTIG>
+// 8 x 8 matrices, in fragment order. For A (B_ORDER false) matrix j covers
+// (mn +8 (j % 2), k +8 (j / 2)): registers a0..a3. For B it covers
+// (mn +8 (j / 2), k +8 (j % 2)): n-tile mn_base gets {r0, r1} and n-tile
+// mn_base + 8 gets {r2, r3}, each pair already in consecutive registers.
+template <bool K_CONTIG, bool B_ORDER>
 __device__ __forceinline__ void load_fragment(u32 r[4], const char* tile, int mn_base, int kk, int lane) {
     const int j = lane >> 3, rr = lane & 7;
-    const int mn_off = (j & 1) * 8, k_off = (j >> 1) * 8;
+    const int mn_off = (B_ORDER ? j >> 1 : j & 1) * 8, k_off = (B_ORDER ? j & 1 : j >> 1) * 8;
     if (K_CONTIG) {
         const int row = mn_base + mn_off + rr, c = (kk * 16 + k_off) >> 3;
         ldmatrix_x4(r, tile + 16 * k_contig_chunk(row, c));
@@ -154,12 +177,8 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
     if (p.causal == MMA_A_UPPER) k_begin = m0;
     const int k_tiles = k_end > k_begin ? (k_end - k_begin + MMA_BK - 1) / MMA_BK : 0;
 
-    // Tile kt of both operands into pipeline stage `stage`.
-    auto load_stage = [&](int stage, int kt) {
-        const int k0 = k_begin + kt * MMA_BK;
-        load_tile<A_K>(a_tiles + stage * MMA_TILE_BYTES, a, p.lda, m0, p.m, k0, k_end, tid);
-        load_tile<B_K>(b_tiles + stage * MMA_TILE_BYTES, b, p.ldb, n0, p.n, k0, k_end, tid);
-    };
+    TileLoader<A_K> a_loader(a, p.lda, m0, p.m, k_begin, k_end, tid);
+    TileLoader<B_K> b_loader(b, p.ldb, n0, p.n, k_begin, k_end, tid);
 
     float acc[4][4][4];
 #pragma unroll
@@ -174,34 +193,36 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
     // "tile kt has landed".
 #pragma unroll
     for (int s = 0; s < MMA_STAGES - 1; s++) {
-        if (s < k_tiles) load_stage(s, s);
+        if (s < k_tiles) {
+            a_loader.issue(a_tiles + s * MMA_TILE_BYTES);
+            b_loader.issue(b_tiles + s * MMA_TILE_BYTES);
+        }
         cp_async_commit();
     }
+    // Byte offsets of the stage read now and of the stage loaded next.
+    int read_off = 0, write_off = (MMA_STAGES - 1) * MMA_TILE_BYTES;
     for (int kt = 0; kt < k_tiles; kt++) {
         cp_async_wait<MMA_STAGES - 2>();
         // Tile kt is visible to all, and every warp is done with tile kt-1,
         // whose stage the prefetch below overwrites.
         __syncthreads();
-        const int next = kt + MMA_STAGES - 1;
-        if (next < k_tiles) load_stage(next % MMA_STAGES, next);
+        if (kt + MMA_STAGES - 1 < k_tiles) {
+            a_loader.issue(a_tiles + write_off);
+            b_loader.issue(b_tiles + write_off);
+        }
         cp_async_commit();
 
-        const char* at = a_tiles + (kt % MMA_STAGES) * MMA_TILE_BYTES;
-        const char* bt = b_tiles + (kt % MMA_STAGES) * MMA_TILE_BYTES;
+        const char* at = a_tiles + read_off;
+        const char* bt = b_tiles + read_off;
+        read_off = read_off == (MMA_STAGES - 1) * MMA_TILE_BYTES ? 0 : read_off + MMA_TILE_BYTES;
+        write_off = write_off == (MMA_STAGES - 1) * MMA_TILE_BYTES ? 0 : write_off + MMA_TILE_BYTES;
 #pragma unroll
         for (int kk = 0; kk < MMA_BK / 16; kk++) {
             u32 af[4][4], bfr[4][2];
 #pragma unroll
-            for (int mi = 0; mi < 4; mi++) load_fragment<A_K>(af[mi], at, warp_m * 64 + mi * 16, kk, lane);
+            for (int mi = 0; mi < 4; mi++) load_fragment<A_K, false>(af[mi], at, warp_m * 64 + mi * 16, kk, lane);
 #pragma unroll
-            for (int nj = 0; nj < 4; nj += 2) {
-                u32 r[4];
-                load_fragment<B_K>(r, bt, warp_n * 32 + nj * 8, kk, lane);
-                bfr[nj][0] = r[0];
-                bfr[nj][1] = r[2];
-                bfr[nj + 1][0] = r[1];
-                bfr[nj + 1][1] = r[3];
-            }
+            for (int nj = 0; nj < 4; nj += 2) load_fragment<B_K, true>(&bfr[nj][0], bt, warp_n * 32 + nj * 8, kk, lane);
 #pragma unroll
             for (int mi = 0; mi < 4; mi++)
 #pragma unroll
