@@ -14,8 +14,9 @@
 //   FLOP/byte of tile traffic, against ~206 FLOP/B of ridge on an H200:
 //   enough with L2 reuse between neighbouring blocks).
 // - Registers: 64 fp32 accumulators + 16 (A) + 8 (B) fragment registers +
-//   addresses, under the 128 that __launch_bounds__(256, 2) allows, so two
-//   blocks (16 warps) share an SM and one block's loads hide the other's math.
+//   addresses: 122-128 on sm_90, within the 128 that __launch_bounds__(256, 2)
+//   allows, so two blocks (16 warps) share an SM and one block's loads hide
+//   the other's math.
 // - Shared memory: 3 stages x (8 KiB A + 8 KiB B) = 48 KiB, the most a
 //   block gets without the opt-in; two blocks use 96 of the 228 KiB per SM.
 //   Three stages keep two tiles in flight while the third is consumed.
@@ -38,6 +39,16 @@
 //   batch strides multiples of 8 elements. Operands that are not (rare: the
 //   model's dimensions are multiples of 64) must go through gemm_f32 after a
 //   conversion, or be copied into a padded buffer by the launcher.
+//
+// Speed, predicted from the SASS (scripts/sass-check.sh; not yet measured
+// on a GPU): one k-tile of the hot loop is 127-137 instructions per warp for
+// 32 HMMA.16816 (12 LDSM, 4 LDGSTS, ~70 integer), about 4 issue slots per
+// HMMA, under the ~6 cycles a scheduler spends per HMMA at mma.sync's rate on
+// Hopper, so the loop should be tensor-pipe bound with 4 warps per
+// scheduler. mma.sync reaches roughly two thirds of Hopper's wgmma peak,
+// which caps this kernel near 60-65% of cuBLAS on large shapes; the
+// straight-from-registers epilogue (2- and 4-byte stores) costs more on
+// small ones. The wgmma path is what closes the rest.
 #include "common.cuh"
 #include "gemm/mma_bf16.h"
 #include "tensor_core.cuh"
@@ -48,6 +59,12 @@
 static_assert(MMA_BM == MMA_BN && MMA_BK == 32 && MMA_THREADS == 256,
               "the tile loaders and swizzles below assume 128 x 128 x 32 with 256 threads");
 static_assert(MMA_SMEM_BYTES == 2 * MMA_STAGES * MMA_TILE_BYTES, "shared memory is 2 tiles per stage");
+
+// The unit of the tiles: declaring dynamic shared memory of this type makes
+// its base 16-byte aligned, as cp.async and ldmatrix need.
+struct alignas(16) Chunk16 {
+    u32 words[4];
+};
 
 // Swizzled chunk index of (row, 16-byte chunk c) in each tile shape.
 __device__ __forceinline__ int k_contig_chunk(int row, int c) { return row * 4 + (c ^ ((row >> 1) & 3)); }
@@ -158,8 +175,8 @@ template <bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
     constexpr bool A_K = !TRANS_A;  // A stored [M, K]
     constexpr bool B_K = TRANS_B;   // B stored [N, K]
-    DYN_SMEM(u32, smem_words);
-    char* const a_tiles = (char*)smem_words;
+    DYN_SMEM(Chunk16, smem_chunks);
+    char* const a_tiles = (char*)smem_chunks;
     char* const b_tiles = a_tiles + MMA_STAGES * MMA_TILE_BYTES;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_m = warp / MMA_WARPS_N, warp_n = warp % MMA_WARPS_N;
