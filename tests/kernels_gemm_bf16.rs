@@ -22,11 +22,14 @@
 //!   (s = sqrt(2 / pi): six roundings in the tanh argument, two ulp for
 //!   tanhf, two for the last products); then the bf16 rounding as above.
 
+// Only the raw-launch helpers: the rest of tests/common is for the Backend tests.
+#[path = "common/raw.rs"]
+mod raw;
+
 use dyntie::backend::Buffer;
 use dyntie::device::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
-use dyntie::rng::HostRng;
 use half::bf16;
-use std::ffi::c_void;
+use raw::{arg, download, random_bf16, upload};
 
 /// kernels/gemm/mma_bf16.h: the launch constants and `GemmBf16Params`,
 /// field for field.
@@ -174,29 +177,6 @@ impl Case {
             _ => true,
         }
     }
-}
-
-fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
-    let mut rng = HostRng::new(seed);
-    (0..n).map(|_| bf16::from_f64(rng.normal())).collect()
-}
-
-fn arg<T>(v: &mut T) -> *mut c_void {
-    v as *mut T as *mut c_void
-}
-
-fn upload<T: bytemuck::Pod>(dev: &EmuDevice, data: &[T]) -> Buffer {
-    let bytes: &[u8] = bytemuck::cast_slice(data);
-    let buf = Buffer::new(dev.memory(), bytes.len().max(16)).unwrap();
-    dev.copy_htod(buf.addr(), bytes).unwrap();
-    buf
-}
-
-fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, buf: &Buffer, len: usize) -> Vec<T> {
-    let mut out = vec![T::default(); len];
-    dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), buf.addr())
-        .unwrap();
-    out
 }
 
 fn device(order: ResumeOrder) -> EmuDevice {

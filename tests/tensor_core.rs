@@ -4,11 +4,13 @@
 //! expose: a wrong fragment index and a cp.async stage read before its wait.
 //! Kernels: kernels/tests/tensor_core_tests.cu.
 
-use dyntie::backend::Buffer;
+// Only the raw-launch helpers: the rest of tests/common is for the Backend tests.
+#[path = "common/raw.rs"]
+mod raw;
+
 use dyntie::device::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
-use dyntie::rng::HostRng;
 use half::bf16;
-use std::ffi::c_void;
+use raw::{arg, download, random_bf16, upload};
 
 fn device(order: ResumeOrder) -> EmuDevice {
     EmuDevice::with_config(EmuConfig {
@@ -18,35 +20,12 @@ fn device(order: ResumeOrder) -> EmuDevice {
     })
 }
 
-fn arg<T>(v: &mut T) -> *mut c_void {
-    v as *mut T as *mut c_void
-}
-
-fn upload<T: bytemuck::Pod>(dev: &EmuDevice, data: &[T]) -> Buffer {
-    let bytes: &[u8] = bytemuck::cast_slice(data);
-    let buf = Buffer::new(dev.memory(), bytes.len()).unwrap();
-    dev.copy_htod(buf.addr(), bytes).unwrap();
-    buf
-}
-
-fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, buf: &Buffer, len: usize) -> Vec<T> {
-    let mut out = vec![T::default(); len];
-    dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), buf.addr())
-        .unwrap();
-    out
-}
-
 fn warp() -> LaunchDims {
     LaunchDims {
         grid: [1, 1, 1],
         block: [32, 1, 1],
         shared_bytes: 0,
     }
-}
-
-fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
-    let mut rng = HostRng::new(seed);
-    (0..n).map(|_| bf16::from_f64(rng.normal())).collect()
 }
 
 /// `a[m, k] @ b[n, k]^T + c[m, n]` in f64 (exact for bf16 products).
