@@ -90,6 +90,8 @@ struct Case {
     gelu: bool,
     accumulate: bool,
     c_f32: bool,
+    /// Run the `_unaligned` kernel (any leading dimension).
+    unaligned: bool,
 }
 
 impl Case {
@@ -113,15 +115,18 @@ impl Case {
             gelu: false,
             accumulate: false,
             c_f32: false,
+            unaligned: false,
         }
     }
-    fn kernel(&self) -> &'static str {
-        match (self.trans_a, self.trans_b) {
-            (false, false) => "gemm_bf16_nn",
-            (false, true) => "gemm_bf16_nt",
-            (true, false) => "gemm_bf16_tn",
-            (true, true) => "gemm_bf16_tt",
-        }
+    fn kernel(&self) -> String {
+        let layout = match (self.trans_a, self.trans_b) {
+            (false, false) => "nn",
+            (false, true) => "nt",
+            (true, false) => "tn",
+            (true, true) => "tt",
+        };
+        let suffix = if self.unaligned { "_unaligned" } else { "" };
+        format!("gemm_bf16_{layout}{suffix}")
     }
     fn batches(&self) -> usize {
         self.batch.0 * self.batch.1
@@ -285,7 +290,7 @@ fn run_case(label: &str, case: &Case, order: ResumeOrder, seed: u64) -> Result<f
     // SAFETY: gemm_bf16_*(GemmBf16Params) by value; every address the
     // strides reach lies inside the buffers (`Case::lens`).
     let start = std::time::Instant::now();
-    unsafe { dev.launch(case.kernel(), dims, &mut [arg(&mut p)]) }
+    unsafe { dev.launch(&case.kernel(), dims, &mut [arg(&mut p)]) }
         .map_err(|e| format!("{label}: launch failed: {e}"))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let fetch = |buf: &Buffer| match &c_old {
@@ -450,6 +455,21 @@ fn batched_causal_attention_products_match() {
     dk.causal = MMA_A_UPPER;
     dk.accumulate = true;
     assert_case("ds^T q", &dk);
+}
+
+#[test]
+fn the_unaligned_kernels_take_any_leading_dimension() {
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        // K = 69 and N = 45 end inside an 8-element chunk; odd leading
+        // dimensions, wider than the rows.
+        let mut case = Case::new(130, 45, 69, ta, tb);
+        case.lda = if ta { 131 } else { 71 };
+        case.ldb = if tb { 71 } else { 47 };
+        case.ldc = 47; // odd: single bf16 stores, no pairs
+        case.bias = true;
+        case.unaligned = true;
+        assert_case(&format!("unaligned trans_a {ta} trans_b {tb}"), &case);
+    }
 }
 
 #[test]

@@ -37,8 +37,9 @@
 //   work; stores outside C are skipped. What cp.async needs is alignment
 //   (mma_bf16.h): base addresses 16-byte aligned, leading dimensions and a/b
 //   batch strides multiples of 8 elements. Operands that are not (rare: the
-//   model's dimensions are multiples of 64) must go through gemm_f32 after a
-//   conversion, or be copied into a padded buffer by the launcher.
+//   model's widths are multiples of 64; an attention matrix with a sequence
+//   length that is not a multiple of 8) go to the gemm_bf16_*_unaligned
+//   kernels, which load with plain 2-byte loads instead.
 //
 // Speed, predicted from the SASS (scripts/sass-check.sh; not yet measured
 // on a GPU): one k-tile of the hot loop is 127-137 instructions per warp for
@@ -74,8 +75,11 @@ __device__ __forceinline__ int mn_contig_chunk(int row, int c) { return row * 16
 // chunks per tile, rows mn0.. of a K-contiguous operand (g[mn * ld + k]) or
 // k-rows of an MN-contiguous one (g[k * ld + mn]), zero beyond mn_end and
 // k_end. Addresses and limits are set up once; each tile only advances them,
-// so the main loop spends few integer instructions per copy.
-template <bool K_CONTIG>
+// so the main loop spends few integer instructions per copy. ALIGNED: one
+// zero-filling cp.async per chunk. Otherwise (operands cp.async cannot take)
+// eight 2-byte loads per chunk and one 16-byte shared store: synchronous, so
+// the pipeline only overlaps the math with other warps' loads, but correct.
+template <bool K_CONTIG, bool ALIGNED>
 struct TileLoader {
     const bf16* src[2];  // this chunk's source in the next tile
     int left[2];         // elements of the row (K_CONTIG) or k-rows (else) before the edge
@@ -115,7 +119,19 @@ struct TileLoader {
                 bytes = min(max(left[i], 0), 8) * 2;
             else
                 bytes = left[i] > 0 ? mn_bytes[i] : 0;
-            cp_async_16_zfill(tile + dst + i * (MMA_TILE_BYTES / 2), src[i], bytes);
+            char* to = tile + dst + i * (MMA_TILE_BYTES / 2);
+            if (ALIGNED) {
+                cp_async_16_zfill(to, src[i], bytes);
+            } else {
+                Chunk16 chunk;
+#pragma unroll
+                for (int w = 0; w < 4; w++) {
+                    const float lo = 2 * w < bytes / 2 ? bf16_to_f32(src[i][2 * w]) : 0.0f;
+                    const float hi = 2 * w + 1 < bytes / 2 ? bf16_to_f32(src[i][2 * w + 1]) : 0.0f;
+                    chunk.words[w] = pack_bf16x2(lo, hi);
+                }
+                *(Chunk16*)to = chunk;
+            }
             src[i] += step;
             left[i] -= MMA_BK;
         }
@@ -171,7 +187,7 @@ __device__ __forceinline__ float load_elem(const void* c, bool f32, u64 idx) {
     return f32 ? ((const float*)c)[idx] : bf16_to_f32(((const bf16*)c)[idx]);
 }
 
-template <bool TRANS_A, bool TRANS_B>
+template <bool TRANS_A, bool TRANS_B, bool ALIGNED>
 __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
     constexpr bool A_K = !TRANS_A;  // A stored [M, K]
     constexpr bool B_K = TRANS_B;   // B stored [N, K]
@@ -194,8 +210,8 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
     if (p.causal == MMA_A_UPPER) k_begin = m0;
     const int k_tiles = k_end > k_begin ? (k_end - k_begin + MMA_BK - 1) / MMA_BK : 0;
 
-    TileLoader<A_K> a_loader(a, p.lda, m0, p.m, k_begin, k_end, tid);
-    TileLoader<B_K> b_loader(b, p.ldb, n0, p.n, k_begin, k_end, tid);
+    TileLoader<A_K, ALIGNED> a_loader(a, p.lda, m0, p.m, k_begin, k_end, tid);
+    TileLoader<B_K, ALIGNED> b_loader(b, p.ldb, n0, p.n, k_begin, k_end, tid);
 
     float acc[4][4][4];
 #pragma unroll
@@ -291,14 +307,29 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
 // transposed (A [K, M], B [N, K]). The matmul forward (inp @ W^T) is nt, its
 // input gradient nn, its weight gradient tn; q k^T is nt, att v nn, ds^T q tn.
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nn(GemmBf16Params p) {
-    gemm_bf16_body<false, false>(p);
+    gemm_bf16_body<false, false, true>(p);
 }
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nt(GemmBf16Params p) {
-    gemm_bf16_body<false, true>(p);
+    gemm_bf16_body<false, true, true>(p);
 }
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tn(GemmBf16Params p) {
-    gemm_bf16_body<true, false>(p);
+    gemm_bf16_body<true, false, true>(p);
 }
 extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tt(GemmBf16Params p) {
-    gemm_bf16_body<true, true>(p);
+    gemm_bf16_body<true, true, true>(p);
+}
+
+// The same for operands cp.async cannot copy (see the header): any address
+// and leading dimension, at a lower speed.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nn_unaligned(GemmBf16Params p) {
+    gemm_bf16_body<false, false, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nt_unaligned(GemmBf16Params p) {
+    gemm_bf16_body<false, true, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tn_unaligned(GemmBf16Params p) {
+    gemm_bf16_body<true, false, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tt_unaligned(GemmBf16Params p) {
+    gemm_bf16_body<true, true, false>(p);
 }

@@ -23,9 +23,10 @@
 #define MMA_A_UPPER 3    // A[m, k] == 0 for k < m: start the k loop at the tile's first row
 
 // C (+)= alpha op(A) op(B) (+ bias), then optionally GELU, per batch in
-// blockIdx.z. A and B are bf16; C is bf16 or fp32 (c_f32). Requirements
-// (16-byte cp.async): a and b 16-byte aligned, lda, ldb and the four a/b
-// batch strides multiples of 8 elements. M, N and K are free.
+// blockIdx.z. A and B are bf16; C is bf16 or fp32 (c_f32). M, N and K are
+// free. gemm_bf16_{nn,nt,tn,tt} need what 16-byte cp.async needs: a and b
+// 16-byte aligned, lda, ldb and the four a/b batch strides multiples of 8
+// elements; the _unaligned kernels need nothing of the kind.
 struct GemmBf16Params {
     void* c;            // [M, N] with row stride ldc: bf16, or float when c_f32
     const void* a;      // bf16: [M, K] with row stride lda, or [K, M] when trans_a
