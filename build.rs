@@ -1,15 +1,16 @@
 //! Builds the kernels twice:
-//! 1. every `kernels/*.cu` (and the host-only `kernels/tests/*.cu`) as host
-//!    C++ together with the emulator runtime, into a static library with a
-//!    registry of every `extern "C" __global__ void NAME(` so Rust launches
-//!    kernels by name, as on the GPU;
-//! 2. every `kernels/*.cu` with NVRTC (loaded at build time, when found) into
-//!    PTX for compute_80 and compute_90 plus cubins for sm_80 and sm_90,
-//!    embedded into the crate. The cubins are built with `ptxas -v`, whose
-//!    report (registers and static shared memory per kernel, also for the
-//!    host-only `kernels/tests/*.cu`) goes into `ptxas_report.rs` for the
-//!    launch checks of src/device/limits.rs: the numbers of the very cubins
-//!    that ship, with no separate ptxas run.
+//! 1. every `kernels/*.cu` and `kernels/gemm/*.cu` (and the host-only
+//!    `kernels/tests/*.cu`) as host C++ together with the emulator runtime,
+//!    into a static library with a registry of every
+//!    `extern "C" __global__ void NAME(` so Rust launches kernels by name, as
+//!    on the GPU;
+//! 2. the same with NVRTC (loaded at build time, when found) into PTX for
+//!    compute_80 and compute_90 plus cubins for sm_80 and sm_90, embedded
+//!    into the crate (the host-only tests only for their ptxas report). The
+//!    cubins are built with `ptxas -v`, whose report (registers and static
+//!    shared memory per kernel) goes into `ptxas_report.rs` for the launch
+//!    checks of src/device/limits.rs: the numbers of the very cubins that
+//!    ship, with no separate ptxas run.
 //!
 //! Why cubins as well as PTX: a PTX file carries the PTX ISA version of the
 //! NVRTC that wrote it (12.9 writes ISA 8.8), and a driver only JIT-compiles
@@ -38,7 +39,8 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let kernels_dir = manifest.join("kernels");
-    let gpu_sources = cu_files(&kernels_dir);
+    let mut gpu_sources = cu_files(&kernels_dir);
+    gpu_sources.extend(cu_files(&kernels_dir.join("gemm")));
     let test_sources = cu_files(&kernels_dir.join("tests"));
     build_emulator(&kernels_dir, &out, &gpu_sources, &test_sources);
     build_gpu(&manifest, &kernels_dir, &out, &gpu_sources, &test_sources);
@@ -60,7 +62,11 @@ fn kernel_names(path: &Path) -> Vec<String> {
         fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.match_indices(MARK)
         .filter_map(|(at, _)| {
-            let rest = &text[at + MARK.len()..];
+            let mut rest = &text[at + MARK.len()..];
+            // `void __launch_bounds__(...) NAME(`: the name follows the bounds.
+            if let Some(bounds) = rest.strip_prefix("__launch_bounds__(") {
+                rest = &bounds[bounds.find(')')? + 1..];
+            }
             let name = rest[..rest.find('(')?].trim();
             let ok =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -91,7 +97,8 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[PathBuf], tests: &[Path
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-unused-parameter")
         .file(kernels_dir.join("emu/runtime.cpp"))
-        .file(kernels_dir.join("emu/memory.cpp"));
+        .file(kernels_dir.join("emu/memory.cpp"))
+        .file(kernels_dir.join("emu/tensor_core.cpp"));
     let mut tables = Vec::new();
     for (prefix, src) in gpu
         .iter()

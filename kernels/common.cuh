@@ -13,7 +13,8 @@
 #define NAN __int_as_float(0x7fffffff)
 #endif
 #define DYN_SMEM(T, name) extern __shared__ T name[]
-#define SMEM(T, name, dims) __shared__ T name dims
+// 16-byte aligned, so that cp.async and ldmatrix may address any static tile.
+#define SMEM(T, name, dims) __shared__ __align__(16) T name dims
 
 #else
 

@@ -49,8 +49,18 @@ inline void* static_smem(StaticSmemSlot& slot, std::size_t bytes, std::size_t al
 void syncthreads();
 
 // Warp collectives: deposit, the last lane computes for the whole warp.
-enum Collective : int { SYNCWARP, SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, BALLOT, ANY, ALL };
+enum Collective : int { SYNCWARP, SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, BALLOT, ANY, ALL, WARP_OP };
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int param, int width);
+
+// ---- hooks of the tensor-core emulation (tensor_core.cpp) ----
+// WARP_OP: each lane's `value` points to its record; the last lane to arrive
+// calls warp_op_run once for the whole warp, which leaves every lane's
+// results in its record. Returns null, or what was wrong.
+const char* warp_op_run(void* const records[32], unsigned mask);
+// Called before every block: drops the per-thread cp.async state.
+void tensor_core_block_start(unsigned threads);
+// Reports `msg` for the running thread and abandons its block.
+[[noreturn]] void kernel_fail(const char* msg);
 
 template <typename T>
 inline uint64_t to_bits(T v) {

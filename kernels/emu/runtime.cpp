@@ -476,9 +476,15 @@ void syncthreads() {
 }
 
 static const char* collective_name(int k) {
-    static const char* names[] = {"__syncwarp",      "__shfl_sync",  "__shfl_up_sync", "__shfl_down_sync",
-                                  "__shfl_xor_sync", "__ballot_sync", "__any_sync",     "__all_sync"};
-    return k >= 0 && k < 8 ? names[k] : "?";
+    static const char* names[] = {"__syncwarp",      "__shfl_sync",   "__shfl_up_sync", "__shfl_down_sync",
+                                  "__shfl_xor_sync", "__ballot_sync", "__any_sync",     "__all_sync",
+                                  "a tensor-core instruction"};
+    return k >= 0 && k < 9 ? names[k] : "?";
+}
+
+[[noreturn]] void kernel_fail(const char* msg) {
+    Worker& w = worker();
+    fail_in_fiber(w, where(w) + ": " + msg);
 }
 
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int param, int width) {
@@ -519,6 +525,15 @@ uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int par
     }
     // Last lane: compute every lane's result at once, like the instruction.
     unsigned base_fiber = f->linear - lane;
+    if (kind == WARP_OP) {
+        void* records[32] = {};
+        for (unsigned l = 0; l < 32; l++)
+            if (mask >> l & 1) records[l] = reinterpret_cast<void*>(ws.value[l]);
+        if (const char* err = warp_op_run(records, mask)) {
+            ws.arrived = 0;
+            fail_in_fiber(w, where(w) + ": " + err);
+        }
+    }
     unsigned ballot = 0;
     for (unsigned l = 0; l < 32; l++)
         if ((mask >> l & 1) && ws.value[l]) ballot |= 1u << l;
@@ -603,6 +618,7 @@ static bool run_block(Worker& w, Launch& L, unsigned long long linear_block) {
     std::memset(w.smem.data(), SMEM_POISON, w.smem.size() * sizeof(float));
     tls_block_serial++;
     w.static_used = 0;
+    tensor_core_block_start(n);
     unsigned nwarps = (n + 31) / 32;
     w.warps.assign(nwarps, WarpState{});
     for (unsigned k = 0; k < nwarps; k++) {
