@@ -8,6 +8,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
+pub mod choice;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -8,18 +8,20 @@
 
 use crate::backend::Backend;
 use crate::checkpoint::{self, NamedTensor};
-use crate::config::RunConfig;
-use crate::data::{Batch, Dataset, EvalWindows, SyntheticConfig, TrainBatcher, IGNORE_INDEX};
+use crate::config::{RunConfig, Schedule};
+use crate::data::{
+    Batch, Dataset, EvalWindows, Split, SyntheticConfig, TrainBatcher, IGNORE_INDEX,
+};
 use crate::metrics::{self, JsonlWriter};
 use crate::model::{activation_bytes, Gpt2, Gpt2Config};
 use crate::optim::{AdamW, AdamWState, LrSchedule};
 use crate::report::{self, EvalPoint, LossPoint, ReportData, TieSnapshot};
 use crate::rng::HostRng;
 use crate::tying::accounting::{MemoryReport, ModelShape};
-use crate::tying::agent::{AgentConfig, Decision, QAgent, StateEncoding, TieRecord, Transition};
+use crate::tying::agent::{AgentConfig, Decision, QAgent, TieRecord, Transition};
 use crate::tying::policy::TyingPolicy;
 use crate::tying::reward;
-use crate::tying::table::{InitTies, TieGrad, TieOptions, TieTable};
+use crate::tying::table::TieTable;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -151,28 +153,10 @@ pub fn model_shape(mc: &Gpt2Config) -> ModelShape {
     }
 }
 
-/// The tie options a run config asks for.
-pub fn tie_options(cfg: &RunConfig) -> Result<TieOptions> {
-    let init = InitTies::parse(&cfg.tying.init_ties)?;
-    let tie_grad = TieGrad::parse(&cfg.tying.tie_grad)?;
-    Ok(if cfg.tying.paper_compat {
-        TieOptions {
-            init,
-            ..TieOptions::paper()
-        }
-    } else {
-        TieOptions {
-            init,
-            paper_compat: false,
-            tie_grad,
-        }
-    })
-}
-
 /// The table before training: the policy's fixed pattern, or the dynamic
 /// policy's initial state.
 pub fn initial_table(cfg: &RunConfig, policy: &TyingPolicy, n_layer: usize) -> Result<TieTable> {
-    let options = tie_options(cfg)?;
+    let options = cfg.tying.tie_options();
     if policy.is_dynamic() {
         return TieTable::new(n_layer, options);
     }
@@ -183,7 +167,7 @@ pub fn initial_table(cfg: &RunConfig, policy: &TyingPolicy, n_layer: usize) -> R
 
 /// Opens the dataset a run config names.
 pub fn open_dataset(cfg: &RunConfig) -> Result<Dataset> {
-    if cfg.data.source == "synthetic" {
+    let Some(dir) = cfg.data.prepared_dir() else {
         let n = cfg.data.synthetic_tokens;
         let per_split = (n / 10).max(cfg.model.n_ctx * 4 + 1);
         return Dataset::synthetic(SyntheticConfig {
@@ -193,8 +177,8 @@ pub fn open_dataset(cfg: &RunConfig) -> Result<Dataset> {
             test_tokens: per_split,
             ..SyntheticConfig::default()
         });
-    }
-    Dataset::open(Path::new(&cfg.data.source))
+    };
+    Dataset::open(dir)
 }
 
 fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
@@ -232,7 +216,7 @@ impl Trainer {
         // loaded without its dataset.
         let mut cfg = cfg;
         cfg.model.vocab_size = mc.vocab_size;
-        let policy = TyingPolicy::parse(&cfg.tying.policy, mc.n_layer)?;
+        let policy = cfg.tying.policy.clone();
         let table = initial_table(&cfg, &policy, mc.n_layer)?;
         let model = Gpt2::with_table(backend, mc, cfg.train.seed, table)?;
         let trainer = Self::assemble(cfg, dir, model, data, policy)?;
@@ -269,7 +253,7 @@ impl Trainer {
             state.table.n_layer(),
             mc.n_layer
         );
-        let policy = TyingPolicy::parse(&cfg.tying.policy, mc.n_layer)?;
+        let policy = cfg.tying.policy.clone();
         let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table.clone())?;
         let mut t = Self::assemble(cfg, dir, model, data, policy)?;
         load_tensors(&t.model, &ckpt)?;
@@ -344,9 +328,9 @@ impl Trainer {
             t.eps,
             t.weight_decay,
         )?;
-        let schedule = match t.schedule.as_str() {
-            "constant" => LrSchedule::Constant { lr: t.lr },
-            _ => LrSchedule::WarmupCosine {
+        let schedule = match t.schedule {
+            Schedule::Constant => LrSchedule::Constant { lr: t.lr },
+            Schedule::Cosine => LrSchedule::WarmupCosine {
                 max_lr: t.lr,
                 min_lr: t.min_lr,
                 warmup: t.warmup_steps as u32,
@@ -375,10 +359,7 @@ impl Trainer {
             let mut ac =
                 AgentConfig::new(n_layer, HostRng::derive(t.seed, AGENT_STREAM).next_u64());
             ac.paper_compat = cfg.tying.paper_compat;
-            ac.encoding = match cfg.tying.agent_input.as_str() {
-                "normalized" => StateEncoding::Normalized,
-                _ => StateEncoding::Raw,
-            };
+            ac.encoding = cfg.tying.agent_input.encoding();
             Some(DynamicState {
                 agent: QAgent::new(ac)?,
                 episode: 0,
@@ -491,13 +472,8 @@ impl Trainer {
     }
 
     /// Mean loss over (up to `max_windows` windows of) a split.
-    pub fn evaluate(&mut self, split: &str, max_windows: usize) -> Result<f64> {
-        let source = match split {
-            "train" => self.data.train.clone(),
-            "valid" => self.data.valid.clone(),
-            "test" => self.data.test.clone(),
-            other => bail!("unknown split '{other}': use valid or test"),
-        };
+    pub fn evaluate(&mut self, split: Split, max_windows: usize) -> Result<f64> {
+        let source = self.data.held_out(split);
         evaluate_split(&mut self.model, source, self.cfg.train.batch, max_windows)
     }
 
@@ -631,11 +607,11 @@ impl Trainer {
         }))
     }
 
-    fn log_eval(&mut self, split: &str, loss: f64) -> Result<()> {
+    fn log_eval(&mut self, split: Split, loss: f64) -> Result<()> {
         self.metrics.write(&serde_json::json!({
             "kind": "eval",
             "step": self.step,
-            "split": split,
+            "split": split.to_string(),
             "loss": loss,
             "ppl": loss.exp(),
         }))
@@ -684,8 +660,8 @@ impl Trainer {
                 && self.step.is_multiple_of(tc.eval_every as u64)
                 && self.step < total
             {
-                let loss = self.evaluate("valid", tc.eval_max_windows)?;
-                self.log_eval("valid", loss)?;
+                let loss = self.evaluate(Split::Valid, tc.eval_max_windows)?;
+                self.log_eval(Split::Valid, loss)?;
                 say(
                     &bar,
                     format!(
@@ -700,10 +676,10 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        let valid = self.evaluate("valid", tc.final_eval_max_windows)?;
-        self.log_eval("valid", valid)?;
-        let test = self.evaluate("test", tc.final_eval_max_windows)?;
-        self.log_eval("test", test)?;
+        let valid = self.evaluate(Split::Valid, tc.final_eval_max_windows)?;
+        self.log_eval(Split::Valid, valid)?;
+        let test = self.evaluate(Split::Test, tc.final_eval_max_windows)?;
+        self.log_eval(Split::Test, test)?;
         self.save_checkpoint()?;
         self.write_report()?;
         let (counted, conventional) = self.memory();

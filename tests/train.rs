@@ -5,7 +5,7 @@
 use anyhow::Result;
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::checkpoint;
-use dyntie::config::RunConfig;
+use dyntie::config::{BackendKind, RunConfig, Schedule};
 use dyntie::metrics::read_jsonl;
 use dyntie::train::Trainer;
 use serde_json::Value;
@@ -24,7 +24,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// follows the same learning rates as one planned for 20 steps.
 fn config(policy: &str, steps: usize) -> RunConfig {
     let mut c = RunConfig::preset("tiny").unwrap();
-    c.backend = "cpu".into();
+    c.backend = BackendKind::Cpu;
     c.model.n_layer = 3;
     c.model.n_embd = 32;
     c.model.n_head = 2;
@@ -32,11 +32,11 @@ fn config(policy: &str, steps: usize) -> RunConfig {
     c.model.dropout = 0.1;
     c.train.batch = 4;
     c.train.steps = steps;
-    c.train.schedule = "constant".into();
+    c.train.schedule = Schedule::Constant;
     c.train.log_every = 1;
     c.train.eval_every = 0;
     c.train.checkpoint_every = 10;
-    c.tying.policy = policy.into();
+    c.tying.policy = policy.parse().unwrap();
     c.tying.agent_k = 3;
     c.data.synthetic_tokens = 4000;
     c

@@ -4,18 +4,18 @@
 use crate::backend::kernels::KernelBackend;
 use crate::backend::profiled::{OpStat, ProfiledBackend};
 use crate::backend::{Backend, MemStats};
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchWhat};
 use crate::commands::select_backend;
-use crate::config::RunConfig;
+use crate::config::{BackendKind, RunConfig};
 use crate::device::cuda::{self, CudaDevice};
 use crate::device::Device;
 use crate::model::{activation_bytes, Gpt2, Gpt2Config};
 use crate::optim::AdamW;
 use crate::rng::HostRng;
-use crate::train::{initial_table, model_shape, tie_options};
+use crate::train::{initial_table, model_shape};
 use crate::tying::accounting::{format_memory_table, MemoryReport};
 use crate::tying::policy::TyingPolicy;
-use crate::tying::table::TieTable;
+use crate::tying::table::{TieGrad, TieTable};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use std::time::Instant;
 
 /// `dyntie bench WHAT`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    match args.what.as_str() {
-        "memory" => memory(args),
-        "throughput" => throughput(args),
-        "compare" => {
+    match args.what {
+        BenchWhat::Memory => memory(args),
+        BenchWhat::Throughput => throughput(args),
+        BenchWhat::Compare => {
             println!(
                 "dyntie bench compare is a script: it runs this binary and the PyTorch baseline \
                  alternately on one config and prints the ratios:\n\n    \
@@ -35,7 +35,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        other => bail!("dyntie bench '{other}' is unknown: use memory, throughput or compare"),
     }
 }
 
@@ -65,15 +64,15 @@ fn memory(args: &BenchArgs) -> Result<()> {
     mc.validate()?;
     let shape = model_shape(&mc);
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
-    let options = tie_options(&cfg)?;
+    let options = cfg.tying.tie_options();
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
     let mut tables: Vec<TieTable> = Vec::new();
     let mut patterns = args.patterns.clone();
     if patterns.is_empty() && args.from_run.is_none() {
-        patterns = vec!["none".into(), "all".into()];
+        patterns = vec![TyingPolicy::None, TyingPolicy::All];
     }
-    for p in &patterns {
-        let policy = TyingPolicy::parse(p, mc.n_layer)?;
+    for policy in &patterns {
+        policy.check_blocks(mc.n_layer)?;
         if policy.is_dynamic() {
             bail!("--patterns: 'dynamic' has no fixed table; give --from-run DIR for a trained run's table");
         }
@@ -81,7 +80,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         let state = policy.initial_state(mc.n_layer, seed, options.init)?;
         let table = TieTable::from_state(&state, options)?;
         rows.push((
-            p.clone(),
+            policy.to_string(),
             MemoryReport::from_table(&shape, &table, false, acts),
         ));
         tables.push(table);
@@ -121,7 +120,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
     let mut measured: Vec<Measured> = Vec::new();
     if args.measure {
         for table in tables {
-            let bb = open_backend(&cfg.backend)?;
+            let bb = open_backend(cfg.backend)?;
             let mut runner = StepRunner::new(bb.backend.clone(), &cfg, &mc, table, 1)?;
             runner.step()?;
             measured.push(bb.measured(runner.model.backend().mem_stats()));
@@ -186,8 +185,8 @@ struct BenchBackend {
     cuda: Option<Arc<KernelBackend<CudaDevice>>>,
 }
 
-fn open_backend(name: &str) -> Result<BenchBackend> {
-    if name == "cuda" || (name == "auto" && cuda::driver_present()) {
+fn open_backend(kind: BackendKind) -> Result<BenchBackend> {
+    if kind == BackendKind::Cuda || (kind == BackendKind::Auto && cuda::driver_present()) {
         match CudaDevice::new(0) {
             Ok(dev) => {
                 let kb = Arc::new(KernelBackend::new(dev));
@@ -197,11 +196,11 @@ fn open_backend(name: &str) -> Result<BenchBackend> {
                     cuda: Some(kb),
                 });
             }
-            Err(e) if name == "cuda" => return Err(e),
+            Err(e) if kind == BackendKind::Cuda => return Err(e),
             Err(_) => {} // auto: select_backend says why it fell back
         }
     }
-    let (backend, why) = select_backend(name)?;
+    let (backend, why) = select_backend(kind)?;
     Ok(BenchBackend {
         backend,
         why,
@@ -358,8 +357,8 @@ pub struct ThroughputReport {
     pub threads: usize,
     pub model: Gpt2Config,
     pub batch: usize,
-    pub tying: String,
-    pub tie_grad: String,
+    pub tying: TyingPolicy,
+    pub tie_grad: TieGrad,
     pub tie_state: Vec<usize>,
     /// Activation recomputation (`--recompute`).
     pub recompute: bool,
@@ -443,12 +442,12 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let mut cfg = args.model.resolve()?;
     // A bench times a fixed pattern; with no --tying that is the conventional model.
     if args.model.tying.is_none() {
-        cfg.tying.policy = "none".into();
+        cfg.tying.policy = TyingPolicy::None;
     }
     cfg.validate()?;
     let mc = bench_model(&cfg);
     mc.validate()?;
-    let policy = TyingPolicy::parse(&cfg.tying.policy, mc.n_layer)?;
+    let policy = cfg.tying.policy.clone();
     if policy.is_dynamic() {
         bail!("--tying dynamic changes the table while training; benchmark a fixed pattern (none, all, every:K, pattern:...)");
     }
@@ -457,7 +456,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
     let counted = MemoryReport::from_table(&model_shape(&mc), &table, false, acts);
 
-    let bb = open_backend(&cfg.backend)?;
+    let bb = open_backend(cfg.backend)?;
     let profiled = Arc::new(ProfiledBackend::new(bb.backend.clone()));
     let mut runner = StepRunner::new(profiled.clone(), &cfg, &mc, table, 1)?;
     let mut losses = Vec::new();
@@ -526,7 +525,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         model: mc.clone(),
         batch: cfg.train.batch,
         tying: cfg.tying.policy.clone(),
-        tie_grad: cfg.tying.tie_grad.clone(),
+        tie_grad: cfg.tying.tie_grad,
         tie_state,
         recompute: cfg.train.recompute,
         seed: cfg.train.seed,

@@ -11,6 +11,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::kernels::KernelBackend;
 use crate::backend::Backend;
 use crate::cli::DoctorArgs;
+use crate::config::BackendKind;
 use crate::device::cuda::{self, CudaDevice};
 use crate::device::emu::EmuDevice;
 use anyhow::{bail, Result};
@@ -18,23 +19,23 @@ use std::sync::Arc;
 
 /// The backend a `--backend` flag names, and a sentence saying why it was
 /// chosen (printed as a run's first line).
-pub fn select_backend(name: &str) -> Result<(Arc<dyn Backend>, String)> {
-    match name {
-        "cpu" => Ok((
+pub fn select_backend(kind: BackendKind) -> Result<(Arc<dyn Backend>, String)> {
+    match kind {
+        BackendKind::Cpu => Ok((
             Arc::new(CpuBackend::new()),
             "backend cpu (asked for with --backend cpu)".into(),
         )),
-        "emu" => Ok((
+        BackendKind::Emu => Ok((
             Arc::new(KernelBackend::new(EmuDevice::new())),
             "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower than cpu)"
                 .into(),
         )),
-        "cuda" => {
+        BackendKind::Cuda => {
             let dev = CudaDevice::new(0)?;
             let why = format!("backend cuda on {}", dev.description());
             Ok((Arc::new(KernelBackend::new(dev)), why))
         }
-        "auto" => {
+        BackendKind::Auto => {
             if !cuda::driver_present() {
                 return Ok((
                     Arc::new(CpuBackend::new()),
@@ -52,7 +53,6 @@ pub fn select_backend(name: &str) -> Result<(Arc<dyn Backend>, String)> {
                 )),
             }
         }
-        other => bail!("--backend '{other}' is unknown: use auto, cpu, cuda or emu"),
     }
 }
 

@@ -2,14 +2,16 @@
 
 use super::select_backend;
 use crate::checkpoint::{self, NamedTensor};
-use crate::cli::{EvalArgs, ExportArgs, PrepareArgs, SampleArgs, TrainArgs};
-use crate::config::RunConfig;
-use crate::data::{self, Corpus, Dataset, PrepareOptions, Tokenizer};
+use crate::cli::{
+    EvalArgs, EvalTask, ExportArgs, ExportFormat, PrepareArgs, SampleArgs, TrainArgs,
+};
+use crate::config::{BackendKind, RunConfig};
+use crate::data::{self, Dataset, PrepareOptions, Tokenizer};
 use crate::metrics::utc_timestamp;
 use crate::model::Gpt2;
 use crate::rng::HostRng;
 use crate::train::{self, Trainer};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// `dyntie train`.
@@ -25,8 +27,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         );
         let cfg = RunConfig::load(&dir.join("config.toml"))
             .with_context(|| format!("--resume {}: not a dyntie run folder", dir.display()))?;
-        let name = args.model.backend.as_deref().unwrap_or(&cfg.backend);
-        let (backend, why) = select_backend(name)?;
+        let (backend, why) = select_backend(args.model.backend.unwrap_or(cfg.backend))?;
         println!("{why}");
         let mut t = Trainer::resume(dir, backend, args.steps)?;
         println!("resuming {} at step {}", dir.display(), t.step());
@@ -44,7 +45,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
-        let (backend, why) = select_backend(&cfg.backend)?;
+        let (backend, why) = select_backend(cfg.backend)?;
         println!("{why}");
         Trainer::create(cfg, backend, &dir, args.force)?
     };
@@ -110,8 +111,8 @@ fn describe(t: &Trainer) {
 
 /// `dyntie eval`: perplexity on a split, or LAMBADA last-word accuracy.
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (cfg, mut model) = load_run(&args.run, args.backend.as_deref())?;
-    if args.task.as_deref() == Some("lambada") {
+    let (cfg, mut model) = load_run(&args.run, args.backend)?;
+    if let Some(EvalTask::Lambada) = args.task {
         let path = args
             .data
             .as_ref()
@@ -128,9 +129,6 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         );
         return Ok(());
     }
-    if let Some(task) = &args.task {
-        bail!("--task '{task}' is unknown: the only task is lambada");
-    }
     let mut cfg = cfg;
     if let Some(d) = &args.data {
         cfg.data.source = d.clone();
@@ -143,11 +141,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         data.vocab_size,
         model.config().vocab_size
     );
-    let source = match args.split.as_str() {
-        "valid" => data.valid,
-        "test" => data.test,
-        other => bail!("--split '{other}' is unknown: use valid or test"),
-    };
+    let source = data.held_out(args.split);
     let loss = train::evaluate_split(&mut model, source, cfg.train.batch, 0)?;
     println!(
         "{} {}: loss {loss:.4}, perplexity {:.3}",
@@ -206,30 +200,35 @@ fn argmax(xs: &[f32]) -> usize {
 }
 
 /// The resolved config and the trained model of a run folder.
-pub fn load_run(dir: &Path, backend: Option<&str>) -> Result<(RunConfig, Gpt2)> {
+pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Gpt2)> {
     let cfg = RunConfig::load(&dir.join("config.toml"))
         .with_context(|| format!("--run {}: not a dyntie run folder", dir.display()))?;
-    let (backend, _) = select_backend(backend.unwrap_or(&cfg.backend))?;
+    let (backend, _) = select_backend(backend.unwrap_or(cfg.backend))?;
     let model = train::load_model(dir, &cfg, backend)?;
     Ok((cfg, model))
 }
 
 fn tokenizer_of(cfg: &RunConfig) -> Result<Option<Tokenizer>> {
-    if cfg.data.source == "synthetic" {
-        return Ok(None);
+    match cfg.data.prepared_dir() {
+        Some(dir) => Ok(Dataset::open(dir)?.tokenizer),
+        None => Ok(None),
     }
-    Ok(Dataset::open(Path::new(&cfg.data.source))?.tokenizer)
 }
 
 /// `dyntie prepare`.
 pub fn prepare(args: &PrepareArgs) -> Result<()> {
-    let corpus = Corpus::from_name(&args.dataset)?;
-    let tok = Tokenizer::from_name(&args.tokenizer)?;
+    let tok = Tokenizer::new(args.tokenizer);
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("data/prepared").join(&args.dataset));
-    let s = data::prepare(corpus, &args.input, &out, &tok, &PrepareOptions::default())?;
+        .unwrap_or_else(|| PathBuf::from("data/prepared").join(args.dataset.to_string()));
+    let s = data::prepare(
+        args.dataset,
+        &args.input,
+        &out,
+        &tok,
+        &PrepareOptions::default(),
+    )?;
     println!(
         "{}: train {} / valid {} / test {} tokens ({} tokenizer, vocab {}) in {:.1} s -> {}",
         s.meta.dataset,
@@ -250,7 +249,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<()> {
 
 /// `dyntie sample`.
 pub fn sample(args: &SampleArgs) -> Result<()> {
-    let (cfg, mut model) = load_run(&args.run, args.backend.as_deref())?;
+    let (cfg, mut model) = load_run(&args.run, args.backend)?;
     let tok = tokenizer_of(&cfg)?;
     let mut tokens: Vec<u32> = match (&tok, args.prompt.is_empty()) {
         (Some(t), false) => t.encode(&args.prompt),
@@ -322,12 +321,8 @@ fn pick(logits: &[f32], temperature: f32, k: usize, rng: &mut HostRng) -> usize 
 /// `dyntie_check.json` with logits for a fixed input so that
 /// `scripts/check_hf_export.py` can compare `transformers` against dyntie.
 pub fn export(args: &ExportArgs) -> Result<()> {
-    ensure!(
-        args.format == "hf",
-        "--format '{}' is unknown: the only format is hf",
-        args.format
-    );
-    let (_, mut model) = load_run(&args.run, Some("cpu"))?;
+    let ExportFormat::Hf = args.format;
+    let (_, mut model) = load_run(&args.run, Some(BackendKind::Cpu))?;
     let m = model.config().clone();
     ensure!(
         m.bias,
