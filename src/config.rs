@@ -2,6 +2,7 @@
 //! command-line flags, each overriding the last. The result is written to the
 //! run folder as `config.toml`, so a run can always be repeated exactly.
 
+use crate::model::ModelConfig;
 use crate::tying::agent::StateEncoding;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{InitTies, TieGrad, TieOptions};
@@ -77,21 +78,6 @@ impl AgentInput {
             AgentInput::Normalized => StateEncoding::Normalized,
         }
     }
-}
-
-/// The model's shape.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSettings {
-    pub n_layer: usize,
-    pub n_embd: usize,
-    pub n_head: usize,
-    /// Context length (the longest sequence, and the size of wpe).
-    pub n_ctx: usize,
-    /// Vocabulary size. 0 means "take it from the dataset's tokenizer".
-    pub vocab_size: usize,
-    pub dropout: f32,
-    pub bias: bool,
 }
 
 /// Optimization and the schedule of the loop.
@@ -197,7 +183,7 @@ impl DataSettings {
 pub struct RunConfig {
     pub preset: Preset,
     pub backend: BackendKind,
-    pub model: ModelSettings,
+    pub model: ModelConfig,
     pub train: TrainSettings,
     pub tying: TyingSettings,
     pub data: DataSettings,
@@ -211,7 +197,7 @@ impl RunConfig {
 
     /// A preset's configuration. `small` is what `dyntie train` runs with no arguments.
     pub fn for_preset(preset: Preset) -> RunConfig {
-        let model = |n_layer, n_embd, n_head, n_ctx| ModelSettings {
+        let model = |n_layer, n_embd, n_head, n_ctx| ModelConfig {
             n_layer,
             n_embd,
             n_head,
@@ -337,21 +323,8 @@ impl RunConfig {
 
     /// Checks what no later stage can repair, with messages that name the flag.
     pub fn validate(&self) -> Result<()> {
-        let m = &self.model;
         let t = &self.train;
-        if m.n_layer == 0 || m.n_embd == 0 || m.n_head == 0 || m.n_ctx == 0 {
-            bail!("--layers, --d-model, --heads and --ctx must all be at least 1");
-        }
-        if !m.n_embd.is_multiple_of(m.n_head) {
-            bail!(
-                "--heads {} does not divide --d-model {}: choose a head count that divides the width",
-                m.n_head,
-                m.n_embd
-            );
-        }
-        if !(0.0..1.0).contains(&m.dropout) {
-            bail!("--dropout {} must be in [0, 1)", m.dropout);
-        }
+        self.model.validate_shape()?;
         if t.steps == 0 {
             bail!("--steps must be at least 1");
         }
@@ -364,7 +337,7 @@ impl RunConfig {
         if self.tying.agent_k == 0 {
             bail!("--agent-k must be at least 1");
         }
-        self.tying.policy.check_blocks(m.n_layer)?;
+        self.tying.policy.check_blocks(self.model.n_layer)?;
         Ok(())
     }
 }

@@ -13,11 +13,11 @@ use crate::data::{
     Batch, Dataset, EvalWindows, Split, SyntheticConfig, TrainBatcher, IGNORE_INDEX,
 };
 use crate::metrics::{self, JsonlWriter};
-use crate::model::{activation_bytes, Gpt2, Gpt2Config};
+use crate::model::accounting::MemoryReport;
+use crate::model::{activation_bytes, Gpt2, ModelConfig};
 use crate::optim::{AdamW, AdamWState, LrSchedule};
 use crate::report::{self, EvalPoint, LossPoint, ReportData, TieSnapshot};
 use crate::rng::HostRng;
-use crate::tying::accounting::{MemoryReport, ModelShape};
 use crate::tying::agent::{AgentConfig, Decision, QAgent, TieRecord, Transition};
 use crate::tying::policy::TyingPolicy;
 use crate::tying::reward;
@@ -114,43 +114,8 @@ pub struct Trainer {
 }
 
 /// The model configuration a run config resolves to on a dataset.
-pub fn model_config(cfg: &RunConfig, data: &Dataset) -> Result<Gpt2Config> {
-    let m = &cfg.model;
-    let vocab = if m.vocab_size == 0 {
-        data.vocab_size
-    } else {
-        m.vocab_size
-    };
-    ensure!(
-        vocab >= data.vocab_size,
-        "--vocab {vocab} is smaller than the vocabulary of dataset '{}' ({}): \
-         leave --vocab out to use the dataset's",
-        data.name,
-        data.vocab_size
-    );
-    let mc = Gpt2Config {
-        n_layer: m.n_layer,
-        n_embd: m.n_embd,
-        n_head: m.n_head,
-        n_ctx: m.n_ctx,
-        vocab_size: vocab,
-        dropout: m.dropout,
-        bias: m.bias,
-    };
-    mc.validate()?;
-    Ok(mc)
-}
-
-/// The shape the memory accounting needs.
-pub fn model_shape(mc: &Gpt2Config) -> ModelShape {
-    ModelShape {
-        n_layer: mc.n_layer,
-        n_embd: mc.n_embd,
-        n_head: mc.n_head,
-        n_ctx: mc.n_ctx,
-        vocab_size: mc.vocab_size,
-        bias: mc.bias,
-    }
+pub fn model_config(cfg: &RunConfig, data: &Dataset) -> Result<ModelConfig> {
+    cfg.model.for_dataset(data.vocab_size, &data.name)
 }
 
 /// The table before training: the policy's fixed pattern, or the dynamic
@@ -409,14 +374,13 @@ impl Trainer {
     /// model trained conventionally.
     pub fn memory(&self) -> (MemoryReport, MemoryReport) {
         let mc = self.model.config();
-        let shape = model_shape(mc);
         let acts =
             activation_bytes(mc, self.cfg.train.batch, mc.n_ctx, self.cfg.train.recompute) as u64;
         let n = mc.n_layer;
         let table = self.model.slots().table();
         (
-            MemoryReport::from_table(&shape, table, false, acts),
-            MemoryReport::from_counts(&shape, n, n, false, acts),
+            MemoryReport::from_table(mc, table, false, acts),
+            MemoryReport::from_counts(mc, n, n, false, acts),
         )
     }
 
@@ -728,21 +692,12 @@ fn read_state(dir: &Path) -> Result<(PathBuf, TrainState)> {
 /// The trained model of run `dir` (config `cfg`) from its checkpoint.
 pub fn load_model(dir: &Path, cfg: &RunConfig, backend: Arc<dyn Backend>) -> Result<Gpt2> {
     let (ckpt, state) = read_state(dir)?;
-    let m = &cfg.model;
+    let mc = cfg.model.clone();
     ensure!(
-        m.vocab_size > 0,
+        mc.vocab_size > 0,
         "{}: config.toml has no resolved vocab_size",
         dir.display()
     );
-    let mc = Gpt2Config {
-        n_layer: m.n_layer,
-        n_embd: m.n_embd,
-        n_head: m.n_head,
-        n_ctx: m.n_ctx,
-        vocab_size: m.vocab_size,
-        dropout: m.dropout,
-        bias: m.bias,
-    };
     ensure!(
         state.table.n_layer() == mc.n_layer,
         "{}: the checkpoint has {} blocks but config.toml says {}",

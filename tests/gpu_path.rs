@@ -11,7 +11,7 @@ use dyntie::config::{RunConfig, Schedule};
 use dyntie::device::emu::EmuDevice;
 use dyntie::doctor::{compare_training, doctor_training_config};
 use dyntie::metrics::read_jsonl;
-use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::model::{Gpt2, ModelConfig};
 use dyntie::train::Trainer;
 use dyntie::tying::policy::TyingPolicy;
 use dyntie::tying::table::TieGrad;
@@ -74,7 +74,7 @@ fn a_static_pattern_trains_the_same_on_the_emulated_kernels() {
 #[test]
 fn ties_free_and_unties_allocate_device_memory_on_the_emulator() {
     let backend = emu();
-    let cfg = Gpt2Config {
+    let cfg = ModelConfig {
         n_layer: 4,
         n_embd: 16,
         n_head: 2,

@@ -9,11 +9,11 @@ use crate::commands::select_backend;
 use crate::config::{BackendKind, RunConfig};
 use crate::device::cuda::{self, CudaDevice};
 use crate::device::Device;
-use crate::model::{activation_bytes, Gpt2, Gpt2Config};
+use crate::model::accounting::{format_memory_table, MemoryReport};
+use crate::model::{activation_bytes, Gpt2, ModelConfig};
 use crate::optim::AdamW;
 use crate::rng::HostRng;
-use crate::train::{initial_table, model_shape};
-use crate::tying::accounting::{format_memory_table, MemoryReport};
+use crate::train::initial_table;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{TieGrad, TieTable};
 use anyhow::{bail, Context, Result};
@@ -38,31 +38,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
 }
 
-/// The model config of a bench run: the preset and flags; vocab 0 means GPT-2's.
-fn bench_model(cfg: &RunConfig) -> Gpt2Config {
-    let m = &cfg.model;
-    Gpt2Config {
-        n_layer: m.n_layer,
-        n_embd: m.n_embd,
-        n_head: m.n_head,
-        n_ctx: m.n_ctx,
-        vocab_size: if m.vocab_size == 0 {
-            50257
-        } else {
-            m.vocab_size
-        },
-        dropout: m.dropout,
-        bias: m.bias,
-    }
-}
+/// The vocabulary of a bench model when no --vocab is given: GPT-2's.
+const GPT2_VOCAB: usize = 50257;
 
 /// Counted training memory for each requested tie pattern.
 fn memory(args: &BenchArgs) -> Result<()> {
     let cfg = args.model.resolve()?;
     cfg.validate()?;
-    let mc = bench_model(&cfg);
+    let mc = cfg.model.with_default_vocab(GPT2_VOCAB);
     mc.validate()?;
-    let shape = model_shape(&mc);
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
     let options = cfg.tying.tie_options();
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
@@ -81,7 +65,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         let table = TieTable::from_state(&state, options)?;
         rows.push((
             policy.to_string(),
-            MemoryReport::from_table(&shape, &table, false, acts),
+            MemoryReport::from_table(&mc, &table, false, acts),
         ));
         tables.push(table);
     }
@@ -111,7 +95,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         let table = TieTable::from_state(&state, options)?;
         rows.push((
             format!("run {}", dir.display()),
-            MemoryReport::from_table(&shape, &table, false, acts),
+            MemoryReport::from_table(&mc, &table, false, acts),
         ));
         tables.push(table);
     }
@@ -264,7 +248,7 @@ impl StepRunner {
     fn new(
         backend: Arc<dyn Backend>,
         cfg: &RunConfig,
-        mc: &Gpt2Config,
+        mc: &ModelConfig,
         table: TieTable,
         data_seed: u64,
     ) -> Result<StepRunner> {
@@ -338,7 +322,7 @@ pub fn fp32_peak_tflops(gpu_name: &str) -> Option<f64> {
 /// LayerNorms and the embedding lookup are left out, as usual. With
 /// `--tie-grad frozen` tied blocks skip their weight gradients, so this
 /// overcounts their backward a little.
-pub fn flops_per_token(mc: &Gpt2Config) -> (u64, f64) {
+pub fn flops_per_token(mc: &ModelConfig) -> (u64, f64) {
     let (l, c, t, v) = (
         mc.n_layer as u64,
         mc.n_embd as u64,
@@ -355,7 +339,7 @@ pub struct ThroughputReport {
     pub backend: String,
     pub backend_description: String,
     pub threads: usize,
-    pub model: Gpt2Config,
+    pub model: ModelConfig,
     pub batch: usize,
     pub tying: TyingPolicy,
     pub tie_grad: TieGrad,
@@ -445,7 +429,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         cfg.tying.policy = TyingPolicy::None;
     }
     cfg.validate()?;
-    let mc = bench_model(&cfg);
+    let mc = cfg.model.with_default_vocab(GPT2_VOCAB);
     mc.validate()?;
     let policy = cfg.tying.policy.clone();
     if policy.is_dynamic() {
@@ -454,7 +438,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let table = initial_table(&cfg, &policy, mc.n_layer)?;
     let tie_state = table.state().to_vec();
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
-    let counted = MemoryReport::from_table(&model_shape(&mc), &table, false, acts);
+    let counted = MemoryReport::from_table(&mc, &table, false, acts);
 
     let bb = open_backend(cfg.backend)?;
     let profiled = Arc::new(ProfiledBackend::new(bb.backend.clone()));
