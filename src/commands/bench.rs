@@ -1,13 +1,11 @@
 //! `dyntie bench`: counted (and measured) memory per tie pattern, and the
 //! training throughput with a per-op time breakdown.
 
-use crate::backend::kernels::KernelBackend;
 use crate::backend::profiled::{OpStat, ProfiledBackend};
 use crate::backend::{Backend, MemStats};
 use crate::cli::{BenchArgs, BenchWhat};
-use crate::commands::select_backend;
-use crate::config::{BackendKind, RunConfig};
-use crate::device::cuda::{self, CudaDevice};
+use crate::commands::{select_backend, SelectedBackend};
+use crate::config::RunConfig;
 use crate::device::Device;
 use crate::model::accounting::{format_memory_table, MemoryReport};
 use crate::model::{activation_bytes, Gpt2, ModelConfig};
@@ -104,10 +102,13 @@ fn memory(args: &BenchArgs) -> Result<()> {
     let mut measured: Vec<Measured> = Vec::new();
     if args.measure {
         for table in tables {
-            let bb = open_backend(cfg.backend)?;
-            let mut runner = StepRunner::new(bb.backend.clone(), &cfg, &mc, table, 1)?;
+            let selected = select_backend(cfg.backend)?;
+            let mut runner = StepRunner::new(selected.backend.clone(), &cfg, &mc, table, 1)?;
             runner.step()?;
-            measured.push(bb.measured(runner.model.backend().mem_stats()));
+            measured.push(measure_memory(
+                &selected,
+                runner.model.backend().mem_stats(),
+            ));
         }
     }
     if args.json {
@@ -161,55 +162,25 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
-/// A backend for a bench run; on CUDA also the device, for its free/total
-/// memory and its name (the MFU table).
-struct BenchBackend {
-    backend: Arc<dyn Backend>,
-    why: String,
-    cuda: Option<Arc<KernelBackend<CudaDevice>>>,
+/// The GPU's name (for the MFU table).
+fn gpu_name(selected: &SelectedBackend) -> Option<String> {
+    selected
+        .cuda
+        .as_ref()
+        .map(|c| c.device().description().to_string())
 }
 
-fn open_backend(kind: BackendKind) -> Result<BenchBackend> {
-    if kind == BackendKind::Cuda || (kind == BackendKind::Auto && cuda::driver_present()) {
-        match CudaDevice::new(0) {
-            Ok(dev) => {
-                let kb = Arc::new(KernelBackend::new(dev));
-                return Ok(BenchBackend {
-                    backend: kb.clone(),
-                    why: format!("backend cuda on {}", kb.device().description()),
-                    cuda: Some(kb),
-                });
-            }
-            Err(e) if kind == BackendKind::Cuda => return Err(e),
-            Err(_) => {} // auto: select_backend says why it fell back
-        }
-    }
-    let (backend, why) = select_backend(kind)?;
-    Ok(BenchBackend {
-        backend,
-        why,
-        cuda: None,
-    })
-}
-
-impl BenchBackend {
-    fn gpu_name(&self) -> Option<String> {
-        self.cuda
-            .as_ref()
-            .map(|c| c.device().description().to_string())
-    }
-
-    fn measured(&self, stats: MemStats) -> Measured {
-        let (free, total) = match self.cuda.as_ref().map(|c| c.device().mem_info()) {
-            Some(Ok((f, t))) => (Some(f), Some(t)),
-            _ => (None, None),
-        };
-        Measured {
-            live_bytes: stats.live_bytes,
-            peak_bytes: stats.peak_bytes,
-            device_free_bytes: free,
-            device_total_bytes: total,
-        }
+/// The allocator's counts and, on CUDA, the device's free and total memory.
+fn measure_memory(selected: &SelectedBackend, stats: MemStats) -> Measured {
+    let (free, total) = match selected.cuda.as_ref().map(|c| c.device().mem_info()) {
+        Some(Ok((f, t))) => (Some(f), Some(t)),
+        _ => (None, None),
+    };
+    Measured {
+        live_bytes: stats.live_bytes,
+        peak_bytes: stats.peak_bytes,
+        device_free_bytes: free,
+        device_total_bytes: total,
     }
 }
 
@@ -440,8 +411,8 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
     let counted = MemoryReport::from_table(&mc, &table, false, acts);
 
-    let bb = open_backend(cfg.backend)?;
-    let profiled = Arc::new(ProfiledBackend::new(bb.backend.clone()));
+    let selected = select_backend(cfg.backend)?;
+    let profiled = Arc::new(ProfiledBackend::new(selected.backend.clone()));
     let mut runner = StepRunner::new(profiled.clone(), &cfg, &mc, table, 1)?;
     let mut losses = Vec::new();
     for _ in 0..args.warmup {
@@ -454,7 +425,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         step_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
     // Memory before profiling, so the report is the plain run's.
-    let measured = bb.measured(bb.backend.mem_stats());
+    let measured = measure_memory(&selected, selected.backend.mem_stats());
 
     // The breakdown: a separate profiled step (serialized after each op).
     let profiled_steps = 1;
@@ -499,12 +470,12 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let med = median(&step_ms);
     let tokens_per_s = tokens_per_step as f64 / (med / 1e3);
     let (flops_n, fpt) = flops_per_token(&mc);
-    let gpu = bb.gpu_name();
+    let gpu = gpu_name(&selected);
     let peak = gpu.as_deref().and_then(fp32_peak_tflops);
     let mfu = peak.map(|p| fpt * tokens_per_s / (p * 1e12));
     Ok(ThroughputReport {
-        backend: bb.backend.name().to_string(),
-        backend_description: bb.why.clone(),
+        backend: selected.backend.name().to_string(),
+        backend_description: selected.why.clone(),
         threads: rayon::current_num_threads(),
         model: mc.clone(),
         batch: cfg.train.batch,

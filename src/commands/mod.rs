@@ -17,40 +17,57 @@ use crate::device::emu::EmuDevice;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
-/// The backend a `--backend` flag names, and a sentence saying why it was
-/// chosen (printed as a run's first line).
-pub fn select_backend(kind: BackendKind) -> Result<(Arc<dyn Backend>, String)> {
+/// The backend a `--backend` flag names, and what the commands say or ask
+/// about it.
+pub struct SelectedBackend {
+    pub backend: Arc<dyn Backend>,
+    /// Which backend and why it was chosen (a run's first line).
+    pub why: String,
+    /// On CUDA, the kernel backend again with its device's type, for the
+    /// GPU's name and free memory.
+    pub cuda: Option<Arc<KernelBackend<CudaDevice>>>,
+}
+
+/// The one place a `--backend` value becomes a backend.
+pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
+    let cpu = |why: String| SelectedBackend {
+        backend: Arc::new(CpuBackend::new()),
+        why,
+        cuda: None,
+    };
+    let gpu = |dev: CudaDevice, why: String| {
+        let kernels = Arc::new(KernelBackend::new(dev));
+        SelectedBackend {
+            backend: kernels.clone(),
+            why,
+            cuda: Some(kernels),
+        }
+    };
     match kind {
-        BackendKind::Cpu => Ok((
-            Arc::new(CpuBackend::new()),
-            "backend cpu (asked for with --backend cpu)".into(),
-        )),
-        BackendKind::Emu => Ok((
-            Arc::new(KernelBackend::new(EmuDevice::new())),
-            "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower than cpu)"
+        BackendKind::Cpu => Ok(cpu("backend cpu (asked for with --backend cpu)".into())),
+        BackendKind::Emu => Ok(SelectedBackend {
+            backend: Arc::new(KernelBackend::new(EmuDevice::new())),
+            why: "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower than cpu)"
                 .into(),
-        )),
+            cuda: None,
+        }),
         BackendKind::Cuda => {
             let dev = CudaDevice::new(0)?;
             let why = format!("backend cuda on {}", dev.description());
-            Ok((Arc::new(KernelBackend::new(dev)), why))
+            Ok(gpu(dev, why))
         }
         BackendKind::Auto => {
             if !cuda::driver_present() {
-                return Ok((
-                    Arc::new(CpuBackend::new()),
-                    "backend cpu (auto: no CUDA driver on this machine)".into(),
+                return Ok(cpu(
+                    "backend cpu (auto: no CUDA driver on this machine)".into()
                 ));
             }
             match CudaDevice::new(0) {
                 Ok(dev) => {
                     let why = format!("backend cuda (auto: found {})", dev.description());
-                    Ok((Arc::new(KernelBackend::new(dev)), why))
+                    Ok(gpu(dev, why))
                 }
-                Err(e) => Ok((
-                    Arc::new(CpuBackend::new()),
-                    format!("backend cpu (auto: CUDA unusable: {e:#})"),
-                )),
+                Err(e) => Ok(cpu(format!("backend cpu (auto: CUDA unusable: {e:#})"))),
             }
         }
     }
@@ -62,13 +79,13 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
     let reference = Arc::new(CpuBackend::new());
     let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
         println!("dyntie doctor: checking the kernels under the CPU emulator");
-        (Arc::new(KernelBackend::new(EmuDevice::new())), false)
+        (select_backend(BackendKind::Emu)?.backend, false)
     } else {
         println!("kernels in this build: {}", cuda::gpu_build_info());
-        match CudaDevice::new(0) {
-            Ok(dev) => {
-                println!("dyntie doctor: checking {}", dev.description());
-                (Arc::new(KernelBackend::new(dev)), true)
+        match select_backend(BackendKind::Cuda) {
+            Ok(selected) => {
+                println!("dyntie doctor: checking {}", selected.why);
+                (selected.backend, true)
             }
             Err(e) if args.allow_no_gpu => {
                 println!("dyntie doctor: no GPU to check ({e:#}); exiting 0 (--allow-no-gpu)");

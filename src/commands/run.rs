@@ -27,9 +27,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         );
         let cfg = RunConfig::load(&dir.join("config.toml"))
             .with_context(|| format!("--resume {}: not a dyntie run folder", dir.display()))?;
-        let (backend, why) = select_backend(args.model.backend.unwrap_or(cfg.backend))?;
-        println!("{why}");
-        let mut t = Trainer::resume(dir, backend, args.steps)?;
+        let selected = select_backend(args.model.backend.unwrap_or(cfg.backend))?;
+        println!("{}", selected.why);
+        let mut t = Trainer::resume(dir, selected.backend, args.steps)?;
         println!("resuming {} at step {}", dir.display(), t.step());
         if let Some(note) = t.extension_note() {
             println!("{note}");
@@ -45,9 +45,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
-        let (backend, why) = select_backend(cfg.backend)?;
-        println!("{why}");
-        Trainer::create(cfg, backend, &dir, args.force)?
+        let selected = select_backend(cfg.backend)?;
+        println!("{}", selected.why);
+        Trainer::create(cfg, selected.backend, &dir, args.force)?
     };
     describe(&trainer);
     let s = trainer.run()?;
@@ -203,8 +203,8 @@ fn argmax(xs: &[f32]) -> usize {
 pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Gpt2)> {
     let cfg = RunConfig::load(&dir.join("config.toml"))
         .with_context(|| format!("--run {}: not a dyntie run folder", dir.display()))?;
-    let (backend, _) = select_backend(backend.unwrap_or(cfg.backend))?;
-    let model = train::load_model(dir, &cfg, backend)?;
+    let selected = select_backend(backend.unwrap_or(cfg.backend))?;
+    let model = train::load_model(dir, &cfg, selected.backend)?;
     Ok((cfg, model))
 }
 
