@@ -158,6 +158,23 @@ fn a_partial_tmp_folder_next_to_a_checkpoint_is_ignored() -> Result<()> {
     })
 }
 
+/// With one block the dynamic policy has nothing to decide: the run trains
+/// like a static one and resumes like one.
+#[test]
+fn a_one_block_dynamic_run_resumes() -> Result<()> {
+    let dir = temp_dir("oneblock");
+    let mut cfg = config("dynamic", 2);
+    cfg.model.n_layer = 1;
+    create(cfg, &dir)?.run()?;
+    let mut t = resume(&dir, 4)?;
+    assert_eq!(t.step(), 2);
+    t.run()?;
+    assert_eq!(train_lines(&dir).len(), 4);
+    assert_eq!(fs::read_to_string(dir.join("ties.jsonl"))?, "");
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
 #[test]
 fn only_a_partial_tmp_folder_is_a_clear_error() -> Result<()> {
     let dir = temp_dir("onlytmp");

@@ -11,7 +11,7 @@ use crate::model::accounting::{format_memory_table, MemoryReport};
 use crate::model::{activation_bytes, Gpt2, ModelConfig};
 use crate::optim::AdamW;
 use crate::rng::HostRng;
-use crate::train::initial_table;
+use crate::train::{initial_table, run_dir};
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{TieGrad, TieTable};
 use anyhow::{bail, Context, Result};
@@ -68,7 +68,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         tables.push(table);
     }
     if let Some(dir) = &args.from_run {
-        let ties = crate::metrics::read_jsonl(&dir.join("ties.jsonl"))?;
+        let ties = crate::metrics::read_jsonl(&dir.join(run_dir::TIES))?;
         let last = ties.last().with_context(|| {
             format!(
                 "{} has no tie decisions (ties.jsonl is empty or missing)",

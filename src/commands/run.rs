@@ -10,7 +10,7 @@ use crate::data::{self, Dataset, PrepareOptions, Tokenizer};
 use crate::metrics::utc_timestamp;
 use crate::model::Gpt2;
 use crate::rng::HostRng;
-use crate::train::{self, Trainer};
+use crate::train::{self, run_dir, Trainer};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -25,8 +25,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             fixed.join(", "),
             if fixed.len() == 1 { "it" } else { "them" }
         );
-        let cfg = RunConfig::load(&dir.join("config.toml"))
-            .with_context(|| format!("--resume {}: not a dyntie run folder", dir.display()))?;
+        let cfg = run_dir::load_config(dir, "--resume")?;
         let selected = select_backend(args.model.backend.unwrap_or(cfg.backend))?;
         println!("{}", selected.why);
         let mut t = Trainer::resume(dir, selected.backend, args.steps)?;
@@ -201,8 +200,7 @@ fn argmax(xs: &[f32]) -> usize {
 
 /// The resolved config and the trained model of a run folder.
 pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Gpt2)> {
-    let cfg = RunConfig::load(&dir.join("config.toml"))
-        .with_context(|| format!("--run {}: not a dyntie run folder", dir.display()))?;
+    let cfg = run_dir::load_config(dir, "--run")?;
     let selected = select_backend(backend.unwrap_or(cfg.backend))?;
     let model = train::load_model(dir, &cfg, selected.backend)?;
     Ok((cfg, model))
