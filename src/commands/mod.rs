@@ -1,20 +1,34 @@
-//! What each `dyntie` subcommand does, callable from tests as well as from
-//! `main.rs`.
+//! The `dyntie` subcommands, one file each, callable from tests as well as
+//! from `main.rs`; and what several of them share: choosing the backend,
+//! opening a trained run.
 
 pub mod bench;
-pub mod run;
+pub mod doctor;
+pub mod eval;
+pub mod export;
+pub mod prepare;
+pub mod sample;
+pub mod train;
 
 pub use bench::bench;
-pub use run::{eval, export, prepare, sample, train};
+pub use doctor::doctor;
+pub use eval::eval;
+pub use export::export;
+pub use prepare::prepare;
+pub use sample::sample;
+pub use train::train;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::kernels::KernelBackend;
 use crate::backend::Backend;
-use crate::cli::DoctorArgs;
-use crate::config::BackendKind;
+use crate::config::{BackendKind, RunConfig};
+use crate::data::{Dataset, Tokenizer};
 use crate::device::cuda::{self, CudaDevice};
 use crate::device::emu::EmuDevice;
-use anyhow::{bail, Result};
+use crate::model::Gpt2;
+use crate::train::run_dir;
+use anyhow::Result;
+use std::path::Path;
 use std::sync::Arc;
 
 /// The backend a `--backend` flag names, and what the commands say or ask
@@ -73,75 +87,30 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
     }
 }
 
-/// `dyntie doctor`: every kernel against the CPU reference on the GPU (or,
-/// with `--emu`, under the emulator), then a short training run on both.
-pub fn doctor(args: &DoctorArgs) -> Result<()> {
-    let reference = Arc::new(CpuBackend::new());
-    let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
-        println!("dyntie doctor: checking the kernels under the CPU emulator");
-        (select_backend(BackendKind::Emu)?.backend, false)
-    } else {
-        println!("kernels in this build: {}", cuda::gpu_build_info());
-        match select_backend(BackendKind::Cuda) {
-            Ok(selected) => {
-                println!("dyntie doctor: checking {}", selected.why);
-                (selected.backend, true)
-            }
-            Err(e) if args.allow_no_gpu => {
-                println!("dyntie doctor: no GPU to check ({e:#}); exiting 0 (--allow-no-gpu)");
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(e.context("dyntie doctor needs a GPU (--allow-no-gpu exits 0 without one, --emu checks the emulator)"))
-            }
-        }
-    };
-    let results = crate::doctor::check_kernels(reference.as_ref(), candidate.as_ref(), gpu);
-    print!("{}", crate::conformance::format_results(&results));
-    let kernel_failures = results.iter().filter(|r| !r.passed).count();
+/// The resolved config and the trained model of a run folder.
+pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Gpt2)> {
+    let cfg = run_dir::load_config(dir, "--run")?;
+    let selected = select_backend(backend.unwrap_or(cfg.backend))?;
+    let model = crate::train::load_model(dir, &cfg, selected.backend)?;
+    Ok((cfg, model))
+}
 
-    // The training run, then a shorter one with activation recomputation
-    // (on both backends: on the CPU it is bit for bit the plain run).
-    let plain = crate::doctor::doctor_training_config();
-    let mut recompute = plain.clone();
-    recompute.train.recompute = true;
-    recompute.train.steps = 10;
-    const TRAIN_TOL: f64 = 1e-4;
-    let mut train_ok = true;
-    for (what, cfg) in [
-        ("training check", plain),
-        ("training check, --recompute", recompute),
-    ] {
-        let scratch = std::env::temp_dir().join(format!("dyntie-doctor-{}", std::process::id()));
-        let cmp =
-            crate::doctor::compare_training(&cfg, reference.clone(), candidate.clone(), &scratch);
-        let _ = std::fs::remove_dir_all(&scratch);
-        train_ok &= match &cmp {
-            Ok(c) => {
-                println!(
-                    "{what}: {} steps, {} tie decisions; max relative loss difference {:.2e} (tolerance {TRAIN_TOL:.0e}); decisions {}; final loss cpu {:.5} vs kernels {:.5}",
-                    c.steps,
-                    c.decisions,
-                    c.max_rel_diff,
-                    if c.same_decisions { "identical" } else { "DIFFER" },
-                    c.reference.last().copied().unwrap_or(f64::NAN),
-                    c.candidate.last().copied().unwrap_or(f64::NAN),
-                );
-                c.agrees(TRAIN_TOL)
-            }
-            Err(e) => {
-                println!("{what}: ERROR {e:#}");
-                false
-            }
-        };
+/// The tokenizer of the dataset a run trained on; `None` for the synthetic
+/// corpus, whose ids are not text.
+fn tokenizer_of(cfg: &RunConfig) -> Result<Option<Tokenizer>> {
+    match cfg.data.prepared_dir() {
+        Some(dir) => Ok(Dataset::open(dir)?.tokenizer),
+        None => Ok(None),
     }
-    println!(
-        "summary: kernels {} passed, {kernel_failures} failed; training {}",
-        results.len() - kernel_failures,
-        if train_ok { "agrees" } else { "DISAGREES" }
-    );
-    if kernel_failures > 0 || !train_ok {
-        bail!("dyntie doctor found problems (see the table above)");
+}
+
+/// The index of the largest value (the first of equal ones).
+fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate() {
+        if *x > xs[best] {
+            best = i;
+        }
     }
-    Ok(())
+    best
 }

@@ -1,9 +1,11 @@
 //! GPT-2 over slots: the model configuration, the parameter layouts, the
-//! activation plan, the memory accounting and the model itself.
+//! activation plan, the memory accounting, the model itself and its
+//! Hugging Face export.
 
 pub mod accounting;
 pub mod config;
 pub mod gpt2;
+pub mod hf;
 pub mod layout;
 pub mod plan;
 
