@@ -85,8 +85,9 @@ impl Trainer {
     }
 }
 
-/// The checkpoint folder of run `dir` and its state, checked.
-pub(super) fn read_state(dir: &Path) -> Result<(PathBuf, TrainState)> {
+/// The checkpoint folder of run `dir` and its state, checked, for a model
+/// of `n_layer` blocks.
+pub(super) fn read_state(dir: &Path, n_layer: usize) -> Result<(PathBuf, TrainState)> {
     let ckpt = files::readable_dir(&dir.join(run_dir::CHECKPOINT))?;
     let state_path = ckpt.join("state.json");
     let state: TrainState = serde_json::from_str(
@@ -105,25 +106,24 @@ pub(super) fn read_state(dir: &Path) -> Result<(PathBuf, TrainState)> {
         .table
         .check()
         .with_context(|| format!("{}: invalid tie table", state_path.display()))?;
+    ensure!(
+        state.table.n_layer() == n_layer,
+        "{}: the checkpoint has {} blocks but config.toml says {n_layer}",
+        state_path.display(),
+        state.table.n_layer(),
+    );
     Ok((ckpt, state))
 }
 
 /// The trained model of run `dir` (config `cfg`) from its checkpoint.
 pub fn load_model(dir: &Path, cfg: &RunConfig, backend: Arc<dyn Backend>) -> Result<Gpt2> {
-    let (ckpt, state) = read_state(dir)?;
     let mc = cfg.model.clone();
     ensure!(
         mc.vocab_size > 0,
         "{}: config.toml has no resolved vocab_size",
         dir.display()
     );
-    ensure!(
-        state.table.n_layer() == mc.n_layer,
-        "{}: the checkpoint has {} blocks but config.toml says {}",
-        ckpt.display(),
-        state.table.n_layer(),
-        mc.n_layer
-    );
+    let (ckpt, state) = read_state(dir, mc.n_layer)?;
     // Evaluation, sampling and export keep full logits (no recomputation).
     let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table)?;
     load_tensors(&model, &ckpt)?;

@@ -88,8 +88,7 @@ impl Trainer {
             cfg.train.steps = s;
         }
         cfg.validate()?;
-        let (ckpt, state) = read_state(dir)?;
-        let state_path = ckpt.join("state.json");
+        let (ckpt, state) = read_state(dir, cfg.model.n_layer)?;
         ensure!(
             cfg.train.steps as u64 >= state.step,
             "{} is already at step {}; --steps {} would end before it (give more steps to extend the run)",
@@ -99,13 +98,6 @@ impl Trainer {
         );
         let data = open_dataset(&cfg)?;
         let mc = cfg.model.for_dataset(data.vocab_size, &data.name)?;
-        ensure!(
-            state.table.n_layer() == mc.n_layer,
-            "{}: the checkpoint has {} blocks but config.toml says {}",
-            state_path.display(),
-            state.table.n_layer(),
-            mc.n_layer
-        );
         let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table.clone())?;
         let mut t = Self::assemble(cfg, dir, model, data)?;
         t.restore(&ckpt, state)?;
