@@ -237,8 +237,9 @@ pub struct EvalArgs {
     /// The run folder.
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
-    /// Dataset folder (default: the one the run trained on).
-    #[arg(long, value_name = "DIR")]
+    /// Dataset folder (default: the one the run trained on); with --task,
+    /// the task's file.
+    #[arg(long, value_name = "PATH")]
     pub data: Option<String>,
     /// The split whose perplexity to report.
     #[arg(long, value_enum, default_value_t = Split::Test)]
@@ -270,7 +271,7 @@ pub struct PrepareArgs {
     /// Output folder (default: data/prepared/<dataset>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// gpt2 (BPE, r50k_base) or byte.
+    /// The tokenizer.
     #[arg(long, value_enum, default_value_t = TokenizerKind::Gpt2)]
     pub tokenizer: TokenizerKind,
 }
@@ -329,6 +330,7 @@ crate::choice_text!(BenchWhat, "benchmark");
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to measure.
     #[arg(value_enum)]
     pub what: BenchWhat,
     #[command(flatten)]
