@@ -2,12 +2,15 @@
 //!
 //! The layers, bottom to top: `device` (raw memory and kernel launches),
 //! `backend` (the op set: a CPU reference and one kernel implementation),
-//! `autograd` (the tape), `model` (GPT-2 over slots), `tying` (tie table,
-//! slot store, Q-agent, policies), `optim` (AdamW), `data`, `train`.
+//! `autograd` (the tape), `tying` (tie table, slot store, Q-agent,
+//! policies), `model` (GPT-2 over slots), `optim` (AdamW), `data`,
+//! `config` (a run's configuration), `train`, and `commands` (one per
+//! subcommand, with `cli` their flags).
 
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
+pub mod choice;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -5,13 +5,13 @@
 use anyhow::Result;
 use dyntie::backend::cpu::CpuBackend;
 use dyntie::backend::Backend;
-use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::model::{Gpt2, ModelConfig};
 use dyntie::optim::AdamW;
 use dyntie::tying::table::{InitTies, TieGrad, TieOptions, TieTable};
 use std::sync::Arc;
 
-fn cfg() -> Gpt2Config {
-    Gpt2Config {
+fn cfg() -> ModelConfig {
+    ModelConfig {
         n_layer: 3,
         n_embd: 32,
         n_head: 2,
