@@ -1,11 +1,16 @@
 //! Builds the kernels twice:
 //! 1. every `kernels/**/*.cu` (and the host-only `kernels/tests/*.cu`) as
-//!    host C++ together with the emulator runtime, into a static library
-//!    with a registry of every `extern "C" __global__ void NAME(` so Rust
-//!    launches kernels by name, as on the GPU;
-//! 2. every `kernels/**/*.cu` with NVRTC (loaded at build time, when found)
-//!    into PTX for compute_80 and compute_90 plus cubins for sm_80 and
-//!    sm_90, embedded into the crate.
+//!    host C++ together with the emulator runtime (`kernels/emu/`: fibers,
+//!    guarded memory, tensor-core emulation), into a static library with a
+//!    registry of every `extern "C" __global__ void NAME(` so Rust launches
+//!    kernels by name, as on the GPU;
+//! 2. the same with NVRTC (loaded at build time, when found) into PTX for
+//!    compute_80 and compute_90 plus cubins for sm_80 and sm_90, embedded
+//!    into the crate (the host-only tests only for their ptxas report). The
+//!    cubins are built with `ptxas -v`, whose report (registers and static
+//!    shared memory per kernel) goes into `ptxas_report.rs` for the launch
+//!    checks of src/cuda/limits.rs: the numbers of the very cubins that
+//!    ship, with no separate ptxas run.
 //!
 //! It also reads each kernel's parameter list from its declaration and
 //! writes it out as Rust (`kernel_signatures.rs`), so that every launch is
@@ -44,7 +49,7 @@ fn main() {
     write_signatures(&out, &gpu_sources);
     write_params(&kernels_dir.join("include/params.h"), &out);
     build_emulator(&kernels_dir, &out, &gpu_sources, &test_sources);
-    build_gpu(&manifest, &kernels_dir, &out, &gpu_sources);
+    build_gpu(&manifest, &kernels_dir, &out, &gpu_sources, &test_sources);
 }
 
 /// A kernel source file.
@@ -97,7 +102,11 @@ fn kernel_decls(path: &Path) -> Vec<KernelDecl> {
         fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.match_indices(MARK)
         .filter_map(|(at, _)| {
-            let rest = &text[at + MARK.len()..];
+            let mut rest = &text[at + MARK.len()..];
+            // `void __launch_bounds__(...) NAME(`: the name follows the bounds.
+            if let Some(bounds) = rest.strip_prefix("__launch_bounds__(") {
+                rest = &bounds[bounds.find(')')? + 1..];
+            }
             let open = rest.find('(')?;
             let name = rest[..open].trim();
             let ok =
@@ -349,15 +358,17 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[Source], tests: &[Sourc
         .include(kernels_dir.join("include"))
         .include(kernels_dir)
         .include(out)
-        // Kernels are linked statically; initial-exec TLS keeps `__shared__`
-        // (thread_local) access cheap.
+        // Kernels are linked statically; initial-exec TLS keeps the per-worker
+        // state they read (threadIdx, the SMEM slots) cheap.
         .flag("-ftls-model=initial-exec")
         // Probe every page of a big stack frame, so a fiber that overflows
         // its stack always hits the guard page instead of a neighbour's stack.
         .flag("-fstack-clash-protection")
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-unused-parameter")
-        .file(kernels_dir.join("emu/runtime.cpp"));
+        .file(kernels_dir.join("emu/runtime.cpp"))
+        .file(kernels_dir.join("emu/memory.cpp"))
+        .file(kernels_dir.join("emu/tensor_core.cpp"));
     let mut tables = Vec::new();
     for src in gpu.iter().chain(tests) {
         let names = kernel_names(&src.path);
@@ -370,7 +381,7 @@ fn build_emulator(kernels_dir: &Path, out: &Path, gpu: &[Source], tests: &[Sourc
         let mut cpp = format!("#include \"{}\"\n", src.path.display());
         cpp += &format!("extern \"C\" const emu::KernelEntry emu_table_{stem}[] = {{\n");
         for n in &names {
-            cpp += &format!("    {{\"{n}\", &emu::trampoline<&{n}>}},\n");
+            cpp += &format!("    {{\"{n}\", &emu::trampoline<&{n}>, emu::params_of(&{n})}},\n");
         }
         cpp += "};\n";
         let wrapper = out.join(format!("emu_{stem}.cpp"));
@@ -477,14 +488,15 @@ impl Nvrtc {
         format!("{major}.{minor}")
     }
 
-    /// Compiles `src`; returns PTX (when `cubin` is false) or a cubin.
+    /// Compiles `src`; returns PTX (when `cubin` is false) or a cubin, and
+    /// the program log (with `--ptxas-options=-v`, ptxas's report).
     fn compile(
         &self,
         src: &str,
         name: &str,
         opts: &[String],
         cubin: bool,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<(Vec<u8>, String), String> {
         type Create = unsafe extern "C" fn(
             *mut Program,
             *const c_char,
@@ -531,19 +543,20 @@ impl Nvrtc {
                 self.sym::<Get>(get)(prog, buf.as_mut_ptr() as *mut c_char);
                 buf
             };
+            let log = get_text("nvrtcGetProgramLogSize", "nvrtcGetProgramLog");
+            let log = CStr::from_bytes_until_nul(&log)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let result = if rc != 0 {
-                let log = get_text("nvrtcGetProgramLogSize", "nvrtcGetProgramLog");
-                Err(CStr::from_bytes_until_nul(&log)
-                    .map(|c| c.to_string_lossy().into_owned())
-                    .unwrap_or_default())
+                Err(log)
             } else if cubin {
-                Ok(get_text("nvrtcGetCUBINSize", "nvrtcGetCUBIN"))
+                Ok((get_text("nvrtcGetCUBINSize", "nvrtcGetCUBIN"), log))
             } else {
                 let mut ptx = get_text("nvrtcGetPTXSize", "nvrtcGetPTX");
                 while ptx.last() == Some(&0) {
                     ptx.pop();
                 }
-                Ok(ptx)
+                Ok((ptx, log))
             };
             self.sym::<Destroy>("nvrtcDestroyProgram")(&mut prog);
             result
@@ -551,7 +564,16 @@ impl Nvrtc {
     }
 }
 
-fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[Source]) {
+/// Compiles `sources` into the embedded GPU modules and writes the ptxas
+/// report of their cubins; `tests` (host-only kernels) are compiled to
+/// cubins only for the report, so the emulator checks their launches too.
+fn build_gpu(
+    manifest: &Path,
+    kernels_dir: &Path,
+    out: &Path,
+    sources: &[Source],
+    tests: &[Source],
+) {
     let generated = out.join("gpu_kernels.rs");
     let without = |why: String| {
         println!("cargo:warning=dyntie: building without GPU kernels: {why}");
@@ -560,6 +582,11 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[Source]
             format!("built without GPU kernels: {why}")
         );
         write_if_changed(&generated, rs.as_bytes());
+        let status = format!(
+            "unavailable ({why}): registers are not checked at launch, static shared memory only \
+             as the emulator places it"
+        );
+        write_ptxas_report(out, &[], &status);
     };
     let Some(lib) = find_nvrtc(manifest) else {
         return without(
@@ -588,23 +615,29 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[Source]
     fs::create_dir_all(&ptx_dir).unwrap_or_else(|e| panic!("creating {}: {e}", ptx_dir.display()));
 
     // Every (file, target) pair compiles in its own thread: NVRTC is slow
-    // and its programs are independent.
-    let jobs: Vec<(usize, u32, bool)> = (0..sources.len())
+    // and its programs are independent. Files past `sources` are the tests.
+    let all: Vec<&Source> = sources.iter().chain(tests).collect();
+    let jobs: Vec<(usize, u32, bool)> = (0..all.len())
         .flat_map(|i| {
-            let ptx = PTX_ARCHS.iter().map(move |&a| (i, a, false));
+            let ptx_archs: &[u32] = if i < sources.len() { &PTX_ARCHS } else { &[] };
+            let ptx = ptx_archs.iter().map(move |&a| (i, a, false));
             let cubin = CUBIN_ARCHS.iter().map(move |&a| (i, a, true));
             ptx.chain(cubin)
         })
         .collect();
-    let results: Vec<Result<Vec<u8>, String>> = std::thread::scope(|s| {
+    let results: Vec<Result<(Vec<u8>, String), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .iter()
             .map(|&(i, arch, cubin)| {
-                let src_path = &sources[i].path;
+                let src_path = &all[i].path;
                 let nvrtc = &nvrtc;
                 let mut opts = base_opts.clone();
                 let kind = if cubin { "sm" } else { "compute" };
                 opts.push(format!("--gpu-architecture={kind}_{arch}"));
+                if cubin {
+                    // ptxas's report (registers, shared memory) into the log.
+                    opts.push("--ptxas-options=-v".to_string());
+                }
                 s.spawn(move || {
                     let src = fs::read_to_string(src_path).map_err(|e| e.to_string())?;
                     nvrtc.compile(&src, &src_path.display().to_string(), &opts, cubin)
@@ -613,6 +646,38 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[Source]
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+
+    let mut report = Vec::new();
+    for (&(i, arch, cubin), res) in jobs.iter().zip(&results) {
+        let src = &all[i].path;
+        let (_, log) = res.as_ref().unwrap_or_else(|log| {
+            panic!("NVRTC failed on {} for arch {arch}:\n{log}", src.display())
+        });
+        if !cubin {
+            continue;
+        }
+        let entries = parse_ptxas_report(log);
+        for name in kernel_names(src) {
+            let Some(e) = entries.iter().find(|e| e.0 == name && e.1 == arch) else {
+                panic!(
+                    "the ptxas report for {} (sm_{arch}) lacks kernel {name}; NVRTC's log:\n{log}",
+                    src.display()
+                )
+            };
+            report.push(e.clone());
+        }
+    }
+    let status = format!(
+        "ptxas report of {} kernels for {} (NVRTC {})",
+        report.len() / CUBIN_ARCHS.len(),
+        CUBIN_ARCHS
+            .iter()
+            .map(|a| format!("sm_{a}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        nvrtc.version()
+    );
+    write_ptxas_report(out, &report, &status);
 
     let mut rs = String::new();
     let list = |prefix: &str, archs: &[u32]| {
@@ -638,12 +703,7 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[Source]
             if j != i {
                 continue;
             }
-            let bytes = res.as_ref().unwrap_or_else(|log| {
-                panic!(
-                    "NVRTC failed on {} for arch {arch}:\n{log}",
-                    src.path.display()
-                )
-            });
+            let (bytes, _) = res.as_ref().expect("failures reported above");
             let file = if cubin {
                 out.join(format!("{stem}.sm_{arch}.cubin"))
             } else {
@@ -687,4 +747,59 @@ fn build_gpu(manifest: &Path, kernels_dir: &Path, out: &Path, sources: &[Source]
             let _ = fs::remove_file(path);
         }
     }
+}
+
+/// One entry function's line of a ptxas report: (kernel, arch, registers,
+/// static shared bytes).
+type PtxasLine = (String, u32, u32, u32);
+
+/// Parses the ptxas `-v` report NVRTC leaves in its log when it builds a
+/// cubin. Per entry function it prints
+///   ptxas info    : Compiling entry function 'gemm_simt_f32' for 'sm_90'
+///   ...
+///   ptxas info    : Used 64 registers, used 1 barriers, 8320 bytes smem
+/// ("bytes smem" is absent when the kernel has no static shared memory).
+fn parse_ptxas_report(log: &str) -> Vec<PtxasLine> {
+    let mut lines = Vec::new();
+    let mut entry: Option<(String, u32)> = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or_default().to_string();
+            let arch = rest
+                .split("for 'sm_")
+                .nth(1)
+                .and_then(|a| a.trim_end().trim_end_matches('\'').parse().ok());
+            entry = arch.map(|a| (name, a));
+        } else if let Some(used) = line.split(": Used ").nth(1) {
+            let Some((name, arch)) = entry.take() else {
+                continue;
+            };
+            let (mut registers, mut smem) = (None, 0);
+            for part in used.split(',') {
+                match part.split_whitespace().collect::<Vec<_>>()[..] {
+                    [n, "registers"] => registers = n.parse().ok(),
+                    [n, "bytes", "smem"] => smem = n.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+            if let Some(r) = registers {
+                lines.push((name, arch, r, smem));
+            }
+        }
+    }
+    lines
+}
+
+/// The report as Rust (src/cuda/limits.rs includes it).
+fn write_ptxas_report(out: &Path, report: &[PtxasLine], status: &str) {
+    let mut rs = String::from("pub static PTXAS_REPORT: &[PtxasEntry] = &[\n");
+    for (kernel, arch, registers, smem) in report {
+        rs += &format!(
+            "    PtxasEntry {{ kernel: {kernel:?}, arch: {arch}, resources: KernelResources {{ \
+             registers: {registers}, static_shared: {smem} }} }},\n"
+        );
+    }
+    rs += "];\n";
+    rs += &format!("pub const PTXAS_REPORT_STATUS: &str = {status:?};\n");
+    write_if_changed(&out.join("ptxas_report.rs"), rs.as_bytes());
 }

@@ -23,7 +23,7 @@
 template <typename T>
 __device__ void softmax_xent(float* __restrict__ losses, T* dlogits, const T* logits,
                              const u32* __restrict__ targets, u32 vocab, u32 ignore_index, float grad_scale) {
-    __shared__ MaxSum warp_stats[32];
+    SMEM(MaxSum, warp_stats, [32]);
     const u64 row = blockIdx.x;
     const T* x = logits + row * vocab;
     T* dx = dlogits ? dlogits + row * vocab : nullptr;

@@ -35,7 +35,7 @@ extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const
 // the GPU; a second reduction kernel would need a scratch buffer.
 template <typename T>
 __device__ void sum_squares(float* acc, const T* __restrict__ x, u64 n) {
-    __shared__ double warp_totals[32];
+    SMEM(double, warp_totals, [32]);
     double s = 0.0;
     GRID_STRIDE_LOOP(i, n) {
         const double v = to_f32(x[i]);

@@ -3,12 +3,14 @@
 //! The layers, bottom to top: `mem` (dtypes, views, buffers, memory), `ops`
 //! (the op contracts, their validation and registry, and the `Backend`
 //! trait), `cpu` (the reference backend) and `cuda` (devices, kernels,
-//! launchers), `autograd` (the tape), `model` (GPT-2 over slots), `tying`
-//! (tie table, slot store, Q-agent, policies), `optim` (AdamW), `data`,
-//! `train`.
+//! launchers, launch limits), `autograd` (the tape), `tying` (tie table,
+//! slot store, Q-agent, policies), `model` (GPT-2 over slots), `optim`
+//! (AdamW), `data`, `config` (a run's configuration), `train`, and
+//! `commands` (one per subcommand, with `cli` their flags).
 
 pub mod autograd;
 pub mod checkpoint;
+pub mod choice;
 pub mod cli;
 pub mod commands;
 pub mod config;

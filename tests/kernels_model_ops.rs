@@ -495,7 +495,8 @@ fn bad_shapes_are_errors_naming_the_op() {
     )));
     assert!(
         m.contains("layernorm_bwd [1x30000]: kernel layernorm_bwd_f32")
-            && m.contains("needs 240000 bytes of dynamic shared memory per block"),
+            && m.contains("240000 bytes of dynamic + 0 of static shared memory per block")
+            && m.contains("even with the opt-in"),
         "{m}"
     );
 

@@ -4,14 +4,14 @@
 
 use anyhow::Result;
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::model::{Gpt2, ModelConfig};
 use dyntie::ops::{Backend, BackendExt};
 use dyntie::optim::AdamW;
 use dyntie::tying::table::{InitTies, TieGrad, TieOptions, TieTable};
 use std::sync::Arc;
 
-fn cfg() -> Gpt2Config {
-    Gpt2Config {
+fn cfg() -> ModelConfig {
+    ModelConfig {
         n_layer: 3,
         n_embd: 32,
         n_head: 2,

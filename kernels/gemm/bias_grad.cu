@@ -13,7 +13,7 @@
 // is deterministic (no atomics) and needs no zeroed scratch.
 template <typename T>
 __device__ void bias_grad(float* __restrict__ dbias, const T* __restrict__ dout, int rows, int cols) {
-    __shared__ float part[BIAS_WARPS][BIAS_COLS + 1];
+    SMEM(float, part, [BIAS_WARPS][BIAS_COLS + 1]);
     const int lane = threadIdx.x % BIAS_COLS, warp = threadIdx.x / BIAS_COLS;
     const int col = blockIdx.x * BIAS_COLS + lane;
     float s = 0.0f;

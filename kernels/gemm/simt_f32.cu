@@ -24,8 +24,8 @@
 extern "C" __global__ void gemm_simt_f32(GemmParams p) {
     // +1 column of padding: the non-transposed loads write 16 k-values of one
     // row, which would otherwise land on 16 words 64 apart (one bank).
-    __shared__ float as[GEMM_TK][GEMM_TILE + 1];
-    __shared__ float bs[GEMM_TK][GEMM_TILE + 1];
+    SMEM(float, as, [GEMM_TK][GEMM_TILE + 1]);
+    SMEM(float, bs, [GEMM_TK][GEMM_TILE + 1]);
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
     const int m0 = blockIdx.y * GEMM_TILE, n0 = blockIdx.x * GEMM_TILE;

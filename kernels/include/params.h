@@ -1,7 +1,9 @@
 // Launch constants and the structs passed to kernels by value: the one
 // place both sides read them. build.rs generates the Rust twin
 // (src/cuda/params.rs) from this file, so it accepts only two forms:
-//   constexpr TYPE NAME = VALUE;   TYPE one of u32, int, float
+//   constexpr TYPE NAME = VALUE;   TYPE one of u32, int, float; VALUE a
+//                                  literal or an expression of earlier
+//                                  constants of the same TYPE
 //   struct NAME { TYPE field, ...; };   TYPE one of u64, u32, int, float, T*
 // and it writes the layout it computed for each struct into
 // params_layout.h, which this file includes: both the host compiler and
@@ -50,9 +52,9 @@ constexpr int GEMM_TK = 16;
 constexpr int GEMM_THREADS = 256;
 constexpr int GEMM_PER_THREAD = 4;
 
-// Which triangle a causal attention product may skip (GemmParams.causal).
-// The skipped entries are exact zeros (or are overwritten afterwards), so
-// skipping them changes nothing but the work done.
+// Which triangle a causal attention product may skip (GemmParams.causal and
+// GemmBf16Params.causal). The skipped entries are exact zeros (or are
+// overwritten afterwards), so skipping them changes nothing but the work done.
 constexpr int GEMM_DENSE = 0;
 constexpr int GEMM_OUT_LOWER = 1;  // only C[m, n] with n <= m is needed: skip tiles above the diagonal
 constexpr int GEMM_A_LOWER = 2;    // A[m, k] == 0 for k > m: stop the k loop after the tile's last row
@@ -74,6 +76,44 @@ struct GemmParams {
     int trans_b;     // B stored as [N, K] (else [K, N])
     int accumulate;  // C += ... (else C = ...)
     int causal;      // GEMM_DENSE or one of the triangles above
+    int batch_inner;
+    float alpha;
+};
+
+// ---- gemm/mma_bf16.cu ----------------------------------------------------------
+
+// Block tile (M x N x K), warps and pipeline depth; see mma_bf16.cu for why.
+constexpr int MMA_BM = 128;
+constexpr int MMA_BN = 128;
+constexpr int MMA_BK = 32;
+constexpr int MMA_WARPS_M = 2;
+constexpr int MMA_WARPS_N = 4;
+constexpr int MMA_THREADS = 32 * MMA_WARPS_M * MMA_WARPS_N;
+constexpr int MMA_STAGES = 3;
+// Dynamic shared memory per block: STAGES x (A tile + B tile) of bf16,
+// 3 x (128 x 32 + 32 x 128) x 2 B = 48 KiB, the most a block may use
+// without the launcher's opt-in.
+constexpr int MMA_SMEM_BYTES = MMA_STAGES * (MMA_BM + MMA_BN) * MMA_BK * 2;
+
+// C (+)= alpha op(A) op(B) (+ bias), then optionally GELU, per batch in
+// blockIdx.z. A and B are bf16; C is bf16 or fp32 (c_f32). M, N and K are
+// free. gemm_mma_{nn,nt,tn,tt}_bf16 need what 16-byte cp.async needs: a and
+// b 16-byte aligned, lda, ldb and the four a/b batch strides multiples of 8
+// elements; the _unaligned kernels need nothing of the kind.
+struct GemmBf16Params {
+    void* c;           // [M, N] with row stride ldc: bf16, or float when c_f32
+    const void* a;     // bf16: [M, K] with row stride lda, or [K, M] (gemm_mma_t*)
+    const void* b;     // bf16: [K, N] with row stride ldb, or [N, K] (gemm_mma_?t*)
+    const void* bias;  // bf16 [N], or null
+    void* pre;         // gelu only: the pre-activation, same layout and type as c
+    // Batch offsets in elements: batch z = outer * batch_inner + inner.
+    u64 a_outer, a_inner, b_outer, b_inner, c_outer, c_inner;
+    int m, n, k;
+    int lda, ldb, ldc;
+    int accumulate;   // C += ... (C's old value read in its own type)
+    int gelu;         // C = gelu(v), pre = v (v: the biased product); not with accumulate
+    int c_f32;        // C (and pre) are fp32, else bf16
+    int causal;       // GEMM_DENSE or one of the triangles above
     int batch_inner;
     float alpha;
 };

@@ -10,6 +10,7 @@
 //! ([`super::stream`]), so copies and launches run in program order.
 
 use super::launch::LaunchDims;
+use super::limits::{self, GpuLimits, KernelResources};
 use super::module::{GpuModule, GPU_BUILD, GPU_MODULES};
 use super::stream::{driver_err, Event, Stream};
 use crate::mem::{MemStats, Memory};
@@ -19,11 +20,6 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// The most dynamic shared memory per block on the GPUs we target, after
-/// opting in (227 KiB on sm_90; sm_80 allows 163 KiB). Devices that know
-/// their own limit report it instead.
-pub const MAX_SHARED_BYTES_SM90: u32 = 227 << 10;
 
 pub trait Device: Send + Sync + 'static {
     /// Short name for logs: "emu", "cuda".
@@ -47,20 +43,15 @@ pub trait Device: Send + Sync + 'static {
     /// be valid for what the kernel does with it.
     unsafe fn launch(&self, kernel: &str, dims: LaunchDims, args: &mut [*mut c_void])
         -> Result<()>;
-    /// The most dynamic shared memory one block may use after
-    /// [`Device::set_max_dynamic_shared`].
-    fn max_shared_bytes(&self) -> u32 {
-        MAX_SHARED_BYTES_SM90
-    }
-    /// Lets `kernel` use `bytes` of dynamic shared memory per block
-    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`): without it a block
-    /// gets 48 KiB of static and dynamic shared memory together, and the
-    /// driver refuses more. The launcher calls it before every launch with
-    /// dynamic shared memory. A device without that limit accepts it.
-    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
-        let _ = (kernel, bytes);
-        Ok(())
-    }
+    /// Lets `kernel` be launched with up to `bytes` of dynamic shared memory
+    /// (`cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)`).
+    /// Without it a block gets [`limits::DEFAULT_SHARED_PER_BLOCK`] of shared
+    /// memory, static and dynamic together, and a launch that needs more
+    /// fails, on the GPU and under the emulator alike; more than the
+    /// architecture allows even with it is refused here. The launcher
+    /// ([`super::launch::Launcher`]) calls it before every launch with dynamic
+    /// shared memory; a device skips kernels already allowed as much.
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()>;
     /// Waits for all queued work; reports errors of kernels that already ran.
     fn synchronize(&self) -> Result<()>;
     /// (free, total) bytes of device memory.
@@ -137,10 +128,7 @@ impl Memory for CudaMemory {
         // SAFETY: `ptr` was just allocated with this size.
         unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream().raw()) }
             .map_err(|e| driver_err("cuMemsetD8Async", e))?;
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes += bytes as u64;
-        s.live_allocations += 1;
-        s.peak_bytes = s.peak_bytes.max(s.live_bytes);
+        self.stats.lock().unwrap().allocated(bytes);
         Ok(ptr)
     }
 
@@ -152,9 +140,7 @@ impl Memory for CudaMemory {
             // SAFETY: `addr` came from `alloc`, and no queued work uses it.
             let _ = unsafe { result::free_sync(addr) };
         }
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes -= bytes as u64;
-        s.live_allocations -= 1;
+        self.stats.lock().unwrap().freed(bytes);
     }
 
     fn stats(&self) -> MemStats {
@@ -172,14 +158,24 @@ impl Drop for CudaMemory {
     }
 }
 
+/// A kernel of the loaded modules, with what the launch checks need.
+#[derive(Clone, Copy)]
+struct Function {
+    handle: sys::CUfunction,
+    /// Registers and static shared memory of the loaded code, from the driver.
+    resources: KernelResources,
+}
+
 pub struct CudaDevice {
     memory: Arc<CudaMemory>,
     modules: Vec<sys::CUmodule>,
     /// Every kernel of every module, resolved when the device opens.
-    functions: HashMap<&'static str, sys::CUfunction>,
-    /// The dynamic shared memory each kernel has been allowed so far.
+    functions: HashMap<&'static str, Function>,
+    /// The dynamic shared memory each kernel has been allowed so far
+    /// (set_max_dynamic_shared).
     shared_opt_in: Mutex<HashMap<&'static str, u32>>,
-    max_shared_bytes: u32,
+    /// This GPU's per-block limits, from the driver.
+    limits: GpuLimits,
     description: String,
 }
 
@@ -224,15 +220,24 @@ impl CudaDevice {
         memory.stream = Some(Stream::new()?);
         let memory = Arc::new(memory);
         let attr = |a| {
+            // SAFETY: `dev` is a valid device.
             unsafe { result::device::get_attribute(dev, a) }
+                .map(|v| v as u32)
                 .map_err(|e| driver_err("cuDeviceGetAttribute", e))
         };
         use sys::CUdevice_attribute as A;
-        let major = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? as u32;
-        let minor = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)? as u32;
-        let max_shared_bytes =
-            attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
+        let major = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
         let arch = major * 10 + minor;
+        let limits = GpuLimits {
+            arch,
+            max_threads_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            max_registers_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK)?,
+            max_shared_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
+            max_shared_per_block_optin: attr(
+                A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?,
+        };
         let name = result::device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into());
         let mut modules = Vec::new();
         let mut functions = HashMap::new();
@@ -243,10 +248,22 @@ impl CudaDevice {
             for &kernel in m.kernels {
                 let cname = CString::new(kernel)?;
                 // SAFETY: `module` is loaded and not unloaded before `self` drops.
-                let f = unsafe { result::module::get_function(module, cname) }.map_err(|e| {
-                    driver_err(&format!("kernel {kernel} in kernels/{}.cu", m.name), e)
-                })?;
-                functions.insert(kernel, f);
+                let handle =
+                    unsafe { result::module::get_function(module, cname) }.map_err(|e| {
+                        driver_err(&format!("kernel {kernel} in kernels/{}.cu", m.name), e)
+                    })?;
+                let attr = |a| {
+                    // SAFETY: `handle` is a function of a loaded module.
+                    unsafe { result::function::get_function_attribute(handle, a) }
+                        .map(|v| v as u32)
+                        .map_err(|e| driver_err(&format!("cuFuncGetAttribute of {kernel}"), e))
+                };
+                use sys::CUfunction_attribute as F;
+                let resources = KernelResources {
+                    registers: attr(F::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+                    static_shared: attr(F::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+                };
+                functions.insert(kernel, Function { handle, resources });
             }
         }
         Ok(CudaDevice {
@@ -254,9 +271,14 @@ impl CudaDevice {
             modules,
             functions,
             shared_opt_in: Mutex::new(HashMap::new()),
-            max_shared_bytes,
+            limits,
             description: format!("{name} (sm_{arch}), kernels {GPU_BUILD}"),
         })
+    }
+
+    /// This GPU's per-block launch limits.
+    pub fn limits(&self) -> GpuLimits {
+        self.limits
     }
 
     /// GPU name, compute capability and how the kernels were built.
@@ -268,7 +290,7 @@ impl CudaDevice {
         self.memory.stream()
     }
 
-    fn function(&self, kernel: &str) -> Result<(&'static str, sys::CUfunction)> {
+    fn function(&self, kernel: &str) -> Result<(&'static str, Function)> {
         match self.functions.get_key_value(kernel) {
             Some((&name, &f)) => Ok((name, f)),
             None => bail!("no GPU kernel named `{kernel}` in the embedded modules"),
@@ -368,11 +390,13 @@ impl Device for CudaDevice {
         args: &mut [*mut c_void],
     ) -> Result<()> {
         self.memory.bind()?;
-        let (_, f) = self.function(kernel)?;
+        let (name, f) = self.function(kernel)?;
+        let opt_in = self.shared_opt_in.lock().unwrap().get(name).copied();
+        limits::check_launch(kernel, &dims, Some(f.resources), opt_in, &self.limits)?;
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         result::launch_kernel(
-            f,
+            f.handle,
             (gx, gy, gz),
             (bx, by, bz),
             dims.shared_bytes,
@@ -381,27 +405,25 @@ impl Device for CudaDevice {
         )
         .map_err(|e| driver_err("cuLaunchKernel", e))
     }
-    fn max_shared_bytes(&self) -> u32 {
-        self.max_shared_bytes
-    }
     fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()> {
         let (name, f) = self.function(kernel)?;
         let mut allowed = self.shared_opt_in.lock().unwrap();
         if allowed.get(name).is_some_and(|&b| b >= bytes) {
             return Ok(());
         }
+        limits::check_opt_in(kernel, bytes, Some(f.resources), &self.limits)?;
         self.memory.bind()?;
-        // SAFETY: a function of a loaded module; the attribute takes bytes.
+        // SAFETY: a function of a loaded module; the value was checked above.
         unsafe {
             result::function::set_function_attribute(
-                f,
+                f.handle,
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 bytes as i32,
             )
         }
         .map_err(|e| {
             driver_err(
-                &format!("allowing {kernel} {bytes} bytes of shared memory"),
+                &format!("opting {kernel} in to {bytes} bytes of shared memory"),
                 e,
             )
         })?;

@@ -149,4 +149,16 @@ mod tests {
         assert_eq!(params[0].name, "dst");
         assert!(signature("elementwise_fill_bf16").is_none());
     }
+
+    #[test]
+    fn the_bf16_gemm_is_registered_with_its_parameter_struct() {
+        // Declared `void __launch_bounds__(...) gemm_mma_nt_bf16(`: build.rs
+        // reads the name and parameters past the bounds.
+        for id in [kernel_id!(gemm, mma_nt), kernel_id!(gemm, mma_tn_unaligned)] {
+            assert_eq!(id.dtypes(), "bf16");
+            let params = signature(id.name(DType::BF16)).unwrap();
+            let types: Vec<ParamType> = params.iter().map(|p| p.ty).collect();
+            assert_eq!(types, [ParamType::Struct("GemmBf16Params")]);
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Host memory for the CPU backend and the emulator: aligned, zero-filled,
+//! Host memory for the CPU backend: aligned, zero-filled,
 //! counted allocations addressed by their host pointer.
 
 use super::{MemStats, Memory};
@@ -35,10 +35,7 @@ impl Memory for HostMemory {
                 bytes as f64 / (1 << 20) as f64
             );
         }
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes += bytes as u64;
-        s.live_allocations += 1;
-        s.peak_bytes = s.peak_bytes.max(s.live_bytes);
+        self.stats.lock().unwrap().allocated(bytes);
         Ok(ptr as u64)
     }
 
@@ -46,9 +43,7 @@ impl Memory for HostMemory {
         let layout = Self::layout(bytes).expect("layout was valid at allocation");
         // SAFETY: `addr` came from `alloc` with the same size and alignment.
         unsafe { dealloc(addr as *mut u8, layout) };
-        let mut s = self.stats.lock().unwrap();
-        s.live_bytes -= bytes as u64;
-        s.live_allocations -= 1;
+        self.stats.lock().unwrap().freed(bytes);
     }
 
     fn stats(&self) -> MemStats {

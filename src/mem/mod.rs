@@ -137,6 +137,20 @@ pub struct MemStats {
     pub live_allocations: u64,
 }
 
+impl MemStats {
+    /// Counts a new allocation of `bytes`.
+    pub fn allocated(&mut self, bytes: usize) {
+        self.live_bytes += bytes as u64;
+        self.live_allocations += 1;
+        self.peak_bytes = self.peak_bytes.max(self.live_bytes);
+    }
+    /// Counts the release of an allocation of `bytes`.
+    pub fn freed(&mut self, bytes: usize) {
+        self.live_bytes -= bytes as u64;
+        self.live_allocations -= 1;
+    }
+}
+
 /// Something that allocates raw memory and counts it.
 pub trait Memory: Send + Sync {
     /// Allocates `bytes` zero-filled bytes, aligned to at least 256 bytes.

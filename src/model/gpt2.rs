@@ -19,7 +19,7 @@
 //! LayerNorms) accumulate into it after the branch has consumed it.
 
 use super::plan::{ActivationPlan, Region};
-use super::{BlockLayout, GlobalLayout, Gpt2Config};
+use super::{BlockLayout, GlobalLayout, ModelConfig};
 use crate::autograd::{self, Param, Tape, Var};
 use crate::mem::{Buffer, DType, View};
 use crate::ops::attention::AttnShape;
@@ -48,7 +48,7 @@ struct Arena {
 
 pub struct Gpt2 {
     backend: Arc<dyn Backend>,
-    cfg: Gpt2Config,
+    cfg: ModelConfig,
     block: BlockLayout,
     global: GlobalLayout,
     globals: Slot,
@@ -72,7 +72,7 @@ enum Mode {
 impl Gpt2 {
     /// A model with every block on its own slot, initialized from `seed`
     /// (see [`Gpt2::init`]).
-    pub fn new(backend: Arc<dyn Backend>, cfg: Gpt2Config, seed: u64) -> Result<Self> {
+    pub fn new(backend: Arc<dyn Backend>, cfg: ModelConfig, seed: u64) -> Result<Self> {
         let table = TieTable::new(cfg.n_layer.max(1), TieOptions::default())?;
         Self::with_table(backend, cfg, seed, table)
     }
@@ -81,7 +81,7 @@ impl Gpt2 {
     /// are allocated), initialized from `seed` (see [`Gpt2::init`]).
     pub fn with_table(
         backend: Arc<dyn Backend>,
-        cfg: Gpt2Config,
+        cfg: ModelConfig,
         seed: u64,
         table: TieTable,
     ) -> Result<Self> {
@@ -117,7 +117,7 @@ impl Gpt2 {
         Ok(model)
     }
 
-    pub fn config(&self) -> &Gpt2Config {
+    pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
@@ -924,8 +924,8 @@ mod tests {
     use super::*;
     use crate::cpu::CpuBackend;
 
-    fn cfg(dropout: f32, bias: bool) -> Gpt2Config {
-        Gpt2Config {
+    fn cfg(dropout: f32, bias: bool) -> ModelConfig {
+        ModelConfig {
             n_layer: 2,
             n_embd: 16,
             n_head: 2,
@@ -936,7 +936,7 @@ mod tests {
         }
     }
 
-    fn model(cfg: Gpt2Config) -> Gpt2 {
+    fn model(cfg: ModelConfig) -> Gpt2 {
         Gpt2::new(Arc::new(CpuBackend::new()), cfg, 7).unwrap()
     }
 
@@ -950,7 +950,7 @@ mod tests {
 
     /// Central differences at the largest-gradient element of every tensor,
     /// with the same dropout seed for every evaluation so the masks agree.
-    fn check_gradients(cfg: Gpt2Config) {
+    fn check_gradients(cfg: ModelConfig) {
         let mut m = model(cfg.clone());
         let (b, t) = (2, 5);
         let (tokens, targets) = batch(b, t, cfg.vocab_size as u32);

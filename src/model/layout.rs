@@ -10,7 +10,7 @@
 //! LayerNorm weights and the embeddings wte and wpe do not. Since wte is also
 //! the output head, decaying it would shrink the logits of rare tokens.
 
-use super::Gpt2Config;
+use super::ModelConfig;
 use crate::mem::View;
 
 /// One named tensor inside a buffer.
@@ -64,7 +64,7 @@ impl BlockLayout {
     /// `attn.qkv.bias[3C]`, `attn.proj.weight[C,C]`, `attn.proj.bias[C]`,
     /// `ln2.weight[C]`, `ln2.bias[C]`, `mlp.fc.weight[4C,C]`, `mlp.fc.bias[4C]`,
     /// `mlp.proj.weight[C,4C]`, `mlp.proj.bias[C]`; biases only with `cfg.bias`.
-    pub fn new(cfg: &Gpt2Config) -> Self {
+    pub fn new(cfg: &ModelConfig) -> Self {
         let c = cfg.n_embd;
         let mut b = Builder::default();
         let bias = |b: &mut Builder, name, len| {
@@ -130,7 +130,7 @@ pub struct GlobalLayout {
 }
 
 impl GlobalLayout {
-    pub fn new(cfg: &Gpt2Config) -> Self {
+    pub fn new(cfg: &ModelConfig) -> Self {
         let c = cfg.n_embd;
         let mut b = Builder::default();
         b.push("wte", &[cfg.vocab_size, c]);
@@ -172,8 +172,8 @@ impl GlobalLayout {
 mod tests {
     use super::*;
 
-    fn cfg(bias: bool) -> Gpt2Config {
-        Gpt2Config {
+    fn cfg(bias: bool) -> ModelConfig {
+        ModelConfig {
             n_layer: 2,
             n_embd: 8,
             n_head: 2,

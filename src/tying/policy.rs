@@ -18,12 +18,16 @@
 //! `dynamic` starts from `--init-ties` and lets the agent change it.
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
 
 use super::table::{validate_state, InitTies};
 use crate::rng::HostRng;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A tying policy. Its text form (`every:4`, `pattern:0,0,1`) is the same on
+/// the command line and in `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TyingPolicy {
     Dynamic,
     None,
@@ -39,9 +43,12 @@ pub enum TyingPolicy {
 const USAGE: &str =
     "use dynamic, none, all, every:K, random, pattern:0,0,1,..., cyclic:K, sequence or reverse";
 
-impl TyingPolicy {
-    /// Parse the `--tying` flag for a model of `n_layer` blocks.
-    pub fn parse(flag: &str, n_layer: usize) -> Result<Self> {
+/// Parses the `--tying` flag. A pattern's length is checked against the
+/// model by [`TyingPolicy::check_blocks`].
+impl FromStr for TyingPolicy {
+    type Err = anyhow::Error;
+
+    fn from_str(flag: &str) -> Result<Self> {
         let flag = flag.trim();
         let (name, arg) = match flag.split_once(':') {
             Some((n, a)) => (n, Some(a)),
@@ -75,12 +82,6 @@ impl TyingPolicy {
                     .with_context(|| {
                         format!("--tying pattern:{a}: entries must be non-negative integers separated by commas")
                     })?;
-                if s.len() != n_layer {
-                    bail!(
-                        "--tying pattern:{a}: has {} entries but the model has {n_layer} blocks",
-                        s.len()
-                    );
-                }
                 validate_state(&s).with_context(|| format!("--tying pattern:{a}"))?;
                 TyingPolicy::Pattern(s)
             }
@@ -95,6 +96,55 @@ impl TyingPolicy {
             _ => bail!("--tying {flag}: unknown policy; {USAGE}"),
         };
         Ok(policy)
+    }
+}
+
+impl fmt::Display for TyingPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TyingPolicy::Dynamic => f.write_str("dynamic"),
+            TyingPolicy::None => f.write_str("none"),
+            TyingPolicy::All => f.write_str("all"),
+            TyingPolicy::Every(k) => write!(f, "every:{k}"),
+            TyingPolicy::Random => f.write_str("random"),
+            TyingPolicy::Pattern(s) => {
+                let entries: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+                write!(f, "pattern:{}", entries.join(","))
+            }
+            TyingPolicy::Cyclic(k) => write!(f, "cyclic:{k}"),
+            TyingPolicy::Sequence => f.write_str("sequence"),
+            TyingPolicy::Reverse => f.write_str("reverse"),
+        }
+    }
+}
+
+impl Serialize for TyingPolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TyingPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| de::Error::custom(format!("{e:#}")))
+    }
+}
+
+impl TyingPolicy {
+    /// Checks that the policy fits a model of `n_layer` blocks: a pattern
+    /// needs one entry per block.
+    pub fn check_blocks(&self, n_layer: usize) -> Result<()> {
+        if let TyingPolicy::Pattern(s) = self {
+            if s.len() != n_layer {
+                bail!(
+                    "--tying {self}: has {} entries but the model has {n_layer} blocks",
+                    s.len()
+                );
+            }
+        }
+        Ok(())
     }
 
     pub fn is_dynamic(&self) -> bool {
@@ -152,8 +202,15 @@ impl TyingPolicy {
 mod tests {
     use super::*;
 
+    /// The flag parsed and checked against `l` blocks.
+    fn parse(flag: &str, l: usize) -> Result<TyingPolicy> {
+        let p: TyingPolicy = flag.parse()?;
+        p.check_blocks(l)?;
+        Ok(p)
+    }
+
     fn state(flag: &str, l: usize) -> Vec<usize> {
-        TyingPolicy::parse(flag, l)
+        parse(flag, l)
             .unwrap()
             .initial_state(l, 1, InitTies::Independent)
             .unwrap()
@@ -178,9 +235,9 @@ mod tests {
 
     #[test]
     fn dynamic_starts_from_init_ties() {
-        let p = TyingPolicy::parse("dynamic", 4).unwrap();
+        let p = parse("dynamic", 4).unwrap();
         assert!(p.is_dynamic());
-        assert!(!TyingPolicy::parse("all", 4).unwrap().is_dynamic());
+        assert!(!parse("all", 4).unwrap().is_dynamic());
         assert_eq!(p.initial_state(4, 0, InitTies::Zero).unwrap(), vec![0; 4]);
         assert_eq!(
             p.initial_state(4, 0, InitTies::Independent).unwrap(),
@@ -190,7 +247,7 @@ mod tests {
 
     #[test]
     fn random_is_valid_fixed_by_seed_and_varies_with_it() {
-        let p = TyingPolicy::parse("random", 12).unwrap();
+        let p = parse("random", 12).unwrap();
         let a = p.initial_state(12, 5, InitTies::Independent).unwrap();
         assert_eq!(a, p.initial_state(12, 5, InitTies::Independent).unwrap());
         assert_ne!(a, p.initial_state(12, 6, InitTies::Independent).unwrap());
@@ -199,7 +256,7 @@ mod tests {
 
     #[test]
     fn bad_flags_get_clear_errors() {
-        let err = |flag: &str, l: usize| format!("{:#}", TyingPolicy::parse(flag, l).unwrap_err());
+        let err = |flag: &str, l: usize| format!("{:#}", parse(flag, l).unwrap_err());
         assert!(err("pattern:0,0,1", 4).contains("3 entries but the model has 4"));
         assert!(err("pattern:0,2,1", 3).contains("block 1"));
         assert!(err("pattern:1,0,0", 3).contains("block 0"));
@@ -210,5 +267,26 @@ mod tests {
         assert!(err("cyclic:-2", 4).contains("positive integer"));
         assert!(err("all:3", 4).contains("takes no argument"));
         assert!(err("tied", 4).contains("unknown policy"));
+    }
+
+    #[test]
+    fn the_text_form_round_trips() {
+        for flag in [
+            "dynamic",
+            "none",
+            "all",
+            "every:4",
+            "random",
+            "pattern:0,0,1,3",
+            "cyclic:2",
+            "sequence",
+            "reverse",
+        ] {
+            let p: TyingPolicy = flag.parse().unwrap();
+            assert_eq!(p.to_string(), flag);
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{flag}\""));
+        }
+        let e = serde_json::from_str::<TyingPolicy>("\"every:x\"").unwrap_err();
+        assert!(e.to_string().contains("positive integer"), "{e}");
     }
 }

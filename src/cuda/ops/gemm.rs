@@ -1,8 +1,11 @@
 //! Launchers of kernels/gemm/: the matmul ops, and [`Gemm`], the one
 //! general product that attention's launcher uses too. Every product goes
 //! through [`Gemm::launch`], so that is where the choice of kernel by dtype
-//! and shape belongs once there is more than the fp32 SIMT one (the bf16
-//! tensor-core GEMM for bf16 operands).
+//! and shape belongs. Today every op is fp32 and takes the SIMT kernel; the
+//! bf16 tensor-core kernels are registered here ([`mma_kernel`]) and their
+//! tests launch them through the same checked path (`tests/kernels_gemm_bf16.rs`),
+//! but `Gemm::launch` picks them only once the ops carry bf16 operands
+//! (mixed precision).
 
 use super::KernelOp;
 use crate::cuda::launch::{to_i32, Args, LaunchDims, Launcher};
@@ -14,6 +17,29 @@ use anyhow::{ensure, Result};
 
 const SIMT: KernelId = kernel_id!(gemm, simt);
 const BIAS_GRAD: KernelId = kernel_id!(gemm, bias_grad);
+
+/// The bf16 tensor-core GEMM (kernels/gemm/mma_bf16.cu, `GemmBf16Params`):
+/// one kernel per operand layout, then the same four as `_unaligned`
+/// fallbacks for operands 16-byte cp.async cannot copy.
+static MMA: [KernelId; 8] = [
+    kernel_id!(gemm, mma_nn),
+    kernel_id!(gemm, mma_nt),
+    kernel_id!(gemm, mma_tn),
+    kernel_id!(gemm, mma_tt),
+    kernel_id!(gemm, mma_nn_unaligned),
+    kernel_id!(gemm, mma_nt_unaligned),
+    kernel_id!(gemm, mma_tn_unaligned),
+    kernel_id!(gemm, mma_tt_unaligned),
+];
+
+/// The bf16 GEMM kernel for A stored transposed (`[K, M]`) when `trans_a`,
+/// B stored transposed (`[N, K]`) when `trans_b`. `aligned` asks for the
+/// cp.async kernel, which needs A and B 16-byte aligned and their leading
+/// dimensions and batch strides multiples of 8 elements; the other one
+/// takes any operands, more slowly.
+pub fn mma_kernel(trans_a: bool, trans_b: bool, aligned: bool) -> &'static KernelId {
+    &MMA[4 * usize::from(!aligned) + 2 * usize::from(trans_a) + usize::from(trans_b)]
+}
 
 /// One general product: `C (+)= alpha op(A) op(B) + bias`, each operand
 /// given as (address, row stride of the stored matrix, stored transposed),

@@ -10,6 +10,8 @@ mod layernorm;
 mod loss;
 mod optimizer;
 
+pub use gemm::mma_kernel;
+
 use super::launch::{Args, Launcher};
 use super::module::KernelId;
 use crate::mem::View;

@@ -7,50 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::table::TieTable;
-
-/// The model dimensions the accounting needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelShape {
-    pub n_layer: usize,
-    pub n_embd: usize,
-    pub n_head: usize,
-    pub n_ctx: usize,
-    pub vocab_size: usize,
-    /// Linear and LayerNorm biases (GPT-2 has them).
-    pub bias: bool,
-}
-
-impl ModelShape {
-    /// The paper's conventional GPT-2: 48 blocks of width 1600, 16 heads,
-    /// context 256, GPT-2 vocabulary.
-    pub fn paper() -> Self {
-        ModelShape {
-            n_layer: 48,
-            n_embd: 1600,
-            n_head: 16,
-            n_ctx: 256,
-            vocab_size: 50257,
-            bias: true,
-        }
-    }
-
-    /// Parameters of one block. With biases: ln_1 and ln_2 (2C each), qkv
-    /// (3C^2 + 3C), attention projection (C^2 + C), MLP up (4C^2 + 4C) and
-    /// down (4C^2 + C): 12C^2 + 13C. Without: 12C^2 + 2C (LayerNorm gains only).
-    pub fn block_params(&self) -> u64 {
-        let c = self.n_embd as u64;
-        12 * c * c + if self.bias { 13 * c } else { 2 * c }
-    }
-
-    /// Parameters that are never tied: wte (shared with the output head),
-    /// wpe and ln_f.
-    pub fn global_params(&self) -> u64 {
-        let c = self.n_embd as u64;
-        let ln_f = if self.bias { 2 * c } else { c };
-        (self.vocab_size as u64 + self.n_ctx as u64) * c + ln_f
-    }
-}
+use super::ModelConfig;
+use crate::tying::table::TieTable;
 
 /// Counted parameters and training memory for one tie state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,13 +39,13 @@ impl MemoryReport {
     /// Count from slot numbers. `low_precision_copy` adds a 2-byte copy of
     /// every stored weight (bf16/fp16 training with fp32 masters).
     pub fn from_counts(
-        shape: &ModelShape,
+        shape: &ModelConfig,
         live_slots: usize,
         trainable_slots: usize,
         low_precision_copy: bool,
         activation_bytes: u64,
     ) -> Self {
-        let (block, global) = (shape.block_params(), shape.global_params());
+        let (block, global) = (shape.block_params() as u64, shape.global_params() as u64);
         let params = global + live_slots as u64 * block;
         let trainable_params = global + trainable_slots as u64 * block;
         let weight_bytes = if low_precision_copy { 4 + 2 } else { 4 };
@@ -112,7 +70,7 @@ impl MemoryReport {
 
     /// Count for the table's current state.
     pub fn from_table(
-        shape: &ModelShape,
+        shape: &ModelConfig,
         table: &TieTable,
         low_precision_copy: bool,
         activation_bytes: u64,
@@ -190,9 +148,23 @@ mod tests {
     use super::*;
     use crate::tying::table::{InitTies, TieGrad, TieOptions};
 
+    /// The paper's conventional GPT-2: 48 blocks of width 1600, 16 heads,
+    /// context 256, GPT-2 vocabulary.
+    fn paper() -> ModelConfig {
+        ModelConfig {
+            n_layer: 48,
+            n_embd: 1600,
+            n_head: 16,
+            n_ctx: 256,
+            vocab_size: 50257,
+            dropout: 0.2,
+            bias: true,
+        }
+    }
+
     #[test]
     fn the_papers_conventional_model_has_1556m_parameters() {
-        let shape = ModelShape::paper();
+        let shape = paper();
         let r = MemoryReport::from_counts(&shape, 48, 48, false, 0);
         // Paper: ~1,556 M total, 30.74 M per block, 80.8 M embeddings.
         assert_eq!(shape.block_params(), 30_740_800);
@@ -206,12 +178,13 @@ mod tests {
 
     #[test]
     fn bytes_on_a_hand_counted_shape() {
-        let shape = ModelShape {
+        let shape = ModelConfig {
             n_layer: 4,
             n_embd: 8,
             n_head: 2,
             n_ctx: 16,
             vocab_size: 100,
+            dropout: 0.0,
             bias: false,
         };
         // 12*64 + 2*8 = 784 per block; (100 + 16)*8 + 8 = 936 globals.
@@ -231,7 +204,7 @@ mod tests {
 
     #[test]
     fn ties_shrink_memory_and_frozen_aliases_are_not_trained() {
-        let shape = ModelShape::paper();
+        let shape = paper();
         let none = TieTable::new(48, TieOptions::default()).unwrap();
         let mut s: Vec<usize> = (0..48).collect();
         s.iter_mut().skip(1).for_each(|x| *x = 0);
@@ -241,7 +214,7 @@ mod tests {
         assert_eq!((b.live_slots, b.trainable_slots), (1, 1));
         assert_eq!(
             a.total_bytes - b.total_bytes,
-            47 * shape.block_params() * 16
+            47 * shape.block_params() as u64 * 16
         );
         // Paper-compat start: 48 stored blocks, one trained.
         let paper = TieTable::new(
@@ -261,7 +234,7 @@ mod tests {
 
     #[test]
     fn text_table_lists_every_row() {
-        let shape = ModelShape::paper();
+        let shape = paper();
         let a = MemoryReport::from_counts(&shape, 48, 48, false, 1 << 30);
         let b = MemoryReport::from_counts(&shape, 12, 6, false, 1 << 30);
         let t = format_memory_table(&[("none", &a), ("dynamic", &b)]);
