@@ -1,6 +1,6 @@
 // The bf16 tensor-core GEMM: mma.sync m16n8k16 (bf16 in, fp32 accumulate),
 // operands staged by cp.async through a 3-stage shared-memory pipeline and
-// loaded into fragments with ldmatrix. It serves every product gemm_f32
+// loaded into fragments with ldmatrix. It serves every product gemm_simt_f32
 // serves (matmul forward and both backward products, the six attention
 // products: transpose flags, accumulate, batch strides, causal skipping),
 // with fused epilogues: bias, GELU (keeping the pre-activation for the

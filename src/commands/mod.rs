@@ -136,3 +136,26 @@ fn argmax(xs: &[f32]) -> usize {
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_mode_reaches_the_selected_kernel_backend() {
+        let selected = select_backend(BackendKind::Emu).unwrap();
+        let emu = selected.emu.clone().expect("the emulator's kernel backend");
+        // Off unless DYNTIE_SYNC_LAUNCHES is set (it is not, in the tests).
+        assert_eq!(
+            emu.sync_launches(),
+            std::env::var(cuda::backend::SYNC_LAUNCHES_ENV)
+                .is_ok_and(|v| !v.is_empty() && v != "0")
+        );
+        selected.sync_launches();
+        assert!(emu.sync_launches());
+        // The CPU backend has no kernels to wait for.
+        let cpu = select_backend(BackendKind::Cpu).unwrap();
+        assert!(cpu.cuda.is_none() && cpu.emu.is_none());
+        cpu.sync_launches();
+    }
+}

@@ -6,8 +6,11 @@
 //! lists, so the emulator ([`super::EmuDevice`]) and the driver are
 //! interchangeable under one kernel backend. `CudaDevice` loads every module
 //! build.rs embedded when it opens the GPU and resolves all their kernels
-//! once; all its work goes to one non-blocking compute stream
-//! ([`super::stream`]), so copies and launches run in program order.
+//! once, with the registers and static shared memory the driver reports for
+//! each, so that every launch is checked against the GPU's limits
+//! ([`super::limits`]) before the driver sees it. All its work goes to one
+//! non-blocking compute stream ([`super::stream`]), so copies and launches
+//! run in program order.
 
 use super::launch::LaunchDims;
 use super::limits::{self, GpuLimits, KernelResources};
