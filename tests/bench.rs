@@ -3,7 +3,7 @@
 
 use dyntie::commands::bench::{flops_per_token, fp32_peak_tflops};
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::{Model, ModelConfig};
 use dyntie::ops::profile::ProfiledBackend;
 use dyntie::ops::Backend;
 use dyntie::optim::AdamW;
@@ -27,7 +27,7 @@ fn cfg() -> ModelConfig {
 fn train(backend: Arc<dyn Backend>) -> (Vec<f32>, Vec<Vec<f32>>) {
     let c = cfg();
     let (b, t) = (2, c.n_ctx);
-    let mut model = Gpt2::new(backend, c.clone(), 7).unwrap();
+    let mut model = Model::new(backend, c.clone(), 7).unwrap();
     let mut opt = AdamW::new(model.backend().as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
     let mut rng = HostRng::new(3);
     let mut ids = || -> Vec<u32> { (0..b * t).map(|_| rng.below(97) as u32).collect() };
@@ -68,7 +68,7 @@ fn profiled_backend_passes_results_through_bitwise() {
 fn profiled_backend_counts_every_op_of_a_step() {
     let profiled = Arc::new(ProfiledBackend::new(Arc::new(CpuBackend::new())));
     let c = cfg();
-    let mut model = Gpt2::new(profiled.clone(), c.clone(), 7).unwrap();
+    let mut model = Model::new(profiled.clone(), c.clone(), 7).unwrap();
     let mut opt = AdamW::new(profiled.as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
     let (b, t) = (2, c.n_ctx);
     let tokens: Vec<u32> = (0..b * t).map(|i| (i % 97) as u32).collect();

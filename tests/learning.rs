@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::{Model, ModelConfig};
 use dyntie::optim::{AdamW, LrSchedule};
 use dyntie::rng::HostRng;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ fn tiny_model_learns_a_repeating_sequence() -> Result<()> {
         bias: true,
     };
     let (b, t) = (4, 16);
-    let mut model = Gpt2::new(Arc::new(CpuBackend::new()), cfg, 1)?;
+    let mut model = Model::new(Arc::new(CpuBackend::new()), cfg, 1)?;
     let mut opt = AdamW::new(model.backend().as_ref(), 0.0, 0.9, 0.95, 1e-8, 0.1)?;
     let schedule = LrSchedule::WarmupCosine {
         max_lr: 1e-2,

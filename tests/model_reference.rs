@@ -6,8 +6,8 @@
 
 use anyhow::{Context, Result};
 use dyntie::cpu::CpuBackend;
-use dyntie::model::gpt2::IGNORE_INDEX;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::lm::IGNORE_INDEX;
+use dyntie::model::{Model, ModelConfig};
 use dyntie::optim::AdamW;
 use safetensors::{Dtype, SafeTensors};
 use std::sync::Arc;
@@ -87,8 +87,8 @@ fn rel_l2(ours: &[f32], reference: &[f64]) -> f64 {
     (diff / norm).sqrt()
 }
 
-fn loaded_model(fx: &Fixture) -> Result<Gpt2> {
-    let model = Gpt2::new(Arc::new(CpuBackend::new()), config(), 0)?;
+fn loaded_model(fx: &Fixture) -> Result<Model> {
+    let model = Model::new(Arc::new(CpuBackend::new()), config(), 0)?;
     for (name, _) in model.param_names() {
         model.write_param(&name, &fx.f32s(&name))?;
     }

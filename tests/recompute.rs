@@ -9,7 +9,7 @@ use anyhow::Result;
 use dyntie::cpu::CpuBackend;
 use dyntie::cuda::EmuDevice;
 use dyntie::cuda::KernelBackend;
-use dyntie::model::{activation_bytes, ActivationPlan, Gpt2, ModelConfig};
+use dyntie::model::{activation_bytes, ActivationPlan, Model, ModelConfig};
 use dyntie::ops::Backend;
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ fn run(
     cfg: ModelConfig,
     recompute: bool,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>, u64)> {
-    let mut m = Gpt2::new(be.clone(), cfg, 11)?;
+    let mut m = Model::new(be.clone(), cfg, 11)?;
     // Blocks 1 and 3 on block 0's slot: shared gradients accumulate over
     // the recomputed blocks too.
     m.tie(1, 0)?;
@@ -140,9 +140,9 @@ fn the_chunked_loss_head_matches_the_whole_one() -> Result<()> {
     let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 104_729 % 50257) as u32).collect();
     targets[5] = u32::MAX; // an ignored position
                            // Loss, gradients, the logits of two last positions, and the model.
-    type Outcome = (f32, Vec<Vec<f32>>, Vec<f32>, Gpt2);
+    type Outcome = (f32, Vec<Vec<f32>>, Vec<f32>, Model);
     let run = |recompute: bool| -> Result<Outcome> {
-        let mut m = Gpt2::new(Arc::new(CpuBackend::new()), cfg.clone(), 5)?;
+        let mut m = Model::new(Arc::new(CpuBackend::new()), cfg.clone(), 5)?;
         m.set_recompute(recompute);
         m.zero_grads()?;
         let loss = m.forward_backward(&tokens, &targets, b, t, 1, 1.0)?;

@@ -5,7 +5,7 @@ use super::{argmax, load_run, tokenizer_of};
 use crate::cli::{EvalArgs, EvalTask};
 use crate::config::RunConfig;
 use crate::data::{self, Tokenizer};
-use crate::model::Gpt2;
+use crate::model::Model;
 use crate::train;
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
@@ -37,7 +37,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 
 /// The loss and perplexity on `--split` of the run's dataset (or of the one
 /// `--data` names).
-fn perplexity(args: &EvalArgs, mut cfg: RunConfig, model: &mut Gpt2) -> Result<()> {
+fn perplexity(args: &EvalArgs, mut cfg: RunConfig, model: &mut Model) -> Result<()> {
     if let Some(d) = &args.data {
         cfg.data.source = d.clone();
     }
@@ -62,7 +62,7 @@ fn perplexity(args: &EvalArgs, mut cfg: RunConfig, model: &mut Gpt2) -> Result<(
 
 /// (examples, accuracy, perplexity of the target tokens): a target word is
 /// right when every one of its tokens is the greedy prediction.
-fn lambada(model: &mut Gpt2, tok: &Tokenizer, path: &Path) -> Result<(usize, f64, f64)> {
+fn lambada(model: &mut Model, tok: &Tokenizer, path: &Path) -> Result<(usize, f64, f64)> {
     let examples = data::lambada_examples(path, tok)?;
     let n_ctx = model.config().n_ctx;
     let v = model.config().vocab_size;

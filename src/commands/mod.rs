@@ -22,7 +22,7 @@ use crate::config::{BackendKind, RunConfig};
 use crate::cpu::CpuBackend;
 use crate::cuda::{self, CudaDevice, EmuDevice, KernelBackend};
 use crate::data::{Dataset, Tokenizer};
-use crate::model::Gpt2;
+use crate::model::Model;
 use crate::ops::Backend;
 use crate::train::run_dir;
 use anyhow::Result;
@@ -110,7 +110,7 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
 }
 
 /// The resolved config and the trained model of a run folder.
-pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Gpt2)> {
+pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Model)> {
     let cfg = run_dir::load_config(dir, "--run")?;
     let selected = select_backend(backend.unwrap_or(cfg.backend))?;
     let model = crate::train::load_model(dir, &cfg, selected.backend)?;

@@ -4,8 +4,8 @@
 //! `dyntie_check.json` with dyntie's logits for a fixed input, so that
 //! `scripts/check_hf_export.py` can compare `transformers` against dyntie.
 
-use super::gpt2::IGNORE_INDEX;
-use super::Gpt2;
+use super::lm::IGNORE_INDEX;
+use super::Model;
 use crate::checkpoint::{safetensors_bytes, NamedTensor};
 use crate::ops::layernorm::LAYERNORM_EPS;
 use crate::rng::HostRng;
@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// Writes `model` into the folder `out` (created) in the Hugging Face GPT-2
 /// layout. Every block is written out, tied or not: the layout has no ties.
-pub fn export(model: &mut Gpt2, out: &Path) -> Result<()> {
+pub fn export(model: &mut Model, out: &Path) -> Result<()> {
     let m = model.config().clone();
     ensure!(
         m.bias,

@@ -9,7 +9,7 @@ use super::run_dir;
 use super::Trainer;
 use crate::checkpoint::{self as files, NamedTensor};
 use crate::config::RunConfig;
-use crate::model::{Gpt2, ParamEntry};
+use crate::model::{Model, ParamEntry};
 use crate::ops::{Backend, BackendExt};
 use crate::optim::AdamWState;
 use crate::rng::HostRng;
@@ -116,7 +116,7 @@ pub(super) fn read_state(dir: &Path, n_layer: usize) -> Result<(PathBuf, TrainSt
 }
 
 /// The trained model of run `dir` (config `cfg`) from its checkpoint.
-pub fn load_model(dir: &Path, cfg: &RunConfig, backend: Arc<dyn Backend>) -> Result<Gpt2> {
+pub fn load_model(dir: &Path, cfg: &RunConfig, backend: Arc<dyn Backend>) -> Result<Model> {
     let mc = cfg.model.clone();
     ensure!(
         mc.vocab_size > 0,
@@ -125,14 +125,14 @@ pub fn load_model(dir: &Path, cfg: &RunConfig, backend: Arc<dyn Backend>) -> Res
     );
     let (ckpt, state) = read_state(dir, mc.n_layer)?;
     // Evaluation, sampling and export keep full logits (no recomputation).
-    let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table)?;
+    let model = Model::with_table(backend, mc, cfg.train.seed, state.table)?;
     load_tensors(&model, &ckpt)?;
     Ok(model)
 }
 
 /// Parameters (model.safetensors) and AdamW moments (optimizer.safetensors):
 /// the globals by name, and each live slot as `slot.{k}.{name}`.
-fn collect_tensors(model: &Gpt2) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)> {
+fn collect_tensors(model: &Model) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)> {
     let be = model.backend().as_ref();
     let (mut params, mut moments) = (Vec::new(), Vec::new());
     let mut add = |prefix: String, entries: &[ParamEntry], slot: &Slot| -> Result<()> {
@@ -170,7 +170,7 @@ fn collect_tensors(model: &Gpt2) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)>
 
 /// Loads what [`collect_tensors`] saved into a model built with the same
 /// config and table.
-fn load_tensors(model: &Gpt2, dir: &Path) -> Result<()> {
+fn load_tensors(model: &Model, dir: &Path) -> Result<()> {
     let be = model.backend().as_ref();
     let p_path = dir.join("model.safetensors");
     let o_path = dir.join("optimizer.safetensors");

@@ -11,7 +11,7 @@ use crate::config::RunConfig;
 use crate::data::{Batch, Dataset, EvalWindows, Split, TrainBatcher};
 use crate::metrics::{self, JsonlWriter};
 use crate::model::accounting::MemoryReport;
-use crate::model::{activation_bytes, Gpt2};
+use crate::model::{activation_bytes, Model};
 use crate::ops::Backend;
 use crate::optim::{AdamW, LrSchedule};
 use crate::rng::HostRng;
@@ -38,7 +38,7 @@ pub struct Summary {
 pub struct Trainer {
     pub(super) cfg: RunConfig,
     pub(super) dir: PathBuf,
-    pub(super) model: Gpt2,
+    pub(super) model: Model,
     pub(super) opt: AdamW,
     pub(super) schedule: LrSchedule,
     pub(super) data: Dataset,
@@ -74,7 +74,7 @@ impl Trainer {
         let mut cfg = cfg;
         cfg.model.vocab_size = mc.vocab_size;
         let table = initial_table(&cfg, &cfg.tying.policy, mc.n_layer)?;
-        let model = Gpt2::with_table(backend, mc, cfg.train.seed, table)?;
+        let model = Model::with_table(backend, mc, cfg.train.seed, table)?;
         let trainer = Self::assemble(cfg, dir, model, data)?;
         run_dir::write_config(dir, &trainer.cfg)?;
         Ok(trainer)
@@ -98,7 +98,7 @@ impl Trainer {
         );
         let data = open_dataset(&cfg)?;
         let mc = cfg.model.for_dataset(data.vocab_size, &data.name)?;
-        let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table.clone())?;
+        let model = Model::with_table(backend, mc, cfg.train.seed, state.table.clone())?;
         let mut t = Self::assemble(cfg, dir, model, data)?;
         t.restore(&ckpt, state)?;
         // Lines logged after the checkpoint belong to a future that is redone.
@@ -139,7 +139,7 @@ impl Trainer {
     }
 
     /// The trainer of `cfg` at step 0 around a model just built for it.
-    fn assemble(cfg: RunConfig, dir: &Path, mut model: Gpt2, data: Dataset) -> Result<Trainer> {
+    fn assemble(cfg: RunConfig, dir: &Path, mut model: Model, data: Dataset) -> Result<Trainer> {
         let t = &cfg.train;
         model.set_recompute(t.recompute);
         let backend = model.backend().clone();
@@ -184,7 +184,7 @@ impl Trainer {
         })
     }
 
-    pub fn model(&self) -> &Gpt2 {
+    pub fn model(&self) -> &Model {
         &self.model
     }
     pub fn step(&self) -> u64 {
