@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Model, ModelConfig};
+use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::optim::{AdamW, LrSchedule};
 use dyntie::rng::HostRng;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ const PATTERN: [u32; 10] = [3, 1, 4, 1, 5, 9, 2, 6, 5, 8];
 #[test]
 fn tiny_model_learns_a_repeating_sequence() -> Result<()> {
     let cfg = ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 2,
         n_embd: 32,
         n_head: 4,

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Model, ModelConfig};
+use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::ops::{Backend, BackendExt};
 use dyntie::optim::AdamW;
 use dyntie::tying::table::{InitTies, TieGrad, TieOptions, TieTable};
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 fn cfg() -> ModelConfig {
     ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 3,
         n_embd: 32,
         n_head: 2,

@@ -128,7 +128,8 @@ fn memory(args: &BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "model: {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{})",
+            "model: {} {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{})",
+            mc.arch,
             mc.n_layer,
             mc.n_embd,
             mc.n_head,

@@ -1,7 +1,7 @@
 //! CPU reference of `ops::layernorm`.
 
 use super::{read, write, CpuOp};
-use crate::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
+use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -21,6 +21,7 @@ impl CpuOp for LayernormFwd {
                 read(self.weight, c),
                 read(self.bias, c),
                 c,
+                self.eps,
             );
         }
         Ok(())
@@ -48,6 +49,7 @@ impl CpuOp for LayernormBwd {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn layernorm_fwd(
     out: &mut [f32],
     mean: &mut [f32],
@@ -56,6 +58,7 @@ fn layernorm_fwd(
     weight: &[f32],
     bias: &[f32],
     c: usize,
+    eps: f32,
 ) {
     out.par_chunks_mut(c)
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
@@ -64,7 +67,7 @@ fn layernorm_fwd(
             let mu = x.iter().sum::<f32>() / c as f32;
             // Two passes: the variance of centred values does not cancel.
             let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-            let rs = 1.0 / (var + LAYERNORM_EPS).sqrt();
+            let rs = 1.0 / (var + eps).sqrt();
             for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
                 *o = (x - mu) * rs * w + b;
             }

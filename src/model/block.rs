@@ -7,14 +7,14 @@
 //! (`qkv`, causal attention, output projection) and the MLP (`fc`, GELU,
 //! output projection), each ending in a residual branch with its dropout
 //! site. What the architecture chooses is where the LayerNorms sit (see
-//! [`BlockRun::run`]).
+//! [`BlockRun::run`]) and which GELU the MLP uses.
 //!
 //! Gradients of the residual stream: a residual add `out = x + branch` needs
 //! no backward of its own when `out`, `x` and `branch` share one gradient
 //! buffer, and the ops that read `x` accumulate into it after the branch has
 //! consumed it (see `lm.rs`).
 
-use crate::autograd::{self, Param, Tape, Var};
+use crate::autograd::{self, Gelu, Param, Tape, Var};
 use crate::mem::View;
 use crate::ops::attention::AttnShape;
 use crate::ops::elementwise::Add;
@@ -29,12 +29,14 @@ pub(super) struct DropoutSite {
     pub offset: u64,
 }
 
-/// A LayerNorm's parameters. The backend's LayerNorm always adds a bias, so
-/// a model without biases passes a zero buffer with no gradient.
+/// A LayerNorm's parameters and epsilon. The backend's LayerNorm always
+/// adds a bias, so a model without biases passes a zero buffer with no
+/// gradient.
 #[derive(Clone, Copy)]
 pub(super) struct Norm {
     pub weight: Param,
     pub bias: Param,
+    pub eps: f32,
 }
 
 impl Norm {
@@ -62,6 +64,7 @@ impl Norm {
             self.bias,
             rows,
             channels,
+            self.eps,
         )
     }
 }
@@ -138,6 +141,11 @@ pub(super) struct BlockRun {
     /// The attention and MLP branches' dropout sites.
     pub dropout: Option<(DropoutSite, DropoutSite)>,
     pub shape: AttnShape,
+    /// LayerNorms after the residual adds (BERT) instead of before the
+    /// sublayers (GPT-2).
+    pub post_norm: bool,
+    /// The MLP's GELU.
+    pub activation: Gelu,
 }
 
 impl BlockRun {
@@ -145,10 +153,19 @@ impl BlockRun {
         self.shape.batch * self.shape.seq
     }
 
+    /// The block's forward, recording its backward on `tape`.
+    pub fn run(&self, be: &dyn Backend, tape: &mut Tape) -> Result<()> {
+        if self.post_norm {
+            self.run_post_norm(be, tape)
+        } else {
+            self.run_pre_norm(be, tape)
+        }
+    }
+
     /// Pre-LayerNorm (GPT-2):
     /// `x_mid = x + drop(proj(attn(ln1(x))))`,
     /// `x_out = x_mid + drop(mlp.proj(gelu(mlp.fc(ln2(x_mid)))))`.
-    pub fn run(&self, be: &dyn Backend, tape: &mut Tape) -> Result<()> {
+    fn run_pre_norm(&self, be: &dyn Backend, tape: &mut Tape) -> Result<()> {
         let (n, c) = (self.rows(), self.shape.channels);
         let p = &self.params;
         p.ln1
@@ -161,6 +178,35 @@ impl BlockRun {
         residual(be, self.x_out, self.x_mid)?;
         // Runs in backward before this block's ops: the workspace still
         // holds the block above's gradients.
+        autograd::zero_grad(tape, self.workspace);
+        Ok(())
+    }
+
+    /// Post-LayerNorm (BERT), with the residual sums kept in the `ln1` and
+    /// `ln2` activations: `s1 = x + drop(proj(attn(x)))`, `x_mid = LN1(s1)`,
+    /// `s2 = x_mid + drop(mlp.proj(gelu(mlp.fc(x_mid))))`, `x_out = LN2(s2)`.
+    ///
+    /// The stream's gradient lives in two buffers, `x.grad` (shared by `x`,
+    /// `ln1` and `x_out`) and `x_mid.grad` (shared by `x_mid` and `ln2`, in
+    /// the workspace). In backward: LN2 reads `x_out`'s gradient and adds
+    /// into the zeroed workspace; the MLP adds into `x_mid`'s; `x.grad` is
+    /// zeroed, and LN1 adds `ln1`'s gradient into it, which the attention
+    /// branch reads and then completes with its input's.
+    fn run_post_norm(&self, be: &dyn Backend, tape: &mut Tape) -> Result<()> {
+        let (n, c) = (self.rows(), self.shape.channels);
+        let p = &self.params;
+        self.attention_branch(be, tape, self.x, self.ln1)?;
+        residual(be, self.ln1, self.x)?;
+        p.ln1
+            .apply(be, tape, self.x_mid, self.ln1_stats, self.ln1, n, c)?;
+        // Runs in backward after LN2 has read x_out's gradient from this
+        // buffer, before LN1 adds into it.
+        autograd::zero_grad(tape, self.x.grad);
+        self.mlp_branch(be, tape, self.x_mid, self.ln2)?;
+        residual(be, self.ln2, self.x_mid)?;
+        p.ln2
+            .apply(be, tape, self.x_out, self.ln2_stats, self.ln2, n, c)?;
+        // Runs first in backward: zeroes x_mid's gradient among the rest.
         autograd::zero_grad(tape, self.workspace);
         Ok(())
     }
@@ -196,7 +242,7 @@ impl BlockRun {
         let (n, c) = (self.rows(), self.shape.channels);
         let p = &self.params;
         p.fc.apply(be, tape, self.fc, inp, n, c, 4 * c)?;
-        autograd::gelu(be, tape, self.gelu, self.fc)?;
+        autograd::gelu(be, tape, self.activation, self.gelu, self.fc)?;
         let site = self.dropout.map(|d| d.1);
         branch(be, tape, out, self.mlp_pre, site, |tape, out| {
             p.mlp_proj.apply(be, tape, out, self.gelu, n, 4 * c, c)

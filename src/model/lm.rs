@@ -23,7 +23,7 @@
 use super::block::{BlockParams, BlockRun, DropoutSite, Linear, Norm};
 use super::head::Head;
 use super::plan::{ActivationPlan, Region};
-use super::{BlockLayout, GlobalLayout, ModelConfig};
+use super::{Arch, BlockLayout, GlobalLayout, ModelConfig};
 use crate::autograd::{self, Param, Tape, Var};
 use crate::mem::{Buffer, DType, View};
 use crate::ops::attention::AttnShape;
@@ -167,23 +167,27 @@ impl Model {
     }
 
     /// Initializes every parameter on the host from one stream derived from
-    /// `seed`, in this order: the global buffer (wte, wpe, ln_f), then the
-    /// slot of layer 0, 1, ..., each in layout order (a layer that does not
-    /// own its slot draws its values too, and drops them, so a tie pattern
-    /// never changes what the other slots get). Linear weights, wte and
-    /// wpe are N(0, 0.02); the residual output projections (attn.proj.weight,
-    /// mlp.proj.weight) N(0, 0.02 / sqrt(2 n_layer)) as in GPT-2; biases 0;
-    /// LayerNorm weights 1. Only the normal draws consume the stream.
+    /// `seed`, in this order: the global buffer, then the slot of layer 0,
+    /// 1, ..., each in layout order (a layer that does not own its slot
+    /// draws its values too, and drops them, so a tie pattern never changes
+    /// what the other slots get). Matrices and embeddings are N(0, 0.02)
+    /// (the initializer range of both GPT-2 and BERT); in GPT-2 the residual
+    /// output projections (attn.proj.weight, mlp.proj.weight) are
+    /// N(0, 0.02 / sqrt(2 n_layer)); biases 0; LayerNorm weights (the only
+    /// one-dimensional weights) 1. Only the normal draws consume the stream.
     pub fn init(&self, seed: u64) -> Result<()> {
         let mut rng = HostRng::derive(seed, INIT_STREAM);
-        let proj_std = 0.02 / (2.0 * self.cfg.n_layer as f64).sqrt();
+        let proj_std = match self.cfg.arch {
+            Arch::Gpt2 => 0.02 / (2.0 * self.cfg.n_layer as f64).sqrt(),
+            Arch::Bert => 0.02,
+        };
         let mut fill = |entries: &[super::ParamEntry], len: usize| {
             let mut host = vec![0f32; len];
             for e in entries {
                 let dst = &mut host[e.offset..e.offset + e.len];
                 let std = match e.name {
                     "attn.proj.weight" | "mlp.proj.weight" => proj_std,
-                    n if n.starts_with("ln") && n.ends_with("weight") => {
+                    n if n.ends_with("weight") && e.shape.len() == 1 => {
                         dst.fill(1.0);
                         continue;
                     }
@@ -496,21 +500,48 @@ impl Model {
         let wte = self.global_param("wte");
         let wpe = self.global_param("wpe");
 
-        // Embeddings, then dropout site 0.
+        // Embeddings (BERT: with the token-type row, then their
+        // LayerNorm), then dropout site 0.
         let x0 = resid(plan.x0);
-        match (dropout, plan.scratch, plan.g_emb) {
-            (Some((p, seed)), Some(scratch), Some(g_emb)) => {
+        let (emb, emb_dropout) = match (dropout, plan.scratch, plan.g_emb) {
+            (Some(d), Some(scratch), Some(g_emb)) => {
                 let emb = Var {
                     val: act(scratch),
                     grad: grad(g_emb),
                 };
-                autograd::embedding(be, tape, emb, tok, wte, wpe, b, t, c)?;
-                autograd::dropout(be, tape, x0, emb, p, seed, site_offset(0))?;
+                (emb, Some(d))
             }
-            _ => autograd::embedding(be, tape, x0, tok, wte, wpe, b, t, c)?,
+            _ => (x0, None),
+        };
+        match self.cfg.arch {
+            Arch::Gpt2 => autograd::embedding(be, tape, emb, tok, wte, wpe, None, b, t, c)?,
+            Arch::Bert => {
+                let planned = "BERT's plan has the embeddings' LayerNorm";
+                let sum = Var {
+                    val: act(plan.emb_sum.expect(planned)),
+                    grad: grad(plan.g_emb_sum.expect(planned)),
+                };
+                // The first of the two token-type rows: type 0 everywhere.
+                let wtt = self.global_param("wtt");
+                let type0 = Param {
+                    val: wtt.val.slice(0, c),
+                    grad: wtt.grad.map(|g| g.slice(0, c)),
+                };
+                autograd::embedding(be, tape, sum, tok, wte, wpe, Some(type0), b, t, c)?;
+                let stats = (
+                    act(plan.emb_mean.expect(planned)),
+                    act(plan.emb_rstd.expect(planned)),
+                );
+                self.global_norm("ln_emb")
+                    .apply(be, tape, emb, stats, sum, n, c)?;
+            }
+        }
+        if let Some((p, seed)) = emb_dropout {
+            autograd::dropout(be, tape, x0, emb, p, seed, site_offset(0))?;
         }
 
         let gl = plan.g_layer;
+        let post_norm = self.cfg.arch.post_norm();
         let mut x = x0;
         for (layer, la) in plan.layers.iter().enumerate() {
             let var = |a: Region, g: Region| Var {
@@ -519,17 +550,25 @@ impl Model {
             };
             // Pre-dropout outputs of the two branches, with dropout.
             let pre = |g: Option<Region>| plan.scratch.zip(g).map(|(a, g)| var(a, g));
+            // Post-LN: `ln1` is the residual sum on the block's input
+            // stream, and the stream between the sublayers has its own
+            // gradient buffer (see `LayerGrads`).
+            let (ln1, x_mid) = if post_norm {
+                (resid(la.ln1), var(la.x_mid, gl.ln2))
+            } else {
+                (var(la.ln1, gl.ln1), resid(la.x_mid))
+            };
             let block = BlockRun {
                 params: self.block_params(layer),
                 x,
-                ln1: var(la.ln1, gl.ln1),
+                ln1,
                 ln1_stats: (act(la.ln1_mean), act(la.ln1_rstd)),
                 qkv: var(la.qkv, gl.qkv),
                 att: act(la.att),
                 att_scratch: grad(gl.att_scratch),
                 atty: var(la.atty, gl.atty),
                 attn_pre: pre(gl.attn_branch),
-                x_mid: resid(la.x_mid),
+                x_mid,
                 ln2: var(la.ln2, gl.ln2),
                 ln2_stats: (act(la.ln2_mean), act(la.ln2_rstd)),
                 fc: var(la.fc, gl.fc),
@@ -546,6 +585,8 @@ impl Model {
                     (site(1 + 2 * layer), site(2 + 2 * layer))
                 }),
                 shape,
+                post_norm,
+                activation: self.cfg.arch.gelu(),
             };
             if plan.recompute && tape.is_recording() {
                 // Forward now without saving for backward; the backward of
@@ -564,27 +605,37 @@ impl Model {
             x = block.x_out;
         }
 
+        // What the decoder reads: GPT-2's final LayerNorm, or BERT's LM
+        // head transform `LN(gelu(dense(x)))`.
         let lnf = Var {
             val: act(plan.lnf),
             grad: grad(plan.g_lnf),
         };
-        let ln_f = Norm {
-            weight: self.global_param("ln_f.weight"),
-            bias: self.ln_bias(
-                self.global
-                    .get("ln_f.bias")
-                    .map(|_| self.global_param("ln_f.bias")),
-            ),
-        };
-        ln_f.apply(
-            be,
-            tape,
-            lnf,
-            (act(plan.lnf_mean), act(plan.lnf_rstd)),
-            x,
-            n,
-            c,
-        )?;
+        let lnf_stats = (act(plan.lnf_mean), act(plan.lnf_rstd));
+        match self.cfg.arch {
+            Arch::Gpt2 => self
+                .global_norm("ln_f")
+                .apply(be, tape, lnf, lnf_stats, x, n, c)?,
+            Arch::Bert => {
+                let planned = "BERT's plan has the head transform";
+                let fc = Var {
+                    val: act(plan.head_fc.expect(planned)),
+                    grad: grad(plan.g_head_fc.expect(planned)),
+                };
+                let gelu = Var {
+                    val: act(plan.head_gelu.expect(planned)),
+                    grad: grad(plan.g_head_gelu.expect(planned)),
+                };
+                let dense = Linear {
+                    weight: self.global_param("head.fc.weight"),
+                    bias: Some(self.global_param("head.fc.bias")),
+                };
+                dense.apply(be, tape, fc, x, n, c, c)?;
+                autograd::gelu(be, tape, self.cfg.arch.gelu(), gelu, fc)?;
+                self.global_norm("head.ln")
+                    .apply(be, tape, lnf, lnf_stats, gelu, n, c)?;
+            }
+        }
 
         let head = self.head(lnf, n);
         let grad_scale = match mode {
@@ -616,10 +667,23 @@ impl Model {
         Head {
             x,
             wte: self.global_param("wte"),
-            bias: None,
+            bias: self
+                .global
+                .get("head.decoder.bias")
+                .map(|_| self.global_param("head.decoder.bias")),
             rows,
             channels: self.cfg.n_embd,
             vocab: self.cfg.vocab_size,
+        }
+    }
+
+    /// The global LayerNorm `{name}.weight`, `{name}.bias`.
+    fn global_norm(&self, name: &str) -> Norm {
+        let bias = format!("{name}.bias");
+        Norm {
+            weight: self.global_param(&format!("{name}.weight")),
+            bias: self.ln_bias(self.global.get(&bias).map(|_| self.global_param(&bias))),
+            eps: self.cfg.arch.layernorm_eps(),
         }
     }
 
@@ -654,6 +718,7 @@ impl Model {
         let norm = |name: &str| Norm {
             weight: p(&format!("{name}.weight")),
             bias: self.ln_bias(pb(&format!("{name}.bias"))),
+            eps: self.cfg.arch.layernorm_eps(),
         };
         BlockParams {
             ln1: norm("ln1"),
@@ -685,6 +750,7 @@ mod tests {
 
     fn cfg(dropout: f32, bias: bool) -> ModelConfig {
         ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 2,
             n_embd: 16,
             n_head: 2,

@@ -11,7 +11,7 @@ pub mod layout;
 pub mod lm;
 pub mod plan;
 
-pub use config::ModelConfig;
+pub use config::{Arch, ModelConfig};
 pub use layout::{BlockLayout, GlobalLayout, ParamEntry};
 pub use lm::Model;
 pub use plan::{activation_bytes, ActivationPlan};

@@ -5,12 +5,13 @@ use super::Contract;
 use crate::mem::View;
 use anyhow::Result;
 
-/// LayerNorm epsilon, as in GPT-2 (the kernels receive it as an argument).
+/// GPT-2's LayerNorm epsilon (BERT's is 1e-12; the model passes its own).
 pub const LAYERNORM_EPS: f32 = 1e-5;
 
 /// Normalizes each of `rows` rows of width `channels` (two passes: mean,
-/// then the mean of squared deviations) and applies `weight` and `bias`;
-/// saves `mean` and `rstd` (one per row) for the backward.
+/// then the mean of squared deviations; `rstd = 1 / sqrt(var + eps)`) and
+/// applies `weight` and `bias`; saves `mean` and `rstd` (one per row) for
+/// the backward, which needs no epsilon of its own.
 #[derive(Clone, Copy, Debug)]
 pub struct LayernormFwd {
     pub out: View,
@@ -21,12 +22,14 @@ pub struct LayernormFwd {
     pub bias: View,
     pub rows: usize,
     pub channels: usize,
+    pub eps: f32,
 }
 
 impl Contract for LayernormFwd {
     const NAME: &'static str = "layernorm_fwd";
     fn check(&self) -> Result<()> {
         let (n, c) = rows_of(Self::NAME, self.rows, self.channels)?;
+        check::nonnegative(Self::NAME, "epsilon", self.eps)?;
         check::operands(
             Self::NAME,
             F32_ONLY,
