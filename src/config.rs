@@ -331,9 +331,13 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| toml_error(&e, &text))
+        Self::from_toml_str(&text)
             .with_context(|| format!("{} is not a valid dyntie config", path.display()))
+    }
+
+    /// Parses the text of a resolved `config.toml` (not validated).
+    pub fn from_toml_str(text: &str) -> Result<RunConfig> {
+        toml::from_str(text).map_err(|e| toml_error(&e, text))
     }
 
     pub fn to_toml(&self) -> String {
@@ -437,7 +441,8 @@ fn name(flag: &str, field: &str) -> String {
 fn toml_error(e: &toml::de::Error, text: &str) -> anyhow::Error {
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
             anyhow::anyhow!("line {line}: {}", e.message().trim())
         }
         None => {

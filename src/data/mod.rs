@@ -15,8 +15,8 @@ pub mod tokfile;
 
 pub use batch::{Batch, EvalWindows, TokenSource, TrainBatcher, IGNORE_INDEX};
 pub use prepare::{
-    count_words, lambada_examples, lambada_texts, prepare, Corpus, LambadaExample, Meta,
-    PrepareOptions, PrepareSummary, WordCount,
+    count_words, lambada_examples, lambada_examples_from_text, lambada_texts, prepare, Corpus,
+    LambadaExample, Meta, PrepareOptions, PrepareSummary, WordCount,
 };
 pub use synthetic::{Synthetic, SyntheticConfig};
 pub use tokenizer::{Tokenizer, TokenizerKind};

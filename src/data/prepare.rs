@@ -400,7 +400,17 @@ pub fn lambada_examples(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Lambad
         path.to_path_buf()
     };
     let text = read_text(&file, &mut Vec::new())?;
-    let texts = lambada_texts(&file, &text)?;
+    lambada_examples_from_text(&file, &text, tokenizer)
+}
+
+/// The examples of the text of a LAMBADA jsonl file (`file` names it in
+/// errors): each passage's last word is the target.
+pub fn lambada_examples_from_text(
+    file: &Path,
+    text: &str,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<LambadaExample>> {
+    let texts = lambada_texts(file, text)?;
     texts
         .par_iter()
         .enumerate()
