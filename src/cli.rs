@@ -123,7 +123,8 @@ fn set<T>(field: &mut T, value: Option<T>) {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelFlags,
-    /// `synthetic` (built in) or a folder written by `dyntie prepare`.
+    /// `synthetic` (built in) or a folder written by `dyntie prepare` (on
+    /// --resume: the new place of the run's dataset, if it moved).
     #[arg(long)]
     pub data: Option<String>,
     /// Optimizer steps.
@@ -184,7 +185,8 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The flags given that would change a run's configuration, which a
     /// resume takes from the run's config.toml instead (only --steps, --lr,
-    /// --backend and --recompute may change on resume).
+    /// --backend, --recompute and the place of the same dataset, --data,
+    /// may change on resume).
     pub fn fixed_on_resume(&self) -> Vec<&'static str> {
         let m = &self.model;
         [
@@ -199,7 +201,6 @@ impl TrainArgs {
             ("--dropout", m.dropout.is_some()),
             ("--tying", m.tying.is_some()),
             ("--seed", m.seed.is_some()),
-            ("--data", self.data.is_some()),
             ("--min-lr", self.min_lr.is_some()),
             ("--schedule", self.schedule.is_some()),
             ("--grad-accum", self.grad_accum.is_some()),

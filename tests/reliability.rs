@@ -751,10 +751,44 @@ fn a_dataset_is_not_replaced_by_accident_and_runs_notice_when_it_was() {
         "--max-new-tokens",
         "4",
     ]);
-    // A moved dataset: a message that says so, not "run prepare".
-    fs::rename(&other, root.join("moved")).unwrap();
+    // A moved dataset: a message that says so, not "run prepare"; a
+    // resume takes its new place (only for the same tokens).
+    let run2 = root.join("run2");
+    ok(&train_args(&[
+        "--data",
+        s(&other),
+        "--steps",
+        "2",
+        "--out",
+        s(&run2),
+    ]));
+    let moved = root.join("moved");
+    fs::rename(&other, &moved).unwrap();
     fs::rename(&data, root.join("gpt2-now")).unwrap();
     fails(&["eval", "--run", s(&run)], &["is not there", "--data"]);
+    fails(&["eval", "--run", s(&run2)], &["is not there", "--data"]);
+    fails(
+        &[
+            "train",
+            "--resume",
+            s(&run2),
+            "--steps",
+            "3",
+            "--data",
+            s(&root.join("gpt2-now")),
+        ],
+        &["not the dataset this run trained on"],
+    );
+    ok(&[
+        "train",
+        "--resume",
+        s(&run2),
+        "--steps",
+        "3",
+        "--data",
+        s(&moved),
+    ]);
+    ok(&["eval", "--run", s(&run2)]);
     fs::remove_dir_all(root).unwrap();
 }
 

@@ -13,7 +13,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let fixed = args.fixed_on_resume();
         ensure!(
             fixed.is_empty(),
-            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --lr, --backend and --recompute may change on resume), or start a new run with --out",
+            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --lr, --backend, --recompute and --data for a dataset that moved may change on resume), or start a new run with --out",
             dir.display(),
             fixed.join(", "),
             if fixed.len() == 1 { "it" } else { "them" }
@@ -31,7 +31,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
         check_memory(&cfg, &selected)?;
         println!("{}", selected.why);
-        let mut t = Trainer::resume(dir, selected.backend, args.steps)?;
+        let moved = args.data.as_deref().map(std::path::Path::new);
+        let mut t = Trainer::resume_from(dir, selected.backend, args.steps, moved)?;
         println!("resuming {} at step {}", dir.display(), t.step());
         for note in t.notes() {
             println!("{note}");

@@ -101,9 +101,35 @@ impl Trainer {
     /// may extend it. Newer checkpoints that do not read back whole and
     /// finite are passed over (and named in [`Trainer::notes`]).
     pub fn resume(dir: &Path, backend: Arc<dyn Backend>, steps: Option<usize>) -> Result<Trainer> {
+        Self::resume_from(dir, backend, steps, None)
+    }
+
+    /// [`Trainer::resume`], with the run's dataset found at `moved` (the
+    /// same tokens, checked by their content hash; config.toml records
+    /// the new place).
+    pub fn resume_from(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        steps: Option<usize>,
+        moved: Option<&Path>,
+    ) -> Result<Trainer> {
         let mut cfg = run_dir::load_config(dir, "--resume")?;
         let lock = RunLock::acquire(dir)?;
         run_dir::mark(dir)?;
+        if let Some(place) = moved {
+            let found = crate::data::Dataset::read_meta(place)
+                .with_context(|| format!("--data {}", place.display()))?
+                .content_id();
+            ensure!(
+                cfg.data.dataset_id.as_deref() == Some(found.as_str()),
+                "--data {} is not the dataset this run trained on (content {found}, the run \
+                 recorded {}): a resume continues on the same tokens",
+                place.display(),
+                cfg.data.dataset_id.as_deref().unwrap_or("nothing")
+            );
+            cfg.data.source = std::path::absolute(place)?.display().to_string();
+            run_dir::write_config(dir, &cfg)?;
+        }
         let recorded_steps = cfg.train.steps;
         if let Some(s) = steps {
             cfg.train.steps = s;
