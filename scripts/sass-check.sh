@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reads the sm_90 machine code (SASS) of every kernel, which the emulator
 # cannot judge, and fails when it is not what the source means it to be:
-#   - the bf16 GEMM's main loop (gemm_bf16_*) must contain HMMA.16816.F32.BF16
+#   - the bf16 GEMM's main loop (gemm_mma_*) must contain HMMA.16816.F32.BF16
 #     (tensor cores, fp32 accumulate), LDSM (ldmatrix) and, except in the
 #     _unaligned fallbacks, LDGSTS (cp.async);
 #   - no kernel may touch local memory (LDL/STL: spills or stack arrays)
@@ -63,10 +63,11 @@ for ptx in "${files[@]}"; do
     "$CUOBJDUMP" -sass "$work/$stem.cubin" >"$work/$stem.sass" 2>/dev/null
     "$CUOBJDUMP" -res-usage "$work/$stem.cubin" >"$work/$stem.res" 2>/dev/null
 done
-# The launch sizes KernelBackend uses (src/backend/kernels.rs) and the bf16
-# GEMM's (kernels/gemm/mma_bf16.h), for the occupancy column.
-gemm_smem=$(awk '/#define MMA_STAGES/ {s=$3} /#define MMA_BM/ {m=$3} /#define MMA_BN/ {n=$3} /#define MMA_BK/ {k=$3}
-                 END {print s * (m + n) * k * 2}' kernels/gemm/mma_bf16.h)
+# The launch sizes of the launchers (src/cuda/ops/*.rs) and the bf16 GEMM's
+# (kernels/include/params.h: `constexpr int MMA_STAGES = 3;`), for the
+# occupancy column.
+gemm_smem=$(awk '$1 == "constexpr" && $4 == "=" {v[$3] = $5 + 0}
+                 END {print v["MMA_STAGES"] * (v["MMA_BM"] + v["MMA_BN"]) * v["MMA_BK"] * 2}' kernels/include/params.h)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- kernels 2>/dev/null || commit="$commit+uncommitted kernels"
 
@@ -76,10 +77,10 @@ import collections, datetime, glob, os, re, sys
 work, out_path, commit, gemm_smem, allow = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5].split()
 
 # (threads per block, dynamic shared bytes) per kernel; 1-D kernels use 256.
-LAUNCH = {"bias_grad_f32": (512, 0), "softmax_xent_f32": (512, 0),
+LAUNCH = {"gemm_bias_grad_f32": (512, 0), "loss_softmax_xent_f32": (512, 0),
           "layernorm_bwd_f32": (256, 2 * 768 * 4)}  # GPT-2's 768 channels
 def launch(kernel):
-    if kernel.startswith("gemm_bf16_"):
+    if kernel.startswith("gemm_mma_"):
         return 256, gemm_smem
     return LAUNCH.get(kernel, (256, 0))
 
@@ -166,10 +167,10 @@ for sass_file in sorted(glob.glob(os.path.join(work, "*.sass"))):
         hmma = mix["HMMA"]
         smem_loads = mix["LDSM"] + sum(1 for t in loop if opcode(t) == "LDS" and "RZ, [RZ]" not in t)
         ints = sum(n for op, n in mix.items() if INT.match(op))
-        if name.startswith("gemm_bf16_"):
+        if name.startswith("gemm_mma_"):
             exact = sum(1 for t in loop if "HMMA.16816.F32.BF16" in t)
             need = [("HMMA.16816.F32.BF16", exact), ("LDSM", mix["LDSM"])]
-            if not name.endswith("_unaligned"):
+            if "_unaligned_" not in name:
                 need.append(("LDGSTS", mix["LDGSTS"]))
             for what, n in need:
                 if n == 0:
@@ -191,7 +192,7 @@ if out_path:
         f.write("Written by `scripts/sass-check.sh --out`: ptxas 12.9 cubins read with cuobjdump. Occupancy\n"
                 "is computed from the register and shared-memory counts against sm_90's limits at\n"
                 "the launch size shown; the loop columns count one pass of each kernel's hot loop\n"
-                "(for gemm_bf16_*, one 128 x 128 x 32 k-tile per warp). No GPU was used: any speed\n"
+                "(for gemm_mma_*, one 128 x 128 x 32 k-tile per warp). No GPU was used: any speed\n"
                 "read from this table is a prediction.\n\n")
         f.write("\n".join(table) + "\n")
 if errors:

@@ -392,6 +392,10 @@ pub struct DoctorArgs {
     /// Check the kernels under the CPU emulator instead of a GPU.
     #[arg(long)]
     pub emu: bool,
+    /// Wait for every kernel as it is launched and name the first that fails,
+    /// with its op and shapes (as DYNTIE_SYNC_LAUNCHES=1 does).
+    #[arg(long = "sync-launches")]
+    pub sync_launches: bool,
 }
 
 #[cfg(test)]

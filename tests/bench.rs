@@ -1,11 +1,11 @@
 //! `dyntie bench`: the profiling wrapper, the throughput and memory reports,
 //! and the benchmark scripts' syntax.
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::profiled::ProfiledBackend;
-use dyntie::backend::Backend;
 use dyntie::commands::bench::{flops_per_token, fp32_peak_tflops};
+use dyntie::cpu::CpuBackend;
 use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::ops::profile::ProfiledBackend;
+use dyntie::ops::Backend;
 use dyntie::optim::AdamW;
 use dyntie::rng::HostRng;
 use std::process::Command;

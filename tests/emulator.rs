@@ -5,9 +5,9 @@
 //! a GPU (poisoned shared memory, shared memory and register limits,
 //! out-of-bounds accesses).
 
-use dyntie::backend::{Buffer, View};
-use dyntie::device::limits::{self, registers_per_block};
-use dyntie::device::{Device, EmuConfig, EmuDevice, GpuLimits, LaunchDims, ResumeOrder};
+use dyntie::cuda::limits::{self, registers_per_block};
+use dyntie::cuda::{Device, EmuConfig, EmuDevice, GpuLimits, LaunchDims, ResumeOrder};
+use dyntie::mem::{Buffer, DType};
 use dyntie::rng::HostRng;
 use std::ffi::c_void;
 
@@ -38,15 +38,16 @@ fn dims(grid: u32, block: u32, shared_bytes: u32) -> LaunchDims {
 }
 
 fn upload(dev: &EmuDevice, data: &[f32]) -> Buffer {
-    let buf = Buffer::new(dev.memory(), data.len() * 4).unwrap();
+    let buf = Buffer::new(dev.memory(), DType::F32, data.len()).unwrap();
     dev.copy_htod(buf.addr(), bytemuck::cast_slice(data))
         .unwrap();
     buf
 }
 
-fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, view: View<T>) -> Vec<T> {
-    let mut out = vec![T::default(); view.len];
-    dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), view.addr)
+/// `len` values of `T` at device address `addr`.
+fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, addr: u64, len: usize) -> Vec<T> {
+    let mut out = vec![T::default(); len];
+    dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), addr)
         .unwrap();
     out
 }
@@ -68,7 +69,7 @@ fn reduce(dev: &EmuDevice, kernel: &str, x: &[f32]) -> f32 {
         )
         .unwrap()
     };
-    download(dev, out.f32())[0]
+    download::<f32>(dev, out.addr(), 1)[0]
 }
 
 #[test]
@@ -147,7 +148,7 @@ fn an_early_return_can_be_allowed() {
             )
         }
         .unwrap();
-        let got = download(&dev, out.f32());
+        let got: Vec<f32> = download(&dev, out.addr(), out.len());
         assert!(
             got[..40].iter().all(|&v| v == 1.0) && got[40..].iter().all(|&v| v == 0.0),
             "{order:?}"
@@ -176,7 +177,7 @@ fn a_shuffle_by_half_a_warp_is_reported() {
 fn mismatched_warp_collectives_are_reported() {
     for order in ORDERS {
         let dev = device(order);
-        let out = Buffer::new(dev.memory(), 32 * 4).unwrap();
+        let out = Buffer::new(dev.memory(), DType::F32, 32).unwrap();
         let mut po = out.addr();
         let msg = launch_err(
             &dev,
@@ -218,13 +219,13 @@ fn a_deadlock_is_reported_not_hung() {
 fn warp_collectives_are_right_under_every_order() {
     for order in ORDERS {
         let dev = device(order);
-        let out = Buffer::new(dev.memory(), 64 * 8 * 4).unwrap();
+        let out = Buffer::new(dev.memory(), DType::U32, 64 * 8).unwrap();
         let mut po = out.addr();
         unsafe {
             dev.launch("test_warp_collectives", dims(1, 64, 0), &mut [arg(&mut po)])
                 .unwrap()
         };
-        let got: Vec<i32> = download(&dev, View::<i32>::new(out.addr(), 64 * 8));
+        let got: Vec<i32> = download(&dev, out.addr(), 64 * 8);
         for t in 0..64i32 {
             let (lane, warp0) = (t % 32, t - t % 32);
             let o = &got[t as usize * 8..t as usize * 8 + 8];
@@ -247,10 +248,10 @@ fn warp_collectives_are_right_under_every_order() {
 #[test]
 fn atomics_from_many_blocks() {
     let dev = device(ResumeOrder::Random(3));
-    let count = Buffer::new(dev.memory(), 4).unwrap();
-    let fsum = Buffer::new(dev.memory(), 4).unwrap();
-    let imax = Buffer::new(dev.memory(), 4).unwrap();
-    let imin = Buffer::new(dev.memory(), 4).unwrap();
+    let count = Buffer::new(dev.memory(), DType::U32, 1).unwrap();
+    let fsum = Buffer::new(dev.memory(), DType::F32, 1).unwrap();
+    let imax = Buffer::new(dev.memory(), DType::U32, 1).unwrap();
+    let imin = Buffer::new(dev.memory(), DType::U32, 1).unwrap();
     let (mut a, mut b, mut c, mut d) = (count.addr(), fsum.addr(), imax.addr(), imin.addr());
     let (blocks, threads) = (200u32, 128u32);
     unsafe {
@@ -262,16 +263,10 @@ fn atomics_from_many_blocks() {
         .unwrap()
     };
     let total = blocks * threads;
-    assert_eq!(download(&dev, count.u32())[0], total);
-    assert_eq!(download(&dev, fsum.f32())[0], total as f32 * 0.5);
-    assert_eq!(
-        download(&dev, View::<i32>::new(imax.addr(), 1))[0],
-        total as i32 - 1
-    );
-    assert_eq!(
-        download(&dev, View::<i32>::new(imin.addr(), 1))[0],
-        1 - total as i32
-    );
+    assert_eq!(download::<u32>(&dev, count.addr(), 1)[0], total);
+    assert_eq!(download::<f32>(&dev, fsum.addr(), 1)[0], total as f32 * 0.5);
+    assert_eq!(download::<i32>(&dev, imax.addr(), 1)[0], total as i32 - 1);
+    assert_eq!(download::<i32>(&dev, imin.addr(), 1)[0], 1 - total as i32);
 }
 
 #[test]
@@ -294,7 +289,9 @@ fn dynamic_shared_memory_is_nan_before_every_block() {
         )
         .unwrap()
     };
-    assert!(download(&dev, out.f32()).iter().all(|v| v.is_nan()));
+    assert!(download::<f32>(&dev, out.addr(), out.len())
+        .iter()
+        .all(|v| v.is_nan()));
 }
 
 #[test]
@@ -320,7 +317,7 @@ fn tiled_matmul_matches_and_reports_its_speed() {
     let b = random(n * n, 5);
     let dev = device(ResumeOrder::Forward);
     let (ab, bb) = (upload(&dev, &a), upload(&dev, &b));
-    let cb = Buffer::new(dev.memory(), n * n * 4).unwrap();
+    let cb = Buffer::new(dev.memory(), DType::F32, n * n).unwrap();
     let (mut pc, mut pa, mut pb, mut pn) = (cb.addr(), ab.addr(), bb.addr(), n as i32);
     let d = LaunchDims {
         grid: [16, 16, 1],
@@ -338,7 +335,7 @@ fn tiled_matmul_matches_and_reports_its_speed() {
     let first = dev.time_ms(&mut run).unwrap();
     let again = dev.time_ms(&mut run).unwrap();
     eprintln!("emulated 256^3 tiled matmul: {first:.1} ms first launch, {again:.1} ms after");
-    let c = download(&dev, cb.f32());
+    let c: Vec<f32> = download(&dev, cb.addr(), cb.len());
     for (i, j) in [(0, 0), (17, 200), (255, 255), (128, 3)] {
         let want: f64 = (0..n)
             .map(|k| a[i * n + k] as f64 * b[k * n + j] as f64)
@@ -353,10 +350,10 @@ fn tiled_matmul_matches_and_reports_its_speed() {
 
 #[test]
 fn kernel_registry_lists_every_kernel() {
-    let names = dyntie::device::emu::kernel_names();
+    let names = dyntie::cuda::emu::kernel_names();
     for k in [
-        "fill_f32",
-        "dropout_bwd_f32",
+        "elementwise_fill_f32",
+        "activation_dropout_bwd_f32",
         "test_reduce_sum",
         "test_matmul_tiled",
     ] {
@@ -413,7 +410,7 @@ fn a_bigger_stack_fits_big_locals() {
         )
     }
     .unwrap();
-    let got = download(&dev, out.f32());
+    let got: Vec<f32> = download(&dev, out.addr(), out.len());
     assert!(got
         .iter()
         .enumerate()
@@ -440,7 +437,9 @@ fn static_shared_memory_is_nan_before_every_block() {
         )
         .unwrap()
     };
-    assert!(download(&dev, out.f32()).iter().all(|v| v.is_nan()));
+    assert!(download::<f32>(&dev, out.addr(), out.len())
+        .iter()
+        .all(|v| v.is_nan()));
 }
 
 fn sum_assuming_256_threads(dev: &EmuDevice, x: &[f32], threads: u32) -> f32 {
@@ -455,7 +454,7 @@ fn sum_assuming_256_threads(dev: &EmuDevice, x: &[f32], threads: u32) -> f32 {
         )
         .unwrap()
     };
-    download(dev, out.f32())[0]
+    download::<f32>(dev, out.addr(), out.len())[0]
 }
 
 #[test]
@@ -484,7 +483,7 @@ fn static_and_dynamic(dev: &EmuDevice, dynamic: u32) -> anyhow::Result<()> {
             &mut [arg(&mut po)],
         )
     }?;
-    let got = download(dev, out.f32());
+    let got = download::<f32>(dev, out.addr(), out.len());
     assert!(got.iter().enumerate().all(|(t, &v)| v == t as f32 + 1.0));
     Ok(())
 }
@@ -567,7 +566,7 @@ fn shared_memory_over_the_architecture_limit_is_refused() {
 fn a_write_past_the_end_is_found_in_the_red_zone() {
     let dev = device(ResumeOrder::Forward);
     // 4000 bytes: the allocation's 256-byte rounding leaves a 96-byte red zone.
-    let out = Buffer::new(dev.memory(), 1000 * 4).unwrap();
+    let out = Buffer::new(dev.memory(), DType::F32, 1000).unwrap();
     let launch = |overrun: i32| {
         let (mut po, mut n, mut o) = (out.addr(), 1000i32, overrun);
         unsafe {
@@ -595,7 +594,7 @@ fn a_read_far_out_of_bounds_names_the_block_and_thread() {
         let dev = device(order);
         let x = random(1000, 3);
         let inp = upload(&dev, &x);
-        let out = Buffer::new(dev.memory(), 4 * 64 * 4).unwrap();
+        let out = Buffer::new(dev.memory(), DType::F32, 4 * 64).unwrap();
         let launch = |index: i64| {
             let (mut pi, mut po, mut i) = (inp.addr(), out.addr(), index);
             unsafe {
@@ -619,7 +618,7 @@ fn a_read_far_out_of_bounds_names_the_block_and_thread() {
         );
         // The process and the device live on.
         launch(10).unwrap();
-        assert_eq!(download(&dev, out.f32())[64 + 5], x[10]);
+        assert_eq!(download::<f32>(&dev, out.addr(), out.len())[64 + 5], x[10]);
     }
 }
 
@@ -636,7 +635,7 @@ fn a_write_before_the_start_is_reported() {
         )
     };
     // 4096 bytes fill their pages: the guard page comes right before the start.
-    let whole = Buffer::new(dev.memory(), 4096).unwrap();
+    let whole = Buffer::new(dev.memory(), DType::F32, 1024).unwrap();
     let msg = launch(&whole);
     assert!(
         msg.contains("block (0,0,0) thread (0,0,0)")
@@ -646,7 +645,7 @@ fn a_write_before_the_start_is_reported() {
         "{msg}"
     );
     // 3840 bytes leave 256 bytes of head red zone on the page.
-    let short = Buffer::new(dev.memory(), 3840).unwrap();
+    let short = Buffer::new(dev.memory(), DType::F32, 960).unwrap();
     let msg = launch(&short);
     assert!(
         msg.contains("head red zone was written, at offsets -4 to -1 from its start"),
@@ -658,7 +657,7 @@ fn a_write_before_the_start_is_reported() {
 fn bad_pointers_and_argument_counts_are_refused() {
     let dev = device(ResumeOrder::Forward);
     let (mut n, mut o) = (64i32, 0i32);
-    let freed = Buffer::new(dev.memory(), 256).unwrap().addr();
+    let freed = Buffer::new(dev.memory(), DType::F32, 64).unwrap().addr();
     let mut pf = freed;
     let msg = launch_err(
         &dev,
@@ -684,7 +683,7 @@ fn bad_pointers_and_argument_counts_are_refused() {
             && msg.contains("a null, freed or wild pointer"),
         "{msg}"
     );
-    let out = Buffer::new(dev.memory(), 256).unwrap();
+    let out = Buffer::new(dev.memory(), DType::F32, 64).unwrap();
     let mut po = out.addr();
     let msg = launch_err(
         &dev,
@@ -701,7 +700,7 @@ fn bad_pointers_and_argument_counts_are_refused() {
 #[test]
 fn copies_out_of_bounds_are_errors() {
     let dev = device(ResumeOrder::Forward);
-    let buf = Buffer::new(dev.memory(), 100).unwrap();
+    let buf = Buffer::new(dev.memory(), DType::F32, 25).unwrap();
     let msg = dev
         .copy_htod(buf.addr(), &[0u8; 101])
         .unwrap_err()
@@ -714,14 +713,14 @@ fn copies_out_of_bounds_are_errors() {
 
 #[test]
 fn every_kernel_has_a_ptxas_report_when_the_tools_were_found() {
-    let built = !dyntie::device::cuda::gpu_build_info().starts_with("built without");
+    let built = !dyntie::cuda::gpu_build_info().starts_with("built without");
     assert_eq!(built, limits::ptxas_report_available());
     if !built {
         assert!(limits::ptxas_report_status().starts_with("unavailable"));
         eprintln!("skipped: {}", limits::ptxas_report_status());
         return;
     }
-    for kernel in dyntie::device::emu::kernel_names() {
+    for kernel in dyntie::cuda::emu::kernel_names() {
         for arch in [80, 90] {
             assert!(
                 limits::ptxas_report(&kernel, arch).is_some(),
@@ -742,7 +741,7 @@ fn a_block_with_more_registers_than_an_sm_has_is_refused() {
     let dev = device(ResumeOrder::Forward);
     let x = random(200, 6);
     let inp = upload(&dev, &x);
-    let out = Buffer::new(dev.memory(), 1024 * 4).unwrap();
+    let out = Buffer::new(dev.memory(), DType::F32, 1024).unwrap();
     let launch = |threads: u32| {
         let (mut po, mut pi, mut n) = (out.addr(), inp.addr(), x.len() as i32);
         unsafe {
@@ -761,7 +760,7 @@ fn a_block_with_more_registers_than_an_sm_has_is_refused() {
         "{msg}"
     );
     launch(256).unwrap();
-    let got = download(&dev, out.f32());
+    let got = download::<f32>(&dev, out.addr(), out.len());
     for t in [0usize, 77, 255] {
         let v: Vec<f64> = (0..96).map(|k| x[(k * 37 + t) % x.len()] as f64).collect();
         let scale: f64 = v.iter().enumerate().map(|(k, a)| a * (k + 1) as f64).sum();

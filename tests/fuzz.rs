@@ -15,9 +15,9 @@
 //! that finds bugs in validation code, and it is a page of code here;
 //! `proptest`'s shrinking would add little for inputs this small.
 
-use dyntie::backend::cpu::CpuBackend;
 use dyntie::checkpoint::{parse_safetensors, safetensors_bytes, NamedTensor};
 use dyntie::config::{BackendKind, RunConfig};
+use dyntie::cpu::CpuBackend;
 use dyntie::data::{lambada_examples_from_text, tokfile, Meta, TokenFile, Tokenizer};
 use dyntie::rng::HostRng;
 use dyntie::train::{checkpoint_dirs, memory, parse_state_text, Trainer};

@@ -4,14 +4,14 @@
 //! memory exactly as the table says, and checkpoints must move between
 //! backends.
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
-use dyntie::backend::Backend;
 use dyntie::config::{RunConfig, Schedule};
-use dyntie::device::emu::EmuDevice;
+use dyntie::cpu::CpuBackend;
+use dyntie::cuda::emu::EmuDevice;
+use dyntie::cuda::KernelBackend;
 use dyntie::doctor::{compare_training, doctor_training_config};
 use dyntie::metrics::read_jsonl;
 use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::ops::Backend;
 use dyntie::train::Trainer;
 use dyntie::tying::policy::TyingPolicy;
 use dyntie::tying::table::TieGrad;

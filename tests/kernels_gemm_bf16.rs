@@ -1,5 +1,6 @@
 //! The bf16 tensor-core GEMM (kernels/gemm/mma_bf16.cu) under the emulator,
-//! launched directly by name, against an exact reference: the same bf16
+//! launched by kernel (not through an op: no op carries bf16 yet) with the
+//! launcher's typed, signature-checked arguments, against an exact reference: the same bf16
 //! inputs (rounded on the Rust side with the `half` crate, bit for bit as the
 //! kernel's bf16), products summed in f64. Sizes are not multiples of the
 //! 128 x 128 x 32 tile; every transpose case, batching with attention's
@@ -26,45 +27,16 @@
 #[path = "common/raw.rs"]
 mod raw;
 
-use dyntie::backend::Buffer;
-use dyntie::device::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
+use dyntie::cuda::launch::{Args, Launcher};
+use dyntie::cuda::ops::mma_kernel;
+use dyntie::cuda::params::{
+    GemmBf16Params, GEMM_A_LOWER, GEMM_A_UPPER, GEMM_DENSE, GEMM_OUT_LOWER, MMA_BM, MMA_BN,
+    MMA_SMEM_BYTES, MMA_THREADS,
+};
+use dyntie::cuda::{EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
+use dyntie::mem::{Buffer, DType};
 use half::bf16;
-use raw::{arg, download, random_bf16, upload};
-
-/// kernels/gemm/mma_bf16.h: the launch constants and `GemmBf16Params`,
-/// field for field.
-const MMA_BM: usize = 128;
-const MMA_BN: usize = 128;
-const MMA_THREADS: u32 = 256;
-const MMA_SMEM_BYTES: u32 = 3 * (128 + 128) * 32 * 2;
-const MMA_DENSE: i32 = 0;
-const MMA_OUT_LOWER: i32 = 1;
-const MMA_A_LOWER: i32 = 2;
-const MMA_A_UPPER: i32 = 3;
-
-#[repr(C)]
-struct GemmBf16Params {
-    c: u64,
-    a: u64,
-    b: u64,
-    bias: u64,
-    pre: u64,
-    strides: [u64; 6],
-    m: i32,
-    n: i32,
-    k: i32,
-    lda: i32,
-    ldb: i32,
-    ldc: i32,
-    accumulate: i32,
-    gelu: i32,
-    c_f32: i32,
-    causal: i32,
-    batch_inner: i32,
-    alpha: f32,
-}
-// mma_bf16.h asserts the same size for its struct.
-const _: () = assert!(std::mem::size_of::<GemmBf16Params>() == 136);
+use raw::{download, random_bf16, upload};
 
 const U_F: f64 = 1.0 / 16_777_216.0; // 2^-24
 const U_B: f64 = 1.0 / 256.0; // 2^-8
@@ -109,7 +81,7 @@ impl Case {
             ldc: n,
             batch: (1, 1),
             strides: [(0, 0); 3],
-            causal: MMA_DENSE,
+            causal: GEMM_DENSE,
             alpha: 1.0,
             bias: false,
             gelu: false,
@@ -117,16 +89,6 @@ impl Case {
             c_f32: false,
             unaligned: false,
         }
-    }
-    fn kernel(&self) -> String {
-        let layout = match (self.trans_a, self.trans_b) {
-            (false, false) => "nn",
-            (false, true) => "nt",
-            (true, false) => "tn",
-            (true, true) => "tt",
-        };
-        let suffix = if self.unaligned { "_unaligned" } else { "" };
-        format!("gemm_bf16_{layout}{suffix}")
     }
     fn batches(&self) -> usize {
         self.batch.0 * self.batch.1
@@ -172,13 +134,13 @@ impl Case {
     }
     /// Whether C[m, n] is part of the result (OUT_LOWER needs n <= m only).
     fn wanted(&self, m: usize, n: usize) -> bool {
-        self.causal != MMA_OUT_LOWER || n <= m
+        self.causal != GEMM_OUT_LOWER || n <= m
     }
     /// Whether A[m, k] may be non-zero under the causal mode.
     fn a_live(&self, m: usize, k: usize) -> bool {
         match self.causal {
-            MMA_A_LOWER => k <= m,
-            MMA_A_UPPER => k >= m,
+            GEMM_A_LOWER => k <= m,
+            GEMM_A_UPPER => k >= m,
             _ => true,
         }
     }
@@ -257,14 +219,21 @@ fn run_case(label: &str, case: &Case, order: ResumeOrder, seed: u64) -> Result<f
         CData::F32(v) => upload(&dev, v),
     };
     let (a_buf, b_buf, bias_buf) = (upload(&dev, &a), upload(&dev, &b), upload(&dev, &bias));
-    let s = case.strides;
-    let mut p = GemmBf16Params {
+    let [(a_outer, a_inner), (b_outer, b_inner), (c_outer, c_inner)] = case
+        .strides
+        .map(|(outer, inner)| (outer as u64, inner as u64));
+    let p = GemmBf16Params {
         c: c_buf.addr(),
         a: a_buf.addr(),
         b: b_buf.addr(),
         bias: if case.bias { bias_buf.addr() } else { 0 },
         pre: if case.gelu { pre_buf.addr() } else { 0 },
-        strides: [s[0].0, s[0].1, s[1].0, s[1].1, s[2].0, s[2].1].map(|x| x as u64),
+        a_outer,
+        a_inner,
+        b_outer,
+        b_inner,
+        c_outer,
+        c_inner,
         m: case.m as i32,
         n: case.n as i32,
         k: case.k as i32,
@@ -280,18 +249,19 @@ fn run_case(label: &str, case: &Case, order: ResumeOrder, seed: u64) -> Result<f
     };
     let dims = LaunchDims {
         grid: [
-            case.n.div_ceil(MMA_BN) as u32,
-            case.m.div_ceil(MMA_BM) as u32,
+            case.n.div_ceil(MMA_BN as usize) as u32,
+            case.m.div_ceil(MMA_BM as usize) as u32,
             case.batches() as u32,
         ],
-        block: [MMA_THREADS, 1, 1],
-        shared_bytes: MMA_SMEM_BYTES,
+        block: [MMA_THREADS as u32, 1, 1],
+        shared_bytes: MMA_SMEM_BYTES as u32,
     };
-    // SAFETY: gemm_bf16_*(GemmBf16Params) by value; every address the
-    // strides reach lies inside the buffers (`Case::lens`).
+    // Every address the strides reach lies inside the buffers (`Case::lens`).
+    let kernel = mma_kernel(case.trans_a, case.trans_b, !case.unaligned);
     let start = std::time::Instant::now();
-    unsafe { dev.launch(&case.kernel(), dims, &mut [arg(&mut p)]) }
-        .map_err(|e| format!("{label}: launch failed: {e}"))?;
+    Launcher::new(&dev, false)
+        .launch(kernel, DType::BF16, dims, Args::new().params(&p))
+        .map_err(|e| format!("{label}: launch failed: {e:#}"))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let fetch = |buf: &Buffer| match &c_old {
         CData::Bf16(_) => CData::Bf16(download(&dev, buf, clen)),
@@ -441,18 +411,18 @@ fn batched_causal_attention_products_match() {
     // att = q k^T / sqrt(hs), lower triangle only: two m-tiles, so the block
     // above the diagonal is skipped.
     let mut qk = attn(t, t, hs, false, true, 3 * c, 3 * c, t, [qkv, qkv, att]);
-    qk.causal = MMA_OUT_LOWER;
+    qk.causal = GEMM_OUT_LOWER;
     qk.alpha = 1.0 / (hs as f32).sqrt();
     assert_case("q k^T", &qk);
     // out = att v with att zero above the diagonal: the first m-tile stops
     // its k loop at 128.
     let mut av = attn(t, hs, t, false, false, t, 3 * c, c, [att, qkv, out]);
-    av.causal = MMA_A_LOWER;
+    av.causal = GEMM_A_LOWER;
     assert_case("att v", &av);
     // dk += ds^T q with ds zero above the diagonal: the second m-tile starts
     // its k loop at 128.
     let mut dk = attn(t, hs, t, true, false, t, 3 * c, 3 * c, [att, qkv, qkv]);
-    dk.causal = MMA_A_UPPER;
+    dk.causal = GEMM_A_UPPER;
     dk.accumulate = true;
     assert_case("ds^T q", &dk);
 }
@@ -496,7 +466,7 @@ fn ldmatrix_counters() -> [u64; 2] {
 
 #[test]
 fn ldmatrix_reads_are_free_of_bank_conflicts_in_every_layout() {
-    // Every test in this binary runs only gemm_bf16_*, so whatever else runs
+    // Every test in this binary runs only gemm_mma_*, so whatever else runs
     // meanwhile cannot add conflicts that are not the GEMM's own.
     let before = ldmatrix_counters();
     for (ta, tb) in [(false, false), (true, true)] {
@@ -514,5 +484,5 @@ fn ldmatrix_reads_are_free_of_bank_conflicts_in_every_layout() {
 #[test]
 fn a_256_cube_product_matches_and_reports_emulator_speed() {
     let ms = assert_case("256^3", &Case::new(256, 256, 256, false, true));
-    eprintln!("emulated gemm_bf16_nt 256 x 256 x 256: {ms:.1} ms");
+    eprintln!("emulated gemm_mma_nt_bf16 256 x 256 x 256: {ms:.1} ms");
 }

@@ -6,7 +6,7 @@
 //! Reaching 0.05 takes working attention and correct gradients everywhere.
 
 use anyhow::Result;
-use dyntie::backend::cpu::CpuBackend;
+use dyntie::cpu::CpuBackend;
 use dyntie::model::{Gpt2, ModelConfig};
 use dyntie::optim::{AdamW, LrSchedule};
 use dyntie::rng::HostRng;

@@ -5,7 +5,7 @@
 //! per tensor; scalar losses by relative error `|ours - ref| / |ref|`.
 
 use anyhow::{Context, Result};
-use dyntie::backend::cpu::CpuBackend;
+use dyntie::cpu::CpuBackend;
 use dyntie::model::gpt2::IGNORE_INDEX;
 use dyntie::model::{Gpt2, ModelConfig};
 use dyntie::optim::AdamW;

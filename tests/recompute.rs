@@ -6,11 +6,11 @@
 //! with far less activation memory.
 
 use anyhow::Result;
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
-use dyntie::backend::Backend;
-use dyntie::device::EmuDevice;
+use dyntie::cpu::CpuBackend;
+use dyntie::cuda::EmuDevice;
+use dyntie::cuda::KernelBackend;
 use dyntie::model::{activation_bytes, ActivationPlan, Gpt2, ModelConfig};
+use dyntie::ops::Backend;
 use std::sync::Arc;
 
 const B: usize = 2;

@@ -1,5 +1,5 @@
-//! The emulated tensor-core helpers (kernels/tensor_core.cuh,
-//! kernels/emu/tensor_core.cpp) on one warp against scalar references
+//! The emulated tensor-core helpers (the wrappers in
+//! kernels/include/common.cuh, kernels/emu/tensor_core.cpp) on one warp against scalar references
 //! written from the PTX ISA layouts, and the two defects the emulation must
 //! expose: a wrong fragment index and a cp.async stage read before its wait.
 //! Kernels: kernels/tests/tensor_core_tests.cu.
@@ -8,7 +8,7 @@
 #[path = "common/raw.rs"]
 mod raw;
 
-use dyntie::device::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
+use dyntie::cuda::{Device, EmuConfig, EmuDevice, LaunchDims, ResumeOrder};
 use half::bf16;
 use raw::{arg, download, random_bf16, upload};
 
@@ -115,7 +115,12 @@ fn ldmatrix_expected(src: &[u16], lane: usize, j: usize, trans: bool) -> u32 {
 fn ldmatrix_hands_out_the_ptx_layouts() {
     let dev = device(ResumeOrder::Reverse);
     let src: Vec<u16> = (0..256).map(|i| i as u16).collect(); // every element distinct
-    let sb = upload(&dev, &src);
+                                                              // In memory as the kernel reads it: two elements per word, the first low.
+    let words: Vec<u32> = src
+        .chunks(2)
+        .map(|p| p[0] as u32 | (p[1] as u32) << 16)
+        .collect();
+    let sb = upload(&dev, &words);
     for (trans, x2) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
         let out = upload(&dev, &[0u32; 128]);
         let (mut po, mut ps, mut t, mut x) = (out.addr(), sb.addr(), trans, x2);

@@ -3,9 +3,9 @@
 //! a dynamic run under a parameter cost ties blocks and logs every decision.
 
 use anyhow::Result;
-use dyntie::backend::cpu::CpuBackend;
 use dyntie::checkpoint;
 use dyntie::config::{BackendKind, RunConfig, Schedule};
+use dyntie::cpu::CpuBackend;
 use dyntie::metrics::read_jsonl;
 use dyntie::train::{checkpoint_dirs, Trainer};
 use serde_json::Value;

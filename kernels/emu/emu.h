@@ -1,4 +1,4 @@
-// Host side of kernels/common.cuh: what a kernel sees when it runs under the
+// Host side of kernels/include/common.cuh: what a kernel sees when it runs under the
 // CPU emulator. Every CUDA thread is a fiber; one block runs at a time on
 // each worker thread, so per-worker (`__thread`) state is per-block state.
 #pragma once

@@ -156,7 +156,7 @@ std::string check_red_zones(uintptr_t start) {
 
 }  // namespace emu
 
-// ---- C interface for Rust (src/device/emu.rs: EmuMemory) ------------------------
+// ---- C interface for Rust (src/cuda/emu.rs: EmuMemory) ------------------------
 
 extern "C" {
 

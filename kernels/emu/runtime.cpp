@@ -260,7 +260,7 @@ static Worker& worker() {
     return *tls_worker;
 }
 
-// Launch knobs, as Rust passes them (src/device/emu.rs: RawConfig).
+// Launch knobs, as Rust passes them (src/cuda/emu.rs: RawConfig).
 struct Config {
     unsigned workers;
     unsigned order;  // 0 forward, 1 reverse, 2 random

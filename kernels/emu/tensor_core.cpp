@@ -1,4 +1,4 @@
-// The tensor-core instructions under the emulator (kernels/tensor_core.cuh).
+// The tensor-core instructions under the emulator (the wrappers in kernels/include/common.cuh).
 //
 // mma.sync and ldmatrix are warp collectives (WARP_OP in runtime.cpp): every
 // lane deposits a record with its operands, the last lane to arrive rebuilds

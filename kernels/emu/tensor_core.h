@@ -1,5 +1,6 @@
-// Host side of kernels/bf16.cuh and kernels/tensor_core.cuh: the bf16 type
-// and the emulated tensor-core and cp.async instructions (tensor_core.cpp).
+// Host side of the bf16 type and the tensor-core wrappers of
+// kernels/include/common.cuh: bf16 and the emulated tensor-core and cp.async
+// instructions (tensor_core.cpp).
 #pragma once
 
 #include "emu.h"

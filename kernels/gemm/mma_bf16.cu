@@ -1,6 +1,6 @@
 // The bf16 tensor-core GEMM: mma.sync m16n8k16 (bf16 in, fp32 accumulate),
 // operands staged by cp.async through a 3-stage shared-memory pipeline and
-// loaded into fragments with ldmatrix. It serves every product gemm_f32
+// loaded into fragments with ldmatrix. It serves every product gemm_simt_f32
 // serves (matmul forward and both backward products, the six attention
 // products: transpose flags, accumulate, batch strides, causal skipping),
 // with fused epilogues: bias, GELU (keeping the pre-activation for the
@@ -30,15 +30,15 @@
 // - Transposes: an operand stored with k contiguous (A as [M, K], B as
 //   [N, K]) is loaded with ldmatrix; one stored the other way (A as [K, M],
 //   B as [K, N]) with ldmatrix.trans. The four combinations are four
-//   kernels (gemm_bf16_<a><b>, n = as the math reads it, t = transposed), so
+//   kernels (gemm_mma_<a><b>_bf16, n = as the math reads it, t = transposed), so
 //   no layout test sits in the inner loop.
 // - Ragged edges: every 16-byte load is a zero-filling cp.async whose source
 //   size is cut at the matrix edge (0 bytes outside it), so any M, N and K
 //   work; stores outside C are skipped. What cp.async needs is alignment
-//   (mma_bf16.h): base addresses 16-byte aligned, leading dimensions and a/b
+//   (params.h): base addresses 16-byte aligned, leading dimensions and a/b
 //   batch strides multiples of 8 elements. Operands that are not (rare: the
 //   model's widths are multiples of 64; an attention matrix with a sequence
-//   length that is not a multiple of 8) go to the gemm_bf16_*_unaligned
+//   length that is not a multiple of 8) go to the gemm_mma_*_unaligned_bf16
 //   kernels, which load with plain 2-byte loads instead.
 //
 // Speed, predicted from the SASS (scripts/sass-check.sh; not yet measured
@@ -51,8 +51,8 @@
 // straight-from-registers epilogue (2- and 4-byte stores) costs more on
 // small ones. The wgmma path is what closes the rest.
 #include "common.cuh"
-#include "gemm/mma_bf16.h"
-#include "tensor_core.cuh"
+#include "dtype.cuh"
+#include "params.h"
 
 // One operand tile, in 16-byte chunks (same count for both shapes, as BM == BN).
 #define MMA_TILE_CHUNKS (MMA_BM * MMA_BK / 8)
@@ -126,8 +126,8 @@ struct TileLoader {
                 Chunk16 chunk;
 #pragma unroll
                 for (int w = 0; w < 4; w++) {
-                    const float lo = 2 * w < bytes / 2 ? bf16_to_f32(src[i][2 * w]) : 0.0f;
-                    const float hi = 2 * w + 1 < bytes / 2 ? bf16_to_f32(src[i][2 * w + 1]) : 0.0f;
+                    const float lo = 2 * w < bytes / 2 ? to_f32(src[i][2 * w]) : 0.0f;
+                    const float hi = 2 * w + 1 < bytes / 2 ? to_f32(src[i][2 * w + 1]) : 0.0f;
                     chunk.words[w] = pack_bf16x2(lo, hi);
                 }
                 *(Chunk16*)to = chunk;
@@ -156,7 +156,7 @@ __device__ __forceinline__ void load_fragment(u32 r[4], const char* tile, int mn
     }
 }
 
-// GELU, tanh form (as gelu_fwd_f32 and the CPU's gelu_fwd).
+// GELU, tanh form (as activation_gelu_fwd_f32 and the CPU's gelu_fwd).
 __device__ __forceinline__ float gelu_tanh(float x) {
     const float cube = 0.044715f * x * x * x;
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + cube)));
@@ -178,17 +178,17 @@ __device__ __forceinline__ void store_pair(void* c, bool f32, u64 idx, float v0,
         if (two && paired) {
             *(u32*)cb = pack_bf16x2(v0, v1);
         } else {
-            cb[0] = f32_to_bf16(v0);
-            if (two) cb[1] = f32_to_bf16(v1);
+            cb[0] = from_f32<bf16>(v0);
+            if (two) cb[1] = from_f32<bf16>(v1);
         }
     }
 }
 __device__ __forceinline__ float load_elem(const void* c, bool f32, u64 idx) {
-    return f32 ? ((const float*)c)[idx] : bf16_to_f32(((const bf16*)c)[idx]);
+    return f32 ? ((const float*)c)[idx] : to_f32(((const bf16*)c)[idx]);
 }
 
 template <bool TRANS_A, bool TRANS_B, bool ALIGNED>
-__device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
+__device__ __forceinline__ void gemm_mma_body(const GemmBf16Params& p) {
     constexpr bool A_K = !TRANS_A;  // A stored [M, K]
     constexpr bool B_K = TRANS_B;   // B stored [N, K]
     DYN_SMEM(Chunk16, smem_chunks);
@@ -198,7 +198,7 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
     const int warp_m = warp / MMA_WARPS_N, warp_n = warp % MMA_WARPS_N;
     const int m0 = blockIdx.y * MMA_BM, n0 = blockIdx.x * MMA_BN;
     // Uniform per block, before any barrier: the whole block leaves together.
-    if (p.causal == MMA_OUT_LOWER && n0 > m0 + MMA_BM - 1) return;
+    if (p.causal == GEMM_OUT_LOWER && n0 > m0 + MMA_BM - 1) return;
 
     const u64 outer = blockIdx.z / p.batch_inner, inner = blockIdx.z % p.batch_inner;
     const bf16* a = (const bf16*)p.a + outer * p.a_outer + inner * p.a_inner;
@@ -206,8 +206,8 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
     const u64 c_off = outer * p.c_outer + inner * p.c_inner;
 
     int k_begin = 0, k_end = p.k;
-    if (p.causal == MMA_A_LOWER) k_end = min(p.k, m0 + MMA_BM);
-    if (p.causal == MMA_A_UPPER) k_begin = m0;
+    if (p.causal == GEMM_A_LOWER) k_end = min(p.k, m0 + MMA_BM);
+    if (p.causal == GEMM_A_UPPER) k_begin = m0;
     const int k_tiles = k_end > k_begin ? (k_end - k_begin + MMA_BK - 1) / MMA_BK : 0;
 
     TileLoader<A_K, ALIGNED> a_loader(a, p.lda, m0, p.m, k_begin, k_end, tid);
@@ -286,8 +286,8 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
                 const u64 idx = c_off + (u64)gm * p.ldc + gn;
                 float v0 = p.alpha * acc[mi][nj][2 * h], v1 = p.alpha * acc[mi][nj][2 * h + 1];
                 if (bias) {
-                    v0 += bf16_to_f32(bias[gn]);
-                    if (two) v1 += bf16_to_f32(bias[gn + 1]);
+                    v0 += to_f32(bias[gn]);
+                    if (two) v1 += to_f32(bias[gn + 1]);
                 }
                 if (p.gelu) {
                     store_pair(p.pre, f32, idx, v0, v1, two, paired);
@@ -306,30 +306,30 @@ __device__ __forceinline__ void gemm_bf16_body(const GemmBf16Params& p) {
 // a, b: n = stored as the product reads it (A [M, K], B [K, N]), t = stored
 // transposed (A [K, M], B [N, K]). The matmul forward (inp @ W^T) is nt, its
 // input gradient nn, its weight gradient tn; q k^T is nt, att v nn, ds^T q tn.
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nn(GemmBf16Params p) {
-    gemm_bf16_body<false, false, true>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_nn_bf16(GemmBf16Params p) {
+    gemm_mma_body<false, false, true>(p);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nt(GemmBf16Params p) {
-    gemm_bf16_body<false, true, true>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_nt_bf16(GemmBf16Params p) {
+    gemm_mma_body<false, true, true>(p);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tn(GemmBf16Params p) {
-    gemm_bf16_body<true, false, true>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_tn_bf16(GemmBf16Params p) {
+    gemm_mma_body<true, false, true>(p);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tt(GemmBf16Params p) {
-    gemm_bf16_body<true, true, true>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_tt_bf16(GemmBf16Params p) {
+    gemm_mma_body<true, true, true>(p);
 }
 
 // The same for operands cp.async cannot copy (see the header): any address
 // and leading dimension, at a lower speed.
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nn_unaligned(GemmBf16Params p) {
-    gemm_bf16_body<false, false, false>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_nn_unaligned_bf16(GemmBf16Params p) {
+    gemm_mma_body<false, false, false>(p);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_nt_unaligned(GemmBf16Params p) {
-    gemm_bf16_body<false, true, false>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_nt_unaligned_bf16(GemmBf16Params p) {
+    gemm_mma_body<false, true, false>(p);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tn_unaligned(GemmBf16Params p) {
-    gemm_bf16_body<true, false, false>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_tn_unaligned_bf16(GemmBf16Params p) {
+    gemm_mma_body<true, false, false>(p);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_bf16_tt_unaligned(GemmBf16Params p) {
-    gemm_bf16_body<true, true, false>(p);
+extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) gemm_mma_tt_unaligned_bf16(GemmBf16Params p) {
+    gemm_mma_body<true, true, false>(p);
 }

@@ -1,6 +1,6 @@
 // Kernels that exercise the emulator itself (tests/emulator.rs). They are
 // compiled for the host only: several are wrong on purpose.
-#include "../common.cuh"
+#include "common.cuh"
 
 // Block-wide tree reduction in shared memory, then one atomicAdd per block.
 extern "C" __global__ void test_reduce_sum(const float* x, float* out, int n) {

@@ -1,6 +1,6 @@
 // Kernels that are wrong in ways a GPU punishes only sometimes, or only at
 // launch: the emulator must refuse or expose each (tests/emulator.rs).
-#include "../common.cuh"
+#include "common.cuh"
 
 // Reads static shared memory before writing it: every value must be NaN,
 // in every block, even though the previous block on the worker wrote it.

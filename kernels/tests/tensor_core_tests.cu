@@ -1,6 +1,6 @@
 // Kernels that exercise the emulated tensor-core helpers (tests/tensor_core.rs).
 // Host only; the mini GEMM comes in a correct form and two wrong ones.
-#include "../tensor_core.cuh"
+#include "common.cuh"
 
 // One mma on fragments gathered straight from global memory per the PTX
 // layouts: d[16][8] = a[16][16] @ b + c, b stored as [n = 8][k = 16], c and d

@@ -1,14 +1,15 @@
 //! `dyntie bench`: counted (and measured) memory per tie pattern, and the
 //! training throughput with a per-op time breakdown.
 
-use crate::backend::profiled::{OpStat, ProfiledBackend};
-use crate::backend::{Backend, MemStats};
 use crate::cli::{BenchArgs, BenchWhat};
 use crate::commands::{select_backend, SelectedBackend};
 use crate::config::RunConfig;
-use crate::device::Device;
+use crate::cuda::Device;
+use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
 use crate::model::{activation_bytes, Gpt2, ModelConfig};
+use crate::ops::profile::{OpStat, ProfiledBackend};
+use crate::ops::Backend;
 use crate::optim::AdamW;
 use crate::rng::HostRng;
 use crate::train::{initial_table, run_dir};

@@ -2,11 +2,11 @@
 //! [`crate::conformance`], which do the checking.
 
 use super::select_backend;
-use crate::backend::cpu::CpuBackend;
-use crate::backend::Backend;
 use crate::cli::DoctorArgs;
 use crate::config::BackendKind;
-use crate::device::cuda;
+use crate::cpu::CpuBackend;
+use crate::cuda::{self, limits, EmuConfig};
+use crate::ops::Backend;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
@@ -16,15 +16,19 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
     let reference = Arc::new(CpuBackend::new());
     let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
         println!("dyntie doctor: checking the kernels under the CPU emulator");
-        let limits = crate::device::EmuConfig::default().gpu;
+        let gpu = EmuConfig::default().gpu;
         println!(
             "launch checks: the limits of sm_{} ({} KiB of shared memory per block with the \
              opt-in); kernel registers and static shared memory: {}",
-            limits.arch,
-            limits.max_shared_per_block_optin >> 10,
-            crate::device::limits::ptxas_report_status()
+            gpu.arch,
+            gpu.max_shared_per_block_optin >> 10,
+            limits::ptxas_report_status()
         );
-        (select_backend(BackendKind::Emu)?.backend, false)
+        let selected = select_backend(BackendKind::Emu)?;
+        if args.sync_launches {
+            selected.sync_launches();
+        }
+        (selected.backend, false)
     } else {
         println!("kernels in this build: {}", cuda::gpu_build_info());
         match select_backend(BackendKind::Cuda) {
@@ -36,6 +40,9 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
                     "launch checks: the limits of this GPU; kernel registers and static shared \
                      memory from the driver"
                 );
+                if args.sync_launches {
+                    selected.sync_launches();
+                }
                 (selected.backend, true)
             }
             Err(e) if args.allow_no_gpu => {

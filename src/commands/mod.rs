@@ -18,15 +18,12 @@ pub use prepare::prepare;
 pub use sample::sample;
 pub use train::train;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::kernels::KernelBackend;
-use crate::backend::Backend;
 use crate::config::{BackendKind, RunConfig};
+use crate::cpu::CpuBackend;
+use crate::cuda::{self, CudaDevice, Device, EmuDevice, KernelBackend};
 use crate::data::{Dataset, SyntheticConfig, Tokenizer};
-use crate::device::cuda::{self, CudaDevice};
-use crate::device::emu::EmuDevice;
-use crate::device::Device;
 use crate::model::Gpt2;
+use crate::ops::Backend;
 use crate::train::memory::{self, Available};
 use crate::train::run_dir;
 use anyhow::Result;
@@ -42,6 +39,23 @@ pub struct SelectedBackend {
     /// On CUDA, the kernel backend again with its device's type, for the
     /// GPU's name and free memory.
     pub cuda: Option<Arc<KernelBackend<CudaDevice>>>,
+    /// Under the emulator, the same.
+    pub emu: Option<Arc<KernelBackend<EmuDevice>>>,
+}
+
+impl SelectedBackend {
+    /// Turns on the synchronous debug mode of a kernel backend (as
+    /// `DYNTIE_SYNC_LAUNCHES=1` does): every launch waits for its kernel, so
+    /// the first that fails is named with its op and shapes. The CPU backend
+    /// has nothing to wait for.
+    pub fn sync_launches(&self) {
+        if let Some(k) = &self.cuda {
+            k.set_sync_launches(true);
+        }
+        if let Some(k) = &self.emu {
+            k.set_sync_launches(true);
+        }
+    }
 }
 
 /// The one place a `--backend` value becomes a backend.
@@ -50,6 +64,7 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
         backend: Arc::new(CpuBackend::new()),
         why,
         cuda: None,
+        emu: None,
     };
     let gpu = |dev: CudaDevice, why: String| {
         let kernels = Arc::new(KernelBackend::new(dev));
@@ -57,16 +72,22 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
             backend: kernels.clone(),
             why,
             cuda: Some(kernels),
+            emu: None,
         }
     };
     match kind {
         BackendKind::Cpu => Ok(cpu("backend cpu (asked for with --backend cpu)".into())),
-        BackendKind::Emu => Ok(SelectedBackend {
-            backend: Arc::new(KernelBackend::new(EmuDevice::new())),
-            why: "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower than cpu)"
-                .into(),
-            cuda: None,
-        }),
+        BackendKind::Emu => {
+            let kernels = Arc::new(KernelBackend::new(EmuDevice::new()));
+            Ok(SelectedBackend {
+                backend: kernels.clone(),
+                why: "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower \
+                      than cpu)"
+                    .into(),
+                cuda: None,
+                emu: Some(kernels),
+            })
+        }
         BackendKind::Cuda => {
             let dev = CudaDevice::new(0)?;
             let why = format!("backend cuda on {}", dev.description());
@@ -174,4 +195,27 @@ fn argmax(xs: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_mode_reaches_the_selected_kernel_backend() {
+        let selected = select_backend(BackendKind::Emu).unwrap();
+        let emu = selected.emu.clone().expect("the emulator's kernel backend");
+        // Off unless DYNTIE_SYNC_LAUNCHES is set (it is not, in the tests).
+        assert_eq!(
+            emu.sync_launches(),
+            std::env::var(cuda::backend::SYNC_LAUNCHES_ENV)
+                .is_ok_and(|v| !v.is_empty() && v != "0")
+        );
+        selected.sync_launches();
+        assert!(emu.sync_launches());
+        // The CPU backend has no kernels to wait for.
+        let cpu = select_backend(BackendKind::Cpu).unwrap();
+        assert!(cpu.cuda.is_none() && cpu.emu.is_none());
+        cpu.sync_launches();
+    }
 }

@@ -6,8 +6,8 @@
 
 use super::gpt2::IGNORE_INDEX;
 use super::Gpt2;
-use crate::backend::LAYERNORM_EPS;
 use crate::checkpoint::{safetensors_bytes, NamedTensor};
+use crate::ops::layernorm::LAYERNORM_EPS;
 use crate::rng::HostRng;
 use anyhow::{ensure, Context, Result};
 use std::path::Path;

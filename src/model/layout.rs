@@ -11,7 +11,7 @@
 //! the output head, decaying it would shrink the logits of rare tokens.
 
 use super::ModelConfig;
-use crate::backend::View;
+use crate::mem::View;
 
 /// One named tensor inside a buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct ParamEntry {
 }
 
 impl ParamEntry {
-    pub fn view(&self, buffer: View<f32>) -> View<f32> {
+    pub fn view(&self, buffer: View) -> View {
         buffer.slice(self.offset, self.len)
     }
 }
@@ -109,14 +109,14 @@ impl BlockLayout {
 
     /// The view of `name` inside `buffer`; `name` must be one of this layout's
     /// (a typo is a bug, hence the panic).
-    pub fn view(&self, buffer: View<f32>, name: &str) -> View<f32> {
+    pub fn view(&self, buffer: View, name: &str) -> View {
         self.get(name)
             .unwrap_or_else(|| panic!("no block parameter named {name}"))
             .view(buffer)
     }
 
     /// Like `view`, but `None` for a bias the configuration leaves out.
-    pub fn bias_view(&self, buffer: View<f32>, name: &str) -> Option<View<f32>> {
+    pub fn bias_view(&self, buffer: View, name: &str) -> Option<View> {
         self.get(name).map(|e| e.view(buffer))
     }
 }
@@ -161,7 +161,7 @@ impl GlobalLayout {
         self.entries.iter().find(|e| e.name == name)
     }
 
-    pub fn view(&self, buffer: View<f32>, name: &str) -> View<f32> {
+    pub fn view(&self, buffer: View, name: &str) -> View {
         self.get(name)
             .unwrap_or_else(|| panic!("no global parameter named {name}"))
             .view(buffer)

@@ -18,7 +18,7 @@
 //! once.
 
 use super::ModelConfig;
-use crate::backend::View;
+use crate::mem::{DType, View};
 
 /// Most bytes of logits the chunked loss head (with recomputation) keeps at
 /// once. Each chunk passes once more over the head's weight gradient (vocab
@@ -54,12 +54,14 @@ pub struct Region {
 }
 
 impl Region {
-    pub fn f32(&self, arena: View<f32>) -> View<f32> {
+    /// The region inside an f32 `arena`.
+    pub fn f32(&self, arena: View) -> View {
+        debug_assert_eq!(arena.dtype, DType::F32);
         arena.slice(self.offset, self.len)
     }
-    pub fn u32(&self, arena: View<f32>) -> View<u32> {
-        let v = arena.slice(self.offset, self.len);
-        View::new(v.addr, v.len)
+    /// The region's bytes as u32 (token ids and targets share the arena).
+    pub fn u32(&self, arena: View) -> View {
+        self.f32(arena).reinterpret(DType::U32)
     }
 }
 

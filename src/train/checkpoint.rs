@@ -9,10 +9,10 @@
 use super::agent_driver::DynamicState;
 use super::run_dir;
 use super::Trainer;
-use crate::backend::Backend;
 use crate::checkpoint::{self as files, NamedTensor, TensorMap};
 use crate::config::RunConfig;
 use crate::model::{Gpt2, ParamEntry};
+use crate::ops::{Backend, BackendExt};
 use crate::optim::AdamWState;
 use crate::rng::HostRng;
 use crate::tying::slots::Slot;
@@ -389,17 +389,17 @@ fn collect_tensors(model: &Gpt2) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)>
             params.push(NamedTensor::new(
                 &name,
                 shape.clone(),
-                be.download_f32(e.view(slot.params.f32()))?,
+                be.download(e.view(slot.params.view()))?,
             ));
             moments.push(NamedTensor::new(
                 format!("{name}.m"),
                 shape.clone(),
-                be.download_f32(e.view(slot.adam_m.f32()))?,
+                be.download(e.view(slot.adam_m.view()))?,
             ));
             moments.push(NamedTensor::new(
                 format!("{name}.v"),
                 shape,
-                be.download_f32(e.view(slot.adam_v.f32()))?,
+                be.download(e.view(slot.adam_v.view()))?,
             ));
         }
         Ok(())
@@ -442,7 +442,7 @@ fn load_tensors(model: &Gpt2, ckpt: &Loaded) -> Result<()> {
                     path.display(),
                     e.shape
                 );
-                be.upload_f32(e.view(buf.f32()), data)?;
+                be.upload(e.view(buf.view()), data)?;
             }
             expected += 1;
         }

@@ -9,7 +9,9 @@
 //! one slot add their gradients into its gradient buffer (`--tie-grad
 //! shared`), or only the owner does (`frozen`, see [`SlotStore::grad_enabled`]).
 
-use crate::backend::{Backend, Buffer};
+use crate::mem::{Buffer, DType};
+use crate::ops::elementwise::CopyView;
+use crate::ops::{Backend, BackendExt};
 use crate::tying::table::{TieEffect, TieOptions, TieTable};
 use anyhow::{ensure, Result};
 
@@ -26,16 +28,16 @@ impl Slot {
     /// A zero-filled slot of `len` parameters.
     pub fn zeros(backend: &dyn Backend, len: usize) -> Result<Slot> {
         Ok(Slot {
-            params: backend.alloc_f32(len)?,
-            grads: backend.alloc_f32(len)?,
-            adam_m: backend.alloc_f32(len)?,
-            adam_v: backend.alloc_f32(len)?,
+            params: backend.alloc(DType::F32, len)?,
+            grads: backend.alloc(DType::F32, len)?,
+            adam_m: backend.alloc(DType::F32, len)?,
+            adam_v: backend.alloc(DType::F32, len)?,
         })
     }
 
     /// Number of parameters.
     pub fn len(&self) -> usize {
-        self.params.f32().len
+        self.params.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -155,9 +157,16 @@ impl SlotStore {
             let src = self.slots[c.from]
                 .as_ref()
                 .expect("the table copies from a live slot");
-            backend.copy(fresh.params.f32(), src.params.f32())?;
-            backend.copy(fresh.adam_m.f32(), src.adam_m.f32())?;
-            backend.copy(fresh.adam_v.f32(), src.adam_v.f32())?;
+            for (dst, src) in [
+                (&fresh.params, &src.params),
+                (&fresh.adam_m, &src.adam_m),
+                (&fresh.adam_v, &src.adam_v),
+            ] {
+                backend.run(CopyView {
+                    dst: dst.view(),
+                    src: src.view(),
+                })?;
+            }
             self.slots[c.slot] = Some(fresh);
         }
         if let Some(f) = effect.freed {

@@ -2,8 +2,8 @@
 //! trait: typed uploads and downloads, argument pointers, bf16 inputs.
 #![allow(dead_code)]
 
-use dyntie::backend::Buffer;
-use dyntie::device::{Device, EmuDevice};
+use dyntie::cuda::{Device, EmuDevice};
+use dyntie::mem::{Buffer, Element};
 use dyntie::rng::HostRng;
 use half::bf16;
 use std::ffi::c_void;
@@ -14,15 +14,16 @@ pub fn arg<T>(v: &mut T) -> *mut c_void {
 }
 
 /// A new buffer holding `data` (at least 16 bytes, so it is never empty).
-pub fn upload<T: bytemuck::Pod>(dev: &EmuDevice, data: &[T]) -> Buffer {
-    let bytes: &[u8] = bytemuck::cast_slice(data);
-    let buf = Buffer::new(dev.memory(), bytes.len().max(16)).unwrap();
-    dev.copy_htod(buf.addr(), bytes).unwrap();
+pub fn upload<T: Element>(dev: &EmuDevice, data: &[T]) -> Buffer {
+    let len = data.len().max(16 / T::DTYPE.size());
+    let buf = Buffer::new(dev.memory(), T::DTYPE, len).unwrap();
+    dev.copy_htod(buf.addr(), bytemuck::cast_slice(data))
+        .unwrap();
     buf
 }
 
 /// The first `len` elements of `buf`.
-pub fn download<T: bytemuck::Pod + Default>(dev: &EmuDevice, buf: &Buffer, len: usize) -> Vec<T> {
+pub fn download<T: Element + Default>(dev: &EmuDevice, buf: &Buffer, len: usize) -> Vec<T> {
     let mut out = vec![T::default(); len];
     dev.copy_dtoh(bytemuck::cast_slice_mut(&mut out), buf.addr())
         .unwrap();
