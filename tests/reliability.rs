@@ -356,16 +356,16 @@ fn a_diverging_run_keeps_its_good_checkpoint_and_continues_with_a_lower_rate() {
 /// kill -9 at random moments of training and checkpointing, each followed
 /// by a resume (or, before the first checkpoint, a fresh start), until the
 /// run completes: its logs hold every line once and equal those of an
-/// uninterrupted run, and so do its weights. 12 kills by default;
-/// `DYNTIE_KILLS=50` for the long version (the run has 80 steps, and most
-/// kills come a few milliseconds after a step was logged, so each one
-/// lands in a different step or checkpoint write).
+/// uninterrupted run, and so do its weights. 50 kills (about 12 s on two
+/// loaded cores); `DYNTIE_KILLS=N` for more or fewer. The run has 80 steps,
+/// and most kills come a few milliseconds after a step was logged, so each
+/// one lands in a different step or checkpoint write.
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let kills: usize = std::env::var("DYNTIE_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(50);
     let root = temp_dir("kill9");
     let cfg = root.join("run.toml");
     // Log and checkpoint every step; the agent decides every 2 steps;
