@@ -7,7 +7,8 @@
 #
 #   bash scripts/check_bert_export.sh [DATA_DIR] [STEPS]
 #
-# DATA_DIR defaults to ../shared/data (or $DYNTIE_DATA); PYTHON to python3.
+# DATA_DIR defaults to ../shared/data (or $DYNTIE_DATA); PYTHON to python3;
+# DYNTIE_BIN to a release build made here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-${DYNTIE_DATA:-../shared/data}}"
@@ -19,8 +20,11 @@ if [ ! -d "$data/tiny-shakespeare" ]; then
 fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cargo build --release --quiet
-bin=./target/release/dyntie
+bin="${DYNTIE_BIN:-}"
+if [ -z "$bin" ]; then
+    cargo build --release --quiet
+    bin=./target/release/dyntie
+fi
 input="$(ls "$data"/tiny-shakespeare/*.txt | head -n 1)"
 $bin prepare --dataset text --input "$input" --out "$work/data"
 $bin train --arch bert --preset bert-tiny --data "$work/data" --ctx 64 --steps "$steps" \
