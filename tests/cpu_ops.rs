@@ -1017,6 +1017,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1040,6 +1041,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1055,6 +1057,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1083,6 +1086,7 @@ fn softmax_xent_is_stable_for_large_logits() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: u32::MAX,
             grad_scale: 1.0,
         })
@@ -1107,6 +1111,7 @@ fn softmax_xent_rejects_targets_beyond_the_vocabulary() {
             targets: bt.view(),
             rows: 1,
             vocab: V,
+            padded_vocab: V,
             ignore_index: u32::MAX,
             grad_scale: 1.0,
         })
@@ -1139,6 +1144,7 @@ fn adamw_matches_a_hand_computed_step() {
             grads: bg.view(),
             m: m.view(),
             v: v.view(),
+            copy: None,
             hp,
         })
         .unwrap();
@@ -1165,6 +1171,7 @@ fn adamw_matches_a_hand_computed_step() {
             grads: bg.view(),
             m: m.view(),
             v: v.view(),
+            copy: None,
             hp: AdamWStep { step: 2, ..hp },
         })
         .unwrap();

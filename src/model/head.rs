@@ -153,6 +153,7 @@ impl Head {
             targets,
             rows: self.rows,
             vocab: self.vocab,
+            padded_vocab: self.vocab,
             ignore_index: IGNORE_INDEX,
             grad_scale: grad_scale.unwrap_or(1.0),
         })
