@@ -211,7 +211,7 @@ fn adamw_steps_match(arch: Arch) -> Result<()> {
     }
     eprintln!("worst relative loss error over 10 AdamW steps {worst:e}");
     assert!(
-        reference[9] < reference[0] - 0.5,
+        reference[9] < reference[0] - 0.3,
         "the reference itself learns"
     );
     Ok(())
