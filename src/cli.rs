@@ -3,6 +3,7 @@
 
 use crate::config::{AgentInput, BackendKind, Preset, RunConfig, Schedule};
 use crate::data::{Corpus, Split, TokenizerKind};
+use crate::precision::Precision;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{InitTies, TieGrad};
 use anyhow::Result;
@@ -78,6 +79,11 @@ pub struct ModelFlags {
     /// Compute backend (default auto).
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
+    /// Numeric precision: fp32, or bf16 mixed precision (fp32 master
+    /// weights, moments, gradients and reductions; bf16 activations and
+    /// matmul inputs). Default: bf16 on cuda, fp32 on cpu and emu.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Random seed for initialization, data order, dropout and the agent.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -106,6 +112,9 @@ impl ModelFlags {
         set(&mut cfg.train.seed, self.seed);
         set(&mut cfg.tying.policy, self.tying.clone());
         set(&mut cfg.backend, self.backend);
+        if self.precision.is_some() {
+            cfg.precision = self.precision;
+        }
         if self.recompute {
             cfg.train.recompute = true;
         }
@@ -175,7 +184,7 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The flags given that would change a run's configuration, which a
-    /// resume takes from the run's config.toml instead (only --steps,
+    /// resume takes from the run's config.toml instead (only --steps, --precision,
     /// --backend and --recompute may change on resume).
     pub fn fixed_on_resume(&self) -> Vec<&'static str> {
         let m = &self.model;
@@ -325,6 +334,9 @@ pub enum BenchWhat {
     Throughput,
     /// How to compare with the PyTorch baseline (scripts/compare.sh).
     Compare,
+    /// Every matrix product of a step (GPT-2 124M and the paper config) in
+    /// fp32 and bf16: FLOPs, bytes and, on a GPU, time and TFLOP/s.
+    Kernels,
 }
 crate::choice_text!(BenchWhat, "benchmark");
 
@@ -353,6 +365,14 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Compare every product with the CPU backend (kernels; always under
+    /// --backend emu, at cut-down sizes).
+    #[arg(long)]
+    pub check: bool,
+    /// The card's dense bf16 peak in TFLOP/s for the fraction column
+    /// (kernels; default H100/H200 SXM: 989; fp32 rows use 67).
+    #[arg(long = "peak-tflops")]
+    pub peak_tflops: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -430,7 +450,8 @@ mod tests {
                 "onnx",
                 "hf",
             ),
-            (&["bench"], "kernels", "memory, throughput, compare"),
+            (&["bench"], "kernel", "memory, throughput, compare, kernels"),
+            (&["train", "--precision"], "fp16", "fp32, bf16"),
         ] {
             let mut argv = vec!["dyntie"];
             argv.extend_from_slice(args);

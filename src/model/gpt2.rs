@@ -27,6 +27,7 @@ use crate::ops::elementwise::{Add, Fill};
 use crate::ops::loss::SoftmaxXent;
 use crate::ops::matmul::{MatmulBwd, MatmulFwd};
 use crate::ops::{Backend, BackendExt};
+use crate::precision::Precision;
 use crate::rng::HostRng;
 use crate::tying::slots::{Slot, SlotStore};
 use crate::tying::table::{TieEffect, TieOptions, TieTable};
@@ -59,6 +60,9 @@ pub struct Gpt2 {
     arena: Option<Arena>,
     /// Recompute each block's activations in backward (see `plan.rs`).
     recompute: bool,
+    /// fp32, or bf16 activations and compute copies of the weights (see
+    /// `crate::precision`).
+    precision: Precision,
     tape: Tape,
 }
 
@@ -111,6 +115,7 @@ impl Gpt2 {
             zero_bias,
             arena: None,
             recompute: false,
+            precision: Precision::Fp32,
             tape: Tape::new(),
         };
         model.init(seed)?;
@@ -132,6 +137,41 @@ impl Gpt2 {
 
     pub fn recompute(&self) -> bool {
         self.recompute
+    }
+
+    /// Switches the numeric precision (the model starts in fp32): in bf16
+    /// every live slot and the globals get a bf16 compute copy of their
+    /// fp32 weights, rounded from them now, and activations become bf16.
+    /// The fp32 weights, moments and gradients are untouched, so a model can
+    /// switch back and forth.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let be = self.backend.as_ref();
+        let copy = precision
+            .has_compute_copy()
+            .then(|| precision.compute_dtype());
+        self.globals.set_compute_copy(be, copy)?;
+        self.slots.set_compute_copies(be, copy)?;
+        if !self.cfg.bias {
+            self.zero_bias = Some(be.alloc(precision.compute_dtype(), self.cfg.n_embd)?);
+        }
+        self.precision = precision;
+        self.arena = None;
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Rounds the fp32 weights of the globals and of every live slot into
+    /// their compute copies (after writing the weights other than through
+    /// the optimizer, e.g. loading a checkpoint). Nothing to do in fp32.
+    pub fn refresh_compute_copies(&self) -> Result<()> {
+        let be = self.backend.as_ref();
+        for slot in std::iter::once(&self.globals).chain(self.slots.live_slots().map(|(_, s)| s)) {
+            slot.refresh_compute_copy(be, 0, slot.len())?;
+        }
+        Ok(())
     }
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -205,7 +245,7 @@ impl Gpt2 {
                     .upload(self.slots.slot_of(layer).params.view(), &host)?;
             }
         }
-        Ok(())
+        self.refresh_compute_copies()
     }
 
     /// Zeroes the gradients of the globals and of every live slot.
@@ -275,7 +315,8 @@ impl Gpt2 {
         let batch = tokens.len() / seq;
         self.forward(tokens, None, batch, seq, Mode::Eval)?;
         let arena = self.arena.as_ref().expect("forward planned the arena");
-        let logits = arena.plan.logits.f32(arena.acts.view());
+        let dt = self.precision.compute_dtype();
+        let logits = arena.plan.logits.of(arena.acts.view(), dt);
         let v = self.cfg.vocab_size;
         let mut out = Vec::with_capacity(batch * v);
         for b in 0..batch {
@@ -284,8 +325,8 @@ impl Gpt2 {
                 // The chunked head computed nothing without targets: the
                 // last row's logits alone, into the chunk buffer.
                 let c = self.cfg.n_embd;
-                let x = arena.plan.lnf.f32(arena.acts.view()).slice(last * c, c);
-                let wte = self.global.view(self.globals.params.view(), "wte");
+                let x = arena.plan.lnf.of(arena.acts.view(), dt).slice(last * c, c);
+                let wte = self.global.view(self.globals.weights(), "wte");
                 self.backend.run(MatmulFwd {
                     out: logits.slice(0, v),
                     inp: x,
@@ -295,9 +336,12 @@ impl Gpt2 {
                     in_ch: c,
                     out_ch: v,
                 })?;
-                out.extend(self.backend.download::<f32>(logits.slice(0, v))?);
+                out.extend(download_f32(self.backend.as_ref(), logits.slice(0, v))?);
             } else {
-                out.extend(self.backend.download::<f32>(logits.slice(last * v, v))?);
+                out.extend(download_f32(
+                    self.backend.as_ref(),
+                    logits.slice(last * v, v),
+                )?);
             }
         }
         Ok(out)
@@ -311,8 +355,11 @@ impl Gpt2 {
             !arena.plan.recompute,
             "the full logits are not kept with activation recomputation (the loss head goes by row chunks); turn it off with set_recompute(false)"
         );
-        self.backend
-            .download(arena.plan.logits.f32(arena.acts.view()))
+        let dt = self.precision.compute_dtype();
+        download_f32(
+            self.backend.as_ref(),
+            arena.plan.logits.of(arena.acts.view(), dt),
+        )
     }
 
     // ---- named parameters -------------------------------------------------
@@ -335,13 +382,19 @@ impl Gpt2 {
         names
     }
 
-    /// The parameter and gradient views of a named parameter.
+    /// The fp32 parameter and gradient views of a named parameter.
     fn resolve(&self, name: &str) -> Result<(View, View)> {
+        let (slot, offset, len) = self.locate(name)?;
+        Ok((
+            slot.params.view().slice(offset, len),
+            slot.grads.view().slice(offset, len),
+        ))
+    }
+
+    /// The slot holding a named parameter, its offset and length.
+    fn locate(&self, name: &str) -> Result<(&Slot, usize, usize)> {
         if let Some(e) = self.global.get(name) {
-            return Ok((
-                e.view(self.globals.params.view()),
-                e.view(self.globals.grads.view()),
-            ));
+            return Ok((&self.globals, e.offset, e.len));
         }
         let unknown = || format!("unknown parameter name {name:?} (see Gpt2::param_names)");
         let rest = name.strip_prefix("h.").with_context(unknown)?;
@@ -349,8 +402,7 @@ impl Gpt2 {
         let layer: usize = layer.parse().ok().with_context(unknown)?;
         ensure!(layer < self.cfg.n_layer, "{}", unknown());
         let e = self.block.get(field).with_context(unknown)?;
-        let slot = self.slots.slot_of(layer);
-        Ok((e.view(slot.params.view()), e.view(slot.grads.view())))
+        Ok((self.slots.slot_of(layer), e.offset, e.len))
     }
 
     pub fn read_param(&self, name: &str) -> Result<Vec<f32>> {
@@ -369,7 +421,9 @@ impl Gpt2 {
             view.len,
             data.len()
         );
-        self.backend.upload(view, data)
+        self.backend.upload(view, data)?;
+        let (slot, offset, len) = self.locate(name)?;
+        slot.refresh_compute_copy(self.backend.as_ref(), offset, len)
     }
 
     // ---- the forward pass -------------------------------------------------
@@ -474,8 +528,14 @@ impl Gpt2 {
         let arena = self.arena.as_ref().expect("arena planned");
         let plan = &arena.plan;
         let (acts, grads) = (arena.acts.view(), arena.grads.view());
-        let act = |r: Region| r.f32(acts);
-        let grad = |r: Region| r.f32(grads);
+        // Activations and their gradients in the compute dtype; LayerNorm
+        // statistics and losses fp32 (`stat`); regions that contain others
+        // are zeroed whole.
+        let dt = self.precision.compute_dtype();
+        let act = |r: Region| r.of(acts, dt);
+        let stat = |r: Region| r.f32(acts);
+        let grad = |r: Region| r.of(grads, dt);
+        let grad_whole = |r: Region| r.whole(grads, dt);
         let (b, t, c) = (plan.batch, plan.seq, self.cfg.n_embd);
         let n = b * t;
         let shape = AttnShape {
@@ -500,7 +560,7 @@ impl Gpt2 {
         let tok = plan.tokens.u32(acts);
         be.upload(tok, tokens)?;
         let gp = |name: &str| Param {
-            val: self.global.view(self.globals.params.view(), name),
+            val: self.global.view(self.globals.weights(), name),
             grad: Some(self.global.view(self.globals.grads.view(), name)),
         };
         let (wte, wpe) = (gp("wte"), gp("wpe"));
@@ -524,7 +584,7 @@ impl Gpt2 {
         for (layer, la) in plan.layers.iter().enumerate() {
             let slot = self.slots.slot_of(layer);
             let want_grad = self.slots.grad_enabled(layer);
-            let (pv, gv) = (slot.params.view(), slot.grads.view());
+            let (pv, gv) = (slot.weights(), slot.grads.view());
             let p = |name: &str| Param {
                 val: self.block.view(pv, name),
                 grad: want_grad.then(|| self.block.view(gv, name)),
@@ -556,7 +616,7 @@ impl Gpt2 {
                 mlp_proj_bias: pb("mlp.proj.bias"),
                 x,
                 ln1: var(la.ln1, gl.ln1),
-                ln1_stats: (act(la.ln1_mean), act(la.ln1_rstd)),
+                ln1_stats: (stat(la.ln1_mean), stat(la.ln1_rstd)),
                 qkv: var(la.qkv, gl.qkv),
                 att: act(la.att),
                 att_scratch: grad(gl.att_scratch),
@@ -564,12 +624,12 @@ impl Gpt2 {
                 attn_pre: pre(gl.attn_branch),
                 x_mid: resid(la.x_mid),
                 ln2: var(la.ln2, gl.ln2),
-                ln2_stats: (act(la.ln2_mean), act(la.ln2_rstd)),
+                ln2_stats: (stat(la.ln2_mean), stat(la.ln2_rstd)),
                 fc: var(la.fc, gl.fc),
                 gelu: var(la.gelu, gl.gelu),
                 mlp_pre: pre(gl.mlp_branch),
                 x_out: resid(la.x_out),
-                workspace: grad(gl.all),
+                workspace: grad_whole(gl.all),
                 dropout: dropout.map(|(p, seed)| {
                     let site = |k: usize| DropoutSite {
                         p,
@@ -602,7 +662,7 @@ impl Gpt2 {
             grad: grad(plan.g_lnf),
         };
         let lnf_bias = self.ln_bias(self.global.get("ln_f.bias").map(|_| gp("ln_f.bias")));
-        let (mf, rf) = (act(plan.lnf_mean), act(plan.lnf_rstd));
+        let (mf, rf) = (stat(plan.lnf_mean), stat(plan.lnf_rstd));
         autograd::layernorm(be, tape, lnf, mf, rf, x, gp("ln_f.weight"), lnf_bias, n, c)?;
         let vocab = self.cfg.vocab_size;
         if plan.recompute {
@@ -613,7 +673,7 @@ impl Gpt2 {
             }
             // Recorded last, so it runs first; g_lnf already holds the head's
             // gradient.
-            autograd::zero_grad(tape, grad(plan.g_stream));
+            autograd::zero_grad(tape, grad_whole(plan.g_stream));
             return Ok(());
         }
         // The loss writes the logits' gradient over the logits.
@@ -630,7 +690,7 @@ impl Gpt2 {
                 Mode::Train { grad_scale, .. } => (Some(logits.val), grad_scale),
                 Mode::Eval => (None, 1.0),
             };
-            let losses = act(plan.losses);
+            let losses = stat(plan.losses);
             be.run(SoftmaxXent {
                 losses,
                 dlogits,
@@ -644,7 +704,7 @@ impl Gpt2 {
             })?;
         }
         // Recorded last, so it runs first: the global gradients start at zero.
-        autograd::zero_grad(tape, grad(plan.g_globals));
+        autograd::zero_grad(tape, grad_whole(plan.g_globals));
         Ok(())
     }
 
@@ -670,7 +730,8 @@ impl Gpt2 {
             Mode::Train { grad_scale, .. } => Some(grad_scale),
             Mode::Eval => None,
         };
-        let g_lnf = plan.g_lnf.f32(grads);
+        let dt = self.precision.compute_dtype();
+        let g_lnf = plan.g_lnf.of(grads, dt);
         if train_scale.is_some() {
             be.run(Fill {
                 dst: g_lnf,
@@ -681,7 +742,7 @@ impl Gpt2 {
         let mut r0 = 0;
         while r0 < n {
             let rows = plan.head_rows.min(n - r0);
-            let logits = plan.logits.f32(acts).slice(0, rows * vocab);
+            let logits = plan.logits.of(acts, dt).slice(0, rows * vocab);
             let x = lnf.val.slice(r0 * c, rows * c);
             be.run(MatmulFwd {
                 out: logits,
@@ -732,6 +793,18 @@ impl Gpt2 {
             grad: None,
         })
     }
+}
+
+/// The contents of a float view as f32, whatever its float dtype.
+fn download_f32(be: &dyn Backend, v: View) -> Result<Vec<f32>> {
+    Ok(match v.dtype {
+        DType::BF16 => be
+            .download::<half::bf16>(v)?
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        _ => be.download(v)?,
+    })
 }
 
 /// Dropout probability, seed and Philox counter offset of one site.
@@ -864,9 +937,10 @@ impl BlockRun {
             n,
             c,
         )?;
-        autograd::linear(
+        autograd::linear_gelu(
             be,
             tape,
+            self.gelu,
             self.fc,
             self.ln2,
             self.fc_weight,
@@ -875,7 +949,6 @@ impl BlockRun {
             c,
             4 * c,
         )?;
-        autograd::gelu(be, tape, self.gelu, self.fc)?;
         Self::branch(be, tape, self.x_out, self.mlp_pre, mlp_site, |tape, out| {
             autograd::linear(
                 be,

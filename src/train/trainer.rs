@@ -14,6 +14,7 @@ use crate::model::accounting::MemoryReport;
 use crate::model::{activation_bytes, Gpt2};
 use crate::ops::Backend;
 use crate::optim::{AdamW, LrSchedule};
+use crate::precision::Precision;
 use crate::rng::HostRng;
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -73,6 +74,8 @@ impl Trainer {
         // loaded without its dataset.
         let mut cfg = cfg;
         cfg.model.vocab_size = mc.vocab_size;
+        // Likewise the precision the backend defaults to.
+        cfg.precision = Some(cfg.precision_on(backend.name()));
         let table = initial_table(&cfg, &cfg.tying.policy, mc.n_layer)?;
         let model = Gpt2::with_table(backend, mc, cfg.train.seed, table)?;
         let trainer = Self::assemble(cfg, dir, model, data)?;
@@ -101,6 +104,8 @@ impl Trainer {
         let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table.clone())?;
         let mut t = Self::assemble(cfg, dir, model, data)?;
         t.restore(&ckpt, state)?;
+        // The checkpoint wrote the fp32 weights.
+        t.model.refresh_compute_copies()?;
         // Lines logged after the checkpoint belong to a future that is redone.
         metrics::truncate_after_step(&dir.join(run_dir::METRICS), t.step)?;
         metrics::truncate_after_step(&dir.join(run_dir::TIES), t.step)?;
@@ -143,6 +148,7 @@ impl Trainer {
         let t = &cfg.train;
         model.set_recompute(t.recompute);
         let backend = model.backend().clone();
+        model.set_precision(cfg.precision_on(backend.name()))?;
         let opt = AdamW::new(
             backend.as_ref(),
             t.lr,
@@ -218,6 +224,15 @@ impl Trainer {
     pub fn enable_recompute(&mut self) -> Result<()> {
         self.cfg.train.recompute = true;
         self.model.set_recompute(true);
+        run_dir::write_config(&self.dir, &self.cfg)
+    }
+
+    /// Switches the precision for the rest of the run (the checkpoint holds
+    /// fp32 master weights and moments, so nothing is lost either way) and
+    /// records it in config.toml.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.cfg.precision = Some(precision);
+        self.model.set_precision(precision)?;
         run_dir::write_config(&self.dir, &self.cfg)
     }
 
