@@ -369,8 +369,9 @@ pub struct BenchArgs {
     /// --backend emu, at cut-down sizes).
     #[arg(long)]
     pub check: bool,
-    /// The card's dense bf16 peak in TFLOP/s for the fraction column
-    /// (kernels; default H100/H200 SXM: 989; fp32 rows use 67).
+    /// The card's measured bf16 peak in TFLOP/s for the fraction column
+    /// (kernels; default 790, cuBLAS at 8192^3 on an H100/H200; fp32 rows
+    /// use the nominal 67).
     #[arg(long = "peak-tflops")]
     pub peak_tflops: Option<f64>,
 }
@@ -383,6 +384,10 @@ pub struct DoctorArgs {
     /// Check the kernels under the CPU emulator instead of a GPU.
     #[arg(long)]
     pub emu: bool,
+    /// The precision of the training check, on both backends (default
+    /// fp32; the kernels are checked at every dtype either way).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Wait for every kernel as it is launched and name the first that fails,
     /// with its op and shapes (as DYNTIE_SYNC_LAUNCHES=1 does).
     #[arg(long = "sync-launches")]

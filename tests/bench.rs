@@ -236,3 +236,34 @@ fn scripts_parse() {
         assert!(st.success(), "bash -n {s}");
     }
 }
+
+/// `bench kernels` under the emulator: every product of a step of both
+/// configs, in both dtypes, checked against the CPU at cut-down sizes; on
+/// the CPU backend, which has no kernels, a clear error.
+#[test]
+fn bench_kernels_checks_every_product_under_the_emulator() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(["bench", "kernels", "--backend", "emu"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 2 models x 15 linear products x 2 dtypes, each compared.
+    assert_eq!(text.matches(" pass (").count(), 60, "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("attention ")).count(), 8);
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(["bench", "kernels", "--backend", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bench kernels times the CUDA kernels"),
+        "{err}"
+    );
+}

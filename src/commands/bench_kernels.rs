@@ -8,12 +8,14 @@
 //! between them, timed as one op). Each row says its FLOPs and the bytes the
 //! product must move at least (operands read once, the result written
 //! once). On a GPU it also times the op and gives TFLOP/s and the fraction
-//! of the card's dense peak (bf16: `--peak-tflops`, default that of an
-//! H100/H200 SXM, 989; fp32 on the SIMT cores: 67). With `--check` (always under
-//! the emulator, which is about 1000x slower than a GPU, so there every
-//! dimension is cut to at most 192 plus its remainder mod 32, keeping the
-//! shapes off the tile multiples) each product is compared with the CPU
-//! backend at the same dtype.
+//! of the card's peak (bf16: `--peak-tflops`, default 790, what cuBLAS
+//! reaches on an 8192^3 product on the H100/H200 of GPU-CHECK.md; fp32 on
+//! the SIMT cores: the nominal 67). With `--check` (always
+//! under the emulator, which is about 1000x slower than a GPU, so there
+//! every dimension is cut, see [`cut`]) each linear product is compared
+//! with the CPU backend at the same dtype, to the conformance harness's
+//! derived tolerances. Attention is timed only: its correctness is the
+//! conformance suite's (element-wise bounds on its chain of bf16 roundings).
 
 use super::select_backend;
 use crate::cli::BenchArgs;
@@ -110,10 +112,11 @@ fn step_products(model: &str, cfg: &ModelConfig, batch: usize) -> Vec<Product> {
     out
 }
 
-/// Cuts a dimension for the emulator: at most 192 plus its remainder mod 32.
+/// Cuts a dimension for the emulator to `128 + x mod 97` (at most 224):
+/// distinct dimensions mostly stay distinct, and off the tile multiples.
 fn cut(x: usize) -> usize {
-    if x > 192 {
-        192 + x % 32
+    if x > 224 {
+        128 + x % 97
     } else {
         x
     }
@@ -248,14 +251,8 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
             Placed {
                 op,
                 out,
-                // A chain of bf16 roundings (scores, probabilities, products):
-                // checked loosely here; the registry's attention cases bound
-                // it element by element.
-                tol: if dtype == DType::BF16 {
-                    0.05
-                } else {
-                    tol(b) * 4.0
-                },
+                // Not compared (see the module docs).
+                tol: f64::NAN,
                 _keep: vec![qkv, probs, dout, scratch],
             }
         }
@@ -307,7 +304,7 @@ pub fn kernels(args: &BenchArgs) -> Result<()> {
         products.extend(step_products(name, &mc, rc.train.batch));
     }
     let peak = |dt: DType| match dt {
-        DType::BF16 => args.peak_tflops.unwrap_or(989.0),
+        DType::BF16 => args.peak_tflops.unwrap_or(790.0),
         _ => 67.0,
     };
     let reference = CpuBackend::new();
@@ -352,14 +349,14 @@ pub fn kernels(args: &BenchArgs) -> Result<()> {
                 );
             }
             let mut verdict = String::new();
-            if check {
+            let linear = p.dims[3] == 0;
+            if check && !linear {
+                verdict = "- (see the attention conformance cases)".into();
+            }
+            if check && linear {
                 let mut small = p.clone();
                 if emulated {
                     small.dims = small.dims.map(cut);
-                    if small.kind == Kind::AttnFwd || small.kind == Kind::AttnBwd {
-                        // Keep whole heads: channels a multiple of heads.
-                        small.dims = [1, cut(p.dims[1]).min(67), 2 * p.dims[2] / p.dims[3], 2];
-                    }
                 }
                 let cand = place(be, &small, dtype, 7)?;
                 be.run(cand.op)?;
@@ -386,7 +383,12 @@ pub fn kernels(args: &BenchArgs) -> Result<()> {
             }
             println!(
                 "{:<10} {:<18} {:<5} {:>24} {:>10.2} {:>10.1} {timing} {verdict}",
-                p.model, p.name, dtype, shape, gflop, mb
+                p.model,
+                p.name,
+                dtype.name(),
+                shape,
+                gflop,
+                mb
             );
         }
     }
@@ -421,7 +423,7 @@ mod tests {
             .sum();
         let params = 12.0 * 768.0 * 768.0 + 768.0 * 50257.0;
         assert!((linear - 6.0 * 8192.0 * params).abs() < 1.0);
-        assert_eq!(cut(50257), 192 + 50257 % 32);
+        assert_eq!(cut(50257), 128 + 50257 % 97);
         assert_eq!(cut(100), 100);
     }
 }
