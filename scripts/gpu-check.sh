@@ -103,18 +103,24 @@ PY
 } >"$OUT/train-compare.txt" 2>&1
 record "training $BACKEND vs cpu" $?
 
-# 3. Throughput and memory, conventional and all-tied, and PyTorch alongside.
+# 3. Throughput and memory, conventional and all-tied, and PyTorch alongside:
+# in fp32, like the PyTorch baseline and the MFU's fp32 peak; then the
+# conventional model once more in bf16 (mixed precision).
 echo "== bench throughput" >&2
 : >"$OUT/bench-throughput.txt"
-for tying in none all; do
+for run in "none fp32" "all fp32" "none bf16"; do
+    read -r tying precision <<<"$run"
+    name=$tying
+    [[ $precision == bf16 ]] && name=${tying}_bf16
     timeout "$T_BENCH" "$BIN" bench throughput "${BENCH[@]}" --backend "$BACKEND" --tying "$tying" \
-        --steps "$BENCH_STEPS" --warmup 1 --json >"$work/throughput_$tying.json" 2>>"$OUT/bench-throughput.txt"
+        --precision "$precision" --steps "$BENCH_STEPS" --warmup 1 --json \
+        >"$work/throughput_$name.json" 2>>"$OUT/bench-throughput.txt"
     rc=$?
-    record "bench throughput --tying $tying" $rc
-    [[ $rc -eq 0 ]] && "$PYTHON" - "$work/throughput_$tying.json" >>"$OUT/bench-throughput.txt" <<'PY'
+    record "bench throughput --tying $tying --precision $precision" $rc
+    [[ $rc -eq 0 ]] && "$PYTHON" - "$work/throughput_$name.json" "$precision" >>"$OUT/bench-throughput.txt" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"### tying {r['tying']}: {r['backend_description']}")
+print(f"### tying {r['tying']}, {sys.argv[2]}: {r['backend_description']}")
 print(json.dumps({k: v for k, v in r.items() if k not in ("ops", "counted")}))
 for o in r["ops"]:
     print(f"  {o['op']:<16} {o['calls_per_step']:>6.0f} calls {o['ms_per_step']:>9.2f} ms/step {100 * o['share']:5.1f}%")
@@ -134,7 +140,7 @@ if [[ $BACKEND == cuda ]]; then
         echo "### --tying $tying"
         COMPARE_JSON="$work/compare_$tying.json" ROUNDS=$ROUNDS STEPS=$BENCH_STEPS WARMUP=1 \
             DYNTIE_BIN=$BIN PYTHON=$PYTHON timeout $((T_COMPARE / 2)) scripts/compare.sh \
-            "${BENCH[@]}" --backend cuda --tying "$tying" 2>&1
+            "${BENCH[@]}" --backend cuda --precision fp32 --tying "$tying" 2>&1
         record "compare.sh --tying $tying" $?
     done >"$OUT/compare.txt"
 fi
@@ -165,11 +171,11 @@ mib = 2**20
 def have(p):
     return os.path.exists(p) and os.path.getsize(p) > 0
 
-for tying in ("none", "all"):
+for tying in ("none", "all", "none_bf16"):
     p = f"{work}/throughput_{tying}.json"
     if have(p):
         r = json.load(open(p))
-        mfu = f", MFU {100 * r['mfu']:.1f}% of fp32 peak" if r.get("mfu") is not None else ""
+        mfu = f", MFU {100 * r['mfu']:.1f}% of fp32 peak" if r.get("mfu") is not None and not tying.endswith("bf16") else ""
         print(f"throughput --tying {tying}: {r['tokens_per_s']:.0f} tokens/s, {r['ms_per_step_median']:.1f} ms/step"
               f"{mfu}; peak {r['measured']['peak_bytes'] / mib:.1f} MiB (counted {r['counted']['total_bytes'] / mib:.1f})")
     p = f"{work}/compare_{tying}.json"
