@@ -9,7 +9,7 @@ use dyntie::cuda::emu::EmuDevice;
 use dyntie::cuda::KernelBackend;
 use dyntie::metrics::read_jsonl;
 use dyntie::model::{Gpt2, ModelConfig};
-use dyntie::ops::Backend;
+use dyntie::ops::{Backend, BackendExt};
 use dyntie::optim::AdamW;
 use dyntie::precision::Precision;
 use dyntie::rng::HostRng;
@@ -88,6 +88,58 @@ fn bf16_steps_on_the_emulator_match_the_cpu_bf16_reference() {
     }
     // bf16 is really in use: its losses are not fp32's.
     assert_ne!(reference, fp32, "bf16 and fp32 gave the same losses");
+}
+
+/// Every compute copy (the globals' and each live slot's) holds exactly its
+/// fp32 weights rounded to bf16.
+fn assert_copies_are_rounded_weights(model: &Gpt2, when: &str) {
+    let be = model.backend();
+    let slots = std::iter::once(model.globals()).chain(model.slots().live_slots().map(|(_, s)| s));
+    for (k, slot) in slots.enumerate() {
+        let copy = slot.compute.as_ref().expect("bf16 gives every slot a copy");
+        let weights: Vec<f32> = be.download(slot.params.view()).unwrap();
+        let got: Vec<half::bf16> = be.download(copy.view()).unwrap();
+        let want: Vec<half::bf16> = weights.iter().map(|&w| half::bf16::from_f32(w)).collect();
+        assert!(
+            got == want,
+            "{when}: slot {k}'s compute copy is not its rounded weights"
+        );
+    }
+}
+
+/// The compute copies follow the fp32 weights through everything that
+/// writes them: switching to bf16, AdamW steps, an untie (a new slot),
+/// writing a parameter by name (as loading does), and on both backends.
+#[test]
+fn compute_copies_follow_the_fp32_weights() {
+    for backend in [cpu(), emu()] {
+        let cfg = ModelConfig {
+            n_layer: 3,
+            n_embd: 16,
+            n_head: 2,
+            n_ctx: 8,
+            vocab_size: 19,
+            dropout: 0.0,
+            bias: true,
+        };
+        let mut model = Gpt2::new(backend.clone(), cfg, 3).unwrap();
+        model.tie(2, 1).unwrap();
+        model.set_precision(Precision::Bf16).unwrap();
+        assert_copies_are_rounded_weights(&model, "after set_precision");
+        let mut opt = AdamW::new(backend.as_ref(), 1e-2, 0.9, 0.95, 1e-8, 0.1).unwrap();
+        let ids: Vec<u32> = (0..16).map(|i| (i * 7 % 19) as u32).collect();
+        model.zero_grads().unwrap();
+        model.forward_backward(&ids, &ids, 2, 8, 1, 1.0).unwrap();
+        opt.clip_and_update(&model, None).unwrap();
+        assert_copies_are_rounded_weights(&model, "after an AdamW step");
+        model.untie(2).unwrap();
+        assert_copies_are_rounded_weights(&model, "after an untie");
+        let w = vec![0.123f32; 16];
+        model.write_param("h.2.ln1.weight", &w).unwrap();
+        assert_copies_are_rounded_weights(&model, "after write_param");
+        model.set_precision(Precision::Fp32).unwrap();
+        assert!(model.globals().compute.is_none());
+    }
 }
 
 fn run_config(steps: usize) -> RunConfig {
