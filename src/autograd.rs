@@ -14,7 +14,7 @@ use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
 use crate::ops::elementwise::Fill;
 use crate::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
-use crate::ops::matmul::{MatmulBwd, MatmulFwd};
+use crate::ops::matmul::{MatmulBwd, MatmulFwd, MatmulGeluFwd};
 use crate::ops::{Backend, BackendExt};
 use anyhow::Result;
 
@@ -208,6 +208,53 @@ pub fn linear(
             dweight: weight.grad,
             dbias: bias.and_then(|b| b.grad),
             dout: out.grad,
+            inp: inp.val,
+            weight: weight.val,
+            rows,
+            in_ch,
+            out_ch,
+        })
+    });
+    Ok(())
+}
+
+/// `pre = inp @ weight^T + bias`, `out = gelu(pre)` in one op (the MLP's
+/// first layer: in bf16 one GEMM whose epilogue applies the GELU to the
+/// fp32 accumulator); the backward is GELU's, then the linear layer's.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_gelu(
+    be: &dyn Backend,
+    tape: &mut Tape,
+    out: Var,
+    pre: Var,
+    inp: Var,
+    weight: Param,
+    bias: Option<Param>,
+    rows: usize,
+    in_ch: usize,
+    out_ch: usize,
+) -> Result<()> {
+    be.run(MatmulGeluFwd {
+        out: out.val,
+        pre: pre.val,
+        inp: inp.val,
+        weight: weight.val,
+        bias: bias.map(|b| b.val),
+        rows,
+        in_ch,
+        out_ch,
+    })?;
+    tape.record(move |be| {
+        be.run(GeluBwd {
+            dinp: pre.grad,
+            inp: pre.val,
+            dout: out.grad,
+        })?;
+        be.run(MatmulBwd {
+            dinp: Some(inp.grad),
+            dweight: weight.grad,
+            dbias: bias.and_then(|b| b.grad),
+            dout: pre.grad,
             inp: inp.val,
             weight: weight.val,
             rows,

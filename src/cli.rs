@@ -4,6 +4,7 @@
 use crate::config::{AgentInput, BackendKind, Preset, RunConfig, Schedule};
 use crate::data::{Corpus, Split, TokenizerKind};
 use crate::model::Arch;
+use crate::precision::Precision;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{InitTies, TieGrad};
 use anyhow::Result;
@@ -83,6 +84,11 @@ pub struct ModelFlags {
     /// Compute backend (default auto).
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
+    /// Numeric precision: fp32, or bf16 mixed precision (fp32 master
+    /// weights, moments, gradients and reductions; bf16 activations and
+    /// matmul inputs). Default: bf16 on cuda, fp32 on cpu and emu.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Random seed for initialization, data order, dropout and the agent.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -112,6 +118,9 @@ impl ModelFlags {
         set(&mut cfg.train.seed, self.seed);
         set(&mut cfg.tying.policy, self.tying.clone());
         set(&mut cfg.backend, self.backend);
+        if self.precision.is_some() {
+            cfg.precision = self.precision;
+        }
         if self.recompute {
             cfg.train.recompute = true;
         }
@@ -191,8 +200,8 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The flags given that would change a run's configuration, which a
     /// resume takes from the run's config.toml instead (only --steps, --lr,
-    /// --backend, --recompute and the place of the same dataset, --data,
-    /// may change on resume).
+    /// --backend, --precision, --recompute and the place of the same
+    /// dataset, --data, may change on resume).
     pub fn fixed_on_resume(&self) -> Vec<&'static str> {
         let m = &self.model;
         [
@@ -361,6 +370,9 @@ pub enum BenchWhat {
     Throughput,
     /// How to compare with the PyTorch baseline (scripts/compare.sh).
     Compare,
+    /// Every matrix product of a step (GPT-2 124M and the paper config) in
+    /// fp32 and bf16: FLOPs, bytes and, on a GPU, time and TFLOP/s.
+    Kernels,
 }
 crate::choice_text!(BenchWhat, "benchmark");
 
@@ -389,6 +401,15 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Compare every product with the CPU backend (kernels; always under
+    /// --backend emu, at cut-down sizes).
+    #[arg(long)]
+    pub check: bool,
+    /// The card's measured bf16 peak in TFLOP/s for the fraction column
+    /// (kernels; default 790, cuBLAS at 8192^3 on an H100/H200; fp32 rows
+    /// use the nominal 67).
+    #[arg(long = "peak-tflops")]
+    pub peak_tflops: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -399,6 +420,10 @@ pub struct DoctorArgs {
     /// Check the kernels under the CPU emulator instead of a GPU.
     #[arg(long)]
     pub emu: bool,
+    /// The precision of the training check, on both backends (default
+    /// fp32; the kernels are checked at every dtype either way).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Wait for every kernel as it is launched and name the first that fails,
     /// with its op and shapes (as DYNTIE_SYNC_LAUNCHES=1 does).
     #[arg(long = "sync-launches")]
@@ -467,7 +492,8 @@ mod tests {
                 "onnx",
                 "hf",
             ),
-            (&["bench"], "kernels", "memory, throughput, compare"),
+            (&["bench"], "kernel", "memory, throughput, compare, kernels"),
+            (&["train", "--precision"], "fp16", "fp32, bf16"),
         ] {
             let mut argv = vec!["dyntie"];
             argv.extend_from_slice(args);

@@ -4,6 +4,7 @@
 
 use crate::data::TokenizerKind;
 use crate::model::{Arch, ModelConfig};
+use crate::precision::Precision;
 use crate::tying::agent::StateEncoding;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{InitTies, TieGrad, TieOptions};
@@ -205,6 +206,12 @@ impl DataSettings {
 pub struct RunConfig {
     pub preset: Preset,
     pub backend: BackendKind,
+    /// `--precision`. `None` until a run starts, which takes its backend's
+    /// default ([`Precision::default_for`]) and writes it into config.toml;
+    /// a run's config.toml without it predates mixed precision and is fp32
+    /// (see [`RunConfig::load`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     pub model: ModelConfig,
     pub train: TrainSettings,
     pub tying: TyingSettings,
@@ -232,6 +239,7 @@ impl RunConfig {
         let mut cfg = RunConfig {
             preset,
             backend: BackendKind::Auto,
+            precision: None,
             model: model(6, 128, 4, 64),
             train: TrainSettings {
                 batch: 16,
@@ -351,9 +359,19 @@ impl RunConfig {
             .with_context(|| format!("{} is not a valid dyntie config", path.display()))
     }
 
-    /// Parses the text of a resolved `config.toml` (not validated).
+    /// The precision a run on `backend` (`Backend::name`) uses: the one
+    /// asked for, else the backend's default.
+    pub fn precision_on(&self, backend: &str) -> Precision {
+        self.precision
+            .unwrap_or_else(|| Precision::default_for(backend))
+    }
+
+    /// Parses the text of a resolved `config.toml` (not validated). One
+    /// without `precision` was written before mixed precision: fp32.
     pub fn from_toml_str(text: &str) -> Result<RunConfig> {
-        toml::from_str(text).map_err(|e| toml_error(&e, text))
+        let mut cfg: RunConfig = toml::from_str(text).map_err(|e| toml_error(&e, text))?;
+        cfg.precision.get_or_insert(Precision::Fp32);
+        Ok(cfg)
     }
 
     pub fn to_toml(&self) -> String {
@@ -626,6 +644,34 @@ synthetic_tokens = 50000
         for line in FIRST_RELEASE_CONFIG.lines().filter(|l| !l.is_empty()) {
             assert!(again.contains(line), "'{line}' not in:\n{again}");
         }
+    }
+
+    #[test]
+    fn a_run_without_a_precision_is_fp32_and_new_runs_take_the_backends_default() {
+        let dir = std::env::temp_dir().join(format!("dyntie-precision-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, FIRST_RELEASE_CONFIG).unwrap();
+        let old = RunConfig::load(&path).unwrap();
+        assert_eq!(old.precision, Some(Precision::Fp32));
+        assert_eq!(old.precision_on("cuda"), Precision::Fp32);
+        let mut cfg = RunConfig::for_preset(Preset::Small);
+        assert_eq!(cfg.precision_on("cuda"), Precision::Bf16);
+        assert_eq!(cfg.precision_on("cpu"), Precision::Fp32);
+        assert_eq!(cfg.precision_on("emu"), Precision::Fp32);
+        cfg.merge_toml_str("precision = \"bf16\"\n").unwrap();
+        assert_eq!(cfg.precision_on("cpu"), Precision::Bf16);
+        std::fs::write(&path, cfg.to_toml()).unwrap();
+        assert_eq!(
+            RunConfig::load(&path).unwrap().precision,
+            Some(Precision::Bf16)
+        );
+        let err = cfg.merge_toml_str("precision = \"fp16\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown precision 'fp16': use fp32 or bf16"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! many layers share it, applying weight decay per tensor as the layouts say
 //! (matrices and embeddings decay; biases and LayerNorm weights do not).
 
-use crate::mem::{Buffer, DType, View};
+use crate::mem::{Buffer, DType};
 use crate::model::{Model, ParamEntry};
 use crate::ops::elementwise::Fill;
 use crate::ops::optimizer::{AdamWStep, Adamw, SumSquares};
 use crate::ops::{Backend, BackendExt};
+use crate::tying::slots::Slot;
 use anyhow::Result;
 
 /// AdamW hyper-parameters and the step counter.
@@ -86,26 +87,14 @@ impl AdamW {
     pub fn update(&mut self, model: &Model, grad_scale: f32) -> Result<()> {
         self.step += 1;
         let be = model.backend().as_ref();
-        let g = model.globals();
-        self.update_buffer(
+        self.update_slot(
             be,
             model.global_layout().entries(),
-            [
-                g.params.view(),
-                g.grads.view(),
-                g.adam_m.view(),
-                g.adam_v.view(),
-            ],
+            model.globals(),
             grad_scale,
         )?;
         for (_, s) in model.slots().trainable_slots() {
-            let views = [
-                s.params.view(),
-                s.grads.view(),
-                s.adam_m.view(),
-                s.adam_v.view(),
-            ];
-            self.update_buffer(be, model.block_layout().entries(), views, grad_scale)?;
+            self.update_slot(be, model.block_layout().entries(), s, grad_scale)?;
         }
         Ok(())
     }
@@ -119,12 +108,13 @@ impl AdamW {
         Ok(norm)
     }
 
-    /// Updates the tensors of one buffer, each with its own weight decay.
-    fn update_buffer(
+    /// Updates the tensors of one slot, each with its own weight decay; in
+    /// mixed precision the same pass rewrites the slot's compute copy.
+    fn update_slot(
         &self,
         be: &dyn Backend,
         entries: &[ParamEntry],
-        [p, g, m, v]: [View; 4],
+        slot: &Slot,
         grad_scale: f32,
     ) -> Result<()> {
         for e in entries {
@@ -138,11 +128,11 @@ impl AdamW {
                 grad_scale,
             };
             be.run(Adamw {
-                params: e.view(p),
-                grads: e.view(g),
-                m: e.view(m),
-                v: e.view(v),
-                copy: None,
+                params: e.view(slot.params.view()),
+                grads: e.view(slot.grads.view()),
+                m: e.view(slot.adam_m.view()),
+                v: e.view(slot.adam_v.view()),
+                copy: slot.compute.as_ref().map(|c| e.view(c.view())),
                 hp,
             })?;
         }

@@ -96,14 +96,17 @@ fn profiled_backend_counts_every_op_of_a_step() {
             .map_or(0, |(_, s)| s.calls)
     };
     let l = c.n_layer as u64;
-    // Per block: qkv, attn.proj, mlp.fc, mlp.proj; plus the output head.
-    assert_eq!(calls("matmul_fwd"), 4 * l + 1);
+    // Per block: qkv, attn.proj, mlp.proj; plus the output head. mlp.fc is
+    // one matmul_gelu_fwd (GELU fused), with its backward a gelu_bwd and a
+    // matmul_bwd.
+    assert_eq!(calls("matmul_fwd"), 3 * l + 1);
+    assert_eq!(calls("matmul_gelu_fwd"), l);
     assert_eq!(calls("matmul_bwd"), 4 * l + 1);
     assert_eq!(calls("attention_fwd"), l);
     assert_eq!(calls("attention_bwd"), l);
     assert_eq!(calls("layernorm_fwd"), 2 * l + 1);
     assert_eq!(calls("layernorm_bwd"), 2 * l + 1);
-    assert_eq!(calls("gelu_fwd"), l);
+    assert_eq!(calls("gelu_fwd"), 0);
     assert_eq!(calls("gelu_bwd"), l);
     // Embeddings and both residual branches of every block.
     assert_eq!(calls("dropout_fwd"), 2 * l + 1);
@@ -116,7 +119,10 @@ fn profiled_backend_counts_every_op_of_a_step() {
     assert_eq!(calls("sum_squares"), l + 1);
     // The per-shape matmul rows split the same calls.
     let shape_calls: u64 = profiled.matmul_report().iter().map(|(_, s)| s.calls).sum();
-    assert_eq!(shape_calls, calls("matmul_fwd") + calls("matmul_bwd"));
+    assert_eq!(
+        shape_calls,
+        calls("matmul_fwd") + calls("matmul_gelu_fwd") + calls("matmul_bwd")
+    );
     assert!(profiled
         .matmul_report()
         .iter()
@@ -254,4 +260,35 @@ fn scripts_parse() {
         let st = Command::new("bash").arg("-n").arg(&path).status().unwrap();
         assert!(st.success(), "bash -n {s}");
     }
+}
+
+/// `bench kernels` under the emulator: every product of a step of both
+/// configs, in both dtypes, checked against the CPU at cut-down sizes; on
+/// the CPU backend, which has no kernels, a clear error.
+#[test]
+fn bench_kernels_checks_every_product_under_the_emulator() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(["bench", "kernels", "--backend", "emu"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 2 models x 15 linear products x 2 dtypes, each compared.
+    assert_eq!(text.matches(" pass (").count(), 60, "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("attention ")).count(), 8);
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(["bench", "kernels", "--backend", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bench kernels times the CUDA kernels"),
+        "{err}"
+    );
 }

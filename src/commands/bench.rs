@@ -25,6 +25,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Memory => memory(args),
         BenchWhat::Throughput => throughput(args),
+        BenchWhat::Kernels => super::bench_kernels::kernels(args),
         BenchWhat::Compare => {
             println!(
                 "dyntie bench compare is a script: it runs this binary and the PyTorch baseline \
@@ -232,6 +233,7 @@ impl StepRunner {
         let mut model = Model::with_table(backend, mc.clone(), t.seed, table)?;
         model.set_recompute(t.recompute);
         let be = model.backend().clone();
+        model.set_precision(cfg.precision_on(be.name()))?;
         let opt = AdamW::new(be.as_ref(), t.lr, t.beta1, t.beta2, t.eps, t.weight_decay)?;
         let (batch, seq) = (t.batch, mc.n_ctx);
         let mut rng = HostRng::new(data_seed);

@@ -3,6 +3,7 @@
 //! opening a trained run.
 
 pub mod bench;
+pub mod bench_kernels;
 pub mod doctor;
 pub mod eval;
 pub mod export;

@@ -241,8 +241,27 @@ impl BlockRun {
     fn mlp_branch(&self, be: &dyn Backend, tape: &mut Tape, inp: Var, out: Var) -> Result<()> {
         let (n, c) = (self.rows(), self.shape.channels);
         let p = &self.params;
-        p.fc.apply(be, tape, self.fc, inp, n, c, 4 * c)?;
-        autograd::gelu(be, tape, self.activation, self.gelu, self.fc)?;
+        match self.activation {
+            // GPT-2's tanh GELU is fused into the matmul's epilogue (in bf16
+            // one GEMM writes both the pre-activation and the GELU).
+            Gelu::Tanh => autograd::linear_gelu(
+                be,
+                tape,
+                self.gelu,
+                self.fc,
+                inp,
+                p.fc.weight,
+                p.fc.bias,
+                n,
+                c,
+                4 * c,
+            )?,
+            // The GEMM has no erf epilogue: BERT's exact GELU is its own op.
+            Gelu::Erf => {
+                p.fc.apply(be, tape, self.fc, inp, n, c, 4 * c)?;
+                autograd::gelu(be, tape, self.activation, self.gelu, self.fc)?;
+            }
+        }
         let site = self.dropout.map(|d| d.1);
         branch(be, tape, out, self.mlp_pre, site, |tape, out| {
             p.mlp_proj.apply(be, tape, out, self.gelu, n, 4 * c, c)

@@ -29,6 +29,7 @@ use crate::mem::{Buffer, DType, View};
 use crate::ops::attention::AttnShape;
 use crate::ops::elementwise::Fill;
 use crate::ops::{Backend, BackendExt};
+use crate::precision::Precision;
 use crate::rng::HostRng;
 use crate::tying::slots::{Slot, SlotStore};
 use crate::tying::table::{TieEffect, TieOptions, TieTable};
@@ -60,6 +61,9 @@ pub struct Model {
     arena: Option<Arena>,
     /// Recompute each block's activations in backward (see `plan.rs`).
     recompute: bool,
+    /// fp32, or bf16 activations and compute copies of the weights (see
+    /// `crate::precision`).
+    precision: Precision,
     tape: Tape,
 }
 
@@ -112,6 +116,7 @@ impl Model {
             zero_bias,
             arena: None,
             recompute: false,
+            precision: Precision::Fp32,
             tape: Tape::new(),
         };
         model.init(seed)?;
@@ -133,6 +138,41 @@ impl Model {
 
     pub fn recompute(&self) -> bool {
         self.recompute
+    }
+
+    /// Switches the numeric precision (the model starts in fp32): in bf16
+    /// every live slot and the globals get a bf16 compute copy of their
+    /// fp32 weights, rounded from them now, and activations become bf16.
+    /// The fp32 weights, moments and gradients are untouched, so a model can
+    /// switch back and forth.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let be = self.backend.as_ref();
+        let copy = precision
+            .has_compute_copy()
+            .then(|| precision.compute_dtype());
+        self.globals.set_compute_copy(be, copy)?;
+        self.slots.set_compute_copies(be, copy)?;
+        if !self.cfg.bias {
+            self.zero_bias = Some(be.alloc(precision.compute_dtype(), self.cfg.n_embd)?);
+        }
+        self.precision = precision;
+        self.arena = None;
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Rounds the fp32 weights of the globals and of every live slot into
+    /// their compute copies (after writing the weights other than through
+    /// the optimizer, e.g. loading a checkpoint). Nothing to do in fp32.
+    pub fn refresh_compute_copies(&self) -> Result<()> {
+        let be = self.backend.as_ref();
+        for slot in std::iter::once(&self.globals).chain(self.slots.live_slots().map(|(_, s)| s)) {
+            slot.refresh_compute_copy(be, 0, slot.len())?;
+        }
+        Ok(())
     }
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -210,7 +250,7 @@ impl Model {
                     .upload(self.slots.slot_of(layer).params.view(), &host)?;
             }
         }
-        Ok(())
+        self.refresh_compute_copies()
     }
 
     /// Zeroes the gradients of the globals and of every live slot.
@@ -280,7 +320,8 @@ impl Model {
         let batch = tokens.len() / seq;
         self.forward(tokens, None, batch, seq, Mode::Eval)?;
         let arena = self.arena.as_ref().expect("forward planned the arena");
-        let logits = arena.plan.logits.f32(arena.acts.view());
+        let dt = self.precision.compute_dtype();
+        let logits = arena.plan.logits.of(arena.acts.view(), dt);
         let v = self.cfg.vocab_size;
         let mut out = Vec::with_capacity(batch * v);
         for b in 0..batch {
@@ -289,13 +330,16 @@ impl Model {
                 // The chunked head computed nothing without targets: the
                 // last row's logits alone, into the chunk buffer.
                 let c = self.cfg.n_embd;
-                let x = arena.plan.lnf.f32(arena.acts.view()).slice(last * c, c);
+                let x = arena.plan.lnf.of(arena.acts.view(), dt).slice(last * c, c);
                 let row = Var { val: x, grad: x };
                 self.head(row, 1)
                     .decode(self.backend.as_ref(), logits.slice(0, v))?;
-                out.extend(self.backend.download::<f32>(logits.slice(0, v))?);
+                out.extend(download_f32(self.backend.as_ref(), logits.slice(0, v))?);
             } else {
-                out.extend(self.backend.download::<f32>(logits.slice(last * v, v))?);
+                out.extend(download_f32(
+                    self.backend.as_ref(),
+                    logits.slice(last * v, v),
+                )?);
             }
         }
         Ok(out)
@@ -309,8 +353,11 @@ impl Model {
             !arena.plan.recompute,
             "the full logits are not kept with activation recomputation (the loss head goes by row chunks); turn it off with set_recompute(false)"
         );
-        self.backend
-            .download(arena.plan.logits.f32(arena.acts.view()))
+        let dt = self.precision.compute_dtype();
+        download_f32(
+            self.backend.as_ref(),
+            arena.plan.logits.of(arena.acts.view(), dt),
+        )
     }
 
     // ---- named parameters -------------------------------------------------
@@ -333,13 +380,19 @@ impl Model {
         names
     }
 
-    /// The parameter and gradient views of a named parameter.
+    /// The fp32 parameter and gradient views of a named parameter.
     fn resolve(&self, name: &str) -> Result<(View, View)> {
+        let (slot, offset, len) = self.locate(name)?;
+        Ok((
+            slot.params.view().slice(offset, len),
+            slot.grads.view().slice(offset, len),
+        ))
+    }
+
+    /// The slot holding a named parameter, its offset and length.
+    fn locate(&self, name: &str) -> Result<(&Slot, usize, usize)> {
         if let Some(e) = self.global.get(name) {
-            return Ok((
-                e.view(self.globals.params.view()),
-                e.view(self.globals.grads.view()),
-            ));
+            return Ok((&self.globals, e.offset, e.len));
         }
         let unknown = || format!("unknown parameter name {name:?} (see Model::param_names)");
         let rest = name.strip_prefix("h.").with_context(unknown)?;
@@ -347,8 +400,7 @@ impl Model {
         let layer: usize = layer.parse().ok().with_context(unknown)?;
         ensure!(layer < self.cfg.n_layer, "{}", unknown());
         let e = self.block.get(field).with_context(unknown)?;
-        let slot = self.slots.slot_of(layer);
-        Ok((e.view(slot.params.view()), e.view(slot.grads.view())))
+        Ok((self.slots.slot_of(layer), e.offset, e.len))
     }
 
     pub fn read_param(&self, name: &str) -> Result<Vec<f32>> {
@@ -367,7 +419,9 @@ impl Model {
             view.len,
             data.len()
         );
-        self.backend.upload(view, data)
+        self.backend.upload(view, data)?;
+        let (slot, offset, len) = self.locate(name)?;
+        slot.refresh_compute_copy(self.backend.as_ref(), offset, len)
     }
 
     // ---- the forward pass -------------------------------------------------
@@ -472,8 +526,14 @@ impl Model {
         let arena = self.arena.as_ref().expect("arena planned");
         let plan = &arena.plan;
         let (acts, grads) = (arena.acts.view(), arena.grads.view());
-        let act = |r: Region| r.f32(acts);
-        let grad = |r: Region| r.f32(grads);
+        // Activations and their gradients in the compute dtype; LayerNorm
+        // statistics and losses fp32 (`stat`); regions that contain others
+        // are zeroed whole.
+        let dt = self.precision.compute_dtype();
+        let act = |r: Region| r.of(acts, dt);
+        let stat = |r: Region| r.f32(acts);
+        let grad = |r: Region| r.of(grads, dt);
+        let grad_whole = |r: Region| r.whole(grads, dt);
         let (b, t, c) = (plan.batch, plan.seq, self.cfg.n_embd);
         let n = b * t;
         let shape = AttnShape {
@@ -529,8 +589,8 @@ impl Model {
                 };
                 autograd::embedding(be, tape, sum, tok, wte, wpe, Some(type0), b, t, c)?;
                 let stats = (
-                    act(plan.emb_mean.expect(planned)),
-                    act(plan.emb_rstd.expect(planned)),
+                    stat(plan.emb_mean.expect(planned)),
+                    stat(plan.emb_rstd.expect(planned)),
                 );
                 self.global_norm("ln_emb")
                     .apply(be, tape, emb, stats, sum, n, c)?;
@@ -562,7 +622,7 @@ impl Model {
                 params: self.block_params(layer),
                 x,
                 ln1,
-                ln1_stats: (act(la.ln1_mean), act(la.ln1_rstd)),
+                ln1_stats: (stat(la.ln1_mean), stat(la.ln1_rstd)),
                 qkv: var(la.qkv, gl.qkv),
                 att: act(la.att),
                 att_scratch: grad(gl.att_scratch),
@@ -570,12 +630,12 @@ impl Model {
                 attn_pre: pre(gl.attn_branch),
                 x_mid,
                 ln2: var(la.ln2, gl.ln2),
-                ln2_stats: (act(la.ln2_mean), act(la.ln2_rstd)),
+                ln2_stats: (stat(la.ln2_mean), stat(la.ln2_rstd)),
                 fc: var(la.fc, gl.fc),
                 gelu: var(la.gelu, gl.gelu),
                 mlp_pre: pre(gl.mlp_branch),
                 x_out: resid(la.x_out),
-                workspace: grad(gl.all),
+                workspace: grad_whole(gl.all),
                 dropout: dropout.map(|(p, seed)| {
                     let site = |k: usize| DropoutSite {
                         p,
@@ -611,7 +671,7 @@ impl Model {
             val: act(plan.lnf),
             grad: grad(plan.g_lnf),
         };
-        let lnf_stats = (act(plan.lnf_mean), act(plan.lnf_rstd));
+        let lnf_stats = (stat(plan.lnf_mean), stat(plan.lnf_rstd));
         match self.cfg.arch {
             Arch::Gpt2 => self
                 .global_norm("ln_f")
@@ -646,18 +706,18 @@ impl Model {
         if let Some(targets) = targets {
             be.upload(tgt, targets)?;
         }
-        let (logits, losses) = (act(plan.logits), act(plan.losses));
+        let (logits, losses) = (act(plan.logits), stat(plan.losses));
         if plan.recompute {
             if targets.is_some() {
                 head.chunked(be, logits, plan.head_rows, losses, tgt, grad_scale)?;
             }
             // Recorded last, so it runs first; g_lnf already holds the head's
             // gradient.
-            autograd::zero_grad(tape, grad(plan.g_stream));
+            autograd::zero_grad(tape, grad_whole(plan.g_stream));
         } else {
             head.full(be, tape, logits, losses, targets.map(|_| tgt), grad_scale)?;
             // Recorded last, so it runs first: the global gradients start at zero.
-            autograd::zero_grad(tape, grad(plan.g_globals));
+            autograd::zero_grad(tape, grad_whole(plan.g_globals));
         }
         Ok(())
     }
@@ -690,7 +750,7 @@ impl Model {
     /// A global parameter with its gradient.
     fn global_param(&self, name: &str) -> Param {
         Param {
-            val: self.global.view(self.globals.params.view(), name),
+            val: self.global.view(self.globals.weights(), name),
             grad: Some(self.global.view(self.globals.grads.view(), name)),
         }
     }
@@ -700,7 +760,7 @@ impl Model {
     fn block_params(&self, layer: usize) -> BlockParams {
         let slot = self.slots.slot_of(layer);
         let want_grad = self.slots.grad_enabled(layer);
-        let (pv, gv) = (slot.params.view(), slot.grads.view());
+        let (pv, gv) = (slot.weights(), slot.grads.view());
         let p = |name: &str| Param {
             val: self.block.view(pv, name),
             grad: want_grad.then(|| self.block.view(gv, name)),
@@ -741,6 +801,18 @@ impl Model {
             grad: None,
         })
     }
+}
+
+/// The contents of a float view as f32, whatever its float dtype.
+fn download_f32(be: &dyn Backend, v: View) -> Result<Vec<f32>> {
+    Ok(match v.dtype {
+        DType::BF16 => be
+            .download::<half::bf16>(v)?
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        _ => be.download(v)?,
+    })
 }
 
 #[cfg(test)]

@@ -67,6 +67,18 @@ impl Region {
     pub fn u32(&self, arena: View) -> View {
         self.f32(arena).reinterpret(DType::U32)
     }
+    /// The region's `len` elements as `dtype` (f32 or bf16), from its start.
+    /// Regions are planned in 4-byte elements, so a bf16 tensor uses the
+    /// first half of its region: mixed precision does not shrink the arenas
+    /// yet (a plan in bytes per dtype would halve them).
+    pub fn of(&self, arena: View, dtype: DType) -> View {
+        self.f32(arena).reinterpret(dtype).slice(0, self.len)
+    }
+    /// All of the region's bytes as `dtype`: for zeroing a region that
+    /// contains others, whatever their dtype.
+    pub fn whole(&self, arena: View, dtype: DType) -> View {
+        self.f32(arena).reinterpret(dtype)
+    }
 }
 
 /// Saved activations of one block. `x_mid` and `x_out` are the residual

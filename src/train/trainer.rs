@@ -15,6 +15,7 @@ use crate::model::accounting::MemoryReport;
 use crate::model::{activation_bytes, Model};
 use crate::ops::Backend;
 use crate::optim::{AdamW, LrSchedule};
+use crate::precision::Precision;
 use crate::rng::HostRng;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
@@ -83,6 +84,8 @@ impl Trainer {
         // run works from any folder), content hash and tokenizer, so eval
         // and sample find it and notice when it was prepared again.
         cfg.model.vocab_size = mc.vocab_size;
+        // Likewise the precision the backend defaults to.
+        cfg.precision = Some(cfg.precision_on(backend.name()));
         if let Some(place) = cfg.data.prepared_dir() {
             let absolute = std::path::absolute(place)
                 .with_context(|| format!("cannot resolve --data {}", place.display()))?;
@@ -178,6 +181,8 @@ impl Trainer {
         }
         let mut t = Self::assemble(cfg, dir, model, data, move || Ok(lock))?;
         t.restore(ckpt)?;
+        // The checkpoint wrote the fp32 weights.
+        t.model.refresh_compute_copies()?;
         t.notes = notes;
         if t.cfg.train.steps != recorded_steps {
             // config.toml describes the run, so a later resume, eval or
@@ -226,6 +231,7 @@ impl Trainer {
         let t = &cfg.train;
         model.set_recompute(t.recompute);
         let backend = model.backend().clone();
+        model.set_precision(cfg.precision_on(backend.name()))?;
         let opt = AdamW::new(
             backend.as_ref(),
             t.lr,
@@ -304,6 +310,15 @@ impl Trainer {
     pub fn enable_recompute(&mut self) -> Result<()> {
         self.cfg.train.recompute = true;
         self.model.set_recompute(true);
+        run_dir::write_config(&self.dir, &self.cfg)
+    }
+
+    /// Switches the precision for the rest of the run (the checkpoint holds
+    /// fp32 master weights and moments, so nothing is lost either way) and
+    /// records it in config.toml.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.cfg.precision = Some(precision);
+        self.model.set_precision(precision)?;
         run_dir::write_config(&self.dir, &self.cfg)
     }
 
