@@ -186,8 +186,10 @@ fn main() {
         be.run(AttentionFwd {
             out: out.view(),
             att: att.view(),
+            dropped: None,
             qkv: qkv.view(),
             shape,
+            dropout: None,
         })
         .unwrap()
     });
@@ -199,6 +201,7 @@ fn main() {
             qkv: qkv.view(),
             att: att.view(),
             shape,
+            dropout: None,
         })
         .unwrap()
     });

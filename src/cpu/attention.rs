@@ -3,7 +3,8 @@
 use super::math::{dot, exp_in_place, max_of, simd};
 use super::matmul::{gemm_raw, Mat};
 use super::{read, write, CpuOp};
-use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnDropout, AttnShape};
+use crate::rng::{attention_dropout_word, attention_dropout_words, keeps};
 use anyhow::Result;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -16,8 +17,10 @@ impl CpuOp for AttentionFwd {
             attention_fwd(
                 write(self.out, out),
                 write(self.att, att),
+                self.dropped.map(|d| write(d, att)),
                 read(self.qkv, qkv),
                 self.shape,
+                self.dropout,
             );
         }
         Ok(())
@@ -36,6 +39,7 @@ impl CpuOp for AttentionBwd {
                 read(self.qkv, qkv),
                 read(self.att, att),
                 self.shape,
+                self.dropout,
             );
         }
         Ok(())
@@ -60,16 +64,42 @@ impl SharedMut {
     }
 }
 
+/// Multiplies row `i` of head `head`'s probabilities (or their gradient) by
+/// the dropout mask and `1 / (1 - p)`, in place: one Philox call per pair of
+/// columns (see [`attention_dropout_words`]).
+fn drop_row(row: &mut [f32], d: AttnDropout, head: u64, i: usize) {
+    let scale = d.keep_scale();
+    let i = i as u32;
+    for (pair, x) in row.chunks_mut(2).enumerate() {
+        let j = 2 * pair as u32;
+        let words = attention_dropout_words(d.seed, d.offset + head, i, j);
+        for (x, j) in x.iter_mut().zip(j..) {
+            let kept = keeps(words[attention_dropout_word(i, j)], d.p);
+            *x = if kept { *x * scale } else { 0.0 };
+        }
+    }
+}
+
 /// Causal attention, one task per (batch, head). Per head:
-/// `att = softmax(mask(q k^T) / sqrt(hs))`, then `out = att v`, both as
-/// single-threaded gemm calls on strided views of `qkv` (the products also
-/// cover the masked upper triangle, where `att` is zero: twice the minimum
-/// arithmetic, but far faster than scalar loops). Memory: `att` only.
-fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
+/// `att = softmax(mask(q k^T) / sqrt(hs))`, then `out = att v` (with
+/// dropout: `dropped = drop(att)`, `out = dropped v`), both products as
+/// single-threaded gemm calls on strided views of `qkv` (they also cover the
+/// masked upper triangle, where `att` is zero: twice the minimum
+/// arithmetic, but far faster than scalar loops). Memory: `att` (and
+/// `dropped`) only.
+fn attention_fwd(
+    out: &mut [f32],
+    att: &mut [f32],
+    dropped: Option<&mut [f32]>,
+    qkv: &[f32],
+    s: AttnShape,
+    dropout: Option<AttnDropout>,
+) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let out = SharedMut(out.as_mut_ptr());
+    let dropped = dropped.map(|d| SharedMut(d.as_mut_ptr()));
     att.par_chunks_mut(t_len * t_len)
         .enumerate()
         .for_each(|(bh, att)| {
@@ -116,6 +146,26 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
                     }
                 },
             );
+            // The probabilities that multiply v: `att`, or with dropout this
+            // task's block of `dropped`.
+            let probs: &[f32] = match (dropout, dropped) {
+                (Some(d), Some(dropped)) => {
+                    // SAFETY: block bh of `dropped`, which has att's length
+                    // (contract check); only this task touches it.
+                    let a = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dropped.at(bh * t_len * t_len),
+                            t_len * t_len,
+                        )
+                    };
+                    a.copy_from_slice(att);
+                    for (t, row) in a.chunks_exact_mut(t_len).enumerate() {
+                        drop_row(&mut row[..=t], d, bh as u64, t);
+                    }
+                    a
+                }
+                _ => att,
+            };
             // SAFETY: this task alone writes head h's `hs` columns of the T
             // rows of sequence b in `out`; the operands are as above.
             unsafe {
@@ -123,7 +173,7 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
                 gemm_raw(
                     dst,
                     c,
-                    Mat::rows(att, t_len),
+                    Mat::rows(probs, t_len),
                     rows(2 * c),
                     t_len,
                     hs,
@@ -136,8 +186,11 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
 }
 
 /// Backward of [`attention_fwd`], one task per (batch, head), with gemm:
-/// `dp = dy v^T` (into `scratch`), `dv += att^T dy`,
+/// `dv += att^T dy`, `dp = dy v^T` (into `scratch`),
 /// `ds = att * (dp - rowsum(att * dp)) / sqrt(hs)`, `dq += ds k`, `dk += ds^T q`.
+/// With dropout, `scratch` first holds `drop(att)` for `dv`, and `dp` is
+/// masked and scaled like the forward's probabilities before the softmax
+/// backward (`rowsum(att * dp)` is then `rowsum(drop(att) * dy v^T)`).
 fn attention_bwd(
     dqkv: &mut [f32],
     scratch: &mut [f32],
@@ -145,6 +198,7 @@ fn attention_bwd(
     qkv: &[f32],
     att: &[f32],
     s: AttnShape,
+    dropout: Option<AttnDropout>,
 ) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
@@ -179,10 +233,32 @@ fn attention_bwd(
                 (dq, dq.add(c), dq.add(2 * c))
             };
             let (t, c3) = (t_len, 3 * c);
+            // The probabilities that multiplied v in the forward.
+            let probs = match dropout {
+                Some(d) => {
+                    ds.copy_from_slice(p);
+                    for (i, row) in ds.chunks_exact_mut(t).enumerate() {
+                        drop_row(&mut row[..=i], d, bh as u64, i);
+                    }
+                    &*ds
+                }
+                None => p,
+            };
             // SAFETY: `ds` is this task's own T x T block; this task alone
             // writes head h's columns of q, k and v in sequence b of `dqkv`;
             // every operand reaches only inside its slice (see the forward).
             unsafe {
+                gemm_raw(
+                    dv,
+                    c3,
+                    Mat::transposed(probs, t),
+                    dy,
+                    t,
+                    hs,
+                    t,
+                    true,
+                    Parallelism::None,
+                );
                 gemm_raw(
                     ds.as_mut_ptr(),
                     t,
@@ -194,17 +270,11 @@ fn attention_bwd(
                     false,
                     Parallelism::None,
                 );
-                gemm_raw(
-                    dv,
-                    c3,
-                    Mat::transposed(p, t),
-                    dy,
-                    t,
-                    hs,
-                    t,
-                    true,
-                    Parallelism::None,
-                );
+            }
+            if let Some(d) = dropout {
+                for (i, row) in ds.chunks_exact_mut(t).enumerate() {
+                    drop_row(&mut row[..=i], d, bh as u64, i);
+                }
             }
             simd(
                 #[inline(always)]

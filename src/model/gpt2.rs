@@ -4,13 +4,15 @@
 //! Forward, per block: `x = x + drop(proj(attn(ln1(x))))`, then
 //! `x = x + drop(mlp.proj(gelu(mlp.fc(ln2(x)))))`; before the blocks
 //! `x = drop(wte[tok] + wpe[t])`, after them `logits = ln_f(x) @ wte^T`.
-//! Dropout sits on the embeddings and on both residual branches, as in
-//! nanoGPT, but not on the attention probabilities: the backend's fused
-//! attention has no dropout, and dyntie keeps it that way (the paper's
-//! dropout of 0.2 is applied at the three sites above). Dropout site `k`
-//! (0 = embeddings, then two per block) draws mask elements at counter offset
+//! Dropout sits on the embeddings, on both residual branches and on the
+//! attention probabilities, as in GPT-2 (one probability, `cfg.dropout`, for
+//! all four, so the Hugging Face export's `attn_pdrop`, `resid_pdrop` and
+//! `embd_pdrop` are the value trained with). Dropout site `k` (0 =
+//! embeddings, then two per block) draws mask elements at counter offset
 //! `k * B*T*C` of the step's Philox stream, so the masks of different sites
-//! differ.
+//! differ; block `i`'s attention dropout draws from the separate attention
+//! stream of the same seed at head offset `i * B * heads`
+//! ([`crate::rng::attention_dropout_words`]).
 //!
 //! Gradients of the residual stream: every block reads and writes the stream,
 //! and its gradient is one buffer (`g_resid`) for all layers. A residual
@@ -22,7 +24,7 @@ use super::plan::{ActivationPlan, Region};
 use super::{BlockLayout, GlobalLayout, ModelConfig};
 use crate::autograd::{self, Param, Tape, Var};
 use crate::mem::{Buffer, DType, View};
-use crate::ops::attention::AttnShape;
+use crate::ops::attention::{AttnDropout, AttnShape};
 use crate::ops::elementwise::{Add, Fill};
 use crate::ops::loss::SoftmaxXent;
 use crate::ops::matmul::{MatmulBwd, MatmulFwd};
@@ -578,6 +580,11 @@ impl Gpt2 {
                     };
                     (site(1 + 2 * layer), site(2 + 2 * layer))
                 }),
+                attn_dropout: dropout.map(|(p, seed)| AttnDropout {
+                    p,
+                    seed,
+                    offset: (layer * b * self.cfg.n_head) as u64,
+                }),
                 shape,
             };
             if plan.recompute && tape.is_recording() {
@@ -780,6 +787,8 @@ struct BlockRun {
     workspace: View,
     /// The attention and MLP branches' dropout sites.
     dropout: Option<(DropoutSite, DropoutSite)>,
+    /// Dropout on the attention probabilities.
+    attn_dropout: Option<AttnDropout>,
     shape: AttnShape,
 }
 
@@ -821,6 +830,7 @@ impl BlockRun {
             self.att_scratch,
             self.qkv,
             self.shape,
+            self.attn_dropout,
         )?;
         let (attn_site, mlp_site) = self.dropout.unzip();
         Self::branch(

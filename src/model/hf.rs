@@ -87,7 +87,7 @@ pub fn export(model: &mut Gpt2, out: &Path) -> Result<()> {
         "activation_function": "gelu_new",
         "resid_pdrop": m.dropout,
         "embd_pdrop": m.dropout,
-        "attn_pdrop": 0.0,
+        "attn_pdrop": m.dropout,
         "layer_norm_epsilon": LAYERNORM_EPS,
         "initializer_range": 0.02,
         "tie_word_embeddings": true,

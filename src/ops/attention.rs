@@ -1,9 +1,13 @@
-//! Causal multi-head self-attention over a fused `qkv` projection.
+//! Causal multi-head self-attention over a fused `qkv` projection, with
+//! optional dropout on the attention probabilities (as GPT-2 does).
+//!
+//! The unfused path ([`AttentionFwd`], [`AttentionBwd`]) saves the softmax
+//! probabilities `att[B, heads, T, T]` for the backward.
 
 use super::check::{self, input, output, F32_ONLY};
 use super::Contract;
 use crate::mem::View;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 /// Shape of a causal self-attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,38 +39,86 @@ impl AttnShape {
     }
 }
 
+/// Inverted dropout on the attention probabilities: probability `(i, j)` of
+/// head `h` in sequence `b` is kept iff
+/// [`crate::rng::attention_dropout_keep`]`(seed, offset + b * heads + h, i, j, p)`,
+/// and kept ones are scaled by `1 / (1 - p)`. The mask is never stored: the
+/// backward draws it again from `(seed, offset)`. Several attention calls of
+/// one step (the layers) take offsets `B * heads` apart.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDropout {
+    pub p: f32,
+    pub seed: u64,
+    pub offset: u64,
+}
+
+impl AttnDropout {
+    /// `1 / (1 - p)`, what kept probabilities are multiplied by.
+    pub fn keep_scale(&self) -> f32 {
+        1.0 / (1.0 - self.p)
+    }
+
+    /// `(p, seed, offset)` as the kernels take them; no dropout is `p = 0`.
+    pub fn args(dropout: Option<AttnDropout>) -> (f32, u64, u64) {
+        dropout.map_or((0.0, 0, 0), |d| (d.p, d.seed, d.offset))
+    }
+
+    fn check(dropout: Option<AttnDropout>, op: &str) -> Result<()> {
+        if let Some(d) = dropout {
+            ensure!(
+                (0.0..1.0).contains(&d.p),
+                "{op}: attention dropout probability {} is not in [0, 1)",
+                d.p
+            );
+        }
+        Ok(())
+    }
+}
+
 /// From `qkv[B, T, 3C]` (q, k, v each `C` wide, split into `heads` heads),
 /// writes `out[B, T, C]` and saves the softmax probabilities
-/// `att[B, heads, T, T]` (zero above the diagonal) for the backward.
+/// `att[B, heads, T, T]` (before dropout; zero above the diagonal) for the
+/// backward. With dropout, `dropped` (`[B, heads, T, T]`, contents undefined
+/// after) holds the dropped probabilities that multiply `v`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionFwd {
     pub out: View,
     pub att: View,
+    pub dropped: Option<View>,
     pub qkv: View,
     pub shape: AttnShape,
+    pub dropout: Option<AttnDropout>,
 }
 
 impl Contract for AttentionFwd {
     const NAME: &'static str = "attention_fwd";
     fn check(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.checked_lens(Self::NAME)?;
+        AttnDropout::check(self.dropout, Self::NAME)?;
+        ensure!(
+            self.dropout.is_none() || self.dropped.is_some(),
+            "{}: attention dropout needs the `dropped` workspace of [B, heads, T, T]",
+            Self::NAME
+        );
         check::operands(
             Self::NAME,
             F32_ONLY,
             &[
                 output("out", self.out, out),
                 output("att", self.att, att),
+                output("dropped", self.dropped, att),
                 input("qkv", self.qkv, qkv),
             ],
         )
     }
     fn shape(&self) -> String {
-        self.shape.describe()
+        describe(&self.shape, self.dropout)
     }
 }
 
 /// `dqkv +=` the gradient; `scratch` is `[B, heads, T, T]` of workspace
-/// whose contents are undefined before and after.
+/// whose contents are undefined before and after. `dropout` must be the
+/// forward's.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionBwd {
     pub dqkv: View,
@@ -75,12 +127,14 @@ pub struct AttentionBwd {
     pub qkv: View,
     pub att: View,
     pub shape: AttnShape,
+    pub dropout: Option<AttnDropout>,
 }
 
 impl Contract for AttentionBwd {
     const NAME: &'static str = "attention_bwd";
     fn check(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.checked_lens(Self::NAME)?;
+        AttnDropout::check(self.dropout, Self::NAME)?;
         check::operands(
             Self::NAME,
             F32_ONLY,
@@ -94,6 +148,13 @@ impl Contract for AttentionBwd {
         )
     }
     fn shape(&self) -> String {
-        self.shape.describe()
+        describe(&self.shape, self.dropout)
+    }
+}
+
+fn describe(shape: &AttnShape, dropout: Option<AttnDropout>) -> String {
+    match dropout {
+        Some(d) => format!("{} p={}", shape.describe(), d.p),
+        None => shape.describe(),
     }
 }

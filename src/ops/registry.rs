@@ -112,7 +112,7 @@ for_each_op!(define_ops);
 /// start from random values, so the `+=` contract is checked too.
 mod cases {
     use super::*;
-    use crate::ops::attention::AttnShape;
+    use crate::ops::attention::{AttnDropout, AttnShape};
     use crate::ops::optimizer::AdamWStep;
 
     /// An odd length for the elementwise ops.
@@ -459,16 +459,26 @@ mod cases {
         qkv: TensorId,
         out: TensorId,
         att: TensorId,
+        dropped: TensorId,
         shape: AttnShape,
     }
+
+    /// The attention dropout of the cases: p = 0.3 at a head offset past 2^32.
+    const ATTN_DROPOUT: AttnDropout = AttnDropout {
+        p: 0.3,
+        seed: 21,
+        offset: (1 << 32) - 3,
+    };
 
     impl AttentionCase {
         fn new(b: &mut CaseBuilder, d: Dims) -> Self {
             let (n, c) = (d.batch * d.seq, d.channels);
+            let att = d.batch * d.heads * d.seq * d.seq;
             AttentionCase {
                 qkv: b.random(n * 3 * c, 1.0),
                 out: b.random(n * c, 1.0),
-                att: b.random(d.batch * d.heads * d.seq * d.seq, 1.0),
+                att: b.random(att, 1.0),
+                dropped: b.random(att, 1.0),
                 shape: AttnShape {
                     batch: d.batch,
                     seq: d.seq,
@@ -478,46 +488,54 @@ mod cases {
             }
         }
 
-        fn fwd(&self, t: &Bound) -> Op {
+        fn fwd(&self, t: &Bound, dropout: Option<AttnDropout>) -> Op {
             attention::AttentionFwd {
                 out: t[self.out],
                 att: t[self.att],
+                dropped: dropout.map(|_| t[self.dropped]),
                 qkv: t[self.qkv],
                 shape: self.shape,
+                dropout,
             }
             .into()
         }
+    }
 
-        /// Products of head-size terms, softmax sums of up to `seq`.
-        fn tol(&self) -> f64 {
-            tol_for(self.shape.seq.max(self.shape.channels / self.shape.heads))
-        }
+    /// Products of head-size terms, softmax sums of up to `seq`.
+    fn attention_tol(d: Dims) -> f64 {
+        tol_for(d.seq.max(d.channels / d.heads))
     }
 
     pub fn attention_fwd(b: &mut CaseBuilder, d: Dims) {
-        let a = AttentionCase::new(b, d);
-        b.run(move |t| a.fwd(t));
-        b.compare(&[a.out, a.att], a.tol());
+        let (a, dropped) = (AttentionCase::new(b, d), AttentionCase::new(b, d));
+        b.run(move |t| a.fwd(t, None));
+        b.run(move |t| dropped.fwd(t, Some(ATTN_DROPOUT)));
+        b.compare(&[a.out, a.att, dropped.out, dropped.att], attention_tol(d));
     }
 
     pub fn attention_bwd(b: &mut CaseBuilder, d: Dims) {
-        let a = AttentionCase::new(b, d);
-        // The probabilities come from the reference forward.
-        b.prepare(move |t| a.fwd(t), &[a.att]);
-        let (qkv, out, att) = a.shape.lens();
-        let (dqkv, scratch, dy) = (b.random(qkv, 1.0), b.random(att, 1.0), b.random(out, 1.0));
-        b.run(move |t| {
-            attention::AttentionBwd {
-                dqkv: t[dqkv],
-                scratch: t[scratch],
-                dout: t[dy],
-                qkv: t[a.qkv],
-                att: t[a.att],
-                shape: a.shape,
-            }
-            .into()
-        });
-        b.compare(&[dqkv], a.tol());
+        let mut grads = Vec::new();
+        for dropout in [None, Some(ATTN_DROPOUT)] {
+            let a = AttentionCase::new(b, d);
+            // The probabilities come from the reference forward.
+            b.prepare(move |t| a.fwd(t, dropout), &[a.att]);
+            let (qkv, out, att) = a.shape.lens();
+            let (dqkv, scratch, dy) = (b.random(qkv, 1.0), b.random(att, 1.0), b.random(out, 1.0));
+            b.run(move |t| {
+                attention::AttentionBwd {
+                    dqkv: t[dqkv],
+                    scratch: t[scratch],
+                    dout: t[dy],
+                    qkv: t[a.qkv],
+                    att: t[a.att],
+                    shape: a.shape,
+                    dropout,
+                }
+                .into()
+            });
+            grads.push(dqkv);
+        }
+        b.compare(&grads, attention_tol(d));
     }
 
     pub fn softmax_xent(b: &mut CaseBuilder, d: Dims) {
