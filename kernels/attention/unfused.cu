@@ -60,8 +60,14 @@ struct RowDropout {
             f[0] = f[1] = 1.0f;
             return;
         }
+        // j is even: the pair's words are attn_dropout_word(t, j) and the
+        // next one, picked with selects (an indexed word would live in local
+        // memory).
         const Philox4 w = attn_dropout_words(seed, head, t, j);
-        for (int k = 0; k < 2; k++) f[k] = dropout_keeps(w.v[attn_dropout_word(t, j + k)], threshold) ? scale : 0.0f;
+        const bool upper = attn_dropout_word(t, j) == 2;
+        const u32 word[2] = {upper ? w.v[2] : w.v[0], upper ? w.v[3] : w.v[1]};
+#pragma unroll
+        for (int k = 0; k < 2; k++) f[k] = dropout_keeps(word[k], threshold) ? scale : 0.0f;
     }
 };
 
@@ -77,7 +83,9 @@ __device__ void dropout_probs(T* __restrict__ dst, const T* __restrict__ att, u6
     for (int j = 2 * (int)lane_id(); j < seq; j += 64) {
         float f[2];
         drop.factors((u32)j, f);
-        for (int k = 0; k < 2 && j + k < seq; k++) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            if (j + k >= seq) break;
             const int i = j + k;
             dst[row * seq + i] = from_f32<T>(i <= (int)drop.t ? to_f32(att[row * seq + i]) * f[k] : 0.0f);
         }
@@ -102,7 +110,9 @@ __device__ void softmax_bwd(T* ds, const T* __restrict__ att, u64 rows, int seq,
     for (int j = 2 * (int)lane_id(); j <= t; j += 64) {
         float f[2];
         drop.factors((u32)j, f);
-        for (int k = 0; k < 2 && j + k <= t; k++) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            if (j + k > t) break;
             const float dp = to_f32(d[j + k]) * f[k];
             d[j + k] = from_f32<T>(dp);
             pdp += to_f32(prob[j + k]) * dp;
