@@ -54,6 +54,7 @@ impl Placed {
         for t in tensors {
             let (dtype, len) = match t {
                 Init::F32(v) => (DType::F32, v.len()),
+                Init::Bf16(v) => (DType::BF16, v.len()),
                 Init::U32(v) => (DType::U32, v.len()),
             };
             // A backend cannot allocate nothing: at least one element.
@@ -61,6 +62,7 @@ impl Placed {
             let view = buf.view().slice(0, len);
             match t {
                 Init::F32(v) => be.upload(view, v)?,
+                Init::Bf16(v) => be.upload(view, v)?,
                 Init::U32(v) => be.upload(view, v)?,
             }
             buffers.push(buf);
@@ -87,21 +89,17 @@ fn run_case(reference: &dyn Backend, candidate: &dyn Backend, case: &Case) -> Re
             candidate.execute(&(step.build)(&c.bound()))?;
         }
         for t in &step.copy_to_candidate {
-            let data = reference.download::<f32>(r.views[t.0])?;
-            candidate.upload(c.views[t.0], &data)?;
+            let mut bytes = vec![0u8; r.views[t.0].bytes()];
+            reference.read_bytes(r.views[t.0], &mut bytes)?;
+            candidate.write_bytes(c.views[t.0], &bytes)?;
         }
     }
     let mut worst = 0.0f64;
     for t in &case.compare {
-        let (rv, cv) = (r.views[t.0], c.views[t.0]);
-        if rv.dtype != DType::F32 {
-            bail!(
-                "the case compares a {} tensor; only f32 outputs are compared",
-                rv.dtype
-            );
-        }
-        let a = reference.download::<f32>(rv)?;
-        let b = candidate.download::<f32>(cv)?;
+        let (a, b) = (
+            floats(reference, r.views[t.0])?,
+            floats(candidate, c.views[t.0])?,
+        );
         let scale = a.iter().fold(1e-3f64, |m, x| m.max(x.abs() as f64));
         for (x, y) in a.iter().zip(&b) {
             let d = (*x as f64 - *y as f64).abs() / scale;
@@ -114,6 +112,19 @@ fn run_case(reference: &dyn Backend, candidate: &dyn Backend, case: &Case) -> Re
         }
     }
     Ok(worst)
+}
+
+/// A float tensor's values as f32 (bf16 widens exactly).
+fn floats(be: &dyn Backend, v: View) -> Result<Vec<f32>> {
+    match v.dtype {
+        DType::F32 => be.download::<f32>(v),
+        DType::BF16 => Ok(be
+            .download::<half::bf16>(v)?
+            .iter()
+            .map(|x| x.to_f32())
+            .collect()),
+        DType::U32 => bail!("the case compares a u32 tensor; only float outputs are compared"),
+    }
 }
 
 /// Runs the named ops (all of them when `ops` is empty) at every shape of

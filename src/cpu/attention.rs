@@ -3,10 +3,13 @@
 use super::math::{dot, exp_in_place, max_of, simd};
 use super::matmul::{gemm_raw, Mat};
 use super::{read, write, CpuOp};
-use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnDropout, AttnShape};
+use crate::ops::attention::{
+    exact, AttentionBwd, AttentionFwd, AttnDropout, AttnShape, FlashAttentionBwd, FlashAttentionFwd,
+};
 use crate::rng::{attention_dropout_word, attention_dropout_words, keeps};
 use anyhow::Result;
 use gemm::Parallelism;
+use half::bf16;
 use rayon::prelude::*;
 
 impl CpuOp for AttentionFwd {
@@ -44,6 +47,68 @@ impl CpuOp for AttentionBwd {
         }
         Ok(())
     }
+}
+
+impl CpuOp for FlashAttentionFwd {
+    /// The exact forward ([`exact::forward`]) rounded once: `out` to bf16,
+    /// `lse` to f32.
+    fn run(&self) -> Result<()> {
+        let (qkv, out, _) = self.shape.lens();
+        // SAFETY: the contract check passed; see `read`.
+        let fwd = exact::forward(
+            &widen(unsafe { read(self.qkv, qkv) }),
+            self.shape,
+            self.dropout,
+        );
+        let rows = self.shape.rows();
+        for (o, x) in unsafe { write::<bf16>(self.out, out) }
+            .iter_mut()
+            .zip(&fwd.out)
+        {
+            *o = bf16::from_f64(*x);
+        }
+        for (l, x) in unsafe { write::<f32>(self.lse, rows) }
+            .iter_mut()
+            .zip(&fwd.lse)
+        {
+            *l = *x as f32;
+        }
+        Ok(())
+    }
+}
+
+impl CpuOp for FlashAttentionBwd {
+    /// `dqkv = bf16(dqkv + the exact gradient)` ([`exact::backward`]); the
+    /// `delta` workspace is not needed.
+    fn run(&self) -> Result<()> {
+        let (qkv, out, _) = self.shape.lens();
+        let rows = self.shape.rows();
+        // SAFETY: the contract check passed; see `read`.
+        let (dout, fwd_out, lse, x) = unsafe {
+            (
+                widen(read(self.dout, out)),
+                widen(read(self.out, out)),
+                read::<f32>(self.lse, rows)
+                    .iter()
+                    .map(|&l| l as f64)
+                    .collect::<Vec<_>>(),
+                widen(read(self.qkv, qkv)),
+            )
+        };
+        let bwd = exact::backward(&dout, &fwd_out, &lse, &x, self.shape, self.dropout);
+        for (d, g) in unsafe { write::<bf16>(self.dqkv, qkv) }
+            .iter_mut()
+            .zip(&bwd.dqkv)
+        {
+            *d = bf16::from_f64(d.to_f64() + g);
+        }
+        Ok(())
+    }
+}
+
+/// bf16 values as f64.
+fn widen(x: &[bf16]) -> Vec<f64> {
+    x.iter().map(|v| v.to_f64()).collect()
 }
 
 /// The base of a slice that parallel tasks write in disjoint parts.

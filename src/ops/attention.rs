@@ -1,13 +1,29 @@
 //! Causal multi-head self-attention over a fused `qkv` projection, with
 //! optional dropout on the attention probabilities (as GPT-2 does).
 //!
-//! The unfused path ([`AttentionFwd`], [`AttentionBwd`]) saves the softmax
-//! probabilities `att[B, heads, T, T]` for the backward.
+//! Two paths compute the same attention and differ in what they save for
+//! the backward:
+//! - unfused ([`AttentionFwd`], [`AttentionBwd`]; fp32): the softmax
+//!   probabilities `att[B, heads, T, T]`, `4 B H T^2` bytes per layer, plus a
+//!   workspace of that size;
+//! - flash ([`FlashAttentionFwd`], [`FlashAttentionBwd`]; bf16): the
+//!   per-row log-sum-exp `lse[B, heads, T]`, `4 B H T` bytes per layer (the
+//!   output `out` is kept by the model anyway, as the next matmul's input),
+//!   and the backward recomputes the probabilities from it.
+//!
+//! [`exact`] is the flash ops' meaning in f64, with the magnitudes that bound
+//! a bf16 implementation's error.
+
+pub mod exact;
 
 use super::check::{self, input, output, F32_ONLY};
 use super::Contract;
-use crate::mem::View;
+use crate::mem::{DType, View};
 use anyhow::{ensure, Result};
+
+/// The largest head size the flash kernels take (they pad head sizes up to
+/// 64 or 128 columns inside shared memory).
+pub const FLASH_MAX_HEAD: usize = 128;
 
 /// Shape of a causal self-attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +45,16 @@ impl AttnShape {
     fn checked_lens(&self, op: &str) -> Result<(usize, usize, usize)> {
         check::heads(op, self.channels, self.heads)?;
         Ok(self.lens())
+    }
+
+    /// Elements of `lse[B, heads, T]`: one per query row of every head.
+    pub fn rows(&self) -> usize {
+        self.batch * self.heads * self.seq
+    }
+
+    /// The head size, `channels / heads`.
+    pub fn head_size(&self) -> usize {
+        self.channels / self.heads
     }
 
     fn describe(&self) -> String {
@@ -156,5 +182,96 @@ fn describe(shape: &AttnShape, dropout: Option<AttnDropout>) -> String {
     match dropout {
         Some(d) => format!("{} p={}", shape.describe(), d.p),
         None => shape.describe(),
+    }
+}
+
+/// The flash path's only dtype so far: bf16 activations (tensor cores).
+const FLASH_DTYPES: &[DType] = &[DType::BF16];
+
+/// Checks the shape for the flash path: heads divide the channels, the
+/// head size is at most [`FLASH_MAX_HEAD`]. Returns the lengths of `qkv`,
+/// `out` and `lse`.
+fn flash_lens(op: &str, shape: &AttnShape) -> Result<(usize, usize, usize)> {
+    let (qkv, out, _) = shape.checked_lens(op)?;
+    ensure!(
+        shape.head_size() <= FLASH_MAX_HEAD,
+        "{op}: head size {} ({} channels / {} heads) is above the {FLASH_MAX_HEAD} \
+         the flash kernels take; use more heads or the unfused path",
+        shape.head_size(),
+        shape.channels,
+        shape.heads
+    );
+    Ok((qkv, out, shape.rows()))
+}
+
+/// Flash attention's forward: from `qkv[B, T, 3C]` writes `out[B, T, C]`
+/// (as [`AttentionFwd`], dropout included) and saves only
+/// `lse[B, heads, T]` (f32): row `i`'s log-sum-exp `ln sum_{j <= i}
+/// exp(q_i . k_j / sqrt(hs))` of the scores before dropout, from which the
+/// backward recomputes the probabilities. Nothing of size `T x T` exists.
+#[derive(Clone, Copy, Debug)]
+pub struct FlashAttentionFwd {
+    pub out: View,
+    pub lse: View,
+    pub qkv: View,
+    pub shape: AttnShape,
+    pub dropout: Option<AttnDropout>,
+}
+
+impl Contract for FlashAttentionFwd {
+    const NAME: &'static str = "flash_attention_fwd";
+    fn check(&self) -> Result<()> {
+        let (qkv, out, rows) = flash_lens(Self::NAME, &self.shape)?;
+        AttnDropout::check(self.dropout, Self::NAME)?;
+        check::operands(
+            Self::NAME,
+            FLASH_DTYPES,
+            &[
+                output("out", self.out, out),
+                output("lse", self.lse, rows).of(DType::F32),
+                input("qkv", self.qkv, qkv),
+            ],
+        )
+    }
+    fn shape(&self) -> String {
+        describe(&self.shape, self.dropout)
+    }
+}
+
+/// Flash attention's backward: `dqkv +=` the gradient, from the forward's
+/// `out` and `lse` (and its `dropout`). `delta[B, heads, T]` (f32) is
+/// workspace, undefined before and after (it holds `rowsum(dout * out)`).
+#[derive(Clone, Copy, Debug)]
+pub struct FlashAttentionBwd {
+    pub dqkv: View,
+    pub delta: View,
+    pub dout: View,
+    pub out: View,
+    pub lse: View,
+    pub qkv: View,
+    pub shape: AttnShape,
+    pub dropout: Option<AttnDropout>,
+}
+
+impl Contract for FlashAttentionBwd {
+    const NAME: &'static str = "flash_attention_bwd";
+    fn check(&self) -> Result<()> {
+        let (qkv, out, rows) = flash_lens(Self::NAME, &self.shape)?;
+        AttnDropout::check(self.dropout, Self::NAME)?;
+        check::operands(
+            Self::NAME,
+            FLASH_DTYPES,
+            &[
+                output("dqkv", self.dqkv, qkv),
+                output("delta", self.delta, rows).of(DType::F32),
+                input("dout", self.dout, out),
+                input("out", self.out, out),
+                input("lse", self.lse, rows).of(DType::F32),
+                input("qkv", self.qkv, qkv),
+            ],
+        )
+    }
+    fn shape(&self) -> String {
+        describe(&self.shape, self.dropout)
     }
 }

@@ -69,6 +69,7 @@ pub struct TensorId(pub usize);
 #[derive(Clone, Debug)]
 pub enum Init {
     F32(Vec<f32>),
+    Bf16(Vec<half::bf16>),
     U32(Vec<u32>),
 }
 
@@ -96,7 +97,7 @@ pub struct Step {
 pub struct Case {
     pub tensors: Vec<Init>,
     pub steps: Vec<Step>,
-    /// Float tensors whose final contents must agree.
+    /// Float tensors (f32 or bf16) whose final contents must agree.
     pub compare: Vec<TensorId>,
     pub tol: f64,
 }
@@ -141,6 +142,13 @@ impl<'r> CaseBuilder<'r> {
 
     pub fn floats(&mut self, data: Vec<f32>) -> TensorId {
         self.tensor(Init::F32(data))
+    }
+
+    /// A bf16 tensor holding `data` rounded to bf16.
+    pub fn bf16(&mut self, data: &[f32]) -> TensorId {
+        self.tensor(Init::Bf16(
+            data.iter().map(|&x| half::bf16::from_f32(x)).collect(),
+        ))
     }
 
     /// A float tensor of `len` values, `scale * N(0, 1)`. Outputs start

@@ -36,6 +36,8 @@ macro_rules! for_each_op {
             matmul::MatmulBwd => cases::matmul_bwd,
             attention::AttentionFwd => cases::attention_fwd,
             attention::AttentionBwd => cases::attention_bwd,
+            attention::FlashAttentionFwd => cases::flash_attention_fwd,
+            attention::FlashAttentionBwd => cases::flash_attention_bwd,
             loss::SoftmaxXent => cases::softmax_xent,
             optimizer::Adamw => cases::adamw,
             optimizer::SumSquares => cases::sum_squares,
@@ -112,7 +114,7 @@ for_each_op!(define_ops);
 /// start from random values, so the `+=` contract is checked too.
 mod cases {
     use super::*;
-    use crate::ops::attention::{AttnDropout, AttnShape};
+    use crate::ops::attention::{exact, AttnDropout, AttnShape};
     use crate::ops::optimizer::AdamWStep;
 
     /// An odd length for the elementwise ops.
@@ -536,6 +538,113 @@ mod cases {
             grads.push(dqkv);
         }
         b.compare(&grads, attention_tol(d));
+    }
+
+    /// The shape of the flash cases, and bf16 inputs (rounded on the host,
+    /// so the tolerance below sees exactly what both backends see).
+    fn flash_inputs(b: &mut CaseBuilder, d: Dims) -> (AttnShape, Vec<f64>, TensorId) {
+        let shape = AttnShape {
+            batch: d.batch,
+            seq: d.seq,
+            channels: d.channels,
+            heads: d.heads,
+        };
+        let qkv = bf16_values(b, shape.lens().0, 1.0);
+        let id = b.bf16(&qkv);
+        (shape, qkv.iter().map(|&x| x as f64).collect(), id)
+    }
+
+    /// `scale * N(0, 1)` values that bf16 holds exactly.
+    fn bf16_values(b: &mut CaseBuilder, len: usize, scale: f64) -> Vec<f32> {
+        let v = b.values(len, scale, 0.0);
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect()
+    }
+
+    /// The harness's normalised error bound for one tensor, from each
+    /// element's exact value and its allowed error ([`exact::Bounds`]): the
+    /// largest allowed error over the largest reference value (which is the
+    /// exact one rounded, hence the `1 - u_b`).
+    fn normwise(elems: impl Iterator<Item = (f64, f64)>) -> f64 {
+        let (worst, top) = elems.fold((0.0f64, 0.0f64), |(w, t), (x, bound)| {
+            (w.max(bound), t.max(x.abs()))
+        });
+        worst / (top * (1.0 - exact::U_B)).max(1e-3)
+    }
+
+    /// Forward with and without dropout: `out` and `lse` within the bounds
+    /// derived in [`exact`].
+    pub fn flash_attention_fwd(b: &mut CaseBuilder, d: Dims) {
+        let (mut compare, mut tol) = (Vec::new(), 0.0f64);
+        for dropout in [None, Some(ATTN_DROPOUT)] {
+            let (shape, qkv, qkv_id) = flash_inputs(b, d);
+            let out = b.bf16(&vec![3.0; shape.lens().1]);
+            let lse = b.random(shape.rows(), 1.0);
+            b.run(move |t| {
+                attention::FlashAttentionFwd {
+                    out: t[out],
+                    lse: t[lse],
+                    qkv: t[qkv_id],
+                    shape,
+                    dropout,
+                }
+                .into()
+            });
+            let x = exact::forward(&qkv, shape, dropout);
+            let bounds = exact::Bounds::new(shape, x.score_mag);
+            let out_err = (x.out.iter().zip(&x.out_mag)).map(|(&v, &m)| (v, bounds.bf16(v, m, m)));
+            let lse_err = x.lse.iter().map(|&v| (v, bounds.lse(v)));
+            tol = tol.max(normwise(out_err)).max(normwise(lse_err));
+            compare.extend([out, lse]);
+        }
+        b.compare(&compare, tol);
+    }
+
+    /// Backward with and without dropout, from the rounded exact forward:
+    /// `dqkv` (starting at small random values, so `+=` is checked while the
+    /// gradient dominates) within the bounds derived in [`exact`].
+    pub fn flash_attention_bwd(b: &mut CaseBuilder, d: Dims) {
+        let (mut compare, mut tol) = (Vec::new(), 0.0f64);
+        for dropout in [None, Some(ATTN_DROPOUT)] {
+            let (shape, qkv, qkv_id) = flash_inputs(b, d);
+            let (_, out_len, _) = shape.lens();
+            let fwd = exact::forward(&qkv, shape, dropout);
+            let out: Vec<f32> = fwd.out.iter().map(|&x| x as f32).collect();
+            let lse: Vec<f32> = fwd.lse.iter().map(|&x| x as f32).collect();
+            let dout = bf16_values(b, out_len, 1.0);
+            let old = bf16_values(b, qkv.len(), 0.1);
+            let (out_id, lse_id) = (b.bf16(&out), b.floats(lse.clone()));
+            let (dout_id, dqkv, delta) = (b.bf16(&dout), b.bf16(&old), b.random(shape.rows(), 1.0));
+            b.run(move |t| {
+                attention::FlashAttentionBwd {
+                    dqkv: t[dqkv],
+                    delta: t[delta],
+                    dout: t[dout_id],
+                    out: t[out_id],
+                    lse: t[lse_id],
+                    qkv: t[qkv_id],
+                    shape,
+                    dropout,
+                }
+                .into()
+            });
+            let wide = |v: &[f32]| {
+                v.iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f64())
+                    .collect::<Vec<_>>()
+            };
+            let lse: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
+            let g = exact::backward(&wide(&dout), &wide(&out), &lse, &qkv, shape, dropout);
+            let bounds = exact::Bounds::new(shape, g.score_mag);
+            let err = (0..qkv.len()).map(|i| {
+                let x = old[i] as f64 + g.dqkv[i];
+                (x, bounds.bf16(x, g.mag[i], g.fine_mag[i]))
+            });
+            tol = tol.max(normwise(err));
+            compare.push(dqkv);
+        }
+        b.compare(&compare, tol);
     }
 
     pub fn softmax_xent(b: &mut CaseBuilder, d: Dims) {
