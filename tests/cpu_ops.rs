@@ -12,7 +12,7 @@
 use dyntie::cpu::CpuBackend;
 use dyntie::mem::{Buffer, DType};
 use dyntie::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
-use dyntie::ops::attention::{AttentionBwd, AttentionFwd, AttnDropout, AttnShape};
+use dyntie::ops::attention::{exact, AttentionBwd, AttentionFwd, AttnDropout, AttnShape};
 use dyntie::ops::elementwise::{Accumulate, Add, CopyView, Fill};
 use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
@@ -796,6 +796,24 @@ fn attention_matches_reference() {
             .unwrap();
         let rd = reference::attention_bwd(&dout, &qkv, dropout);
         assert_close("attention dqkv", &tb.down(&dqkv), &plus(&g, &rd), tol);
+    }
+}
+
+/// The flash ops' meaning (`exact`, which the CPU flash ops round and the
+/// flash kernels are compared with) is the attention of the reference
+/// above, whose backward is checked by finite differences: in f64 they
+/// differ only by summation order.
+#[test]
+fn flash_semantics_match_the_reference_attention() {
+    let mut tb = Bench::new(12);
+    for dropout in [None, Some(ATTN_DROPOUT)] {
+        let (qkv, dout) = (tb.randn(N * 3 * C), tb.randn(N * C));
+        let fwd = exact::forward(&qkv, SHAPE, dropout);
+        let [rout, _] = reference::attention_fwd(&qkv, dropout);
+        assert_close("flash out", &fwd.out, &rout, 1e-12);
+        let bwd = exact::backward(&dout, &fwd.out, &fwd.lse, &qkv, SHAPE, dropout);
+        let rd = reference::attention_bwd(&dout, &qkv, dropout);
+        assert_close("flash dqkv", &bwd.dqkv, &rd, 1e-12);
     }
 }
 
