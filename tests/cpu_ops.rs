@@ -1090,6 +1090,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1113,6 +1114,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1128,6 +1130,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1156,6 +1159,7 @@ fn softmax_xent_is_stable_for_large_logits() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: u32::MAX,
             grad_scale: 1.0,
         })
@@ -1180,6 +1184,7 @@ fn softmax_xent_rejects_targets_beyond_the_vocabulary() {
             targets: bt.view(),
             rows: 1,
             vocab: V,
+            padded_vocab: V,
             ignore_index: u32::MAX,
             grad_scale: 1.0,
         })
@@ -1212,6 +1217,7 @@ fn adamw_matches_a_hand_computed_step() {
             grads: bg.view(),
             m: m.view(),
             v: v.view(),
+            copy: None,
             hp,
         })
         .unwrap();
@@ -1238,6 +1244,7 @@ fn adamw_matches_a_hand_computed_step() {
             grads: bg.view(),
             m: m.view(),
             v: v.view(),
+            copy: None,
             hp: AdamWStep { step: 2, ..hp },
         })
         .unwrap();

@@ -1,8 +1,14 @@
-//! CPU reference of `ops::attention`.
+//! CPU reference of `ops::attention`. In bf16 it rounds where the kernels
+//! store bf16: the scaled scores, the probabilities and the output in the
+//! forward; `d(att)`, `d(scores)` and each gradient after its product in the
+//! backward (see `ops::attention`), and the dropped probabilities.
+//! The flash ops' reference is their exact meaning (`ops::attention::exact`)
+//! rounded once.
 
 use super::math::{dot, exp_in_place, max_of, simd};
 use super::matmul::{gemm_raw, Mat};
-use super::{read, write, CpuOp};
+use super::{read, read_floats, round_bf16, write, write_floats, CpuOp};
+use crate::mem::DType;
 use crate::ops::attention::{
     exact, AttentionBwd, AttentionFwd, AttnDropout, AttnShape, FlashAttentionBwd, FlashAttentionFwd,
 };
@@ -15,16 +21,27 @@ use rayon::prelude::*;
 impl CpuOp for AttentionFwd {
     fn run(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.lens();
+        let round = self.qkv.dtype == DType::BF16;
         // SAFETY: the contract check passed; see `read`.
         unsafe {
+            let (mut o, mut a) = (write_floats(self.out, out), write_floats(self.att, att));
+            let mut dropped = self.dropped.map(|d| write_floats(d, att));
             attention_fwd(
-                write(self.out, out),
-                write(self.att, att),
-                self.dropped.map(|d| write(d, att)),
-                read(self.qkv, qkv),
+                &mut o,
+                &mut a,
+                dropped.as_deref_mut(),
+                &read_floats(self.qkv, qkv),
                 self.shape,
-                self.dropout,
+                Numerics {
+                    dropout: self.dropout,
+                    round,
+                },
             );
+            o.store();
+            a.store();
+            if let Some(d) = dropped {
+                d.store();
+            }
         }
         Ok(())
     }
@@ -33,17 +50,25 @@ impl CpuOp for AttentionFwd {
 impl CpuOp for AttentionBwd {
     fn run(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.lens();
+        let round = self.qkv.dtype == DType::BF16;
         // SAFETY: the contract check passed; see `read`.
         unsafe {
+            let mut dqkv = write_floats(self.dqkv, qkv);
+            let mut scratch = write_floats(self.scratch, att);
             attention_bwd(
-                write(self.dqkv, qkv),
-                write(self.scratch, att),
-                read(self.dout, out),
-                read(self.qkv, qkv),
-                read(self.att, att),
+                &mut dqkv,
+                &mut scratch,
+                &read_floats(self.dout, out),
+                &read_floats(self.qkv, qkv),
+                &read_floats(self.att, att),
                 self.shape,
-                self.dropout,
+                Numerics {
+                    dropout: self.dropout,
+                    round,
+                },
             );
+            dqkv.store();
+            scratch.store();
         }
         Ok(())
     }
@@ -129,6 +154,25 @@ impl SharedMut {
     }
 }
 
+/// Rounds a `rows x cols` block at `ptr` (row stride `stride`) to bf16:
+/// one head's columns of a `[T, 3C]` or `[T, C]` tensor after its product.
+///
+/// # Safety
+/// The block must lie in memory this task alone writes.
+unsafe fn round_block(ptr: *mut f32, rows: usize, cols: usize, stride: usize) {
+    for r in 0..rows {
+        round_bf16(std::slice::from_raw_parts_mut(ptr.add(r * stride), cols));
+    }
+}
+
+/// What the reference attention applies besides the arithmetic: attention
+/// dropout, and rounding to bf16 where the kernels store bf16.
+#[derive(Clone, Copy)]
+struct Numerics {
+    dropout: Option<AttnDropout>,
+    round: bool,
+}
+
 /// Multiplies row `i` of head `head`'s probabilities (or their gradient) by
 /// the dropout mask and `1 / (1 - p)`, in place: one Philox call per pair of
 /// columns (see [`attention_dropout_words`]).
@@ -151,14 +195,14 @@ fn drop_row(row: &mut [f32], d: AttnDropout, head: u64, i: usize) {
 /// single-threaded gemm calls on strided views of `qkv` (they also cover the
 /// masked upper triangle, where `att` is zero: twice the minimum
 /// arithmetic, but far faster than scalar loops). Memory: `att` (and
-/// `dropped`) only.
+/// `dropped`) only. `round`: round to bf16 where the kernels store bf16.
 fn attention_fwd(
     out: &mut [f32],
     att: &mut [f32],
     dropped: Option<&mut [f32]>,
     qkv: &[f32],
     s: AttnShape,
-    dropout: Option<AttnDropout>,
+    Numerics { dropout, round }: Numerics,
 ) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
@@ -202,17 +246,27 @@ fn attention_fwd(
                 || {
                     for (t, row) in att.chunks_exact_mut(t_len).enumerate() {
                         let (live, masked) = row.split_at_mut(t + 1);
+                        if round {
+                            // The kernel's product stores the scaled scores.
+                            for a in live.iter_mut() {
+                                *a *= scale;
+                            }
+                            round_bf16(live);
+                        }
                         let max = max_of(live);
-                        let inv = 1.0 / exp_in_place(live, max, scale);
-                        for a in live {
+                        let inv = 1.0 / exp_in_place(live, max, if round { 1.0 } else { scale });
+                        for a in live.iter_mut() {
                             *a *= inv;
+                        }
+                        if round {
+                            round_bf16(live);
                         }
                         masked.fill(0.0);
                     }
                 },
             );
             // The probabilities that multiply v: `att`, or with dropout this
-            // task's block of `dropped`.
+            // task's block of `dropped` (stored in the compute dtype).
             let probs: &[f32] = match (dropout, dropped) {
                 (Some(d), Some(dropped)) => {
                     // SAFETY: block bh of `dropped`, which has att's length
@@ -226,6 +280,9 @@ fn attention_fwd(
                     a.copy_from_slice(att);
                     for (t, row) in a.chunks_exact_mut(t_len).enumerate() {
                         drop_row(&mut row[..=t], d, bh as u64, t);
+                        if round {
+                            round_bf16(&mut row[..=t]);
+                        }
                     }
                     a
                 }
@@ -246,12 +303,15 @@ fn attention_fwd(
                     false,
                     Parallelism::None,
                 );
+                if round {
+                    round_block(dst, t_len, hs, c);
+                }
             }
         });
 }
 
 /// Backward of [`attention_fwd`], one task per (batch, head), with gemm:
-/// `dv += att^T dy`, `dp = dy v^T` (into `scratch`),
+/// `dp = dy v^T` (into `scratch`), `dv += att^T dy`,
 /// `ds = att * (dp - rowsum(att * dp)) / sqrt(hs)`, `dq += ds k`, `dk += ds^T q`.
 /// With dropout, `scratch` first holds `drop(att)` for `dv`, and `dp` is
 /// masked and scaled like the forward's probabilities before the softmax
@@ -263,7 +323,7 @@ fn attention_bwd(
     qkv: &[f32],
     att: &[f32],
     s: AttnShape,
-    dropout: Option<AttnDropout>,
+    Numerics { dropout, round }: Numerics,
 ) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
@@ -298,12 +358,16 @@ fn attention_bwd(
                 (dq, dq.add(c), dq.add(2 * c))
             };
             let (t, c3) = (t_len, 3 * c);
-            // The probabilities that multiplied v in the forward.
+            // The probabilities that multiplied v in the forward (with
+            // dropout drawn again into `ds`, in the compute dtype).
             let probs = match dropout {
                 Some(d) => {
                     ds.copy_from_slice(p);
                     for (i, row) in ds.chunks_exact_mut(t).enumerate() {
                         drop_row(&mut row[..=i], d, bh as u64, i);
+                        if round {
+                            round_bf16(&mut row[..=i]);
+                        }
                     }
                     &*ds
                 }
@@ -324,6 +388,9 @@ fn attention_bwd(
                     true,
                     Parallelism::None,
                 );
+                if round {
+                    round_block(dv, t, hs, c3);
+                }
                 gemm_raw(
                     ds.as_mut_ptr(),
                     t,
@@ -336,19 +403,28 @@ fn attention_bwd(
                     Parallelism::None,
                 );
             }
-            if let Some(d) = dropout {
-                for (i, row) in ds.chunks_exact_mut(t).enumerate() {
-                    drop_row(&mut row[..=i], d, bh as u64, i);
-                }
-            }
             simd(
                 #[inline(always)]
                 || {
                     for (i, (ds, p)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
                         let (live, masked) = ds.split_at_mut(i + 1);
+                        if round {
+                            // The kernel's product stores d(att) in bf16.
+                            round_bf16(live);
+                        }
+                        if let Some(d) = dropout {
+                            // The kernel stores the masked d(att) too.
+                            drop_row(live, d, bh as u64, i);
+                            if round {
+                                round_bf16(live);
+                            }
+                        }
                         let pdp = dot(&p[..=i], live);
                         for (d, &p) in live.iter_mut().zip(p) {
                             *d = p * (*d - pdp) * scale;
+                        }
+                        if round {
+                            round_bf16(live);
                         }
                         masked.fill(0.0);
                     }
@@ -378,6 +454,10 @@ fn attention_bwd(
                     true,
                     Parallelism::None,
                 );
+                if round {
+                    round_block(dq, t, hs, c3);
+                    round_block(dk, t, hs, c3);
+                }
             }
         });
 }

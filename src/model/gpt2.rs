@@ -645,6 +645,7 @@ impl Gpt2 {
                 targets: tgt,
                 rows: n,
                 vocab,
+                padded_vocab: vocab,
                 ignore_index: IGNORE_INDEX,
                 grad_scale: scale,
             })?;
@@ -705,6 +706,7 @@ impl Gpt2 {
                 targets: tgt.slice(r0, rows),
                 rows,
                 vocab,
+                padded_vocab: vocab,
                 ignore_index: IGNORE_INDEX,
                 grad_scale: train_scale.unwrap_or(1.0),
             })?;

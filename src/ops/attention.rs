@@ -3,7 +3,7 @@
 //!
 //! Two paths compute the same attention and differ in what they save for
 //! the backward:
-//! - unfused ([`AttentionFwd`], [`AttentionBwd`]; fp32): the softmax
+//! - unfused ([`AttentionFwd`], [`AttentionBwd`]; fp32 or bf16): the softmax
 //!   probabilities `att[B, heads, T, T]`, `4 B H T^2` bytes per layer, plus a
 //!   workspace of that size;
 //! - flash ([`FlashAttentionFwd`], [`FlashAttentionBwd`]; bf16): the
@@ -16,7 +16,7 @@
 
 pub mod exact;
 
-use super::check::{self, input, output, F32_ONLY};
+use super::check::{self, input, output, F32_BF16};
 use super::Contract;
 use crate::mem::{DType, View};
 use anyhow::{ensure, Result};
@@ -105,7 +105,12 @@ impl AttnDropout {
 /// writes `out[B, T, C]` and saves the softmax probabilities
 /// `att[B, heads, T, T]` (before dropout; zero above the diagonal) for the
 /// backward. With dropout, `dropped` (`[B, heads, T, T]`, contents undefined
-/// after) holds the dropped probabilities that multiply `v`.
+/// after) holds the dropped probabilities that multiply `v`. In bf16
+/// every tensor is bf16: the scaled scores `q k^T / sqrt(hs)` are rounded to
+/// bf16 in `att`, the softmax reads them and computes in fp32, the
+/// probabilities are rounded to bf16 and `out = att v` once more; the
+/// backward rounds `d(att) = dout v^T` and `d(scores)` (in `scratch`) and
+/// each gradient it accumulates into `dqkv`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionFwd {
     pub out: View,
@@ -118,6 +123,7 @@ pub struct AttentionFwd {
 
 impl Contract for AttentionFwd {
     const NAME: &'static str = "attention_fwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.checked_lens(Self::NAME)?;
         AttnDropout::check(self.dropout, Self::NAME)?;
@@ -128,7 +134,7 @@ impl Contract for AttentionFwd {
         );
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("out", self.out, out),
                 output("att", self.att, att),
@@ -158,12 +164,13 @@ pub struct AttentionBwd {
 
 impl Contract for AttentionBwd {
     const NAME: &'static str = "attention_bwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.checked_lens(Self::NAME)?;
         AttnDropout::check(self.dropout, Self::NAME)?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("dqkv", self.dqkv, qkv),
                 output("scratch", self.scratch, att),
@@ -220,12 +227,13 @@ pub struct FlashAttentionFwd {
 
 impl Contract for FlashAttentionFwd {
     const NAME: &'static str = "flash_attention_fwd";
+    const FLOATS: &'static [DType] = FLASH_DTYPES;
     fn check(&self) -> Result<()> {
         let (qkv, out, rows) = flash_lens(Self::NAME, &self.shape)?;
         AttnDropout::check(self.dropout, Self::NAME)?;
         check::operands(
             Self::NAME,
-            FLASH_DTYPES,
+            Self::FLOATS,
             &[
                 output("out", self.out, out),
                 output("lse", self.lse, rows).of(DType::F32),
@@ -255,12 +263,13 @@ pub struct FlashAttentionBwd {
 
 impl Contract for FlashAttentionBwd {
     const NAME: &'static str = "flash_attention_bwd";
+    const FLOATS: &'static [DType] = FLASH_DTYPES;
     fn check(&self) -> Result<()> {
         let (qkv, out, rows) = flash_lens(Self::NAME, &self.shape)?;
         AttnDropout::check(self.dropout, Self::NAME)?;
         check::operands(
             Self::NAME,
-            FLASH_DTYPES,
+            Self::FLOATS,
             &[
                 output("dqkv", self.dqkv, qkv),
                 output("delta", self.delta, rows).of(DType::F32),
