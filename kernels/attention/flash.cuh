@@ -92,6 +92,36 @@ __device__ __forceinline__ void flash_load_tile(char* tile, const bf16* src, u64
     }
 }
 
+// The key/value stream of the forward and dq kernels: two pipeline stages
+// at `tiles`, each a K tile of FLASH_BLOCK_N keys followed by its V tile.
+template <int DP>
+struct FlashKvStream {
+    static constexpr int TILE = FLASH_BLOCK_N * DP * 2;  // bytes of one K or V tile
+    char* tiles;
+    const bf16* k_src;  // key 0 of this head in qkv; its v is `channels` later
+    u64 ld;
+    int seq, hs, channels;
+    bool aligned;
+    // Issues the copies of key tile kt into stage kt % 2.
+    __device__ __forceinline__ void load(int kt) const {
+        char* stage = tiles + (kt & 1) * 2 * TILE;
+        const int k0 = kt * FLASH_BLOCK_N;
+        const bf16* k = k_src + (u64)k0 * ld;
+        flash_load_tile<FLASH_BLOCK_N, DP>(stage, k, ld, seq - k0, hs, aligned);
+        flash_load_tile<FLASH_BLOCK_N, DP>(stage + TILE, k + channels, ld, seq - k0, hs, aligned);
+    }
+    // Starts the copies of tile kt + 1 (if any), waits until tile kt (from
+    // the call before, or the prologue's load(0) and commit) has landed for
+    // every thread, and returns its K tile (V follows at + TILE).
+    __device__ __forceinline__ const char* advance(int kt, int n_tiles) const {
+        if (kt + 1 < n_tiles) load(kt + 1);
+        cp_async_commit();
+        cp_async_wait<1>();  // tile kt has landed (the group after it may be empty)
+        __syncthreads();
+        return tiles + (kt & 1) * 2 * TILE;
+    }
+};
+
 // A operand: rows row0..row0+15, k columns 16 kk..16 kk+15 of a tile.
 template <int DP>
 __device__ __forceinline__ void flash_load_a(u32 a[4], const char* tile, int row0, int kk, int lane) {

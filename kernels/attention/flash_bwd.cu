@@ -36,7 +36,6 @@ __device__ __forceinline__ void flash_bwd_dq(bf16* __restrict__ dqkv, float* __r
                                              const bf16* __restrict__ dout, const bf16* __restrict__ out,
                                              const float* __restrict__ lse, const bf16* __restrict__ qkv, int seq,
                                              int channels, int heads, float p, u64 seed, u64 offset, int aligned) {
-    constexpr int TILE = FLASH_BLOCK_N * DP * 2;
     static_assert(FLASH_BLOCK_M == FLASH_BLOCK_N && FLASH_BLOCK_N == 64 && FLASH_THREADS == 128,
                   "four warps of 16 query rows, key tiles as tall as query tiles");
     static_assert((2 * FLASH_BLOCK_M + 4 * FLASH_BLOCK_N) * DP * 2 == (DP == 64 ? FLASH_DQ_SMEM_64 : FLASH_DQ_SMEM_128),
@@ -51,15 +50,13 @@ __device__ __forceinline__ void flash_bwd_dq(bf16* __restrict__ dqkv, float* __r
     const int q_block = gridDim.x - 1 - blockIdx.x;
     const int q0 = q_block * FLASH_BLOCK_M, n_tiles = q_block + 1;
     const u64 ld = hd.qkv_ld();
-    const bf16* const k_src = qkv + hd.qkv_row + channels;
-    const bf16* const v_src = k_src + channels;
     const bool al = aligned != 0;
+    const FlashKvStream<DP> kv{kv_tiles, qkv + hd.qkv_row + channels, ld, seq, hd.hs, channels, al};
 
     flash_load_tile<FLASH_BLOCK_M, DP>(q_tile, qkv + hd.qkv_row + (u64)q0 * ld, ld, seq - q0, hd.hs, al);
     flash_load_tile<FLASH_BLOCK_M, DP>(do_tile, dout + hd.out_row + (u64)q0 * hd.out_ld(), hd.out_ld(), seq - q0,
                                        hd.hs, al);
-    flash_load_tile<FLASH_BLOCK_N, DP>(kv_tiles, k_src, ld, seq, hd.hs, al);
-    flash_load_tile<FLASH_BLOCK_N, DP>(kv_tiles + TILE, v_src, ld, seq, hd.hs, al);
+    kv.load(0);
     cp_async_commit();
 
     // D = rowsum(dout * out) of the warp's 16 rows, in fp32 from global
@@ -96,17 +93,8 @@ __device__ __forceinline__ void flash_bwd_dq(bf16* __restrict__ dqkv, float* __r
 
     for (int kt = 0; kt < n_tiles; kt++) {
         const int k0 = kt * FLASH_BLOCK_N;
-        if (kt + 1 < n_tiles) {
-            char* next = kv_tiles + ((kt + 1) & 1) * 2 * TILE;
-            const u64 at = (u64)(k0 + FLASH_BLOCK_N) * ld;
-            flash_load_tile<FLASH_BLOCK_N, DP>(next, k_src + at, ld, seq - k0 - FLASH_BLOCK_N, hd.hs, al);
-            flash_load_tile<FLASH_BLOCK_N, DP>(next + TILE, v_src + at, ld, seq - k0 - FLASH_BLOCK_N, hd.hs, al);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        const char* k_tile = kv_tiles + (kt & 1) * 2 * TILE;
-        const char* v_tile = k_tile + TILE;
+        const char* k_tile = kv.advance(kt, n_tiles);
+        const char* v_tile = k_tile + kv.TILE;
         const bool diag = kt == n_tiles - 1;
         const int pairs = diag ? warp + 1 : 4;  // 16-key groups at or below this warp's rows
 

@@ -35,14 +35,13 @@ template <int DP>
 __device__ __forceinline__ void flash_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ out,
                                           float* __restrict__ lse, int seq, int channels, int heads, float p,
                                           u64 seed, u64 offset, int aligned) {
-    constexpr int TILE = FLASH_BLOCK_N * DP * 2;  // bytes of one K or V tile
     static_assert(FLASH_BLOCK_M == FLASH_BLOCK_N && FLASH_BLOCK_N == 64 && FLASH_THREADS == 128,
                   "four warps of 16 query rows, key tiles as tall as query tiles (the diagonal logic)");
     static_assert((FLASH_BLOCK_M + 4 * FLASH_BLOCK_N) * DP * 2 == (DP == 64 ? FLASH_FWD_SMEM_64 : FLASH_FWD_SMEM_128),
                   "params.h's shared-memory size is this layout's");
     DYN_SMEM(FlashChunk, smem);
     char* const q_tile = (char*)smem;
-    // Stage s: K at kv_tiles + 2 s TILE, V right after it.
+    // Stage s: K at kv_tiles + 2 s kv.TILE, V right after it (FlashKvStream).
     char* const kv_tiles = q_tile + FLASH_BLOCK_M * DP * 2;
 
     const FlashHead hd(seq, channels, heads);
@@ -50,13 +49,11 @@ __device__ __forceinline__ void flash_fwd(const bf16* __restrict__ qkv, bf16* __
     const int q_block = gridDim.x - 1 - blockIdx.x;  // the longest rows first
     const int q0 = q_block * FLASH_BLOCK_M, n_tiles = q_block + 1;
     const u64 ld = hd.qkv_ld();
-    const bf16* const k_src = qkv + hd.qkv_row + channels;
-    const bf16* const v_src = k_src + channels;
     const bool al = aligned != 0;
+    const FlashKvStream<DP> kv{kv_tiles, qkv + hd.qkv_row + channels, ld, seq, hd.hs, channels, al};
 
     flash_load_tile<FLASH_BLOCK_M, DP>(q_tile, qkv + hd.qkv_row + (u64)q0 * ld, ld, seq - q0, hd.hs, al);
-    flash_load_tile<FLASH_BLOCK_N, DP>(kv_tiles, k_src, ld, seq, hd.hs, al);
-    flash_load_tile<FLASH_BLOCK_N, DP>(kv_tiles + TILE, v_src, ld, seq, hd.hs, al);
+    kv.load(0);
     cp_async_commit();
 
     const float scale_log2 = FLASH_LOG2E / sqrtf((float)hd.hs);
@@ -70,17 +67,8 @@ __device__ __forceinline__ void flash_fwd(const bf16* __restrict__ qkv, bf16* __
 
     for (int kt = 0; kt < n_tiles; kt++) {
         const int k0 = kt * FLASH_BLOCK_N;
-        if (kt + 1 < n_tiles) {
-            char* next = kv_tiles + ((kt + 1) & 1) * 2 * TILE;
-            const u64 at = (u64)(k0 + FLASH_BLOCK_N) * ld;
-            flash_load_tile<FLASH_BLOCK_N, DP>(next, k_src + at, ld, seq - k0 - FLASH_BLOCK_N, hd.hs, al);
-            flash_load_tile<FLASH_BLOCK_N, DP>(next + TILE, v_src + at, ld, seq - k0 - FLASH_BLOCK_N, hd.hs, al);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();  // tile kt has landed (the group after it may be empty)
-        __syncthreads();
-        const char* k_tile = kv_tiles + (kt & 1) * 2 * TILE;
-        const char* v_tile = k_tile + TILE;
+        const char* k_tile = kv.advance(kt, n_tiles);
+        const char* v_tile = k_tile + kv.TILE;
         // In the diagonal tile this warp's rows see only keys below
         // 16 (warp + 1): 2 warp + 2 groups of 8, i.e. warp + 1 of 16.
         const bool diag = kt == n_tiles - 1;
