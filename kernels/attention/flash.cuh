@@ -155,6 +155,28 @@ __device__ __forceinline__ void flash_c_to_a(u32 a[4], const float lo[4], const 
     a[3] = pack_bf16x2(hi[2], hi[3]);
 }
 
+// acc (16 x DP, C layout) += S T for a warp's 16 x 64 score tile S in C
+// layout (only its first `pairs` 16-key groups; the rest are zero) and a
+// tile T whose rows are those keys (V in the forward, K for dq): S goes from
+// the accumulators into A operands without leaving registers.
+template <int DP>
+__device__ __forceinline__ void flash_scores_times_tile(float acc[DP / 8][4], float s[8][4], int pairs,
+                                                        const char* tile, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        if (kk >= pairs) continue;
+        u32 a[4];
+        flash_c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+        for (int np = 0; np < DP / 16; np++) {
+            u32 b[4];
+            flash_load_b_rows_k<DP>(b, tile, kk, np * 16, lane);
+            mma_m16n8k16_bf16_f32(acc[2 * np], a, b);
+            mma_m16n8k16_bf16_f32(acc[2 * np + 1], a, b + 2);
+        }
+    }
+}
+
 // A row's maximum and sum over the four lanes of a quad (the lanes that
 // hold one row of a C tile).
 __device__ __forceinline__ float flash_quad_max(float v) {

@@ -135,19 +135,7 @@ __device__ __forceinline__ void flash_bwd_dq(bf16* __restrict__ dqkv, float* __r
             }
         }
         // dq += dS K.
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (kk >= pairs) continue;
-            u32 a[4];
-            flash_c_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int np = 0; np < DP / 16; np++) {
-                u32 b[4];
-                flash_load_b_rows_k<DP>(b, k_tile, kk, np * 16, lane);
-                mma_m16n8k16_bf16_f32(dq[2 * np], a, b);
-                mma_m16n8k16_bf16_f32(dq[2 * np + 1], a, b + 2);
-            }
-        }
+        flash_scores_times_tile<DP>(dq, s, pairs, k_tile, lane);
         __syncthreads();
     }
     const float row_scale[2] = {scale, scale};

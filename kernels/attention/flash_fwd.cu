@@ -132,19 +132,7 @@ __device__ __forceinline__ void flash_fwd(const bf16* __restrict__ qkv, bf16* __
                 s[nt][e] = (keep >> e) & 1 ? pr : 0.0f;
             }
         }
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (kk >= pairs) continue;
-            u32 a[4];
-            flash_c_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int np = 0; np < DP / 16; np++) {
-                u32 b[4];
-                flash_load_b_rows_k<DP>(b, v_tile, kk, np * 16, lane);
-                mma_m16n8k16_bf16_f32(o[2 * np], a, b);
-                mma_m16n8k16_bf16_f32(o[2 * np + 1], a, b + 2);
-            }
-        }
+        flash_scores_times_tile<DP>(o, s, pairs, v_tile, lane);
         __syncthreads();  // every warp is done with this stage before it is refilled
     }
 
