@@ -3,6 +3,8 @@
 
 use crate::config::{AgentInput, BackendKind, Preset, RunConfig, Schedule};
 use crate::data::{Corpus, Split, TokenizerKind};
+use crate::model::Arch;
+use crate::precision::Precision;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{InitTies, TieGrad};
 use anyhow::Result;
@@ -33,7 +35,7 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Generate text from a trained run.
     Sample(SampleArgs),
-    /// Write a run's weights in another layout (Hugging Face GPT-2).
+    /// Write a run's weights in another layout (Hugging Face GPT-2 or BERT).
     Export(ExportArgs),
     /// Memory and throughput benchmarks.
     Bench(Box<BenchArgs>),
@@ -50,6 +52,10 @@ pub struct ModelFlags {
     /// A TOML file overriding the preset (any subset of config.toml's fields).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Architecture: GPT-2, or a causal BERT (post-LN blocks, erf GELU,
+    /// token-type embeddings, the LM head's transform).
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
     /// Transformer blocks.
     #[arg(long)]
     pub layers: Option<usize>,
@@ -78,6 +84,11 @@ pub struct ModelFlags {
     /// Compute backend (default auto).
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
+    /// Numeric precision: fp32, or bf16 mixed precision (fp32 master
+    /// weights, moments, gradients and reductions; bf16 activations and
+    /// matmul inputs). Default: bf16 on cuda, fp32 on cpu and emu.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Random seed for initialization, data order, dropout and the agent.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -96,6 +107,7 @@ impl ModelFlags {
             cfg.merge_toml_file(path)?;
         }
         let m = &mut cfg.model;
+        set(&mut m.arch, self.arch);
         set(&mut m.n_layer, self.layers);
         set(&mut m.n_embd, self.d_model);
         set(&mut m.n_head, self.heads);
@@ -106,6 +118,9 @@ impl ModelFlags {
         set(&mut cfg.train.seed, self.seed);
         set(&mut cfg.tying.policy, self.tying.clone());
         set(&mut cfg.backend, self.backend);
+        if self.precision.is_some() {
+            cfg.precision = self.precision;
+        }
         if self.recompute {
             cfg.train.recompute = true;
         }
@@ -185,13 +200,14 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The flags given that would change a run's configuration, which a
     /// resume takes from the run's config.toml instead (only --steps, --lr,
-    /// --backend, --recompute and the place of the same dataset, --data,
-    /// may change on resume).
+    /// --backend, --precision, --recompute and the place of the same
+    /// dataset, --data, may change on resume).
     pub fn fixed_on_resume(&self) -> Vec<&'static str> {
         let m = &self.model;
         [
             ("--preset", m.preset.is_some()),
             ("--config", m.config.is_some()),
+            ("--arch", m.arch.is_some()),
             ("--layers", m.layers.is_some()),
             ("--d-model", m.d_model.is_some()),
             ("--heads", m.heads.is_some()),
@@ -340,7 +356,7 @@ pub struct ExportArgs {
 /// The layouts of `dyntie export --format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
-    /// Hugging Face GPT2LMHeadModel (config.json, model.safetensors).
+    /// Hugging Face GPT2LMHeadModel or BertLMHeadModel (config.json, model.safetensors).
     Hf,
 }
 crate::choice_text!(ExportFormat, "export format");
@@ -354,6 +370,9 @@ pub enum BenchWhat {
     Throughput,
     /// How to compare with the PyTorch baseline (scripts/compare.sh).
     Compare,
+    /// Every matrix product of a step (GPT-2 124M and the paper config) in
+    /// fp32 and bf16: FLOPs, bytes and, on a GPU, time and TFLOP/s.
+    Kernels,
 }
 crate::choice_text!(BenchWhat, "benchmark");
 
@@ -382,6 +401,15 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Compare every product with the CPU backend (kernels; always under
+    /// --backend emu, at cut-down sizes).
+    #[arg(long)]
+    pub check: bool,
+    /// The card's measured bf16 peak in TFLOP/s for the fraction column
+    /// (kernels; default 790, cuBLAS at 8192^3 on an H100/H200; fp32 rows
+    /// use the nominal 67).
+    #[arg(long = "peak-tflops")]
+    pub peak_tflops: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -392,6 +420,10 @@ pub struct DoctorArgs {
     /// Check the kernels under the CPU emulator instead of a GPU.
     #[arg(long)]
     pub emu: bool,
+    /// The precision of the training check, on both backends (default
+    /// fp32; the kernels are checked at every dtype either way).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Wait for every kernel as it is launched and name the first that fails,
     /// with its op and shapes (as DYNTIE_SYNC_LAUNCHES=1 does).
     #[arg(long = "sync-launches")]
@@ -435,6 +467,7 @@ mod tests {
             (&["train", "--agent-input"], "scaled", "raw, normalized"),
             (&["train", "--backend"], "gpu", "auto, cpu, cuda, emu"),
             (&["train", "--preset"], "huge", "tiny, small, gpt2"),
+            (&["bench", "memory", "--arch"], "roberta", "gpt2, bert"),
             (&["eval", "--run", "r", "--split"], "train", "valid, test"),
             (&["eval", "--run", "r", "--task"], "hellaswag", "lambada"),
             (
@@ -459,7 +492,8 @@ mod tests {
                 "onnx",
                 "hf",
             ),
-            (&["bench"], "kernels", "memory, throughput, compare"),
+            (&["bench"], "kernel", "memory, throughput, compare, kernels"),
+            (&["train", "--precision"], "fp16", "fp32, bf16"),
         ] {
             let mut argv = vec!["dyntie"];
             argv.extend_from_slice(args);

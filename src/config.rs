@@ -3,7 +3,8 @@
 //! run folder as `config.toml`, so a run can always be repeated exactly.
 
 use crate::data::TokenizerKind;
-use crate::model::ModelConfig;
+use crate::model::{Arch, ModelConfig};
+use crate::precision::Precision;
 use crate::tying::agent::StateEncoding;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{InitTies, TieGrad, TieOptions};
@@ -33,6 +34,12 @@ pub enum Preset {
     Gpt2Xl,
     /// The paper's setup: 48 blocks x 1600, 16 heads, context 256.
     Paper,
+    /// The paper's causal BERT: transformers' default BertConfig (12 blocks
+    /// x 768, 12 heads, 512 positions) with the GPT-2 vocabulary.
+    Bert,
+    /// A causal BERT of `tiny`'s size: a few seconds on a CPU.
+    #[value(name = "bert-tiny")]
+    BertTiny,
 }
 crate::choice_text!(Preset, "preset");
 
@@ -199,6 +206,12 @@ impl DataSettings {
 pub struct RunConfig {
     pub preset: Preset,
     pub backend: BackendKind,
+    /// `--precision`. `None` until a run starts, which takes its backend's
+    /// default ([`Precision::default_for`]) and writes it into config.toml;
+    /// a run's config.toml without it predates mixed precision and is fp32
+    /// (see [`RunConfig::load`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     pub model: ModelConfig,
     pub train: TrainSettings,
     pub tying: TyingSettings,
@@ -214,6 +227,7 @@ impl RunConfig {
     /// A preset's configuration. `small` is what `dyntie train` runs with no arguments.
     pub fn for_preset(preset: Preset) -> RunConfig {
         let model = |n_layer, n_embd, n_head, n_ctx| ModelConfig {
+            arch: Arch::Gpt2,
             n_layer,
             n_embd,
             n_head,
@@ -225,6 +239,7 @@ impl RunConfig {
         let mut cfg = RunConfig {
             preset,
             backend: BackendKind::Auto,
+            precision: None,
             model: model(6, 128, 4, 64),
             train: TrainSettings {
                 batch: 16,
@@ -278,6 +293,15 @@ impl RunConfig {
             Preset::Gpt2Medium => cfg.model = model(24, 1024, 16, 1024),
             Preset::Gpt2Large => cfg.model = model(36, 1280, 20, 1024),
             Preset::Gpt2Xl => cfg.model = model(48, 1600, 25, 1024),
+            Preset::Bert => {
+                cfg.model = model(12, 768, 12, 512);
+                cfg.model.arch = Arch::Bert;
+            }
+            Preset::BertTiny => {
+                cfg = RunConfig::for_preset(Preset::Tiny);
+                cfg.preset = preset;
+                cfg.model.arch = Arch::Bert;
+            }
             Preset::Paper => {
                 cfg.model = model(48, 1600, 16, 256);
                 cfg.model.dropout = 0.2;
@@ -293,7 +317,7 @@ impl RunConfig {
         }
         if matches!(
             preset,
-            Preset::Gpt2 | Preset::Gpt2Medium | Preset::Gpt2Large | Preset::Gpt2Xl
+            Preset::Gpt2 | Preset::Gpt2Medium | Preset::Gpt2Large | Preset::Gpt2Xl | Preset::Bert
         ) {
             cfg.train.batch = 8;
             cfg.train.lr = 6e-4;
@@ -335,9 +359,19 @@ impl RunConfig {
             .with_context(|| format!("{} is not a valid dyntie config", path.display()))
     }
 
-    /// Parses the text of a resolved `config.toml` (not validated).
+    /// The precision a run on `backend` (`Backend::name`) uses: the one
+    /// asked for, else the backend's default.
+    pub fn precision_on(&self, backend: &str) -> Precision {
+        self.precision
+            .unwrap_or_else(|| Precision::default_for(backend))
+    }
+
+    /// Parses the text of a resolved `config.toml` (not validated). One
+    /// without `precision` was written before mixed precision: fp32.
     pub fn from_toml_str(text: &str) -> Result<RunConfig> {
-        toml::from_str(text).map_err(|e| toml_error(&e, text))
+        let mut cfg: RunConfig = toml::from_str(text).map_err(|e| toml_error(&e, text))?;
+        cfg.precision.get_or_insert(Precision::Fp32);
+        Ok(cfg)
     }
 
     pub fn to_toml(&self) -> String {
@@ -488,6 +522,28 @@ mod tests {
         );
         assert_eq!(paper.train.batch, 16);
         assert_eq!(paper.model.dropout, 0.2);
+        let bert = RunConfig::preset("bert").unwrap().model;
+        assert_eq!(
+            (
+                bert.arch,
+                bert.n_layer,
+                bert.n_embd,
+                bert.n_head,
+                bert.n_ctx
+            ),
+            (Arch::Bert, 12, 768, 12, 512)
+        );
+        // BertConfig's hidden_dropout_prob.
+        assert_eq!(bert.dropout, 0.1);
+        let tiny = RunConfig::preset("bert-tiny").unwrap();
+        assert_eq!(tiny.preset, Preset::BertTiny);
+        assert_eq!(
+            tiny.model,
+            ModelConfig {
+                arch: Arch::Bert,
+                ..RunConfig::preset("tiny").unwrap().model
+            }
+        );
     }
 
     #[test]
@@ -526,7 +582,7 @@ mod tests {
     }
 
     /// A config.toml as the first release wrote it: without the fields
-    /// added since (`final_eval_max_windows`, `recompute`, `agent_input`),
+    /// added since (`arch`, `final_eval_max_windows`, `recompute`, `agent_input`),
     /// which take their defaults.
     const FIRST_RELEASE_CONFIG: &str = r#"
 preset = "tiny"
@@ -581,12 +637,41 @@ synthetic_tokens = 50000
         assert_eq!(cfg.train.schedule, Schedule::Cosine);
         assert_eq!(cfg.train.final_eval_max_windows, 0);
         assert!(!cfg.train.recompute);
+        assert_eq!(cfg.model.arch, Arch::Gpt2);
         cfg.validate().unwrap();
         // Written again, it is the same text plus the new fields.
         let again = cfg.to_toml();
         for line in FIRST_RELEASE_CONFIG.lines().filter(|l| !l.is_empty()) {
             assert!(again.contains(line), "'{line}' not in:\n{again}");
         }
+    }
+
+    #[test]
+    fn a_run_without_a_precision_is_fp32_and_new_runs_take_the_backends_default() {
+        let dir = std::env::temp_dir().join(format!("dyntie-precision-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, FIRST_RELEASE_CONFIG).unwrap();
+        let old = RunConfig::load(&path).unwrap();
+        assert_eq!(old.precision, Some(Precision::Fp32));
+        assert_eq!(old.precision_on("cuda"), Precision::Fp32);
+        let mut cfg = RunConfig::for_preset(Preset::Small);
+        assert_eq!(cfg.precision_on("cuda"), Precision::Bf16);
+        assert_eq!(cfg.precision_on("cpu"), Precision::Fp32);
+        assert_eq!(cfg.precision_on("emu"), Precision::Fp32);
+        cfg.merge_toml_str("precision = \"bf16\"\n").unwrap();
+        assert_eq!(cfg.precision_on("cpu"), Precision::Bf16);
+        std::fs::write(&path, cfg.to_toml()).unwrap();
+        assert_eq!(
+            RunConfig::load(&path).unwrap().precision,
+            Some(Precision::Bf16)
+        );
+        let err = cfg.merge_toml_str("precision = \"fp16\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown precision 'fp16': use fp32 or bf16"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -625,6 +710,10 @@ synthetic_tokens = 50000
                 "unknown backend 'gpu': use auto, cpu, cuda or emu",
             ),
             ("[tying]\npolicy = \"sometimes\"\n", "unknown policy"),
+            (
+                "[model]\narch = \"roberta\"\n",
+                "unknown architecture 'roberta': use gpt2 or bert",
+            ),
             ("preset = \"huge\"\n", "unknown preset 'huge'"),
         ] {
             let err = format!("{:#}", cfg.merge_toml_str(toml).unwrap_err());

@@ -126,5 +126,8 @@ pub fn doctor_training_config() -> RunConfig {
     cfg.tying.agent_k = 2;
     cfg.tying.param_cost = 0.5;
     cfg.data.synthetic_tokens = 20_000;
+    // Both backends in the same precision (a run's default depends on the
+    // backend).
+    cfg.precision = Some(crate::precision::Precision::Fp32);
     cfg
 }

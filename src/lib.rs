@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod precision;
 pub mod report;
 pub mod rng;
 pub mod train;

@@ -4,11 +4,12 @@
 //! many layers share it, applying weight decay per tensor as the layouts say
 //! (matrices and embeddings decay; biases and LayerNorm weights do not).
 
-use crate::mem::{Buffer, DType, View};
-use crate::model::{Gpt2, ParamEntry};
+use crate::mem::{Buffer, DType};
+use crate::model::{Model, ParamEntry};
 use crate::ops::elementwise::Fill;
 use crate::ops::optimizer::{AdamWStep, Adamw, SumSquares};
 use crate::ops::{Backend, BackendExt};
+use crate::tying::slots::Slot;
 use anyhow::Result;
 
 /// AdamW hyper-parameters and the step counter.
@@ -61,7 +62,7 @@ impl AdamW {
     }
 
     /// The L2 norm of all gradients, each unique buffer counted once.
-    pub fn grad_norm(&self, model: &Gpt2) -> Result<f32> {
+    pub fn grad_norm(&self, model: &Model) -> Result<f32> {
         let be = model.backend().as_ref();
         let acc = self.norm_acc.view();
         be.run(Fill {
@@ -83,48 +84,37 @@ impl AdamW {
 
     /// One update of every parameter; gradients are multiplied by
     /// `grad_scale` first (see [`clip_scale`]).
-    pub fn update(&mut self, model: &Gpt2, grad_scale: f32) -> Result<()> {
+    pub fn update(&mut self, model: &Model, grad_scale: f32) -> Result<()> {
         self.step += 1;
         let be = model.backend().as_ref();
-        let g = model.globals();
-        self.update_buffer(
+        self.update_slot(
             be,
             model.global_layout().entries(),
-            [
-                g.params.view(),
-                g.grads.view(),
-                g.adam_m.view(),
-                g.adam_v.view(),
-            ],
+            model.globals(),
             grad_scale,
         )?;
         for (_, s) in model.slots().trainable_slots() {
-            let views = [
-                s.params.view(),
-                s.grads.view(),
-                s.adam_m.view(),
-                s.adam_v.view(),
-            ];
-            self.update_buffer(be, model.block_layout().entries(), views, grad_scale)?;
+            self.update_slot(be, model.block_layout().entries(), s, grad_scale)?;
         }
         Ok(())
     }
 
     /// Clips to `max_norm` (when given) and updates; returns the norm before
     /// clipping.
-    pub fn clip_and_update(&mut self, model: &Gpt2, max_norm: Option<f32>) -> Result<f32> {
+    pub fn clip_and_update(&mut self, model: &Model, max_norm: Option<f32>) -> Result<f32> {
         let norm = self.grad_norm(model)?;
         let scale = max_norm.map_or(1.0, |clip| clip_scale(norm, clip));
         self.update(model, scale)?;
         Ok(norm)
     }
 
-    /// Updates the tensors of one buffer, each with its own weight decay.
-    fn update_buffer(
+    /// Updates the tensors of one slot, each with its own weight decay; in
+    /// mixed precision the same pass rewrites the slot's compute copy.
+    fn update_slot(
         &self,
         be: &dyn Backend,
         entries: &[ParamEntry],
-        [p, g, m, v]: [View; 4],
+        slot: &Slot,
         grad_scale: f32,
     ) -> Result<()> {
         for e in entries {
@@ -138,11 +128,11 @@ impl AdamW {
                 grad_scale,
             };
             be.run(Adamw {
-                params: e.view(p),
-                grads: e.view(g),
-                m: e.view(m),
-                v: e.view(v),
-                copy: None,
+                params: e.view(slot.params.view()),
+                grads: e.view(slot.grads.view()),
+                m: e.view(slot.adam_m.view()),
+                v: e.view(slot.adam_v.view()),
+                copy: slot.compute.as_ref().map(|c| e.view(c.view())),
                 hp,
             })?;
         }

@@ -3,7 +3,7 @@
 
 use dyntie::commands::bench::{flops_per_token, fp32_peak_tflops};
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::ops::profile::ProfiledBackend;
 use dyntie::ops::Backend;
 use dyntie::optim::AdamW;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 fn cfg() -> ModelConfig {
     ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 3,
         n_embd: 32,
         n_head: 4,
@@ -27,7 +28,7 @@ fn cfg() -> ModelConfig {
 fn train(backend: Arc<dyn Backend>) -> (Vec<f32>, Vec<Vec<f32>>) {
     let c = cfg();
     let (b, t) = (2, c.n_ctx);
-    let mut model = Gpt2::new(backend, c.clone(), 7).unwrap();
+    let mut model = Model::new(backend, c.clone(), 7).unwrap();
     let mut opt = AdamW::new(model.backend().as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
     let mut rng = HostRng::new(3);
     let mut ids = || -> Vec<u32> { (0..b * t).map(|_| rng.below(97) as u32).collect() };
@@ -68,7 +69,7 @@ fn profiled_backend_passes_results_through_bitwise() {
 fn profiled_backend_counts_every_op_of_a_step() {
     let profiled = Arc::new(ProfiledBackend::new(Arc::new(CpuBackend::new())));
     let c = cfg();
-    let mut model = Gpt2::new(profiled.clone(), c.clone(), 7).unwrap();
+    let mut model = Model::new(profiled.clone(), c.clone(), 7).unwrap();
     let mut opt = AdamW::new(profiled.as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
     let (b, t) = (2, c.n_ctx);
     let tokens: Vec<u32> = (0..b * t).map(|i| (i % 97) as u32).collect();
@@ -95,14 +96,17 @@ fn profiled_backend_counts_every_op_of_a_step() {
             .map_or(0, |(_, s)| s.calls)
     };
     let l = c.n_layer as u64;
-    // Per block: qkv, attn.proj, mlp.fc, mlp.proj; plus the output head.
-    assert_eq!(calls("matmul_fwd"), 4 * l + 1);
+    // Per block: qkv, attn.proj, mlp.proj; plus the output head. mlp.fc is
+    // one matmul_gelu_fwd (GELU fused), with its backward a gelu_bwd and a
+    // matmul_bwd.
+    assert_eq!(calls("matmul_fwd"), 3 * l + 1);
+    assert_eq!(calls("matmul_gelu_fwd"), l);
     assert_eq!(calls("matmul_bwd"), 4 * l + 1);
     assert_eq!(calls("attention_fwd"), l);
     assert_eq!(calls("attention_bwd"), l);
     assert_eq!(calls("layernorm_fwd"), 2 * l + 1);
     assert_eq!(calls("layernorm_bwd"), 2 * l + 1);
-    assert_eq!(calls("gelu_fwd"), l);
+    assert_eq!(calls("gelu_fwd"), 0);
     assert_eq!(calls("gelu_bwd"), l);
     // Embeddings and both residual branches of every block.
     assert_eq!(calls("dropout_fwd"), 2 * l + 1);
@@ -115,7 +119,10 @@ fn profiled_backend_counts_every_op_of_a_step() {
     assert_eq!(calls("sum_squares"), l + 1);
     // The per-shape matmul rows split the same calls.
     let shape_calls: u64 = profiled.matmul_report().iter().map(|(_, s)| s.calls).sum();
-    assert_eq!(shape_calls, calls("matmul_fwd") + calls("matmul_bwd"));
+    assert_eq!(
+        shape_calls,
+        calls("matmul_fwd") + calls("matmul_gelu_fwd") + calls("matmul_bwd")
+    );
     assert!(profiled
         .matmul_report()
         .iter()
@@ -200,6 +207,23 @@ fn bench_memory_paper_config_has_1556m_parameters() {
     assert!(rows[1]["report"]["params"].as_u64().unwrap() < params / 10);
 }
 
+/// The paper's BERT (default BertConfig, GPT-2 vocabulary): the exact
+/// counts are derived by hand in `model::accounting`'s tests.
+#[test]
+fn bench_memory_bert_preset_has_124_7m_parameters() {
+    let r = dyntie(&[
+        "bench", "memory", "--arch", "bert", "--preset", "bert", "--json",
+    ]);
+    assert_eq!(r["model"]["arch"], "bert");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["pattern"], "none");
+    let none = &rows[0]["report"];
+    assert_eq!(none["params"], 124_690_513);
+    assert_eq!(none["block_params"], 7_087_872);
+    assert_eq!(rows[1]["pattern"], "all");
+    assert_eq!(rows[1]["report"]["params"], 39_636_049 + 7_087_872);
+}
+
 #[test]
 fn mfu_denominators_and_flops() {
     assert_eq!(fp32_peak_tflops("NVIDIA H100 PCIe (sm_90)"), Some(51.2));
@@ -215,6 +239,7 @@ fn mfu_denominators_and_flops() {
     assert_eq!(fp32_peak_tflops("Tesla T4"), None);
     // GPT-2 small at T=1024: N = 12 * 12 * 768^2 + 50257 * 768 = 123,532,032.
     let gpt2 = ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 12,
         n_embd: 768,
         n_head: 12,
@@ -235,4 +260,35 @@ fn scripts_parse() {
         let st = Command::new("bash").arg("-n").arg(&path).status().unwrap();
         assert!(st.success(), "bash -n {s}");
     }
+}
+
+/// `bench kernels` under the emulator: every product of a step of both
+/// configs, in both dtypes, checked against the CPU at cut-down sizes; on
+/// the CPU backend, which has no kernels, a clear error.
+#[test]
+fn bench_kernels_checks_every_product_under_the_emulator() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(["bench", "kernels", "--backend", "emu"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 2 models x 15 linear products x 2 dtypes, each compared.
+    assert_eq!(text.matches(" pass (").count(), 60, "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("attention ")).count(), 8);
+    let out = Command::new(env!("CARGO_BIN_EXE_dyntie"))
+        .args(["bench", "kernels", "--backend", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bench kernels times the CUDA kernels"),
+        "{err}"
+    );
 }

@@ -3,6 +3,7 @@
 //! opening a trained run.
 
 pub mod bench;
+pub mod bench_kernels;
 pub mod doctor;
 pub mod eval;
 pub mod export;
@@ -22,7 +23,7 @@ use crate::config::{BackendKind, RunConfig};
 use crate::cpu::CpuBackend;
 use crate::cuda::{self, CudaDevice, Device, EmuDevice, KernelBackend};
 use crate::data::{Dataset, SyntheticConfig, Tokenizer};
-use crate::model::Gpt2;
+use crate::model::Model;
 use crate::ops::Backend;
 use crate::train::memory::{self, Available};
 use crate::train::run_dir;
@@ -169,7 +170,7 @@ pub fn load_run(
     dir: &Path,
     backend: Option<BackendKind>,
     allow_non_finite: bool,
-) -> Result<(RunConfig, Gpt2)> {
+) -> Result<(RunConfig, Model)> {
     let cfg = run_dir::load_config(dir, "--run")?;
     let selected = select_backend(backend.unwrap_or(cfg.backend))?;
     check_memory(&cfg, &selected)?;

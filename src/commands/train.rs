@@ -13,7 +13,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let fixed = args.fixed_on_resume();
         ensure!(
             fixed.is_empty(),
-            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --lr, --backend, --recompute and --data for a dataset that moved may change on resume), or start a new run with --out",
+            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --lr, --backend, --precision, --recompute and --data for a dataset that moved may change on resume), or start a new run with --out",
             dir.display(),
             fixed.join(", "),
             if fixed.len() == 1 { "it" } else { "them" }
@@ -36,6 +36,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         println!("resuming {} at step {}", dir.display(), t.step());
         for note in t.notes() {
             println!("{note}");
+        }
+        if let Some(p) = args.model.precision {
+            if t.config().precision != Some(p) {
+                t.set_precision(p)?;
+                println!("precision {p} from here on (config.toml updated)");
+            }
         }
         if args.model.recompute && !t.config().train.recompute {
             t.enable_recompute()?;
@@ -97,13 +103,14 @@ fn describe(t: &Trainer) {
     let n_params = t.model().global_layout().len() + m.n_layer * t.model().block_layout().len();
     let table = t.model().slots().table();
     println!(
-        "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied){}",
+        "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied), precision {}{}",
         m.n_layer,
         m.n_embd,
         m.n_head,
         m.n_ctx,
         m.vocab_size,
         n_params as f64 / 1e6,
+        t.model().precision(),
         if t.model().recompute() {
             "; activations recomputed in backward"
         } else {

@@ -12,9 +12,10 @@ use crate::config::{RunConfig, Schedule};
 use crate::data::{Batch, Dataset, EvalWindows, Split, TrainBatcher};
 use crate::metrics::{self, JsonlWriter};
 use crate::model::accounting::MemoryReport;
-use crate::model::{activation_bytes, Gpt2};
+use crate::model::{activation_bytes, Model};
 use crate::ops::Backend;
 use crate::optim::{AdamW, LrSchedule};
+use crate::precision::Precision;
 use crate::rng::HostRng;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
@@ -39,7 +40,7 @@ pub struct Summary {
 pub struct Trainer {
     pub(super) cfg: RunConfig,
     pub(super) dir: PathBuf,
-    pub(super) model: Gpt2,
+    pub(super) model: Model,
     pub(super) opt: AdamW,
     pub(super) schedule: LrSchedule,
     pub(super) data: Dataset,
@@ -83,6 +84,8 @@ impl Trainer {
         // run works from any folder), content hash and tokenizer, so eval
         // and sample find it and notice when it was prepared again.
         cfg.model.vocab_size = mc.vocab_size;
+        // Likewise the precision the backend defaults to.
+        cfg.precision = Some(cfg.precision_on(backend.name()));
         if let Some(place) = cfg.data.prepared_dir() {
             let absolute = std::path::absolute(place)
                 .with_context(|| format!("cannot resolve --data {}", place.display()))?;
@@ -91,7 +94,7 @@ impl Trainer {
             cfg.data.tokenizer = data.tokenizer_kind();
         }
         let table = initial_table(&cfg, &cfg.tying.policy, mc.n_layer)?;
-        let model = Gpt2::with_table(backend, mc, cfg.train.seed, table)?;
+        let model = Model::with_table(backend, mc, cfg.train.seed, table)?;
         let trainer = Self::assemble(cfg, dir, model, data, || run_dir::take(dir, force))?;
         run_dir::write_config(dir, &trainer.cfg)?;
         Ok(trainer)
@@ -146,7 +149,7 @@ impl Trainer {
         );
         let data = open_run_dataset(&cfg, None)?;
         let mc = cfg.model.for_dataset(data.vocab_size, &data.name)?;
-        let model = Gpt2::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
+        let model = Model::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
         let logs = ckpt.state.logs;
         let skipped: Vec<PathBuf> = ckpt.skipped.iter().map(|(p, _)| p.clone()).collect();
         // Lines logged after the checkpoint belong to a future that is
@@ -178,6 +181,8 @@ impl Trainer {
         }
         let mut t = Self::assemble(cfg, dir, model, data, move || Ok(lock))?;
         t.restore(ckpt)?;
+        // The checkpoint wrote the fp32 weights.
+        t.model.refresh_compute_copies()?;
         t.notes = notes;
         if t.cfg.train.steps != recorded_steps {
             // config.toml describes the run, so a later resume, eval or
@@ -219,13 +224,14 @@ impl Trainer {
     fn assemble(
         cfg: RunConfig,
         dir: &Path,
-        mut model: Gpt2,
+        mut model: Model,
         data: Dataset,
         claim: impl FnOnce() -> Result<RunLock>,
     ) -> Result<Trainer> {
         let t = &cfg.train;
         model.set_recompute(t.recompute);
         let backend = model.backend().clone();
+        model.set_precision(cfg.precision_on(backend.name()))?;
         let opt = AdamW::new(
             backend.as_ref(),
             t.lr,
@@ -270,7 +276,7 @@ impl Trainer {
         })
     }
 
-    pub fn model(&self) -> &Gpt2 {
+    pub fn model(&self) -> &Model {
         &self.model
     }
     pub fn step(&self) -> u64 {
@@ -304,6 +310,15 @@ impl Trainer {
     pub fn enable_recompute(&mut self) -> Result<()> {
         self.cfg.train.recompute = true;
         self.model.set_recompute(true);
+        run_dir::write_config(&self.dir, &self.cfg)
+    }
+
+    /// Switches the precision for the rest of the run (the checkpoint holds
+    /// fp32 master weights and moments, so nothing is lost either way) and
+    /// records it in config.toml.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.cfg.precision = Some(precision);
+        self.model.set_precision(precision)?;
         run_dir::write_config(&self.dir, &self.cfg)
     }
 

@@ -8,20 +8,28 @@
 //! new slot as a copy of the old one's weights and moments. Several layers on
 //! one slot add their gradients into its gradient buffer (`--tie-grad
 //! shared`), or only the owner does (`frozen`, see [`SlotStore::grad_enabled`]).
+//!
+//! In mixed precision (`--precision bf16`, see `crate::precision`) each slot
+//! also holds a bf16 *compute copy* of its fp32 weights, which the forward
+//! and backward read; layers tied to a slot read its one copy.
 
-use crate::mem::{Buffer, DType};
-use crate::ops::elementwise::CopyView;
+use crate::mem::{Buffer, DType, View};
+use crate::ops::elementwise::{Cast, CopyView};
 use crate::ops::{Backend, BackendExt};
 use crate::tying::table::{TieEffect, TieOptions, TieTable};
 use anyhow::{ensure, Result};
 
-/// Parameters, gradients and AdamW moments of equal length.
+/// Parameters, gradients and AdamW moments of equal length, all fp32, and
+/// in mixed precision the bf16 compute copy of the parameters.
 #[derive(Debug)]
 pub struct Slot {
     pub params: Buffer,
     pub grads: Buffer,
     pub adam_m: Buffer,
     pub adam_v: Buffer,
+    /// `params` rounded to bf16 (mixed precision only): what the ops read.
+    /// The AdamW step rewrites it with the weights it writes.
+    pub compute: Option<Buffer>,
 }
 
 impl Slot {
@@ -32,7 +40,40 @@ impl Slot {
             grads: backend.alloc(DType::F32, len)?,
             adam_m: backend.alloc(DType::F32, len)?,
             adam_v: backend.alloc(DType::F32, len)?,
+            compute: None,
         })
+    }
+
+    /// The weights the ops read: the compute copy, or the fp32 parameters.
+    pub fn weights(&self) -> View {
+        self.compute.as_ref().unwrap_or(&self.params).view()
+    }
+
+    /// Allocates (`Some(BF16)`) or drops (`None`) the compute copy; a new
+    /// copy is filled from the parameters.
+    pub fn set_compute_copy(&mut self, backend: &dyn Backend, dtype: Option<DType>) -> Result<()> {
+        self.compute = match dtype {
+            None | Some(DType::F32) => None,
+            Some(d) => Some(backend.alloc(d, self.len())?),
+        };
+        self.refresh_compute_copy(backend, 0, self.len())
+    }
+
+    /// Rounds parameters `[offset, offset + len)` into the compute copy
+    /// (after anything but the AdamW step wrote them: init, a checkpoint).
+    pub fn refresh_compute_copy(
+        &self,
+        backend: &dyn Backend,
+        offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        if let Some(copy) = &self.compute {
+            backend.run(Cast {
+                dst: copy.view().slice(offset, len),
+                src: self.params.view().slice(offset, len),
+            })?;
+        }
+        Ok(())
     }
 
     /// Number of parameters.
@@ -44,9 +85,9 @@ impl Slot {
         self.len() == 0
     }
 
-    /// Bytes held by the four buffers.
+    /// Bytes held by the buffers (the four fp32 ones and the compute copy).
     pub fn bytes(&self) -> usize {
-        4 * self.params.bytes()
+        4 * self.params.bytes() + self.compute.as_ref().map_or(0, |c| c.bytes())
     }
 }
 
@@ -56,6 +97,8 @@ pub struct SlotStore {
     slots: Vec<Option<Slot>>,
     table: TieTable,
     block_len: usize,
+    /// The dtype of each slot's compute copy; `None` in fp32.
+    compute: Option<DType>,
 }
 
 impl SlotStore {
@@ -69,6 +112,7 @@ impl SlotStore {
             slots,
             table,
             block_len,
+            compute: None,
         })
     }
 
@@ -124,6 +168,21 @@ impl SlotStore {
         self.table.receives_grad(layer)
     }
 
+    /// Gives every live slot, and every slot created later, a compute copy
+    /// of `dtype` (`None` or `F32`: none).
+    pub fn set_compute_copies(
+        &mut self,
+        backend: &dyn Backend,
+        dtype: Option<DType>,
+    ) -> Result<()> {
+        let dtype = dtype.filter(|&d| d != DType::F32);
+        for slot in self.slots.iter_mut().flatten() {
+            slot.set_compute_copy(backend, dtype)?;
+        }
+        self.compute = dtype;
+        Ok(())
+    }
+
     /// Applies the agent's action `a` for block `i` (see
     /// [`TieTable::apply_action`]) to the table and the buffers.
     pub fn apply_action(&mut self, backend: &dyn Backend, i: usize, a: usize) -> Result<TieEffect> {
@@ -153,15 +212,22 @@ impl SlotStore {
     /// allocation succeeded, so an out-of-memory error leaves the store as it was.
     fn commit(&mut self, backend: &dyn Backend, table: TieTable, effect: TieEffect) -> Result<()> {
         if let Some(c) = effect.created {
-            let fresh = Slot::zeros(backend, self.block_len)?;
+            let mut fresh = Slot::zeros(backend, self.block_len)?;
+            if let Some(d) = self.compute {
+                fresh.compute = Some(backend.alloc(d, self.block_len)?);
+            }
             let src = self.slots[c.from]
                 .as_ref()
                 .expect("the table copies from a live slot");
+            let copies = fresh.compute.as_ref().zip(src.compute.as_ref());
             for (dst, src) in [
                 (&fresh.params, &src.params),
                 (&fresh.adam_m, &src.adam_m),
                 (&fresh.adam_v, &src.adam_v),
-            ] {
+            ]
+            .into_iter()
+            .chain(copies)
+            {
                 backend.run(CopyView {
                     dst: dst.view(),
                     src: src.view(),
