@@ -187,8 +187,10 @@ fn main() {
         be.run(AttentionFwd {
             out: out.view(),
             att: att.view(),
+            dropped: None,
             qkv: qkv.view(),
             shape,
+            dropout: None,
         })
         .unwrap()
     });
@@ -200,6 +202,7 @@ fn main() {
             qkv: qkv.view(),
             att: att.view(),
             shape,
+            dropout: None,
         })
         .unwrap()
     });

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reads the sm_90 machine code (SASS) of every kernel, which the emulator
 # cannot judge, and fails when it is not what the source means it to be:
-#   - the bf16 GEMM's main loop (gemm_mma_*) must contain HMMA.16816.F32.BF16
-#     (tensor cores, fp32 accumulate), LDSM (ldmatrix) and, except in the
-#     _unaligned fallbacks, LDGSTS (cp.async);
+#   - the main loops of the bf16 GEMM (gemm_mma_*) and of flash attention
+#     (attention_flash_*, forward and both backward kernels) must contain
+#     HMMA.16816.F32.BF16 (tensor cores, fp32 accumulate), LDSM (ldmatrix)
+#     and, except in the GEMM's _unaligned fallbacks, LDGSTS (cp.async);
 #   - no kernel may touch local memory (LDL/STL: spills or stack arrays)
 #     unless named in SASS_ALLOW_LOCAL (space-separated).
 # It prints, per kernel: registers, shared memory, the occupancy its launch
@@ -79,9 +80,20 @@ work, out_path, commit, gemm_smem, allow = sys.argv[1], sys.argv[2], sys.argv[3]
 # (threads per block, dynamic shared bytes) per kernel; 1-D kernels use 256.
 LAUNCH = {"gemm_bias_grad_f32": (512, 0), "loss_softmax_xent_f32": (512, 0),
           "layernorm_bwd_f32": (256, 2 * 768 * 4)}  # GPT-2's 768 channels
+# params.h's constants, for the flash attention kernels' launch sizes.
+PARAMS = {}
+for m in re.finditer(r"^constexpr \w+ (\w+) = ([^;]+);", open("kernels/include/params.h").read(), re.M):
+    try:
+        PARAMS[m.group(1)] = int(eval(m.group(2), {}, dict(PARAMS)))
+    except Exception:
+        pass
 def launch(kernel):
     if kernel.startswith("gemm_mma_"):
         return 256, gemm_smem
+    m = re.match(r"attention_flash_(fwd|bwd_dq|bwd_dkdv)_d(64|128)_", kernel)
+    if m:
+        part = {"fwd": "FWD", "bwd_dq": "DQ", "bwd_dkdv": "DKDV"}[m.group(1)]
+        return PARAMS["FLASH_THREADS"], PARAMS[f"FLASH_{part}_SMEM_{m.group(2)}"]
     return LAUNCH.get(kernel, (256, 0))
 
 # sm_90 (H100/H200) limits.
@@ -167,7 +179,7 @@ for sass_file in sorted(glob.glob(os.path.join(work, "*.sass"))):
         hmma = mix["HMMA"]
         smem_loads = mix["LDSM"] + sum(1 for t in loop if opcode(t) == "LDS" and "RZ, [RZ]" not in t)
         ints = sum(n for op, n in mix.items() if INT.match(op))
-        if name.startswith("gemm_mma_"):
+        if name.startswith("gemm_mma_") or name.startswith("attention_flash_"):
             exact = sum(1 for t in loop if "HMMA.16816.F32.BF16" in t)
             need = [("HMMA.16816.F32.BF16", exact), ("LDSM", mix["LDSM"])]
             if "_unaligned_" not in name:

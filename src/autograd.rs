@@ -10,7 +10,7 @@
 
 use crate::mem::View;
 use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
-use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnDropout, AttnShape};
 use crate::ops::elementwise::Fill;
 use crate::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
@@ -266,7 +266,9 @@ pub fn linear_gelu(
 }
 
 /// Causal self-attention over the fused `qkv`; `att` saves the
-/// probabilities, `scratch` is backward workspace of the same size.
+/// probabilities, `scratch` is workspace of the same size (the forward's
+/// dropped probabilities with dropout, the backward's gradients).
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     be: &dyn Backend,
     tape: &mut Tape,
@@ -275,12 +277,15 @@ pub fn attention(
     scratch: View,
     qkv: Var,
     shape: AttnShape,
+    dropout: Option<AttnDropout>,
 ) -> Result<()> {
     be.run(AttentionFwd {
         out: out.val,
         att,
+        dropped: dropout.map(|_| scratch),
         qkv: qkv.val,
         shape,
+        dropout,
     })?;
     tape.record(move |be| {
         be.run(AttentionBwd {
@@ -290,6 +295,7 @@ pub fn attention(
             qkv: qkv.val,
             att,
             shape,
+            dropout,
         })
     });
     Ok(())

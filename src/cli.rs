@@ -74,7 +74,7 @@ pub struct ModelFlags {
     /// Vocabulary size (default: the dataset's tokenizer).
     #[arg(long)]
     pub vocab: Option<usize>,
-    /// Dropout probability.
+    /// Dropout probability (embeddings, residual branches and attention probabilities).
     #[arg(long)]
     pub dropout: Option<f32>,
     /// Tying policy: dynamic, none, all, every:K, random, pattern:0,0,1,..,

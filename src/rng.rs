@@ -3,6 +3,10 @@
 //! - [`philox4x32`]: the counter-based Philox4x32-10 generator (Salmon et
 //!   al., SC'11). Dropout masks are a pure function of (seed, counter), so the
 //!   CUDA kernels compute the same masks as the CPU without storing them.
+//! - [`attention_dropout_words`]: the same generator laid out for the
+//!   attention probabilities, one call per 2 x 2 block of a head's
+//!   `T x T` matrix (see there), so the fused kernels draw each mask word
+//!   where their tensor-core fragments hold the element.
 //! - [`HostRng`]: a small seeded generator (SplitMix64) for initialization,
 //!   data order and the agent's exploration. Its whole state is one `u64`, so
 //!   checkpoints save and restore it exactly.
@@ -46,6 +50,51 @@ pub fn philox_uniform(seed: u64, index: u64) -> f32 {
 /// Whether dropout with probability `p` keeps element `index` of stream `seed`.
 pub fn dropout_keep(seed: u64, index: u64, p: f32) -> bool {
     philox_uniform(seed, index) >= p
+}
+
+/// Marks the attention-dropout stream: XORed into the top counter word, which
+/// the elementwise stream ([`philox_uniform`]) leaves at zero, so the two
+/// streams never share a counter under one seed.
+pub const ATTN_DROPOUT_TAG: u32 = 0x4154_544e; // "ATTN"
+
+/// The Philox words of attention dropout for head `head` (the op's offset
+/// plus `batch * heads + h`), query row `i` and the key pair `2 * (j / 2)`,
+/// `2 * (j / 2) + 1`. One call covers the four elements `(i, j)`,
+/// `(i, j + 1)`, `(i + 8, j)`, `(i + 8, j + 1)` for `i % 16 < 8` and even
+/// `j`: exactly what one lane holds of a 16 x 8 tensor-core tile of scores
+/// (rows g and g + 8, columns 2t and 2t + 1), so a kernel spends one call
+/// per four elements. Element `(i, j)` takes word [`attention_dropout_word`].
+pub fn attention_dropout_words(seed: u64, head: u64, i: u32, j: u32) -> [u32; 4] {
+    philox4x32(
+        [
+            j >> 1,
+            ((i >> 4) << 3) | (i & 7),
+            head as u32,
+            (head >> 32) as u32 ^ ATTN_DROPOUT_TAG,
+        ],
+        [seed as u32, (seed >> 32) as u32],
+    )
+}
+
+/// Which of [`attention_dropout_words`] element `(i, j)` uses.
+pub fn attention_dropout_word(i: u32, j: u32) -> usize {
+    (((i >> 3) & 1) * 2 + (j & 1)) as usize
+}
+
+/// Whether a Philox word keeps its element under dropout probability `p`:
+/// its top 24 bits as a uniform in [0, 1) are at least `p`, as in
+/// [`dropout_keep`]. (In integers: `word >> 8 >= ceil(p * 2^24)`, exactly.)
+pub fn keeps(word: u32, p: f32) -> bool {
+    (word >> 8) as f32 * (1.0 / 16_777_216.0) >= p
+}
+
+/// Whether attention dropout with probability `p` keeps the probability of
+/// query `i` for key `j` in head `head` (see [`attention_dropout_words`]).
+pub fn attention_dropout_keep(seed: u64, head: u64, i: u32, j: u32, p: f32) -> bool {
+    keeps(
+        attention_dropout_words(seed, head, i, j)[attention_dropout_word(i, j)],
+        p,
+    )
 }
 
 /// SplitMix64: tiny, fast, statistically fine for our host-side uses, and its
@@ -123,6 +172,32 @@ mod tests {
     fn dropout_keeps_about_one_minus_p() {
         let kept = (0..100_000u64).filter(|&i| dropout_keep(7, i, 0.2)).count();
         assert!((kept as f64 / 100_000.0 - 0.8).abs() < 0.01, "kept {kept}");
+    }
+
+    #[test]
+    fn attention_dropout_keeps_about_one_minus_p_with_one_call_per_four_elements() {
+        let (mut kept, mut n) = (0, 0);
+        for head in [0u64, 5, 1 << 33] {
+            for i in 0..40u32 {
+                for j in 0..=i {
+                    let k = attention_dropout_keep(7, head, i, j, 0.3);
+                    kept += usize::from(k);
+                    n += 1;
+                }
+            }
+        }
+        assert!(
+            (kept as f64 / n as f64 - 0.7).abs() < 0.03,
+            "kept {kept} of {n}"
+        );
+        // The four elements of one call use its four words.
+        let w = attention_dropout_words(3, 2, 17, 6);
+        for (i, j, k) in [(17, 6, 0), (17, 7, 1), (25, 6, 2), (25, 7, 3)] {
+            assert_eq!(attention_dropout_words(3, 2, i, j), w);
+            assert_eq!(attention_dropout_word(i, j), k);
+        }
+        assert_ne!(attention_dropout_words(3, 2, 33, 6), w);
+        assert_ne!(attention_dropout_words(3, 2, 17, 8), w);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use dyntie::cpu::CpuBackend;
 use dyntie::mem::{Buffer, DType};
 use dyntie::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
-use dyntie::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use dyntie::ops::attention::{exact, AttentionBwd, AttentionFwd, AttnDropout, AttnShape};
 use dyntie::ops::elementwise::{Accumulate, Add, CopyView, Fill};
 use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
@@ -20,7 +20,7 @@ use dyntie::ops::loss::SoftmaxXent;
 use dyntie::ops::matmul::{MatmulBwd, MatmulFwd};
 use dyntie::ops::optimizer::{AdamWStep, Adamw, SumSquares};
 use dyntie::ops::BackendExt;
-use dyntie::rng::{dropout_keep, HostRng};
+use dyntie::rng::{attention_dropout_keep, dropout_keep, HostRng};
 
 const B: usize = 2;
 const T: usize = 7;
@@ -33,6 +33,13 @@ const SHAPE: AttnShape = AttnShape {
     seq: T,
     channels: C,
     heads: NH,
+};
+
+/// Attention dropout of the tests: p = 0.3 at a head offset past 2^32.
+const ATTN_DROPOUT: AttnDropout = AttnDropout {
+    p: 0.3,
+    seed: 17,
+    offset: (1 << 32) - 1,
 };
 
 /// f32 round-off unit.
@@ -236,7 +243,22 @@ mod reference {
     }
 
     /// (out, att)
-    pub fn attention_fwd(qkv: &[f64]) -> [Vec<f64>; 2] {
+    /// The dropout factor of probability (t, u) of head `bh`: 0, or
+    /// 1 / (1 - p) where kept; 1 without dropout.
+    fn drop_factor(dropout: Option<AttnDropout>, bh: usize, t: usize, u: usize) -> f64 {
+        dropout.map_or(1.0, |d| {
+            let kept =
+                attention_dropout_keep(d.seed, d.offset + bh as u64, t as u32, u as u32, d.p);
+            if kept {
+                1.0 / (1.0 - d.p as f64)
+            } else {
+                0.0
+            }
+        })
+    }
+
+    /// `[out, att]`: att the probabilities before dropout, out = drop(att) v.
+    pub fn attention_fwd(qkv: &[f64], dropout: Option<AttnDropout>) -> [Vec<f64>; 2] {
         let hs = C / NH;
         let scale = 1.0 / (hs as f64).sqrt();
         let mut out = vec![0.0; B * T * C];
@@ -257,8 +279,9 @@ mod reference {
                     for u in 0..=t {
                         let p = (s[u] - max).exp() / z;
                         att[((b * NH + h) * T + t) * T + u] = p;
+                        let a = p * drop_factor(dropout, b * NH + h, t, u);
                         for i in 0..hs {
-                            out[(b * T + t) * C + h * hs + i] += p * qkv[qkv_at(b, u, 2, h, i)];
+                            out[(b * T + t) * C + h * hs + i] += a * qkv[qkv_at(b, u, 2, h, i)];
                         }
                     }
                 }
@@ -267,28 +290,32 @@ mod reference {
         [out, att]
     }
 
-    /// dqkv, by whole-matrix algebra per head: dP = dO V^T, dV = P^T dO,
+    /// dqkv, by whole-matrix algebra per head, with A = drop(P) and F the
+    /// dropout factors: dA = dO V^T, dV = A^T dO, dP = F * dA,
     /// dS = P * (dP - rowsum(P * dP)), dQ = dS K * scale, dK = dS^T Q * scale.
-    pub fn attention_bwd(dout: &[f64], qkv: &[f64]) -> Vec<f64> {
+    pub fn attention_bwd(dout: &[f64], qkv: &[f64], dropout: Option<AttnDropout>) -> Vec<f64> {
         let hs = C / NH;
         let scale = 1.0 / (hs as f64).sqrt();
-        let [_, att] = attention_fwd(qkv);
+        let [_, att] = attention_fwd(qkv, dropout);
         let mut dqkv = vec![0.0; qkv.len()];
         for b in 0..B {
             for h in 0..NH {
+                let f = |t: usize, u: usize| drop_factor(dropout, b * NH + h, t, u);
                 let p = |t: usize, u: usize| att[((b * NH + h) * T + t) * T + u];
                 let dout_at = |t: usize, i: usize| dout[(b * T + t) * C + h * hs + i];
                 let mut dp = vec![vec![0.0; T]; T];
                 for (t, dpt) in dp.iter_mut().enumerate() {
                     for (u, dptu) in dpt.iter_mut().enumerate() {
-                        *dptu = (0..hs)
-                            .map(|i| dout_at(t, i) * qkv[qkv_at(b, u, 2, h, i)])
-                            .sum();
+                        *dptu = f(t, u)
+                            * (0..hs)
+                                .map(|i| dout_at(t, i) * qkv[qkv_at(b, u, 2, h, i)])
+                                .sum::<f64>();
                     }
                 }
                 for u in 0..T {
                     for i in 0..hs {
-                        dqkv[qkv_at(b, u, 2, h, i)] = (0..T).map(|t| p(t, u) * dout_at(t, i)).sum();
+                        dqkv[qkv_at(b, u, 2, h, i)] =
+                            (0..T).map(|t| p(t, u) * f(t, u) * dout_at(t, i)).sum();
                     }
                 }
                 let mut ds = vec![vec![0.0; T]; T];
@@ -421,13 +448,18 @@ fn reference_backwards_match_finite_differences() {
     );
 
     let (qkv, w) = (tb.randn(N * 3 * C), tb.randn(N * C));
-    let dqkv = reference::attention_bwd(&w, &qkv);
-    fd_check(
-        "attention",
-        &[qkv],
-        |x| dot(&reference::attention_fwd(&x[0])[0], &w),
-        &[dqkv],
-    );
+    for (name, dropout) in [
+        ("attention", None),
+        ("attention dropout", Some(ATTN_DROPOUT)),
+    ] {
+        let dqkv = reference::attention_bwd(&w, &qkv, dropout);
+        fd_check(
+            name,
+            std::slice::from_ref(&qkv),
+            |x| dot(&reference::attention_fwd(&x[0], dropout)[0], &w),
+            &[dqkv],
+        );
+    }
 
     let x: Vec<f64> = tb.randn(N * C).iter().map(|v| 3.0 * v).collect();
     let dx = reference::gelu_bwd(&x, &w);
@@ -750,46 +782,116 @@ fn matmul_is_deterministic() {
 #[test]
 fn attention_matches_reference() {
     let mut tb = Bench::new(10);
-    let (qkv, dout, g) = (tb.randn(N * 3 * C), tb.randn(N * C), tb.randn(N * 3 * C));
-    let (bqkv, bdout) = (tb.up(&qkv), tb.up(&dout));
-    let out = tb.be.alloc(DType::F32, N * C).unwrap();
-    // Filled with garbage: the op must write every element, zeros included.
-    let att = tb.up(&vec![7.0; B * NH * T * T]);
+    for dropout in [None, Some(ATTN_DROPOUT)] {
+        let (qkv, dout, g) = (tb.randn(N * 3 * C), tb.randn(N * C), tb.randn(N * 3 * C));
+        let (bqkv, bdout) = (tb.up(&qkv), tb.up(&dout));
+        let out = tb.be.alloc(DType::F32, N * C).unwrap();
+        // Filled with garbage: the op must write every element, zeros included.
+        let att = tb.up(&vec![7.0; B * NH * T * T]);
+        let dropped = tb.up(&vec![5.0; B * NH * T * T]);
+        tb.be
+            .run(AttentionFwd {
+                out: out.view(),
+                att: att.view(),
+                dropped: dropout.map(|_| dropped.view()),
+                qkv: bqkv.view(),
+                shape: SHAPE,
+                dropout,
+            })
+            .unwrap();
+        let [rout, ratt] = reference::attention_fwd(&qkv, dropout);
+        // Dot products of hs=4 and softmax/value sums over up to T=7 keys.
+        let tol = 4.0 * (C / NH + T) as f64 * EPS32;
+        assert_close("attention out", &tb.down(&out), &rout, tol);
+        let att_got = tb.down(&att);
+        assert_close("attention att", &att_got, &ratt, tol);
+        for (i, a) in att_got.iter().enumerate() {
+            let (t, u) = ((i / T) % T, i % T);
+            if u > t {
+                assert_eq!(*a, 0.0, "att above the diagonal at {i}");
+            }
+        }
+
+        let dqkv = tb.up(&g);
+        let scratch = tb.up(&vec![-3.0; B * NH * T * T]);
+        tb.be
+            .run(AttentionBwd {
+                dqkv: dqkv.view(),
+                scratch: scratch.view(),
+                dout: bdout.view(),
+                qkv: bqkv.view(),
+                att: att.view(),
+                shape: SHAPE,
+                dropout,
+            })
+            .unwrap();
+        let rd = reference::attention_bwd(&dout, &qkv, dropout);
+        assert_close("attention dqkv", &tb.down(&dqkv), &plus(&g, &rd), tol);
+    }
+}
+
+/// The flash ops' meaning (`exact`, which the CPU flash ops round and the
+/// flash kernels are compared with) is the attention of the reference
+/// above, whose backward is checked by finite differences: in f64 they
+/// differ only by summation order.
+#[test]
+fn flash_semantics_match_the_reference_attention() {
+    let mut tb = Bench::new(12);
+    for dropout in [None, Some(ATTN_DROPOUT)] {
+        let (qkv, dout) = (tb.randn(N * 3 * C), tb.randn(N * C));
+        let fwd = exact::forward(&qkv, SHAPE, dropout);
+        let [rout, _] = reference::attention_fwd(&qkv, dropout);
+        assert_close("flash out", &fwd.out, &rout, 1e-12);
+        let bwd = exact::backward(&dout, &fwd.out, &fwd.lse, &qkv, SHAPE, dropout);
+        let rd = reference::attention_bwd(&dout, &qkv, dropout);
+        assert_close("flash dqkv", &bwd.dqkv, &rd, 1e-12);
+    }
+}
+
+#[test]
+fn attention_dropout_drops_about_p_of_the_probabilities_and_scales_the_rest() {
+    let mut tb = Bench::new(13);
+    let (b, t, c, nh) = (2, 64, 8, 2);
+    let shape = AttnShape {
+        batch: b,
+        seq: t,
+        channels: c,
+        heads: nh,
+    };
+    let qkv = tb.randn(b * t * 3 * c);
+    let qkv = tb.up(&qkv);
+    let len = b * nh * t * t;
+    let (out, att, dropped) = (
+        tb.be.alloc(DType::F32, b * t * c).unwrap(),
+        tb.be.alloc(DType::F32, len).unwrap(),
+        tb.be.alloc(DType::F32, len).unwrap(),
+    );
     tb.be
         .run(AttentionFwd {
             out: out.view(),
             att: att.view(),
-            qkv: bqkv.view(),
-            shape: SHAPE,
+            dropped: Some(dropped.view()),
+            qkv: qkv.view(),
+            shape,
+            dropout: Some(ATTN_DROPOUT),
         })
         .unwrap();
-    let [rout, ratt] = reference::attention_fwd(&qkv);
-    // Dot products of hs=4 and softmax/value sums over up to T=7 keys.
-    let tol = 4.0 * (C / NH + T) as f64 * EPS32;
-    assert_close("attention out", &tb.down(&out), &rout, tol);
-    let att_got = tb.down(&att);
-    assert_close("attention att", &att_got, &ratt, tol);
-    for (i, a) in att_got.iter().enumerate() {
-        let (t, u) = ((i / T) % T, i % T);
-        if u > t {
-            assert_eq!(*a, 0.0, "att above the diagonal at {i}");
+    let (p, a) = (tb.down(&att), tb.down(&dropped));
+    let (mut kept, mut live) = (0, 0);
+    let scale = 1.0 / (1.0 - ATTN_DROPOUT.p as f64);
+    for (i, (p, a)) in p.iter().zip(&a).enumerate() {
+        let (row, col) = ((i / t) % t, i % t);
+        if col > row {
+            continue;
+        }
+        live += 1;
+        if *a != 0.0 {
+            kept += 1;
+            assert!((a - p * scale).abs() <= 1e-6 * a.abs(), "[{i}]: {a} vs {p}");
         }
     }
-
-    let dqkv = tb.up(&g);
-    let scratch = tb.up(&vec![-3.0; B * NH * T * T]);
-    tb.be
-        .run(AttentionBwd {
-            dqkv: dqkv.view(),
-            scratch: scratch.view(),
-            dout: bdout.view(),
-            qkv: bqkv.view(),
-            att: att.view(),
-            shape: SHAPE,
-        })
-        .unwrap();
-    let rd = reference::attention_bwd(&dout, &qkv);
-    assert_close("attention dqkv", &tb.down(&dqkv), &plus(&g, &rd), tol);
+    let share = kept as f64 / live as f64;
+    assert!((share - 0.7).abs() < 0.03, "kept {kept} of {live}");
 }
 
 #[test]
@@ -807,8 +909,10 @@ fn attention_rejects_heads_that_do_not_divide_channels() {
         .run(AttentionFwd {
             out: out.view(),
             att: att.view(),
+            dropped: None,
             qkv: qkv.view(),
-            shape
+            shape,
+            dropout: None,
         })
         .is_err());
 }

@@ -10,7 +10,7 @@ use common::{assert_conformance, backends, emu};
 use dyntie::conformance::Dims;
 use dyntie::cuda::ResumeOrder;
 use dyntie::mem::DType;
-use dyntie::ops::attention::{AttentionFwd, AttnShape};
+use dyntie::ops::attention::{AttentionFwd, AttnDropout, AttnShape};
 use dyntie::ops::BackendExt;
 
 const OPS: [&str; 2] = ["attention_fwd", "attention_bwd"];
@@ -77,8 +77,10 @@ fn bad_shapes_are_errors_not_panics() {
     let fwd = |att, shape| AttentionFwd {
         out: out.view(),
         att,
+        dropped: None,
         qkv: qkv.view(),
         shape,
+        dropout: None,
     };
     let msg = be.run(fwd(att.view(), shape)).unwrap_err().to_string();
     assert!(
@@ -94,4 +96,31 @@ fn bad_shapes_are_errors_not_panics() {
         msg.contains("attention_fwd: att has 10 elements but the shape needs 72"),
         "{msg}"
     );
+    let dropout = Some(AttnDropout {
+        p: 0.1,
+        seed: 1,
+        offset: 0,
+    });
+    let msg = be
+        .run(AttentionFwd {
+            dropout,
+            ..fwd(att.view(), shape)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("needs the `dropped` workspace"), "{msg}");
+    let p = Some(AttnDropout {
+        p: 1.0,
+        seed: 1,
+        offset: 0,
+    });
+    let msg = be
+        .run(AttentionFwd {
+            dropout: p,
+            dropped: Some(att.view()),
+            ..fwd(att.view(), shape)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("probability 1 is not in [0, 1)"), "{msg}");
 }

@@ -43,6 +43,29 @@ constexpr u32 XENT_BLOCK = 512;
 // Threads per block of the row-wise attention softmax (one warp per row).
 constexpr u32 ATTN_SOFTMAX_BLOCK = 256;
 
+// ---- attention/flash_*.cu --------------------------------------------------------
+
+// Query rows per block (forward and dq) and keys per tile; four warps own 16
+// query rows (or, in the dk/dv kernel, 16 keys) each. See flash.cuh for why.
+constexpr int FLASH_BLOCK_M = 64;
+constexpr int FLASH_BLOCK_N = 64;
+constexpr int FLASH_THREADS = 128;
+// Queries per step of the dk/dv kernel's loop, by padded head size: half at
+// 128 so that dk, dv (64 registers each) and two score tiles fit.
+constexpr int FLASH_DKDV_QUERIES_64 = 64;
+constexpr int FLASH_DKDV_QUERIES_128 = 32;
+// Dynamic shared memory per block (bf16 tiles of 64 or 128 columns, two
+// pipeline stages). Forward: Q, then two stages of K and V.
+constexpr int FLASH_FWD_SMEM_64 = (FLASH_BLOCK_M + 4 * FLASH_BLOCK_N) * 64 * 2;
+constexpr int FLASH_FWD_SMEM_128 = (FLASH_BLOCK_M + 4 * FLASH_BLOCK_N) * 128 * 2;
+// dq: Q and dout, then two stages of K and V.
+constexpr int FLASH_DQ_SMEM_64 = (2 * FLASH_BLOCK_M + 4 * FLASH_BLOCK_N) * 64 * 2;
+constexpr int FLASH_DQ_SMEM_128 = (2 * FLASH_BLOCK_M + 4 * FLASH_BLOCK_N) * 128 * 2;
+// dk/dv: K and V, then two stages of Q and dout, then two stages of the
+// queries' lse and delta (floats).
+constexpr int FLASH_DKDV_SMEM_64 = (2 * FLASH_BLOCK_N + 4 * FLASH_DKDV_QUERIES_64) * 64 * 2 + 4 * FLASH_DKDV_QUERIES_64 * 4;
+constexpr int FLASH_DKDV_SMEM_128 = (2 * FLASH_BLOCK_N + 4 * FLASH_DKDV_QUERIES_128) * 128 * 2 + 4 * FLASH_DKDV_QUERIES_128 * 4;
+
 // ---- gemm/simt_f32.cu ----------------------------------------------------------
 
 // Output tile per block (square) and the k-slice staged in shared memory.

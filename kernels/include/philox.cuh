@@ -33,3 +33,19 @@ __device__ __forceinline__ float philox_uniform(u64 seed, u64 index) {
     Philox4 r = philox4x32((u32)index, (u32)(index >> 32), 0, 0, (u32)seed, (u32)(seed >> 32));
     return (float)(r.v[0] >> 8) * (1.0f / 16777216.0f);
 }
+
+// Attention dropout, identical to crate::rng::attention_dropout_words: one
+// call per 2 x 2 block {i, i + 8} x {j, j + 1} (i % 16 < 8, j even) of head
+// `head`'s probabilities, the four elements one lane holds of a 16 x 8
+// tensor-core tile; element (i, j) takes word attn_dropout_word(i, j). The
+// tag keeps this stream apart from the elementwise one above.
+#define ATTN_DROPOUT_TAG 0x4154544eu
+__device__ __forceinline__ Philox4 attn_dropout_words(u64 seed, u64 head, u32 i, u32 j) {
+    return philox4x32(j >> 1, ((i >> 4) << 3) | (i & 7), (u32)head, (u32)(head >> 32) ^ ATTN_DROPOUT_TAG, (u32)seed,
+                      (u32)(seed >> 32));
+}
+__device__ __forceinline__ int attn_dropout_word(u32 i, u32 j) { return (int)(((i >> 3) & 1) * 2 + (j & 1)); }
+// The integer form of `uniform >= p` (crate::rng::keeps): a word keeps its
+// element when its top 24 bits reach ceil(p * 2^24), exact for any f32 p.
+__device__ __forceinline__ u32 dropout_threshold(float p) { return (u32)ceilf(p * 16777216.0f); }
+__device__ __forceinline__ bool dropout_keeps(u32 word, u32 threshold) { return (word >> 8) >= threshold; }

@@ -228,6 +228,8 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
                     att: probs.view(),
                     qkv: qkv.view(),
                     shape,
+                    dropped: None,
+                    dropout: None,
                 }
                 .into()
             } else {
@@ -237,6 +239,8 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
                     att: probs.view(),
                     qkv: qkv.view(),
                     shape,
+                    dropped: None,
+                    dropout: None,
                 })?;
                 AttentionBwd {
                     dqkv: out.view(),
@@ -245,6 +249,7 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
                     qkv: qkv.view(),
                     att: probs.view(),
                     shape,
+                    dropout: None,
                 }
                 .into()
             };

@@ -1,15 +1,21 @@
 //! CPU reference of `ops::attention`. In bf16 it rounds where the kernels
 //! store bf16: the scaled scores, the probabilities and the output in the
 //! forward; `d(att)`, `d(scores)` and each gradient after its product in the
-//! backward (see `ops::attention`).
+//! backward (see `ops::attention`), and the dropped probabilities.
+//! The flash ops' reference is their exact meaning (`ops::attention::exact`)
+//! rounded once.
 
 use super::math::{dot, exp_in_place, max_of, simd};
 use super::matmul::{gemm_raw, Mat};
-use super::{read_floats, round_bf16, write_floats, CpuOp};
+use super::{read, read_floats, round_bf16, write, write_floats, CpuOp};
 use crate::mem::DType;
-use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use crate::ops::attention::{
+    exact, AttentionBwd, AttentionFwd, AttnDropout, AttnShape, FlashAttentionBwd, FlashAttentionFwd,
+};
+use crate::rng::{attention_dropout_word, attention_dropout_words, keeps};
 use anyhow::Result;
 use gemm::Parallelism;
+use half::bf16;
 use rayon::prelude::*;
 
 impl CpuOp for AttentionFwd {
@@ -19,15 +25,23 @@ impl CpuOp for AttentionFwd {
         // SAFETY: the contract check passed; see `read`.
         unsafe {
             let (mut o, mut a) = (write_floats(self.out, out), write_floats(self.att, att));
+            let mut dropped = self.dropped.map(|d| write_floats(d, att));
             attention_fwd(
                 &mut o,
                 &mut a,
+                dropped.as_deref_mut(),
                 &read_floats(self.qkv, qkv),
                 self.shape,
-                round,
+                Numerics {
+                    dropout: self.dropout,
+                    round,
+                },
             );
             o.store();
             a.store();
+            if let Some(d) = dropped {
+                d.store();
+            }
         }
         Ok(())
     }
@@ -48,13 +62,78 @@ impl CpuOp for AttentionBwd {
                 &read_floats(self.qkv, qkv),
                 &read_floats(self.att, att),
                 self.shape,
-                round,
+                Numerics {
+                    dropout: self.dropout,
+                    round,
+                },
             );
             dqkv.store();
             scratch.store();
         }
         Ok(())
     }
+}
+
+impl CpuOp for FlashAttentionFwd {
+    /// The exact forward ([`exact::forward`]) rounded once: `out` to bf16,
+    /// `lse` to f32.
+    fn run(&self) -> Result<()> {
+        let (qkv, out, _) = self.shape.lens();
+        // SAFETY: the contract check passed; see `read`.
+        let fwd = exact::forward(
+            &widen(unsafe { read(self.qkv, qkv) }),
+            self.shape,
+            self.dropout,
+        );
+        let rows = self.shape.rows();
+        for (o, x) in unsafe { write::<bf16>(self.out, out) }
+            .iter_mut()
+            .zip(&fwd.out)
+        {
+            *o = bf16::from_f64(*x);
+        }
+        for (l, x) in unsafe { write::<f32>(self.lse, rows) }
+            .iter_mut()
+            .zip(&fwd.lse)
+        {
+            *l = *x as f32;
+        }
+        Ok(())
+    }
+}
+
+impl CpuOp for FlashAttentionBwd {
+    /// `dqkv = bf16(dqkv + the exact gradient)` ([`exact::backward`]); the
+    /// `delta` workspace is not needed.
+    fn run(&self) -> Result<()> {
+        let (qkv, out, _) = self.shape.lens();
+        let rows = self.shape.rows();
+        // SAFETY: the contract check passed; see `read`.
+        let (dout, fwd_out, lse, x) = unsafe {
+            (
+                widen(read(self.dout, out)),
+                widen(read(self.out, out)),
+                read::<f32>(self.lse, rows)
+                    .iter()
+                    .map(|&l| l as f64)
+                    .collect::<Vec<_>>(),
+                widen(read(self.qkv, qkv)),
+            )
+        };
+        let bwd = exact::backward(&dout, &fwd_out, &lse, &x, self.shape, self.dropout);
+        for (d, g) in unsafe { write::<bf16>(self.dqkv, qkv) }
+            .iter_mut()
+            .zip(&bwd.dqkv)
+        {
+            *d = bf16::from_f64(d.to_f64() + g);
+        }
+        Ok(())
+    }
+}
+
+/// bf16 values as f64.
+fn widen(x: &[bf16]) -> Vec<f64> {
+    x.iter().map(|v| v.to_f64()).collect()
 }
 
 /// The base of a slice that parallel tasks write in disjoint parts.
@@ -86,17 +165,50 @@ unsafe fn round_block(ptr: *mut f32, rows: usize, cols: usize, stride: usize) {
     }
 }
 
+/// What the reference attention applies besides the arithmetic: attention
+/// dropout, and rounding to bf16 where the kernels store bf16.
+#[derive(Clone, Copy)]
+struct Numerics {
+    dropout: Option<AttnDropout>,
+    round: bool,
+}
+
+/// Multiplies row `i` of head `head`'s probabilities (or their gradient) by
+/// the dropout mask and `1 / (1 - p)`, in place: one Philox call per pair of
+/// columns (see [`attention_dropout_words`]).
+fn drop_row(row: &mut [f32], d: AttnDropout, head: u64, i: usize) {
+    let scale = d.keep_scale();
+    let i = i as u32;
+    for (pair, x) in row.chunks_mut(2).enumerate() {
+        let j = 2 * pair as u32;
+        let words = attention_dropout_words(d.seed, d.offset + head, i, j);
+        for (x, j) in x.iter_mut().zip(j..) {
+            let kept = keeps(words[attention_dropout_word(i, j)], d.p);
+            *x = if kept { *x * scale } else { 0.0 };
+        }
+    }
+}
+
 /// Causal attention, one task per (batch, head). Per head:
-/// `att = softmax(mask(q k^T) / sqrt(hs))`, then `out = att v`, both as
-/// single-threaded gemm calls on strided views of `qkv` (the products also
-/// cover the masked upper triangle, where `att` is zero: twice the minimum
-/// arithmetic, but far faster than scalar loops). Memory: `att` only.
-/// `round`: round to bf16 where the kernels store bf16.
-fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape, round: bool) {
+/// `att = softmax(mask(q k^T) / sqrt(hs))`, then `out = att v` (with
+/// dropout: `dropped = drop(att)`, `out = dropped v`), both products as
+/// single-threaded gemm calls on strided views of `qkv` (they also cover the
+/// masked upper triangle, where `att` is zero: twice the minimum
+/// arithmetic, but far faster than scalar loops). Memory: `att` (and
+/// `dropped`) only. `round`: round to bf16 where the kernels store bf16.
+fn attention_fwd(
+    out: &mut [f32],
+    att: &mut [f32],
+    dropped: Option<&mut [f32]>,
+    qkv: &[f32],
+    s: AttnShape,
+    Numerics { dropout, round }: Numerics,
+) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let out = SharedMut(out.as_mut_ptr());
+    let dropped = dropped.map(|d| SharedMut(d.as_mut_ptr()));
     att.par_chunks_mut(t_len * t_len)
         .enumerate()
         .for_each(|(bh, att)| {
@@ -153,6 +265,29 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape, ro
                     }
                 },
             );
+            // The probabilities that multiply v: `att`, or with dropout this
+            // task's block of `dropped` (stored in the compute dtype).
+            let probs: &[f32] = match (dropout, dropped) {
+                (Some(d), Some(dropped)) => {
+                    // SAFETY: block bh of `dropped`, which has att's length
+                    // (contract check); only this task touches it.
+                    let a = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dropped.at(bh * t_len * t_len),
+                            t_len * t_len,
+                        )
+                    };
+                    a.copy_from_slice(att);
+                    for (t, row) in a.chunks_exact_mut(t_len).enumerate() {
+                        drop_row(&mut row[..=t], d, bh as u64, t);
+                        if round {
+                            round_bf16(&mut row[..=t]);
+                        }
+                    }
+                    a
+                }
+                _ => att,
+            };
             // SAFETY: this task alone writes head h's `hs` columns of the T
             // rows of sequence b in `out`; the operands are as above.
             unsafe {
@@ -160,7 +295,7 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape, ro
                 gemm_raw(
                     dst,
                     c,
-                    Mat::rows(att, t_len),
+                    Mat::rows(probs, t_len),
                     rows(2 * c),
                     t_len,
                     hs,
@@ -178,6 +313,9 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape, ro
 /// Backward of [`attention_fwd`], one task per (batch, head), with gemm:
 /// `dp = dy v^T` (into `scratch`), `dv += att^T dy`,
 /// `ds = att * (dp - rowsum(att * dp)) / sqrt(hs)`, `dq += ds k`, `dk += ds^T q`.
+/// With dropout, `scratch` first holds `drop(att)` for `dv`, and `dp` is
+/// masked and scaled like the forward's probabilities before the softmax
+/// backward (`rowsum(att * dp)` is then `rowsum(drop(att) * dy v^T)`).
 fn attention_bwd(
     dqkv: &mut [f32],
     scratch: &mut [f32],
@@ -185,7 +323,7 @@ fn attention_bwd(
     qkv: &[f32],
     att: &[f32],
     s: AttnShape,
-    round: bool,
+    Numerics { dropout, round }: Numerics,
 ) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
@@ -220,10 +358,39 @@ fn attention_bwd(
                 (dq, dq.add(c), dq.add(2 * c))
             };
             let (t, c3) = (t_len, 3 * c);
+            // The probabilities that multiplied v in the forward (with
+            // dropout drawn again into `ds`, in the compute dtype).
+            let probs = match dropout {
+                Some(d) => {
+                    ds.copy_from_slice(p);
+                    for (i, row) in ds.chunks_exact_mut(t).enumerate() {
+                        drop_row(&mut row[..=i], d, bh as u64, i);
+                        if round {
+                            round_bf16(&mut row[..=i]);
+                        }
+                    }
+                    &*ds
+                }
+                None => p,
+            };
             // SAFETY: `ds` is this task's own T x T block; this task alone
             // writes head h's columns of q, k and v in sequence b of `dqkv`;
             // every operand reaches only inside its slice (see the forward).
             unsafe {
+                gemm_raw(
+                    dv,
+                    c3,
+                    Mat::transposed(probs, t),
+                    dy,
+                    t,
+                    hs,
+                    t,
+                    true,
+                    Parallelism::None,
+                );
+                if round {
+                    round_block(dv, t, hs, c3);
+                }
                 gemm_raw(
                     ds.as_mut_ptr(),
                     t,
@@ -235,20 +402,6 @@ fn attention_bwd(
                     false,
                     Parallelism::None,
                 );
-                gemm_raw(
-                    dv,
-                    c3,
-                    Mat::transposed(p, t),
-                    dy,
-                    t,
-                    hs,
-                    t,
-                    true,
-                    Parallelism::None,
-                );
-                if round {
-                    round_block(dv, t, hs, c3);
-                }
             }
             simd(
                 #[inline(always)]
@@ -258,6 +411,13 @@ fn attention_bwd(
                         if round {
                             // The kernel's product stores d(att) in bf16.
                             round_bf16(live);
+                        }
+                        if let Some(d) = dropout {
+                            // The kernel stores the masked d(att) too.
+                            drop_row(live, d, bh as u64, i);
+                            if round {
+                                round_bf16(live);
+                            }
                         }
                         let pdp = dot(&p[..=i], live);
                         for (d, &p) in live.iter_mut().zip(p) {

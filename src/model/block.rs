@@ -16,7 +16,7 @@
 
 use crate::autograd::{self, Gelu, Param, Tape, Var};
 use crate::mem::View;
-use crate::ops::attention::AttnShape;
+use crate::ops::attention::{AttnDropout, AttnShape};
 use crate::ops::elementwise::Add;
 use crate::ops::{Backend, BackendExt};
 use anyhow::Result;
@@ -140,6 +140,8 @@ pub(super) struct BlockRun {
     pub workspace: View,
     /// The attention and MLP branches' dropout sites.
     pub dropout: Option<(DropoutSite, DropoutSite)>,
+    /// Dropout on the attention probabilities.
+    pub attn_dropout: Option<AttnDropout>,
     pub shape: AttnShape,
     /// LayerNorms after the residual adds (BERT) instead of before the
     /// sublayers (GPT-2).
@@ -230,6 +232,7 @@ impl BlockRun {
             self.att_scratch,
             self.qkv,
             self.shape,
+            self.attn_dropout,
         )?;
         let site = self.dropout.map(|d| d.0);
         branch(be, tape, out, self.attn_pre, site, |tape, out| {

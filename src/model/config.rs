@@ -72,7 +72,8 @@ pub struct ModelConfig {
     /// dataset's", resolved by [`ModelConfig::for_dataset`] when the run
     /// starts; a model needs it resolved.
     pub vocab_size: usize,
-    /// Dropout probability on the embeddings and on both residual branches.
+    /// Dropout probability on the embeddings, both residual branches and the
+    /// attention probabilities.
     pub dropout: f32,
     /// Whether linear layers and LayerNorms have biases.
     pub bias: bool,

@@ -6,13 +6,15 @@
 //! GPT-2: pre-LayerNorm blocks (`block.rs`), GELU, learned positions, the
 //! output head tied to wte (`head.rs`). Before the blocks
 //! `x = drop(wte[tok] + wpe[t])`, after them `logits = ln_f(x) @ wte^T`.
-//! Dropout sits on the embeddings and on both residual branches, as in
-//! nanoGPT, but not on the attention probabilities: the backend's fused
-//! attention has no dropout, and dyntie keeps it that way (the paper's
-//! dropout of 0.2 is applied at the three sites above). Dropout site `k`
-//! (0 = embeddings, then two per block) draws mask elements at counter offset
+//! Dropout sits on the embeddings, on both residual branches and on the
+//! attention probabilities, as in GPT-2 (one probability, `cfg.dropout`, for
+//! all four, so the Hugging Face export's `attn_pdrop`, `resid_pdrop` and
+//! `embd_pdrop` are the value trained with). Dropout site `k` (0 =
+//! embeddings, then two per block) draws mask elements at counter offset
 //! `k * B*T*C` of the step's Philox stream, so the masks of different sites
-//! differ.
+//! differ; block `i`'s attention dropout draws from the separate attention
+//! stream of the same seed at head offset `i * B * heads`
+//! ([`crate::rng::attention_dropout_words`]).
 //!
 //! Gradients of the residual stream: every block reads and writes the stream,
 //! and its gradient is one buffer (`g_resid`) for all layers. A residual
@@ -26,7 +28,7 @@ use super::plan::{ActivationPlan, Region};
 use super::{Arch, BlockLayout, GlobalLayout, ModelConfig};
 use crate::autograd::{self, Param, Tape, Var};
 use crate::mem::{Buffer, DType, View};
-use crate::ops::attention::AttnShape;
+use crate::ops::attention::{AttnDropout, AttnShape};
 use crate::ops::elementwise::Fill;
 use crate::ops::{Backend, BackendExt};
 use crate::precision::Precision;
@@ -643,6 +645,11 @@ impl Model {
                         offset: site_offset(k),
                     };
                     (site(1 + 2 * layer), site(2 + 2 * layer))
+                }),
+                attn_dropout: dropout.map(|(p, seed)| AttnDropout {
+                    p,
+                    seed,
+                    offset: (layer * b * self.cfg.n_head) as u64,
                 }),
                 shape,
                 post_norm,

@@ -39,6 +39,8 @@ macro_rules! for_each_op {
             matmul::MatmulBwd => cases::matmul_bwd,
             attention::AttentionFwd => cases::attention_fwd,
             attention::AttentionBwd => cases::attention_bwd,
+            attention::FlashAttentionFwd => cases::flash_attention_fwd,
+            attention::FlashAttentionBwd => cases::flash_attention_bwd,
             loss::SoftmaxXent => cases::softmax_xent,
             optimizer::Adamw => cases::adamw,
             optimizer::SumSquares => cases::sum_squares,
@@ -128,7 +130,7 @@ for_each_op!(define_ops);
 /// element from its own inputs (see `bounds`).
 mod cases {
     use super::*;
-    use crate::ops::attention::AttnShape;
+    use crate::ops::attention::{exact, AttnDropout, AttnShape};
     use crate::ops::optimizer::AdamWStep;
 
     /// An odd length for the elementwise ops.
@@ -564,8 +566,16 @@ mod cases {
         qkv: TensorId,
         out: TensorId,
         att: TensorId,
+        dropped: TensorId,
         shape: AttnShape,
     }
+
+    /// The attention dropout of the cases: p = 0.3 at a head offset past 2^32.
+    const ATTN_DROPOUT: AttnDropout = AttnDropout {
+        p: 0.3,
+        seed: 21,
+        offset: (1 << 32) - 3,
+    };
 
     impl AttentionCase {
         /// `qkv` values are returned too, for the bf16 bounds. In bf16 they
@@ -573,12 +583,14 @@ mod cases {
         /// the bounds (which grow with the scores) stay tight.
         fn new(b: &mut CaseBuilder, d: Dims) -> (Self, Vec<f32>) {
             let (n, c) = (d.batch * d.seq, d.channels);
+            let att = d.batch * d.heads * d.seq * d.seq;
             let scale = if b.bf16() { 0.5 } else { 1.0 };
             let qkv = b.values(n * 3 * c, scale, 0.0);
             let case = AttentionCase {
                 qkv: b.floats(qkv.clone()),
                 out: b.random(n * c, 1.0),
-                att: b.random(d.batch * d.heads * d.seq * d.seq, 1.0),
+                att: b.random(att, 1.0),
+                dropped: b.random(att, 1.0),
                 shape: AttnShape {
                     batch: d.batch,
                     seq: d.seq,
@@ -589,12 +601,14 @@ mod cases {
             (case, qkv)
         }
 
-        fn fwd(&self, t: &Bound) -> Op {
+        fn fwd(&self, t: &Bound, dropout: Option<AttnDropout>) -> Op {
             attention::AttentionFwd {
                 out: t[self.out],
                 att: t[self.att],
+                dropped: dropout.map(|_| t[self.dropped]),
                 qkv: t[self.qkv],
                 shape: self.shape,
+                dropout,
             }
             .into()
         }
@@ -605,9 +619,17 @@ mod cases {
         }
     }
 
+    /// fp32: with and without dropout. bf16: without dropout, within the
+    /// bounds of `bounds` (which do not model dropout; the bf16 dropout
+    /// kernels are the f32 ones' template, checked in f32 here).
     pub fn attention_fwd(b: &mut CaseBuilder, d: Dims) {
         let (a, qkv) = AttentionCase::new(b, d);
-        b.run(move |t| a.fwd(t));
+        b.run(move |t| a.fwd(t, None));
+        if !b.bf16() {
+            let (dropped, _) = AttentionCase::new(b, d);
+            b.run(move |t| dropped.fwd(t, Some(ATTN_DROPOUT)));
+            b.compare(&[dropped.out, dropped.att], dropped.tol());
+        }
         if b.bf16() {
             let q = b.stored(&qkv);
             let (att, out) = bounds::attention_fwd(&q, a.shape);
@@ -618,10 +640,22 @@ mod cases {
         }
     }
 
+    /// As [`attention_fwd`]: dropout in fp32 only.
     pub fn attention_bwd(b: &mut CaseBuilder, d: Dims) {
+        let dropouts: &[Option<AttnDropout>] = if b.bf16() {
+            &[None]
+        } else {
+            &[None, Some(ATTN_DROPOUT)]
+        };
+        for &dropout in dropouts {
+            attention_bwd_case(b, d, dropout);
+        }
+    }
+
+    fn attention_bwd_case(b: &mut CaseBuilder, d: Dims, dropout: Option<AttnDropout>) {
         let (a, qkv) = AttentionCase::new(b, d);
         // The probabilities come from the reference forward.
-        b.prepare(move |t| a.fwd(t), &[a.att]);
+        b.prepare(move |t| a.fwd(t, dropout), &[a.att]);
         let (qkv_len, out_len, att_len) = a.shape.lens();
         let dqkv_old = b.values(qkv_len, 1.0, 0.0);
         let dy_values = b.values(out_len, 1.0, 0.0);
@@ -639,12 +673,116 @@ mod cases {
                 qkv: t[a.qkv],
                 att: t[a.att],
                 shape: a.shape,
+                dropout,
             }
             .into()
         });
         match bound {
             Some(bound) => b.compare_abs(&[dqkv], bound),
             None => b.compare(&[dqkv], a.tol()),
+        }
+    }
+
+    /// The shape of the flash cases, and bf16 inputs (rounded on the host,
+    /// so the tolerance below sees exactly what both backends see).
+    fn flash_inputs(b: &mut CaseBuilder, d: Dims) -> (AttnShape, Vec<f64>, TensorId) {
+        let shape = AttnShape {
+            batch: d.batch,
+            seq: d.seq,
+            channels: d.channels,
+            heads: d.heads,
+        };
+        let qkv = bf16_values(b, shape.lens().0, 1.0);
+        let id = b.floats(qkv.clone());
+        (shape, qkv.iter().map(|&x| x as f64).collect(), id)
+    }
+
+    /// `scale * N(0, 1)` values that bf16 holds exactly.
+    fn bf16_values(b: &mut CaseBuilder, len: usize, scale: f64) -> Vec<f32> {
+        let v = b.values(len, scale, 0.0);
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect()
+    }
+
+    /// The harness's normalised error bound for one tensor, from each
+    /// element's exact value and its allowed error ([`exact::Bounds`]): the
+    /// largest allowed error over the largest reference value (which is the
+    /// exact one rounded, hence the `1 - u_b`).
+    fn normwise(elems: impl Iterator<Item = (f64, f64)>) -> f64 {
+        let (worst, top) = elems.fold((0.0f64, 0.0f64), |(w, t), (x, bound)| {
+            (w.max(bound), t.max(x.abs()))
+        });
+        worst / (top * (1.0 - exact::U_B)).max(1e-3)
+    }
+
+    /// Forward with and without dropout: `out` and `lse` within the bounds
+    /// derived in [`exact`].
+    pub fn flash_attention_fwd(b: &mut CaseBuilder, d: Dims) {
+        for dropout in [None, Some(ATTN_DROPOUT)] {
+            let (shape, qkv, qkv_id) = flash_inputs(b, d);
+            let out = b.floats(vec![3.0; shape.lens().1]);
+            let lse = b.random_f32(shape.rows(), 1.0);
+            b.run(move |t| {
+                attention::FlashAttentionFwd {
+                    out: t[out],
+                    lse: t[lse],
+                    qkv: t[qkv_id],
+                    shape,
+                    dropout,
+                }
+                .into()
+            });
+            let x = exact::forward(&qkv, shape, dropout);
+            let bound = exact::Bounds::new(shape, x.score_mag);
+            let out_err = (x.out.iter().zip(&x.out_mag)).map(|(&v, &m)| (v, bound.bf16(v, m, m)));
+            let lse_err = x.lse.iter().map(|&v| (v, bound.lse(v)));
+            b.compare(&[out], normwise(out_err));
+            b.compare(&[lse], normwise(lse_err));
+        }
+    }
+
+    /// Backward with and without dropout, from the rounded exact forward:
+    /// `dqkv` (starting at small random values, so `+=` is checked while the
+    /// gradient dominates) within the bounds derived in [`exact`].
+    pub fn flash_attention_bwd(b: &mut CaseBuilder, d: Dims) {
+        for dropout in [None, Some(ATTN_DROPOUT)] {
+            let (shape, qkv, qkv_id) = flash_inputs(b, d);
+            let (_, out_len, _) = shape.lens();
+            let fwd = exact::forward(&qkv, shape, dropout);
+            let out: Vec<f32> = fwd.out.iter().map(|&x| x as f32).collect();
+            let lse: Vec<f32> = fwd.lse.iter().map(|&x| x as f32).collect();
+            let dout = bf16_values(b, out_len, 1.0);
+            let old = bf16_values(b, qkv.len(), 0.1);
+            let (out_id, lse_id) = (b.floats(out.clone()), b.floats_f32(lse.clone()));
+            let (dout_id, dqkv) = (b.floats(dout.clone()), b.floats(old.clone()));
+            let delta = b.random_f32(shape.rows(), 1.0);
+            b.run(move |t| {
+                attention::FlashAttentionBwd {
+                    dqkv: t[dqkv],
+                    delta: t[delta],
+                    dout: t[dout_id],
+                    out: t[out_id],
+                    lse: t[lse_id],
+                    qkv: t[qkv_id],
+                    shape,
+                    dropout,
+                }
+                .into()
+            });
+            let wide = |v: &[f32]| {
+                v.iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f64())
+                    .collect::<Vec<_>>()
+            };
+            let lse: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
+            let g = exact::backward(&wide(&dout), &wide(&out), &lse, &qkv, shape, dropout);
+            let bound = exact::Bounds::new(shape, g.score_mag);
+            let err = (0..qkv.len()).map(|i| {
+                let x = old[i] as f64 + g.dqkv[i];
+                (x, bound.bf16(x, g.mag[i], g.fine_mag[i]))
+            });
+            b.compare(&[dqkv], normwise(err));
         }
     }
 
