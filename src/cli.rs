@@ -36,6 +36,9 @@ pub enum Command {
     Bench(Box<BenchArgs>),
     /// Check the GPU: every kernel against the CPU reference, then a short training run.
     Doctor(DoctorArgs),
+    /// Train a grid of configurations x variants x seeds one run after another
+    /// (resuming where it stopped) and summarise it: tables and figures.
+    Experiment(ExperimentArgs),
 }
 
 /// Model shape flags, shared by `train` and `bench`.
@@ -323,6 +326,25 @@ pub struct DoctorArgs {
     /// Check the kernels under the CPU emulator instead of a GPU.
     #[arg(long)]
     pub emu: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    /// The grid file (TOML: out, seeds, [[config]] and [[variant]] entries with
+    /// train flags; see the documentation of src/experiment/grid.rs).
+    pub grid: PathBuf,
+    /// Print each run's state and command; train nothing, write nothing.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Train nothing: summarise the finished runs.
+    #[arg(long = "summary-only")]
+    pub summary_only: bool,
+    /// Train at most N runs, then summarise and stop.
+    #[arg(long = "max-runs", value_name = "N")]
+    pub max_runs: Option<usize>,
+    /// No progress lines from the trainer.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod data;
 pub mod device;
 pub mod doctor;
+pub mod experiment;
 pub mod metrics;
 pub mod model;
 pub mod optim;

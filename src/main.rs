@@ -13,6 +13,7 @@ fn main() {
         Command::Export(args) => commands::export(args),
         Command::Bench(args) => commands::bench(args),
         Command::Doctor(args) => commands::doctor(args),
+        Command::Experiment(args) => dyntie::experiment::command(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
