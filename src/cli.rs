@@ -2,6 +2,7 @@
 //! the resolved configuration.
 
 use crate::config::RunConfig;
+use crate::tying::settings::{AgentFlags, AgentSettings};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -153,6 +154,8 @@ pub struct TrainArgs {
     /// Reproduce the authors' code instead of the clean reading of the paper.
     #[arg(long = "paper-compat")]
     pub paper_compat: bool,
+    #[command(flatten)]
+    pub agent: AgentFlags,
     /// Steps between validation passes (0: only at the end).
     #[arg(long = "eval-every")]
     pub eval_every: Option<usize>,
@@ -203,6 +206,7 @@ impl TrainArgs {
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
+        .chain(self.agent.given())
         .collect()
     }
 
@@ -221,7 +225,9 @@ impl TrainArgs {
         set(&mut cfg.train.checkpoint_every, self.checkpoint_every);
         if self.paper_compat {
             cfg.tying.paper_compat = true;
+            cfg.agent = AgentSettings::paper();
         }
+        self.agent.apply(&mut cfg.agent)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -366,6 +372,35 @@ mod tests {
         };
         let cfg = args.resolve().unwrap();
         assert_eq!((cfg.preset.as_str(), cfg.model.n_layer), ("tiny", 3));
+
+        let agent = |extra: &[&str]| {
+            let argv = ["dyntie", "train"].iter().chain(extra).copied();
+            let Command::Train(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not train")
+            };
+            args.resolve()
+        };
+        let cfg = agent(&[
+            "--tie-merge",
+            "average",
+            "--decide-until",
+            "0.5",
+            "--epsilon-schedule",
+            "linear:0.25",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.agent.tie_merge,
+            crate::tying::settings::TieMerge::Average
+        );
+        assert_eq!(cfg.agent.decide_until, 0.5);
+        assert_eq!(
+            agent(&["--paper-compat"]).unwrap().agent,
+            AgentSettings::paper()
+        );
+        let err = agent(&["--paper-compat", "--decide-until", "0.5"]).unwrap_err();
+        assert!(err.to_string().contains("--paper-compat"), "{err}");
+        assert!(agent(&["--epsilon-schedule", "linear:2"]).is_err());
 
         let cli =
             Cli::try_parse_from(["dyntie", "train", "--d-model", "30", "--heads", "4"]).unwrap();

@@ -2,6 +2,7 @@
 //! command-line flags, each overriding the last. The result is written to the
 //! run folder as `config.toml`, so a run can always be repeated exactly.
 
+use crate::tying::settings::AgentSettings;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -102,6 +103,9 @@ pub struct RunConfig {
     pub model: ModelSettings,
     pub train: TrainSettings,
     pub tying: TyingSettings,
+    /// The dynamic policy's settings beyond the paper's (see `tying::settings`).
+    #[serde(default = "AgentSettings::paper")]
+    pub agent: AgentSettings,
     pub data: DataSettings,
 }
 
@@ -161,6 +165,7 @@ impl RunConfig {
                 param_cost: 0.0,
                 agent_input: "raw".into(),
             },
+            agent: AgentSettings::paper(),
             data: DataSettings {
                 source: "synthetic".into(),
                 synthetic_tokens: 400_000,
@@ -292,6 +297,7 @@ impl RunConfig {
         if self.tying.agent_k == 0 {
             bail!("--agent-k must be at least 1");
         }
+        self.agent.validate(self.tying.paper_compat)?;
         if !["auto", "cpu", "cuda", "emu"].contains(&self.backend.as_str()) {
             bail!(
                 "--backend '{}' is unknown: use auto, cpu, cuda or emu",

@@ -165,6 +165,7 @@ pub fn tie_options(cfg: &RunConfig) -> Result<TieOptions> {
             init,
             paper_compat: false,
             tie_grad,
+            merge: cfg.agent.tie_merge,
         }
     })
 }
@@ -379,6 +380,7 @@ impl Trainer {
                 "normalized" => StateEncoding::Normalized,
                 _ => StateEncoding::Raw,
             };
+            ac.epsilon_schedule = cfg.agent.epsilon_schedule;
             Some(DynamicState {
                 agent: QAgent::new(ac)?,
                 episode: 0,
@@ -522,6 +524,14 @@ impl Trainer {
 
     fn agent_step_with(&mut self, d: &mut DynamicState) -> Result<()> {
         let n_layer = self.model.config().n_layer;
+        let (steps, k) = (self.cfg.train.steps as u64, self.cfg.tying.agent_k as u64);
+        let deciding = self.cfg.agent.decides_at(self.step, steps);
+        if !deciding && d.pending.is_none() {
+            // The table is fixed for the rest of the run (`--decide-until`).
+            return Ok(());
+        }
+        d.agent
+            .set_planned_decisions(self.cfg.agent.planned_decisions(steps, k));
         let ppl_now = self.reward_batch_ppl()?;
         if let Some(p) = d.pending.take() {
             let r = if self.cfg.tying.paper_compat {
@@ -561,6 +571,9 @@ impl Trainer {
             // is the table now (nothing else changes it in between).
             self.ties
                 .write(&TieRecord::new(self.step, p.episode, &p.decision, r, table))?;
+        }
+        if !deciding {
+            return Ok(());
         }
         let layer = d.next_layer;
         let state = self.model.slots().table().state().to_vec();

@@ -8,6 +8,7 @@ use dyntie::checkpoint;
 use dyntie::config::RunConfig;
 use dyntie::metrics::read_jsonl;
 use dyntie::train::Trainer;
+use dyntie::tying::settings::EpsilonSchedule;
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -247,6 +248,54 @@ fn dynamic_run_with_param_cost_ties_blocks_and_logs_everything() -> Result<()> {
     assert!(svg.trim_start().starts_with("<svg") || svg.starts_with("<?xml"));
     assert!(svg.trim_end().ends_with("</svg>"));
     assert_balanced_xml(&svg);
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--decide-until 0.5` with `--epsilon-schedule linear:0.5`: the agent
+/// decides during the first half of the steps only, with epsilon falling to
+/// its floor over the first half of those decisions, and the table stays
+/// fixed afterwards.
+#[test]
+fn the_table_is_fixed_after_the_decision_phase() -> Result<()> {
+    let dir = temp_dir("phase");
+    let mut cfg = config("dynamic", 40);
+    cfg.model.n_layer = 4;
+    cfg.tying.agent_k = 2;
+    cfg.tying.param_cost = 1.0;
+    cfg.agent.decide_until = 0.5;
+    cfg.agent.epsilon_schedule = EpsilonSchedule::Linear { fraction: 0.5 };
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    // Decisions at steps 0, 2, .., 18; the last one is closed at step 20.
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    let steps: Vec<u64> = ties.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=10).map(|k| 2 * k).collect::<Vec<u64>>());
+    let eps: Vec<f64> = ties
+        .iter()
+        .map(|r| r["epsilon"].as_f64().unwrap())
+        .collect();
+    assert_eq!(eps[0], 1.0);
+    assert!((eps[1] - (1.0 - 0.99 / 5.0)).abs() < 1e-12, "{eps:?}");
+    assert!(eps[5..].iter().all(|&e| e == 0.01), "{eps:?}");
+    let last_table = ties.last().unwrap()["slots_after"].clone();
+    let unique = |slots: &Value| {
+        let mut s: Vec<u64> = slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len() as u64
+    };
+    for r in train_lines(&dir)
+        .iter()
+        .filter(|r| r["step"].as_u64().unwrap() >= 20)
+    {
+        assert_eq!(r["unique_blocks"].as_u64(), Some(unique(&last_table)));
+    }
     fs::remove_dir_all(dir)?;
     Ok(())
 }

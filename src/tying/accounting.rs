@@ -188,7 +188,7 @@ pub fn format_memory_table(rows: &[(&str, &MemoryReport)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tying::table::{InitTies, TieGrad, TieOptions};
+    use crate::tying::table::{InitTies, TieOptions};
 
     #[test]
     fn the_papers_conventional_model_has_1556m_parameters() {
@@ -248,8 +248,7 @@ mod tests {
             48,
             TieOptions {
                 init: InitTies::Zero,
-                paper_compat: true,
-                tie_grad: TieGrad::Frozen,
+                ..TieOptions::paper()
             },
         )
         .unwrap();

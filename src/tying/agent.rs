@@ -9,6 +9,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::settings::EpsilonSchedule;
 use super::table::TieTable;
 use crate::rng::HostRng;
 
@@ -37,6 +38,12 @@ pub struct AgentConfig {
     /// reward to [-10, 10] in the target.
     pub paper_compat: bool,
     pub seed: u64,
+    /// How epsilon falls (agents saved before it existed used the episodes).
+    #[serde(default)]
+    pub epsilon_schedule: EpsilonSchedule,
+    /// Decisions the run will make, for a schedule measured in decisions.
+    #[serde(default)]
+    pub planned_decisions: u64,
 }
 
 impl AgentConfig {
@@ -54,6 +61,8 @@ impl AgentConfig {
             encoding: StateEncoding::Raw,
             paper_compat: false,
             seed,
+            epsilon_schedule: EpsilonSchedule::Episodes,
+            planned_decisions: 0,
         }
     }
 }
@@ -225,8 +234,23 @@ impl QAgent {
         &self.config
     }
 
+    /// The exploration probability of the next decision.
     pub fn epsilon(&self) -> f64 {
-        self.epsilon
+        match self.config.epsilon_schedule {
+            EpsilonSchedule::Episodes => self.epsilon,
+            EpsilonSchedule::Linear { fraction } => EpsilonSchedule::linear_epsilon(
+                fraction,
+                self.decisions,
+                self.config.planned_decisions,
+                self.config.epsilon_min,
+            ),
+        }
+    }
+
+    /// Sets how many decisions the run will make (a resume that extends the
+    /// run changes it).
+    pub fn set_planned_decisions(&mut self, n: u64) {
+        self.config.planned_decisions = n;
     }
 
     pub fn episodes(&self) -> u64 {
@@ -268,7 +292,8 @@ impl QAgent {
     /// action among the group's i+1, else the greedy one.
     pub fn decide(&mut self, state: &[usize], layer: usize) -> Result<Decision> {
         let q_values = self.group_q(state, layer)?;
-        let explored = self.rng.uniform() < self.epsilon;
+        let epsilon = self.epsilon();
+        let explored = self.rng.uniform() < epsilon;
         let action = if explored {
             self.rng.below(layer as u64 + 1) as usize
         } else {
@@ -279,7 +304,7 @@ impl QAgent {
             layer,
             action,
             explored,
-            epsilon: self.epsilon,
+            epsilon,
             q_values,
         })
     }
@@ -327,7 +352,8 @@ impl QAgent {
         Ok(loss)
     }
 
-    /// Called once per episode: `epsilon = max(decay * epsilon, min)`.
+    /// Called once per episode: `epsilon = max(decay * epsilon, min)` (what
+    /// the episode schedule uses).
     pub fn end_episode(&mut self) {
         self.epsilon = (self.config.epsilon_decay * self.epsilon).max(self.config.epsilon_min);
         self.episodes += 1;
@@ -547,6 +573,35 @@ mod tests {
         let greedy = a.greedy(&s, 3).unwrap();
         let picks = (0..100).filter(|_| a.decide(&s, 3).unwrap().action == greedy);
         assert!(picks.count() >= 95);
+    }
+
+    #[test]
+    fn linear_schedule_explores_as_specified() {
+        let mut cfg = AgentConfig::new(4, 11);
+        cfg.epsilon_schedule = EpsilonSchedule::Linear { fraction: 0.5 };
+        cfg.planned_decisions = 40;
+        let mut a = QAgent::new(cfg).unwrap();
+        let s = [0, 1, 2, 3];
+        let mut eps = vec![];
+        for _ in 0..40 {
+            let d = a.decide(&s, 2).unwrap();
+            let want = (1.0 - 0.99 * eps.len() as f64 / 20.0).max(0.01);
+            assert!((d.epsilon - want).abs() < 1e-12, "{} vs {want}", d.epsilon);
+            eps.push(d.epsilon);
+            // Episodes do not move it.
+            a.end_episode();
+        }
+        assert_eq!(eps[0], 1.0);
+        assert!((eps[20] - 0.01).abs() < 1e-12 && eps[39] == 0.01);
+        // More planned decisions restart the ramp; in the floor phase almost
+        // every decision is greedy.
+        let mut b = a.clone();
+        b.set_planned_decisions(10_000);
+        assert!(b.epsilon() > 0.99);
+        let greedy = (0..400)
+            .filter(|_| !a.decide(&s, 3).unwrap().explored)
+            .count();
+        assert!(greedy >= 380, "{greedy} of 400 greedy at epsilon 0.01");
     }
 
     /// A network whose Q-values are a known constant vector: hidden unit 0 is

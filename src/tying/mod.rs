@@ -4,5 +4,6 @@ pub mod accounting;
 pub mod agent;
 pub mod policy;
 pub mod reward;
+pub mod settings;
 pub mod slots;
 pub mod table;

@@ -5,7 +5,9 @@
 //! store owns the [`TieTable`] and keeps exactly the slots it references
 //! alive: a tie that leaves a slot without layers drops its four buffers at
 //! once (that is where the memory saving comes from); an untie allocates a
-//! new slot as a copy of the old one's weights and moments. Several layers on
+//! new slot as a copy of the old one's weights and moments (and a tie under
+//! `--tie-merge average` first folds the freed slot into the shared one).
+//! Several layers on
 //! one slot add their gradients into its gradient buffer (`--tie-grad
 //! shared`), or only the owner does (`frozen`, see [`SlotStore::grad_enabled`]).
 
@@ -159,6 +161,28 @@ impl SlotStore {
             backend.copy(fresh.adam_m.f32(), src.adam_m.f32())?;
             backend.copy(fresh.adam_v.f32(), src.adam_v.f32())?;
             self.slots[c.slot] = Some(fresh);
+        }
+        if let Some(m) = effect.merged {
+            let slot = |k: usize| {
+                self.slots[k]
+                    .as_ref()
+                    .expect("a merge joins two live slots")
+            };
+            let (into, from) = (slot(m.into), slot(m.from));
+            // On the host: a merge happens at most once per agent decision.
+            for (dst, src) in [
+                (&into.params, &from.params),
+                (&into.adam_m, &from.adam_m),
+                (&into.adam_v, &from.adam_v),
+            ] {
+                let mut a = backend.download_f32(dst.f32())?;
+                let b = backend.download_f32(src.f32())?;
+                let w = m.from_weight;
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x = (1.0 - w) * *x + w * y;
+                }
+                backend.upload_f32(dst.f32(), &a)?;
+            }
         }
         if let Some(f) = effect.freed {
             self.slots[f] = None;

@@ -9,6 +9,8 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+pub use super::settings::TieMerge;
+
 /// How the blocks start (`--init-ties`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InitTies {
@@ -58,6 +60,10 @@ pub struct TieOptions {
     /// former source's slot; `InitTies::Zero` keeps the blocks' own slots.
     pub paper_compat: bool,
     pub tie_grad: TieGrad,
+    /// What a tie that frees a slot does with its weights (`--tie-merge`;
+    /// absent from tables saved before it existed, which replaced).
+    #[serde(default)]
+    pub merge: TieMerge,
 }
 
 impl TieOptions {
@@ -68,6 +74,7 @@ impl TieOptions {
             init: InitTies::Zero,
             paper_compat: true,
             tie_grad: TieGrad::Frozen,
+            merge: TieMerge::Replace,
         }
     }
 }
@@ -78,6 +85,7 @@ impl Default for TieOptions {
             init: InitTies::Independent,
             paper_compat: false,
             tie_grad: TieGrad::Shared,
+            merge: TieMerge::Replace,
         }
     }
 }
@@ -90,18 +98,30 @@ pub struct SlotCopy {
     pub from: usize,
 }
 
-/// What the slot store must do after a table change. Apply `created` before
-/// `freed` (a single change never needs both today, but the order is safe).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Fold slot `from` into slot `into` before `from` is freed:
+/// `into = (1 - from_weight) * into + from_weight * from`, for the weights
+/// and both AdamW moments.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotMerge {
+    pub into: usize,
+    pub from: usize,
+    pub from_weight: f32,
+}
+
+/// What the slot store must do after a table change. Apply `created`, then
+/// `merged`, then `freed` (a single change never needs both a creation and
+/// a free today, but the order is safe).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TieEffect {
     /// A slot that lost its last block: free its parameters, gradients, moments.
     pub freed: Option<usize>,
     pub created: Option<SlotCopy>,
+    pub merged: Option<SlotMerge>,
 }
 
 impl TieEffect {
     pub fn is_noop(&self) -> bool {
-        self.freed.is_none() && self.created.is_none()
+        self.freed.is_none() && self.created.is_none() && self.merged.is_none()
     }
 }
 
@@ -212,7 +232,9 @@ impl TieTable {
         out
     }
 
-    /// Tie block i to block j (j < i): i moves onto j's current slot.
+    /// Tie block i to block j (j < i): i moves onto j's current slot. When
+    /// that frees i's old slot and the options say `average`, the old slot
+    /// is first folded into j's, weighted by the blocks each served.
     pub fn tie(&mut self, i: usize, j: usize) -> Result<TieEffect> {
         self.check_layer(i)?;
         if j >= i {
@@ -223,12 +245,23 @@ impl TieTable {
         if old == new {
             return Ok(TieEffect::default());
         }
+        let served = self.refcount[new];
         self.slot_of[i] = new;
         self.refcount[new] += 1;
         self.refcount[old] -= 1;
+        let freed = (self.refcount[old] == 0).then_some(old);
+        let merged = match (freed, self.options.merge) {
+            (Some(from), TieMerge::Average) => Some(SlotMerge {
+                into: new,
+                from,
+                from_weight: 1.0 / (served + 1) as f32,
+            }),
+            _ => None,
+        };
         Ok(TieEffect {
-            freed: (self.refcount[old] == 0).then_some(old),
+            freed,
             created: None,
+            merged,
         })
     }
 
@@ -256,6 +289,7 @@ impl TieTable {
                 slot: new,
                 from: old,
             }),
+            merged: None,
         })
     }
 
@@ -381,6 +415,37 @@ mod tests {
         assert_eq!(t.owner(0), Some(0));
         assert_eq!(t.live_slots(), vec![0, 1, 3]);
         check_invariants(&t);
+    }
+
+    #[test]
+    fn average_merge_only_when_a_slot_is_freed_weighted_by_its_blocks() {
+        let avg = TieOptions {
+            merge: TieMerge::Average,
+            ..TieOptions::default()
+        };
+        let mut t = TieTable::new(5, avg).unwrap();
+        // Slot 0 served one block: half and half.
+        let e = t.tie(1, 0).unwrap();
+        let half = SlotMerge {
+            into: 0,
+            from: 1,
+            from_weight: 0.5,
+        };
+        assert_eq!((e.freed, e.merged), (Some(1), Some(half)));
+        // Slot 0 now serves two blocks: the newcomer counts for a third.
+        let e = t.tie(2, 1).unwrap();
+        assert_eq!(e.merged.map(|m| (m.into, m.from)), Some((0, 2)));
+        assert!((e.merged.unwrap().from_weight - 1.0 / 3.0).abs() < 1e-7);
+        // Leaving a slot that others keep loses no weights: no merge.
+        t.tie(4, 3).unwrap();
+        let e = t.tie(3, 0).unwrap();
+        assert_eq!(e, TieEffect::default());
+        // An untie copies; it never merges.
+        assert_eq!(t.untie(1).unwrap().merged, None);
+        check_invariants(&t);
+        // Replace never merges.
+        let mut r = TieTable::new(3, TieOptions::default()).unwrap();
+        assert_eq!(r.tie(2, 0).unwrap().merged, None);
     }
 
     #[test]

@@ -1,0 +1,288 @@
+//! The dynamic policy's settings beyond the paper's: `[agent]` in
+//! config.toml and their `dyntie train` flags.
+//!
+//! | setting | paper (`--paper-compat`) | what it changes |
+//! |---|---|---|
+//! | `tie_merge` | `replace` | a tie that frees block i's slot: `replace` drops i's weights (block i takes j's); `average` first folds them into j's slot, weighted by the blocks on each (weights and AdamW moments) |
+//! | `decide_until` | `1.0` | the fraction of the steps during which the agent decides; after it the table is fixed and the chosen structure trains (no reward evaluations either) |
+//! | `epsilon_schedule` | `episodes` | `episodes`: epsilon x 0.95 after each episode, floor 0.01; `linear:F`: from 1 down to 0.01 over the first fraction F of the decisions the run will make, then 0.01 |
+//!
+//! A config.toml without `[agent]` (written before these settings existed)
+//! reads as the paper's settings, which is what those runs did.
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// What a tie does with the weights of the block that joins another's slot
+/// when its own slot is freed by it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TieMerge {
+    /// The block's weights are dropped (the paper).
+    #[default]
+    Replace,
+    /// The slot becomes the average of both, weighted by the number of
+    /// blocks each served (weights and AdamW moments).
+    Average,
+}
+
+impl TieMerge {
+    pub fn parse(flag: &str) -> Result<Self> {
+        match flag {
+            "replace" => Ok(TieMerge::Replace),
+            "average" => Ok(TieMerge::Average),
+            other => bail!("--tie-merge '{other}' is unknown: use replace or average"),
+        }
+    }
+}
+
+/// How the exploration probability falls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum EpsilonSchedule {
+    /// The paper: 1.0, times 0.95 after every episode, floor 0.01.
+    #[default]
+    Episodes,
+    /// From 1.0 down to the floor linearly over the first `fraction` of the
+    /// decisions the run will make, then the floor: measured in decisions,
+    /// so it reaches its floor whatever the run's length and `--agent-k`.
+    Linear { fraction: f64 },
+}
+
+impl EpsilonSchedule {
+    pub fn parse(flag: &str) -> Result<Self> {
+        let flag = flag.trim();
+        if flag == "episodes" {
+            return Ok(EpsilonSchedule::Episodes);
+        }
+        if let Some(f) = flag.strip_prefix("linear:") {
+            let fraction: f64 = f.trim().parse().with_context(|| {
+                format!("--epsilon-schedule {flag}: the fraction must be a number in (0, 1]")
+            })?;
+            ensure!(
+                fraction > 0.0 && fraction <= 1.0,
+                "--epsilon-schedule {flag}: the fraction must be in (0, 1]"
+            );
+            return Ok(EpsilonSchedule::Linear { fraction });
+        }
+        bail!("--epsilon-schedule '{flag}' is unknown: use episodes or linear:F (F in (0, 1])")
+    }
+
+    /// Epsilon before decision `decision` (0-based) of `planned`, for the
+    /// linear schedule (the episode schedule is kept by the agent itself).
+    pub fn linear_epsilon(fraction: f64, decision: u64, planned: u64, floor: f64) -> f64 {
+        let progress = decision as f64 / (fraction * planned as f64);
+        if progress.is_nan() || progress >= 1.0 {
+            return floor;
+        }
+        1.0 - (1.0 - floor) * progress
+    }
+}
+
+impl TryFrom<String> for EpsilonSchedule {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EpsilonSchedule> for String {
+    fn from(e: EpsilonSchedule) -> String {
+        match e {
+            EpsilonSchedule::Episodes => "episodes".into(),
+            EpsilonSchedule::Linear { fraction } => format!("linear:{fraction}"),
+        }
+    }
+}
+
+/// `[agent]` in config.toml.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default = "AgentSettings::paper")]
+pub struct AgentSettings {
+    pub tie_merge: TieMerge,
+    /// Fraction of the steps during which the agent decides, in (0, 1].
+    pub decide_until: f64,
+    pub epsilon_schedule: EpsilonSchedule,
+}
+
+impl AgentSettings {
+    /// The authors' code (and every run made before `[agent]` existed).
+    pub fn paper() -> Self {
+        AgentSettings {
+            tie_merge: TieMerge::Replace,
+            decide_until: 1.0,
+            epsilon_schedule: EpsilonSchedule::Episodes,
+        }
+    }
+
+    pub fn validate(&self, paper_compat: bool) -> Result<()> {
+        ensure!(
+            self.decide_until > 0.0 && self.decide_until <= 1.0,
+            "--decide-until {} must be in (0, 1] (a fraction of the training steps)",
+            self.decide_until
+        );
+        if let EpsilonSchedule::Linear { fraction } = self.epsilon_schedule {
+            ensure!(
+                fraction > 0.0 && fraction <= 1.0,
+                "--epsilon-schedule linear:{fraction}: the fraction must be in (0, 1]"
+            );
+        }
+        if paper_compat && *self != Self::paper() {
+            bail!(
+                "--paper-compat reproduces the authors' code, which has --tie-merge replace, \
+                 --decide-until 1 and --epsilon-schedule episodes; drop the others or --paper-compat"
+            );
+        }
+        Ok(())
+    }
+
+    /// The last step (exclusive) at which the agent makes a decision.
+    pub fn decision_limit(&self, steps: u64) -> u64 {
+        ((self.decide_until * steps as f64).round() as u64).min(steps)
+    }
+
+    /// Whether the agent decides at `step` of a run of `steps` steps.
+    pub fn decides_at(&self, step: u64, steps: u64) -> bool {
+        step < self.decision_limit(steps)
+    }
+
+    /// How many decisions a run of `steps` steps with one every `k` makes.
+    pub fn planned_decisions(&self, steps: u64, k: u64) -> u64 {
+        self.decision_limit(steps).div_ceil(k.max(1))
+    }
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self::paper()
+    }
+}
+
+/// The `[agent]` flags of `dyntie train`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AgentFlags {
+    /// What a tie that frees a block's slot does with its weights: replace
+    /// (dropped, the paper) or average (folded into the shared slot,
+    /// weighted by the blocks on each; AdamW moments too).
+    #[arg(long = "tie-merge")]
+    pub tie_merge: Option<String>,
+    /// Fraction of the steps during which the agent decides (0, 1]; after
+    /// it the tie table stays fixed and no reward is evaluated.
+    #[arg(long = "decide-until")]
+    pub decide_until: Option<f64>,
+    /// Exploration: episodes (x0.95 per episode, the paper) or linear:F
+    /// (from 1 to 0.01 over the first fraction F of the run's decisions).
+    #[arg(long = "epsilon-schedule")]
+    pub epsilon_schedule: Option<String>,
+}
+
+impl AgentFlags {
+    /// Overrides `settings` with the flags given.
+    pub fn apply(&self, settings: &mut AgentSettings) -> Result<()> {
+        if let Some(m) = &self.tie_merge {
+            settings.tie_merge = TieMerge::parse(m)?;
+        }
+        if let Some(d) = self.decide_until {
+            settings.decide_until = d;
+        }
+        if let Some(e) = &self.epsilon_schedule {
+            settings.epsilon_schedule = EpsilonSchedule::parse(e)?;
+        }
+        Ok(())
+    }
+
+    /// The flags given (which a resume refuses).
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--tie-merge", self.tie_merge.is_some()),
+            ("--decide-until", self.decide_until.is_some()),
+            ("--epsilon-schedule", self.epsilon_schedule.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, given)| given.then_some(f))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_print_and_reject_bad_values() {
+        assert_eq!(
+            EpsilonSchedule::parse("episodes").unwrap(),
+            EpsilonSchedule::Episodes
+        );
+        let lin = EpsilonSchedule::parse("linear:0.5").unwrap();
+        assert_eq!(lin, EpsilonSchedule::Linear { fraction: 0.5 });
+        assert_eq!(String::from(lin), "linear:0.5");
+        for bad in ["linear:0", "linear:1.5", "linear:x", "linear", "cosine"] {
+            assert!(EpsilonSchedule::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(TieMerge::parse("average").unwrap(), TieMerge::Average);
+        assert!(TieMerge::parse("mean").is_err());
+    }
+
+    #[test]
+    fn linear_epsilon_reaches_the_floor_at_the_given_fraction() {
+        // 100 planned decisions, floor reached after 50.
+        let e = |d| EpsilonSchedule::linear_epsilon(0.5, d, 100, 0.01);
+        assert_eq!(e(0), 1.0);
+        assert!((e(25) - (1.0 - 0.99 * 0.5)).abs() < 1e-12);
+        assert_eq!(e(50), 0.01);
+        assert_eq!(e(99), 0.01);
+        assert_eq!(EpsilonSchedule::linear_epsilon(0.5, 0, 0, 0.01), 0.01);
+    }
+
+    #[test]
+    fn decision_phase_in_steps_and_decisions() {
+        let mut s = AgentSettings::paper();
+        // The paper: every multiple of k below the last step.
+        assert_eq!(s.planned_decisions(2000, 4), 500);
+        assert!(s.decides_at(1996, 2000) && !s.decides_at(2000, 2000));
+        s.decide_until = 0.5;
+        assert_eq!(s.decision_limit(2000), 1000);
+        assert!(s.decides_at(996, 2000) && !s.decides_at(1000, 2000));
+        assert_eq!(s.planned_decisions(2000, 4), 250);
+        assert_eq!(s.planned_decisions(10, 4), 2); // steps 0 and 4
+    }
+
+    #[test]
+    fn validation_and_paper_compat() {
+        let mut s = AgentSettings::paper();
+        s.validate(true).unwrap();
+        s.decide_until = 0.0;
+        assert!(s
+            .validate(false)
+            .unwrap_err()
+            .to_string()
+            .contains("(0, 1]"));
+        s.decide_until = 0.6;
+        s.validate(false).unwrap();
+        assert!(s
+            .validate(true)
+            .unwrap_err()
+            .to_string()
+            .contains("--paper-compat"));
+        // A config.toml without [agent] or with only some fields.
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default = "AgentSettings::paper")]
+            agent: AgentSettings,
+        }
+        let empty: Doc = toml::from_str("").unwrap();
+        assert_eq!(empty.agent, AgentSettings::paper());
+        let some: Doc = toml::from_str("[agent]\ntie_merge = \"average\"\n").unwrap();
+        assert_eq!(some.agent.tie_merge, TieMerge::Average);
+        assert_eq!(some.agent.decide_until, 1.0);
+        let sched: Doc = toml::from_str("[agent]\nepsilon_schedule = \"linear:0.25\"\n").unwrap();
+        assert_eq!(
+            sched.agent.epsilon_schedule,
+            EpsilonSchedule::Linear { fraction: 0.25 }
+        );
+        assert!(toml::from_str::<Doc>("[agent]\nepsilon_schedule = \"fast\"\n").is_err());
+        assert!(toml::from_str::<Doc>("[agent]\nspeed = 1\n").is_err());
+    }
+}
