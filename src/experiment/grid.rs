@@ -139,8 +139,10 @@ impl Grid {
     pub fn load(path: &Path) -> Result<Grid> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read grid file {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base)
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let base = std::fs::canonicalize(parent.unwrap_or(Path::new(".")))
+            .with_context(|| format!("cannot find the folder of {}", path.display()))?;
+        Self::parse(&text, &base)
             .with_context(|| format!("grid file {}", path.display()))
             .map(|g| Grid {
                 path: path.to_path_buf(),
@@ -196,10 +198,10 @@ impl Grid {
                 );
             }
         }
-        let out = base.join(&file.out);
+        let out = normalize(&base.join(&file.out));
         let report = file
             .report
-            .map(|r| base.join(r))
+            .map(|r| normalize(&base.join(r)))
             .unwrap_or_else(|| out.join("summary"));
         let mut runs = vec![];
         let seeds_of = |v: &VariantEntry| v.seeds.clone().unwrap_or_else(|| file.seeds.clone());
@@ -270,6 +272,24 @@ impl Grid {
             runs,
         })
     }
+}
+
+/// `path` without `.` and with each `..` taken back (lexically).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -381,6 +401,13 @@ seeds = [3]
             ["tiny/none/seed1", "tiny/none/seed2", "tiny/dyn/seed3"]
         );
         assert_eq!(g.out, Path::new("/base/runs"));
+        let up = Grid::parse(
+            &GRID.replace("\"runs\"", "\"../x/./runs\""),
+            Path::new("/base/grids"),
+        )
+        .unwrap();
+        assert_eq!(up.out, Path::new("/base/x/runs"));
+        assert_eq!(normalize(Path::new("../a/../b")), Path::new("../b"));
         assert_eq!(g.report, Path::new("/base/runs/summary"));
         let r = &g.runs[2];
         assert_eq!(r.dir, Path::new("/base/runs/tiny/dyn/seed3"));
