@@ -297,7 +297,8 @@ impl RunConfig {
         if self.tying.agent_k == 0 {
             bail!("--agent-k must be at least 1");
         }
-        self.agent.validate(self.tying.paper_compat)?;
+        self.agent
+            .validate(self.tying.paper_compat, self.tying.param_cost)?;
         if !["auto", "cpu", "cuda", "emu"].contains(&self.backend.as_str()) {
             bail!(
                 "--backend '{}' is unknown: use auto, cpu, cuda or emu",

@@ -18,7 +18,7 @@ use crate::rng::HostRng;
 use crate::tying::accounting::{MemoryReport, ModelShape};
 use crate::tying::agent::{AgentConfig, Decision, QAgent, StateEncoding, TieRecord, Transition};
 use crate::tying::policy::TyingPolicy;
-use crate::tying::reward;
+use crate::tying::reward::{self, RewardBaseline};
 use crate::tying::table::{InitTies, TieGrad, TieOptions, TieTable};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,9 @@ struct DynamicState {
     pending: Option<Pending>,
     /// Draws the random training batch of the paper's reward.
     reward_rng: HostRng,
+    /// `--reward-baseline` (absent from checkpoints written before it).
+    #[serde(default)]
+    baseline: RewardBaseline,
 }
 
 /// A decision whose reward is not known yet.
@@ -381,12 +384,14 @@ impl Trainer {
                 _ => StateEncoding::Raw,
             };
             ac.epsilon_schedule = cfg.agent.epsilon_schedule;
+            ac.explore_draw = cfg.agent.explore_draw;
             Some(DynamicState {
                 agent: QAgent::new(ac)?,
                 episode: 0,
                 next_layer: 1,
                 pending: None,
                 reward_rng: HostRng::derive(t.seed, REWARD_STREAM + 100),
+                baseline: RewardBaseline::default(),
             })
         } else {
             None
@@ -556,21 +561,25 @@ impl Trainer {
                     ppl_now,
                     self.cfg.tying.param_cost as f64,
                     unique,
+                    self.cfg.agent.param_budget,
                     n_layer,
                 )?
             };
+            let window = self.cfg.agent.reward_baseline;
+            let advantage = (window > 0).then(|| d.baseline.advantage(r, window));
             let table = self.model.slots().table();
             d.agent.learn(&Transition {
                 state: &p.state,
                 layer: p.decision.layer,
                 action: p.decision.action,
-                reward: r,
+                reward: advantage.unwrap_or(r),
                 next_state: table.state(),
             })?;
             // The record carries the table right after that action, which
             // is the table now (nothing else changes it in between).
-            self.ties
-                .write(&TieRecord::new(self.step, p.episode, &p.decision, r, table))?;
+            let mut record = TieRecord::new(self.step, p.episode, &p.decision, r, table);
+            record.advantage = advantage;
+            self.ties.write(&record)?;
         }
         if !deciding {
             return Ok(());

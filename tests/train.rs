@@ -8,6 +8,7 @@ use dyntie::checkpoint;
 use dyntie::config::RunConfig;
 use dyntie::metrics::read_jsonl;
 use dyntie::train::Trainer;
+use dyntie::tying::reward::RewardBaseline;
 use dyntie::tying::settings::EpsilonSchedule;
 use serde_json::Value;
 use std::fs;
@@ -296,6 +297,28 @@ fn the_table_is_fixed_after_the_decision_phase() -> Result<()> {
     {
         assert_eq!(r["unique_blocks"].as_u64(), Some(unique(&last_table)));
     }
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--reward-baseline 3`: each decision's record carries the advantage the
+/// agent learned from, the reward minus the baseline of the rewards before.
+#[test]
+fn the_agent_learns_from_the_reward_minus_a_moving_baseline() -> Result<()> {
+    let dir = temp_dir("baseline");
+    let mut cfg = config("dynamic", 24);
+    cfg.tying.agent_k = 2;
+    cfg.agent.reward_baseline = 3;
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    assert_eq!(ties.len(), 11);
+    let mut replay = RewardBaseline::default();
+    for r in &ties {
+        let want = replay.advantage(r["reward"].as_f64().unwrap(), 3);
+        assert_eq!(r["advantage"].as_f64(), Some(want));
+    }
+    assert_eq!(ties[0]["advantage"].as_f64(), Some(0.0));
     fs::remove_dir_all(dir)?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::settings::EpsilonSchedule;
+use super::settings::{EpsilonSchedule, ExploreDraw};
 use super::table::TieTable;
 use crate::rng::HostRng;
 
@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// Decisions the run will make, for a schedule measured in decisions.
     #[serde(default)]
     pub planned_decisions: u64,
+    /// How an explored action is drawn.
+    #[serde(default)]
+    pub explore_draw: ExploreDraw,
 }
 
 impl AgentConfig {
@@ -63,6 +66,7 @@ impl AgentConfig {
             seed,
             epsilon_schedule: EpsilonSchedule::Episodes,
             planned_decisions: 0,
+            explore_draw: ExploreDraw::Uniform,
         }
     }
 }
@@ -104,6 +108,10 @@ pub struct TieRecord {
     pub state_after: Vec<usize>,
     /// Block -> slot after the action.
     pub slots_after: Vec<usize>,
+    /// With `--reward-baseline`: the reward minus the baseline, which is
+    /// what the agent learned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advantage: Option<f64>,
 }
 
 impl TieRecord {
@@ -126,6 +134,7 @@ impl TieRecord {
             q_values: decision.q_values.clone(),
             state_after: table.state().to_vec(),
             slots_after: table.slots().to_vec(),
+            advantage: None,
         }
     }
 }
@@ -288,16 +297,21 @@ impl QAgent {
         Ok(argmax(&self.group_q(state, layer)?))
     }
 
-    /// Epsilon-greedy choice for block i: with probability epsilon a uniform
-    /// action among the group's i+1, else the greedy one.
+    /// Epsilon-greedy choice for block i: with probability epsilon a random
+    /// action (uniform among the group's i+1, or "independent" half the time
+    /// with the balanced draw), else the greedy one.
     pub fn decide(&mut self, state: &[usize], layer: usize) -> Result<Decision> {
         let q_values = self.group_q(state, layer)?;
         let epsilon = self.epsilon();
         let explored = self.rng.uniform() < epsilon;
-        let action = if explored {
-            self.rng.below(layer as u64 + 1) as usize
-        } else {
+        let action = if !explored {
             argmax(&q_values)
+        } else {
+            match self.config.explore_draw {
+                ExploreDraw::Uniform => self.rng.below(layer as u64 + 1) as usize,
+                ExploreDraw::Balanced if self.rng.uniform() < 0.5 => layer,
+                ExploreDraw::Balanced => self.rng.below(layer as u64) as usize,
+            }
         };
         self.decisions += 1;
         Ok(Decision {
@@ -602,6 +616,25 @@ mod tests {
             .filter(|_| !a.decide(&s, 3).unwrap().explored)
             .count();
         assert!(greedy >= 380, "{greedy} of 400 greedy at epsilon 0.01");
+    }
+
+    #[test]
+    fn balanced_exploration_keeps_half_the_blocks_independent() {
+        let mut cfg = AgentConfig::new(8, 13);
+        cfg.explore_draw = ExploreDraw::Balanced;
+        let mut a = QAgent::new(cfg).unwrap();
+        let mut counts = [0usize; 7];
+        for _ in 0..6000 {
+            let d = a.decide(&[0, 1, 2, 3, 4, 5, 6, 7], 6).unwrap();
+            assert!(d.explored);
+            counts[d.action] += 1;
+        }
+        // "Independent" (action 6) half the time, each of the 6 ties 1/12.
+        assert!((2800..3200).contains(&counts[6]), "{counts:?}");
+        assert!(
+            counts[..6].iter().all(|&c| (400..600).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     /// A network whose Q-values are a known constant vector: hidden unit 0 is

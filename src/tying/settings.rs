@@ -6,6 +6,9 @@
 //! | `tie_merge` | `replace` | a tie that frees block i's slot: `replace` drops i's weights (block i takes j's); `average` first folds them into j's slot, weighted by the blocks on each (weights and AdamW moments) |
 //! | `decide_until` | `1.0` | the fraction of the steps during which the agent decides; after it the table is fixed and the chosen structure trains (no reward evaluations either) |
 //! | `epsilon_schedule` | `episodes` | `episodes`: epsilon x 0.95 after each episode, floor 0.01; `linear:F`: from 1 down to 0.01 over the first fraction F of the decisions the run will make, then 0.01 |
+//! | `explore_draw` | `uniform` | an explored action for block i: `uniform` over its i+1 actions (so "independent" has probability 1/(i+1)); `balanced`: "independent" with probability 1/2, else a uniform tie |
+//! | `reward_baseline` | `0` | N > 0: the agent learns from the reward minus a moving baseline (the mean of the first N rewards, then an exponential average with weight 1/N) |
+//! | `param_budget` | `0` | B > 0: `--param-cost` is charged only for trainable blocks beyond B |
 //!
 //! A config.toml without `[agent]` (written before these settings existed)
 //! reads as the paper's settings, which is what those runs did.
@@ -96,6 +99,29 @@ impl From<EpsilonSchedule> for String {
     }
 }
 
+/// How an explored action is drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExploreDraw {
+    /// Uniform over block i's i+1 actions (the paper).
+    #[default]
+    Uniform,
+    /// "Independent" with probability 1/2, otherwise a uniform tie: random
+    /// play keeps about half the blocks rather than drifting towards
+    /// tying nearly everything.
+    Balanced,
+}
+
+impl ExploreDraw {
+    pub fn parse(flag: &str) -> Result<Self> {
+        match flag {
+            "uniform" => Ok(ExploreDraw::Uniform),
+            "balanced" => Ok(ExploreDraw::Balanced),
+            other => bail!("--explore-draw '{other}' is unknown: use uniform or balanced"),
+        }
+    }
+}
+
 /// `[agent]` in config.toml.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default = "AgentSettings::paper")]
@@ -104,6 +130,11 @@ pub struct AgentSettings {
     /// Fraction of the steps during which the agent decides, in (0, 1].
     pub decide_until: f64,
     pub epsilon_schedule: EpsilonSchedule,
+    pub explore_draw: ExploreDraw,
+    /// Rewards in the moving baseline's window; 0: no baseline.
+    pub reward_baseline: u64,
+    /// Trainable blocks that `--param-cost` does not charge; 0: all are.
+    pub param_budget: usize,
 }
 
 impl AgentSettings {
@@ -113,10 +144,19 @@ impl AgentSettings {
             tie_merge: TieMerge::Replace,
             decide_until: 1.0,
             epsilon_schedule: EpsilonSchedule::Episodes,
+            explore_draw: ExploreDraw::Uniform,
+            reward_baseline: 0,
+            param_budget: 0,
         }
     }
 
-    pub fn validate(&self, paper_compat: bool) -> Result<()> {
+    /// Checks the settings; `paper_compat` and `param_cost` are `[tying]`'s.
+    pub fn validate(&self, paper_compat: bool, param_cost: f32) -> Result<()> {
+        ensure!(
+            self.param_budget == 0 || param_cost > 0.0,
+            "--param-budget {} only changes which blocks --param-cost charges: give a --param-cost above 0",
+            self.param_budget
+        );
         ensure!(
             self.decide_until > 0.0 && self.decide_until <= 1.0,
             "--decide-until {} must be in (0, 1] (a fraction of the training steps)",
@@ -131,7 +171,8 @@ impl AgentSettings {
         if paper_compat && *self != Self::paper() {
             bail!(
                 "--paper-compat reproduces the authors' code, which has --tie-merge replace, \
-                 --decide-until 1 and --epsilon-schedule episodes; drop the others or --paper-compat"
+                 --decide-until 1, --epsilon-schedule episodes, --explore-draw uniform, \
+                 --reward-baseline 0 and --param-budget 0; drop the others or --paper-compat"
             );
         }
         Ok(())
@@ -175,6 +216,18 @@ pub struct AgentFlags {
     /// (from 1 to 0.01 over the first fraction F of the run's decisions).
     #[arg(long = "epsilon-schedule")]
     pub epsilon_schedule: Option<String>,
+    /// How an explored action is drawn: uniform over the block's actions
+    /// (the paper) or balanced ("independent" half the time).
+    #[arg(long = "explore-draw")]
+    pub explore_draw: Option<String>,
+    /// The agent learns from the reward minus a moving baseline over N
+    /// rewards (0: off, the paper).
+    #[arg(long = "reward-baseline", value_name = "N")]
+    pub reward_baseline: Option<u64>,
+    /// Trainable blocks that --param-cost does not charge (0: it charges
+    /// every block, the paper).
+    #[arg(long = "param-budget", value_name = "B")]
+    pub param_budget: Option<usize>,
 }
 
 impl AgentFlags {
@@ -189,6 +242,15 @@ impl AgentFlags {
         if let Some(e) = &self.epsilon_schedule {
             settings.epsilon_schedule = EpsilonSchedule::parse(e)?;
         }
+        if let Some(d) = &self.explore_draw {
+            settings.explore_draw = ExploreDraw::parse(d)?;
+        }
+        if let Some(n) = self.reward_baseline {
+            settings.reward_baseline = n;
+        }
+        if let Some(b) = self.param_budget {
+            settings.param_budget = b;
+        }
         Ok(())
     }
 
@@ -198,6 +260,9 @@ impl AgentFlags {
             ("--tie-merge", self.tie_merge.is_some()),
             ("--decide-until", self.decide_until.is_some()),
             ("--epsilon-schedule", self.epsilon_schedule.is_some()),
+            ("--explore-draw", self.explore_draw.is_some()),
+            ("--reward-baseline", self.reward_baseline.is_some()),
+            ("--param-budget", self.param_budget.is_some()),
         ]
         .into_iter()
         .filter_map(|(f, given)| given.then_some(f))
@@ -222,6 +287,11 @@ mod tests {
             assert!(EpsilonSchedule::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(TieMerge::parse("average").unwrap(), TieMerge::Average);
+        assert_eq!(
+            ExploreDraw::parse("balanced").unwrap(),
+            ExploreDraw::Balanced
+        );
+        assert!(ExploreDraw::parse("greedy").is_err());
         assert!(TieMerge::parse("mean").is_err());
     }
 
@@ -252,17 +322,20 @@ mod tests {
     #[test]
     fn validation_and_paper_compat() {
         let mut s = AgentSettings::paper();
-        s.validate(true).unwrap();
+        s.validate(true, 0.0).unwrap();
         s.decide_until = 0.0;
         assert!(s
-            .validate(false)
+            .validate(false, 0.0)
             .unwrap_err()
             .to_string()
             .contains("(0, 1]"));
         s.decide_until = 0.6;
-        s.validate(false).unwrap();
+        s.validate(false, 0.0).unwrap();
+        s.param_budget = 3;
+        assert!(s.validate(false, 0.0).is_err());
+        s.validate(false, 0.5).unwrap();
         assert!(s
-            .validate(true)
+            .validate(true, 0.5)
             .unwrap_err()
             .to_string()
             .contains("--paper-compat"));
