@@ -104,7 +104,7 @@ pub struct RunConfig {
     pub train: TrainSettings,
     pub tying: TyingSettings,
     /// The dynamic policy's settings beyond the paper's (see `tying::settings`).
-    #[serde(default = "AgentSettings::paper")]
+    #[serde(default = "AgentSettings::legacy")]
     pub agent: AgentSettings,
     pub data: DataSettings,
 }
@@ -165,7 +165,7 @@ impl RunConfig {
                 param_cost: 0.0,
                 agent_input: "raw".into(),
             },
-            agent: AgentSettings::paper(),
+            agent: AgentSettings::legacy(),
             data: DataSettings {
                 source: "synthetic".into(),
                 synthetic_tokens: 400_000,

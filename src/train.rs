@@ -385,6 +385,7 @@ impl Trainer {
             };
             ac.epsilon_schedule = cfg.agent.epsilon_schedule;
             ac.explore_draw = cfg.agent.explore_draw;
+            ac.td_target = cfg.agent.td_target;
             Some(DynamicState {
                 agent: QAgent::new(ac)?,
                 episode: 0,

@@ -9,6 +9,11 @@
 //! | `explore_draw` | `uniform` | an explored action for block i: `uniform` over its i+1 actions (so "independent" has probability 1/(i+1)); `balanced`: "independent" with probability 1/2, else a uniform tie |
 //! | `reward_baseline` | `0` | N > 0: the agent learns from the reward minus a moving baseline (the mean of the first N rewards, then an exponential average with weight 1/N) |
 //! | `param_budget` | `0` | B > 0: `--param-cost` is charged only for trainable blocks beyond B |
+//! | `td_target` | `same` | the Q-value bootstrapped in the TD target: `next`, the next decision's block (the MDP the loop walks); `same`, the same block's group (the code) |
+//!
+//! `--paper-compat` always bootstraps from the same block, whatever
+//! `td_target` says; runs made before `td_target` existed without
+//! `--paper-compat` bootstrapped from the next block.
 //!
 //! A config.toml without `[agent]` (written before these settings existed)
 //! reads as the paper's settings, which is what those runs did.
@@ -122,9 +127,30 @@ impl ExploreDraw {
     }
 }
 
+/// Whose Q-values the TD target bootstraps from after a decision on block i.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TdTarget {
+    /// The next decision's block (i + 1, or block 1 of the next episode).
+    #[default]
+    Next,
+    /// Block i's own group again (the authors' code).
+    Same,
+}
+
+impl TdTarget {
+    pub fn parse(flag: &str) -> Result<Self> {
+        match flag {
+            "next" => Ok(TdTarget::Next),
+            "same" => Ok(TdTarget::Same),
+            other => bail!("--td-target '{other}' is unknown: use next or same"),
+        }
+    }
+}
+
 /// `[agent]` in config.toml.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default = "AgentSettings::paper")]
+#[serde(deny_unknown_fields, default = "AgentSettings::legacy")]
 pub struct AgentSettings {
     pub tie_merge: TieMerge,
     /// Fraction of the steps during which the agent decides, in (0, 1].
@@ -135,11 +161,22 @@ pub struct AgentSettings {
     pub reward_baseline: u64,
     /// Trainable blocks that `--param-cost` does not charge; 0: all are.
     pub param_budget: usize,
+    pub td_target: TdTarget,
 }
 
 impl AgentSettings {
-    /// The authors' code (and every run made before `[agent]` existed).
+    /// The authors' code.
     pub fn paper() -> Self {
+        AgentSettings {
+            td_target: TdTarget::Same,
+            ..Self::legacy()
+        }
+    }
+
+    /// What every run made before `[agent]` existed did (the paper's code,
+    /// except that the TD target bootstrapped from the next block unless
+    /// `--paper-compat` was given).
+    pub fn legacy() -> Self {
         AgentSettings {
             tie_merge: TieMerge::Replace,
             decide_until: 1.0,
@@ -147,6 +184,7 @@ impl AgentSettings {
             explore_draw: ExploreDraw::Uniform,
             reward_baseline: 0,
             param_budget: 0,
+            td_target: TdTarget::Next,
         }
     }
 
@@ -168,7 +206,11 @@ impl AgentSettings {
                 "--epsilon-schedule linear:{fraction}: the fraction must be in (0, 1]"
             );
         }
-        if paper_compat && *self != Self::paper() {
+        let ignored_by_paper = AgentSettings {
+            td_target: TdTarget::Same,
+            ..self.clone()
+        };
+        if paper_compat && ignored_by_paper != Self::paper() {
             bail!(
                 "--paper-compat reproduces the authors' code, which has --tie-merge replace, \
                  --decide-until 1, --epsilon-schedule episodes, --explore-draw uniform, \
@@ -196,7 +238,7 @@ impl AgentSettings {
 
 impl Default for AgentSettings {
     fn default() -> Self {
-        Self::paper()
+        Self::legacy()
     }
 }
 
@@ -228,6 +270,10 @@ pub struct AgentFlags {
     /// every block, the paper).
     #[arg(long = "param-budget", value_name = "B")]
     pub param_budget: Option<usize>,
+    /// The TD target's bootstrap: next (the next decision's block) or same
+    /// (the same block's group, as the authors' code).
+    #[arg(long = "td-target")]
+    pub td_target: Option<String>,
 }
 
 impl AgentFlags {
@@ -251,6 +297,9 @@ impl AgentFlags {
         if let Some(b) = self.param_budget {
             settings.param_budget = b;
         }
+        if let Some(t) = &self.td_target {
+            settings.td_target = TdTarget::parse(t)?;
+        }
         Ok(())
     }
 
@@ -263,6 +312,7 @@ impl AgentFlags {
             ("--explore-draw", self.explore_draw.is_some()),
             ("--reward-baseline", self.reward_baseline.is_some()),
             ("--param-budget", self.param_budget.is_some()),
+            ("--td-target", self.td_target.is_some()),
         ]
         .into_iter()
         .filter_map(|(f, given)| given.then_some(f))
@@ -292,6 +342,8 @@ mod tests {
             ExploreDraw::Balanced
         );
         assert!(ExploreDraw::parse("greedy").is_err());
+        assert_eq!(TdTarget::parse("same").unwrap(), TdTarget::Same);
+        assert!(TdTarget::parse("previous").is_err());
         assert!(TieMerge::parse("mean").is_err());
     }
 
@@ -342,11 +394,12 @@ mod tests {
         // A config.toml without [agent] or with only some fields.
         #[derive(Deserialize)]
         struct Doc {
-            #[serde(default = "AgentSettings::paper")]
+            #[serde(default = "AgentSettings::legacy")]
             agent: AgentSettings,
         }
         let empty: Doc = toml::from_str("").unwrap();
-        assert_eq!(empty.agent, AgentSettings::paper());
+        assert_eq!(empty.agent, AgentSettings::legacy());
+        assert_eq!(empty.agent.td_target, TdTarget::Next);
         let some: Doc = toml::from_str("[agent]\ntie_merge = \"average\"\n").unwrap();
         assert_eq!(some.agent.tie_merge, TieMerge::Average);
         assert_eq!(some.agent.decide_until, 1.0);
