@@ -682,6 +682,13 @@ impl Trainer {
         let mut window_start = Instant::now();
         let mut window_tokens = 0u64;
         while self.step < total {
+            // `--tying switch:STEP:A>B` changes the structure once.
+            let seed = HostRng::derive(tc.seed, POLICY_STREAM).next_u64();
+            let n_layer = self.model.config().n_layer;
+            let init = tie_options(&self.cfg)?.init;
+            if let Some(target) = self.policy.switch_at(self.step, n_layer, seed, init)? {
+                self.model.set_tie_state(&target)?;
+            }
             if self.dynamic.is_some() && self.step.is_multiple_of(k) {
                 self.agent_step()?;
             }

@@ -129,6 +129,21 @@ fn resume_is_bit_for_bit_with_a_static_pattern() -> Result<()> {
     check_resume("pattern:0,1,1", "pat", |_| {})
 }
 
+/// A switch of structure exactly at the resume point (step 10) happens once,
+/// after the resume, as in the uninterrupted run.
+#[test]
+fn resume_is_bit_for_bit_across_a_switch_of_structure() -> Result<()> {
+    check_resume("switch:10:none>all", "switch", |_| {})?;
+    let dir = temp_dir("switch-blocks");
+    create(config("switch:10:none>all", 20), &dir)?.run()?;
+    for r in train_lines(&dir) {
+        let want = if r["step"].as_u64().unwrap() <= 10 { 3 } else { 1 };
+        assert_eq!(r["unique_blocks"].as_u64(), Some(want), "{r}");
+    }
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
 /// A kill between the two renames of a checkpoint write leaves only
 /// `checkpoint.old/`, maybe with a half-written `checkpoint.tmp/`, and lines
 /// logged after the checkpoint, the last one torn: resume uses the old folder

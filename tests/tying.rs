@@ -268,3 +268,43 @@ fn merge_on_tie_averages_weights_and_moments() -> Result<()> {
     }
     Ok(())
 }
+
+/// Moving a model to a tie state with one action per block realises the
+/// state's partition of blocks into slots, from any starting table.
+#[test]
+fn set_tie_state_reaches_the_target_partition() -> Result<()> {
+    let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    let mut c = cfg();
+    c.n_layer = 6;
+    let partition = |slots: &[usize]| -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = vec![];
+        for (i, &s) in slots.iter().enumerate() {
+            match slots[..i].iter().position(|&t| t == s) {
+                Some(first) => groups.iter_mut().find(|g| g[0] == first).unwrap().push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        groups
+    };
+    for start in [vec![0, 1, 2, 3, 4, 5], vec![0; 6], vec![0, 0, 2, 0, 4, 2]] {
+        for target in [
+            vec![0, 0, 0, 0, 4, 4],
+            vec![0, 1, 2, 0, 1, 2],
+            vec![0, 1, 2, 3, 4, 5],
+        ] {
+            let table = TieTable::from_state(&start, TieOptions::default())?;
+            let mut m = Gpt2::with_table(be.clone(), c.clone(), 3, table)?;
+            m.set_tie_state(&target)?;
+            let got = m.slots().table();
+            let want = TieTable::from_state(&target, TieOptions::default())?;
+            assert_eq!(got.state(), &target[..]);
+            assert_eq!(
+                partition(got.slots()),
+                partition(want.slots()),
+                "{start:?} -> {target:?}"
+            );
+            m.slots().check()?;
+        }
+    }
+    Ok(())
+}

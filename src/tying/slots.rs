@@ -133,6 +133,22 @@ impl SlotStore {
         Ok(effect)
     }
 
+    /// Moves the table to state `target` with one action per block, in
+    /// block order (so each tie resolves to the target's slot), and returns
+    /// the effects.
+    pub fn set_state(&mut self, backend: &dyn Backend, target: &[usize]) -> Result<Vec<TieEffect>> {
+        ensure!(
+            target.len() == self.n_layer(),
+            "a tie state of {} entries for {} blocks",
+            target.len(),
+            self.n_layer()
+        );
+        crate::tying::table::validate_state(target)?;
+        (1..target.len())
+            .map(|i| self.apply_action(backend, i, target[i]))
+            .collect()
+    }
+
     /// Ties block `i` to block `j`'s slot.
     pub fn tie(&mut self, backend: &dyn Backend, i: usize, j: usize) -> Result<TieEffect> {
         let mut table = self.table.clone();
