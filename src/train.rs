@@ -19,6 +19,7 @@ use crate::tying::accounting::{MemoryReport, ModelShape};
 use crate::tying::agent::{AgentConfig, Decision, QAgent, StateEncoding, TieRecord, Transition};
 use crate::tying::policy::TyingPolicy;
 use crate::tying::reward::{self, RewardBaseline};
+use crate::tying::settings::RewardSpan;
 use crate::tying::table::{InitTies, TieGrad, TieOptions, TieTable};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,9 @@ struct Pending {
     episode: u64,
     /// Perplexity on the reward batch just before the action.
     ppl_before: f64,
+    /// And just after it, with `--reward immediate`.
+    #[serde(default)]
+    ppl_after_action: Option<f64>,
 }
 
 /// The outcome of [`Trainer::run`].
@@ -559,7 +563,7 @@ impl Trainer {
                 let unique = self.model.slots().table().trainable_slots().len();
                 reward::relative_ppl_reward(
                     p.ppl_before,
-                    ppl_now,
+                    p.ppl_after_action.unwrap_or(ppl_now),
                     self.cfg.tying.param_cost as f64,
                     unique,
                     self.cfg.agent.param_budget,
@@ -589,11 +593,19 @@ impl Trainer {
         let state = self.model.slots().table().state().to_vec();
         let decision = d.agent.decide(&state, layer)?;
         self.model.apply_action(layer, decision.action)?;
+        let immediate =
+            !self.cfg.tying.paper_compat && self.cfg.agent.reward == RewardSpan::Immediate;
+        let ppl_after_action = if immediate {
+            Some(self.reward_batch_ppl()?)
+        } else {
+            None
+        };
         d.pending = Some(Pending {
             state,
             decision,
             episode: d.episode,
             ppl_before: ppl_now,
+            ppl_after_action,
         });
         d.next_layer += 1;
         if d.next_layer >= n_layer {

@@ -9,7 +9,7 @@ use dyntie::config::RunConfig;
 use dyntie::metrics::read_jsonl;
 use dyntie::train::Trainer;
 use dyntie::tying::reward::RewardBaseline;
-use dyntie::tying::settings::EpsilonSchedule;
+use dyntie::tying::settings::{EpsilonSchedule, RewardSpan};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -137,7 +137,11 @@ fn resume_is_bit_for_bit_across_a_switch_of_structure() -> Result<()> {
     let dir = temp_dir("switch-blocks");
     create(config("switch:10:none>all", 20), &dir)?.run()?;
     for r in train_lines(&dir) {
-        let want = if r["step"].as_u64().unwrap() <= 10 { 3 } else { 1 };
+        let want = if r["step"].as_u64().unwrap() <= 10 {
+            3
+        } else {
+            1
+        };
         assert_eq!(r["unique_blocks"].as_u64(), Some(want), "{r}");
     }
     fs::remove_dir_all(dir)?;
@@ -334,6 +338,38 @@ fn the_agent_learns_from_the_reward_minus_a_moving_baseline() -> Result<()> {
         assert_eq!(r["advantage"].as_f64(), Some(want));
     }
     assert_eq!(ties[0]["advantage"].as_f64(), Some(0.0));
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--reward immediate`: the reward compares the reward batch just before
+/// and just after the action, so a decision that leaves every block's
+/// weights as they were (keep, re-tie to the same slot, or an untie, which
+/// copies) gets exactly 0, and a tie that moves a block to another slot does not.
+#[test]
+fn the_immediate_reward_sees_only_the_action() -> Result<()> {
+    let dir = temp_dir("immediate");
+    let mut cfg = config("dynamic", 40);
+    cfg.tying.agent_k = 2;
+    cfg.agent.reward = RewardSpan::Immediate;
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    let (mut same, mut changed) = (0, 0);
+    let mut slots = Value::from(vec![0, 1, 2]);
+    for r in &ties {
+        let reward = r["reward"].as_f64().unwrap();
+        let untie_or_keep = r["action"] == r["layer"];
+        if untie_or_keep || r["slots_after"] == slots {
+            assert_eq!(reward, 0.0, "{r}");
+            same += 1;
+        } else {
+            assert_ne!(reward, 0.0, "{r}");
+            changed += 1;
+        }
+        slots = r["slots_after"].clone();
+    }
+    assert!(same > 0 && changed > 0, "{same} unchanged, {changed} moved");
     fs::remove_dir_all(dir)?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! | `explore_draw` | `uniform` | an explored action for block i: `uniform` over its i+1 actions (so "independent" has probability 1/(i+1)); `balanced`: "independent" with probability 1/2, else a uniform tie |
 //! | `reward_baseline` | `0` | N > 0: the agent learns from the reward minus a moving baseline (the mean of the first N rewards, then an exponential average with weight 1/N) |
 //! | `param_budget` | `0` | B > 0: `--param-cost` is charged only for trainable blocks beyond B |
+//! | `reward` | `interval` | what the default reward compares: `interval`, the reward batch's perplexity just before the action and after the k steps that follow it; `immediate`, just before and just after the action (the same weights but for the action, so the training steps' noise is not in it) |
 //! | `td_target` | `same` | the Q-value bootstrapped in the TD target: `next`, the next decision's block (the MDP the loop walks); `same`, the same block's group (the code) |
 //!
 //! `--paper-compat` always bootstraps from the same block, whatever
@@ -148,6 +149,28 @@ impl TdTarget {
     }
 }
 
+/// What the relative-perplexity reward compares (not used by `--paper-compat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewardSpan {
+    /// Before the action and after the k training steps that follow it.
+    #[default]
+    Interval,
+    /// Just before and just after the action, with no training between:
+    /// what the action itself did to the model (one more evaluation).
+    Immediate,
+}
+
+impl RewardSpan {
+    pub fn parse(flag: &str) -> Result<Self> {
+        match flag {
+            "interval" => Ok(RewardSpan::Interval),
+            "immediate" => Ok(RewardSpan::Immediate),
+            other => bail!("--reward '{other}' is unknown: use interval or immediate"),
+        }
+    }
+}
+
 /// `[agent]` in config.toml.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default = "AgentSettings::legacy")]
@@ -162,6 +185,7 @@ pub struct AgentSettings {
     /// Trainable blocks that `--param-cost` does not charge; 0: all are.
     pub param_budget: usize,
     pub td_target: TdTarget,
+    pub reward: RewardSpan,
 }
 
 impl AgentSettings {
@@ -185,6 +209,7 @@ impl AgentSettings {
             reward_baseline: 0,
             param_budget: 0,
             td_target: TdTarget::Next,
+            reward: RewardSpan::Interval,
         }
     }
 
@@ -214,7 +239,8 @@ impl AgentSettings {
             bail!(
                 "--paper-compat reproduces the authors' code, which has --tie-merge replace, \
                  --decide-until 1, --epsilon-schedule episodes, --explore-draw uniform, \
-                 --reward-baseline 0 and --param-budget 0; drop the others or --paper-compat"
+                 --reward-baseline 0, --param-budget 0 and its own reward (no --reward); \
+                 drop the others or --paper-compat"
             );
         }
         Ok(())
@@ -274,6 +300,11 @@ pub struct AgentFlags {
     /// (the same block's group, as the authors' code).
     #[arg(long = "td-target")]
     pub td_target: Option<String>,
+    /// What the reward compares: interval (the perplexity before the action
+    /// and after the k steps that follow) or immediate (just before and just
+    /// after the action, no training between).
+    #[arg(long)]
+    pub reward: Option<String>,
 }
 
 impl AgentFlags {
@@ -300,6 +331,9 @@ impl AgentFlags {
         if let Some(t) = &self.td_target {
             settings.td_target = TdTarget::parse(t)?;
         }
+        if let Some(r) = &self.reward {
+            settings.reward = RewardSpan::parse(r)?;
+        }
         Ok(())
     }
 
@@ -313,6 +347,7 @@ impl AgentFlags {
             ("--reward-baseline", self.reward_baseline.is_some()),
             ("--param-budget", self.param_budget.is_some()),
             ("--td-target", self.td_target.is_some()),
+            ("--reward", self.reward.is_some()),
         ]
         .into_iter()
         .filter_map(|(f, given)| given.then_some(f))
@@ -344,6 +379,11 @@ mod tests {
         assert!(ExploreDraw::parse("greedy").is_err());
         assert_eq!(TdTarget::parse("same").unwrap(), TdTarget::Same);
         assert!(TdTarget::parse("previous").is_err());
+        assert_eq!(
+            RewardSpan::parse("immediate").unwrap(),
+            RewardSpan::Immediate
+        );
+        assert!(RewardSpan::parse("later").is_err());
         assert!(TieMerge::parse("mean").is_err());
     }
 
