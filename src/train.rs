@@ -590,8 +590,15 @@ impl Trainer {
             return Ok(());
         }
         let layer = d.next_layer;
-        let state = self.model.slots().table().state().to_vec();
-        let decision = d.agent.decide(&state, layer)?;
+        let table = self.model.slots().table();
+        let state = table.state().to_vec();
+        let limit = self.cfg.agent.param_limit;
+        let allowed = if limit > 0 {
+            Some(table.actions_within_limit(layer, limit)?)
+        } else {
+            None
+        };
+        let decision = d.agent.decide_within(&state, layer, allowed.as_deref())?;
         self.model.apply_action(layer, decision.action)?;
         let immediate =
             !self.cfg.tying.paper_compat && self.cfg.agent.reward == RewardSpan::Immediate;

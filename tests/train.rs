@@ -374,6 +374,36 @@ fn the_immediate_reward_sees_only_the_action() -> Result<()> {
     Ok(())
 }
 
+/// `--param-limit 2` on 4 blocks: the first episode ties blocks until 2
+/// are trainable, and no decision ever takes the count above 2 again.
+#[test]
+fn a_parameter_limit_is_never_exceeded_after_the_first_episode() -> Result<()> {
+    let dir = temp_dir("limit");
+    let mut cfg = config("dynamic", 40);
+    cfg.model.n_layer = 4;
+    cfg.tying.agent_k = 2;
+    cfg.agent.param_limit = 2;
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    let trainable = |r: &Value| {
+        let mut s: Vec<u64> = r["slots_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
+    };
+    let counts: Vec<usize> = ties.iter().map(trainable).collect();
+    assert!(counts[2] <= 2, "{counts:?}");
+    assert!(counts[2..].iter().all(|&c| c <= 2), "{counts:?}");
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
 /// Every opened element is closed in order (a small well-formedness check:
 /// no attributes containing '>' are expected in the report).
 fn assert_balanced_xml(svg: &str) {

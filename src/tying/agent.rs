@@ -305,16 +305,56 @@ impl QAgent {
     /// action (uniform among the group's i+1, or "independent" half the time
     /// with the balanced draw), else the greedy one.
     pub fn decide(&mut self, state: &[usize], layer: usize) -> Result<Decision> {
+        self.decide_within(state, layer, None)
+    }
+
+    /// [`QAgent::decide`] among the actions `allowed` marks (one flag per
+    /// action of the block's group, at least one set; `None`: all): the
+    /// greedy action is the best allowed one, and an explored one is drawn
+    /// among the allowed ones (the balanced draw: "independent" half the
+    /// time when it is allowed).
+    pub fn decide_within(
+        &mut self,
+        state: &[usize],
+        layer: usize,
+        allowed: Option<&[bool]>,
+    ) -> Result<Decision> {
         let q_values = self.group_q(state, layer)?;
+        if let Some(mask) = allowed {
+            if mask.len() != layer + 1 || !mask.contains(&true) {
+                bail!("block {layer}: the allowed actions {mask:?} leave nothing to choose");
+            }
+        }
+        let ok = |a: usize| allowed.is_none_or(|m| m[a]);
         let epsilon = self.epsilon();
         let explored = self.rng.uniform() < epsilon;
         let action = if !explored {
-            argmax(&q_values)
+            let best =
+                (0..=layer)
+                    .filter(|&a| ok(a))
+                    .fold(None, |best: Option<usize>, a| match best {
+                        Some(b) if q_values[b] >= q_values[a] => Some(b),
+                        _ => Some(a),
+                    });
+            best.expect("at least one allowed action")
         } else {
+            let ties: Vec<usize> = (0..layer).filter(|&a| ok(a)).collect();
+            let draw =
+                |rng: &mut HostRng, from: &[usize]| from[rng.below(from.len() as u64) as usize];
             match self.config.explore_draw {
-                ExploreDraw::Uniform => self.rng.below(layer as u64 + 1) as usize,
-                ExploreDraw::Balanced if self.rng.uniform() < 0.5 => layer,
-                ExploreDraw::Balanced => self.rng.below(layer as u64) as usize,
+                ExploreDraw::Uniform if allowed.is_none() => {
+                    self.rng.below(layer as u64 + 1) as usize
+                }
+                ExploreDraw::Uniform => {
+                    let all: Vec<usize> = (0..=layer).filter(|&a| ok(a)).collect();
+                    draw(&mut self.rng, &all)
+                }
+                ExploreDraw::Balanced
+                    if ok(layer) && (ties.is_empty() || self.rng.uniform() < 0.5) =>
+                {
+                    layer
+                }
+                ExploreDraw::Balanced => draw(&mut self.rng, &ties),
             }
         };
         self.decisions += 1;
@@ -640,6 +680,42 @@ mod tests {
             counts[..6].iter().all(|&c| (400..600).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn masked_decisions_only_take_allowed_actions() {
+        for draw in [ExploreDraw::Uniform, ExploreDraw::Balanced] {
+            let mut cfg = AgentConfig::new(6, 21);
+            cfg.explore_draw = draw;
+            let mut a = QAgent::new(cfg).unwrap();
+            let s = [0, 1, 2, 3, 4, 5];
+            let mask = [false, true, false, true, false];
+            let mut seen = [0usize; 5];
+            for _ in 0..2000 {
+                seen[a.decide_within(&s, 4, Some(&mask)).unwrap().action] += 1;
+            }
+            assert_eq!((seen[0], seen[2], seen[4]), (0, 0, 0), "{draw:?} {seen:?}");
+            assert!(seen[1] > 800 && seen[3] > 800, "{draw:?} {seen:?}");
+            // Greedy: the best allowed Q-value, not the best overall.
+            for _ in 0..300 {
+                a.end_episode();
+            }
+            let q = a.group_q(&s, 4).unwrap();
+            let only = |k: usize| {
+                (0..5)
+                    .map(|j| j == k || j == argmax(&q))
+                    .collect::<Vec<_>>()
+            };
+            let other = (argmax(&q) + 1) % 5;
+            let greedy = (0..100)
+                .filter(|_| {
+                    a.decide_within(&s, 4, Some(&only(other))).unwrap().action == argmax(&q)
+                })
+                .count();
+            assert!(greedy >= 95, "{greedy}");
+            assert!(a.decide_within(&s, 4, Some(&[false; 5])).is_err());
+            assert!(a.decide_within(&s, 4, Some(&[true; 3])).is_err());
+        }
     }
 
     /// A network whose Q-values are a known constant vector: hidden unit 0 is

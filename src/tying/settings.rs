@@ -9,6 +9,7 @@
 //! | `explore_draw` | `uniform` | an explored action for block i: `uniform` over its i+1 actions (so "independent" has probability 1/(i+1)); `balanced`: "independent" with probability 1/2, else a uniform tie |
 //! | `reward_baseline` | `0` | N > 0: the agent learns from the reward minus a moving baseline (the mean of the first N rewards, then an exponential average with weight 1/N) |
 //! | `param_budget` | `0` | B > 0: `--param-cost` is charged only for trainable blocks beyond B |
+//! | `param_limit` | `0` | B > 0: a hard limit: the agent only takes actions that leave at most B trainable blocks (and, while above it, only actions that lower their number) |
 //! | `reward` | `interval` | what the default reward compares: `interval`, the reward batch's perplexity just before the action and after the k steps that follow it; `immediate`, just before and just after the action (the same weights but for the action, so the training steps' noise is not in it) |
 //! | `td_target` | `same` | the Q-value bootstrapped in the TD target: `next`, the next decision's block (the MDP the loop walks); `same`, the same block's group (the code) |
 //!
@@ -186,6 +187,8 @@ pub struct AgentSettings {
     pub param_budget: usize,
     pub td_target: TdTarget,
     pub reward: RewardSpan,
+    /// At most this many trainable blocks (a hard limit); 0: none.
+    pub param_limit: usize,
 }
 
 impl AgentSettings {
@@ -210,6 +213,7 @@ impl AgentSettings {
             param_budget: 0,
             td_target: TdTarget::Next,
             reward: RewardSpan::Interval,
+            param_limit: 0,
         }
     }
 
@@ -239,7 +243,8 @@ impl AgentSettings {
             bail!(
                 "--paper-compat reproduces the authors' code, which has --tie-merge replace, \
                  --decide-until 1, --epsilon-schedule episodes, --explore-draw uniform, \
-                 --reward-baseline 0, --param-budget 0 and its own reward (no --reward); \
+                 --reward-baseline 0, --param-budget 0, --param-limit 0 and its own reward \
+                 (no --reward); \
                  drop the others or --paper-compat"
             );
         }
@@ -305,6 +310,10 @@ pub struct AgentFlags {
     /// after the action, no training between).
     #[arg(long)]
     pub reward: Option<String>,
+    /// A hard limit of B trainable blocks: the agent takes only actions that
+    /// stay within it (and, while above it, lower the count). 0: none.
+    #[arg(long = "param-limit", value_name = "B")]
+    pub param_limit: Option<usize>,
 }
 
 impl AgentFlags {
@@ -334,6 +343,9 @@ impl AgentFlags {
         if let Some(r) = &self.reward {
             settings.reward = RewardSpan::parse(r)?;
         }
+        if let Some(b) = self.param_limit {
+            settings.param_limit = b;
+        }
         Ok(())
     }
 
@@ -348,6 +360,7 @@ impl AgentFlags {
             ("--param-budget", self.param_budget.is_some()),
             ("--td-target", self.td_target.is_some()),
             ("--reward", self.reward.is_some()),
+            ("--param-limit", self.param_limit.is_some()),
         ]
         .into_iter()
         .filter_map(|(f, given)| given.then_some(f))

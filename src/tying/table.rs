@@ -309,6 +309,29 @@ impl TieTable {
         }
     }
 
+    /// For each action of block i (0..=i), whether `--param-limit` allows it:
+    /// it leaves at most `limit` trainable blocks; while the table is above
+    /// the limit, it lowers their number (or, where no action of block i
+    /// can, it does not raise it).
+    pub fn actions_within_limit(&self, i: usize, limit: usize) -> Result<Vec<bool>> {
+        self.check_layer(i)?;
+        let now = self.trainable_slots().len();
+        let after: Vec<usize> = (0..=i)
+            .map(|a| {
+                let mut t = self.clone();
+                t.apply_action(i, a).map(|_| t.trainable_slots().len())
+            })
+            .collect::<Result<_>>()?;
+        if now <= limit {
+            return Ok(after.iter().map(|&u| u <= limit).collect());
+        }
+        let lowers = after.iter().any(|&u| u < now);
+        Ok(after
+            .iter()
+            .map(|&u| if lowers { u < now } else { u <= now })
+            .collect())
+    }
+
     /// Verify the table's invariants (after reading it from a checkpoint):
     /// a valid state, slot numbers in range, reference counts that match.
     pub fn check(&self) -> Result<()> {
@@ -446,6 +469,27 @@ mod tests {
         // Replace never merges.
         let mut r = TieTable::new(3, TieOptions::default()).unwrap();
         assert_eq!(r.tie(2, 0).unwrap().merged, None);
+    }
+
+    #[test]
+    fn the_limit_allows_only_actions_that_keep_or_bring_the_table_within_it() {
+        let mut t = TieTable::new(5, TieOptions::default()).unwrap();
+        // 5 trainable blocks, limit 3: block 2 must tie (to 0 or 1).
+        assert_eq!(t.actions_within_limit(2, 3).unwrap(), [true, true, false]);
+        t.tie(2, 0).unwrap();
+        t.tie(3, 1).unwrap();
+        // 3 trainable (slots 0, 1, 4): block 4 may stay or tie; block 2 may
+        // tie anywhere but not become independent again.
+        assert_eq!(t.actions_within_limit(4, 3).unwrap(), [true; 5]);
+        assert_eq!(t.actions_within_limit(2, 3).unwrap(), [true, true, false]);
+        // Block 1 owns slot 1, which block 3 shares: no action of block 1
+        // lowers the count, so above the limit any action that does not
+        // raise it is allowed.
+        let mut u = TieTable::new(4, TieOptions::default()).unwrap();
+        u.tie(3, 1).unwrap();
+        assert_eq!(u.trainable_slots().len(), 3);
+        assert_eq!(u.actions_within_limit(1, 1).unwrap(), [true, true]);
+        assert!(u.actions_within_limit(0, 1).is_err());
     }
 
     #[test]
