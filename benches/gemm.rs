@@ -10,8 +10,12 @@
 //! second shows the code's own efficiency. Run with `RAYON_NUM_THREADS=1`
 //! for single-core numbers.
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::{AttnShape, Backend, Buffer};
+use dyntie::cpu::CpuBackend;
+use dyntie::mem::{Buffer, DType};
+use dyntie::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use dyntie::ops::loss::SoftmaxXent;
+use dyntie::ops::matmul::{MatmulBwd, MatmulFwd};
+use dyntie::ops::BackendExt;
 use dyntie::rng::HostRng;
 use std::time::Instant;
 
@@ -56,9 +60,9 @@ fn cpu_note(cpu: Option<f64>, gflop: f64) -> String {
 }
 
 fn random(be: &CpuBackend, rng: &mut HostRng, n: usize, scale: f64) -> Buffer {
-    let buf = be.alloc_f32(n).unwrap();
+    let buf = be.alloc(DType::F32, n).unwrap();
     let x: Vec<f32> = (0..n).map(|_| (rng.normal() * scale) as f32).collect();
-    be.upload_f32(buf.f32(), &x).unwrap();
+    be.upload(buf.view(), &x).unwrap();
     buf
 }
 
@@ -67,40 +71,48 @@ fn bench_matmul(be: &CpuBackend, rng: &mut HostRng, name: &str, rows: usize, ic:
     let x = random(be, rng, rows * ic, 1.0);
     let w = random(be, rng, oc * ic, 0.02);
     let dy = random(be, rng, rows * oc, 1.0);
-    let out = be.alloc_f32(rows * oc).unwrap();
-    let dx = be.alloc_f32(rows * ic).unwrap();
-    let dw = be.alloc_f32(oc * ic).unwrap();
+    let out = be.alloc(DType::F32, rows * oc).unwrap();
+    let dx = be.alloc(DType::F32, rows * ic).unwrap();
+    let dw = be.alloc(DType::F32, oc * ic).unwrap();
     let gflop = 2.0 * (rows * ic * oc) as f64 * 1e-9;
     let fwd = best_of(reps, || {
-        be.matmul_fwd(out.f32(), x.f32(), w.f32(), None, rows, ic, oc)
-            .unwrap()
+        be.run(MatmulFwd {
+            out: out.view(),
+            inp: x.view(),
+            weight: w.view(),
+            bias: None,
+            rows,
+            in_ch: ic,
+            out_ch: oc,
+        })
+        .unwrap()
     });
     let bwd_x = best_of(reps, || {
-        be.matmul_bwd(
-            Some(dx.f32()),
-            None,
-            None,
-            dy.f32(),
-            x.f32(),
-            w.f32(),
+        be.run(MatmulBwd {
+            dinp: Some(dx.view()),
+            dweight: None,
+            dbias: None,
+            dout: dy.view(),
+            inp: x.view(),
+            weight: w.view(),
             rows,
-            ic,
-            oc,
-        )
+            in_ch: ic,
+            out_ch: oc,
+        })
         .unwrap()
     });
     let bwd_w = best_of(reps, || {
-        be.matmul_bwd(
-            None,
-            Some(dw.f32()),
-            None,
-            dy.f32(),
-            x.f32(),
-            w.f32(),
+        be.run(MatmulBwd {
+            dinp: None,
+            dweight: Some(dw.view()),
+            dbias: None,
+            dout: dy.view(),
+            inp: x.view(),
+            weight: w.view(),
             rows,
-            ic,
-            oc,
-        )
+            in_ch: ic,
+            out_ch: oc,
+        })
         .unwrap()
     });
     for (what, (t, cpu)) in [("fwd", fwd), ("bwd dinp", bwd_x), ("bwd dweight", bwd_w)] {
@@ -124,30 +136,30 @@ fn main() {
 
     let (rows, vocab) = (1024, 50257);
     let logits = random(&be, &mut rng, rows * vocab, 1.0);
-    let targets = be.alloc(rows * 4).unwrap();
+    let targets = be.alloc(DType::U32, rows).unwrap();
     let tgt: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
-    be.upload_u32(targets.u32(), &tgt).unwrap();
-    let losses = be.alloc_f32(rows).unwrap();
-    let dl = be.alloc_f32(rows * vocab).unwrap();
+    be.upload(targets.view(), &tgt).unwrap();
+    let losses = be.alloc(DType::F32, rows).unwrap();
+    let dl = be.alloc(DType::F32, rows * vocab).unwrap();
     // Gradient into its own buffer, into the logits (as training does; the
     // repeated runs then start from earlier gradients, which is harmless),
     // and the loss alone.
     for (what, dlogits) in [
-        ("dlogits apart", Some(dl.f32())),
-        ("dlogits in place", Some(logits.f32())),
+        ("dlogits apart", Some(dl.view())),
+        ("dlogits in place", Some(logits.view())),
         ("loss only", None),
     ] {
         let t = best_of(5, || {
-            be.softmax_xent(
-                losses.f32(),
+            be.run(SoftmaxXent {
+                losses: losses.view(),
                 dlogits,
-                logits.f32(),
-                targets.u32(),
+                logits: logits.view(),
+                targets: targets.view(),
                 rows,
                 vocab,
-                u32::MAX,
-                1.0 / rows as f32,
-            )
+                ignore_index: u32::MAX,
+                grad_scale: 1.0 / rows as f32,
+            })
             .unwrap()
         });
         println!(
@@ -165,24 +177,29 @@ fn main() {
     };
     let (b, t_len, c, h) = (8, 128, 256, 8);
     let qkv = random(&be, &mut rng, b * t_len * 3 * c, 1.0);
-    let out = be.alloc_f32(b * t_len * c).unwrap();
-    let att = be.alloc_f32(b * h * t_len * t_len).unwrap();
-    let scratch = be.alloc_f32(b * h * t_len * t_len).unwrap();
+    let out = be.alloc(DType::F32, b * t_len * c).unwrap();
+    let att = be.alloc(DType::F32, b * h * t_len * t_len).unwrap();
+    let scratch = be.alloc(DType::F32, b * h * t_len * t_len).unwrap();
     let dout = random(&be, &mut rng, b * t_len * c, 1.0);
-    let dqkv = be.alloc_f32(b * t_len * 3 * c).unwrap();
+    let dqkv = be.alloc(DType::F32, b * t_len * 3 * c).unwrap();
     let fwd = best_of(5, || {
-        be.attention_fwd(out.f32(), att.f32(), qkv.f32(), shape)
-            .unwrap()
+        be.run(AttentionFwd {
+            out: out.view(),
+            att: att.view(),
+            qkv: qkv.view(),
+            shape,
+        })
+        .unwrap()
     });
     let bwd = best_of(5, || {
-        be.attention_bwd(
-            dqkv.f32(),
-            scratch.f32(),
-            dout.f32(),
-            qkv.f32(),
-            att.f32(),
+        be.run(AttentionBwd {
+            dqkv: dqkv.view(),
+            scratch: scratch.view(),
+            dout: dout.view(),
+            qkv: qkv.view(),
+            att: att.view(),
             shape,
-        )
+        })
         .unwrap()
     });
     println!(

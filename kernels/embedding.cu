@@ -5,27 +5,28 @@
 // error, so an id >= vocab makes its output row NaN in the forward, which
 // shows up in the loss, and is skipped in the backward, instead of reading or
 // writing outside `wte`.
-#include "common.cuh"
+#include "dtype.cuh"
+#include "grid.cuh"
 
 // out[row, :] = wte[tokens[row], :] + wpe[row % seq, :]. One warp per row,
-// lanes across the channels: each load and store is 32 consecutive floats,
+// lanes across the channels: each load and store is 32 consecutive elements,
 // the token id is read once per lane, and there is no 64-bit division per
 // element as a flat grid-stride loop over rows * channels would need.
-extern "C" __global__ void embedding_fwd_f32(float* __restrict__ out, const u32* __restrict__ tokens,
-                                             const float* __restrict__ wte, const float* __restrict__ wpe,
-                                             u32 rows, u32 seq, u32 channels, u32 vocab) {
-    const u32 lane = threadIdx.x % 32;
-    const u64 row = (u64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+template <typename T>
+__device__ void embedding_fwd(T* __restrict__ out, const u32* __restrict__ tokens, const T* __restrict__ wte,
+                              const T* __restrict__ wpe, u32 rows, u32 seq, u32 channels, u32 vocab) {
+    const u32 lane = lane_id();
+    const u64 row = warp_row();
     if (row >= rows) return;
     const u32 tok = tokens[row];
-    float* y = out + row * channels;
+    T* y = out + row * channels;
     if (tok >= vocab) {
-        for (u32 c = lane; c < channels; c += 32) y[c] = NAN;
+        for (u32 c = lane; c < channels; c += 32) y[c] = from_f32<T>(NAN);
         return;
     }
-    const float* e = wte + (u64)tok * channels;
-    const float* p = wpe + (u64)(row % seq) * channels;
-    for (u32 c = lane; c < channels; c += 32) y[c] = e[c] + p[c];
+    const T* e = wte + (u64)tok * channels;
+    const T* p = wpe + (u64)(row % seq) * channels;
+    for (u32 c = lane; c < channels; c += 32) y[c] = from_f32<T>(to_f32(e[c]) + to_f32(p[c]));
 }
 
 // dwpe[t, c] += sum over the batch of dout[b, t, c]; dwte[tokens[b, t], c] += dout[b, t, c].
@@ -37,20 +38,34 @@ extern "C" __global__ void embedding_fwd_f32(float* __restrict__ out, const u32*
 // then let one thread own each (token, column)) needs a sort and a scratch
 // buffer per step; float atomics to distinct addresses are cheap on L2, and
 // collisions are rare outside frequent tokens.
-extern "C" __global__ void embedding_bwd_f32(float* dwte, float* __restrict__ dwpe, const float* __restrict__ dout,
-                                             const u32* __restrict__ tokens, u32 batch, u32 seq, u32 channels,
-                                             u32 vocab) {
+// The gradients are fp32 whatever the activations' type T: token rows are
+// summed with float atomics.
+template <typename T>
+__device__ void embedding_bwd(float* dwte, float* __restrict__ dwpe, const T* __restrict__ dout,
+                              const u32* __restrict__ tokens, u32 batch, u32 seq, u32 channels, u32 vocab) {
     const u32 n = seq * channels;  // checked on the host to fit in 32 bits
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const u32 t = i / channels, c = i - t * channels;
         float acc = 0.0f;
         for (u32 b = 0; b < batch; b++) {
             const u64 row = (u64)b * seq + t;
-            const float g = dout[row * channels + c];
+            const float g = to_f32(dout[row * channels + c]);
             acc += g;
             const u32 tok = tokens[row];
             if (tok < vocab) atomicAdd(&dwte[(u64)tok * channels + c], g);
         }
         dwpe[i] += acc;
     }
+}
+
+extern "C" __global__ void embedding_fwd_f32(float* __restrict__ out, const u32* __restrict__ tokens,
+                                             const float* __restrict__ wte, const float* __restrict__ wpe,
+                                             u32 rows, u32 seq, u32 channels, u32 vocab) {
+    embedding_fwd(out, tokens, wte, wpe, rows, seq, channels, vocab);
+}
+
+extern "C" __global__ void embedding_bwd_f32(float* dwte, float* __restrict__ dwpe, const float* __restrict__ dout,
+                                             const u32* __restrict__ tokens, u32 batch, u32 seq, u32 channels,
+                                             u32 vocab) {
+    embedding_bwd(dwte, dwpe, dout, tokens, batch, seq, channels, vocab);
 }

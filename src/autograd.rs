@@ -8,7 +8,14 @@
 //! gradient buffers zeroes them before they are first written (the model
 //! records those fills on the tape too).
 
-use crate::backend::{AttnShape, Backend, View};
+use crate::mem::View;
+use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluFwd};
+use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use crate::ops::elementwise::Fill;
+use crate::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
+use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
+use crate::ops::matmul::{MatmulBwd, MatmulFwd};
+use crate::ops::{Backend, BackendExt};
 use anyhow::Result;
 
 type BackwardOp = Box<dyn FnOnce(&dyn Backend) -> Result<()> + Send>;
@@ -72,20 +79,20 @@ impl Default for Tape {
 /// An activation and the buffer its gradient accumulates into.
 #[derive(Clone, Copy, Debug)]
 pub struct Var {
-    pub val: View<f32>,
-    pub grad: View<f32>,
+    pub val: View,
+    pub grad: View,
 }
 
 /// A parameter; `grad` is `None` when its gradient is not wanted (frozen).
 #[derive(Clone, Copy, Debug)]
 pub struct Param {
-    pub val: View<f32>,
-    pub grad: Option<View<f32>>,
+    pub val: View,
+    pub grad: Option<View>,
 }
 
 /// Records `dst = 0` (runs in backward before whatever comes earlier in forward).
-pub fn zero_grad(tape: &mut Tape, dst: View<f32>) {
-    tape.record(move |be| be.fill(dst, 0.0));
+pub fn zero_grad(tape: &mut Tape, dst: View) {
+    tape.record(move |be| be.run(Fill { dst, value: 0.0 }));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -93,16 +100,34 @@ pub fn embedding(
     be: &dyn Backend,
     tape: &mut Tape,
     out: Var,
-    tokens: View<u32>,
+    tokens: View,
     wte: Param,
     wpe: Param,
     batch: usize,
     seq: usize,
     channels: usize,
 ) -> Result<()> {
-    be.embedding_fwd(out.val, tokens, wte.val, wpe.val, batch, seq, channels)?;
+    be.run(EmbeddingFwd {
+        out: out.val,
+        tokens,
+        wte: wte.val,
+        wpe: wpe.val,
+        batch,
+        seq,
+        channels,
+    })?;
     if let (Some(dwte), Some(dwpe)) = (wte.grad, wpe.grad) {
-        tape.record(move |be| be.embedding_bwd(dwte, dwpe, out.grad, tokens, batch, seq, channels));
+        tape.record(move |be| {
+            be.run(EmbeddingBwd {
+                dwte,
+                dwpe,
+                dout: out.grad,
+                tokens,
+                batch,
+                seq,
+                channels,
+            })
+        });
     }
     Ok(())
 }
@@ -114,30 +139,37 @@ pub fn layernorm(
     be: &dyn Backend,
     tape: &mut Tape,
     out: Var,
-    mean: View<f32>,
-    rstd: View<f32>,
+    mean: View,
+    rstd: View,
     inp: Var,
     weight: Param,
     bias: Param,
     rows: usize,
     channels: usize,
 ) -> Result<()> {
-    be.layernorm_fwd(
-        out.val, mean, rstd, inp.val, weight.val, bias.val, rows, channels,
-    )?;
+    be.run(LayernormFwd {
+        out: out.val,
+        mean,
+        rstd,
+        inp: inp.val,
+        weight: weight.val,
+        bias: bias.val,
+        rows,
+        channels,
+    })?;
     tape.record(move |be| {
-        be.layernorm_bwd(
-            inp.grad,
-            weight.grad,
-            bias.grad,
-            out.grad,
-            inp.val,
-            weight.val,
+        be.run(LayernormBwd {
+            dinp: inp.grad,
+            dweight: weight.grad,
+            dbias: bias.grad,
+            dout: out.grad,
+            inp: inp.val,
+            weight: weight.val,
             mean,
             rstd,
             rows,
             channels,
-        )
+        })
     });
     Ok(())
 }
@@ -155,27 +187,27 @@ pub fn linear(
     in_ch: usize,
     out_ch: usize,
 ) -> Result<()> {
-    be.matmul_fwd(
-        out.val,
-        inp.val,
-        weight.val,
-        bias.map(|b| b.val),
+    be.run(MatmulFwd {
+        out: out.val,
+        inp: inp.val,
+        weight: weight.val,
+        bias: bias.map(|b| b.val),
         rows,
         in_ch,
         out_ch,
-    )?;
+    })?;
     tape.record(move |be| {
-        be.matmul_bwd(
-            Some(inp.grad),
-            weight.grad,
-            bias.and_then(|b| b.grad),
-            out.grad,
-            inp.val,
-            weight.val,
+        be.run(MatmulBwd {
+            dinp: Some(inp.grad),
+            dweight: weight.grad,
+            dbias: bias.and_then(|b| b.grad),
+            dout: out.grad,
+            inp: inp.val,
+            weight: weight.val,
             rows,
             in_ch,
             out_ch,
-        )
+        })
     });
     Ok(())
 }
@@ -186,19 +218,42 @@ pub fn attention(
     be: &dyn Backend,
     tape: &mut Tape,
     out: Var,
-    att: View<f32>,
-    scratch: View<f32>,
+    att: View,
+    scratch: View,
     qkv: Var,
     shape: AttnShape,
 ) -> Result<()> {
-    be.attention_fwd(out.val, att, qkv.val, shape)?;
-    tape.record(move |be| be.attention_bwd(qkv.grad, scratch, out.grad, qkv.val, att, shape));
+    be.run(AttentionFwd {
+        out: out.val,
+        att,
+        qkv: qkv.val,
+        shape,
+    })?;
+    tape.record(move |be| {
+        be.run(AttentionBwd {
+            dqkv: qkv.grad,
+            scratch,
+            dout: out.grad,
+            qkv: qkv.val,
+            att,
+            shape,
+        })
+    });
     Ok(())
 }
 
 pub fn gelu(be: &dyn Backend, tape: &mut Tape, out: Var, inp: Var) -> Result<()> {
-    be.gelu_fwd(out.val, inp.val)?;
-    tape.record(move |be| be.gelu_bwd(inp.grad, inp.val, out.grad));
+    be.run(GeluFwd {
+        out: out.val,
+        inp: inp.val,
+    })?;
+    tape.record(move |be| {
+        be.run(GeluBwd {
+            dinp: inp.grad,
+            inp: inp.val,
+            dout: out.grad,
+        })
+    });
     Ok(())
 }
 
@@ -212,7 +267,21 @@ pub fn dropout(
     seed: u64,
     offset: u64,
 ) -> Result<()> {
-    be.dropout_fwd(out.val, inp.val, p, seed, offset)?;
-    tape.record(move |be| be.dropout_bwd(inp.grad, out.grad, p, seed, offset));
+    be.run(DropoutFwd {
+        out: out.val,
+        inp: inp.val,
+        p,
+        seed,
+        offset,
+    })?;
+    tape.record(move |be| {
+        be.run(DropoutBwd {
+            dinp: inp.grad,
+            dout: out.grad,
+            p,
+            seed,
+            offset,
+        })
+    });
     Ok(())
 }

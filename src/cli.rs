@@ -1,10 +1,13 @@
 //! The `dyntie` command line: argument definitions and how flags override
 //! the resolved configuration.
 
-use crate::config::RunConfig;
+use crate::config::{AgentInput, BackendKind, Preset, RunConfig, Schedule};
+use crate::data::{Corpus, Split, TokenizerKind};
+use crate::tying::policy::TyingPolicy;
 use crate::tying::settings::{AgentFlags, AgentSettings};
+use crate::tying::table::{InitTies, TieGrad};
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Train GPT-2-style transformers with dynamic layer tying (Hay & Wolf, ICLR 2024).
@@ -33,7 +36,7 @@ pub enum Command {
     Sample(SampleArgs),
     /// Write a run's weights in another layout (Hugging Face GPT-2).
     Export(ExportArgs),
-    /// Memory, throughput and kernel benchmarks.
+    /// Memory and throughput benchmarks.
     Bench(Box<BenchArgs>),
     /// Check the GPU: every kernel against the CPU reference, then a short training run.
     Doctor(DoctorArgs),
@@ -45,9 +48,9 @@ pub enum Command {
 /// Model shape flags, shared by `train` and `bench`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelFlags {
-    /// Start from a preset: tiny, small, gpt2, gpt2-medium, gpt2-large, gpt2-xl, paper.
-    #[arg(long)]
-    pub preset: Option<String>,
+    /// Start from a preset (default small).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
     /// A TOML file overriding the preset (any subset of config.toml's fields).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -74,11 +77,11 @@ pub struct ModelFlags {
     pub dropout: Option<f32>,
     /// Tying policy: dynamic, none, all, every:K, random, pattern:0,0,1,..,
     /// cyclic:K, sequence, reverse.
-    #[arg(long)]
-    pub tying: Option<String>,
-    /// Compute backend: auto (CUDA if available, else CPU), cpu, cuda, emu (kernels on the CPU emulator).
-    #[arg(long)]
-    pub backend: Option<String>,
+    #[arg(long, value_name = "POLICY")]
+    pub tying: Option<TyingPolicy>,
+    /// Compute backend (default auto).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
     /// Random seed for initialization, data order, dropout and the agent.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -92,7 +95,7 @@ pub struct ModelFlags {
 impl ModelFlags {
     /// The preset (default `small`), then `--config`, then the flags.
     pub fn resolve(&self) -> Result<RunConfig> {
-        let mut cfg = RunConfig::preset(self.preset.as_deref().unwrap_or("small"))?;
+        let mut cfg = RunConfig::for_preset(self.preset.unwrap_or(Preset::Small));
         if let Some(path) = &self.config {
             cfg.merge_toml_file(path)?;
         }
@@ -106,7 +109,7 @@ impl ModelFlags {
         set(&mut cfg.train.batch, self.batch);
         set(&mut cfg.train.seed, self.seed);
         set(&mut cfg.tying.policy, self.tying.clone());
-        set(&mut cfg.backend, self.backend.clone());
+        set(&mut cfg.backend, self.backend);
         if self.recompute {
             cfg.train.recompute = true;
         }
@@ -133,24 +136,27 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f32>,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum)]
+    pub schedule: Option<Schedule>,
     /// Micro-batches per optimizer step.
     #[arg(long = "grad-accum")]
     pub grad_accum: Option<usize>,
-    /// shared: tied blocks all add gradient to the shared weights; frozen: only the owner block does.
-    #[arg(long = "tie-grad")]
-    pub tie_grad: Option<String>,
-    /// Table before the first decision: independent or zero (all on block 0).
-    #[arg(long = "init-ties")]
-    pub init_ties: Option<String>,
+    /// Where a tied block's gradient goes.
+    #[arg(long = "tie-grad", value_enum)]
+    pub tie_grad: Option<TieGrad>,
+    /// The tie table before the first decision.
+    #[arg(long = "init-ties", value_enum)]
+    pub init_ties: Option<InitTies>,
     /// Training steps between two agent decisions.
     #[arg(long = "agent-k")]
     pub agent_k: Option<usize>,
     /// Reward cost per trainable block (pushes the agent towards tying).
     #[arg(long = "param-cost")]
     pub param_cost: Option<f32>,
-    /// How the agent sees the tie state: raw (block indices, as the paper) or normalized.
-    #[arg(long = "agent-input")]
-    pub agent_input: Option<String>,
+    /// How the agent sees the tie state.
+    #[arg(long = "agent-input", value_enum)]
+    pub agent_input: Option<AgentInput>,
     /// Reproduce the authors' code instead of the clean reading of the paper.
     #[arg(long = "paper-compat")]
     pub paper_compat: bool,
@@ -193,6 +199,7 @@ impl TrainArgs {
             ("--seed", m.seed.is_some()),
             ("--data", self.data.is_some()),
             ("--lr", self.lr.is_some()),
+            ("--schedule", self.schedule.is_some()),
             ("--grad-accum", self.grad_accum.is_some()),
             ("--tie-grad", self.tie_grad.is_some()),
             ("--init-ties", self.init_ties.is_some()),
@@ -215,12 +222,13 @@ impl TrainArgs {
         set(&mut cfg.data.source, self.data.clone());
         set(&mut cfg.train.steps, self.steps);
         set(&mut cfg.train.lr, self.lr);
+        set(&mut cfg.train.schedule, self.schedule);
         set(&mut cfg.train.grad_accum, self.grad_accum);
-        set(&mut cfg.tying.tie_grad, self.tie_grad.clone());
-        set(&mut cfg.tying.init_ties, self.init_ties.clone());
+        set(&mut cfg.tying.tie_grad, self.tie_grad);
+        set(&mut cfg.tying.init_ties, self.init_ties);
         set(&mut cfg.tying.agent_k, self.agent_k);
         set(&mut cfg.tying.param_cost, self.param_cost);
-        set(&mut cfg.tying.agent_input, self.agent_input.clone());
+        set(&mut cfg.tying.agent_input, self.agent_input);
         set(&mut cfg.train.eval_every, self.eval_every);
         set(&mut cfg.train.checkpoint_every, self.checkpoint_every);
         if self.paper_compat {
@@ -238,33 +246,43 @@ pub struct EvalArgs {
     /// The run folder.
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
-    /// Dataset folder (default: the one the run trained on).
-    #[arg(long, value_name = "DIR")]
+    /// Dataset folder (default: the one the run trained on); with --task,
+    /// the task's file.
+    #[arg(long, value_name = "PATH")]
     pub data: Option<String>,
-    /// valid or test.
-    #[arg(long, default_value = "test")]
-    pub split: String,
-    /// `lambada`: last-word accuracy on a LAMBADA jsonl file given with --data.
-    #[arg(long)]
-    pub task: Option<String>,
-    #[arg(long)]
-    pub backend: Option<String>,
+    /// The split whose perplexity to report.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// Instead of perplexity, a task on a file given with --data.
+    #[arg(long, value_enum)]
+    pub task: Option<EvalTask>,
+    /// Compute backend (default: the run's).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
 }
+
+/// The tasks of `dyntie eval --task`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EvalTask {
+    /// LAMBADA last-word accuracy (a lambada_test.jsonl file).
+    Lambada,
+}
+crate::choice_text!(EvalTask, "task");
 
 #[derive(Args, Debug)]
 pub struct PrepareArgs {
-    /// wikitext-2, wikitext-103, lambada, lm1b or text.
-    #[arg(long)]
-    pub dataset: String,
+    /// The corpus layout.
+    #[arg(long, value_enum)]
+    pub dataset: Corpus,
     /// The corpus: a folder (wikitext, lm1b) or a file (lambada, text).
     #[arg(long, value_name = "PATH")]
     pub input: PathBuf,
     /// Output folder (default: data/prepared/<dataset>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// gpt2 (BPE, r50k_base) or byte.
-    #[arg(long, default_value = "gpt2")]
-    pub tokenizer: String,
+    /// The tokenizer.
+    #[arg(long, value_enum, default_value_t = TokenizerKind::Gpt2)]
+    pub tokenizer: TokenizerKind,
 }
 
 #[derive(Args, Debug)]
@@ -283,30 +301,52 @@ pub struct SampleArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long)]
-    pub backend: Option<String>,
+    /// Compute backend (default: the run's).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
 }
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
-    /// hf: Hugging Face GPT2LMHeadModel layout.
-    #[arg(long, default_value = "hf")]
-    pub format: String,
+    /// The layout to write.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Hf)]
+    pub format: ExportFormat,
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
 
+/// The layouts of `dyntie export --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Hugging Face GPT2LMHeadModel (config.json, model.safetensors).
+    Hf,
+}
+crate::choice_text!(ExportFormat, "export format");
+
+/// What `dyntie bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchWhat {
+    /// Counted (and with --measure, allocated) training memory per tie pattern.
+    Memory,
+    /// Tokens/s of whole training steps, with a per-op breakdown.
+    Throughput,
+    /// How to compare with the PyTorch baseline (scripts/compare.sh).
+    Compare,
+}
+crate::choice_text!(BenchWhat, "benchmark");
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// memory, throughput, kernels or compare.
-    pub what: String,
+    /// What to measure.
+    #[arg(value_enum)]
+    pub what: BenchWhat,
     #[command(flatten)]
     pub model: ModelFlags,
     /// Tie patterns to compare (memory), e.g. none all pattern:0,0,1,1.
-    #[arg(long, num_args = 1..)]
-    pub patterns: Vec<String>,
+    #[arg(long, num_args = 1.., value_name = "POLICY")]
+    pub patterns: Vec<TyingPolicy>,
     /// Take the final tie table of a run (memory).
     #[arg(long = "from-run", value_name = "DIR")]
     pub from_run: Option<PathBuf>,
@@ -332,6 +372,10 @@ pub struct DoctorArgs {
     /// Check the kernels under the CPU emulator instead of a GPU.
     #[arg(long)]
     pub emu: bool,
+    /// Wait for every kernel as it is launched and name the first that fails,
+    /// with its op and shapes (as DYNTIE_SYNC_LAUNCHES=1 does).
+    #[arg(long = "sync-launches")]
+    pub sync_launches: bool,
 }
 
 #[derive(Args, Debug)]
@@ -371,7 +415,7 @@ mod tests {
             panic!("not train")
         };
         let cfg = args.resolve().unwrap();
-        assert_eq!((cfg.preset.as_str(), cfg.model.n_layer), ("tiny", 3));
+        assert_eq!((cfg.preset, cfg.model.n_layer), (Preset::Tiny, 3));
 
         let agent = |extra: &[&str]| {
             let argv = ["dyntie", "train"].iter().chain(extra).copied();
@@ -408,5 +452,61 @@ mod tests {
             panic!("not train")
         };
         assert!(args.resolve().is_err());
+    }
+
+    #[test]
+    fn invalid_option_values_are_rejected_where_they_are_parsed() {
+        for (args, bad, valid) in [
+            (&["train", "--schedule"][..], "cosin", "constant, cosine"),
+            (&["train", "--tie-grad"], "both", "shared, frozen"),
+            (&["train", "--init-ties"], "ones", "independent, zero"),
+            (&["train", "--agent-input"], "scaled", "raw, normalized"),
+            (&["train", "--backend"], "gpu", "auto, cpu, cuda, emu"),
+            (&["train", "--preset"], "huge", "tiny, small, gpt2"),
+            (&["eval", "--run", "r", "--split"], "train", "valid, test"),
+            (&["eval", "--run", "r", "--task"], "hellaswag", "lambada"),
+            (
+                &["prepare", "--input", "x", "--dataset"],
+                "c4",
+                "wikitext-2",
+            ),
+            (
+                &[
+                    "prepare",
+                    "--dataset",
+                    "text",
+                    "--input",
+                    "x",
+                    "--tokenizer",
+                ],
+                "sentencepiece",
+                "gpt2, byte",
+            ),
+            (
+                &["export", "--run", "r", "--out", "o", "--format"],
+                "onnx",
+                "hf",
+            ),
+            (&["bench"], "kernels", "memory, throughput, compare"),
+        ] {
+            let mut argv = vec!["dyntie"];
+            argv.extend_from_slice(args);
+            argv.push(bad);
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::InvalidValue,
+                "{args:?} {bad}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("'{bad}'")) && text.contains(valid),
+                "{args:?} {bad}: {text}"
+            );
+        }
+        // The tying policy's own parser names what is wrong.
+        let err = Cli::try_parse_from(["dyntie", "train", "--tying", "every:0"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }

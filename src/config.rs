@@ -2,24 +2,83 @@
 //! command-line flags, each overriding the last. The result is written to the
 //! run folder as `config.toml`, so a run can always be repeated exactly.
 
+use crate::model::ModelConfig;
+use crate::tying::agent::StateEncoding;
+use crate::tying::policy::TyingPolicy;
 use crate::tying::settings::AgentSettings;
+use crate::tying::table::{InitTies, TieGrad, TieOptions};
 use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The model's shape.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSettings {
-    pub n_layer: usize,
-    pub n_embd: usize,
-    pub n_head: usize,
-    /// Context length (the longest sequence, and the size of wpe).
-    pub n_ctx: usize,
-    /// Vocabulary size. 0 means "take it from the dataset's tokenizer".
-    pub vocab_size: usize,
-    pub dropout: f32,
-    pub bias: bool,
+/// A named starting configuration (`--preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// 4 blocks x 64, context 32: a few seconds on a CPU.
+    Tiny,
+    /// 6 blocks x 128, context 64: what `dyntie train` runs with no flags.
+    Small,
+    /// GPT-2 124M.
+    #[value(name = "gpt2")]
+    Gpt2,
+    /// GPT-2 355M.
+    #[value(name = "gpt2-medium")]
+    Gpt2Medium,
+    /// GPT-2 774M.
+    #[value(name = "gpt2-large")]
+    Gpt2Large,
+    /// GPT-2 1.5B.
+    #[value(name = "gpt2-xl")]
+    Gpt2Xl,
+    /// The paper's setup: 48 blocks x 1600, 16 heads, context 256.
+    Paper,
+}
+crate::choice_text!(Preset, "preset");
+
+/// Where the ops run (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// CUDA when a GPU and the kernels are present, else the CPU.
+    Auto,
+    /// The pure-Rust reference backend.
+    Cpu,
+    /// The CUDA kernels on an NVIDIA GPU.
+    Cuda,
+    /// The CUDA kernels on the CPU emulator (for tests; much slower than cpu).
+    Emu,
+}
+crate::choice_text!(BackendKind, "backend");
+
+/// The learning-rate schedule (`--schedule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Schedule {
+    /// The peak learning rate throughout.
+    Constant,
+    /// Linear warmup, then cosine down to `min_lr` at the last step.
+    Cosine,
+}
+crate::choice_text!(Schedule, "schedule");
+
+/// How the agent sees the tie state (`--agent-input`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum AgentInput {
+    /// Block indices as numbers (the paper's).
+    #[default]
+    Raw,
+    /// Block indices divided by L - 1.
+    Normalized,
+}
+crate::choice_text!(AgentInput, "agent input");
+
+impl AgentInput {
+    /// The agent's encoding of the state.
+    pub fn encoding(self) -> StateEncoding {
+        match self {
+            AgentInput::Raw => StateEncoding::Raw,
+            AgentInput::Normalized => StateEncoding::Normalized,
+        }
+    }
 }
 
 /// Optimization and the schedule of the loop.
@@ -33,8 +92,7 @@ pub struct TrainSettings {
     /// Optimizer steps.
     pub steps: usize,
     pub lr: f32,
-    /// `constant` or `cosine` (linear warmup, then cosine to `min_lr`).
-    pub schedule: String,
+    pub schedule: Schedule,
     pub warmup_steps: usize,
     pub min_lr: f32,
     pub weight_decay: f32,
@@ -68,11 +126,11 @@ pub struct TrainSettings {
 #[serde(deny_unknown_fields)]
 pub struct TyingSettings {
     /// dynamic | none | all | every:K | random | pattern:0,0,1,.. | cyclic:K | sequence | reverse
-    pub policy: String,
+    pub policy: TyingPolicy,
     /// shared: every block on a slot adds its gradient; frozen: only the owner's.
-    pub tie_grad: String,
+    pub tie_grad: TieGrad,
     /// independent | zero: the table before the first decision.
-    pub init_ties: String,
+    pub init_ties: InitTies,
     /// Training steps between two agent decisions.
     pub agent_k: usize,
     /// Reproduce the authors' code instead of the clean reading (TYING.md).
@@ -81,8 +139,30 @@ pub struct TyingSettings {
     pub param_cost: f32,
     /// How the agent sees the state: raw (block indices, the paper's) or
     /// normalized (indices / (L - 1)).
-    #[serde(default = "raw")]
-    pub agent_input: String,
+    #[serde(default)]
+    pub agent_input: AgentInput,
+}
+
+impl RunConfig {
+    /// The tie options these settings ask for: `--paper-compat` brings the
+    /// paper code's (frozen ties, untie keeps the alias) but keeps `--init-ties`;
+    /// otherwise `--tie-grad` and `--tie-merge` apply.
+    pub fn tie_options(&self) -> TieOptions {
+        let tying = &self.tying;
+        if tying.paper_compat {
+            TieOptions {
+                init: tying.init_ties,
+                ..TieOptions::paper()
+            }
+        } else {
+            TieOptions {
+                init: tying.init_ties,
+                paper_compat: false,
+                tie_grad: tying.tie_grad,
+                merge: self.agent.tie_merge,
+            }
+        }
+    }
 }
 
 /// Where the tokens come from.
@@ -95,12 +175,19 @@ pub struct DataSettings {
     pub synthetic_tokens: usize,
 }
 
+impl DataSettings {
+    /// The prepared dataset folder; `None` for the built-in synthetic corpus.
+    pub fn prepared_dir(&self) -> Option<&Path> {
+        (self.source != "synthetic").then(|| Path::new(&self.source))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    pub preset: String,
-    pub backend: String,
-    pub model: ModelSettings,
+    pub preset: Preset,
+    pub backend: BackendKind,
+    pub model: ModelConfig,
     pub train: TrainSettings,
     pub tying: TyingSettings,
     /// The dynamic policy's settings beyond the paper's (see `tying::settings`).
@@ -109,20 +196,15 @@ pub struct RunConfig {
     pub data: DataSettings,
 }
 
-pub const PRESETS: &[&str] = &[
-    "tiny",
-    "small",
-    "gpt2",
-    "gpt2-medium",
-    "gpt2-large",
-    "gpt2-xl",
-    "paper",
-];
-
 impl RunConfig {
-    /// The named preset. `small` is what `dyntie train` runs with no arguments.
+    /// The preset of that name (`tiny`, `small`, ...; see [`Preset`]).
     pub fn preset(name: &str) -> Result<RunConfig> {
-        let model = |n_layer, n_embd, n_head, n_ctx| ModelSettings {
+        Ok(RunConfig::for_preset(name.parse()?))
+    }
+
+    /// A preset's configuration. `small` is what `dyntie train` runs with no arguments.
+    pub fn for_preset(preset: Preset) -> RunConfig {
+        let model = |n_layer, n_embd, n_head, n_ctx| ModelConfig {
             n_layer,
             n_embd,
             n_head,
@@ -132,15 +214,15 @@ impl RunConfig {
             bias: true,
         };
         let mut cfg = RunConfig {
-            preset: name.to_string(),
-            backend: "auto".into(),
+            preset,
+            backend: BackendKind::Auto,
             model: model(6, 128, 4, 64),
             train: TrainSettings {
                 batch: 16,
                 grad_accum: 1,
                 steps: 300,
                 lr: 1e-3,
-                schedule: "cosine".into(),
+                schedule: Schedule::Cosine,
                 warmup_steps: 20,
                 min_lr: 1e-4,
                 weight_decay: 0.1,
@@ -157,13 +239,13 @@ impl RunConfig {
                 recompute: false,
             },
             tying: TyingSettings {
-                policy: "dynamic".into(),
-                tie_grad: "shared".into(),
-                init_ties: "independent".into(),
+                policy: TyingPolicy::Dynamic,
+                tie_grad: TieGrad::Shared,
+                init_ties: InitTies::Independent,
                 agent_k: 4,
                 paper_compat: false,
                 param_cost: 0.0,
-                agent_input: "raw".into(),
+                agent_input: AgentInput::Raw,
             },
             agent: AgentSettings::legacy(),
             data: DataSettings {
@@ -171,8 +253,8 @@ impl RunConfig {
                 synthetic_tokens: 400_000,
             },
         };
-        match name {
-            "tiny" => {
+        match preset {
+            Preset::Tiny => {
                 cfg.model = model(4, 64, 4, 32);
                 cfg.train.batch = 8;
                 cfg.train.steps = 60;
@@ -180,29 +262,28 @@ impl RunConfig {
                 cfg.train.warmup_steps = 5;
                 cfg.data.synthetic_tokens = 50_000;
             }
-            "small" => {}
-            "gpt2" => cfg.model = model(12, 768, 12, 1024),
-            "gpt2-medium" => cfg.model = model(24, 1024, 16, 1024),
-            "gpt2-large" => cfg.model = model(36, 1280, 20, 1024),
-            "gpt2-xl" => cfg.model = model(48, 1600, 25, 1024),
-            "paper" => {
+            Preset::Small => {}
+            Preset::Gpt2 => cfg.model = model(12, 768, 12, 1024),
+            Preset::Gpt2Medium => cfg.model = model(24, 1024, 16, 1024),
+            Preset::Gpt2Large => cfg.model = model(36, 1280, 20, 1024),
+            Preset::Gpt2Xl => cfg.model = model(48, 1600, 25, 1024),
+            Preset::Paper => {
                 cfg.model = model(48, 1600, 16, 256);
                 cfg.model.dropout = 0.2;
                 cfg.train.batch = 16;
                 cfg.train.lr = 1e-4;
-                cfg.train.schedule = "constant".into();
+                cfg.train.schedule = Schedule::Constant;
                 cfg.train.warmup_steps = 0;
                 cfg.train.weight_decay = 0.01;
                 cfg.train.beta2 = 0.999;
                 cfg.train.grad_clip = 1.0;
                 cfg.train.steps = 300 * 47 * 4;
             }
-            other => bail!(
-                "unknown preset '{other}': choose one of {}",
-                PRESETS.join(", ")
-            ),
         }
-        if name.starts_with("gpt2") {
+        if matches!(
+            preset,
+            Preset::Gpt2 | Preset::Gpt2Medium | Preset::Gpt2Large | Preset::Gpt2Xl
+        ) {
             cfg.train.batch = 8;
             cfg.train.lr = 6e-4;
             cfg.train.min_lr = 6e-5;
@@ -210,7 +291,7 @@ impl RunConfig {
             cfg.train.steps = 5000;
             cfg.model.dropout = 0.1;
         }
-        Ok(cfg)
+        cfg
     }
 
     /// Overrides this configuration with the fields present in a TOML file
@@ -223,11 +304,14 @@ impl RunConfig {
     }
 
     pub fn merge_toml_str(&mut self, text: &str) -> Result<()> {
-        let overlay: toml::Table = toml::from_str(text).context("not valid TOML")?;
+        let overlay: toml::Table = toml::from_str(text)
+            .map_err(|e| toml_error(&e, text))
+            .context("not valid TOML")?;
         let mut base = toml::Table::try_from(&*self)?;
         merge_tables(&mut base, overlay);
         *self = base
             .try_into()
+            .map_err(|e| toml_error(&e, text))
             .context("a field has the wrong type or name")?;
         Ok(())
     }
@@ -237,6 +321,7 @@ impl RunConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         toml::from_str(&text)
+            .map_err(|e| toml_error(&e, &text))
             .with_context(|| format!("{} is not a valid dyntie config", path.display()))
     }
 
@@ -246,21 +331,8 @@ impl RunConfig {
 
     /// Checks what no later stage can repair, with messages that name the flag.
     pub fn validate(&self) -> Result<()> {
-        let m = &self.model;
         let t = &self.train;
-        if m.n_layer == 0 || m.n_embd == 0 || m.n_head == 0 || m.n_ctx == 0 {
-            bail!("--layers, --d-model, --heads and --ctx must all be at least 1");
-        }
-        if !m.n_embd.is_multiple_of(m.n_head) {
-            bail!(
-                "--heads {} does not divide --d-model {}: choose a head count that divides the width",
-                m.n_head,
-                m.n_embd
-            );
-        }
-        if !(0.0..1.0).contains(&m.dropout) {
-            bail!("--dropout {} must be in [0, 1)", m.dropout);
-        }
+        self.model.validate_shape()?;
         if t.steps == 0 {
             bail!("--steps must be at least 1");
         }
@@ -270,47 +342,29 @@ impl RunConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("--lr must be a positive number, got {}", t.lr);
         }
-        if !["constant", "cosine"].contains(&t.schedule.as_str()) {
-            bail!(
-                "--schedule '{}' is unknown: use constant or cosine",
-                t.schedule
-            );
-        }
-        if !["shared", "frozen"].contains(&self.tying.tie_grad.as_str()) {
-            bail!(
-                "--tie-grad '{}' is unknown: use shared or frozen",
-                self.tying.tie_grad
-            );
-        }
-        if !["independent", "zero"].contains(&self.tying.init_ties.as_str()) {
-            bail!(
-                "--init-ties '{}' is unknown: use independent or zero",
-                self.tying.init_ties
-            );
-        }
-        if !["raw", "normalized"].contains(&self.tying.agent_input.as_str()) {
-            bail!(
-                "--agent-input '{}' is unknown: use raw or normalized",
-                self.tying.agent_input
-            );
-        }
         if self.tying.agent_k == 0 {
             bail!("--agent-k must be at least 1");
         }
         self.agent
             .validate(self.tying.paper_compat, self.tying.param_cost)?;
-        if !["auto", "cpu", "cuda", "emu"].contains(&self.backend.as_str()) {
-            bail!(
-                "--backend '{}' is unknown: use auto, cpu, cuda or emu",
-                self.backend
-            );
-        }
+        self.tying.policy.check_blocks(self.model.n_layer)?;
         Ok(())
     }
 }
 
-fn raw() -> String {
-    "raw".into()
+/// A TOML error in one line: where (the line of `text`, or the key) and what.
+fn toml_error(e: &toml::de::Error, text: &str) -> anyhow::Error {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            anyhow::anyhow!("line {line}: {}", e.message().trim())
+        }
+        None => {
+            let text = e.to_string();
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            anyhow::anyhow!("{}", lines.join(" ").trim())
+        }
+    }
 }
 
 fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
@@ -330,8 +384,8 @@ mod tests {
 
     #[test]
     fn every_preset_resolves_and_validates() {
-        for name in PRESETS {
-            let cfg = RunConfig::preset(name).unwrap();
+        for &preset in Preset::value_variants() {
+            let cfg = RunConfig::for_preset(preset);
             cfg.validate().unwrap();
             let again: RunConfig = toml::from_str(&cfg.to_toml()).unwrap();
             assert_eq!(again, cfg);
@@ -383,5 +437,118 @@ mod tests {
         let mut cfg = RunConfig::preset("small").unwrap();
         cfg.train.steps = 0;
         assert!(cfg.validate().unwrap_err().to_string().contains("--steps"));
+    }
+
+    /// A config.toml as the first release wrote it: without the fields
+    /// added since (`final_eval_max_windows`, `recompute`, `agent_input`),
+    /// which take their defaults.
+    const FIRST_RELEASE_CONFIG: &str = r#"
+preset = "tiny"
+backend = "auto"
+
+[model]
+n_layer = 4
+n_embd = 64
+n_head = 4
+n_ctx = 32
+vocab_size = 512
+dropout = 0.0
+bias = true
+
+[train]
+batch = 8
+grad_accum = 1
+steps = 1
+lr = 0.001
+schedule = "cosine"
+warmup_steps = 5
+min_lr = 0.0001
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+eps = 0.00000001
+grad_clip = 1.0
+seed = 1337
+log_every = 10
+eval_every = 0
+eval_max_windows = 64
+checkpoint_every = 0
+
+[tying]
+policy = "every:2"
+tie_grad = "shared"
+init_ties = "independent"
+agent_k = 4
+paper_compat = false
+param_cost = 0.0
+
+[data]
+source = "synthetic"
+synthetic_tokens = 50000
+"#;
+
+    #[test]
+    fn a_config_toml_without_the_newer_fields_still_loads() {
+        let cfg: RunConfig = toml::from_str(FIRST_RELEASE_CONFIG).unwrap();
+        assert_eq!(cfg.tying.policy, TyingPolicy::Every(2));
+        assert_eq!(cfg.tying.agent_input, AgentInput::Raw);
+        assert_eq!(cfg.train.schedule, Schedule::Cosine);
+        assert_eq!(cfg.train.final_eval_max_windows, 0);
+        assert!(!cfg.train.recompute);
+        cfg.validate().unwrap();
+        // Written again, it is the same text plus the new fields.
+        let again = cfg.to_toml();
+        for line in FIRST_RELEASE_CONFIG.lines().filter(|l| !l.is_empty()) {
+            assert!(again.contains(line), "'{line}' not in:\n{again}");
+        }
+    }
+
+    #[test]
+    fn unknown_option_values_in_toml_are_rejected_with_the_valid_ones() {
+        let dir = std::env::temp_dir().join(format!("dyntie-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        let bad = FIRST_RELEASE_CONFIG.replace("\"cosine\"", "\"cosin\"");
+        std::fs::write(&path, bad).unwrap();
+        let err = format!("{:#}", RunConfig::load(&path).unwrap_err());
+        assert!(
+            err.contains("config.toml is not a valid dyntie config: line 19: unknown schedule 'cosin': use constant or cosine"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+        let mut cfg = RunConfig::for_preset(Preset::Small);
+        for (toml, needle) in [
+            (
+                "[train]\nschedule = \"cosin\"\n",
+                "unknown schedule 'cosin': use constant or cosine",
+            ),
+            (
+                "[tying]\ntie_grad = \"both\"\n",
+                "unknown tie-grad mode 'both': use shared or frozen",
+            ),
+            (
+                "[tying]\ninit_ties = \"ones\"\n",
+                "unknown init-ties mode 'ones': use independent or zero",
+            ),
+            (
+                "[tying]\nagent_input = \"scaled\"\n",
+                "unknown agent input 'scaled': use raw or normalized",
+            ),
+            (
+                "backend = \"gpu\"\n",
+                "unknown backend 'gpu': use auto, cpu, cuda or emu",
+            ),
+            ("[tying]\npolicy = \"sometimes\"\n", "unknown policy"),
+            ("preset = \"huge\"\n", "unknown preset 'huge'"),
+        ] {
+            let err = format!("{:#}", cfg.merge_toml_str(toml).unwrap_err());
+            assert!(err.contains(needle), "{toml}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        assert_eq!(
+            cfg,
+            RunConfig::for_preset(Preset::Small),
+            "a rejected file changes nothing"
+        );
     }
 }

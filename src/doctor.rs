@@ -3,10 +3,10 @@
 //! both, step by step. `dyntie doctor` runs it on the GPU; the tests run it
 //! on the emulator.
 
-use crate::backend::Backend;
 use crate::config::RunConfig;
 use crate::conformance::{self, CaseResult, Dims};
 use crate::metrics::read_jsonl;
+use crate::ops::Backend;
 use crate::train::Trainer;
 use anyhow::{Context, Result};
 use std::path::Path;

@@ -1,10 +1,11 @@
+use clap::error::ErrorKind;
 use clap::Parser;
 use dyntie::cli::{Cli, Command};
 use dyntie::commands;
 
 fn main() {
     die_quietly_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_on_bad_arguments(e));
     let result = match &cli.command {
         Command::Train(args) => commands::train(args),
         Command::Eval(args) => commands::eval(args),
@@ -13,12 +14,33 @@ fn main() {
         Command::Export(args) => commands::export(args),
         Command::Bench(args) => commands::bench(args),
         Command::Doctor(args) => commands::doctor(args),
-        Command::Experiment(args) => dyntie::experiment::command(args),
+        Command::Experiment(args) => commands::experiment(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A bad value for a flag (`--schedule cosin`) is one `error:` line, exit
+/// status 1, like every other error of the program; the other argument
+/// errors, help and version are clap's own.
+fn exit_on_bad_arguments(e: clap::Error) -> ! {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        e.exit();
+    }
+    // clap's message spreads the valid values and a tip over several lines.
+    let text = e.to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    eprintln!("{}", line.join(" "));
+    std::process::exit(1);
 }
 
 /// Rust ignores SIGPIPE, so `println!` to a closed pipe (`dyntie ... | head`)

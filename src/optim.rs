@@ -4,8 +4,11 @@
 //! many layers share it, applying weight decay per tensor as the layouts say
 //! (matrices and embeddings decay; biases and LayerNorm weights do not).
 
-use crate::backend::{AdamWStep, Backend, Buffer, View};
+use crate::mem::{Buffer, DType, View};
 use crate::model::{Gpt2, ParamEntry};
+use crate::ops::elementwise::Fill;
+use crate::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use crate::ops::{Backend, BackendExt};
 use anyhow::Result;
 
 /// AdamW hyper-parameters and the step counter.
@@ -45,7 +48,7 @@ impl AdamW {
             eps,
             weight_decay,
             step: 0,
-            norm_acc: backend.alloc_f32(1)?,
+            norm_acc: backend.alloc(DType::F32, 1)?,
         })
     }
 
@@ -60,13 +63,22 @@ impl AdamW {
     /// The L2 norm of all gradients, each unique buffer counted once.
     pub fn grad_norm(&self, model: &Gpt2) -> Result<f32> {
         let be = model.backend().as_ref();
-        let acc = self.norm_acc.f32();
-        be.fill(acc, 0.0)?;
-        be.sum_squares(acc, model.globals().grads.f32())?;
+        let acc = self.norm_acc.view();
+        be.run(Fill {
+            dst: acc,
+            value: 0.0,
+        })?;
+        be.run(SumSquares {
+            acc,
+            x: model.globals().grads.view(),
+        })?;
         for (_, slot) in model.slots().trainable_slots() {
-            be.sum_squares(acc, slot.grads.f32())?;
+            be.run(SumSquares {
+                acc,
+                x: slot.grads.view(),
+            })?;
         }
-        Ok(be.download_f32(acc)?[0].sqrt())
+        Ok(be.download::<f32>(acc)?[0].sqrt())
     }
 
     /// One update of every parameter; gradients are multiplied by
@@ -79,19 +91,19 @@ impl AdamW {
             be,
             model.global_layout().entries(),
             [
-                g.params.f32(),
-                g.grads.f32(),
-                g.adam_m.f32(),
-                g.adam_v.f32(),
+                g.params.view(),
+                g.grads.view(),
+                g.adam_m.view(),
+                g.adam_v.view(),
             ],
             grad_scale,
         )?;
         for (_, s) in model.slots().trainable_slots() {
             let views = [
-                s.params.f32(),
-                s.grads.f32(),
-                s.adam_m.f32(),
-                s.adam_v.f32(),
+                s.params.view(),
+                s.grads.view(),
+                s.adam_m.view(),
+                s.adam_v.view(),
             ];
             self.update_buffer(be, model.block_layout().entries(), views, grad_scale)?;
         }
@@ -112,7 +124,7 @@ impl AdamW {
         &self,
         be: &dyn Backend,
         entries: &[ParamEntry],
-        [p, g, m, v]: [View<f32>; 4],
+        [p, g, m, v]: [View; 4],
         grad_scale: f32,
     ) -> Result<()> {
         for e in entries {
@@ -125,7 +137,13 @@ impl AdamW {
                 step: self.step,
                 grad_scale,
             };
-            be.adamw(e.view(p), e.view(g), e.view(m), e.view(v), hp)?;
+            be.run(Adamw {
+                params: e.view(p),
+                grads: e.view(g),
+                m: e.view(m),
+                v: e.view(v),
+                hp,
+            })?;
         }
         Ok(())
     }

@@ -1,18 +1,18 @@
 //! `dyntie bench`: the profiling wrapper, the throughput and memory reports,
 //! and the benchmark scripts' syntax.
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::profiled::ProfiledBackend;
-use dyntie::backend::Backend;
 use dyntie::commands::bench::{flops_per_token, fp32_peak_tflops};
-use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::cpu::CpuBackend;
+use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::ops::profile::ProfiledBackend;
+use dyntie::ops::Backend;
 use dyntie::optim::AdamW;
 use dyntie::rng::HostRng;
 use std::process::Command;
 use std::sync::Arc;
 
-fn cfg() -> Gpt2Config {
-    Gpt2Config {
+fn cfg() -> ModelConfig {
+    ModelConfig {
         n_layer: 3,
         n_embd: 32,
         n_head: 4,
@@ -214,7 +214,7 @@ fn mfu_denominators_and_flops() {
     );
     assert_eq!(fp32_peak_tflops("Tesla T4"), None);
     // GPT-2 small at T=1024: N = 12 * 12 * 768^2 + 50257 * 768 = 123,532,032.
-    let gpt2 = Gpt2Config {
+    let gpt2 = ModelConfig {
         n_layer: 12,
         n_embd: 768,
         n_head: 12,

@@ -206,6 +206,39 @@ fn bad_flags_are_clear_errors() {
     fs::remove_dir_all(root).unwrap();
 }
 
+/// A bad value for an enum-like flag is refused before anything runs, in
+/// one line that names the flag and lists the valid values.
+#[test]
+fn bad_option_values_are_one_line_errors_listing_the_valid_ones() {
+    let root = temp_dir("values");
+    let out = root.join("run");
+    let o = s(&out);
+    fails(
+        &train_args(&["--schedule", "cosin", "--out", o]),
+        &["'cosin'", "--schedule", "constant, cosine"],
+    );
+    fails(
+        &train_args(&["--tie-grad", "both", "--out", o]),
+        &["'both'", "--tie-grad", "shared, frozen"],
+    );
+    fails(
+        &["eval", "--run", o, "--split", "train"],
+        &["'train'", "--split", "valid, test"],
+    );
+    assert!(!out.exists(), "nothing is written");
+    // A --config file is checked the same way, naming the file.
+    let toml = root.join("bad.toml");
+    fs::write(&toml, "[train]\nschedule = \"cosin\"\n").unwrap();
+    fails(
+        &train_args(&["--config", s(&toml), "--out", o]),
+        &[
+            "bad.toml",
+            "unknown schedule 'cosin': use constant or cosine",
+        ],
+    );
+    fs::remove_dir_all(root).unwrap();
+}
+
 #[test]
 fn an_existing_run_is_refused_without_force() {
     let root = temp_dir("force");

@@ -9,8 +9,17 @@
 //!
 //! Shapes are small and odd on purpose (B=2, T=7, C=12, 3 heads, vocab 11).
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::{AdamWStep, AttnShape, Backend, Buffer, LAYERNORM_EPS};
+use dyntie::cpu::CpuBackend;
+use dyntie::mem::{Buffer, DType};
+use dyntie::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
+use dyntie::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use dyntie::ops::elementwise::{Accumulate, Add, CopyView, Fill};
+use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
+use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
+use dyntie::ops::loss::SoftmaxXent;
+use dyntie::ops::matmul::{MatmulBwd, MatmulFwd};
+use dyntie::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use dyntie::ops::BackendExt;
 use dyntie::rng::{dropout_keep, HostRng};
 
 const B: usize = 2;
@@ -57,20 +66,20 @@ impl Bench {
     }
 
     fn up(&self, x: &[f64]) -> Buffer {
-        let buf = self.be.alloc_f32(x.len()).unwrap();
+        let buf = self.be.alloc(DType::F32, x.len()).unwrap();
         let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-        self.be.upload_f32(buf.f32(), &x32).unwrap();
+        self.be.upload(buf.view(), &x32).unwrap();
         buf
     }
 
     fn up_u32(&self, x: &[u32]) -> Buffer {
-        let buf = self.be.alloc(x.len() * 4).unwrap();
-        self.be.upload_u32(buf.u32(), x).unwrap();
+        let buf = self.be.alloc(DType::U32, x.len()).unwrap();
+        self.be.upload(buf.view(), x).unwrap();
         buf
     }
 
     fn down(&self, b: &Buffer) -> Vec<f64> {
-        let v = self.be.download_f32(b.f32()).unwrap();
+        let v: Vec<f32> = self.be.download(b.view()).unwrap();
         v.into_iter().map(f64::from).collect()
     }
 }
@@ -455,9 +464,17 @@ fn embedding_matches_reference() {
     let (g_wte, g_wpe) = (tb.randn(V * C), tb.randn(T * C));
     let tok = tb.up_u32(&tokens);
     let (bwte, bwpe, bdout) = (tb.up(&wte), tb.up(&wpe), tb.up(&dout));
-    let out = tb.be.alloc_f32(N * C).unwrap();
+    let out = tb.be.alloc(DType::F32, N * C).unwrap();
     tb.be
-        .embedding_fwd(out.f32(), tok.u32(), bwte.f32(), bwpe.f32(), B, T, C)
+        .run(EmbeddingFwd {
+            out: out.view(),
+            tokens: tok.view(),
+            wte: bwte.view(),
+            wpe: bwpe.view(),
+            batch: B,
+            seq: T,
+            channels: C,
+        })
         .unwrap();
     // One addition per element: exact up to one rounding.
     let want = reference::embedding_fwd(&tokens, &wte, &wpe, C);
@@ -465,7 +482,15 @@ fn embedding_matches_reference() {
 
     let (dwte, dwpe) = (tb.up(&g_wte), tb.up(&g_wpe));
     tb.be
-        .embedding_bwd(dwte.f32(), dwpe.f32(), bdout.f32(), tok.u32(), B, T, C)
+        .run(EmbeddingBwd {
+            dwte: dwte.view(),
+            dwpe: dwpe.view(),
+            dout: bdout.view(),
+            tokens: tok.view(),
+            batch: B,
+            seq: T,
+            channels: C,
+        })
         .unwrap();
     let [rwte, rwpe] = reference::embedding_bwd(&dout, &tokens, V, C);
     // At most N (or B) additions onto each row.
@@ -485,7 +510,15 @@ fn embedding_rejects_out_of_range_tokens() {
     );
     let err = tb
         .be
-        .embedding_fwd(out.f32(), tok.u32(), wte.f32(), wpe.f32(), 1, 2, C)
+        .run(EmbeddingFwd {
+            out: out.view(),
+            tokens: tok.view(),
+            wte: wte.view(),
+            wpe: wpe.view(),
+            batch: 1,
+            seq: 2,
+            channels: C,
+        })
         .unwrap_err();
     assert!(err.to_string().contains("token id 11"), "{err}");
 }
@@ -497,21 +530,21 @@ fn layernorm_matches_reference() {
     let (g_x, g_w, g_b) = (tb.randn(N * C), tb.randn(C), tb.randn(C));
     let (bx, bw, bb, bdy) = (tb.up(&x), tb.up(&w), tb.up(&b), tb.up(&dy));
     let (out, mean, rstd) = (
-        tb.be.alloc_f32(N * C).unwrap(),
-        tb.be.alloc_f32(N).unwrap(),
-        tb.be.alloc_f32(N).unwrap(),
+        tb.be.alloc(DType::F32, N * C).unwrap(),
+        tb.be.alloc(DType::F32, N).unwrap(),
+        tb.be.alloc(DType::F32, N).unwrap(),
     );
     tb.be
-        .layernorm_fwd(
-            out.f32(),
-            mean.f32(),
-            rstd.f32(),
-            bx.f32(),
-            bw.f32(),
-            bb.f32(),
-            N,
-            C,
-        )
+        .run(LayernormFwd {
+            out: out.view(),
+            mean: mean.view(),
+            rstd: rstd.view(),
+            inp: bx.view(),
+            weight: bw.view(),
+            bias: bb.view(),
+            rows: N,
+            channels: C,
+        })
         .unwrap();
     let [rout, rmean, rrstd] = reference::layernorm_fwd(&x, &w, &b, C);
     // Sums over C channels.
@@ -521,20 +554,21 @@ fn layernorm_matches_reference() {
     assert_close("ln rstd", &tb.down(&rstd), &rrstd, tol);
 
     let (dx, dw, db) = (tb.up(&g_x), tb.up(&g_w), tb.up(&g_b));
-    tb.be
-        .layernorm_bwd(
-            dx.f32(),
-            Some(dw.f32()),
-            Some(db.f32()),
-            bdy.f32(),
-            bx.f32(),
-            bw.f32(),
-            mean.f32(),
-            rstd.f32(),
-            N,
-            C,
-        )
-        .unwrap();
+    let bwd = |dinp: &Buffer, dweight: Option<&Buffer>, dbias: Option<&Buffer>| {
+        tb.be.run(LayernormBwd {
+            dinp: dinp.view(),
+            dweight: dweight.map(Buffer::view),
+            dbias: dbias.map(Buffer::view),
+            dout: bdy.view(),
+            inp: bx.view(),
+            weight: bw.view(),
+            mean: mean.view(),
+            rstd: rstd.view(),
+            rows: N,
+            channels: C,
+        })
+    };
+    bwd(&dx, Some(&dw), Some(&db)).unwrap();
     let [rdx, rdw, rdb] = reference::layernorm_bwd(&dy, &x, &w, C);
     // dinp sums over C, dweight and dbias over N rows.
     assert_close("ln dinp", &tb.down(&dx), &plus(&g_x, &rdx), tol);
@@ -544,20 +578,7 @@ fn layernorm_matches_reference() {
 
     // A `None` weight gradient is skipped; the others are unchanged by that.
     let (dx2, db2) = (tb.up(&g_x), tb.up(&g_b));
-    tb.be
-        .layernorm_bwd(
-            dx2.f32(),
-            None,
-            Some(db2.f32()),
-            bdy.f32(),
-            bx.f32(),
-            bw.f32(),
-            mean.f32(),
-            rstd.f32(),
-            N,
-            C,
-        )
-        .unwrap();
+    bwd(&dx2, None, Some(&db2)).unwrap();
     assert_eq!(tb.down(&dx2), tb.down(&dx));
     assert_eq!(tb.down(&db2), tb.down(&db));
 }
@@ -573,33 +594,49 @@ fn check_matmul(seed: u64, rows: usize, ic: usize, oc: usize) {
     );
     let (g_x, g_w, g_b) = (tb.randn(rows * ic), tb.randn(oc * ic), tb.randn(oc));
     let (bx, bw, bb, bdy) = (tb.up(&x), tb.up(&w), tb.up(&b), tb.up(&dy));
-    let out = tb.be.alloc_f32(rows * oc).unwrap();
+    let out = tb.be.alloc(DType::F32, rows * oc).unwrap();
     tb.be
-        .matmul_fwd(out.f32(), bx.f32(), bw.f32(), Some(bb.f32()), rows, ic, oc)
+        .run(MatmulFwd {
+            out: out.view(),
+            inp: bx.view(),
+            weight: bw.view(),
+            bias: Some(bb.view()),
+            rows,
+            in_ch: ic,
+            out_ch: oc,
+        })
         .unwrap();
     // Each output is a sum of `ic` products plus the bias.
     let tol = |k: usize| 2.0 * k as f64 * EPS32;
     let rout = reference::matmul_fwd(&x, &w, &b, ic, oc);
     assert_close("matmul out", &tb.down(&out), &rout, tol(ic));
     tb.be
-        .matmul_fwd(out.f32(), bx.f32(), bw.f32(), None, rows, ic, oc)
+        .run(MatmulFwd {
+            out: out.view(),
+            inp: bx.view(),
+            weight: bw.view(),
+            bias: None,
+            rows,
+            in_ch: ic,
+            out_ch: oc,
+        })
         .unwrap();
     let rout = reference::matmul_fwd(&x, &w, &vec![0.0; oc], ic, oc);
     assert_close("matmul out (no bias)", &tb.down(&out), &rout, tol(ic));
 
     let (dx, dw, db) = (tb.up(&g_x), tb.up(&g_w), tb.up(&g_b));
     tb.be
-        .matmul_bwd(
-            Some(dx.f32()),
-            Some(dw.f32()),
-            Some(db.f32()),
-            bdy.f32(),
-            bx.f32(),
-            bw.f32(),
+        .run(MatmulBwd {
+            dinp: Some(dx.view()),
+            dweight: Some(dw.view()),
+            dbias: Some(db.view()),
+            dout: bdy.view(),
+            inp: bx.view(),
+            weight: bw.view(),
             rows,
-            ic,
-            oc,
-        )
+            in_ch: ic,
+            out_ch: oc,
+        })
         .unwrap();
     let [rdx, rdw, rdb] = reference::matmul_bwd(&dy, &x, &w, ic, oc);
     assert_close("matmul dinp", &tb.down(&dx), &plus(&g_x, &rdx), tol(oc));
@@ -613,14 +650,23 @@ fn check_matmul(seed: u64, rows: usize, ic: usize, oc: usize) {
 
     // Each gradient alone, with the others `None`, gives the same values.
     let (dx2, dw2, db2) = (tb.up(&g_x), tb.up(&g_w), tb.up(&g_b));
-    let (dyv, xv, wv) = (bdy.f32(), bx.f32(), bw.f32());
-    let be = &tb.be;
-    be.matmul_bwd(Some(dx2.f32()), None, None, dyv, xv, wv, rows, ic, oc)
-        .unwrap();
-    be.matmul_bwd(None, Some(dw2.f32()), None, dyv, xv, wv, rows, ic, oc)
-        .unwrap();
-    be.matmul_bwd(None, None, Some(db2.f32()), dyv, xv, wv, rows, ic, oc)
-        .unwrap();
+    let (dyv, xv, wv) = (bdy.view(), bx.view(), bw.view());
+    let alone = |dinp, dweight, dbias| {
+        tb.be.run(MatmulBwd {
+            dinp,
+            dweight,
+            dbias,
+            dout: dyv,
+            inp: xv,
+            weight: wv,
+            rows,
+            in_ch: ic,
+            out_ch: oc,
+        })
+    };
+    alone(Some(dx2.view()), None, None).unwrap();
+    alone(None, Some(dw2.view()), None).unwrap();
+    alone(None, None, Some(db2.view())).unwrap();
     assert_eq!(tb.down(&dx2), tb.down(&dx));
     assert_eq!(tb.down(&dw2), tb.down(&dw));
     assert_eq!(tb.down(&db2), tb.down(&db));
@@ -650,20 +696,20 @@ fn matmul_is_deterministic() {
     let (x, w, dy) = (tb.randn(rows * ic), tb.randn(oc * ic), tb.randn(rows * oc));
     let (x, w, dy) = (tb.up(&x), tb.up(&w), tb.up(&dy));
     let run = || {
-        let dw = tb.be.alloc_f32(oc * ic).unwrap();
-        let dx = tb.be.alloc_f32(rows * ic).unwrap();
+        let dw = tb.be.alloc(DType::F32, oc * ic).unwrap();
+        let dx = tb.be.alloc(DType::F32, rows * ic).unwrap();
         tb.be
-            .matmul_bwd(
-                Some(dx.f32()),
-                Some(dw.f32()),
-                None,
-                dy.f32(),
-                x.f32(),
-                w.f32(),
+            .run(MatmulBwd {
+                dinp: Some(dx.view()),
+                dweight: Some(dw.view()),
+                dbias: None,
+                dout: dy.view(),
+                inp: x.view(),
+                weight: w.view(),
                 rows,
-                ic,
-                oc,
-            )
+                in_ch: ic,
+                out_ch: oc,
+            })
             .unwrap();
         (tb.down(&dx), tb.down(&dw))
     };
@@ -675,11 +721,16 @@ fn attention_matches_reference() {
     let mut tb = Bench::new(10);
     let (qkv, dout, g) = (tb.randn(N * 3 * C), tb.randn(N * C), tb.randn(N * 3 * C));
     let (bqkv, bdout) = (tb.up(&qkv), tb.up(&dout));
-    let out = tb.be.alloc_f32(N * C).unwrap();
+    let out = tb.be.alloc(DType::F32, N * C).unwrap();
     // Filled with garbage: the op must write every element, zeros included.
     let att = tb.up(&vec![7.0; B * NH * T * T]);
     tb.be
-        .attention_fwd(out.f32(), att.f32(), bqkv.f32(), SHAPE)
+        .run(AttentionFwd {
+            out: out.view(),
+            att: att.view(),
+            qkv: bqkv.view(),
+            shape: SHAPE,
+        })
         .unwrap();
     let [rout, ratt] = reference::attention_fwd(&qkv);
     // Dot products of hs=4 and softmax/value sums over up to T=7 keys.
@@ -697,14 +748,14 @@ fn attention_matches_reference() {
     let dqkv = tb.up(&g);
     let scratch = tb.up(&vec![-3.0; B * NH * T * T]);
     tb.be
-        .attention_bwd(
-            dqkv.f32(),
-            scratch.f32(),
-            bdout.f32(),
-            bqkv.f32(),
-            att.f32(),
-            SHAPE,
-        )
+        .run(AttentionBwd {
+            dqkv: dqkv.view(),
+            scratch: scratch.view(),
+            dout: bdout.view(),
+            qkv: bqkv.view(),
+            att: att.view(),
+            shape: SHAPE,
+        })
         .unwrap();
     let rd = reference::attention_bwd(&dout, &qkv);
     assert_close("attention dqkv", &tb.down(&dqkv), &plus(&g, &rd), tol);
@@ -722,7 +773,12 @@ fn attention_rejects_heads_that_do_not_divide_channels() {
     };
     assert!(tb
         .be
-        .attention_fwd(out.f32(), att.f32(), qkv.f32(), shape)
+        .run(AttentionFwd {
+            out: out.view(),
+            att: att.view(),
+            qkv: qkv.view(),
+            shape
+        })
         .is_err());
 }
 
@@ -736,15 +792,111 @@ fn gelu_matches_reference() {
         .collect();
     let (dy, g) = (tb.randn(N * C), tb.randn(N * C));
     let (bx, bdy) = (tb.up(&x), tb.up(&dy));
-    let out = tb.be.alloc_f32(N * C).unwrap();
-    tb.be.gelu_fwd(out.f32(), bx.f32()).unwrap();
+    let out = tb.be.alloc(DType::F32, N * C).unwrap();
+    tb.be
+        .run(GeluFwd {
+            out: out.view(),
+            inp: bx.view(),
+        })
+        .unwrap();
     // tanh and a handful of products: a few roundings per element.
     let tol = 16.0 * EPS32;
     assert_close("gelu out", &tb.down(&out), &reference::gelu(&x), tol);
     let dx = tb.up(&g);
-    tb.be.gelu_bwd(dx.f32(), bx.f32(), bdy.f32()).unwrap();
+    tb.be
+        .run(GeluBwd {
+            dinp: dx.view(),
+            inp: bx.view(),
+            dout: bdy.view(),
+        })
+        .unwrap();
     let want = plus(&g, &reference::gelu_bwd(&x, &dy));
     assert_close("gelu dinp", &tb.down(&dx), &want, tol);
+}
+
+/// `x Φ(x)` and its derivative `Φ(x) + x φ(x)` at points across both tails,
+/// from Python's `math.erfc` (an independent implementation).
+const GELU_ERF_POINTS: [(f64, f64, f64); 9] = [
+    (-6.0, -5.919525870226207e-09, -3.5468709453902015e-08),
+    (-3.0, -0.004049694094890287, -0.011945647204183927),
+    (-1.0, -0.15865525393145707, -0.08331547058768629),
+    (-0.5, -0.15426876936299344, 0.13250487534383712),
+    (0.0, 0.0, 0.5),
+    (0.3, 0.18537342665668577, 0.7323277668271098),
+    (1.0, 0.8413447460685429, 1.0833154705876864),
+    (2.5, 2.4844758366855597, 1.037611085908145),
+    (5.0, 4.99999856674214, 1.0000071469460017),
+];
+
+/// The exact GELU on the CPU: forward and backward `(x, dout = 1)`.
+fn gelu_erf(tb: &Bench, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (bx, ones) = (tb.up(x), tb.up(&vec![1.0; x.len()]));
+    let (out, dx) = (tb.up(&vec![0.0; x.len()]), tb.up(&vec![0.0; x.len()]));
+    let fwd = GeluErfFwd {
+        out: out.view(),
+        inp: bx.view(),
+    };
+    tb.be.run(fwd).unwrap();
+    let bwd = GeluErfBwd {
+        dinp: dx.view(),
+        inp: bx.view(),
+        dout: ones.view(),
+    };
+    tb.be.run(bwd).unwrap();
+    (tb.down(&out), tb.down(&dx))
+}
+
+#[test]
+fn gelu_erf_matches_known_values_in_both_tails() {
+    let tb = Bench::new(21);
+    let x: Vec<f64> = GELU_ERF_POINTS.iter().map(|p| p.0).collect();
+    let (out, grad) = gelu_erf(&tb, &x);
+    for (i, &(x, f, df)) in GELU_ERF_POINTS.iter().enumerate() {
+        // Computed in f64 and rounded once: within one f32 rounding, relative
+        // even in the far negative tail, where 1 + erf would have cancelled.
+        assert!(
+            (out[i] - f).abs() <= EPS32 * f.abs(),
+            "gelu_erf({x}) = {} vs {f}",
+            out[i]
+        );
+        assert!(
+            (grad[i] - df).abs() <= EPS32 * df.abs(),
+            "gelu_erf'({x}) = {} vs {df}",
+            grad[i]
+        );
+    }
+}
+
+#[test]
+fn gelu_erf_backward_matches_finite_differences_of_the_forward() {
+    let mut tb = Bench::new(22);
+    let mut x: Vec<f64> = tb
+        .randn(300)
+        .iter()
+        .map(|v| (3.0 * v) as f32 as f64)
+        .collect();
+    x.extend(GELU_ERF_POINTS.iter().map(|p| p.0));
+    // h a power of two, and the quotient over the f32 points actually used.
+    let h = 1.0 / 64.0;
+    let (xp, xm): (Vec<f64>, Vec<f64>) = x
+        .iter()
+        .map(|&x| ((x + h) as f32 as f64, (x - h) as f32 as f64))
+        .unzip();
+    let (fp, _) = gelu_erf(&tb, &xp);
+    let (fm, _) = gelu_erf(&tb, &xm);
+    let (_, grad) = gelu_erf(&tb, &x);
+    for i in 0..x.len() {
+        let fd = (fp[i] - fm[i]) / (xp[i] - xm[i]);
+        // Truncation h^2/6 times the third derivative's maximum (0.78):
+        // 3.2e-5; plus two f32 roundings of outputs up to 12, over 2h: 7e-5
+        // in all.
+        assert!(
+            (fd - grad[i]).abs() <= 1e-4,
+            "gelu_erf'({}) = {} but the central difference is {fd}",
+            x[i],
+            grad[i]
+        );
+    }
 }
 
 #[test]
@@ -755,10 +907,17 @@ fn dropout_matches_reference_across_chunks() {
     let (x, dy, g) = (tb.randn(n), tb.randn(n), tb.randn(n));
     let (p, seed, offset) = (0.25, 0xDEAD_BEEF, 1_000_003);
     let (bx, bdy) = (tb.up(&x), tb.up(&dy));
-    let out = tb.be.alloc_f32(n).unwrap();
-    tb.be
-        .dropout_fwd(out.f32(), bx.f32(), p, seed, offset)
-        .unwrap();
+    let out = tb.be.alloc(DType::F32, n).unwrap();
+    let fwd = |out: &Buffer, p, offset| {
+        tb.be.run(DropoutFwd {
+            out: out.view(),
+            inp: bx.view(),
+            p,
+            seed,
+            offset,
+        })
+    };
+    fwd(&out, p, offset).unwrap();
     let got = tb.down(&out);
     assert_close(
         "dropout out",
@@ -771,14 +930,18 @@ fn dropout_matches_reference_across_chunks() {
     assert!((kept - 0.75).abs() < 0.01, "kept fraction {kept}");
 
     // The same (seed, offset) gives the same mask; the backward uses it too.
-    let out2 = tb.be.alloc_f32(n).unwrap();
-    tb.be
-        .dropout_fwd(out2.f32(), bx.f32(), p, seed, offset)
-        .unwrap();
+    let out2 = tb.be.alloc(DType::F32, n).unwrap();
+    fwd(&out2, p, offset).unwrap();
     assert_eq!(tb.down(&out2), got);
     let dx = tb.up(&g);
     tb.be
-        .dropout_bwd(dx.f32(), bdy.f32(), p, seed, offset)
+        .run(DropoutBwd {
+            dinp: dx.view(),
+            dout: bdy.view(),
+            p,
+            seed,
+            offset,
+        })
         .unwrap();
     let dx = tb.down(&dx);
     let want = plus(&g, &reference::dropout(&dy, p, seed, offset));
@@ -792,22 +955,13 @@ fn dropout_matches_reference_across_chunks() {
     }
 
     // Another offset is another mask; p = 0 keeps all, p = 1 drops all.
-    tb.be
-        .dropout_fwd(out2.f32(), bx.f32(), p, seed, offset + 1)
-        .unwrap();
+    fwd(&out2, p, offset + 1).unwrap();
     assert_ne!(tb.down(&out2), got);
-    tb.be
-        .dropout_fwd(out2.f32(), bx.f32(), 0.0, seed, offset)
-        .unwrap();
+    fwd(&out2, 0.0, offset).unwrap();
     assert_eq!(tb.down(&out2), x);
-    tb.be
-        .dropout_fwd(out2.f32(), bx.f32(), 1.0, seed, offset)
-        .unwrap();
+    fwd(&out2, 1.0, offset).unwrap();
     assert!(tb.down(&out2).iter().all(|&v| v == 0.0));
-    assert!(tb
-        .be
-        .dropout_fwd(out2.f32(), bx.f32(), 1.5, seed, offset)
-        .is_err());
+    assert!(fwd(&out2, 1.5, offset).is_err());
 }
 
 #[test]
@@ -819,19 +973,22 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
     targets[N - 2] = ignore;
     let logits = tb.randn(N * V);
     let (bt, bl) = (tb.up_u32(&targets), tb.up(&logits));
-    let (losses, dl) = (tb.be.alloc_f32(N).unwrap(), tb.up(&vec![5.0; N * V]));
+    let (losses, dl) = (
+        tb.be.alloc(DType::F32, N).unwrap(),
+        tb.up(&vec![5.0; N * V]),
+    );
     let scale = 1.0 / 13.0;
     tb.be
-        .softmax_xent(
-            losses.f32(),
-            Some(dl.f32()),
-            bl.f32(),
-            bt.u32(),
-            N,
-            V,
-            ignore,
-            scale,
-        )
+        .run(SoftmaxXent {
+            losses: losses.view(),
+            dlogits: Some(dl.view()),
+            logits: bl.view(),
+            targets: bt.view(),
+            rows: N,
+            vocab: V,
+            ignore_index: ignore,
+            grad_scale: scale,
+        })
         .unwrap();
     let [rl, rdl] = reference::softmax_xent(&logits, &targets, V, ignore, scale as f64);
     // Sums of exp over the vocabulary.
@@ -845,22 +1002,31 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
 
     // Without dlogits: the same losses.
     tb.be
-        .softmax_xent(losses.f32(), None, bl.f32(), bt.u32(), N, V, ignore, scale)
+        .run(SoftmaxXent {
+            losses: losses.view(),
+            dlogits: None,
+            logits: bl.view(),
+            targets: bt.view(),
+            rows: N,
+            vocab: V,
+            ignore_index: ignore,
+            grad_scale: scale,
+        })
         .unwrap();
     assert_eq!(tb.down(&losses), got_l);
 
     // dlogits written over the logits themselves: identical results.
     tb.be
-        .softmax_xent(
-            losses.f32(),
-            Some(bl.f32()),
-            bl.f32(),
-            bt.u32(),
-            N,
-            V,
-            ignore,
-            scale,
-        )
+        .run(SoftmaxXent {
+            losses: losses.view(),
+            dlogits: Some(bl.view()),
+            logits: bl.view(),
+            targets: bt.view(),
+            rows: N,
+            vocab: V,
+            ignore_index: ignore,
+            grad_scale: scale,
+        })
         .unwrap();
     assert_eq!(tb.down(&losses), got_l);
     assert_eq!(tb.down(&bl), got_dl);
@@ -874,18 +1040,21 @@ fn softmax_xent_is_stable_for_large_logits() {
     let shifted: Vec<f64> = logits.iter().map(|v| v * 30.0 + 1000.0).collect();
     let shifted: Vec<f64> = shifted.iter().map(|&v| v as f32 as f64).collect();
     let (bt, bl) = (tb.up_u32(&targets), tb.up(&shifted));
-    let (losses, dl) = (tb.be.alloc_f32(N).unwrap(), tb.be.alloc_f32(N * V).unwrap());
+    let (losses, dl) = (
+        tb.be.alloc(DType::F32, N).unwrap(),
+        tb.be.alloc(DType::F32, N * V).unwrap(),
+    );
     tb.be
-        .softmax_xent(
-            losses.f32(),
-            Some(dl.f32()),
-            bl.f32(),
-            bt.u32(),
-            N,
-            V,
-            u32::MAX,
-            1.0,
-        )
+        .run(SoftmaxXent {
+            losses: losses.view(),
+            dlogits: Some(dl.view()),
+            logits: bl.view(),
+            targets: bt.view(),
+            rows: N,
+            vocab: V,
+            ignore_index: u32::MAX,
+            grad_scale: 1.0,
+        })
         .unwrap();
     let [rl, rdl] = reference::softmax_xent(&shifted, &targets, V, u32::MAX, 1.0);
     // Logits near 1000 carry an absolute error of 1000 * EPS32 each.
@@ -900,7 +1069,16 @@ fn softmax_xent_rejects_targets_beyond_the_vocabulary() {
     let (bt, bl, losses) = (tb.up_u32(&[V as u32]), tb.up(&[0.0; V]), tb.up(&[0.0]));
     let err = tb
         .be
-        .softmax_xent(losses.f32(), None, bl.f32(), bt.u32(), 1, V, u32::MAX, 1.0)
+        .run(SoftmaxXent {
+            losses: losses.view(),
+            dlogits: None,
+            logits: bl.view(),
+            targets: bt.view(),
+            rows: 1,
+            vocab: V,
+            ignore_index: u32::MAX,
+            grad_scale: 1.0,
+        })
         .unwrap_err();
     assert!(err.to_string().contains("target 11"), "{err}");
 }
@@ -920,9 +1098,18 @@ fn adamw_matches_a_hand_computed_step() {
     let p0 = [0.5, -1.0, 2.0, 0.0];
     let g = [0.2, -0.4, 0.0, 3.0];
     let (bp, bg) = (tb.up(&p0), tb.up(&g));
-    let (m, v) = (tb.be.alloc_f32(4).unwrap(), tb.be.alloc_f32(4).unwrap());
+    let (m, v) = (
+        tb.be.alloc(DType::F32, 4).unwrap(),
+        tb.be.alloc(DType::F32, 4).unwrap(),
+    );
     tb.be
-        .adamw(bp.f32(), bg.f32(), m.f32(), v.f32(), hp)
+        .run(Adamw {
+            params: bp.view(),
+            grads: bg.view(),
+            m: m.view(),
+            v: v.view(),
+            hp,
+        })
         .unwrap();
     // Step 1: m_hat = g', v_hat = g'^2 (g' = g * 0.5), so the update is
     // lr * sign(g') (to within eps), after decay by (1 - lr * wd) = 0.999.
@@ -940,15 +1127,15 @@ fn adamw_matches_a_hand_computed_step() {
     // Step 2 from there, against the formula in f64.
     let (p1, m1, v1) = (tb.down(&bp), tb.down(&m), tb.down(&v));
     let g2 = [-0.1, 0.3, 1.0, 0.0];
-    tb.be.upload_f32(bg.f32(), &g2.map(|x| x as f32)).unwrap();
+    tb.be.upload(bg.view(), &g2.map(|x| x as f32)).unwrap();
     tb.be
-        .adamw(
-            bp.f32(),
-            bg.f32(),
-            m.f32(),
-            v.f32(),
-            AdamWStep { step: 2, ..hp },
-        )
+        .run(Adamw {
+            params: bp.view(),
+            grads: bg.view(),
+            m: m.view(),
+            v: v.view(),
+            hp: AdamWStep { step: 2, ..hp },
+        })
         .unwrap();
     let want: Vec<f64> = (0..4)
         .map(|i| {
@@ -969,12 +1156,22 @@ fn sum_squares_accumulates_in_f64() {
     let n = (1 << 24) + 4;
     let x = vec![1.0; n];
     let (acc, bx) = (tb.up(&[0.25]), tb.up(&x));
-    tb.be.sum_squares(acc.f32(), bx.f32()).unwrap();
+    tb.be
+        .run(SumSquares {
+            acc: acc.view(),
+            x: bx.view(),
+        })
+        .unwrap();
     assert_eq!(tb.down(&acc)[0], ((n as f64) + 0.25) as f32 as f64);
 
     let y = tb.randn(N * C);
     let (acc, by) = (tb.up(&[1.5]), tb.up(&y));
-    tb.be.sum_squares(acc.f32(), by.f32()).unwrap();
+    tb.be
+        .run(SumSquares {
+            acc: acc.view(),
+            x: by.view(),
+        })
+        .unwrap();
     let want = 1.5 + dot(&y, &y);
     assert_close("sum_squares", &tb.down(&acc), &[want], EPS32);
 }
@@ -985,30 +1182,63 @@ fn elementwise_ops_and_add_aliasing() {
     let n = 37;
     let (a, b) = (tb.randn(n), tb.randn(n));
     let sum: Vec<f64> = plus(&a, &b).iter().map(|&v| v as f32 as f64).collect();
-    let (ba, bb, out) = (tb.up(&a), tb.up(&b), tb.be.alloc_f32(n).unwrap());
-    tb.be.add(out.f32(), ba.f32(), bb.f32()).unwrap();
+    let (ba, bb, out) = (tb.up(&a), tb.up(&b), tb.be.alloc(DType::F32, n).unwrap());
+    tb.be
+        .run(Add {
+            out: out.view(),
+            a: ba.view(),
+            b: bb.view(),
+        })
+        .unwrap();
     assert_eq!(tb.down(&out), sum);
 
     // out = a
-    tb.be.add(ba.f32(), ba.f32(), bb.f32()).unwrap();
+    tb.be
+        .run(Add {
+            out: ba.view(),
+            a: ba.view(),
+            b: bb.view(),
+        })
+        .unwrap();
     assert_eq!(tb.down(&ba), sum);
     // out = b
     let ba = tb.up(&a);
-    tb.be.add(bb.f32(), ba.f32(), bb.f32()).unwrap();
+    tb.be
+        .run(Add {
+            out: bb.view(),
+            a: ba.view(),
+            b: bb.view(),
+        })
+        .unwrap();
     assert_eq!(tb.down(&bb), sum);
     // out = a = b
-    tb.be.add(ba.f32(), ba.f32(), ba.f32()).unwrap();
+    tb.be
+        .run(Add {
+            out: ba.view(),
+            a: ba.view(),
+            b: ba.view(),
+        })
+        .unwrap();
     assert_eq!(tb.down(&ba), a.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
     // a partial overlap is refused
     let big = tb.up(&vec![1.0; 2 * n]);
     let err = tb
         .be
-        .add(big.f32().slice(1, n), big.f32().slice(0, n), bb.f32())
+        .run(Add {
+            out: big.view().slice(1, n),
+            a: big.view().slice(0, n),
+            b: bb.view(),
+        })
         .unwrap_err();
     assert!(err.to_string().contains("overlaps"), "{err}");
 
     let ba = tb.up(&a);
-    tb.be.accumulate(ba.f32(), bb.f32()).unwrap();
+    tb.be
+        .run(Accumulate {
+            dst: ba.view(),
+            src: bb.view(),
+        })
+        .unwrap();
     let want: Vec<f64> = a
         .iter()
         .zip(&sum)
@@ -1016,9 +1246,19 @@ fn elementwise_ops_and_add_aliasing() {
         .collect();
     assert_eq!(tb.down(&ba), want);
 
-    tb.be.copy(out.f32(), bb.f32()).unwrap();
+    tb.be
+        .run(CopyView {
+            dst: out.view(),
+            src: bb.view(),
+        })
+        .unwrap();
     assert_eq!(tb.down(&out), tb.down(&bb));
-    tb.be.fill(out.f32(), -2.5).unwrap();
+    tb.be
+        .run(Fill {
+            dst: out.view(),
+            value: -2.5,
+        })
+        .unwrap();
     assert_eq!(tb.down(&out), vec![-2.5; n]);
 }
 
@@ -1028,9 +1268,27 @@ fn short_views_are_refused_with_the_operand_name() {
     let (x, w, out) = (tb.up(&[0.0; 12]), tb.up(&[0.0; 12]), tb.up(&[0.0; 3]));
     let err = tb
         .be
-        .matmul_fwd(out.f32(), x.f32(), w.f32(), None, 2, 6, 2)
+        .run(MatmulFwd {
+            out: out.view(),
+            inp: x.view(),
+            weight: w.view(),
+            bias: None,
+            rows: 2,
+            in_ch: 6,
+            out_ch: 2,
+        })
         .unwrap_err();
-    assert!(err.to_string().contains("`out`"), "{err}");
-    let err = tb.be.copy(out.f32(), x.f32()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("matmul_fwd: out has 3 elements but the shape needs 4"),
+        "{err}"
+    );
+    let err = tb
+        .be
+        .run(CopyView {
+            dst: out.view(),
+            src: x.view(),
+        })
+        .unwrap_err();
     assert!(err.to_string().contains("must match"), "{err}");
 }

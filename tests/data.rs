@@ -135,8 +135,8 @@ fn every_bad_header_is_a_clear_error() {
 
 fn prepared(corpus: &str, input: &Path, tok: &str, name: &str) -> Dataset {
     let out = scratch(name);
-    let tokenizer = Tokenizer::from_name(tok).unwrap();
-    let corpus_kind = Corpus::from_name(corpus).unwrap();
+    let tokenizer = tok.parse::<Tokenizer>().unwrap();
+    let corpus_kind = corpus.parse::<Corpus>().unwrap();
     let s = prepare(
         corpus_kind,
         input,
@@ -163,7 +163,7 @@ fn wikitext_tokens_prepare_like_encoding_each_file_whole() {
     let dir = samples("wikitext");
     for tok in ["gpt2", "byte"] {
         let ds = prepared("wikitext-2", &dir, tok, &format!("wt-{tok}"));
-        let t = Tokenizer::from_name(tok).unwrap();
+        let t = tok.parse::<Tokenizer>().unwrap();
         for (split, src) in [
             ("train", &ds.train),
             ("valid", &ds.valid),
@@ -281,7 +281,7 @@ fn prepare_errors_name_the_problem() {
     std::fs::write(&json, "{\"text\": \"a b\"}\nnot json\n").unwrap();
     let e = err_of(prepare(Corpus::Lambada, &json, &out.join("o"), &t, &opts));
     assert!(e.contains("bad.jsonl:2"), "{e}");
-    assert!(err_of(Corpus::from_name("c4")).contains("wikitext-2"));
+    assert!(err_of("c4".parse::<Corpus>()).contains("wikitext-2"));
     assert!(err_of(Dataset::open(&out)).contains("dyntie prepare"));
 }
 

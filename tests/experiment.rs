@@ -4,8 +4,8 @@
 //! folder with other settings is refused, and the summary has every run.
 
 use anyhow::Result;
-use dyntie::backend::cpu::CpuBackend;
 use dyntie::config::RunConfig;
+use dyntie::cpu::CpuBackend;
 use dyntie::experiment::grid::Grid;
 use dyntie::experiment::results::{RunResult, Segment};
 use dyntie::experiment::{run_grid, run_state, Options, RunState};

@@ -4,15 +4,17 @@
 //! memory exactly as the table says, and checkpoints must move between
 //! backends.
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
-use dyntie::backend::Backend;
-use dyntie::config::RunConfig;
-use dyntie::device::emu::EmuDevice;
+use dyntie::config::{RunConfig, Schedule};
+use dyntie::cpu::CpuBackend;
+use dyntie::cuda::emu::EmuDevice;
+use dyntie::cuda::KernelBackend;
 use dyntie::doctor::{compare_training, doctor_training_config};
 use dyntie::metrics::read_jsonl;
-use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::ops::Backend;
 use dyntie::train::Trainer;
+use dyntie::tying::policy::TyingPolicy;
+use dyntie::tying::table::TieGrad;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -51,28 +53,28 @@ fn check_agreement(cfg: &RunConfig, tag: &str) {
 #[test]
 fn dynamic_tying_with_dropout_trains_the_same_on_the_emulated_kernels() {
     let cfg = doctor_training_config();
-    assert!(cfg.model.dropout > 0.0 && cfg.tying.policy == "dynamic");
+    assert!(cfg.model.dropout > 0.0 && cfg.tying.policy == TyingPolicy::Dynamic);
     check_agreement(&cfg, "dynamic");
 }
 
 #[test]
 fn frozen_tie_gradients_train_the_same_on_the_emulated_kernels() {
     let mut cfg = doctor_training_config();
-    cfg.tying.tie_grad = "frozen".into();
+    cfg.tying.tie_grad = TieGrad::Frozen;
     check_agreement(&cfg, "frozen");
 }
 
 #[test]
 fn a_static_pattern_trains_the_same_on_the_emulated_kernels() {
     let mut cfg = doctor_training_config();
-    cfg.tying.policy = "pattern:0,0,1,1".into();
+    cfg.tying.policy = "pattern:0,0,1,1".parse().unwrap();
     check_agreement(&cfg, "pattern");
 }
 
 #[test]
 fn ties_free_and_unties_allocate_device_memory_on_the_emulator() {
     let backend = emu();
-    let cfg = Gpt2Config {
+    let cfg = ModelConfig {
         n_layer: 4,
         n_embd: 16,
         n_head: 2,
@@ -117,7 +119,7 @@ fn checkpoints_resume_across_backends() {
     cfg.train.log_every = 1;
     // A cosine schedule depends on the total step count, which differs
     // between the segments below; a constant one does not.
-    cfg.train.schedule = "constant".into();
+    cfg.train.schedule = Schedule::Constant;
     // One run on the CPU alone.
     let whole = scratch("whole");
     let mut t = Trainer::create(cfg.clone(), cpu(), &whole, true).unwrap();

@@ -1,5 +1,5 @@
-//! The attention kernels (the products of kernels/matmul.cu and the softmax
-//! of kernels/attention.cu) under the emulator, against `CpuBackend`, through
+//! The attention kernels (the products of kernels/gemm/simt_f32.cu and the
+//! softmax of kernels/attention/unfused.cu) under the emulator, against `CpuBackend`, through
 //! the conformance harness under forward, reverse and random resume order,
 //! plus shapes that cross the 64-row tiles of the causal products. On a
 //! machine with a GPU the same checks run on it too.
@@ -7,9 +7,11 @@
 mod common;
 
 use common::{assert_conformance, backends, emu};
-use dyntie::backend::{AttnShape, Backend};
 use dyntie::conformance::Dims;
-use dyntie::device::ResumeOrder;
+use dyntie::cuda::ResumeOrder;
+use dyntie::mem::DType;
+use dyntie::ops::attention::{AttentionFwd, AttnShape};
+use dyntie::ops::BackendExt;
 
 const OPS: [&str; 2] = ["attention_fwd", "attention_bwd"];
 
@@ -64,28 +66,28 @@ fn sequences_across_several_tiles_and_single_positions() {
 #[test]
 fn bad_shapes_are_errors_not_panics() {
     let be = emu(ResumeOrder::Forward);
-    let (out, att, qkv) = (
-        be.alloc_f32(2 * 3 * 12).unwrap(),
-        be.alloc_f32(2 * 5 * 3 * 3).unwrap(),
-        be.alloc_f32(2 * 3 * 36).unwrap(),
-    );
+    let buf = |len| be.alloc(DType::F32, len).unwrap();
+    let (out, att, qkv) = (buf(2 * 3 * 12), buf(2 * 5 * 3 * 3), buf(2 * 3 * 36));
     let shape = AttnShape {
         batch: 2,
         seq: 3,
         channels: 12,
         heads: 5,
     };
-    let msg = be
-        .attention_fwd(out.f32(), att.f32(), qkv.f32(), shape)
-        .unwrap_err()
-        .to_string();
+    let fwd = |att, shape| AttentionFwd {
+        out: out.view(),
+        att,
+        qkv: qkv.view(),
+        shape,
+    };
+    let msg = be.run(fwd(att.view(), shape)).unwrap_err().to_string();
     assert!(
         msg.contains("12 channels do not split into 5 heads"),
         "{msg}"
     );
     let shape = AttnShape { heads: 4, ..shape };
     let msg = be
-        .attention_fwd(out.f32(), att.f32().slice(0, 10), qkv.f32(), shape)
+        .run(fwd(att.view().slice(0, 10), shape))
         .unwrap_err()
         .to_string();
     assert!(

@@ -1,4 +1,4 @@
-//! The matmul kernels (kernels/matmul.cu) under the emulator, against
+//! The matmul kernels (kernels/gemm/) under the emulator, against
 //! `CpuBackend`, through the conformance harness under forward, reverse and
 //! random resume order, plus edge shapes the harness does not reach. On a
 //! machine with a GPU the same checks run on it too.
@@ -6,10 +6,12 @@
 mod common;
 
 use common::{assert_conformance, backends, emu, norm_err, put, random, tol_for};
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::{Backend, Buffer};
 use dyntie::conformance::Dims;
-use dyntie::device::ResumeOrder;
+use dyntie::cpu::CpuBackend;
+use dyntie::cuda::ResumeOrder;
+use dyntie::mem::{Buffer, DType};
+use dyntie::ops::matmul::{MatmulBwd, MatmulFwd};
+use dyntie::ops::{Backend, BackendExt};
 
 #[test]
 fn the_conformance_harness_passes_the_matmul_ops() {
@@ -48,32 +50,32 @@ fn check_shape(label: &str, be: &dyn Backend, rows: usize, ic: usize, oc: usize)
             .iter()
             .map(|d| put(be, d))
             .collect();
-        let v = |i: usize, len: usize| bufs[i].f32().slice(0, len);
-        be.matmul_fwd(
-            v(4, rows * oc),
-            v(0, rows * ic),
-            v(1, oc * ic),
-            Some(v(2, oc)),
+        let v = |i: usize, len: usize| bufs[i].view().slice(0, len);
+        be.run(MatmulFwd {
+            out: v(4, rows * oc),
+            inp: v(0, rows * ic),
+            weight: v(1, oc * ic),
+            bias: Some(v(2, oc)),
             rows,
-            ic,
-            oc,
-        )
+            in_ch: ic,
+            out_ch: oc,
+        })
         .unwrap();
-        be.matmul_bwd(
-            Some(v(5, rows * ic)),
-            Some(v(6, oc * ic)),
-            Some(v(7, oc)),
-            v(3, rows * oc),
-            v(0, rows * ic),
-            v(1, oc * ic),
+        be.run(MatmulBwd {
+            dinp: Some(v(5, rows * ic)),
+            dweight: Some(v(6, oc * ic)),
+            dbias: Some(v(7, oc)),
+            dout: v(3, rows * oc),
+            inp: v(0, rows * ic),
+            weight: v(1, oc * ic),
             rows,
-            ic,
-            oc,
-        )
+            in_ch: ic,
+            out_ch: oc,
+        })
         .unwrap();
         [(4, rows * oc), (5, rows * ic), (6, oc * ic), (7, oc)]
             .iter()
-            .map(|&(i, len)| be.download_f32(v(i, len)).unwrap())
+            .map(|&(i, len)| be.download(v(i, len)).unwrap())
             .collect()
     };
     let (want, got) = (run(&cpu), run(be));
@@ -112,40 +114,41 @@ fn edge_shapes_match_the_cpu() {
 #[test]
 fn bad_shapes_are_errors_not_panics() {
     let be = emu(ResumeOrder::Forward);
-    let (a, b, c) = (
-        be.alloc_f32(12).unwrap(),
-        be.alloc_f32(12).unwrap(),
-        be.alloc_f32(12).unwrap(),
-    );
+    let buf = || be.alloc(DType::F32, 12).unwrap();
+    let (a, b, c) = (buf(), buf(), buf());
+    let (a, b, c) = (a.view(), b.view(), c.view());
+    let fwd = |out, inp, weight, rows| MatmulFwd {
+        out,
+        inp,
+        weight,
+        bias: None,
+        rows,
+        in_ch: 4,
+        out_ch: 3,
+    };
     // inp needs 4 x 4 = 16 elements.
-    let msg = be
-        .matmul_fwd(a.f32(), b.f32(), c.f32(), None, 4, 4, 3)
-        .unwrap_err()
-        .to_string();
+    let msg = be.run(fwd(a, b, c, 4)).unwrap_err().to_string();
     assert!(
         msg.contains("matmul_fwd: inp has 12 elements but the shape needs 16"),
         "{msg}"
     );
-    let msg = be
-        .matmul_fwd(a.f32(), a.f32(), c.f32(), None, 3, 4, 3)
-        .unwrap_err()
-        .to_string();
+    let msg = be.run(fwd(a, a, c, 3)).unwrap_err().to_string();
     assert!(msg.contains("output out overlaps input inp"), "{msg}");
     let msg = be
-        .matmul_bwd(
-            Some(a.f32()),
-            Some(a.f32()),
-            None,
-            b.f32(),
-            c.f32(),
-            c.f32(),
-            3,
-            4,
-            3,
-        )
+        .run(MatmulBwd {
+            dinp: Some(a),
+            dweight: Some(a),
+            dbias: None,
+            dout: b,
+            inp: c,
+            weight: c,
+            rows: 3,
+            in_ch: 4,
+            out_ch: 3,
+        })
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("output dinp overlaps input dweight"), "{msg}");
+    assert!(msg.contains("output dinp overlaps output dweight"), "{msg}");
 }
 
 #[test]
@@ -156,13 +159,22 @@ fn a_256_cube_product_matches_and_reports_emulator_speed() {
     let cpu = CpuBackend::new();
     let be = emu(ResumeOrder::Forward);
     let run = |be: &dyn Backend| {
-        let (xb, wb, out) = (put(be, &x), put(be, &w), be.alloc_f32(n * n).unwrap());
+        let (xb, wb) = (put(be, &x), put(be, &w));
+        let out = be.alloc(DType::F32, n * n).unwrap();
         let t = std::time::Instant::now();
-        be.matmul_fwd(out.f32(), xb.f32(), wb.f32(), None, n, n, n)
-            .unwrap();
+        be.run(MatmulFwd {
+            out: out.view(),
+            inp: xb.view(),
+            weight: wb.view(),
+            bias: None,
+            rows: n,
+            in_ch: n,
+            out_ch: n,
+        })
+        .unwrap();
         be.synchronize().unwrap();
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        (be.download_f32(out.f32()).unwrap(), ms)
+        (be.download::<f32>(out.view()).unwrap(), ms)
     };
     let (want, _) = run(&cpu);
     let (got, ms) = run(&be);

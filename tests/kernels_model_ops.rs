@@ -1,5 +1,5 @@
-//! The layernorm, embedding, classifier (softmax + cross-entropy) and
-//! optimizer kernels (kernels/{layernorm,embedding,classifier,adamw}.cu)
+//! The layernorm, embedding, loss (softmax + cross-entropy) and optimizer
+//! kernels (kernels/{layernorm,embedding,loss,optimizer}.cu)
 //! under the emulator, against `CpuBackend`: the shared conformance harness
 //! under forward, reverse and random resume order, then the edge cases it
 //! does not reach (GPT-2's vocabulary, frozen layernorm gradients, grids
@@ -9,10 +9,15 @@
 mod common;
 
 use common::{assert_conformance, backends, emu, norm_err, put, put_u32, random, tol_for};
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::{AdamWStep, Backend, Buffer, View};
 use dyntie::conformance::Dims;
-use dyntie::device::ResumeOrder;
+use dyntie::cpu::CpuBackend;
+use dyntie::cuda::ResumeOrder;
+use dyntie::mem::{Buffer, DType, View};
+use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
+use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd};
+use dyntie::ops::loss::SoftmaxXent;
+use dyntie::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use dyntie::ops::{Backend, BackendExt};
 
 const OPS: [&str; 7] = [
     "embedding_fwd",
@@ -37,8 +42,8 @@ fn the_conformance_harness_passes_these_ops() {
 
 /// Views of the float and the integer inputs, on one backend.
 struct Views {
-    f: Vec<View<f32>>,
-    u: Vec<View<u32>>,
+    f: Vec<View>,
+    u: Vec<View>,
 }
 
 /// Runs `op` on the CPU and on every kernel backend with the same inputs and
@@ -57,19 +62,19 @@ fn run_all(
             f: fb
                 .iter()
                 .zip(floats)
-                .map(|(b, x)| b.f32().slice(0, x.len()))
+                .map(|(b, x)| b.view().slice(0, x.len()))
                 .collect(),
             u: ub
                 .iter()
                 .zip(ints)
-                .map(|(b, x)| b.u32().slice(0, x.len()))
+                .map(|(b, x)| b.view().slice(0, x.len()))
                 .collect(),
         };
         op(be, &views).unwrap();
         be.synchronize().unwrap();
         outputs
             .iter()
-            .map(|&i| be.download_f32(views.f[i]).unwrap())
+            .map(|&i| be.download(views.f[i]).unwrap())
             .collect()
     };
     let mut out = vec![("cpu".to_string(), run(&CpuBackend::new()))];
@@ -109,28 +114,20 @@ fn softmax_xent_handles_the_gpt2_vocabulary_in_place_and_without_gradient() {
         &[targets],
         &[0, 1, 2, 3],
         &|be, v| {
+            let xent = |losses, dlogits, grad_scale| SoftmaxXent {
+                losses,
+                dlogits,
+                logits: v.f[0],
+                targets: v.u[0],
+                rows,
+                vocab,
+                ignore_index: u32::MAX,
+                grad_scale,
+            };
             // Loss only, then the gradient into a separate buffer, then in place.
-            be.softmax_xent(v.f[3], None, v.f[0], v.u[0], rows, vocab, u32::MAX, 1.0)?;
-            be.softmax_xent(
-                v.f[1],
-                Some(v.f[2]),
-                v.f[0],
-                v.u[0],
-                rows,
-                vocab,
-                u32::MAX,
-                0.5,
-            )?;
-            be.softmax_xent(
-                v.f[1],
-                Some(v.f[0]),
-                v.f[0],
-                v.u[0],
-                rows,
-                vocab,
-                u32::MAX,
-                0.5,
-            )
+            be.run(xent(v.f[3], None, 1.0))?;
+            be.run(xent(v.f[1], Some(v.f[2]), 0.5))?;
+            be.run(xent(v.f[1], Some(v.f[0]), 0.5))
         },
     );
     assert_match("softmax_xent, vocab 50257", &results, tol_for(vocab));
@@ -154,7 +151,18 @@ fn softmax_xent_rows_narrower_than_a_warp_and_a_bad_target() {
         &[logits, vec![9.0; rows], vec![9.0; rows * vocab]],
         &[vec![0, 2, 1, 2]],
         &[1, 2],
-        &|be, v| be.softmax_xent(v.f[1], Some(v.f[2]), v.f[0], v.u[0], rows, vocab, 99, 1.0),
+        &|be, v| {
+            be.run(SoftmaxXent {
+                losses: v.f[1],
+                dlogits: Some(v.f[2]),
+                logits: v.f[0],
+                targets: v.u[0],
+                rows,
+                vocab,
+                ignore_index: 99,
+                grad_scale: 1.0,
+            })
+        },
     );
     assert_match("softmax_xent, vocab 3", &results, tol_for(vocab));
 
@@ -163,21 +171,24 @@ fn softmax_xent_rows_narrower_than_a_warp_and_a_bad_target() {
     for (label, be) in backends() {
         let x = put(be.as_ref(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let t = put_u32(be.as_ref(), &[1, 3]);
-        let (l, d) = (be.alloc_f32(2).unwrap(), be.alloc_f32(6).unwrap());
-        be.softmax_xent(
-            l.f32(),
-            Some(d.f32()),
-            x.f32(),
-            t.u32(),
-            2,
-            3,
-            u32::MAX,
-            1.0,
-        )
-        .unwrap();
         let (l, d) = (
-            be.download_f32(l.f32()).unwrap(),
-            be.download_f32(d.f32()).unwrap(),
+            be.alloc(DType::F32, 2).unwrap(),
+            be.alloc(DType::F32, 6).unwrap(),
+        );
+        be.run(SoftmaxXent {
+            losses: l.view(),
+            dlogits: Some(d.view()),
+            logits: x.view(),
+            targets: t.view(),
+            rows: 2,
+            vocab: 3,
+            ignore_index: u32::MAX,
+            grad_scale: 1.0,
+        })
+        .unwrap();
+        let (l, d): (Vec<f32>, Vec<f32>) = (
+            be.download(l.view()).unwrap(),
+            be.download(d.view()).unwrap(),
         );
         assert!(l[0].is_finite() && l[1].is_nan(), "{label}: {l:?}");
         assert!(d[..3].iter().all(|g| g.is_finite()), "{label}: {d:?}");
@@ -217,33 +228,32 @@ fn layernorm_bwd_skips_frozen_gradients_and_loops_over_many_rows() {
     // 0 x, 1 w, 2 b, 3 dy, 4 dx, 5 dw, 6 db, 7 out, 8 mean, 9 rstd, 10 dx2, 11 dx3
     let results = run_all(&floats, &[], &[7, 8, 9, 4, 5, 6, 10, 11], &|be, v| {
         let f = &v.f;
-        be.layernorm_fwd(f[7], f[8], f[9], f[0], f[1], f[2], rows, c)?;
+        be.run(LayernormFwd {
+            out: f[7],
+            mean: f[8],
+            rstd: f[9],
+            inp: f[0],
+            weight: f[1],
+            bias: f[2],
+            rows,
+            channels: c,
+        })?;
+        let bwd = |dinp, dweight, dbias| LayernormBwd {
+            dinp,
+            dweight,
+            dbias,
+            dout: f[3],
+            inp: f[0],
+            weight: f[1],
+            mean: f[8],
+            rstd: f[9],
+            rows,
+            channels: c,
+        };
         // Full, only dweight, then a frozen block (neither).
-        be.layernorm_bwd(
-            f[4],
-            Some(f[5]),
-            Some(f[6]),
-            f[3],
-            f[0],
-            f[1],
-            f[8],
-            f[9],
-            rows,
-            c,
-        )?;
-        be.layernorm_bwd(
-            f[10],
-            Some(f[5]),
-            None,
-            f[3],
-            f[0],
-            f[1],
-            f[8],
-            f[9],
-            rows,
-            c,
-        )?;
-        be.layernorm_bwd(f[11], None, None, f[3], f[0], f[1], f[8], f[9], rows, c)
+        be.run(bwd(f[4], Some(f[5]), Some(f[6])))?;
+        be.run(bwd(f[10], Some(f[5]), None))?;
+        be.run(bwd(f[11], None, None))
     });
     // The mean and rstd feeding the backward come from each backend's own
     // forward, so the backward sees the forward's error too.
@@ -252,6 +262,60 @@ fn layernorm_bwd_skips_frozen_gradients_and_loops_over_many_rows() {
         &results,
         tol_for(rows) + tol_for(c),
     );
+}
+
+#[test]
+fn layernorm_bwd_wider_than_48_kib_of_shared_memory() {
+    // 2 x 6200 floats of block partials: 49600 bytes, past the 48 KiB a
+    // block gets without the opt-in the launcher makes.
+    let (rows, c) = (3, 6200);
+    let x = random(rows * c, 2.0, 30);
+    let w: Vec<f32> = random(c, 0.2, 31).iter().map(|v| v + 1.0).collect();
+    let (b, dy) = (random(c, 0.2, 32), random(rows * c, 1.0, 33));
+    let (dx, dw, db) = (
+        random(rows * c, 1.0, 34),
+        random(c, 1.0, 35),
+        random(c, 1.0, 36),
+    );
+    let stats = vec![0.0; rows];
+    let floats = [
+        x,
+        w,
+        b,
+        dy,
+        dx,
+        dw,
+        db,
+        vec![0.0; rows * c],
+        stats.clone(),
+        stats,
+    ];
+    let results = run_all(&floats, &[], &[4, 5, 6], &|be, v| {
+        let f = &v.f;
+        be.run(LayernormFwd {
+            out: f[7],
+            mean: f[8],
+            rstd: f[9],
+            inp: f[0],
+            weight: f[1],
+            bias: f[2],
+            rows,
+            channels: c,
+        })?;
+        be.run(LayernormBwd {
+            dinp: f[4],
+            dweight: Some(f[5]),
+            dbias: Some(f[6]),
+            dout: f[3],
+            inp: f[0],
+            weight: f[1],
+            mean: f[8],
+            rstd: f[9],
+            rows,
+            channels: c,
+        })
+    });
+    assert_match("layernorm, 6200 channels", &results, tol_for(c));
 }
 
 #[test]
@@ -264,7 +328,17 @@ fn embedding_bwd_adds_up_a_single_repeated_token() {
         &[dwte, dwpe, dout],
         &[vec![2; batch * seq]],
         &[0, 1],
-        &|be, v| be.embedding_bwd(v.f[0], v.f[1], v.f[2], v.u[0], batch, seq, c),
+        &|be, v| {
+            be.run(EmbeddingBwd {
+                dwte: v.f[0],
+                dwpe: v.f[1],
+                dout: v.f[2],
+                tokens: v.u[0],
+                batch,
+                seq,
+                channels: c,
+            })
+        },
     );
     assert_match("embedding_bwd, one token", &results, tol_for(batch * seq));
 }
@@ -276,20 +350,36 @@ fn embedding_fwd_poisons_rows_of_out_of_range_tokens() {
         let wte = put(be.as_ref(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]); // vocab 2
         let wpe = put(be.as_ref(), &[0.5; 6]);
         let tok = put_u32(be.as_ref(), &[1, 2]);
-        let out = be.alloc_f32(seq * c).unwrap();
-        be.embedding_fwd(out.f32(), tok.u32(), wte.f32(), wpe.f32(), 1, seq, c)
-            .unwrap();
-        let got = be.download_f32(out.f32()).unwrap();
+        let out = be.alloc(DType::F32, seq * c).unwrap();
+        be.run(EmbeddingFwd {
+            out: out.view(),
+            tokens: tok.view(),
+            wte: wte.view(),
+            wpe: wpe.view(),
+            batch: 1,
+            seq,
+            channels: c,
+        })
+        .unwrap();
+        let got: Vec<f32> = be.download(out.view()).unwrap();
         assert_eq!(got[..3], [4.5, 5.5, 6.5], "{label}");
         assert!(got[3..].iter().all(|v| v.is_nan()), "{label}: {got:?}");
         // The backward skips the bad id instead of writing outside dwte.
-        let dwte = be.alloc_f32(6).unwrap();
-        let dwpe = be.alloc_f32(6).unwrap();
+        let dwte = be.alloc(DType::F32, 6).unwrap();
+        let dwpe = be.alloc(DType::F32, 6).unwrap();
         let dout = put(be.as_ref(), &[1.0; 6]);
-        be.embedding_bwd(dwte.f32(), dwpe.f32(), dout.f32(), tok.u32(), 1, seq, c)
-            .unwrap();
+        be.run(EmbeddingBwd {
+            dwte: dwte.view(),
+            dwpe: dwpe.view(),
+            dout: dout.view(),
+            tokens: tok.view(),
+            batch: 1,
+            seq,
+            channels: c,
+        })
+        .unwrap();
         assert_eq!(
-            be.download_f32(dwte.f32()).unwrap(),
+            be.download::<f32>(dwte.view()).unwrap(),
             [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
             "{label}"
         );
@@ -315,8 +405,17 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
         &[],
         &[0, 2, 3, 4],
         &|be, v| {
-            be.adamw(v.f[0], v.f[1], v.f[2], v.f[3], hp)?;
-            be.sum_squares(v.f[4], v.f[1])
+            be.run(Adamw {
+                params: v.f[0],
+                grads: v.f[1],
+                m: v.f[2],
+                v: v.f[3],
+                hp,
+            })?;
+            be.run(SumSquares {
+                acc: v.f[4],
+                x: v.f[1],
+            })
         },
     );
     assert_match("adamw step 1 + sum_squares", &results, tol_for(n));
@@ -333,31 +432,42 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
 #[test]
 fn bad_shapes_are_errors_naming_the_op() {
     let be = emu(ResumeOrder::Forward);
-    let a = be.alloc_f32(64).unwrap();
-    let v = a.f32();
+    let a = be.alloc(DType::F32, 64).unwrap();
+    let v = a.view();
     let msg = |r: anyhow::Result<()>| format!("{:#}", r.unwrap_err());
 
-    let m = msg(be.layernorm_fwd(
-        v.slice(0, 12),
-        v.slice(12, 2),
-        v.slice(14, 2),
-        v.slice(16, 12),
-        v.slice(28, 5),
-        v.slice(34, 6),
-        2,
-        6,
-    ));
+    let m = msg(be.run(LayernormFwd {
+        out: v.slice(0, 12),
+        mean: v.slice(12, 2),
+        rstd: v.slice(14, 2),
+        inp: v.slice(16, 12),
+        weight: v.slice(28, 5),
+        bias: v.slice(34, 6),
+        rows: 2,
+        channels: 6,
+    }));
     assert!(
         m.contains("layernorm_fwd: weight has 5 elements but the shape needs 6"),
         "{m}"
     );
 
-    let big = be.alloc_f32(21_000).unwrap();
-    let g = big.f32();
-    let m = msg(be.layernorm_bwd(
+    let big = be.alloc(DType::F32, 90_000).unwrap();
+    let g = big.view();
+    let bwd = |dinp, dweight, dout, inp, weight, mean, rstd, rows, channels| LayernormBwd {
+        dinp,
+        dweight: Some(dweight),
+        dbias: None,
+        dout,
+        inp,
+        weight,
+        mean,
+        rstd,
+        rows,
+        channels,
+    };
+    let m = msg(be.run(bwd(
         g.slice(0, 7000),
-        Some(g.slice(7000, 7000)),
-        None,
+        g.slice(7000, 7000),
         g.slice(0, 7000),
         g.slice(0, 7000),
         g.slice(0, 7000),
@@ -365,42 +475,60 @@ fn bad_shapes_are_errors_naming_the_op() {
         g.slice(0, 1),
         1,
         7000,
-    ));
+    )));
     assert!(
         m.contains("layernorm_bwd: output dinp overlaps input dout"),
         "{m}"
     );
-    let m = msg(be.layernorm_bwd(
-        g.slice(0, 7000),
-        Some(g.slice(7000, 7000)),
-        None,
-        g.slice(14000, 0),
-        g.slice(14000, 0),
-        g.slice(14000, 7000),
-        g.slice(14000, 0),
-        g.slice(14000, 0),
-        0,
-        7000,
-    ));
+    // The weight gradients' block partials need 2 x channels floats of
+    // shared memory: 30000 channels are more than any GPU's 227 KiB.
+    let m = msg(be.run(bwd(
+        g.slice(0, 30_000),
+        g.slice(30_000, 30_000),
+        g.slice(60_000, 30_000),
+        g.slice(60_000, 30_000),
+        g.slice(60_000, 30_000),
+        g.slice(60_000, 1),
+        g.slice(60_000, 1),
+        1,
+        30_000,
+    )));
     assert!(
-        m.contains("7000 channels need 56000 bytes of shared memory"),
+        m.contains("layernorm_bwd [1x30000]: kernel layernorm_bwd_f32")
+            && m.contains("240000 bytes of dynamic + 0 of static shared memory per block")
+            && m.contains("even with the opt-in"),
         "{m}"
     );
 
     // dlogits may be the logits themselves, but not half of them.
-    let t = be.alloc(8).unwrap();
-    let m = msg(be.softmax_xent(
-        v.slice(0, 2),
-        Some(v.slice(12, 20)),
-        v.slice(10, 20),
-        t.u32().slice(0, 2),
-        2,
-        10,
-        u32::MAX,
-        1.0,
-    ));
+    let t = be.alloc(DType::U32, 2).unwrap();
+    let m = msg(be.run(SoftmaxXent {
+        losses: v.slice(0, 2),
+        dlogits: Some(v.slice(12, 20)),
+        logits: v.slice(10, 20),
+        targets: t.view(),
+        rows: 2,
+        vocab: 10,
+        ignore_index: u32::MAX,
+        grad_scale: 1.0,
+    }));
     assert!(
         m.contains("softmax_xent: output dlogits overlaps input logits"),
+        "{m}"
+    );
+    // Token ids must be u32.
+    let m = msg(be.run(SoftmaxXent {
+        losses: v.slice(0, 2),
+        dlogits: None,
+        logits: v.slice(10, 20),
+        targets: v.slice(40, 2),
+        rows: 2,
+        vocab: 10,
+        ignore_index: u32::MAX,
+        grad_scale: 1.0,
+    }));
+    assert!(
+        m.contains("softmax_xent: targets is f32 but must be u32"),
         "{m}"
     );
 
@@ -413,42 +541,40 @@ fn bad_shapes_are_errors_naming_the_op() {
         step: 0,
         grad_scale: 1.0,
     };
-    let m = msg(be.adamw(
-        v.slice(0, 8),
-        v.slice(8, 8),
-        v.slice(16, 8),
-        v.slice(24, 8),
+    let adamw = |grads, hp| Adamw {
+        params: v.slice(0, 8),
+        grads,
+        m: v.slice(16, 8),
+        v: v.slice(24, 8),
         hp,
-    ));
+    };
+    let m = msg(be.run(adamw(v.slice(8, 8), hp)));
     assert!(m.contains("adamw: step is 1-based"), "{m}");
     let hp = AdamWStep { step: 1, ..hp };
-    let m = msg(be.adamw(
-        v.slice(0, 8),
-        v.slice(8, 7),
-        v.slice(16, 8),
-        v.slice(24, 8),
-        hp,
-    ));
+    let m = msg(be.run(adamw(v.slice(8, 7), hp)));
     assert!(
         m.contains("adamw: params has 8 elements but grads has 7"),
         "{m}"
     );
 
-    let m = msg(be.sum_squares(v.slice(0, 1), v.slice(0, 10)));
+    let m = msg(be.run(SumSquares {
+        acc: v.slice(0, 1),
+        x: v.slice(0, 10),
+    }));
     assert!(
         m.contains("sum_squares: output acc overlaps input x"),
         "{m}"
     );
 
-    let m = msg(be.embedding_fwd(
-        v.slice(0, 6),
-        t.u32(),
-        v.slice(6, 30),
-        v.slice(36, 5),
-        1,
-        2,
-        3,
-    ));
+    let m = msg(be.run(EmbeddingFwd {
+        out: v.slice(0, 6),
+        tokens: t.view(),
+        wte: v.slice(6, 30),
+        wpe: v.slice(36, 5),
+        batch: 1,
+        seq: 2,
+        channels: 3,
+    }));
     assert!(
         m.contains("embedding_fwd: wpe has 5 elements but the shape needs 6"),
         "{m}"

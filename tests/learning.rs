@@ -6,8 +6,8 @@
 //! Reaching 0.05 takes working attention and correct gradients everywhere.
 
 use anyhow::Result;
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::cpu::CpuBackend;
+use dyntie::model::{Gpt2, ModelConfig};
 use dyntie::optim::{AdamW, LrSchedule};
 use dyntie::rng::HostRng;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ const PATTERN: [u32; 10] = [3, 1, 4, 1, 5, 9, 2, 6, 5, 8];
 
 #[test]
 fn tiny_model_learns_a_repeating_sequence() -> Result<()> {
-    let cfg = Gpt2Config {
+    let cfg = ModelConfig {
         n_layer: 2,
         n_embd: 32,
         n_head: 4,

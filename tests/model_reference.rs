@@ -5,9 +5,9 @@
 //! per tensor; scalar losses by relative error `|ours - ref| / |ref|`.
 
 use anyhow::{Context, Result};
-use dyntie::backend::cpu::CpuBackend;
+use dyntie::cpu::CpuBackend;
 use dyntie::model::gpt2::IGNORE_INDEX;
-use dyntie::model::{Gpt2, Gpt2Config};
+use dyntie::model::{Gpt2, ModelConfig};
 use dyntie::optim::AdamW;
 use safetensors::{Dtype, SafeTensors};
 use std::sync::Arc;
@@ -17,8 +17,8 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/gpt2_reference.safetensors"
 );
 
-fn config() -> Gpt2Config {
-    Gpt2Config {
+fn config() -> ModelConfig {
+    ModelConfig {
         n_layer: 2,
         n_embd: 32,
         n_head: 2,

@@ -6,18 +6,18 @@
 //! with far less activation memory.
 
 use anyhow::Result;
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
-use dyntie::backend::Backend;
-use dyntie::device::EmuDevice;
-use dyntie::model::{activation_bytes, ActivationPlan, Gpt2, Gpt2Config};
+use dyntie::cpu::CpuBackend;
+use dyntie::cuda::EmuDevice;
+use dyntie::cuda::KernelBackend;
+use dyntie::model::{activation_bytes, ActivationPlan, Gpt2, ModelConfig};
+use dyntie::ops::Backend;
 use std::sync::Arc;
 
 const B: usize = 2;
 const T: usize = 7;
 
-fn cfg(dropout: f32, bias: bool) -> Gpt2Config {
-    Gpt2Config {
+fn cfg(dropout: f32, bias: bool) -> ModelConfig {
+    ModelConfig {
         n_layer: 4,
         n_embd: 24,
         n_head: 3,
@@ -41,7 +41,7 @@ fn batch(salt: usize) -> (Vec<u32>, Vec<u32>) {
 /// activation arena included).
 fn run(
     be: Arc<dyn Backend>,
-    cfg: Gpt2Config,
+    cfg: ModelConfig,
     recompute: bool,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>, u64)> {
     let mut m = Gpt2::new(be.clone(), cfg, 11)?;
@@ -95,7 +95,7 @@ fn recomputation_on_the_kernels_matches_the_stored_run() -> Result<()> {
 
 #[test]
 fn recomputation_keeps_one_residual_stream_per_block() {
-    let c = Gpt2Config {
+    let c = ModelConfig {
         n_layer: 48,
         n_embd: 1600,
         n_head: 16,
@@ -124,7 +124,7 @@ fn recomputation_keeps_one_residual_stream_per_block() {
 /// GPT-2's vocabulary and 800 rows: the loss head goes in two chunks.
 #[test]
 fn the_chunked_loss_head_matches_the_whole_one() -> Result<()> {
-    let cfg = Gpt2Config {
+    let cfg = ModelConfig {
         n_layer: 2,
         n_embd: 8,
         n_head: 2,

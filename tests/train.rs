@@ -3,9 +3,9 @@
 //! a dynamic run under a parameter cost ties blocks and logs every decision.
 
 use anyhow::Result;
-use dyntie::backend::cpu::CpuBackend;
 use dyntie::checkpoint;
-use dyntie::config::RunConfig;
+use dyntie::config::{BackendKind, RunConfig, Schedule};
+use dyntie::cpu::CpuBackend;
 use dyntie::metrics::read_jsonl;
 use dyntie::train::Trainer;
 use dyntie::tying::reward::RewardBaseline;
@@ -26,7 +26,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// follows the same learning rates as one planned for 20 steps.
 fn config(policy: &str, steps: usize) -> RunConfig {
     let mut c = RunConfig::preset("tiny").unwrap();
-    c.backend = "cpu".into();
+    c.backend = BackendKind::Cpu;
     c.model.n_layer = 3;
     c.model.n_embd = 32;
     c.model.n_head = 2;
@@ -34,11 +34,11 @@ fn config(policy: &str, steps: usize) -> RunConfig {
     c.model.dropout = 0.1;
     c.train.batch = 4;
     c.train.steps = steps;
-    c.train.schedule = "constant".into();
+    c.train.schedule = Schedule::Constant;
     c.train.log_every = 1;
     c.train.eval_every = 0;
     c.train.checkpoint_every = 10;
-    c.tying.policy = policy.into();
+    c.tying.policy = policy.parse().unwrap();
     c.tying.agent_k = 3;
     c.data.synthetic_tokens = 4000;
     c
@@ -177,6 +177,23 @@ fn a_partial_tmp_folder_next_to_a_checkpoint_is_ignored() -> Result<()> {
         fs::create_dir_all(&tmp).unwrap();
         fs::write(tmp.join("state.json"), b"garbage").unwrap();
     })
+}
+
+/// With one block the dynamic policy has nothing to decide: the run trains
+/// like a static one and resumes like one.
+#[test]
+fn a_one_block_dynamic_run_resumes() -> Result<()> {
+    let dir = temp_dir("oneblock");
+    let mut cfg = config("dynamic", 2);
+    cfg.model.n_layer = 1;
+    create(cfg, &dir)?.run()?;
+    let mut t = resume(&dir, 4)?;
+    assert_eq!(t.step(), 2);
+    t.run()?;
+    assert_eq!(train_lines(&dir).len(), 4);
+    assert_eq!(fs::read_to_string(dir.join("ties.jsonl"))?, "");
+    fs::remove_dir_all(dir)?;
+    Ok(())
 }
 
 #[test]

@@ -1,4 +1,4 @@
-// Host side of kernels/common.cuh: what a kernel sees when it runs under the
+// Host side of kernels/include/common.cuh: what a kernel sees when it runs under the
 // CPU emulator. Every CUDA thread is a fiber; one block runs at a time on
 // each worker thread, so per-worker (`__thread`) state is per-block state.
 #pragma once
@@ -24,14 +24,43 @@ struct Coords {
 };
 extern __thread Coords tls_coords;
 
-// Dynamic shared memory of the block running on this worker (NaN-poisoned).
+// Shared memory of the block running on this worker. Both kinds are filled
+// with SMEM_POISON bytes before every block (0xff: NaN as float, double and
+// bf16, -1 as an integer), so a read before a write shows up and no block
+// sees what an earlier one left.
+constexpr unsigned char SMEM_POISON = 0xff;
 void* dyn_smem();
+
+// Static shared memory (SMEM): each declaration gets its place in the
+// worker's per-block arena from the first thread of a block that reaches it
+// and keeps it for the rest of the block. `block` is the worker's block
+// serial number when the place was given, so the check is one compare.
+struct StaticSmemSlot {
+    unsigned long long block;
+    void* ptr;
+};
+extern __thread unsigned long long tls_block_serial;
+void* place_static_smem(StaticSmemSlot& slot, std::size_t bytes, std::size_t align);
+inline void* static_smem(StaticSmemSlot& slot, std::size_t bytes, std::size_t align) {
+    if (__builtin_expect(slot.block == tls_block_serial, 1)) return slot.ptr;
+    return place_static_smem(slot, bytes, align);
+}
 
 void syncthreads();
 
 // Warp collectives: deposit, the last lane computes for the whole warp.
-enum Collective : int { SYNCWARP, SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, BALLOT, ANY, ALL };
+enum Collective : int { SYNCWARP, SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, BALLOT, ANY, ALL, WARP_OP };
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int param, int width);
+
+// ---- hooks of the tensor-core emulation (tensor_core.cpp) ----
+// WARP_OP: each lane's `value` points to its record; the last lane to arrive
+// calls warp_op_run once for the whole warp, which leaves every lane's
+// results in its record. Returns null, or what was wrong.
+const char* warp_op_run(void* const records[32], unsigned mask);
+// Called before every block: drops the per-thread cp.async state.
+void tensor_core_block_start(unsigned threads);
+// Reports `msg` for the running thread and abandons its block.
+[[noreturn]] void kernel_fail(const char* msg);
 
 template <typename T>
 inline uint64_t to_bits(T v) {
@@ -62,9 +91,25 @@ void trampoline(void** args) {
     call_packed(F, args);
 }
 
+// What the launch checks need to know about a kernel's parameters: how
+// many there are and which are pointers (bit i for parameter i).
+struct KernelParams {
+    unsigned count;
+    unsigned long long pointers;
+};
+template <typename... A>
+constexpr KernelParams params_of(void (*)(A...)) {
+    static_assert(sizeof...(A) <= 64, "a kernel with more than 64 parameters");
+    unsigned long long pointers = 0;
+    unsigned i = 0;
+    ((pointers |= (unsigned long long)std::is_pointer_v<A> << i++), ...);
+    return {(unsigned)sizeof...(A), pointers};
+}
+
 struct KernelEntry {
     const char* name;
     void (*launch)(void** args);
+    KernelParams params;
 };
 struct KernelTable {
     const KernelEntry* entries;
@@ -86,8 +131,18 @@ struct KernelTable {
 #define __forceinline__ __attribute__((always_inline))
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-// Static shared memory: one copy per worker thread = one per running block.
-#define __shared__ static thread_local
+// Static shared memory lives in a per-worker arena that is poisoned before
+// every block; a plain `static thread_local` would carry one block's values
+// into the next. So `__shared__` itself is refused: declare with SMEM.
+#define __shared__                                                                                              \
+    _Pragma("GCC error \"write SMEM(T, name, [dims]) instead of __shared__ T name[dims]: under the emulator \
+static shared memory must come from the poisoned per-block arena (kernels/README.md)\"")
+#define SMEM(T, name, dims)                                                                              \
+    static_assert(std::is_trivially_default_constructible_v<std::remove_all_extents_t<T dims>> &&        \
+                      std::is_trivially_destructible_v<std::remove_all_extents_t<T dims>>,               \
+                  "shared memory holds trivially constructible types only");                            \
+    static thread_local ::emu::StaticSmemSlot name##_emu_slot;                                            \
+    T(&name) dims = *static_cast<T(*) dims>(::emu::static_smem(name##_emu_slot, sizeof(T dims), alignof(T dims)))
 #define DYN_SMEM(T, name) T* name = static_cast<T*>(::emu::dyn_smem())
 
 inline void __syncthreads() { ::emu::syncthreads(); }

@@ -1,10 +1,10 @@
 // Kernels that exercise the emulator itself (tests/emulator.rs). They are
 // compiled for the host only: several are wrong on purpose.
-#include "../common.cuh"
+#include "common.cuh"
 
 // Block-wide tree reduction in shared memory, then one atomicAdd per block.
 extern "C" __global__ void test_reduce_sum(const float* x, float* out, int n) {
-    __shared__ float buf[256];
+    SMEM(float, buf, [256]);
     float acc = 0.0f;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) acc += x[i];
     buf[threadIdx.x] = acc;
@@ -19,7 +19,7 @@ extern "C" __global__ void test_reduce_sum(const float* x, float* out, int n) {
 // The same reduction with the barriers forgotten: its result depends on the
 // order in which threads happen to run.
 extern "C" __global__ void test_reduce_sum_no_sync(const float* x, float* out, int n) {
-    __shared__ float buf[256];
+    SMEM(float, buf, [256]);
     float acc = 0.0f;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) acc += x[i];
     buf[threadIdx.x] = acc;
@@ -31,7 +31,7 @@ extern "C" __global__ void test_reduce_sum_no_sync(const float* x, float* out, i
 
 // Threads past `n` leave before the barrier the others wait at.
 extern "C" __global__ void test_early_return(float* out, int n) {
-    __shared__ float buf[256];
+    SMEM(float, buf, [256]);
     if ((int)threadIdx.x >= n) return;
     buf[threadIdx.x] = 1.0f;
     __syncthreads();
@@ -92,8 +92,8 @@ extern "C" __global__ void test_dyn_smem_probe(float* out, int per_thread) {
 
 // 16x16 shared-memory tiled matmul, c[n,n] = a[n,n] @ b[n,n]: the speed probe.
 extern "C" __global__ void test_matmul_tiled(float* c, const float* a, const float* b, int n) {
-    __shared__ float ta[16][16];
-    __shared__ float tb[16][16];
+    SMEM(float, ta, [16][16]);
+    SMEM(float, tb, [16][16]);
     int row = blockIdx.y * 16 + threadIdx.y, col = blockIdx.x * 16 + threadIdx.x;
     float acc = 0.0f;
     for (int k0 = 0; k0 < n; k0 += 16) {

@@ -1,21 +1,20 @@
 //! `dyntie bench`: counted (and measured) memory per tie pattern, and the
 //! training throughput with a per-op time breakdown.
 
-use crate::backend::kernels::KernelBackend;
-use crate::backend::profiled::{OpStat, ProfiledBackend};
-use crate::backend::{Backend, MemStats};
-use crate::cli::BenchArgs;
-use crate::commands::select_backend;
+use crate::cli::{BenchArgs, BenchWhat};
+use crate::commands::{select_backend, SelectedBackend};
 use crate::config::RunConfig;
-use crate::device::cuda::{self, CudaDevice};
-use crate::device::Device;
-use crate::model::{activation_bytes, Gpt2, Gpt2Config};
+use crate::cuda::Device;
+use crate::mem::MemStats;
+use crate::model::accounting::{format_memory_table, MemoryReport};
+use crate::model::{activation_bytes, Gpt2, ModelConfig};
+use crate::ops::profile::{OpStat, ProfiledBackend};
+use crate::ops::Backend;
 use crate::optim::AdamW;
 use crate::rng::HostRng;
-use crate::train::{initial_table, model_shape, tie_options};
-use crate::tying::accounting::{format_memory_table, MemoryReport};
+use crate::train::{initial_table, run_dir};
 use crate::tying::policy::TyingPolicy;
-use crate::tying::table::TieTable;
+use crate::tying::table::{TieGrad, TieTable};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -23,10 +22,10 @@ use std::time::Instant;
 
 /// `dyntie bench WHAT`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    match args.what.as_str() {
-        "memory" => memory(args),
-        "throughput" => throughput(args),
-        "compare" => {
+    match args.what {
+        BenchWhat::Memory => memory(args),
+        BenchWhat::Throughput => throughput(args),
+        BenchWhat::Compare => {
             println!(
                 "dyntie bench compare is a script: it runs this binary and the PyTorch baseline \
                  alternately on one config and prints the ratios:\n\n    \
@@ -35,45 +34,28 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        other => bail!("dyntie bench '{other}' is unknown: use memory, throughput or compare"),
     }
 }
 
-/// The model config of a bench run: the preset and flags; vocab 0 means GPT-2's.
-fn bench_model(cfg: &RunConfig) -> Gpt2Config {
-    let m = &cfg.model;
-    Gpt2Config {
-        n_layer: m.n_layer,
-        n_embd: m.n_embd,
-        n_head: m.n_head,
-        n_ctx: m.n_ctx,
-        vocab_size: if m.vocab_size == 0 {
-            50257
-        } else {
-            m.vocab_size
-        },
-        dropout: m.dropout,
-        bias: m.bias,
-    }
-}
+/// The vocabulary of a bench model when no --vocab is given: GPT-2's.
+const GPT2_VOCAB: usize = 50257;
 
 /// Counted training memory for each requested tie pattern.
 fn memory(args: &BenchArgs) -> Result<()> {
     let cfg = args.model.resolve()?;
     cfg.validate()?;
-    let mc = bench_model(&cfg);
+    let mc = cfg.model.with_default_vocab(GPT2_VOCAB);
     mc.validate()?;
-    let shape = model_shape(&mc);
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
-    let options = tie_options(&cfg)?;
+    let options = cfg.tie_options();
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
     let mut tables: Vec<TieTable> = Vec::new();
     let mut patterns = args.patterns.clone();
     if patterns.is_empty() && args.from_run.is_none() {
-        patterns = vec!["none".into(), "all".into()];
+        patterns = vec![TyingPolicy::None, TyingPolicy::All];
     }
-    for p in &patterns {
-        let policy = TyingPolicy::parse(p, mc.n_layer)?;
+    for policy in &patterns {
+        policy.check_blocks(mc.n_layer)?;
         if policy.is_dynamic() {
             bail!("--patterns: 'dynamic' has no fixed table; give --from-run DIR for a trained run's table");
         }
@@ -81,13 +63,13 @@ fn memory(args: &BenchArgs) -> Result<()> {
         let state = policy.initial_state(mc.n_layer, seed, options.init)?;
         let table = TieTable::from_state(&state, options)?;
         rows.push((
-            p.clone(),
-            MemoryReport::from_table(&shape, &table, false, acts),
+            policy.to_string(),
+            MemoryReport::from_table(&mc, &table, false, acts),
         ));
         tables.push(table);
     }
     if let Some(dir) = &args.from_run {
-        let ties = crate::metrics::read_jsonl(&dir.join("ties.jsonl"))?;
+        let ties = crate::metrics::read_jsonl(&dir.join(run_dir::TIES))?;
         let last = ties.last().with_context(|| {
             format!(
                 "{} has no tie decisions (ties.jsonl is empty or missing)",
@@ -112,7 +94,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         let table = TieTable::from_state(&state, options)?;
         rows.push((
             format!("run {}", dir.display()),
-            MemoryReport::from_table(&shape, &table, false, acts),
+            MemoryReport::from_table(&mc, &table, false, acts),
         ));
         tables.push(table);
     }
@@ -121,10 +103,13 @@ fn memory(args: &BenchArgs) -> Result<()> {
     let mut measured: Vec<Measured> = Vec::new();
     if args.measure {
         for table in tables {
-            let bb = open_backend(&cfg.backend)?;
-            let mut runner = StepRunner::new(bb.backend.clone(), &cfg, &mc, table, 1)?;
+            let selected = select_backend(cfg.backend)?;
+            let mut runner = StepRunner::new(selected.backend.clone(), &cfg, &mc, table, 1)?;
             runner.step()?;
-            measured.push(bb.measured(runner.model.backend().mem_stats()));
+            measured.push(measure_memory(
+                &selected,
+                runner.model.backend().mem_stats(),
+            ));
         }
     }
     if args.json {
@@ -178,55 +163,25 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
-/// A backend for a bench run; on CUDA also the device, for its free/total
-/// memory and its name (the MFU table).
-struct BenchBackend {
-    backend: Arc<dyn Backend>,
-    why: String,
-    cuda: Option<Arc<KernelBackend<CudaDevice>>>,
+/// The GPU's name (for the MFU table).
+fn gpu_name(selected: &SelectedBackend) -> Option<String> {
+    selected
+        .cuda
+        .as_ref()
+        .map(|c| c.device().description().to_string())
 }
 
-fn open_backend(name: &str) -> Result<BenchBackend> {
-    if name == "cuda" || (name == "auto" && cuda::driver_present()) {
-        match CudaDevice::new(0) {
-            Ok(dev) => {
-                let kb = Arc::new(KernelBackend::new(dev));
-                return Ok(BenchBackend {
-                    backend: kb.clone(),
-                    why: format!("backend cuda on {}", kb.device().description()),
-                    cuda: Some(kb),
-                });
-            }
-            Err(e) if name == "cuda" => return Err(e),
-            Err(_) => {} // auto: select_backend says why it fell back
-        }
-    }
-    let (backend, why) = select_backend(name)?;
-    Ok(BenchBackend {
-        backend,
-        why,
-        cuda: None,
-    })
-}
-
-impl BenchBackend {
-    fn gpu_name(&self) -> Option<String> {
-        self.cuda
-            .as_ref()
-            .map(|c| c.device().description().to_string())
-    }
-
-    fn measured(&self, stats: MemStats) -> Measured {
-        let (free, total) = match self.cuda.as_ref().map(|c| c.device().mem_info()) {
-            Some(Ok((f, t))) => (Some(f), Some(t)),
-            _ => (None, None),
-        };
-        Measured {
-            live_bytes: stats.live_bytes,
-            peak_bytes: stats.peak_bytes,
-            device_free_bytes: free,
-            device_total_bytes: total,
-        }
+/// The allocator's counts and, on CUDA, the device's free and total memory.
+fn measure_memory(selected: &SelectedBackend, stats: MemStats) -> Measured {
+    let (free, total) = match selected.cuda.as_ref().map(|c| c.device().mem_info()) {
+        Some(Ok((f, t))) => (Some(f), Some(t)),
+        _ => (None, None),
+    };
+    Measured {
+        live_bytes: stats.live_bytes,
+        peak_bytes: stats.peak_bytes,
+        device_free_bytes: free,
+        device_total_bytes: total,
     }
 }
 
@@ -265,7 +220,7 @@ impl StepRunner {
     fn new(
         backend: Arc<dyn Backend>,
         cfg: &RunConfig,
-        mc: &Gpt2Config,
+        mc: &ModelConfig,
         table: TieTable,
         data_seed: u64,
     ) -> Result<StepRunner> {
@@ -339,7 +294,7 @@ pub fn fp32_peak_tflops(gpu_name: &str) -> Option<f64> {
 /// LayerNorms and the embedding lookup are left out, as usual. With
 /// `--tie-grad frozen` tied blocks skip their weight gradients, so this
 /// overcounts their backward a little.
-pub fn flops_per_token(mc: &Gpt2Config) -> (u64, f64) {
+pub fn flops_per_token(mc: &ModelConfig) -> (u64, f64) {
     let (l, c, t, v) = (
         mc.n_layer as u64,
         mc.n_embd as u64,
@@ -356,10 +311,10 @@ pub struct ThroughputReport {
     pub backend: String,
     pub backend_description: String,
     pub threads: usize,
-    pub model: Gpt2Config,
+    pub model: ModelConfig,
     pub batch: usize,
-    pub tying: String,
-    pub tie_grad: String,
+    pub tying: TyingPolicy,
+    pub tie_grad: TieGrad,
     pub tie_state: Vec<usize>,
     /// Activation recomputation (`--recompute`).
     pub recompute: bool,
@@ -443,22 +398,22 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let mut cfg = args.model.resolve()?;
     // A bench times a fixed pattern; with no --tying that is the conventional model.
     if args.model.tying.is_none() {
-        cfg.tying.policy = "none".into();
+        cfg.tying.policy = TyingPolicy::None;
     }
     cfg.validate()?;
-    let mc = bench_model(&cfg);
+    let mc = cfg.model.with_default_vocab(GPT2_VOCAB);
     mc.validate()?;
-    let policy = TyingPolicy::parse(&cfg.tying.policy, mc.n_layer)?;
+    let policy = cfg.tying.policy.clone();
     if policy.is_dynamic() {
         bail!("--tying dynamic changes the table while training; benchmark a fixed pattern (none, all, every:K, pattern:...)");
     }
     let table = initial_table(&cfg, &policy, mc.n_layer)?;
     let tie_state = table.state().to_vec();
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
-    let counted = MemoryReport::from_table(&model_shape(&mc), &table, false, acts);
+    let counted = MemoryReport::from_table(&mc, &table, false, acts);
 
-    let bb = open_backend(&cfg.backend)?;
-    let profiled = Arc::new(ProfiledBackend::new(bb.backend.clone()));
+    let selected = select_backend(cfg.backend)?;
+    let profiled = Arc::new(ProfiledBackend::new(selected.backend.clone()));
     let mut runner = StepRunner::new(profiled.clone(), &cfg, &mc, table, 1)?;
     let mut losses = Vec::new();
     for _ in 0..args.warmup {
@@ -471,7 +426,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         step_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
     // Memory before profiling, so the report is the plain run's.
-    let measured = bb.measured(bb.backend.mem_stats());
+    let measured = measure_memory(&selected, selected.backend.mem_stats());
 
     // The breakdown: a separate profiled step (serialized after each op).
     let profiled_steps = 1;
@@ -516,17 +471,17 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let med = median(&step_ms);
     let tokens_per_s = tokens_per_step as f64 / (med / 1e3);
     let (flops_n, fpt) = flops_per_token(&mc);
-    let gpu = bb.gpu_name();
+    let gpu = gpu_name(&selected);
     let peak = gpu.as_deref().and_then(fp32_peak_tflops);
     let mfu = peak.map(|p| fpt * tokens_per_s / (p * 1e12));
     Ok(ThroughputReport {
-        backend: bb.backend.name().to_string(),
-        backend_description: bb.why.clone(),
+        backend: selected.backend.name().to_string(),
+        backend_description: selected.why.clone(),
         threads: rayon::current_num_threads(),
         model: mc.clone(),
         batch: cfg.train.batch,
         tying: cfg.tying.policy.clone(),
-        tie_grad: cfg.tying.tie_grad.clone(),
+        tie_grad: cfg.tying.tie_grad,
         tie_state,
         recompute: cfg.train.recompute,
         seed: cfg.train.seed,

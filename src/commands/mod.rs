@@ -1,130 +1,163 @@
-//! What each `dyntie` subcommand does, callable from tests as well as from
-//! `main.rs`.
+//! The `dyntie` subcommands, one file each, callable from tests as well as
+//! from `main.rs`; and what several of them share: choosing the backend,
+//! opening a trained run.
 
 pub mod bench;
-pub mod run;
+pub mod doctor;
+pub mod eval;
+pub mod experiment;
+pub mod export;
+pub mod prepare;
+pub mod sample;
+pub mod train;
 
 pub use bench::bench;
-pub use run::{eval, export, prepare, sample, train};
+pub use doctor::doctor;
+pub use eval::eval;
+pub use experiment::experiment;
+pub use export::export;
+pub use prepare::prepare;
+pub use sample::sample;
+pub use train::train;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::kernels::KernelBackend;
-use crate::backend::Backend;
-use crate::cli::DoctorArgs;
-use crate::device::cuda::{self, CudaDevice};
-use crate::device::emu::EmuDevice;
-use anyhow::{bail, Result};
+use crate::config::{BackendKind, RunConfig};
+use crate::cpu::CpuBackend;
+use crate::cuda::{self, CudaDevice, EmuDevice, KernelBackend};
+use crate::data::{Dataset, Tokenizer};
+use crate::model::Gpt2;
+use crate::ops::Backend;
+use crate::train::run_dir;
+use anyhow::Result;
+use std::path::Path;
 use std::sync::Arc;
 
-/// The backend a `--backend` flag names, and a sentence saying why it was
-/// chosen (printed as a run's first line).
-pub fn select_backend(name: &str) -> Result<(Arc<dyn Backend>, String)> {
-    match name {
-        "cpu" => Ok((
-            Arc::new(CpuBackend::new()),
-            "backend cpu (asked for with --backend cpu)".into(),
-        )),
-        "emu" => Ok((
-            Arc::new(KernelBackend::new(EmuDevice::new())),
-            "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower than cpu)"
-                .into(),
-        )),
-        "cuda" => {
+/// The backend a `--backend` flag names, and what the commands say or ask
+/// about it.
+pub struct SelectedBackend {
+    pub backend: Arc<dyn Backend>,
+    /// Which backend and why it was chosen (a run's first line).
+    pub why: String,
+    /// On CUDA, the kernel backend again with its device's type, for the
+    /// GPU's name and free memory.
+    pub cuda: Option<Arc<KernelBackend<CudaDevice>>>,
+    /// Under the emulator, the same.
+    pub emu: Option<Arc<KernelBackend<EmuDevice>>>,
+}
+
+impl SelectedBackend {
+    /// Turns on the synchronous debug mode of a kernel backend (as
+    /// `DYNTIE_SYNC_LAUNCHES=1` does): every launch waits for its kernel, so
+    /// the first that fails is named with its op and shapes. The CPU backend
+    /// has nothing to wait for.
+    pub fn sync_launches(&self) {
+        if let Some(k) = &self.cuda {
+            k.set_sync_launches(true);
+        }
+        if let Some(k) = &self.emu {
+            k.set_sync_launches(true);
+        }
+    }
+}
+
+/// The one place a `--backend` value becomes a backend.
+pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
+    let cpu = |why: String| SelectedBackend {
+        backend: Arc::new(CpuBackend::new()),
+        why,
+        cuda: None,
+        emu: None,
+    };
+    let gpu = |dev: CudaDevice, why: String| {
+        let kernels = Arc::new(KernelBackend::new(dev));
+        SelectedBackend {
+            backend: kernels.clone(),
+            why,
+            cuda: Some(kernels),
+            emu: None,
+        }
+    };
+    match kind {
+        BackendKind::Cpu => Ok(cpu("backend cpu (asked for with --backend cpu)".into())),
+        BackendKind::Emu => {
+            let kernels = Arc::new(KernelBackend::new(EmuDevice::new()));
+            Ok(SelectedBackend {
+                backend: kernels.clone(),
+                why: "backend emu: the CUDA kernels on the CPU emulator (for testing; much slower \
+                      than cpu)"
+                    .into(),
+                cuda: None,
+                emu: Some(kernels),
+            })
+        }
+        BackendKind::Cuda => {
             let dev = CudaDevice::new(0)?;
             let why = format!("backend cuda on {}", dev.description());
-            Ok((Arc::new(KernelBackend::new(dev)), why))
+            Ok(gpu(dev, why))
         }
-        "auto" => {
+        BackendKind::Auto => {
             if !cuda::driver_present() {
-                return Ok((
-                    Arc::new(CpuBackend::new()),
-                    "backend cpu (auto: no CUDA driver on this machine)".into(),
+                return Ok(cpu(
+                    "backend cpu (auto: no CUDA driver on this machine)".into()
                 ));
             }
             match CudaDevice::new(0) {
                 Ok(dev) => {
                     let why = format!("backend cuda (auto: found {})", dev.description());
-                    Ok((Arc::new(KernelBackend::new(dev)), why))
+                    Ok(gpu(dev, why))
                 }
-                Err(e) => Ok((
-                    Arc::new(CpuBackend::new()),
-                    format!("backend cpu (auto: CUDA unusable: {e:#})"),
-                )),
+                Err(e) => Ok(cpu(format!("backend cpu (auto: CUDA unusable: {e:#})"))),
             }
         }
-        other => bail!("--backend '{other}' is unknown: use auto, cpu, cuda or emu"),
     }
 }
 
-/// `dyntie doctor`: every kernel against the CPU reference on the GPU (or,
-/// with `--emu`, under the emulator), then a short training run on both.
-pub fn doctor(args: &DoctorArgs) -> Result<()> {
-    let reference = Arc::new(CpuBackend::new());
-    let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
-        println!("dyntie doctor: checking the kernels under the CPU emulator");
-        (Arc::new(KernelBackend::new(EmuDevice::new())), false)
-    } else {
-        println!("kernels in this build: {}", cuda::gpu_build_info());
-        match CudaDevice::new(0) {
-            Ok(dev) => {
-                println!("dyntie doctor: checking {}", dev.description());
-                (Arc::new(KernelBackend::new(dev)), true)
-            }
-            Err(e) if args.allow_no_gpu => {
-                println!("dyntie doctor: no GPU to check ({e:#}); exiting 0 (--allow-no-gpu)");
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(e.context("dyntie doctor needs a GPU (--allow-no-gpu exits 0 without one, --emu checks the emulator)"))
-            }
-        }
-    };
-    let results = crate::doctor::check_kernels(reference.as_ref(), candidate.as_ref(), gpu);
-    print!("{}", crate::conformance::format_results(&results));
-    let kernel_failures = results.iter().filter(|r| !r.passed).count();
+/// The resolved config and the trained model of a run folder.
+pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Gpt2)> {
+    let cfg = run_dir::load_config(dir, "--run")?;
+    let selected = select_backend(backend.unwrap_or(cfg.backend))?;
+    let model = crate::train::load_model(dir, &cfg, selected.backend)?;
+    Ok((cfg, model))
+}
 
-    // The training run, then a shorter one with activation recomputation
-    // (on both backends: on the CPU it is bit for bit the plain run).
-    let plain = crate::doctor::doctor_training_config();
-    let mut recompute = plain.clone();
-    recompute.train.recompute = true;
-    recompute.train.steps = 10;
-    const TRAIN_TOL: f64 = 1e-4;
-    let mut train_ok = true;
-    for (what, cfg) in [
-        ("training check", plain),
-        ("training check, --recompute", recompute),
-    ] {
-        let scratch = std::env::temp_dir().join(format!("dyntie-doctor-{}", std::process::id()));
-        let cmp =
-            crate::doctor::compare_training(&cfg, reference.clone(), candidate.clone(), &scratch);
-        let _ = std::fs::remove_dir_all(&scratch);
-        train_ok &= match &cmp {
-            Ok(c) => {
-                println!(
-                    "{what}: {} steps, {} tie decisions; max relative loss difference {:.2e} (tolerance {TRAIN_TOL:.0e}); decisions {}; final loss cpu {:.5} vs kernels {:.5}",
-                    c.steps,
-                    c.decisions,
-                    c.max_rel_diff,
-                    if c.same_decisions { "identical" } else { "DIFFER" },
-                    c.reference.last().copied().unwrap_or(f64::NAN),
-                    c.candidate.last().copied().unwrap_or(f64::NAN),
-                );
-                c.agrees(TRAIN_TOL)
-            }
-            Err(e) => {
-                println!("{what}: ERROR {e:#}");
-                false
-            }
-        };
+/// The tokenizer of the dataset a run trained on; `None` for the synthetic
+/// corpus, whose ids are not text.
+fn tokenizer_of(cfg: &RunConfig) -> Result<Option<Tokenizer>> {
+    match cfg.data.prepared_dir() {
+        Some(dir) => Ok(Dataset::open(dir)?.tokenizer),
+        None => Ok(None),
     }
-    println!(
-        "summary: kernels {} passed, {kernel_failures} failed; training {}",
-        results.len() - kernel_failures,
-        if train_ok { "agrees" } else { "DISAGREES" }
-    );
-    if kernel_failures > 0 || !train_ok {
-        bail!("dyntie doctor found problems (see the table above)");
+}
+
+/// The index of the largest value (the first of equal ones).
+fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate() {
+        if *x > xs[best] {
+            best = i;
+        }
     }
-    Ok(())
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_mode_reaches_the_selected_kernel_backend() {
+        let selected = select_backend(BackendKind::Emu).unwrap();
+        let emu = selected.emu.clone().expect("the emulator's kernel backend");
+        // Off unless DYNTIE_SYNC_LAUNCHES is set (it is not, in the tests).
+        assert_eq!(
+            emu.sync_launches(),
+            std::env::var(cuda::backend::SYNC_LAUNCHES_ENV)
+                .is_ok_and(|v| !v.is_empty() && v != "0")
+        );
+        selected.sync_launches();
+        assert!(emu.sync_launches());
+        // The CPU backend has no kernels to wait for.
+        let cpu = select_backend(BackendKind::Cpu).unwrap();
+        assert!(cpu.cuda.is_none() && cpu.emu.is_none());
+        cpu.sync_launches();
+    }
 }

@@ -19,11 +19,20 @@ pub use prepare::{
     PrepareSummary, WordCount,
 };
 pub use synthetic::{Synthetic, SyntheticConfig};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, TokenizerKind};
 pub use tokfile::TokenFile;
 
 use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 use std::path::Path;
+
+/// A held-out split, the ones evaluation reads (`--split`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    Valid,
+    Test,
+}
+crate::choice_text!(Split, "split");
 
 /// A dataset's three splits and, for text corpora, its tokenizer.
 #[derive(Clone, Debug)]
@@ -62,8 +71,7 @@ impl Dataset {
                 prepare::META_VERSION
             );
         }
-        let tokenizer = Tokenizer::from_name(&meta.tokenizer)
-            .with_context(|| format!("in {}", meta_path.display()))?;
+        let tokenizer = Tokenizer::new(meta.tokenizer);
         let counts = [meta.tokens.train, meta.tokens.valid, meta.tokens.test];
         let mut sources = Vec::new();
         for (split, count) in prepare::SPLITS.iter().zip(counts) {
@@ -89,6 +97,14 @@ impl Dataset {
             valid,
             test,
         })
+    }
+
+    /// The tokens of a held-out split.
+    pub fn held_out(&self, split: Split) -> TokenSource {
+        match split {
+            Split::Valid => self.valid.clone(),
+            Split::Test => self.test.clone(),
+        }
     }
 
     /// Generate the synthetic corpus in memory.

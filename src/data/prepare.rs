@@ -22,9 +22,10 @@
 //!
 //! The separator is `<|endoftext|>` for GPT-2 and `\n` for bytes.
 
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{Tokenizer, TokenizerKind};
 use super::tokfile::{write_atomic, write_tokens, TokenWriter};
 use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,39 +35,18 @@ use std::time::Instant;
 pub const SPLITS: [&str; 3] = ["train", "valid", "test"];
 pub const META_VERSION: u32 = 1;
 
-/// The corpus layouts `prepare` understands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The corpus layouts `prepare` understands (`--dataset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Corpus {
+    #[value(name = "wikitext-2")]
     WikiText2,
+    #[value(name = "wikitext-103")]
     WikiText103,
     Lambada,
     Lm1b,
     Text,
 }
-
-impl Corpus {
-    pub fn from_name(name: &str) -> Result<Corpus> {
-        Ok(match name {
-            "wikitext-2" => Corpus::WikiText2,
-            "wikitext-103" => Corpus::WikiText103,
-            "lambada" => Corpus::Lambada,
-            "lm1b" => Corpus::Lm1b,
-            "text" => Corpus::Text,
-            other => bail!(
-                "unknown dataset '{other}': use wikitext-2, wikitext-103, lambada, lm1b or text"
-            ),
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Corpus::WikiText2 => "wikitext-2",
-            Corpus::WikiText103 => "wikitext-103",
-            Corpus::Lambada => "lambada",
-            Corpus::Lm1b => "lm1b",
-            Corpus::Text => "text",
-        }
-    }
-}
+crate::choice_text!(Corpus, "dataset");
 
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
@@ -101,7 +81,7 @@ pub struct SplitCounts {
 pub struct Meta {
     pub format_version: u32,
     pub dataset: String,
-    pub tokenizer: String,
+    pub tokenizer: TokenizerKind,
     pub vocab_size: usize,
     pub tokens: SplitCounts,
     pub sources: Vec<SourceFile>,
@@ -127,7 +107,7 @@ pub fn prepare(
         bail!(
             "input {} does not exist; give the {} folder or file",
             input.display(),
-            corpus.name()
+            corpus
         );
     }
     let mut sources = Vec::new();
@@ -142,7 +122,7 @@ pub fn prepare(
                         "{}: no wiki.train.tokens or wiki.train.raw; give the folder of the \
                          extracted {} archive",
                         input.display(),
-                        corpus.name()
+                        corpus
                     )
                 })?;
             let mut out = Vec::new();
@@ -180,8 +160,8 @@ pub fn prepare(
 
     let meta = Meta {
         format_version: META_VERSION,
-        dataset: corpus.name().to_string(),
-        tokenizer: tokenizer.name().to_string(),
+        dataset: corpus.to_string(),
+        tokenizer: tokenizer.kind(),
         vocab_size: vocab,
         tokens: SplitCounts {
             train: counts[0],

@@ -1,6 +1,7 @@
 //! Tokenizers: GPT-2 BPE (r50k_base, via `tiktoken-rs`, offline) and bytes.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use clap::ValueEnum;
 use rayon::prelude::*;
 use tiktoken_rs::CoreBPE;
 
@@ -11,7 +12,19 @@ const GPT2_VOCAB: usize = 50257;
 /// Texts larger than this are cut into chunks that are encoded in parallel.
 const CHUNK_BYTES: usize = 1 << 16;
 
-/// A tokenizer, chosen by name (`gpt2` / `r50k_base`, or `byte`).
+/// Which tokenizer (`--tokenizer`, and `tokenizer` in `meta.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TokenizerKind {
+    /// GPT-2's byte-level BPE (r50k_base).
+    #[value(alias = "r50k_base")]
+    Gpt2,
+    /// One token per UTF-8 byte.
+    #[value(alias = "bytes")]
+    Byte,
+}
+crate::choice_text!(TokenizerKind, "tokenizer");
+
+/// A tokenizer, ready to encode.
 #[derive(Clone)]
 pub enum Tokenizer {
     /// GPT-2 byte-level BPE. The ranks table is built once per process.
@@ -22,29 +35,35 @@ pub enum Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        write!(f, "{}", self.kind())
+    }
+}
+
+/// A tokenizer by name: `gpt2` (alias `r50k_base`) or `byte`.
+impl std::str::FromStr for Tokenizer {
+    type Err = anyhow::Error;
+    fn from_str(name: &str) -> Result<Tokenizer> {
+        Ok(Tokenizer::new(name.parse()?))
     }
 }
 
 impl Tokenizer {
+    pub fn new(kind: TokenizerKind) -> Tokenizer {
+        match kind {
+            TokenizerKind::Gpt2 => Tokenizer::gpt2(),
+            TokenizerKind::Byte => Tokenizer::Byte,
+        }
+    }
+
     pub fn gpt2() -> Tokenizer {
         Tokenizer::Gpt2(tiktoken_rs::r50k_base_singleton())
     }
 
-    /// Parse a tokenizer name: `gpt2` (alias `r50k_base`) or `byte`.
-    pub fn from_name(name: &str) -> Result<Tokenizer> {
-        match name {
-            "gpt2" | "r50k_base" => Ok(Tokenizer::gpt2()),
-            "byte" | "bytes" => Ok(Tokenizer::Byte),
-            other => bail!("unknown tokenizer '{other}': use 'gpt2' or 'byte'"),
-        }
-    }
-
-    /// The canonical name, as written in `meta.json`.
-    pub fn name(&self) -> &'static str {
+    /// Which tokenizer this is, as written in `meta.json`.
+    pub fn kind(&self) -> TokenizerKind {
         match self {
-            Tokenizer::Gpt2(_) => "gpt2",
-            Tokenizer::Byte => "byte",
+            Tokenizer::Gpt2(_) => TokenizerKind::Gpt2,
+            Tokenizer::Byte => TokenizerKind::Byte,
         }
     }
 
@@ -133,7 +152,7 @@ mod tests {
 
     #[test]
     fn gpt2_known_ids_and_vocab() {
-        let t = Tokenizer::from_name("gpt2").unwrap();
+        let t = "gpt2".parse::<Tokenizer>().unwrap();
         assert_eq!(t.encode("Hello world"), vec![15496, 995]);
         assert_eq!(t.vocab_size(), 50257);
         assert_eq!(t.decode(&[GPT2_EOT]).unwrap(), "<|endoftext|>");
@@ -142,7 +161,8 @@ mod tests {
 
     #[test]
     fn unknown_name_is_an_error() {
-        let e = Tokenizer::from_name("sentencepiece")
+        let e = "sentencepiece"
+            .parse::<Tokenizer>()
             .unwrap_err()
             .to_string();
         assert!(e.contains("gpt2"), "{e}");
@@ -152,7 +172,7 @@ mod tests {
     fn round_trips() {
         let text = "Ünïcödé   text,\n\n\n  with  'quotes' it's 3.14 <|endoftext|> \t end \n";
         for name in ["gpt2", "byte"] {
-            let t = Tokenizer::from_name(name).unwrap();
+            let t = name.parse::<Tokenizer>().unwrap();
             let ids = t.encode(text);
             assert!(ids.iter().all(|&i| (i as usize) < t.vocab_size()));
             assert_eq!(t.decode(&ids).unwrap(), text, "{name}");

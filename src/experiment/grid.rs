@@ -29,7 +29,7 @@
 //! directory). The runner adds `--seed N --out DIR` itself.
 
 use crate::cli::{Cli, Command};
-use crate::config::RunConfig;
+use crate::config::{BackendKind, RunConfig};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
@@ -114,10 +114,7 @@ impl PlannedRun {
         let Command::Train(args) = cli.command else {
             unreachable!("the argument list starts with train")
         };
-        let cfg = args.resolve()?;
-        // The policy is otherwise only checked when training starts.
-        crate::tying::policy::TyingPolicy::parse(&cfg.tying.policy, cfg.model.n_layer)?;
-        Ok(cfg)
+        args.resolve()
     }
 }
 
@@ -318,14 +315,11 @@ fn check_seeds(seeds: &[u64], what: &str) -> Result<()> {
 /// policy ignores the agent's settings.
 pub fn result_defining(cfg: &RunConfig) -> toml::Table {
     let mut c = cfg.clone();
-    c.backend = String::new();
+    c.backend = BackendKind::Auto;
     c.train.recompute = false;
     c.train.checkpoint_every = 0;
     let mut table = toml::Table::try_from(&c).expect("a RunConfig always serializes");
-    let is_static = crate::tying::policy::TyingPolicy::parse(&c.tying.policy, c.model.n_layer)
-        .map(|p| !p.is_dynamic())
-        .unwrap_or(false);
-    if is_static {
+    if !c.tying.policy.is_dynamic() {
         if let Some(toml::Value::Table(t)) = table.get_mut("tying") {
             for k in ["init_ties", "agent_k", "param_cost", "agent_input"] {
                 t.remove(k);
@@ -468,7 +462,7 @@ seeds = [3]
         let mut recorded = planned.clone();
         recorded.model.vocab_size = 512;
         recorded.train.checkpoint_every = 250;
-        recorded.backend = "cuda".into();
+        recorded.backend = BackendKind::Cuda;
         // A static policy does not use the agent's settings.
         recorded.tying.agent_k = 9;
         assert!(config_differences(&recorded, &planned).is_empty());

@@ -24,7 +24,6 @@ pub mod grid;
 pub mod results;
 pub mod summary;
 
-use crate::cli::ExperimentArgs;
 use crate::commands::select_backend;
 use crate::config::RunConfig;
 use crate::metrics::utc_timestamp;
@@ -178,10 +177,11 @@ pub fn run_grid(grid: &Grid, opts: &Options) -> Result<Outcome> {
 /// Trains one run to its end in this process and records the segment.
 fn train_one(run: &PlannedRun, state: &RunState, verbose: bool) -> Result<()> {
     let cfg = run.resolve()?;
-    let (backend, why) = select_backend(&cfg.backend)?;
+    let selected = select_backend(cfg.backend)?;
     if verbose {
-        println!("{why}");
+        println!("{}", selected.why);
     }
+    let backend = selected.backend;
     let started = utc_timestamp();
     let (t0, cpu0) = (Instant::now(), process_cpu_seconds());
     let (mut trainer, command) = match state {
@@ -230,38 +230,5 @@ fn train_one(run: &PlannedRun, state: &RunState, verbose: bool) -> Result<()> {
         s.unique_blocks,
         t0.elapsed().as_secs_f64() / 60.0
     );
-    Ok(())
-}
-
-/// `dyntie experiment`.
-pub fn command(args: &ExperimentArgs) -> Result<()> {
-    let grid = Grid::load(&args.grid)?;
-    let opts = Options {
-        dry_run: args.dry_run,
-        summary_only: args.summary_only,
-        max_runs: args.max_runs,
-        verbose: !args.quiet,
-    };
-    let out = run_grid(&grid, &opts)?;
-    println!(
-        "{} of {} runs finished; {} left",
-        out.results.len(),
-        grid.runs.len(),
-        out.unfinished.len()
-    );
-    for f in &out.written {
-        println!("wrote {}", f.display());
-    }
-    if !out.failed.is_empty() {
-        bail!(
-            "{} run(s) failed: {}",
-            out.failed.len(),
-            out.failed
-                .iter()
-                .map(|(id, e)| format!("{id} ({e})"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
     Ok(())
 }

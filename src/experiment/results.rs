@@ -6,9 +6,8 @@
 use super::grid::PlannedRun;
 use crate::config::RunConfig;
 use crate::metrics::read_jsonl;
-use crate::model::{BlockLayout, Gpt2Config};
+use crate::model::BlockLayout;
 use crate::tying::agent::TieRecord;
-use crate::tying::policy::TyingPolicy;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -141,16 +140,7 @@ impl RunResult {
         let mean =
             |k: &str| train.iter().map(|r| int(r, k) as f64).sum::<f64>() / train.len() as f64;
         let m = &cfg.model;
-        let block_params = BlockLayout::new(&Gpt2Config {
-            n_layer: m.n_layer,
-            n_embd: m.n_embd,
-            n_head: m.n_head,
-            n_ctx: m.n_ctx,
-            vocab_size: m.vocab_size,
-            dropout: m.dropout,
-            bias: m.bias,
-        })
-        .len();
+        let block_params = BlockLayout::new(m).len();
         let trainable_blocks_end = int(last, "trainable_blocks") as usize;
         let segments: Vec<Segment> = read_jsonl(&dir.join("provenance.jsonl"))?
             .into_iter()
@@ -174,7 +164,7 @@ impl RunResult {
             variant: run.variant.clone(),
             seed: run.seed,
             dir: dir.display().to_string(),
-            policy: cfg.tying.policy.clone(),
+            policy: cfg.tying.policy.to_string(),
             steps,
             tokens: int(last, "tokens"),
             valid_ppl: eval("valid")?,
@@ -204,11 +194,11 @@ impl RunResult {
 /// Counts over `ties.jsonl` (`None` for a static policy).
 fn tie_stats(dir: &Path, cfg: &RunConfig) -> Result<Option<TieStats>> {
     let n = cfg.model.n_layer;
-    let policy = TyingPolicy::parse(&cfg.tying.policy, n)?;
+    let policy = &cfg.tying.policy;
     if !policy.is_dynamic() {
         return Ok(None);
     }
-    let mut state = crate::train::initial_table(cfg, &policy, n)?
+    let mut state = crate::train::initial_table(cfg, policy, n)?
         .state()
         .to_vec();
     let mut s = TieStats {

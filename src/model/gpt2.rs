@@ -19,9 +19,14 @@
 //! LayerNorms) accumulate into it after the branch has consumed it.
 
 use super::plan::{ActivationPlan, Region};
-use super::{BlockLayout, GlobalLayout, Gpt2Config};
+use super::{BlockLayout, GlobalLayout, ModelConfig};
 use crate::autograd::{self, Param, Tape, Var};
-use crate::backend::{AttnShape, Backend, Buffer, View};
+use crate::mem::{Buffer, DType, View};
+use crate::ops::attention::AttnShape;
+use crate::ops::elementwise::{Add, Fill};
+use crate::ops::loss::SoftmaxXent;
+use crate::ops::matmul::{MatmulBwd, MatmulFwd};
+use crate::ops::{Backend, BackendExt};
 use crate::rng::HostRng;
 use crate::tying::slots::{Slot, SlotStore};
 use crate::tying::table::{TieEffect, TieOptions, TieTable};
@@ -43,7 +48,7 @@ struct Arena {
 
 pub struct Gpt2 {
     backend: Arc<dyn Backend>,
-    cfg: Gpt2Config,
+    cfg: ModelConfig,
     block: BlockLayout,
     global: GlobalLayout,
     globals: Slot,
@@ -67,7 +72,7 @@ enum Mode {
 impl Gpt2 {
     /// A model with every block on its own slot, initialized from `seed`
     /// (see [`Gpt2::init`]).
-    pub fn new(backend: Arc<dyn Backend>, cfg: Gpt2Config, seed: u64) -> Result<Self> {
+    pub fn new(backend: Arc<dyn Backend>, cfg: ModelConfig, seed: u64) -> Result<Self> {
         let table = TieTable::new(cfg.n_layer.max(1), TieOptions::default())?;
         Self::with_table(backend, cfg, seed, table)
     }
@@ -76,7 +81,7 @@ impl Gpt2 {
     /// are allocated), initialized from `seed` (see [`Gpt2::init`]).
     pub fn with_table(
         backend: Arc<dyn Backend>,
-        cfg: Gpt2Config,
+        cfg: ModelConfig,
         seed: u64,
         table: TieTable,
     ) -> Result<Self> {
@@ -94,7 +99,7 @@ impl Gpt2 {
         let zero_bias = if cfg.bias {
             None
         } else {
-            Some(backend.alloc_f32(cfg.n_embd)?)
+            Some(backend.alloc(DType::F32, cfg.n_embd)?)
         };
         let model = Gpt2 {
             backend,
@@ -112,7 +117,7 @@ impl Gpt2 {
         Ok(model)
     }
 
-    pub fn config(&self) -> &Gpt2Config {
+    pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
@@ -196,13 +201,13 @@ impl Gpt2 {
             host
         };
         let host = fill(self.global.entries(), self.global.len());
-        self.backend.upload_f32(self.globals.params.f32(), &host)?;
+        self.backend.upload(self.globals.params.view(), &host)?;
         let table = self.slots.table();
         for layer in 0..self.cfg.n_layer {
             let host = fill(self.block.entries(), self.block.len());
             if table.owner(table.slot_of(layer)) == Some(layer) {
                 self.backend
-                    .upload_f32(self.slots.slot_of(layer).params.f32(), &host)?;
+                    .upload(self.slots.slot_of(layer).params.view(), &host)?;
             }
         }
         Ok(())
@@ -210,9 +215,11 @@ impl Gpt2 {
 
     /// Zeroes the gradients of the globals and of every live slot.
     pub fn zero_grads(&self) -> Result<()> {
-        self.backend.fill(self.globals.grads.f32(), 0.0)?;
-        for (_, slot) in self.slots.live_slots() {
-            self.backend.fill(slot.grads.f32(), 0.0)?;
+        for grads in std::iter::once(&self.globals).chain(self.slots.live_slots().map(|(_, s)| s)) {
+            self.backend.run(Fill {
+                dst: grads.grads.view(),
+                value: 0.0,
+            })?;
         }
         Ok(())
     }
@@ -273,7 +280,7 @@ impl Gpt2 {
         let batch = tokens.len() / seq;
         self.forward(tokens, None, batch, seq, Mode::Eval)?;
         let arena = self.arena.as_ref().expect("forward planned the arena");
-        let logits = arena.plan.logits.f32(arena.acts.f32());
+        let logits = arena.plan.logits.f32(arena.acts.view());
         let v = self.cfg.vocab_size;
         let mut out = Vec::with_capacity(batch * v);
         for b in 0..batch {
@@ -282,13 +289,20 @@ impl Gpt2 {
                 // The chunked head computed nothing without targets: the
                 // last row's logits alone, into the chunk buffer.
                 let c = self.cfg.n_embd;
-                let x = arena.plan.lnf.f32(arena.acts.f32()).slice(last * c, c);
-                let wte = self.global.view(self.globals.params.f32(), "wte");
-                self.backend
-                    .matmul_fwd(logits.slice(0, v), x, wte, None, 1, c, v)?;
-                out.extend(self.backend.download_f32(logits.slice(0, v))?);
+                let x = arena.plan.lnf.f32(arena.acts.view()).slice(last * c, c);
+                let wte = self.global.view(self.globals.params.view(), "wte");
+                self.backend.run(MatmulFwd {
+                    out: logits.slice(0, v),
+                    inp: x,
+                    weight: wte,
+                    bias: None,
+                    rows: 1,
+                    in_ch: c,
+                    out_ch: v,
+                })?;
+                out.extend(self.backend.download::<f32>(logits.slice(0, v))?);
             } else {
-                out.extend(self.backend.download_f32(logits.slice(last * v, v))?);
+                out.extend(self.backend.download::<f32>(logits.slice(last * v, v))?);
             }
         }
         Ok(out)
@@ -303,7 +317,7 @@ impl Gpt2 {
             "the full logits are not kept with activation recomputation (the loss head goes by row chunks); turn it off with set_recompute(false)"
         );
         self.backend
-            .download_f32(arena.plan.logits.f32(arena.acts.f32()))
+            .download(arena.plan.logits.f32(arena.acts.view()))
     }
 
     // ---- named parameters -------------------------------------------------
@@ -327,11 +341,11 @@ impl Gpt2 {
     }
 
     /// The parameter and gradient views of a named parameter.
-    fn resolve(&self, name: &str) -> Result<(View<f32>, View<f32>)> {
+    fn resolve(&self, name: &str) -> Result<(View, View)> {
         if let Some(e) = self.global.get(name) {
             return Ok((
-                e.view(self.globals.params.f32()),
-                e.view(self.globals.grads.f32()),
+                e.view(self.globals.params.view()),
+                e.view(self.globals.grads.view()),
             ));
         }
         let unknown = || format!("unknown parameter name {name:?} (see Gpt2::param_names)");
@@ -341,15 +355,15 @@ impl Gpt2 {
         ensure!(layer < self.cfg.n_layer, "{}", unknown());
         let e = self.block.get(field).with_context(unknown)?;
         let slot = self.slots.slot_of(layer);
-        Ok((e.view(slot.params.f32()), e.view(slot.grads.f32())))
+        Ok((e.view(slot.params.view()), e.view(slot.grads.view())))
     }
 
     pub fn read_param(&self, name: &str) -> Result<Vec<f32>> {
-        self.backend.download_f32(self.resolve(name)?.0)
+        self.backend.download(self.resolve(name)?.0)
     }
 
     pub fn read_grad(&self, name: &str) -> Result<Vec<f32>> {
-        self.backend.download_f32(self.resolve(name)?.1)
+        self.backend.download(self.resolve(name)?.1)
     }
 
     pub fn write_param(&self, name: &str, data: &[f32]) -> Result<()> {
@@ -360,7 +374,7 @@ impl Gpt2 {
             view.len,
             data.len()
         );
-        self.backend.upload_f32(view, data)
+        self.backend.upload(view, data)
     }
 
     // ---- the forward pass -------------------------------------------------
@@ -386,9 +400,9 @@ impl Gpt2 {
     /// Sums the per-position losses of the last forward pass.
     fn sum_losses(&self, targets: &[u32]) -> Result<(f64, usize)> {
         let arena = self.arena.as_ref().expect("forward planned the arena");
-        let losses = self
+        let losses: Vec<f32> = self
             .backend
-            .download_f32(arena.plan.losses.f32(arena.acts.f32()))?;
+            .download(arena.plan.losses.f32(arena.acts.view()))?;
         let mut sum = 0f64;
         let mut count = 0;
         for (&l, &t) in losses.iter().zip(targets) {
@@ -410,8 +424,8 @@ impl Gpt2 {
         // Free the old arenas first so the peak is the larger of the two.
         self.arena = None;
         let plan = ActivationPlan::new(&self.cfg, batch, seq, self.recompute);
-        let acts = self.backend.alloc_f32(plan.act_len)?;
-        let grads = self.backend.alloc_f32(plan.grad_len)?;
+        let acts = self.backend.alloc(DType::F32, plan.act_len)?;
+        let grads = self.backend.alloc(DType::F32, plan.grad_len)?;
         self.arena = Some(Arena { plan, acts, grads });
         Ok(())
     }
@@ -464,7 +478,7 @@ impl Gpt2 {
         let be = self.backend.as_ref();
         let arena = self.arena.as_ref().expect("arena planned");
         let plan = &arena.plan;
-        let (acts, grads) = (arena.acts.f32(), arena.grads.f32());
+        let (acts, grads) = (arena.acts.view(), arena.grads.view());
         let act = |r: Region| r.f32(acts);
         let grad = |r: Region| r.f32(grads);
         let (b, t, c) = (plan.batch, plan.seq, self.cfg.n_embd);
@@ -489,10 +503,10 @@ impl Gpt2 {
         };
 
         let tok = plan.tokens.u32(acts);
-        be.upload_u32(tok, tokens)?;
+        be.upload(tok, tokens)?;
         let gp = |name: &str| Param {
-            val: self.global.view(self.globals.params.f32(), name),
-            grad: Some(self.global.view(self.globals.grads.f32(), name)),
+            val: self.global.view(self.globals.params.view(), name),
+            grad: Some(self.global.view(self.globals.grads.view(), name)),
         };
         let (wte, wpe) = (gp("wte"), gp("wpe"));
 
@@ -515,7 +529,7 @@ impl Gpt2 {
         for (layer, la) in plan.layers.iter().enumerate() {
             let slot = self.slots.slot_of(layer);
             let want_grad = self.slots.grad_enabled(layer);
-            let (pv, gv) = (slot.params.f32(), slot.grads.f32());
+            let (pv, gv) = (slot.params.view(), slot.grads.view());
             let p = |name: &str| Param {
                 val: self.block.view(pv, name),
                 grad: want_grad.then(|| self.block.view(gv, name)),
@@ -599,7 +613,7 @@ impl Gpt2 {
         if plan.recompute {
             if let Some(targets) = targets {
                 let tgt = plan.targets.u32(acts);
-                be.upload_u32(tgt, targets)?;
+                be.upload(tgt, targets)?;
                 self.chunked_head_and_loss(plan, acts, grads, lnf, wte, tgt, mode)?;
             }
             // Recorded last, so it runs first; g_lnf already holds the head's
@@ -616,22 +630,22 @@ impl Gpt2 {
 
         if let Some(targets) = targets {
             let tgt = plan.targets.u32(acts);
-            be.upload_u32(tgt, targets)?;
+            be.upload(tgt, targets)?;
             let (dlogits, scale) = match mode {
                 Mode::Train { grad_scale, .. } => (Some(logits.val), grad_scale),
                 Mode::Eval => (None, 1.0),
             };
             let losses = act(plan.losses);
-            be.softmax_xent(
+            be.run(SoftmaxXent {
                 losses,
                 dlogits,
-                logits.val,
-                tgt,
-                n,
+                logits: logits.val,
+                targets: tgt,
+                rows: n,
                 vocab,
-                IGNORE_INDEX,
-                scale,
-            )?;
+                ignore_index: IGNORE_INDEX,
+                grad_scale: scale,
+            })?;
         }
         // Recorded last, so it runs first: the global gradients start at zero.
         autograd::zero_grad(tape, grad(plan.g_globals));
@@ -647,11 +661,11 @@ impl Gpt2 {
     fn chunked_head_and_loss(
         &self,
         plan: &ActivationPlan,
-        acts: View<f32>,
-        grads: View<f32>,
+        acts: View,
+        grads: View,
         lnf: Var,
         wte: Param,
-        tgt: View<u32>,
+        tgt: View,
         mode: Mode,
     ) -> Result<()> {
         let be = self.backend.as_ref();
@@ -662,7 +676,10 @@ impl Gpt2 {
         };
         let g_lnf = plan.g_lnf.f32(grads);
         if train_scale.is_some() {
-            be.fill(g_lnf, 0.0)?;
+            be.run(Fill {
+                dst: g_lnf,
+                value: 0.0,
+            })?;
         }
         let losses = plan.losses.f32(acts);
         let mut r0 = 0;
@@ -670,29 +687,37 @@ impl Gpt2 {
             let rows = plan.head_rows.min(n - r0);
             let logits = plan.logits.f32(acts).slice(0, rows * vocab);
             let x = lnf.val.slice(r0 * c, rows * c);
-            be.matmul_fwd(logits, x, wte.val, None, rows, c, vocab)?;
-            be.softmax_xent(
-                losses.slice(r0, rows),
-                train_scale.map(|_| logits),
+            be.run(MatmulFwd {
+                out: logits,
+                inp: x,
+                weight: wte.val,
+                bias: None,
+                rows,
+                in_ch: c,
+                out_ch: vocab,
+            })?;
+            be.run(SoftmaxXent {
+                losses: losses.slice(r0, rows),
+                dlogits: train_scale.map(|_| logits),
                 logits,
-                tgt.slice(r0, rows),
+                targets: tgt.slice(r0, rows),
                 rows,
                 vocab,
-                IGNORE_INDEX,
-                train_scale.unwrap_or(1.0),
-            )?;
+                ignore_index: IGNORE_INDEX,
+                grad_scale: train_scale.unwrap_or(1.0),
+            })?;
             if train_scale.is_some() {
-                be.matmul_bwd(
-                    Some(g_lnf.slice(r0 * c, rows * c)),
-                    wte.grad,
-                    None,
-                    logits,
-                    x,
-                    wte.val,
+                be.run(MatmulBwd {
+                    dinp: Some(g_lnf.slice(r0 * c, rows * c)),
+                    dweight: wte.grad,
+                    dbias: None,
+                    dout: logits,
+                    inp: x,
+                    weight: wte.val,
                     rows,
-                    c,
-                    vocab,
-                )?;
+                    in_ch: c,
+                    out_ch: vocab,
+                })?;
             }
             r0 += rows;
         }
@@ -706,7 +731,7 @@ impl Gpt2 {
                 .zero_bias
                 .as_ref()
                 .expect("a model without biases has a zero bias buffer")
-                .f32(),
+                .view(),
             grad: None,
         })
     }
@@ -742,22 +767,22 @@ struct BlockRun {
     x: Var,
     ln1: Var,
     /// LayerNorm mean and rstd, saved for its backward.
-    ln1_stats: (View<f32>, View<f32>),
+    ln1_stats: (View, View),
     qkv: Var,
-    att: View<f32>,
-    att_scratch: View<f32>,
+    att: View,
+    att_scratch: View,
     atty: Var,
     /// The attention branch before dropout (only with dropout).
     attn_pre: Option<Var>,
     x_mid: Var,
     ln2: Var,
-    ln2_stats: (View<f32>, View<f32>),
+    ln2_stats: (View, View),
     fc: Var,
     gelu: Var,
     mlp_pre: Option<Var>,
     x_out: Var,
     /// The per-block gradient workspace, zeroed before the block's backward.
-    workspace: View<f32>,
+    workspace: View,
     /// The attention and MLP branches' dropout sites.
     dropout: Option<(DropoutSite, DropoutSite)>,
     shape: AttnShape,
@@ -823,7 +848,11 @@ impl BlockRun {
                 )
             },
         )?;
-        be.add(self.x_mid.val, self.x.val, self.x_mid.val)?;
+        be.run(Add {
+            out: self.x_mid.val,
+            a: self.x.val,
+            b: self.x_mid.val,
+        })?;
 
         let (m2, r2) = self.ln2_stats;
         autograd::layernorm(
@@ -863,7 +892,11 @@ impl BlockRun {
                 c,
             )
         })?;
-        be.add(self.x_out.val, self.x_mid.val, self.x_out.val)?;
+        be.run(Add {
+            out: self.x_out.val,
+            a: self.x_mid.val,
+            b: self.x_out.val,
+        })?;
 
         // Runs in backward before this block's ops: the workspace still
         // holds the block above's gradients.
@@ -894,10 +927,10 @@ impl BlockRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::CpuBackend;
+    use crate::cpu::CpuBackend;
 
-    fn cfg(dropout: f32, bias: bool) -> Gpt2Config {
-        Gpt2Config {
+    fn cfg(dropout: f32, bias: bool) -> ModelConfig {
+        ModelConfig {
             n_layer: 2,
             n_embd: 16,
             n_head: 2,
@@ -908,7 +941,7 @@ mod tests {
         }
     }
 
-    fn model(cfg: Gpt2Config) -> Gpt2 {
+    fn model(cfg: ModelConfig) -> Gpt2 {
         Gpt2::new(Arc::new(CpuBackend::new()), cfg, 7).unwrap()
     }
 
@@ -922,7 +955,7 @@ mod tests {
 
     /// Central differences at the largest-gradient element of every tensor,
     /// with the same dropout seed for every evaluation so the masks agree.
-    fn check_gradients(cfg: Gpt2Config) {
+    fn check_gradients(cfg: ModelConfig) {
         let mut m = model(cfg.clone());
         let (b, t) = (2, 5);
         let (tokens, targets) = batch(b, t, cfg.vocab_size as u32);

@@ -10,8 +10,8 @@
 //! LayerNorm weights and the embeddings wte and wpe do not. Since wte is also
 //! the output head, decaying it would shrink the logits of rare tokens.
 
-use super::Gpt2Config;
-use crate::backend::View;
+use super::ModelConfig;
+use crate::mem::View;
 
 /// One named tensor inside a buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct ParamEntry {
 }
 
 impl ParamEntry {
-    pub fn view(&self, buffer: View<f32>) -> View<f32> {
+    pub fn view(&self, buffer: View) -> View {
         buffer.slice(self.offset, self.len)
     }
 }
@@ -64,7 +64,7 @@ impl BlockLayout {
     /// `attn.qkv.bias[3C]`, `attn.proj.weight[C,C]`, `attn.proj.bias[C]`,
     /// `ln2.weight[C]`, `ln2.bias[C]`, `mlp.fc.weight[4C,C]`, `mlp.fc.bias[4C]`,
     /// `mlp.proj.weight[C,4C]`, `mlp.proj.bias[C]`; biases only with `cfg.bias`.
-    pub fn new(cfg: &Gpt2Config) -> Self {
+    pub fn new(cfg: &ModelConfig) -> Self {
         let c = cfg.n_embd;
         let mut b = Builder::default();
         let bias = |b: &mut Builder, name, len| {
@@ -109,14 +109,14 @@ impl BlockLayout {
 
     /// The view of `name` inside `buffer`; `name` must be one of this layout's
     /// (a typo is a bug, hence the panic).
-    pub fn view(&self, buffer: View<f32>, name: &str) -> View<f32> {
+    pub fn view(&self, buffer: View, name: &str) -> View {
         self.get(name)
             .unwrap_or_else(|| panic!("no block parameter named {name}"))
             .view(buffer)
     }
 
     /// Like `view`, but `None` for a bias the configuration leaves out.
-    pub fn bias_view(&self, buffer: View<f32>, name: &str) -> Option<View<f32>> {
+    pub fn bias_view(&self, buffer: View, name: &str) -> Option<View> {
         self.get(name).map(|e| e.view(buffer))
     }
 }
@@ -130,7 +130,7 @@ pub struct GlobalLayout {
 }
 
 impl GlobalLayout {
-    pub fn new(cfg: &Gpt2Config) -> Self {
+    pub fn new(cfg: &ModelConfig) -> Self {
         let c = cfg.n_embd;
         let mut b = Builder::default();
         b.push("wte", &[cfg.vocab_size, c]);
@@ -161,7 +161,7 @@ impl GlobalLayout {
         self.entries.iter().find(|e| e.name == name)
     }
 
-    pub fn view(&self, buffer: View<f32>, name: &str) -> View<f32> {
+    pub fn view(&self, buffer: View, name: &str) -> View {
         self.get(name)
             .unwrap_or_else(|| panic!("no global parameter named {name}"))
             .view(buffer)
@@ -172,8 +172,8 @@ impl GlobalLayout {
 mod tests {
     use super::*;
 
-    fn cfg(bias: bool) -> Gpt2Config {
-        Gpt2Config {
+    fn cfg(bias: bool) -> ModelConfig {
+        ModelConfig {
             n_layer: 2,
             n_embd: 8,
             n_head: 2,

@@ -17,8 +17,8 @@
 //! row chunks (see `head_rows`), so the logits never exist for all rows at
 //! once.
 
-use super::Gpt2Config;
-use crate::backend::View;
+use super::ModelConfig;
+use crate::mem::{DType, View};
 
 /// Most bytes of logits the chunked loss head (with recomputation) keeps at
 /// once. Each chunk passes once more over the head's weight gradient (vocab
@@ -54,12 +54,14 @@ pub struct Region {
 }
 
 impl Region {
-    pub fn f32(&self, arena: View<f32>) -> View<f32> {
+    /// The region inside an f32 `arena`.
+    pub fn f32(&self, arena: View) -> View {
+        debug_assert_eq!(arena.dtype, DType::F32);
         arena.slice(self.offset, self.len)
     }
-    pub fn u32(&self, arena: View<f32>) -> View<u32> {
-        let v = arena.slice(self.offset, self.len);
-        View::new(v.addr, v.len)
+    /// The region's bytes as u32 (token ids and targets share the arena).
+    pub fn u32(&self, arena: View) -> View {
+        self.f32(arena).reinterpret(DType::U32)
     }
 }
 
@@ -143,7 +145,7 @@ pub struct ActivationPlan {
 }
 
 impl ActivationPlan {
-    pub fn new(cfg: &Gpt2Config, batch: usize, seq: usize, recompute: bool) -> Self {
+    pub fn new(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> Self {
         let (n, c) = (batch * seq, cfg.n_embd);
         let nc = n * c;
         let att = batch * cfg.n_head * seq * seq;
@@ -260,7 +262,7 @@ impl ActivationPlan {
 /// Bytes of activation memory (activations plus their gradients) that one
 /// training step at `(batch, seq)` allocates, with or without recomputation;
 /// independent of tying.
-pub fn activation_bytes(cfg: &Gpt2Config, batch: usize, seq: usize, recompute: bool) -> usize {
+pub fn activation_bytes(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> usize {
     ActivationPlan::new(cfg, batch, seq, recompute).bytes()
 }
 
@@ -268,8 +270,8 @@ pub fn activation_bytes(cfg: &Gpt2Config, batch: usize, seq: usize, recompute: b
 mod tests {
     use super::*;
 
-    fn cfg(n_layer: usize) -> Gpt2Config {
-        Gpt2Config {
+    fn cfg(n_layer: usize) -> ModelConfig {
+        ModelConfig {
             n_layer,
             n_embd: 24,
             n_head: 3,

@@ -1,6 +1,5 @@
 //! Dynamic layer tying: tie table, slot store, Q-agent, static policies.
 
-pub mod accounting;
 pub mod agent;
 pub mod policy;
 pub mod reward;

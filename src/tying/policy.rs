@@ -23,12 +23,16 @@
 //! (`--tie-merge` says what happens to the weights of a freed slot).
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
 
 use super::table::{validate_state, InitTies};
 use crate::rng::HostRng;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A tying policy. Its text form (`every:4`, `pattern:0,0,1`) is the same on
+/// the command line and in `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TyingPolicy {
     Dynamic,
     None,
@@ -49,9 +53,12 @@ pub enum TyingPolicy {
 
 const USAGE: &str = "use dynamic, none, all, every:K, random, pattern:0,0,1,..., cyclic:K, sequence, reverse or switch:STEP:A>B";
 
-impl TyingPolicy {
-    /// Parse the `--tying` flag for a model of `n_layer` blocks.
-    pub fn parse(flag: &str, n_layer: usize) -> Result<Self> {
+/// Parses the `--tying` flag. A pattern's length is checked against the
+/// model by [`TyingPolicy::check_blocks`].
+impl FromStr for TyingPolicy {
+    type Err = anyhow::Error;
+
+    fn from_str(flag: &str) -> Result<Self> {
         let flag = flag.trim();
         let (name, arg) = match flag.split_once(':') {
             Some((n, a)) => (n, Some(a)),
@@ -85,12 +92,6 @@ impl TyingPolicy {
                     .with_context(|| {
                         format!("--tying pattern:{a}: entries must be non-negative integers separated by commas")
                     })?;
-                if s.len() != n_layer {
-                    bail!(
-                        "--tying pattern:{a}: has {} entries but the model has {n_layer} blocks",
-                        s.len()
-                    );
-                }
                 validate_state(&s).with_context(|| format!("--tying pattern:{a}"))?;
                 TyingPolicy::Pattern(s)
             }
@@ -104,8 +105,8 @@ impl TyingPolicy {
                 let (step, rest) = a.split_once(':').with_context(usage)?;
                 let step: u64 = step.trim().parse().with_context(usage)?;
                 let (before, after) = rest.split_once('>').with_context(usage)?;
-                let before = TyingPolicy::parse(before, n_layer)?;
-                let after = TyingPolicy::parse(after, n_layer)?;
+                let before: TyingPolicy = before.parse()?;
+                let after: TyingPolicy = after.parse()?;
                 for p in [&before, &after] {
                     if p.is_dynamic() || matches!(p, TyingPolicy::Switch { .. }) {
                         bail!("{}", usage());
@@ -128,6 +129,62 @@ impl TyingPolicy {
             _ => bail!("--tying {flag}: unknown policy; {USAGE}"),
         };
         Ok(policy)
+    }
+}
+
+impl fmt::Display for TyingPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TyingPolicy::Dynamic => f.write_str("dynamic"),
+            TyingPolicy::None => f.write_str("none"),
+            TyingPolicy::All => f.write_str("all"),
+            TyingPolicy::Every(k) => write!(f, "every:{k}"),
+            TyingPolicy::Random => f.write_str("random"),
+            TyingPolicy::Pattern(s) => {
+                let entries: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+                write!(f, "pattern:{}", entries.join(","))
+            }
+            TyingPolicy::Cyclic(k) => write!(f, "cyclic:{k}"),
+            TyingPolicy::Sequence => f.write_str("sequence"),
+            TyingPolicy::Reverse => f.write_str("reverse"),
+            TyingPolicy::Switch {
+                step,
+                before,
+                after,
+            } => write!(f, "switch:{step}:{before}>{after}"),
+        }
+    }
+}
+
+impl Serialize for TyingPolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TyingPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| de::Error::custom(format!("{e:#}")))
+    }
+}
+
+impl TyingPolicy {
+    /// Checks that the policy fits a model of `n_layer` blocks: a pattern
+    /// needs one entry per block.
+    pub fn check_blocks(&self, n_layer: usize) -> Result<()> {
+        match self {
+            TyingPolicy::Pattern(s) if s.len() != n_layer => bail!(
+                "--tying {self}: has {} entries but the model has {n_layer} blocks",
+                s.len()
+            ),
+            TyingPolicy::Switch { before, after, .. } => {
+                before.check_blocks(n_layer)?;
+                after.check_blocks(n_layer)
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn is_dynamic(&self) -> bool {
@@ -203,8 +260,15 @@ impl TyingPolicy {
 mod tests {
     use super::*;
 
+    /// The flag parsed and checked against `l` blocks.
+    fn parse(flag: &str, l: usize) -> Result<TyingPolicy> {
+        let p: TyingPolicy = flag.parse()?;
+        p.check_blocks(l)?;
+        Ok(p)
+    }
+
     fn state(flag: &str, l: usize) -> Vec<usize> {
-        TyingPolicy::parse(flag, l)
+        parse(flag, l)
             .unwrap()
             .initial_state(l, 1, InitTies::Independent)
             .unwrap()
@@ -229,29 +293,26 @@ mod tests {
 
     #[test]
     fn switch_starts_with_one_policy_and_moves_to_the_other_at_its_step() {
-        let p = TyingPolicy::parse("switch:10:none>every:2", 4).unwrap();
+        let p = parse("switch:10:none>every:2", 4).unwrap();
         assert!(!p.is_dynamic());
         let init = InitTies::Independent;
         assert_eq!(p.initial_state(4, 1, init).unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(p.switch_at(9, 4, 1, init).unwrap(), None);
         assert_eq!(p.switch_at(10, 4, 1, init).unwrap(), Some(vec![0, 0, 2, 2]));
         assert_eq!(p.switch_at(11, 4, 1, init).unwrap(), None);
-        let q = TyingPolicy::parse("switch:5:all>pattern:0,1,1", 3).unwrap();
+        let q = parse("switch:5:all>pattern:0,1,1", 3).unwrap();
         assert_eq!(q.initial_state(3, 1, init).unwrap(), vec![0, 0, 0]);
         assert_eq!(
-            TyingPolicy::parse("none", 3)
-                .unwrap()
-                .switch_at(0, 3, 1, init)
-                .unwrap(),
+            parse("none", 3).unwrap().switch_at(0, 3, 1, init).unwrap(),
             None
         );
     }
 
     #[test]
     fn dynamic_starts_from_init_ties() {
-        let p = TyingPolicy::parse("dynamic", 4).unwrap();
+        let p = parse("dynamic", 4).unwrap();
         assert!(p.is_dynamic());
-        assert!(!TyingPolicy::parse("all", 4).unwrap().is_dynamic());
+        assert!(!parse("all", 4).unwrap().is_dynamic());
         assert_eq!(p.initial_state(4, 0, InitTies::Zero).unwrap(), vec![0; 4]);
         assert_eq!(
             p.initial_state(4, 0, InitTies::Independent).unwrap(),
@@ -261,7 +322,7 @@ mod tests {
 
     #[test]
     fn random_is_valid_fixed_by_seed_and_varies_with_it() {
-        let p = TyingPolicy::parse("random", 12).unwrap();
+        let p = parse("random", 12).unwrap();
         let a = p.initial_state(12, 5, InitTies::Independent).unwrap();
         assert_eq!(a, p.initial_state(12, 5, InitTies::Independent).unwrap());
         assert_ne!(a, p.initial_state(12, 6, InitTies::Independent).unwrap());
@@ -270,7 +331,7 @@ mod tests {
 
     #[test]
     fn bad_flags_get_clear_errors() {
-        let err = |flag: &str, l: usize| format!("{:#}", TyingPolicy::parse(flag, l).unwrap_err());
+        let err = |flag: &str, l: usize| format!("{:#}", parse(flag, l).unwrap_err());
         assert!(err("pattern:0,0,1", 4).contains("3 entries but the model has 4"));
         assert!(err("pattern:0,2,1", 3).contains("block 1"));
         assert!(err("pattern:1,0,0", 3).contains("block 0"));
@@ -286,5 +347,27 @@ mod tests {
         assert!(err("switch:10:none>dynamic", 4).contains("static policies"));
         assert!(err("switch:10:none>switch:20:all>none", 4).contains("static policies"));
         assert!(err("switch", 4).contains("needs STEP:A>B"));
+    }
+
+    #[test]
+    fn the_text_form_round_trips() {
+        for flag in [
+            "dynamic",
+            "none",
+            "all",
+            "every:4",
+            "random",
+            "pattern:0,0,1,3",
+            "cyclic:2",
+            "sequence",
+            "reverse",
+            "switch:10:none>every:2",
+        ] {
+            let p: TyingPolicy = flag.parse().unwrap();
+            assert_eq!(p.to_string(), flag);
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{flag}\""));
+        }
+        let e = serde_json::from_str::<TyingPolicy>("\"every:x\"").unwrap_err();
+        assert!(e.to_string().contains("positive integer"), "{e}");
     }
 }

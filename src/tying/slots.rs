@@ -11,7 +11,9 @@
 //! one slot add their gradients into its gradient buffer (`--tie-grad
 //! shared`), or only the owner does (`frozen`, see [`SlotStore::grad_enabled`]).
 
-use crate::backend::{Backend, Buffer};
+use crate::mem::{Buffer, DType};
+use crate::ops::elementwise::CopyView;
+use crate::ops::{Backend, BackendExt};
 use crate::tying::table::{TieEffect, TieOptions, TieTable};
 use anyhow::{ensure, Result};
 
@@ -28,16 +30,16 @@ impl Slot {
     /// A zero-filled slot of `len` parameters.
     pub fn zeros(backend: &dyn Backend, len: usize) -> Result<Slot> {
         Ok(Slot {
-            params: backend.alloc_f32(len)?,
-            grads: backend.alloc_f32(len)?,
-            adam_m: backend.alloc_f32(len)?,
-            adam_v: backend.alloc_f32(len)?,
+            params: backend.alloc(DType::F32, len)?,
+            grads: backend.alloc(DType::F32, len)?,
+            adam_m: backend.alloc(DType::F32, len)?,
+            adam_v: backend.alloc(DType::F32, len)?,
         })
     }
 
     /// Number of parameters.
     pub fn len(&self) -> usize {
-        self.params.f32().len
+        self.params.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -173,9 +175,16 @@ impl SlotStore {
             let src = self.slots[c.from]
                 .as_ref()
                 .expect("the table copies from a live slot");
-            backend.copy(fresh.params.f32(), src.params.f32())?;
-            backend.copy(fresh.adam_m.f32(), src.adam_m.f32())?;
-            backend.copy(fresh.adam_v.f32(), src.adam_v.f32())?;
+            for (dst, src) in [
+                (&fresh.params, &src.params),
+                (&fresh.adam_m, &src.adam_m),
+                (&fresh.adam_v, &src.adam_v),
+            ] {
+                backend.run(CopyView {
+                    dst: dst.view(),
+                    src: src.view(),
+                })?;
+            }
             self.slots[c.slot] = Some(fresh);
         }
         if let Some(m) = effect.merged {
@@ -191,13 +200,13 @@ impl SlotStore {
                 (&into.adam_m, &from.adam_m),
                 (&into.adam_v, &from.adam_v),
             ] {
-                let mut a = backend.download_f32(dst.f32())?;
-                let b = backend.download_f32(src.f32())?;
+                let mut a: Vec<f32> = backend.download(dst.view())?;
+                let b: Vec<f32> = backend.download(src.view())?;
                 let w = m.from_weight;
                 for (x, y) in a.iter_mut().zip(&b) {
                     *x = (1.0 - w) * *x + w * y;
                 }
-                backend.upload_f32(dst.f32(), &a)?;
+                backend.upload(dst.view(), &a)?;
             }
         }
         if let Some(f) = effect.freed {

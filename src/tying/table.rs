@@ -7,50 +7,40 @@
 //! another, weights and AdamW moments).
 
 use anyhow::{bail, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 pub use super::settings::TieMerge;
 
 /// How the blocks start (`--init-ties`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Checkpoints written before the options had one spelling name the values
+/// capitalized (`"Independent"`, `"Shared"`); the aliases still read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InitTies {
     /// Every block on its own slot, `s[i] = i`.
+    #[value(alias = "Independent")]
     Independent,
     /// `s` all zeros. By default every block really shares slot 0; under
     /// paper-compat semantics the blocks keep their own slots (the code's
     /// initial state: own random weights, frozen until the agent acts).
+    #[value(alias = "Zero")]
     Zero,
 }
-
-impl InitTies {
-    pub fn parse(flag: &str) -> Result<Self> {
-        match flag {
-            "independent" => Ok(InitTies::Independent),
-            "zero" => Ok(InitTies::Zero),
-            other => bail!("--init-ties: unknown value '{other}'; use 'independent' or 'zero'"),
-        }
-    }
-}
+crate::choice_text!(InitTies, "init-ties mode");
 
 /// Where the gradients of a tied block go (`--tie-grad`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TieGrad {
     /// Every block on a slot accumulates its gradient into the slot.
+    #[value(alias = "Shared")]
     Shared,
     /// Only blocks with `s[i] = i` send gradients; tied blocks are frozen
     /// aliases (the paper code).
+    #[value(alias = "Frozen")]
     Frozen,
 }
-
-impl TieGrad {
-    pub fn parse(flag: &str) -> Result<Self> {
-        match flag {
-            "shared" => Ok(TieGrad::Shared),
-            "frozen" => Ok(TieGrad::Frozen),
-            other => bail!("--tie-grad: unknown value '{other}'; use 'shared' or 'frozen'"),
-        }
-    }
-}
+crate::choice_text!(TieGrad, "tie-grad mode");
 
 /// How ties behave: the clean default or the paper code's (`--paper-compat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -561,6 +551,25 @@ mod tests {
         json["slot_of"] = serde_json::json!([0, 1, 3]);
         let bad: TieTable = serde_json::from_value(json).unwrap();
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn options_read_both_spellings_and_write_the_flag_one() {
+        // A checkpoint's state.json from before the options had one spelling.
+        let old = r#"{"init":"Zero","paper_compat":false,"tie_grad":"Frozen"}"#;
+        let o: TieOptions = serde_json::from_str(old).unwrap();
+        assert_eq!((o.init, o.tie_grad), (InitTies::Zero, TieGrad::Frozen));
+        let now = serde_json::to_string(&o).unwrap();
+        assert_eq!(
+            now,
+            r#"{"init":"zero","paper_compat":false,"tie_grad":"frozen"}"#
+        );
+        assert_eq!(serde_json::from_str::<TieOptions>(&now).unwrap(), o);
+        let e = "both".parse::<TieGrad>().unwrap_err().to_string();
+        assert!(
+            e.contains("'both'") && e.contains("shared or frozen"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! Each test binary compiles this module on its own, so items that only some
 //! of them use are marked `allow(dead_code)`.
 
-use dyntie::backend::cpu::CpuBackend;
-use dyntie::backend::kernels::KernelBackend;
-use dyntie::backend::{Backend, Buffer};
 use dyntie::conformance::{check_ops, format_results, Dims};
-use dyntie::device::{CudaDevice, EmuConfig, EmuDevice, ResumeOrder};
+use dyntie::cpu::CpuBackend;
+use dyntie::cuda::{CudaDevice, EmuConfig, EmuDevice, KernelBackend, ResumeOrder};
+use dyntie::mem::{Buffer, DType};
+use dyntie::ops::{Backend, BackendExt};
 use dyntie::rng::HostRng;
 
 /// The emulator with two workers (the CI machine's cores) in `order`.
@@ -31,7 +31,7 @@ pub fn backends() -> Vec<(String, Box<dyn Backend>)> {
             )
         })
         .collect();
-    if dyntie::device::cuda::driver_present() {
+    if dyntie::cuda::driver_present() {
         let dev =
             CudaDevice::new(0).expect("a CUDA driver is present but the GPU cannot be opened");
         out.push((
@@ -66,16 +66,16 @@ pub fn random(n: usize, scale: f64, seed: u64) -> Vec<f32> {
 /// backend cannot allocate nothing).
 #[allow(dead_code)]
 pub fn put(be: &dyn Backend, data: &[f32]) -> Buffer {
-    let buf = be.alloc_f32(data.len().max(1)).unwrap();
-    be.upload_f32(buf.f32().slice(0, data.len()), data).unwrap();
+    let buf = be.alloc(DType::F32, data.len().max(1)).unwrap();
+    be.upload(buf.view().slice(0, data.len()), data).unwrap();
     buf
 }
 
 /// `put` for token ids and targets.
 #[allow(dead_code)]
 pub fn put_u32(be: &dyn Backend, data: &[u32]) -> Buffer {
-    let buf = be.alloc(data.len().max(1) * 4).unwrap();
-    be.upload_u32(buf.u32().slice(0, data.len()), data).unwrap();
+    let buf = be.alloc(DType::U32, data.len().max(1)).unwrap();
+    be.upload(buf.view().slice(0, data.len()), data).unwrap();
     buf
 }
 
@@ -96,7 +96,5 @@ pub fn norm_err(got: &[f32], want: &[f32]) -> f64 {
 }
 
 /// The harness's tolerance for a reduction over `k` terms.
-#[allow(dead_code)]
-pub fn tol_for(k: usize) -> f64 {
-    2e-6 * (k as f64).sqrt() + 2e-6
-}
+#[allow(unused_imports)]
+pub use dyntie::ops::case::tol_for;

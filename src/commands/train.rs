@@ -1,0 +1,102 @@
+//! `dyntie train`: a new run, or the resume of one, then its summary.
+
+use super::select_backend;
+use crate::cli::TrainArgs;
+use crate::metrics::utc_timestamp;
+use crate::train::{run_dir, Trainer};
+use anyhow::{ensure, Result};
+use std::path::PathBuf;
+
+/// `dyntie train`.
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let mut trainer = if let Some(dir) = &args.resume {
+        let fixed = args.fixed_on_resume();
+        ensure!(
+            fixed.is_empty(),
+            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --backend and --recompute may change on resume), or start a new run with --out",
+            dir.display(),
+            fixed.join(", "),
+            if fixed.len() == 1 { "it" } else { "them" }
+        );
+        let cfg = run_dir::load_config(dir, "--resume")?;
+        let selected = select_backend(args.model.backend.unwrap_or(cfg.backend))?;
+        println!("{}", selected.why);
+        let mut t = Trainer::resume(dir, selected.backend, args.steps)?;
+        println!("resuming {} at step {}", dir.display(), t.step());
+        if let Some(note) = t.extension_note() {
+            println!("{note}");
+        }
+        if args.model.recompute && !t.config().train.recompute {
+            t.enable_recompute()?;
+            println!("activations are recomputed from here on (config.toml updated)");
+        }
+        t
+    } else {
+        let cfg = args.resolve()?;
+        let dir = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
+        let selected = select_backend(cfg.backend)?;
+        println!("{}", selected.why);
+        Trainer::create(cfg, selected.backend, &dir, args.force)?
+    };
+    describe(&trainer);
+    let s = trainer.run()?;
+    let pct = |a: u64, b: u64| 100.0 * (1.0 - a as f64 / b.max(1) as f64);
+    println!(
+        "done: {} steps in {:.1} s ({:.0} tokens/s)",
+        s.steps, s.seconds, s.tokens_per_s
+    );
+    println!(
+        "perplexity: valid {:.3}, test {:.3}",
+        s.valid_ppl, s.test_ppl
+    );
+    println!(
+        "unique blocks {}/{}; trainable parameters {:.3} M vs {:.3} M conventional ({:.0}% fewer)",
+        s.unique_blocks,
+        s.n_layer,
+        s.counted.trainable_params as f64 / 1e6,
+        s.conventional.trainable_params as f64 / 1e6,
+        pct(s.counted.trainable_params, s.conventional.trainable_params)
+    );
+    println!(
+        "counted training memory {:.1} MiB vs {:.1} MiB conventional ({:.0}% less)",
+        s.counted.total_bytes as f64 / MIB,
+        s.conventional.total_bytes as f64 / MIB,
+        pct(s.counted.total_bytes, s.conventional.total_bytes)
+    );
+    println!(
+        "run folder: {} (metrics.jsonl, ties.jsonl, report.svg, checkpoint/)",
+        trainer.dir().display()
+    );
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn describe(t: &Trainer) {
+    let m = t.model().config();
+    let n_params = t.model().global_layout().len() + m.n_layer * t.model().block_layout().len();
+    let table = t.model().slots().table();
+    println!(
+        "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied){}",
+        m.n_layer,
+        m.n_embd,
+        m.n_head,
+        m.n_ctx,
+        m.vocab_size,
+        n_params as f64 / 1e6,
+        if t.model().recompute() {
+            "; activations recomputed in backward"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "tying: table {:?} ({} unique blocks); run folder {}",
+        table.state(),
+        table.live_slots().len(),
+        t.dir().display()
+    );
+}

@@ -1,0 +1,92 @@
+//! LayerNorm over rows of `channels`.
+
+use super::check::{self, input, output, F32_ONLY};
+use super::Contract;
+use crate::mem::View;
+use anyhow::Result;
+
+/// LayerNorm epsilon, as in GPT-2 (the kernels receive it as an argument).
+pub const LAYERNORM_EPS: f32 = 1e-5;
+
+/// Normalizes each of `rows` rows of width `channels` (two passes: mean,
+/// then the mean of squared deviations) and applies `weight` and `bias`;
+/// saves `mean` and `rstd` (one per row) for the backward.
+#[derive(Clone, Copy, Debug)]
+pub struct LayernormFwd {
+    pub out: View,
+    pub mean: View,
+    pub rstd: View,
+    pub inp: View,
+    pub weight: View,
+    pub bias: View,
+    pub rows: usize,
+    pub channels: usize,
+}
+
+impl Contract for LayernormFwd {
+    const NAME: &'static str = "layernorm_fwd";
+    fn check(&self) -> Result<()> {
+        let (n, c) = rows_of(Self::NAME, self.rows, self.channels)?;
+        check::operands(
+            Self::NAME,
+            F32_ONLY,
+            &[
+                output("out", self.out, n * c),
+                output("mean", self.mean, n),
+                output("rstd", self.rstd, n),
+                input("inp", self.inp, n * c),
+                input("weight", self.weight, c),
+                input("bias", self.bias, c),
+            ],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("{}x{}", self.rows, self.channels)
+    }
+}
+
+/// `dinp += ...`, and `dweight`/`dbias +=` their column sums when given
+/// (`None` for a frozen block).
+#[derive(Clone, Copy, Debug)]
+pub struct LayernormBwd {
+    pub dinp: View,
+    pub dweight: Option<View>,
+    pub dbias: Option<View>,
+    pub dout: View,
+    pub inp: View,
+    pub weight: View,
+    pub mean: View,
+    pub rstd: View,
+    pub rows: usize,
+    pub channels: usize,
+}
+
+impl Contract for LayernormBwd {
+    const NAME: &'static str = "layernorm_bwd";
+    fn check(&self) -> Result<()> {
+        let (n, c) = rows_of(Self::NAME, self.rows, self.channels)?;
+        check::operands(
+            Self::NAME,
+            F32_ONLY,
+            &[
+                output("dinp", self.dinp, n * c),
+                output("dweight", self.dweight, c),
+                output("dbias", self.dbias, c),
+                input("dout", self.dout, n * c),
+                input("inp", self.inp, n * c),
+                input("weight", self.weight, c),
+                input("mean", self.mean, n),
+                input("rstd", self.rstd, n),
+            ],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("{}x{}", self.rows, self.channels)
+    }
+}
+
+/// `(rows, channels)` of a LayerNorm call, which needs at least one channel.
+fn rows_of(op: &str, rows: usize, channels: usize) -> Result<(usize, usize)> {
+    check::nonzero(op, "channels", channels)?;
+    Ok((rows, channels))
+}

@@ -1,0 +1,107 @@
+//! The op layer: what every backend computes, and the one trait they share.
+//!
+//! Each op is a plain argument struct with its contract (which operands, how
+//! long, which dtypes, which may alias) in `ops/<family>.rs`. The structs are
+//! gathered in the [`Op`] enum, and a backend has a single entry point,
+//! [`Backend::execute`]. Why an enum of structs rather than one trait method
+//! per op: a wrapper (the profiler), a harness (conformance) or a debug mode
+//! then handles every op, including ones added later, without a line per op;
+//! and calls name their arguments (`MatmulBwd { dinp, dweight, .. }`) instead
+//! of passing nine positional ones. Callers write
+//! `backend.run(GeluFwd { out, inp })` ([`BackendExt::run`]).
+//!
+//! The list of ops is [`registry`]: it generates the enum, and it drives the
+//! dispatch of both backends, the profiler and the conformance harness. A new
+//! op is its contract here, a CPU reference in `cpu/<family>.rs`, a kernel in
+//! `kernels/` with its launcher in `cuda/ops/<family>.rs`, and one registry
+//! entry.
+//!
+//! Conventions shared by every op:
+//! - Shapes are passed explicitly; tensors are row-major and contiguous.
+//! - **Every backward op accumulates (`+=`) into every gradient it writes.**
+//!   Gradient buffers are zeroed once before a backward pass. An `Option`
+//!   gradient that is `None` is not computed at all (frozen tied blocks skip
+//!   their weight gradients this way).
+//! - Outputs must not overlap inputs unless an op says so.
+//! - [`check`] validates every call before a backend touches memory; ops
+//!   return `Result` so that a failed kernel launch reports which op and
+//!   which shapes.
+
+pub mod activation;
+pub mod attention;
+pub mod case;
+pub mod check;
+pub mod elementwise;
+pub mod embedding;
+pub mod layernorm;
+pub mod loss;
+pub mod matmul;
+pub mod optimizer;
+pub mod profile;
+pub mod registry;
+
+pub use registry::{Op, ENTRIES};
+
+use crate::mem::{Buffer, DType, Element, MemStats, Memory, View};
+use anyhow::Result;
+use std::sync::Arc;
+
+/// What every op struct provides: its name, its validation and a short
+/// description of its shape for messages and the profiler.
+pub trait Contract: Copy + Into<Op> {
+    /// The op's name in tables and messages (`"matmul_fwd"`).
+    const NAME: &'static str;
+    /// Validates the call: shapes, lengths, dtypes, aliasing, scalars (see
+    /// [`check`]). Backends call it (through [`Op::check`]) before anything else.
+    fn check(&self) -> Result<()>;
+    /// The sizes that matter, e.g. `"1024x768->2304"` for a matmul.
+    fn shape(&self) -> String;
+}
+
+/// A backend: memory, host copies and the op set.
+pub trait Backend: Send + Sync {
+    /// Short name for logs: "cpu", "emu", "cuda".
+    fn name(&self) -> &str;
+    /// The allocator, counting live and peak bytes; [`Buffer`]s hold it.
+    fn memory(&self) -> Arc<dyn Memory>;
+    fn mem_stats(&self) -> MemStats {
+        self.memory().stats()
+    }
+    /// Copies `src` (exactly `dst`'s bytes) into backend memory; see
+    /// [`BackendExt::upload`] for the typed form.
+    fn write_bytes(&self, dst: View, src: &[u8]) -> Result<()>;
+    /// Copies backend memory into `dst` (exactly `src`'s bytes), after all
+    /// queued work; see [`BackendExt::download`].
+    fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()>;
+    /// Waits for all queued work (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+    /// Runs one op. Implementations call `op.check()` first.
+    fn execute(&self, op: &Op) -> Result<()>;
+}
+
+/// The typed conveniences over [`Backend`], for every backend and `dyn Backend`.
+pub trait BackendExt: Backend {
+    /// A zero-filled allocation of `len` elements of `dtype`.
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        Buffer::new(self.memory(), dtype, len)
+    }
+    /// Copies host values into `dst`, whose dtype must be `T`'s and whose
+    /// length must be `src.len()`.
+    fn upload<T: Element>(&self, dst: View, src: &[T]) -> Result<()> {
+        check::host_copy("upload", dst, T::DTYPE, src.len())?;
+        self.write_bytes(dst, bytemuck::cast_slice(src))
+    }
+    /// The contents of `src`, whose dtype must be `T`'s.
+    fn download<T: Element>(&self, src: View) -> Result<Vec<T>> {
+        check::host_copy("download", src, T::DTYPE, src.len)?;
+        let mut out = vec![T::zeroed(); src.len];
+        self.read_bytes(src, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+    /// Runs one op given as its argument struct.
+    fn run(&self, op: impl Into<Op>) -> Result<()> {
+        self.execute(&op.into())
+    }
+}
+
+impl<B: Backend + ?Sized> BackendExt for B {}

@@ -1,0 +1,146 @@
+//! A [`Backend`] wrapper that times every op of the backend it wraps.
+//!
+//! It wraps [`Backend::execute`] once for all ops and names each by
+//! [`Op::name`], so a new op is profiled without a line here. Profiling is
+//! off by default and then costs one atomic load per op, so a benchmark can
+//! time its steps through the wrapper and switch profiling on only for the
+//! steps whose breakdown it wants. While on, every op is followed by
+//! `synchronize`, so that an asynchronous (GPU) op's time is charged to the
+//! op itself rather than to whichever later call happens to wait for it;
+//! that serialization is why profiled steps are slower and are not the
+//! headline timing.
+
+use super::{Backend, Op};
+use crate::mem::{MemStats, Memory, View};
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Calls and wall time of one op name while profiling was on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct OpStat {
+    pub calls: u64,
+    pub secs: f64,
+}
+
+/// The family whose ops are also recorded per shape: matmuls dominate a
+/// step, and which of them (the output head or the blocks' layers) is the
+/// first question.
+const PER_SHAPE_FAMILY: &str = "matmul";
+
+pub struct ProfiledBackend {
+    inner: Arc<dyn Backend>,
+    enabled: AtomicBool,
+    stats: Mutex<BTreeMap<&'static str, OpStat>>,
+    matmul_shapes: Mutex<BTreeMap<String, OpStat>>,
+}
+
+impl ProfiledBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        ProfiledBackend {
+            inner,
+            enabled: AtomicBool::new(false),
+            stats: Mutex::new(BTreeMap::new()),
+            matmul_shapes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
+    }
+
+    /// Switches profiling on or off. Switching on first waits for queued work,
+    /// so the first profiled op is not charged for earlier ones.
+    pub fn set_enabled(&self, on: bool) -> Result<()> {
+        if on {
+            self.inner.synchronize()?;
+        }
+        self.enabled.store(on, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the accumulated statistics.
+    pub fn reset(&self) {
+        self.stats.lock().unwrap().clear();
+        self.matmul_shapes.lock().unwrap().clear();
+    }
+
+    /// Per-op statistics, slowest op first.
+    pub fn report(&self) -> Vec<(&'static str, OpStat)> {
+        let rows = self.stats.lock().unwrap();
+        slowest_first(rows.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    /// Matmul statistics per "op rows x in -> out" shape, slowest first.
+    pub fn matmul_report(&self) -> Vec<(String, OpStat)> {
+        let rows = self.matmul_shapes.lock().unwrap();
+        slowest_first(rows.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
+
+    /// Runs `f`; while profiling, synchronizes after it and records its time
+    /// under `name` (and under `shape` when given).
+    fn timed<R>(
+        &self,
+        name: &'static str,
+        shape: impl FnOnce() -> Option<String>,
+        f: impl FnOnce(&dyn Backend) -> Result<R>,
+    ) -> Result<R> {
+        if !self.is_enabled() {
+            return f(self.inner.as_ref());
+        }
+        let start = Instant::now();
+        let out = f(self.inner.as_ref())?;
+        self.inner.synchronize()?;
+        let secs = start.elapsed().as_secs_f64();
+        add(self.stats.lock().unwrap().entry(name).or_default(), secs);
+        if let Some(key) = shape() {
+            add(
+                self.matmul_shapes.lock().unwrap().entry(key).or_default(),
+                secs,
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn add(stat: &mut OpStat, secs: f64) {
+    stat.calls += 1;
+    stat.secs += secs;
+}
+
+fn slowest_first<K: Ord>(mut rows: Vec<(K, OpStat)>) -> Vec<(K, OpStat)> {
+    rows.sort_by(|a, b| b.1.secs.total_cmp(&a.1.secs).then(a.0.cmp(&b.0)));
+    rows
+}
+
+impl Backend for ProfiledBackend {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn memory(&self) -> Arc<dyn Memory> {
+        self.inner.memory()
+    }
+    fn mem_stats(&self) -> MemStats {
+        self.inner.mem_stats()
+    }
+    fn write_bytes(&self, dst: View, src: &[u8]) -> Result<()> {
+        self.timed("upload", || None, |b| b.write_bytes(dst, src))
+    }
+    fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()> {
+        self.timed("download", || None, |b| b.read_bytes(src, dst))
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn execute(&self, op: &Op) -> Result<()> {
+        let shape =
+            || (op.family() == PER_SHAPE_FAMILY).then(|| format!("{} {}", op.name(), op.shape()));
+        self.timed(op.name(), shape, |b| b.execute(op))
+    }
+}

@@ -1,0 +1,32 @@
+//! Training a run: the [`Trainer`] and the jobs it is made of.
+//!
+//! One optimizer step is `grad_accum` micro-batches of forward + backward,
+//! then clipping and AdamW over the unique live slots. With the dynamic
+//! policy, every `agent_k` steps the agent closes its previous decision
+//! (reward, Q-update, a line in `ties.jsonl`) and makes the next one for the
+//! next block (1, 2, ..., L-1, then a new episode), editing the tie table.
+//!
+//! - `trainer`: the Trainer, building it for a new run or a resume, the run loop
+//! - `setup`: what a run configuration resolves to (seed streams, dataset,
+//!   first tie table, learning-rate schedule)
+//! - `step`: one optimizer step
+//! - `agent_driver`: closing and making tie decisions, rewards
+//! - `eval`: loss and perplexity on a split
+//! - `checkpoint`: the checkpoint folder's tensors and state, saving and restoring
+//! - `run_dir`: the run folder and its config.toml
+//! - `log`: metrics.jsonl, the progress bar, report.svg
+
+mod agent_driver;
+mod checkpoint;
+mod eval;
+mod log;
+pub mod run_dir;
+mod setup;
+mod step;
+mod trainer;
+
+pub use checkpoint::load_model;
+pub use eval::evaluate_split;
+pub use log::write_report;
+pub use setup::{initial_table, open_dataset};
+pub use trainer::{Summary, Trainer};
