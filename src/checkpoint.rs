@@ -45,13 +45,18 @@ pub fn safetensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
     Ok(safetensors::serialize(views, None)?)
 }
 
-/// Reads every tensor of a safetensors file as f32, by name.
 /// Tensors by name: (shape, data).
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
+/// Reads every tensor of a safetensors file as f32, by name.
 pub fn load_safetensors(path: &Path) -> Result<TensorMap> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    parse_safetensors(&bytes, path)
+}
+
+/// The tensors of safetensors `bytes` (read from `path`, which errors name).
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<TensorMap> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {

@@ -127,15 +127,20 @@ fn set<T>(field: &mut T, value: Option<T>) {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelFlags,
-    /// `synthetic` (built in) or a folder written by `dyntie prepare`.
+    /// `synthetic` (built in) or a folder written by `dyntie prepare` (on
+    /// --resume: the new place of the run's dataset, if it moved).
     #[arg(long)]
     pub data: Option<String>,
     /// Optimizer steps.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Peak learning rate.
+    /// Peak learning rate (also on --resume: a diverged run continues from
+    /// its last good checkpoint with a lower rate; config.toml records it).
     #[arg(long)]
     pub lr: Option<f32>,
+    /// The floor of the cosine schedule.
+    #[arg(long = "min-lr")]
+    pub min_lr: Option<f32>,
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     pub schedule: Option<Schedule>,
@@ -168,21 +173,26 @@ pub struct TrainArgs {
     /// Steps between checkpoints (0: only at the end).
     #[arg(long = "checkpoint-every")]
     pub checkpoint_every: Option<usize>,
+    /// How many of the newest checkpoints to keep (default 2).
+    #[arg(long = "keep-checkpoints")]
+    pub keep_checkpoints: Option<usize>,
     /// Run folder (default: runs/<date>-<time>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Continue the run in DIR from its last checkpoint.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
-    /// Overwrite an existing run folder.
+    /// Replace the run in --out (only a run folder, and only once the new
+    /// run is fully set up).
     #[arg(long)]
     pub force: bool,
 }
 
 impl TrainArgs {
     /// The flags given that would change a run's configuration, which a
-    /// resume takes from the run's config.toml instead (only --steps,
-    /// --backend and --recompute may change on resume).
+    /// resume takes from the run's config.toml instead (only --steps, --lr,
+    /// --backend, --recompute and the place of the same dataset, --data,
+    /// may change on resume).
     pub fn fixed_on_resume(&self) -> Vec<&'static str> {
         let m = &self.model;
         [
@@ -197,8 +207,7 @@ impl TrainArgs {
             ("--dropout", m.dropout.is_some()),
             ("--tying", m.tying.is_some()),
             ("--seed", m.seed.is_some()),
-            ("--data", self.data.is_some()),
-            ("--lr", self.lr.is_some()),
+            ("--min-lr", self.min_lr.is_some()),
             ("--schedule", self.schedule.is_some()),
             ("--grad-accum", self.grad_accum.is_some()),
             ("--tie-grad", self.tie_grad.is_some()),
@@ -209,6 +218,7 @@ impl TrainArgs {
             ("--paper-compat", self.paper_compat),
             ("--eval-every", self.eval_every.is_some()),
             ("--checkpoint-every", self.checkpoint_every.is_some()),
+            ("--keep-checkpoints", self.keep_checkpoints.is_some()),
             ("--force", self.force),
         ]
         .into_iter()
@@ -222,6 +232,7 @@ impl TrainArgs {
         set(&mut cfg.data.source, self.data.clone());
         set(&mut cfg.train.steps, self.steps);
         set(&mut cfg.train.lr, self.lr);
+        set(&mut cfg.train.min_lr, self.min_lr);
         set(&mut cfg.train.schedule, self.schedule);
         set(&mut cfg.train.grad_accum, self.grad_accum);
         set(&mut cfg.tying.tie_grad, self.tie_grad);
@@ -231,6 +242,7 @@ impl TrainArgs {
         set(&mut cfg.tying.agent_input, self.agent_input);
         set(&mut cfg.train.eval_every, self.eval_every);
         set(&mut cfg.train.checkpoint_every, self.checkpoint_every);
+        set(&mut cfg.train.keep_checkpoints, self.keep_checkpoints);
         if self.paper_compat {
             cfg.tying.paper_compat = true;
             cfg.agent = AgentSettings::paper();
@@ -259,6 +271,10 @@ pub struct EvalArgs {
     /// Compute backend (default: the run's).
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
+    /// Load a checkpoint whose weights hold NaN or infinity (to look at a
+    /// broken run).
+    #[arg(long = "allow-non-finite")]
+    pub allow_non_finite: bool,
 }
 
 /// The tasks of `dyntie eval --task`.
@@ -283,6 +299,9 @@ pub struct PrepareArgs {
     /// The tokenizer.
     #[arg(long, value_enum, default_value_t = TokenizerKind::Gpt2)]
     pub tokenizer: TokenizerKind,
+    /// Replace a dataset already in --out (runs trained on it will refuse it).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -304,6 +323,9 @@ pub struct SampleArgs {
     /// Compute backend (default: the run's).
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
+    /// Load a checkpoint whose weights hold NaN or infinity.
+    #[arg(long = "allow-non-finite")]
+    pub allow_non_finite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -313,8 +335,15 @@ pub struct ExportArgs {
     /// The layout to write.
     #[arg(long, value_enum, default_value_t = ExportFormat::Hf)]
     pub format: ExportFormat,
+    /// A new or empty folder (or, with --force, an earlier export).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace an earlier export in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Export a checkpoint whose weights hold NaN or infinity.
+    #[arg(long = "allow-non-finite")]
+    pub allow_non_finite: bool,
 }
 
 /// The layouts of `dyntie export --format`.

@@ -2,6 +2,7 @@
 //! command-line flags, each overriding the last. The result is written to the
 //! run folder as `config.toml`, so a run can always be repeated exactly.
 
+use crate::data::TokenizerKind;
 use crate::model::ModelConfig;
 use crate::tying::agent::StateEncoding;
 use crate::tying::policy::TyingPolicy;
@@ -115,10 +116,18 @@ pub struct TrainSettings {
     pub final_eval_max_windows: usize,
     /// Steps between checkpoints; 0 writes one only at the end.
     pub checkpoint_every: usize,
+    /// Checkpoints kept in `checkpoints/`, the newest ones; a resume falls
+    /// back to an older one when a newer one does not read back whole.
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
     /// Activation checkpointing: recompute each block's activations in its
     /// backward instead of keeping them (`--recompute`).
     #[serde(default)]
     pub recompute: bool,
+}
+
+fn default_keep_checkpoints() -> usize {
+    2
 }
 
 /// Which layers share weights, and how the agent decides.
@@ -173,6 +182,13 @@ pub struct DataSettings {
     pub source: String,
     /// Tokens per split of the synthetic corpus (train; valid and test get a tenth).
     pub synthetic_tokens: usize,
+    /// The content hash of the prepared dataset the run trained on (from
+    /// its meta.json), so eval and resume notice a dataset prepared again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_id: Option<String>,
+    /// The tokenizer of those tokens (sample decodes with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerKind>,
 }
 
 impl DataSettings {
@@ -236,6 +252,7 @@ impl RunConfig {
                 eval_max_windows: 64,
                 final_eval_max_windows: 0,
                 checkpoint_every: 0,
+                keep_checkpoints: 2,
                 recompute: false,
             },
             tying: TyingSettings {
@@ -251,6 +268,8 @@ impl RunConfig {
             data: DataSettings {
                 source: "synthetic".into(),
                 synthetic_tokens: 400_000,
+                dataset_id: None,
+                tokenizer: None,
             },
         };
         match preset {
@@ -320,31 +339,94 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| toml_error(&e, &text))
+        Self::from_toml_str(&text)
             .with_context(|| format!("{} is not a valid dyntie config", path.display()))
+    }
+
+    /// Parses the text of a resolved `config.toml` (not validated).
+    pub fn from_toml_str(text: &str) -> Result<RunConfig> {
+        toml::from_str(text).map_err(|e| toml_error(&e, text))
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig always serializes")
     }
 
-    /// Checks what no later stage can repair, with messages that name the flag.
+    /// Checks every field, with messages that name the flag (where there
+    /// is one) and the field of config.toml, wherever the value came from
+    /// (a flag, a `--config` file, a run's config.toml on resume).
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
         self.model.validate_shape()?;
-        if t.steps == 0 {
-            bail!("--steps must be at least 1");
+        if self.model.n_layer > MAX_LAYERS {
+            bail!(
+                "--layers {} (n_layer) is more than this engine plans for ({MAX_LAYERS})",
+                self.model.n_layer
+            );
         }
-        if t.batch == 0 || t.grad_accum == 0 {
-            bail!("--batch and --grad-accum must be at least 1");
+        let at_least_one = [
+            ("--steps", "steps", t.steps),
+            ("--batch", "batch", t.batch),
+            ("--grad-accum", "grad_accum", t.grad_accum),
+            ("--agent-k", "agent_k", self.tying.agent_k),
+            ("--keep-checkpoints", "keep_checkpoints", t.keep_checkpoints),
+            ("", "[train] log_every", t.log_every),
+            ("", "[data] synthetic_tokens", self.data.synthetic_tokens),
+        ];
+        for (flag, field, v) in at_least_one {
+            if v == 0 {
+                bail!("{} must be at least 1", name(flag, field));
+            }
+        }
+        for (flag, field, v) in [
+            ("--steps", "steps", t.steps),
+            ("", "[train] warmup_steps", t.warmup_steps),
+        ] {
+            if v > u32::MAX as usize {
+                bail!("{} {v} is more than {} steps", name(flag, field), u32::MAX);
+            }
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
-            bail!("--lr must be a positive number, got {}", t.lr);
+            bail!("--lr (lr) must be a positive number, got {}", t.lr);
         }
-        if self.tying.agent_k == 0 {
-            bail!("--agent-k must be at least 1");
+        let finite = |flag: &str, field: &str, v: f32, ok: bool, range: &str| -> Result<()> {
+            if !(v.is_finite() && ok) {
+                bail!("{} must be {range}, got {v}", name(flag, field));
+            }
+            Ok(())
+        };
+        finite(
+            "--min-lr",
+            "min_lr",
+            t.min_lr,
+            t.min_lr >= 0.0 && t.min_lr <= t.lr,
+            &format!("in [0, lr = {}] (the floor of the cosine schedule)", t.lr),
+        )?;
+        finite(
+            "",
+            "[train] weight_decay",
+            t.weight_decay,
+            t.weight_decay >= 0.0,
+            "a number >= 0",
+        )?;
+        for (field, v) in [("[train] beta1", t.beta1), ("[train] beta2", t.beta2)] {
+            finite("", field, v, (0.0..1.0).contains(&v), "in [0, 1)")?;
         }
+        finite("", "[train] eps", t.eps, t.eps > 0.0, "a number > 0")?;
+        finite(
+            "",
+            "[train] grad_clip",
+            t.grad_clip,
+            t.grad_clip >= 0.0,
+            "a number >= 0 (0 turns clipping off)",
+        )?;
+        finite(
+            "--param-cost",
+            "param_cost",
+            self.tying.param_cost,
+            self.tying.param_cost >= 0.0,
+            "a number >= 0",
+        )?;
         self.agent
             .validate(self.tying.paper_compat, self.tying.param_cost)?;
         self.tying.policy.check_blocks(self.model.n_layer)?;
@@ -352,11 +434,25 @@ impl RunConfig {
     }
 }
 
+/// The most blocks a model may have (far beyond any model trained; it
+/// bounds the per-block bookkeeping allocated before the memory check).
+pub const MAX_LAYERS: usize = 4096;
+
+/// "--flag (field)", or "[section] field (...)" for fields without a flag.
+fn name(flag: &str, field: &str) -> String {
+    if flag.is_empty() {
+        format!("{field} (of a --config file or the run's config.toml)")
+    } else {
+        format!("{flag} ({field})")
+    }
+}
+
 /// A TOML error in one line: where (the line of `text`, or the key) and what.
 fn toml_error(e: &toml::de::Error, text: &str) -> anyhow::Error {
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
             anyhow::anyhow!("line {line}: {}", e.message().trim())
         }
         None => {

@@ -26,6 +26,16 @@ impl JsonlWriter {
         })
     }
 
+    /// The file's length in bytes: what a checkpoint records, so that a
+    /// resume can cut the file back to it.
+    pub fn byte_len(&self) -> Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .with_context(|| format!("cannot read the length of {}", self.path.display()))?
+            .len())
+    }
+
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
@@ -81,6 +91,31 @@ pub fn truncate_after_step(path: &Path, step: u64) -> Result<()> {
         }
     }
     std::fs::write(path, kept).with_context(|| format!("cannot rewrite {}", path.display()))
+}
+
+/// Cuts the file at `path` back to `len` bytes (what a checkpoint saw of
+/// it). A file shorter than that (lost with the machine's power before it
+/// reached the disk) is kept as it is; the returned note says so.
+pub fn truncate_to(path: &Path, len: u64) -> Result<Option<String>> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && len == 0 => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let now = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if now < len {
+        return Ok(Some(format!(
+            "warning: {} has {now} bytes, fewer than the {len} the checkpoint saw: lines were \
+             lost (a crash of the machine?); the run continues with what is there",
+            path.display()
+        )));
+    }
+    file.set_len(len)
+        .with_context(|| format!("cannot cut {} back to the checkpoint", path.display()))?;
+    Ok(None)
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, for default run names.

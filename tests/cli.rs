@@ -1,112 +1,14 @@
 //! The `dyntie` program: bad input is a one-line `error:` naming the file
 //! or flag (never a panic), and every subcommand runs on a trained run.
 
+#[path = "common/cli.rs"]
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dyntie-cli-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn dyntie(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dyntie"))
-        .args(args)
-        .output()
-        .expect("cannot run dyntie")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = dyntie(args);
-    assert!(
-        out.status.success(),
-        "dyntie {args:?} failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Runs dyntie, expects a failure with one `error:` line mentioning every
-/// word of `needles`; returns that line.
-fn fails(args: &[&str], needles: &[&str]) -> String {
-    let out = dyntie(args);
-    let err = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "dyntie {args:?} succeeded:\n{}",
-        text(&out.stdout)
-    );
-    assert_eq!(out.status.code(), Some(1), "dyntie {args:?}: {err}");
-    assert!(!err.contains("panicked"), "dyntie {args:?} panicked: {err}");
-    let err = err.trim();
-    assert!(
-        err.starts_with("error:") && err.lines().count() == 1,
-        "dyntie {args:?}: not a one-line error:\n{err}"
-    );
-    for n in needles {
-        assert!(err.contains(n), "dyntie {args:?}: '{n}' not in: {err}");
-    }
-    err.to_string()
-}
-
-/// The shape every test trains: a few steps of a 3-block model.
-const SMALL: &[&str] = &[
-    "--preset",
-    "tiny",
-    "--layers",
-    "3",
-    "--d-model",
-    "32",
-    "--heads",
-    "2",
-    "--ctx",
-    "16",
-    "--batch",
-    "4",
-];
-
-/// `train` with the small shape, where a flag in `extra` replaces the
-/// small shape's value.
-fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["train"];
-    for pair in SMALL.chunks(2) {
-        if !extra.contains(&pair[0]) {
-            v.extend_from_slice(pair);
-        }
-    }
-    v.extend_from_slice(extra);
-    v
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A byte-level dataset prepared from the text sample.
-fn prepared(root: &Path) -> PathBuf {
-    let dir = root.join("text");
-    ok(&[
-        "prepare",
-        "--dataset",
-        "text",
-        "--input",
-        "data/samples/text/input.txt",
-        "--tokenizer",
-        "byte",
-        "--out",
-        s(&dir),
-    ]);
-    dir
-}
+use std::path::Path;
+use std::process::Command;
 
 #[test]
 fn bad_data_is_a_clear_error() {
@@ -309,10 +211,10 @@ fn resume_with_more_steps_extends_the_run_and_records_it() {
             "7",
             "--layers",
             "2",
-            "--lr",
-            "0.1",
+            "--schedule",
+            "constant",
         ],
-        &["--layers, --lr would change the run", "--out"],
+        &["--layers, --schedule would change the run", "--out"],
     );
     assert_eq!(config(), before);
     // Recomputation may be turned on (it changes memory, not results).
@@ -336,7 +238,7 @@ fn corrupt_checkpoints_are_clear_errors() {
         "--out",
         s(&wide),
     ]));
-    let ckpt = run.join("checkpoint");
+    let ckpt = run.join("checkpoints/step-00000002");
     let resume = || fails(&["train", "--resume", s(&run), "--steps", "4"], &[]);
     let keep = |name: &str| fs::read(ckpt.join(name)).unwrap();
     let (state, model) = (keep("state.json"), keep("model.safetensors"));
@@ -351,7 +253,7 @@ fn corrupt_checkpoints_are_clear_errors() {
 
     // A checkpoint from a model of another width.
     for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
-        fs::copy(wide.join("checkpoint").join(f), ckpt.join(f)).unwrap();
+        fs::copy(wide.join("checkpoints/step-00000002").join(f), ckpt.join(f)).unwrap();
     }
     let err = resume();
     assert!(

@@ -6,11 +6,11 @@
 use anyhow::Result;
 use dyntie::config::RunConfig;
 use dyntie::cpu::CpuBackend;
-use dyntie::experiment::grid::Grid;
+use dyntie::experiment::grid::{Grid, PlannedRun};
 use dyntie::experiment::results::{RunResult, Segment};
 use dyntie::experiment::{run_grid, run_state, Options, RunState};
 use dyntie::metrics::read_jsonl;
-use dyntie::train::Trainer;
+use dyntie::train::{checkpoint_dirs, run_dir, Trainer};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -172,25 +172,18 @@ fn an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one() -> Result<()> {
         ["tiny/none/seed2", "tiny/dynamic/seed2"]
     );
 
-    // A dynamic run killed after its checkpoint at step 4: the same config
-    // trained for 4 steps, then config.toml back at 8 steps and the final
-    // evaluations of step 4 gone.
+    // Both runs killed after their checkpoint at step 4; the static one's
+    // folder as a dyntie from before run-folder markers left it.
+    cut_at_step_4(&gb.runs[0])?;
+    let old = &gb.runs[0].dir;
+    let newest = checkpoint_dirs(old)[0].clone();
+    fs::rename(&newest, old.join(run_dir::LEGACY_CHECKPOINT))?;
+    fs::remove_dir_all(old.join(run_dir::CHECKPOINTS))?;
+    fs::remove_file(old.join(run_dir::MARKER))?;
+    assert_eq!(run_state(&gb.runs[0])?, RunState::Interrupted { step: 4 });
     let run = &gb.runs[1];
-    let mut cfg = run.resolve()?;
-    cfg.train.steps = 4;
-    let mut t = Trainer::create(cfg, Arc::new(CpuBackend::new()), &run.dir, false)?;
-    t.verbose = false;
-    t.run()?;
-    let mut cfg = RunConfig::load(&run.dir.join("config.toml"))?;
-    cfg.train.steps = 8;
-    fs::write(run.dir.join("config.toml"), cfg.to_toml())?;
-    let metrics = fs::read_to_string(run.dir.join("metrics.jsonl"))?;
-    let kept: String = metrics
-        .lines()
-        .filter(|l| !l.contains("\"kind\":\"eval\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    fs::write(run.dir.join("metrics.jsonl"), kept)?;
+    cut_at_step_4(run)?;
+    assert!(run.dir.join(run_dir::MARKER).is_file());
     Segment::append(
         &run.dir,
         &Segment {
@@ -216,6 +209,9 @@ fn an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one() -> Result<()> {
         },
     )?;
     assert_eq!(cut.trained, ["tiny/none/seed1", "tiny/dynamic/seed1"]);
+    let (x, y) = (&whole.results[0], &cut.results[0]);
+    assert_eq!(x.valid_ppl.to_bits(), y.valid_ppl.to_bits());
+    assert!(gb.runs[0].dir.join(run_dir::MARKER).is_file());
     let (x, y) = (&whole.results[1], &cut.results[1]);
     assert_eq!(x.valid_ppl.to_bits(), y.valid_ppl.to_bits());
     assert_eq!(x.test_ppl.to_bits(), y.test_ppl.to_bits());
@@ -226,6 +222,7 @@ fn an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one() -> Result<()> {
     let segments = read_jsonl(&run.dir.join("provenance.jsonl"))?;
     assert_eq!(segments.len(), 2);
     assert_eq!(segments[1]["from_step"], 4);
+    assert!(checkpoint_dirs(&run.dir)[0].ends_with("checkpoints/step-00000008"));
     assert!(segments[1]["command"]
         .as_str()
         .unwrap()
@@ -244,5 +241,29 @@ fn an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one() -> Result<()> {
     for d in [a, b] {
         fs::remove_dir_all(d)?;
     }
+    Ok(())
+}
+
+/// A run killed after its checkpoint at step 4: the same config trained for
+/// 4 steps, then config.toml back at 8 steps and the final evaluations of
+/// step 4 gone.
+fn cut_at_step_4(run: &PlannedRun) -> Result<()> {
+    let mut cfg = run.resolve()?;
+    cfg.train.steps = 4;
+    let mut t = Trainer::create(cfg, Arc::new(CpuBackend::new()), &run.dir, false)?;
+    t.verbose = false;
+    t.run()?;
+    drop(t);
+    let mut cfg = RunConfig::load(&run.dir.join("config.toml"))?;
+    cfg.train.steps = 8;
+    fs::write(run.dir.join("config.toml"), cfg.to_toml())?;
+    let metrics = fs::read_to_string(run.dir.join("metrics.jsonl"))?;
+    let kept: String = metrics
+        .lines()
+        .filter(|l| !l.contains("\"kind\":\"eval\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(run.dir.join("metrics.jsonl"), kept)?;
+    assert_eq!(run_state(run)?, RunState::Interrupted { step: 4 });
     Ok(())
 }

@@ -132,6 +132,8 @@ fn checkpoints_resume_across_backends() {
     let mut t = Trainer::create(first, cpu(), &moved, true).unwrap();
     t.verbose = false;
     t.run().unwrap();
+    // A trainer holds its run folder's lock until it is dropped.
+    drop(t);
     for (backend, steps) in [(emu(), 8), (cpu(), 12)] {
         let mut t = Trainer::resume(&moved, backend, Some(steps)).unwrap();
         t.verbose = false;

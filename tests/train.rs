@@ -7,7 +7,7 @@ use dyntie::checkpoint;
 use dyntie::config::{BackendKind, RunConfig, Schedule};
 use dyntie::cpu::CpuBackend;
 use dyntie::metrics::read_jsonl;
-use dyntie::train::Trainer;
+use dyntie::train::{checkpoint_dirs, Trainer};
 use dyntie::tying::reward::RewardBaseline;
 use dyntie::tying::settings::{EpsilonSchedule, RewardSpan};
 use serde_json::Value;
@@ -83,8 +83,8 @@ fn assert_same_run(a: &Path, b: &Path) {
     let ties = |d: &Path| fs::read_to_string(d.join("ties.jsonl")).unwrap();
     assert_eq!(ties(a), ties(b), "ties.jsonl differs");
     for file in ["model.safetensors", "optimizer.safetensors"] {
-        let ta = checkpoint::load_safetensors(&a.join("checkpoint").join(file)).unwrap();
-        let tb = checkpoint::load_safetensors(&b.join("checkpoint").join(file)).unwrap();
+        let ta = checkpoint::load_safetensors(&newest(a).join(file)).unwrap();
+        let tb = checkpoint::load_safetensors(&newest(b).join(file)).unwrap();
         assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
         for (name, (shape, data)) in &ta {
             let (shape_b, data_b) = &tb[name];
@@ -93,6 +93,14 @@ fn assert_same_run(a: &Path, b: &Path) {
             assert!(bits(data) == bits(data_b), "{file}: {name} differs");
         }
     }
+}
+
+/// The newest checkpoint folder of a run.
+fn newest(run: &Path) -> PathBuf {
+    checkpoint_dirs(run)
+        .into_iter()
+        .next()
+        .expect("the run has a checkpoint")
 }
 
 /// 20 steps in one go, and 10 + resume + 10, must agree bit for bit.
@@ -148,15 +156,17 @@ fn resume_is_bit_for_bit_across_a_switch_of_structure() -> Result<()> {
     Ok(())
 }
 
-/// A kill between the two renames of a checkpoint write leaves only
-/// `checkpoint.old/`, maybe with a half-written `checkpoint.tmp/`, and lines
-/// logged after the checkpoint, the last one torn: resume uses the old folder
-/// and drops the lines.
+/// A kill between the two renames that replace a checkpoint of the same
+/// step leaves only `step-N.old/`, maybe with a half-written `step-N.tmp/`,
+/// and lines logged after the checkpoint, the last one torn: resume uses
+/// the old folder and drops the lines.
 #[test]
 fn resume_after_an_interrupted_checkpoint_write() -> Result<()> {
     check_resume("dynamic", "kill", |dir| {
-        fs::rename(dir.join("checkpoint"), dir.join("checkpoint.old")).unwrap();
-        let tmp = dir.join("checkpoint.tmp");
+        let step = newest(dir);
+        let old = step.with_file_name("step-00000010.old");
+        fs::rename(&step, &old).unwrap();
+        let tmp = step.with_file_name("step-00000010.tmp");
         fs::create_dir_all(&tmp).unwrap();
         fs::write(tmp.join("model.safetensors"), b"\x40\x00\x00").unwrap();
         fs::write(tmp.join("state.json"), b"{\"format_version\": 1, \"st").unwrap();
@@ -169,11 +179,11 @@ fn resume_after_an_interrupted_checkpoint_write() -> Result<()> {
     })
 }
 
-/// A complete `checkpoint/` next to a partial `checkpoint.tmp/` is used as is.
+/// A complete checkpoint next to a partial `.tmp/` folder is used as is.
 #[test]
 fn a_partial_tmp_folder_next_to_a_checkpoint_is_ignored() -> Result<()> {
     check_resume("pattern:0,0,1", "tmp", |dir| {
-        let tmp = dir.join("checkpoint.tmp");
+        let tmp = dir.join("checkpoints/step-00000011.tmp");
         fs::create_dir_all(&tmp).unwrap();
         fs::write(tmp.join("state.json"), b"garbage").unwrap();
     })
@@ -200,9 +210,10 @@ fn a_one_block_dynamic_run_resumes() -> Result<()> {
 fn only_a_partial_tmp_folder_is_a_clear_error() -> Result<()> {
     let dir = temp_dir("onlytmp");
     create(config("none", 2), &dir)?.run()?;
-    fs::rename(dir.join("checkpoint"), dir.join("checkpoint.tmp"))?;
+    let step = newest(&dir);
+    fs::rename(&step, step.with_file_name("step-00000002.tmp"))?;
     let err = format!("{:#}", resume(&dir, 4).err().expect("resume must fail"));
-    assert!(err.contains("no checkpoint at"), "{err}");
+    assert!(err.contains("no checkpoint in"), "{err}");
     fs::remove_dir_all(dir)?;
     Ok(())
 }
@@ -478,11 +489,12 @@ fn recomputation_changes_memory_and_nothing_else() -> Result<()> {
     assert_eq!(lines_a, lines_b);
     let read = |d: &Path, f: &str| fs::read(d.join(f)).unwrap();
     assert_eq!(read(&a, "ties.jsonl"), read(&b, "ties.jsonl"));
-    for f in [
-        "checkpoint/model.safetensors",
-        "checkpoint/optimizer.safetensors",
-    ] {
-        assert!(read(&a, f) == read(&b, f), "{f} differs");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let (fa, fb) = (newest(&a).join(f), newest(&b).join(f));
+        assert!(
+            fs::read(fa).unwrap() == fs::read(fb).unwrap(),
+            "{f} differs"
+        );
     }
     assert!(fs::read_to_string(b.join("config.toml"))?.contains("recompute = true"));
     for d in [a, b] {

@@ -12,7 +12,7 @@ use std::path::Path;
 
 /// `dyntie eval`: perplexity on a split, or LAMBADA last-word accuracy.
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (cfg, mut model) = load_run(&args.run, args.backend)?;
+    let (cfg, mut model) = load_run(&args.run, args.backend, args.allow_non_finite)?;
     match args.task {
         None => perplexity(args, cfg, &mut model),
         Some(EvalTask::Lambada) => {
@@ -26,22 +26,33 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             let r = lambada(&mut model, &tok, Path::new(path))?;
             println!(
                 "lambada: {} examples, last-word accuracy {:.2}%, target perplexity {:.3}",
-                r.0,
-                100.0 * r.1,
-                r.2
+                r.examples,
+                100.0 * r.accuracy,
+                r.perplexity
+            );
+            if r.unscored > 0 {
+                println!(
+                    "{} of them could not be scored (a target word longer than the context of \
+                     {}, or no context) and count as wrong",
+                    r.unscored,
+                    model.config().n_ctx
+                );
+            }
+            ensure!(
+                r.perplexity.is_finite(),
+                "the target perplexity is {}: the model is broken",
+                r.perplexity
             );
             Ok(())
         }
     }
 }
 
-/// The loss and perplexity on `--split` of the run's dataset (or of the one
-/// `--data` names).
-fn perplexity(args: &EvalArgs, mut cfg: RunConfig, model: &mut Gpt2) -> Result<()> {
-    if let Some(d) = &args.data {
-        cfg.data.source = d.clone();
-    }
-    let data = train::open_dataset(&cfg)?;
+/// The loss and perplexity on `--split` of the run's dataset (checked to
+/// be the one it trained on) or of the one `--data` names (checked to use
+/// the run's tokenizer).
+fn perplexity(args: &EvalArgs, cfg: RunConfig, model: &mut Gpt2) -> Result<()> {
+    let data = train::open_run_dataset(&cfg, args.data.as_deref().map(Path::new))?;
     ensure!(
         data.vocab_size <= model.config().vocab_size,
         "dataset '{}' has vocabulary {} but the model only {}",
@@ -57,17 +68,39 @@ fn perplexity(args: &EvalArgs, mut cfg: RunConfig, model: &mut Gpt2) -> Result<(
         args.split,
         loss.exp()
     );
+    ensure!(
+        loss.is_finite(),
+        "the {} loss is {loss}: the model assigns some token no probability",
+        args.split
+    );
     Ok(())
 }
 
-/// (examples, accuracy, perplexity of the target tokens): a target word is
-/// right when every one of its tokens is the greedy prediction.
-fn lambada(model: &mut Gpt2, tok: &Tokenizer, path: &Path) -> Result<(usize, f64, f64)> {
+/// LAMBADA's numbers: a target word is right when every one of its tokens
+/// is the greedy prediction.
+struct Lambada {
+    examples: usize,
+    accuracy: f64,
+    /// Perplexity of the scored target tokens.
+    perplexity: f64,
+    /// Examples that cannot be scored (counted as wrong): a target of more
+    /// tokens than the context, or nothing before it.
+    unscored: usize,
+}
+
+fn lambada(model: &mut Gpt2, tok: &Tokenizer, path: &Path) -> Result<Lambada> {
     let examples = data::lambada_examples(path, tok)?;
+    ensure!(!examples.is_empty(), "{} has no examples", path.display());
     let n_ctx = model.config().n_ctx;
     let v = model.config().vocab_size;
-    let (mut right, mut nll, mut count) = (0usize, 0.0f64, 0usize);
+    let (mut right, mut nll, mut count, mut unscored) = (0usize, 0.0f64, 0usize, 0usize);
     for ex in &examples {
+        // The first target token needs one token before it, and the whole
+        // target must lie inside the window of n_ctx inputs.
+        if ex.context.is_empty() || ex.target.is_empty() || ex.target.len() > n_ctx {
+            unscored += 1;
+            continue;
+        }
         let mut seq: Vec<u32> = ex.context.iter().chain(&ex.target).copied().collect();
         if seq.len() > n_ctx + 1 {
             seq.drain(..seq.len() - n_ctx - 1);
@@ -89,10 +122,10 @@ fn lambada(model: &mut Gpt2, tok: &Tokenizer, path: &Path) -> Result<(usize, f64
         });
         right += all_right as usize;
     }
-    ensure!(!examples.is_empty(), "{} has no examples", path.display());
-    Ok((
-        examples.len(),
-        right as f64 / examples.len() as f64,
-        (nll / count.max(1) as f64).exp(),
-    ))
+    Ok(Lambada {
+        examples: examples.len(),
+        accuracy: right as f64 / examples.len() as f64,
+        perplexity: (nll / count.max(1) as f64).exp(),
+        unscored,
+    })
 }

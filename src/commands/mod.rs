@@ -22,10 +22,11 @@ pub use train::train;
 
 use crate::config::{BackendKind, RunConfig};
 use crate::cpu::CpuBackend;
-use crate::cuda::{self, CudaDevice, EmuDevice, KernelBackend};
-use crate::data::{Dataset, Tokenizer};
+use crate::cuda::{self, CudaDevice, Device, EmuDevice, KernelBackend};
+use crate::data::{Dataset, SyntheticConfig, Tokenizer};
 use crate::model::Gpt2;
 use crate::ops::Backend;
+use crate::train::memory::{self, Available};
 use crate::train::run_dir;
 use anyhow::Result;
 use std::path::Path;
@@ -111,19 +112,78 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
     }
 }
 
-/// The resolved config and the trained model of a run folder.
-pub fn load_run(dir: &Path, backend: Option<BackendKind>) -> Result<(RunConfig, Gpt2)> {
+impl SelectedBackend {
+    /// The memory this backend can still give: free device memory on a
+    /// GPU, else the host's available memory. `None` when it cannot be read.
+    pub fn available_memory(&self) -> Option<Available> {
+        const MIB: f64 = (1u64 << 20) as f64;
+        if let Some(gpu) = &self.cuda {
+            let (free, total) = gpu.device().mem_info().ok()?;
+            return Some(Available {
+                bytes: free,
+                what: format!(
+                    "{} has {:.0} MiB free of {:.0} MiB",
+                    gpu.device().description(),
+                    free as f64 / MIB,
+                    total as f64 / MIB
+                ),
+            });
+        }
+        let bytes = memory::host_available()?;
+        Some(Available {
+            bytes,
+            what: format!(
+                "the {} backend has {:.0} MiB (MemAvailable in /proc/meminfo)",
+                self.backend.name(),
+                bytes as f64 / MIB
+            ),
+        })
+    }
+}
+
+/// Refuses, before anything is allocated, a run that needs more memory
+/// than the backend has or more than can be counted.
+pub fn check_memory(cfg: &RunConfig, selected: &SelectedBackend) -> Result<()> {
+    let vocab = match cfg.data.prepared_dir() {
+        // Only meta.json is read here; a dataset that does not open is
+        // reported by the run itself.
+        Some(dir) => Dataset::vocab_of(dir).unwrap_or(cfg.model.vocab_size),
+        None => SyntheticConfig::default().vocab,
+    };
+    match selected.available_memory() {
+        Some(available) => memory::check(cfg, vocab, &available),
+        None => memory::need(cfg, vocab).map(|_| ()),
+    }
+}
+
+/// The resolved config and the trained model of a run folder, from its
+/// newest good checkpoint (with `allow_non_finite`, also one holding NaN).
+pub fn load_run(
+    dir: &Path,
+    backend: Option<BackendKind>,
+    allow_non_finite: bool,
+) -> Result<(RunConfig, Gpt2)> {
     let cfg = run_dir::load_config(dir, "--run")?;
     let selected = select_backend(backend.unwrap_or(cfg.backend))?;
-    let model = crate::train::load_model(dir, &cfg, selected.backend)?;
+    check_memory(&cfg, &selected)?;
+    let mut notes = Vec::new();
+    let model =
+        crate::train::load_model(dir, &cfg, selected.backend, allow_non_finite, &mut notes)?;
+    for n in notes {
+        eprintln!("{n}");
+    }
     Ok((cfg, model))
 }
 
-/// The tokenizer of the dataset a run trained on; `None` for the synthetic
+/// The tokenizer of the dataset a run trained on (as config.toml records
+/// it, or for older runs from the dataset); `None` for the synthetic
 /// corpus, whose ids are not text.
 fn tokenizer_of(cfg: &RunConfig) -> Result<Option<Tokenizer>> {
+    if let Some(kind) = cfg.data.tokenizer {
+        return Ok(Some(Tokenizer::new(kind)));
+    }
     match cfg.data.prepared_dir() {
-        Some(dir) => Ok(Dataset::open(dir)?.tokenizer),
+        Some(_) => Ok(crate::train::open_run_dataset(cfg, None)?.tokenizer),
         None => Ok(None),
     }
 }

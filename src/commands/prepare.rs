@@ -17,7 +17,10 @@ pub fn prepare(args: &PrepareArgs) -> Result<()> {
         &args.input,
         &out,
         &tok,
-        &PrepareOptions::default(),
+        &PrepareOptions {
+            force: args.force,
+            ..PrepareOptions::default()
+        },
     )?;
     println!(
         "{}: train {} / valid {} / test {} tokens ({} tokenizer, vocab {}) in {:.1} s -> {}",

@@ -1,6 +1,6 @@
 //! `dyntie train`: a new run, or the resume of one, then its summary.
 
-use super::select_backend;
+use super::{check_memory, select_backend};
 use crate::cli::TrainArgs;
 use crate::metrics::utc_timestamp;
 use crate::train::{run_dir, Trainer};
@@ -13,22 +13,36 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let fixed = args.fixed_on_resume();
         ensure!(
             fixed.is_empty(),
-            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --backend and --recompute may change on resume), or start a new run with --out",
+            "--resume continues {} as its config.toml says; {} would change the run: drop {} (only --steps, --lr, --backend, --recompute and --data for a dataset that moved may change on resume), or start a new run with --out",
             dir.display(),
             fixed.join(", "),
             if fixed.len() == 1 { "it" } else { "them" }
         );
-        let cfg = run_dir::load_config(dir, "--resume")?;
+        let mut cfg = run_dir::load_config(dir, "--resume")?;
         let selected = select_backend(args.model.backend.unwrap_or(cfg.backend))?;
+        if args.model.recompute {
+            cfg.train.recompute = true;
+        }
+        if let Some(lr) = args.lr {
+            // Checked before the run folder is touched.
+            cfg.train.lr = lr;
+            cfg.train.min_lr = 0.0;
+            cfg.validate()?;
+        }
+        check_memory(&cfg, &selected)?;
         println!("{}", selected.why);
-        let mut t = Trainer::resume(dir, selected.backend, args.steps)?;
+        let moved = args.data.as_deref().map(std::path::Path::new);
+        let mut t = Trainer::resume_from(dir, selected.backend, args.steps, moved)?;
         println!("resuming {} at step {}", dir.display(), t.step());
-        if let Some(note) = t.extension_note() {
+        for note in t.notes() {
             println!("{note}");
         }
         if args.model.recompute && !t.config().train.recompute {
             t.enable_recompute()?;
             println!("activations are recomputed from here on (config.toml updated)");
+        }
+        if let Some(lr) = args.lr {
+            println!("{}", t.change_lr(lr)?);
         }
         t
     } else {
@@ -37,7 +51,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
+        // Before anything is built: the folder, then the memory.
+        run_dir::check_new(&dir, args.force)?;
         let selected = select_backend(cfg.backend)?;
+        check_memory(&cfg, &selected)?;
         println!("{}", selected.why);
         Trainer::create(cfg, selected.backend, &dir, args.force)?
     };
@@ -67,7 +84,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         pct(s.counted.total_bytes, s.conventional.total_bytes)
     );
     println!(
-        "run folder: {} (metrics.jsonl, ties.jsonl, report.svg, checkpoint/)",
+        "run folder: {} (metrics.jsonl, ties.jsonl, report.svg, checkpoints/)",
         trainer.dir().display()
     );
     Ok(())

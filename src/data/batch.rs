@@ -117,6 +117,9 @@ impl TrainBatcher {
         if rows == 0 {
             bail!("batch size must be at least 1");
         }
+        if rows.checked_mul(context + 1).is_none() {
+            bail!("a batch of {rows} windows of {context} tokens is too large to count");
+        }
         Ok(TrainBatcher {
             source,
             rows,

@@ -15,8 +15,8 @@ pub mod tokfile;
 
 pub use batch::{Batch, EvalWindows, TokenSource, TrainBatcher, IGNORE_INDEX};
 pub use prepare::{
-    count_words, lambada_examples, prepare, Corpus, LambadaExample, Meta, PrepareOptions,
-    PrepareSummary, WordCount,
+    count_words, lambada_examples, lambada_examples_from_text, lambada_texts, prepare, Corpus,
+    LambadaExample, Meta, PrepareOptions, PrepareSummary, WordCount,
 };
 pub use synthetic::{Synthetic, SyntheticConfig};
 pub use tokenizer::{Tokenizer, TokenizerKind};
@@ -24,7 +24,53 @@ pub use tokfile::TokenFile;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
+use sha2::{Digest, Sha256};
 use std::path::Path;
+
+impl Meta {
+    /// Parses and checks the text of a `meta.json`.
+    pub fn parse(json: &str) -> Result<Meta> {
+        let meta: Meta = serde_json::from_str(json)?;
+        if meta.format_version != prepare::META_VERSION {
+            bail!(
+                "format version {} (expected {})",
+                meta.format_version,
+                prepare::META_VERSION
+            );
+        }
+        if meta.vocab_size == 0 || meta.vocab_size > u32::MAX as usize {
+            bail!("vocab_size {} is not a vocabulary size", meta.vocab_size);
+        }
+        Ok(meta)
+    }
+
+    /// What identifies the tokens: a hash of the tokenizer, the counts and
+    /// the token files' own hashes (or, for a meta.json written before
+    /// those were recorded, the sources' hashes). The same corpus prepared
+    /// again the same way gets the same id; another tokenizer or corpus
+    /// gets another.
+    pub fn content_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(format!(
+            "{}|{}|{}|{}|{}|{}",
+            self.tokenizer,
+            self.vocab_size,
+            self.dataset,
+            self.tokens.train,
+            self.tokens.valid,
+            self.tokens.test
+        ));
+        match &self.token_sha256 {
+            Some(t) => h.update(format!("|{}|{}|{}", t.train, t.valid, t.test)),
+            None => {
+                for s in &self.sources {
+                    h.update(format!("|{}", s.sha256));
+                }
+            }
+        }
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
 
 /// A held-out split, the ones evaluation reads (`--split`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -40,6 +86,9 @@ pub struct Dataset {
     pub name: String,
     /// `None` for the synthetic corpus (its ids are not text).
     pub tokenizer: Option<Tokenizer>,
+    /// A prepared dataset's content hash (see [`Meta::content_id`]);
+    /// `None` for the synthetic corpus, which the run seed defines.
+    pub id: Option<String>,
     pub vocab_size: usize,
     pub train: TokenSource,
     pub valid: TokenSource,
@@ -47,9 +96,8 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Open a folder written by [`prepare()`], checking the token files
-    /// against `meta.json`.
-    pub fn open(dir: &Path) -> Result<Dataset> {
+    /// Reads and checks `meta.json` of a prepared folder.
+    pub fn read_meta(dir: &Path) -> Result<Meta> {
         let meta_path = dir.join("meta.json");
         let json = std::fs::read_to_string(&meta_path).with_context(|| {
             format!(
@@ -57,20 +105,23 @@ impl Dataset {
                 meta_path.display()
             )
         })?;
-        let meta: Meta = serde_json::from_str(&json).with_context(|| {
+        Meta::parse(&json).with_context(|| {
             format!(
                 "{} is not a valid meta.json; re-run `dyntie prepare`",
                 meta_path.display()
             )
-        })?;
-        if meta.format_version != prepare::META_VERSION {
-            bail!(
-                "{}: format version {} (expected {}); re-run `dyntie prepare`",
-                meta_path.display(),
-                meta.format_version,
-                prepare::META_VERSION
-            );
-        }
+        })
+    }
+
+    /// The vocabulary size a prepared folder's meta.json declares.
+    pub fn vocab_of(dir: &Path) -> Result<usize> {
+        Ok(Self::read_meta(dir)?.vocab_size)
+    }
+
+    /// Open a folder written by [`prepare()`], checking the token files
+    /// against `meta.json`.
+    pub fn open(dir: &Path) -> Result<Dataset> {
+        let meta = Self::read_meta(dir)?;
         let tokenizer = Tokenizer::new(meta.tokenizer);
         let counts = [meta.tokens.train, meta.tokens.valid, meta.tokens.test];
         let mut sources = Vec::new();
@@ -88,15 +139,23 @@ impl Dataset {
             }
             sources.push(TokenSource::from_file(split, file));
         }
-        let [train, valid, test]: [TokenSource; 3] = sources.try_into().unwrap();
+        let [train, valid, test]: [TokenSource; 3] = sources
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("three splits"))?;
         Ok(Dataset {
-            name: meta.dataset,
+            name: meta.dataset.clone(),
             tokenizer: Some(tokenizer),
+            id: Some(meta.content_id()),
             vocab_size: meta.vocab_size,
             train,
             valid,
             test,
         })
+    }
+
+    /// The tokenizer's name, as meta.json and config.toml write it.
+    pub fn tokenizer_kind(&self) -> Option<TokenizerKind> {
+        self.tokenizer.as_ref().map(Tokenizer::kind)
     }
 
     /// The tokens of a held-out split.
@@ -113,6 +172,7 @@ impl Dataset {
         Ok(Dataset {
             name: "synthetic".to_string(),
             tokenizer: None,
+            id: None,
             vocab_size: cfg.vocab,
             train: TokenSource::from_vec("train", syn.generate(cfg.train_tokens, 0)),
             valid: TokenSource::from_vec("valid", syn.generate(cfg.valid_tokens, 1)),

@@ -52,14 +52,25 @@ crate::choice_text!(Corpus, "dataset");
 pub struct PrepareOptions {
     /// Fractions of train/valid/test for the `text` layout.
     pub split_ratio: [f64; 3],
+    /// Replace a dataset already in the output folder.
+    pub force: bool,
 }
 
 impl Default for PrepareOptions {
     fn default() -> Self {
         PrepareOptions {
             split_ratio: [0.9, 0.05, 0.05],
+            force: false,
         }
     }
+}
+
+/// The sha256 of each token file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitHashes {
+    pub train: String,
+    pub valid: String,
+    pub test: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +96,10 @@ pub struct Meta {
     pub vocab_size: usize,
     pub tokens: SplitCounts,
     pub sources: Vec<SourceFile>,
+    /// The token files' hashes (absent in datasets prepared before they
+    /// were recorded); part of the dataset's content id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<SplitHashes>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,7 +109,11 @@ pub struct PrepareSummary {
     pub seconds: f64,
 }
 
-/// Prepare `input` (see the module doc for layouts) into `out_dir`.
+/// Prepare `input` (see the module doc for layouts) into `out_dir`: a
+/// folder that does not exist, an empty one, or (with `options.force`) one
+/// holding a dataset. Everything is written into a folder beside it first
+/// and moved in only when complete; meta.json last, so a folder is never
+/// taken for a dataset while its files are being replaced.
 pub fn prepare(
     corpus: Corpus,
     input: &Path,
@@ -110,6 +129,101 @@ pub fn prepare(
             corpus
         );
     }
+    check_out_dir(out_dir, options.force)?;
+    let staging = Staging::new(out_dir)?;
+    let meta = prepare_into(corpus, input, &staging.dir, tokenizer, options)?;
+    staging.move_into(out_dir)?;
+    Ok(PrepareSummary {
+        out_dir: out_dir.to_path_buf(),
+        meta,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The files a prepared dataset consists of.
+const DATASET_FILES: [&str; 4] = ["train.bin", "valid.bin", "test.bin", "meta.json"];
+
+/// Refuses an output folder that is a file, holds something other than a
+/// dataset, or holds a dataset and `force` is not given.
+fn check_out_dir(out_dir: &Path, force: bool) -> Result<()> {
+    let d = out_dir.display();
+    if !out_dir.exists() {
+        return Ok(());
+    }
+    if !out_dir.is_dir() {
+        bail!("--out {d} is a file, not a folder");
+    }
+    let has_dataset = DATASET_FILES.iter().any(|f| out_dir.join(f).exists());
+    let empty = std::fs::read_dir(out_dir)
+        .with_context(|| format!("cannot list --out {d}"))?
+        .next()
+        .is_none();
+    if has_dataset && !force {
+        bail!(
+            "--out {d} already holds a dataset: runs trained on it would no longer match it; \
+             choose another --out, or replace it with --force"
+        );
+    }
+    if !has_dataset && !empty {
+        bail!("--out {d} is not empty and holds no dataset: choose a new or empty folder");
+    }
+    Ok(())
+}
+
+/// A folder beside the output folder that a dataset is written into
+/// before it replaces the output's files; removed when dropped.
+struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    fn new(out_dir: &Path) -> Result<Staging> {
+        let mut name = out_dir
+            .file_name()
+            .with_context(|| format!("--out {} has no folder name", out_dir.display()))?
+            .to_os_string();
+        name.push(".prepare-tmp");
+        let dir = out_dir.with_file_name(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        create_out_dir(&dir)?;
+        Ok(Staging { dir })
+    }
+
+    /// Moves the finished dataset into `out_dir`: the old meta.json goes
+    /// first and the new one comes last.
+    fn move_into(&self, out_dir: &Path) -> Result<()> {
+        create_out_dir(out_dir)?;
+        let meta = out_dir.join("meta.json");
+        if meta.exists() {
+            std::fs::remove_file(&meta)
+                .with_context(|| format!("cannot remove {}", meta.display()))?;
+        }
+        for f in DATASET_FILES {
+            let (from, to) = (self.dir.join(f), out_dir.join(f));
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The whole preparation, into `out_dir` (the staging folder).
+fn prepare_into(
+    corpus: Corpus,
+    input: &Path,
+    out_dir: &Path,
+    tokenizer: &Tokenizer,
+    options: &PrepareOptions,
+) -> Result<Meta> {
     let mut sources = Vec::new();
     let vocab = tokenizer.vocab_size();
     let counts: [u64; 3] = match corpus {
@@ -169,14 +283,34 @@ pub fn prepare(
             test: counts[2],
         },
         sources,
+        token_sha256: Some(SplitHashes {
+            train: file_sha256(&bin_path(out_dir, "train"))?,
+            valid: file_sha256(&bin_path(out_dir, "valid"))?,
+            test: file_sha256(&bin_path(out_dir, "test"))?,
+        }),
     };
     let json = serde_json::to_string_pretty(&meta)?;
     write_atomic(&out_dir.join("meta.json"), json.as_bytes())?;
-    Ok(PrepareSummary {
-        out_dir: out_dir.to_path_buf(),
-        meta,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(meta)
+}
+
+/// The sha256 of a file, read in pieces.
+fn file_sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
 }
 
 fn create_out_dir(out_dir: &Path) -> Result<()> {
@@ -227,7 +361,8 @@ fn encode_documents<S: AsRef<str> + Sync>(tokenizer: &Tokenizer, docs: &[S]) -> 
     encoded.concat()
 }
 
-fn lambada_texts(path: &Path, text: &str) -> Result<Vec<String>> {
+/// The passages of a LAMBADA jsonl text (`path` names it in errors).
+pub fn lambada_texts(path: &Path, text: &str) -> Result<Vec<String>> {
     #[derive(Deserialize)]
     struct Line {
         text: String,
@@ -265,7 +400,17 @@ pub fn lambada_examples(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Lambad
         path.to_path_buf()
     };
     let text = read_text(&file, &mut Vec::new())?;
-    let texts = lambada_texts(&file, &text)?;
+    lambada_examples_from_text(&file, &text, tokenizer)
+}
+
+/// The examples of the text of a LAMBADA jsonl file (`file` names it in
+/// errors): each passage's last word is the target.
+pub fn lambada_examples_from_text(
+    file: &Path,
+    text: &str,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<LambadaExample>> {
+    let texts = lambada_texts(file, text)?;
     texts
         .par_iter()
         .enumerate()

@@ -105,16 +105,20 @@ impl Tokenizer {
     /// Decode ids back to text (invalid UTF-8 is replaced, as a partial
     /// multi-byte character can be cut by a window).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let bytes = match self {
+        Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
+    }
+
+    /// Decode ids to the bytes they stand for.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        match self {
             Tokenizer::Byte => ids
                 .iter()
                 .map(|&t| u8::try_from(t).with_context(|| format!("byte token id {t} >= 256")))
-                .collect::<Result<Vec<u8>>>()?,
+                .collect(),
             Tokenizer::Gpt2(bpe) => bpe.decode_bytes(ids).map_err(|e| {
                 anyhow::anyhow!("GPT-2 token id {} is not in the vocabulary", e.token)
-            })?,
-        };
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }),
+        }
     }
 }
 

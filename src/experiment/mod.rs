@@ -27,7 +27,7 @@ pub mod summary;
 use crate::commands::select_backend;
 use crate::config::RunConfig;
 use crate::metrics::utc_timestamp;
-use crate::train::Trainer;
+use crate::train::{checkpoint_dirs, Trainer};
 use anyhow::{bail, Context, Result};
 use grid::{config_differences, Grid, PlannedRun};
 use results::{
@@ -78,14 +78,13 @@ pub fn run_state(run: &PlannedRun) -> Result<RunState> {
     if finished_at(&run.dir)? == Some(recorded.train.steps as u64) {
         return Ok(RunState::Finished);
     }
-    let Ok(ckpt) = crate::checkpoint::readable_dir(&run.dir.join("checkpoint")) else {
-        return Ok(RunState::Fresh);
-    };
-    let state: serde_json::Value = std::fs::read_to_string(ckpt.join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    Ok(match state["step"].as_u64() {
+    // The newest checkpoint whose state is readable is where resume starts
+    // (`checkpoints/step-N/`, or the single `checkpoint/` of older runs).
+    let step = checkpoint_dirs(&run.dir).into_iter().find_map(|ckpt| {
+        let text = std::fs::read_to_string(ckpt.join("state.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+    });
+    Ok(match step {
         Some(step) => RunState::Interrupted { step },
         None => RunState::Fresh,
     })

@@ -12,21 +12,27 @@
 //! - `step`: one optimizer step
 //! - `agent_driver`: closing and making tie decisions, rewards
 //! - `eval`: loss and perplexity on a split
-//! - `checkpoint`: the checkpoint folder's tensors and state, saving and restoring
-//! - `run_dir`: the run folder and its config.toml
+//! - `checkpoint`: the kept checkpoint folders, saving, finding the newest
+//!   good one, restoring
+//! - `run_dir`: the run folder, its marker and lock, and its config.toml
+//! - `memory`: the memory a run needs, checked before anything is allocated
+//! - `interrupt`: SIGINT and SIGTERM stop a run after a step, with a checkpoint
 //! - `log`: metrics.jsonl, the progress bar, report.svg
 
 mod agent_driver;
 mod checkpoint;
 mod eval;
+pub mod interrupt;
 mod log;
+pub mod memory;
 pub mod run_dir;
 mod setup;
 mod step;
 mod trainer;
 
-pub use checkpoint::load_model;
+pub use checkpoint::{checkpoint_dirs, load_model, parse_state_text};
 pub use eval::evaluate_split;
+pub use interrupt::Interrupted;
 pub use log::write_report;
-pub use setup::{initial_table, open_dataset};
+pub use setup::{initial_table, open_dataset, open_run_dataset, synthetic_config};
 pub use trainer::{Summary, Trainer};

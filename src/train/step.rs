@@ -4,6 +4,7 @@
 
 use super::setup::DROPOUT_STREAM;
 use super::Trainer;
+use crate::optim::clip_scale;
 use crate::rng::HostRng;
 use anyhow::{bail, Result};
 
@@ -34,15 +35,31 @@ impl Trainer {
             )?;
             loss += l / accum as f32;
         }
+        // A non-finite loss or gradient ends the run before the update, so
+        // the weights in memory stay those of the last step, and no
+        // checkpoint is written from the diverged state.
         if !loss.is_finite() {
             bail!(
-                "the training loss is {loss} at step {}: training diverged; lower --lr (now {})",
+                "training diverged: the training loss is {loss} at step {}; {}",
                 self.step,
-                self.cfg.train.lr
+                self.how_to_recover()
             );
         }
-        let clip = (t.grad_clip > 0.0).then_some(t.grad_clip);
-        let norm = self.opt.clip_and_update(&self.model, clip)?;
+        let norm = self.opt.grad_norm(&self.model)?;
+        if !norm.is_finite() {
+            bail!(
+                "training diverged: the gradient norm is {norm} at step {}; {}",
+                self.step,
+                self.how_to_recover()
+            );
+        }
+        let t = &self.cfg.train;
+        let scale = if t.grad_clip > 0.0 {
+            clip_scale(norm, t.grad_clip)
+        } else {
+            1.0
+        };
+        self.opt.update(&self.model, scale)?;
         self.tokens_seen += (accum * batch * n_ctx) as u64;
         Ok((loss, norm))
     }

@@ -3,11 +3,14 @@
 //! optimizer steps, logging, evaluation and checkpoints on the way).
 
 use super::agent_driver::{self, DynamicState};
-use super::checkpoint::read_state;
+use super::checkpoint::{newest_good, skipped_notes};
+use super::interrupt::{self, Interrupted};
 use super::log::{progress_bar, say};
-use super::run_dir;
-use super::setup::{initial_table, lr_schedule, open_dataset, switch_target, DATA_STREAM};
-use crate::config::RunConfig;
+use super::run_dir::{self, RunLock};
+use super::setup::{
+    initial_table, lr_schedule, open_dataset, open_run_dataset, switch_target, DATA_STREAM,
+};
+use crate::config::{RunConfig, Schedule};
 use crate::data::{Batch, Dataset, EvalWindows, Split, TrainBatcher};
 use crate::metrics::{self, JsonlWriter};
 use crate::model::accounting::MemoryReport;
@@ -15,7 +18,7 @@ use crate::model::{activation_bytes, Gpt2};
 use crate::ops::Backend;
 use crate::optim::{AdamW, LrSchedule};
 use crate::rng::HostRng;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,12 +56,19 @@ pub struct Trainer {
     pub(super) ties: JsonlWriter,
     /// Print progress lines (set false in tests).
     pub verbose: bool,
-    /// What resuming with another `--steps` changed, for the user.
-    pub(super) extension_note: Option<String>,
+    /// What resuming changed (another `--steps`, checkpoints passed
+    /// over, logs cut back), for the user.
+    pub(super) notes: Vec<String>,
+    /// The step of the newest checkpoint on disk (written or resumed from).
+    pub(super) last_checkpoint: Option<u64>,
+    /// One process at a time in the run folder.
+    _lock: RunLock,
 }
 
 impl Trainer {
-    /// A new run in `dir` (created; it must not hold another run unless `force`).
+    /// A new run in `dir`: a folder that does not exist, an empty one, or
+    /// with `force` a run folder, whose old run is removed only once the
+    /// new one is fully built (configuration, data, tie table, model).
     pub fn create(
         cfg: RunConfig,
         backend: Arc<dyn Backend>,
@@ -66,44 +76,111 @@ impl Trainer {
         force: bool,
     ) -> Result<Trainer> {
         cfg.validate()?;
-        run_dir::create(dir, force)?;
+        run_dir::check_new(dir, force)?;
         let data = open_dataset(&cfg)?;
         let mc = cfg.model.for_dataset(data.vocab_size, &data.name)?;
-        // The resolved vocabulary goes into config.toml, so the run can be
-        // loaded without its dataset.
         let mut cfg = cfg;
+        // The resolved vocabulary goes into config.toml, so the run can be
+        // loaded without its dataset; the dataset's place (absolute, so the
+        // run works from any folder), content hash and tokenizer, so eval
+        // and sample find it and notice when it was prepared again.
         cfg.model.vocab_size = mc.vocab_size;
+        if let Some(place) = cfg.data.prepared_dir() {
+            let absolute = std::path::absolute(place)
+                .with_context(|| format!("cannot resolve --data {}", place.display()))?;
+            cfg.data.source = absolute.display().to_string();
+            cfg.data.dataset_id = data.id.clone();
+            cfg.data.tokenizer = data.tokenizer_kind();
+        }
         let table = initial_table(&cfg, &cfg.tying.policy, mc.n_layer)?;
         let model = Gpt2::with_table(backend, mc, cfg.train.seed, table)?;
-        let trainer = Self::assemble(cfg, dir, model, data)?;
+        let trainer = Self::assemble(cfg, dir, model, data, || run_dir::take(dir, force))?;
         run_dir::write_config(dir, &trainer.cfg)?;
         Ok(trainer)
     }
 
-    /// Continues the run in `dir` from its checkpoint; `steps` may extend it.
+    /// Continues the run in `dir` from its newest good checkpoint; `steps`
+    /// may extend it. Newer checkpoints that do not read back whole and
+    /// finite are passed over (and named in [`Trainer::notes`]).
     pub fn resume(dir: &Path, backend: Arc<dyn Backend>, steps: Option<usize>) -> Result<Trainer> {
+        Self::resume_from(dir, backend, steps, None)
+    }
+
+    /// [`Trainer::resume`], with the run's dataset found at `moved` (the
+    /// same tokens, checked by their content hash; config.toml records
+    /// the new place).
+    pub fn resume_from(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        steps: Option<usize>,
+        moved: Option<&Path>,
+    ) -> Result<Trainer> {
         let mut cfg = run_dir::load_config(dir, "--resume")?;
+        let lock = RunLock::acquire(dir)?;
+        run_dir::mark(dir)?;
+        if let Some(place) = moved {
+            let found = crate::data::Dataset::read_meta(place)
+                .with_context(|| format!("--data {}", place.display()))?
+                .content_id();
+            ensure!(
+                cfg.data.dataset_id.as_deref() == Some(found.as_str()),
+                "--data {} is not the dataset this run trained on (content {found}, the run \
+                 recorded {}): a resume continues on the same tokens",
+                place.display(),
+                cfg.data.dataset_id.as_deref().unwrap_or("nothing")
+            );
+            cfg.data.source = std::path::absolute(place)?.display().to_string();
+            run_dir::write_config(dir, &cfg)?;
+        }
         let recorded_steps = cfg.train.steps;
         if let Some(s) = steps {
             cfg.train.steps = s;
         }
         cfg.validate()?;
-        let (ckpt, state) = read_state(dir, cfg.model.n_layer)?;
+        let ckpt = newest_good(dir, cfg.model.n_layer, false)?;
+        let mut notes = skipped_notes(&ckpt);
         ensure!(
-            cfg.train.steps as u64 >= state.step,
+            cfg.train.steps as u64 >= ckpt.state.step,
             "{} is already at step {}; --steps {} would end before it (give more steps to extend the run)",
             dir.display(),
-            state.step,
+            ckpt.state.step,
             cfg.train.steps
         );
-        let data = open_dataset(&cfg)?;
+        let data = open_run_dataset(&cfg, None)?;
         let mc = cfg.model.for_dataset(data.vocab_size, &data.name)?;
-        let model = Gpt2::with_table(backend, mc, cfg.train.seed, state.table.clone())?;
-        let mut t = Self::assemble(cfg, dir, model, data)?;
-        t.restore(&ckpt, state)?;
-        // Lines logged after the checkpoint belong to a future that is redone.
-        metrics::truncate_after_step(&dir.join(run_dir::METRICS), t.step)?;
-        metrics::truncate_after_step(&dir.join(run_dir::TIES), t.step)?;
+        let model = Gpt2::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
+        let logs = ckpt.state.logs;
+        let skipped: Vec<PathBuf> = ckpt.skipped.iter().map(|(p, _)| p.clone()).collect();
+        // Lines logged after the checkpoint belong to a future that is
+        // redone: cut the logs back to what the checkpoint saw.
+        let step = ckpt.state.step;
+        for (name, len) in [
+            (run_dir::METRICS, logs.map(|l| l.metrics)),
+            (run_dir::TIES, logs.map(|l| l.ties)),
+        ] {
+            let path = dir.join(name);
+            match len {
+                Some(len) => {
+                    if let Some(note) = metrics::truncate_to(&path, len)? {
+                        notes.push(note);
+                    }
+                }
+                None => metrics::truncate_after_step(&path, step)?,
+            }
+        }
+        // Checkpoints newer than the one resumed from were passed over as
+        // broken: kept aside for inspection, out of the way of the new ones.
+        for path in skipped {
+            if path.starts_with(dir.join(run_dir::CHECKPOINTS)) {
+                let mut aside = path.clone().into_os_string();
+                aside.push(".broken");
+                std::fs::rename(&path, &aside)
+                    .with_context(|| format!("cannot move {} aside", path.display()))?;
+            }
+        }
+        let mut t = Self::assemble(cfg, dir, model, data, move || Ok(lock))?;
+        t.restore(ckpt)?;
+        t.notes = notes;
         if t.cfg.train.steps != recorded_steps {
             // config.toml describes the run, so a later resume, eval or
             // sample sees the new length too.
@@ -133,13 +210,21 @@ impl Trainer {
                     before.lr(at)
                 );
             }
-            t.extension_note = Some(note);
+            t.notes.push(note);
         }
         Ok(t)
     }
 
     /// The trainer of `cfg` at step 0 around a model just built for it.
-    fn assemble(cfg: RunConfig, dir: &Path, mut model: Gpt2, data: Dataset) -> Result<Trainer> {
+    /// `claim` takes the run folder; it runs after everything else has been
+    /// built and checked, and before the logs are opened.
+    fn assemble(
+        cfg: RunConfig,
+        dir: &Path,
+        mut model: Gpt2,
+        data: Dataset,
+        claim: impl FnOnce() -> Result<RunLock>,
+    ) -> Result<Trainer> {
         let t = &cfg.train;
         model.set_recompute(t.recompute);
         let backend = model.backend().clone();
@@ -164,6 +249,7 @@ impl Trainer {
         )?;
         let reward_batch = agent_driver::reward_batch(&cfg, &data)?;
         let dynamic = DynamicState::start(&cfg, model.config().n_layer)?;
+        let lock = claim()?;
         Ok(Trainer {
             metrics: JsonlWriter::append(&dir.join(run_dir::METRICS))?,
             ties: JsonlWriter::append(&dir.join(run_dir::TIES))?,
@@ -180,7 +266,9 @@ impl Trainer {
             tokens_seen: 0,
             elapsed_s: 0.0,
             verbose: true,
-            extension_note: None,
+            notes: Vec::new(),
+            last_checkpoint: None,
+            _lock: lock,
         })
     }
 
@@ -221,16 +309,39 @@ impl Trainer {
         run_dir::write_config(&self.dir, &self.cfg)
     }
 
-    /// After a resume that changed the step count: what that changed (the
-    /// run's length, and the learning rate of a cosine schedule).
-    pub fn extension_note(&self) -> Option<&str> {
-        self.extension_note.as_deref()
+    /// What a resume changed or passed over, one line each (another
+    /// step count, a new learning rate, broken checkpoints, cut logs).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Sets the peak learning rate from here on (a diverged run continued
+    /// with a lower rate) and records it in config.toml; a cosine
+    /// schedule's floor is scaled by the same factor. Returns what changed.
+    pub fn change_lr(&mut self, lr: f32) -> Result<String> {
+        let t = &mut self.cfg.train;
+        let (old_lr, old_min) = (t.lr, t.min_lr);
+        t.lr = lr;
+        t.min_lr = (old_min as f64 * lr as f64 / old_lr as f64) as f32;
+        self.cfg.validate()?;
+        self.schedule = lr_schedule(&self.cfg.train);
+        run_dir::write_config(&self.dir, &self.cfg)?;
+        let mut note =
+            format!("the learning rate changes from {old_lr:e} to {lr:e} (config.toml updated)");
+        if self.cfg.train.schedule == Schedule::Cosine {
+            note += &format!(
+                "; the cosine schedule's floor min_lr from {old_min:e} to {:e}",
+                self.cfg.train.min_lr
+            );
+        }
+        Ok(note)
     }
 
     /// Trains to the configured number of steps, evaluating, checkpointing
     /// and logging on the way; ends with valid and test perplexity, the
     /// final checkpoint and `report.svg`.
     pub fn run(&mut self) -> Result<Summary> {
+        interrupt::install()?;
         let total = self.cfg.train.steps as u64;
         let tc = self.cfg.train.clone();
         let bar = progress_bar(total, self.step, self.verbose);
@@ -238,6 +349,10 @@ impl Trainer {
         let mut window_start = Instant::now();
         let mut window_tokens = 0u64;
         while self.step < total {
+            if let Some(signal) = interrupt::requested() {
+                bar.finish_and_clear();
+                return Err(self.stop(signal));
+            }
             // `--tying switch:STEP:A>B` changes the structure once.
             let n_layer = self.model.config().n_layer;
             if let Some(target) = switch_target(&self.cfg, self.step, n_layer)? {
@@ -252,7 +367,7 @@ impl Trainer {
             self.step += 1;
             self.elapsed_s += started.elapsed().as_secs_f64();
             window_tokens += self.tokens_seen - before;
-            if self.step.is_multiple_of(tc.log_every.max(1) as u64) || self.step == total {
+            if self.step.is_multiple_of(tc.log_every as u64) || self.step == total {
                 let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
                 self.log_train(loss, norm, tps)?;
                 let unique = self.model.slots().table().live_slots().len();
@@ -284,12 +399,28 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
+        if let Some(signal) = interrupt::requested() {
+            return Err(self.stop(signal));
+        }
+        let trained = self.log_lengths()?;
         let valid = self.evaluate(Split::Valid, tc.final_eval_max_windows)?;
         self.log_eval(Split::Valid, valid)?;
         let test = self.evaluate(Split::Test, tc.final_eval_max_windows)?;
         self.log_eval(Split::Test, test)?;
-        self.save_checkpoint()?;
+        self.save_checkpoint_with(trained)?;
         self.write_report()?;
+        for (split, loss) in [("valid", valid), ("test", test)] {
+            if !loss.is_finite() {
+                bail!(
+                    "the final {split} loss is {loss} (perplexity {}): the model assigns some \
+                     token no probability; the checkpoint of step {} is written, but this run \
+                     is not a result ({})",
+                    loss.exp(),
+                    self.step,
+                    self.how_to_recover()
+                );
+            }
+        }
         let (counted, conventional) = self.memory();
         Ok(Summary {
             steps: self.step,
@@ -302,5 +433,21 @@ impl Trainer {
             counted,
             conventional,
         })
+    }
+
+    /// After SIGINT or SIGTERM between two steps: the checkpoint of this
+    /// step and the report, then the error that ends the program with the
+    /// signal's exit status and says how to resume.
+    fn stop(&mut self, signal: i32) -> anyhow::Error {
+        let saved = self
+            .save_checkpoint()
+            .and_then(|_| self.write_report())
+            .map(|_| self.step);
+        Interrupted {
+            signal,
+            dir: self.dir.clone(),
+            saved: saved.map_err(|e| format!("{e:#}")),
+        }
+        .into()
     }
 }

@@ -562,7 +562,7 @@ mod tests {
         let now = serde_json::to_string(&o).unwrap();
         assert_eq!(
             now,
-            r#"{"init":"zero","paper_compat":false,"tie_grad":"frozen"}"#
+            r#"{"init":"zero","paper_compat":false,"tie_grad":"frozen","merge":"replace"}"#
         );
         assert_eq!(serde_json::from_str::<TieOptions>(&now).unwrap(), o);
         let e = "both".parse::<TieGrad>().unwrap_err().to_string();
