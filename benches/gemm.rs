@@ -157,6 +157,7 @@ fn main() {
                 targets: targets.view(),
                 rows,
                 vocab,
+                padded_vocab: vocab,
                 ignore_index: u32::MAX,
                 grad_scale: 1.0 / rows as f32,
             })

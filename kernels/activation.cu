@@ -3,7 +3,8 @@
 //
 // Memory-bound like the elementwise kernels and shaped the same way: a 1-D
 // grid-stride loop over `n` elements, templated over the stored type T and
-// computing in float, instantiated as activation_<op>_<dtype>.
+// computing in float, instantiated as activation_<op>_<dtype> for f32 and
+// bf16 (each bf16 output rounded once, from the float result).
 #include "dtype.cuh"
 #include "grid.cuh"
 #include "philox.cuh"
@@ -102,5 +103,33 @@ extern "C" __global__ void activation_dropout_fwd_f32(float* __restrict__ out, c
 
 extern "C" __global__ void activation_dropout_bwd_f32(float* __restrict__ dinp, const float* __restrict__ dout,
                                                       float p, float scale, u64 seed, u64 offset, u64 n) {
+    dropout_bwd(dinp, dout, p, scale, seed, offset, n);
+}
+
+extern "C" __global__ void activation_gelu_fwd_bf16(bf16* __restrict__ out, const bf16* __restrict__ inp, u64 n) {
+    gelu_fwd(out, inp, n);
+}
+
+extern "C" __global__ void activation_gelu_bwd_bf16(bf16* __restrict__ dinp, const bf16* __restrict__ inp,
+                                                    const bf16* __restrict__ dout, u64 n) {
+    gelu_bwd(dinp, inp, dout, n);
+}
+
+extern "C" __global__ void activation_gelu_erf_fwd_bf16(bf16* __restrict__ out, const bf16* __restrict__ inp, u64 n) {
+    gelu_erf_fwd(out, inp, n);
+}
+
+extern "C" __global__ void activation_gelu_erf_bwd_bf16(bf16* __restrict__ dinp, const bf16* __restrict__ inp,
+                                                        const bf16* __restrict__ dout, u64 n) {
+    gelu_erf_bwd(dinp, inp, dout, n);
+}
+
+extern "C" __global__ void activation_dropout_fwd_bf16(bf16* __restrict__ out, const bf16* __restrict__ inp, float p,
+                                                       float scale, u64 seed, u64 offset, u64 n) {
+    dropout_fwd(out, inp, p, scale, seed, offset, n);
+}
+
+extern "C" __global__ void activation_dropout_bwd_bf16(bf16* __restrict__ dinp, const bf16* __restrict__ dout,
+                                                       float p, float scale, u64 seed, u64 offset, u64 n) {
     dropout_bwd(dinp, dout, p, scale, seed, offset, n);
 }

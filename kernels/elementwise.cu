@@ -1,9 +1,10 @@
-// Elementwise kernels: fill, copy, add, accumulate.
+// Elementwise kernels: fill, copy, cast, add, accumulate.
 //
 // All of them are memory-bound, so they share one shape: a 1-D grid-stride
 // loop over `n` elements (grid.cuh). Each is a template over the stored
 // element type T, computing in float (dtype.cuh), instantiated below as
-// elementwise_<op>_<dtype>.
+// elementwise_<op>_<dtype> for f32 and bf16 (mixed precision keeps its
+// activations and their gradients in bf16).
 #include "dtype.cuh"
 #include "grid.cuh"
 
@@ -24,6 +25,14 @@ __device__ void copy(T* __restrict__ dst, const T* __restrict__ src, u64 n) {
         GRID_STRIDE_LOOP(i, n / P) { store16(dst + i * P, load16(src + i * P)); }
     }
     GRID_STRIDE_LOOP(i, n - done) { dst[done + i] = src[done + i]; }
+}
+
+// dst = src converted to D (to bf16: round to nearest even). Named by the
+// destination's type: elementwise_cast_bf16 refreshes the bf16 compute copy
+// of fp32 master weights.
+template <typename D, typename S>
+__device__ void cast(D* __restrict__ dst, const S* __restrict__ src, u64 n) {
+    GRID_STRIDE_LOOP(i, n) { dst[i] = from_f32<D>(to_f32(src[i])); }
 }
 
 // `out` may alias `a` or `b` (the residual stream is updated in place), so no
@@ -48,4 +57,24 @@ extern "C" __global__ void elementwise_add_f32(float* out, const float* a, const
 
 extern "C" __global__ void elementwise_accumulate_f32(float* __restrict__ dst, const float* __restrict__ src, u64 n) {
     accumulate(dst, src, n);
+}
+
+extern "C" __global__ void elementwise_fill_bf16(bf16* dst, float value, u64 n) { fill(dst, value, n); }
+
+extern "C" __global__ void elementwise_copy_bf16(bf16* __restrict__ dst, const bf16* __restrict__ src, u64 n) {
+    copy(dst, src, n);
+}
+
+extern "C" __global__ void elementwise_add_bf16(bf16* out, const bf16* a, const bf16* b, u64 n) { add(out, a, b, n); }
+
+extern "C" __global__ void elementwise_accumulate_bf16(bf16* __restrict__ dst, const bf16* __restrict__ src, u64 n) {
+    accumulate(dst, src, n);
+}
+
+extern "C" __global__ void elementwise_cast_bf16(bf16* __restrict__ dst, const float* __restrict__ src, u64 n) {
+    cast(dst, src, n);
+}
+
+extern "C" __global__ void elementwise_cast_f32(float* __restrict__ dst, const bf16* __restrict__ src, u64 n) {
+    cast(dst, src, n);
 }

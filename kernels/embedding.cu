@@ -69,3 +69,17 @@ extern "C" __global__ void embedding_bwd_f32(float* dwte, float* __restrict__ dw
                                              u32 vocab) {
     embedding_bwd(dwte, dwpe, dout, tokens, batch, seq, channels, vocab);
 }
+
+// Mixed precision: bf16 embeddings (the weights' compute copies) and
+// activations; the gradients stay fp32.
+extern "C" __global__ void embedding_fwd_bf16(bf16* __restrict__ out, const u32* __restrict__ tokens,
+                                              const bf16* __restrict__ wte, const bf16* __restrict__ wpe, u32 rows,
+                                              u32 seq, u32 channels, u32 vocab) {
+    embedding_fwd(out, tokens, wte, wpe, rows, seq, channels, vocab);
+}
+
+extern "C" __global__ void embedding_bwd_bf16(float* dwte, float* __restrict__ dwpe, const bf16* __restrict__ dout,
+                                              const u32* __restrict__ tokens, u32 batch, u32 seq, u32 channels,
+                                              u32 vocab) {
+    embedding_bwd(dwte, dwpe, dout, tokens, batch, seq, channels, vocab);
+}

@@ -118,3 +118,19 @@ extern "C" __global__ void layernorm_bwd_f32(float* __restrict__ dinp, float* dw
                                              const float* __restrict__ rstd, u32 rows, u32 channels) {
     layernorm_bwd(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, channels);
 }
+
+// Mixed precision: bf16 rows, weights and outputs; fp32 statistics and
+// weight gradients.
+extern "C" __global__ void layernorm_fwd_bf16(bf16* __restrict__ out, float* __restrict__ mean,
+                                              float* __restrict__ rstd, const bf16* __restrict__ inp,
+                                              const bf16* __restrict__ weight, const bf16* __restrict__ bias,
+                                              u32 rows, u32 channels, float eps) {
+    layernorm_fwd(out, mean, rstd, inp, weight, bias, rows, channels, eps);
+}
+
+extern "C" __global__ void layernorm_bwd_bf16(bf16* __restrict__ dinp, float* dweight, float* dbias,
+                                              const bf16* __restrict__ dout, const bf16* __restrict__ inp,
+                                              const bf16* __restrict__ weight, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, u32 rows, u32 channels) {
+    layernorm_bwd(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, channels);
+}

@@ -8,13 +8,17 @@
 // pass; the pairs are then merged with warp shuffles and across warps in
 // shared memory (reduce.cuh). expf, not __expf: the gradient is compared
 // elementwise with the reference, and the kernel is bound by memory, not by
-// the exponentials. Templated over the logits' type T; losses are fp32.
+// the exponentials. Templated over the logits' type T (f32, or bf16 in
+// mixed precision: the softmax is computed in float, the gradient rounded
+// once); losses are fp32. Rows are `stride` logits long, of which the first
+// `vocab` are classes: the model pads its vocabulary to a multiple of 128
+// for the matmul tiles, and the padding takes no part in the softmax.
 #include "dtype.cuh"
 #include "reduce.cuh"
 
 // losses[row] = log(sum exp(x - max)) - (x[target] - max), or 0 where the
 // target is `ignore_index`. When `dlogits` is not null it receives
-// (softmax - onehot) * grad_scale, zero on ignored rows. `dlogits` may be
+// (softmax - onehot) * grad_scale, zero on ignored rows and in the padding. `dlogits` may be
 // `logits` itself (no __restrict__ on either): each thread reads a logit
 // before writing its gradient, and the target logit is read before the
 // barrier that precedes any write. A target that is neither below `vocab`
@@ -22,12 +26,16 @@
 // the data layer validates targets). Blocks must be a multiple of 32 threads.
 template <typename T>
 __device__ void softmax_xent(float* __restrict__ losses, T* dlogits, const T* logits,
-                             const u32* __restrict__ targets, u32 vocab, u32 ignore_index, float grad_scale) {
+                             const u32* __restrict__ targets, u32 vocab, u32 stride, u32 ignore_index,
+                             float grad_scale) {
     SMEM(MaxSum, warp_stats, [32]);
     const u64 row = blockIdx.x;
-    const T* x = logits + row * vocab;
-    T* dx = dlogits ? dlogits + row * vocab : nullptr;
+    const T* x = logits + row * stride;
+    T* dx = dlogits ? dlogits + row * stride : nullptr;
     const u32 target = targets[row];
+    if (dx) {
+        for (u32 c = vocab + threadIdx.x; c < stride; c += blockDim.x) dx[c] = from_f32<T>(0.0f);
+    }
     // Both branches are uniform over the block, so no barrier is skipped by some threads only.
     if (target == ignore_index || target >= vocab) {
         const float fill = target == ignore_index ? 0.0f : NAN;
@@ -70,7 +78,13 @@ __device__ void softmax_xent(float* __restrict__ losses, T* dlogits, const T* lo
 }
 
 extern "C" __global__ void loss_softmax_xent_f32(float* __restrict__ losses, float* dlogits, const float* logits,
-                                                 const u32* __restrict__ targets, u32 vocab, u32 ignore_index,
-                                                 float grad_scale) {
-    softmax_xent(losses, dlogits, logits, targets, vocab, ignore_index, grad_scale);
+                                                 const u32* __restrict__ targets, u32 vocab, u32 stride,
+                                                 u32 ignore_index, float grad_scale) {
+    softmax_xent(losses, dlogits, logits, targets, vocab, stride, ignore_index, grad_scale);
+}
+
+extern "C" __global__ void loss_softmax_xent_bf16(float* __restrict__ losses, bf16* dlogits, const bf16* logits,
+                                                  const u32* __restrict__ targets, u32 vocab, u32 stride,
+                                                  u32 ignore_index, float grad_scale) {
+    softmax_xent(losses, dlogits, logits, targets, vocab, stride, ignore_index, grad_scale);
 }

@@ -13,17 +13,22 @@
 // the bias corrections once, in double as the reference does, and passes
 // `step_size` = lr / (1 - beta1^t), `bc2_sqrt` = sqrt(1 - beta2^t) and
 // `decay` = 1 - lr * weight_decay, so the kernel needs no pow per element.
+// In mixed precision `copy` (else null) receives the new weights rounded to
+// bf16 in the same pass: the compute copy the matmuls read, refreshed
+// without another read of the fp32 weights.
 extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
-                                               float* __restrict__ m, float* __restrict__ v, float beta1,
-                                               float beta2, float eps, float decay, float step_size, float bc2_sqrt,
-                                               float grad_scale, u64 n) {
+                                               float* __restrict__ m, float* __restrict__ v,
+                                               bf16* __restrict__ copy, float beta1, float beta2, float eps,
+                                               float decay, float step_size, float bc2_sqrt, float grad_scale, u64 n) {
     GRID_STRIDE_LOOP(i, n) {
         const float g = grads[i] * grad_scale;
         const float mi = beta1 * m[i] + (1.0f - beta1) * g;
         const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
         m[i] = mi;
         v[i] = vi;
-        params[i] = params[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        const float p = params[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        params[i] = p;
+        if (copy) copy[i] = from_f32<bf16>(p);
     }
 }
 

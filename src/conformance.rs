@@ -13,6 +13,15 @@
 //! length `K` ([`crate::ops::case::tol_for`]): `2e-6 * sqrt(K) + 2e-6` for
 //! sums over `K` terms, which leaves room for a different summation order and
 //! fused multiply-adds but not for a wrong index.
+//!
+//! Every op runs at every compute dtype its contract lists. In bf16 the CPU
+//! reference reads the same bf16 inputs, computes in fp32 as documented and
+//! rounds each output where the kernel does, so the two agree to an fp32
+//! difference plus one bf16 rounding on each side; each case derives its
+//! bf16 tolerances from that ([`crate::ops::case::tol_bf16`]). Where a bf16
+//! rounding feeds further arithmetic (attention's scores and probabilities,
+//! GELU of a product) the case bounds the difference element by element
+//! from its own inputs and compares absolute differences.
 
 pub use crate::ops::case::Dims;
 
@@ -22,11 +31,13 @@ use crate::ops::registry::Entry;
 use crate::ops::{Backend, BackendExt, ENTRIES};
 use crate::rng::HostRng;
 use anyhow::{bail, Result};
+use half::bf16;
 
-/// One op at one shape.
+/// One op at one shape and compute dtype.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CaseResult {
     pub op: String,
+    pub dtype: DType,
     pub shape: String,
     pub max_err: f64,
     pub tol: f64,
@@ -54,6 +65,7 @@ impl Placed {
         for t in tensors {
             let (dtype, len) = match t {
                 Init::F32(v) => (DType::F32, v.len()),
+                Init::BF16(v) => (DType::BF16, v.len()),
                 Init::U32(v) => (DType::U32, v.len()),
             };
             // A backend cannot allocate nothing: at least one element.
@@ -61,6 +73,10 @@ impl Placed {
             let view = buf.view().slice(0, len);
             match t {
                 Init::F32(v) => be.upload(view, v)?,
+                Init::BF16(v) => {
+                    let rounded: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+                    be.upload(view, &rounded)?
+                }
                 Init::U32(v) => be.upload(view, v)?,
             }
             buffers.push(buf);
@@ -77,8 +93,19 @@ impl Placed {
     }
 }
 
-/// Runs `case` on both backends; returns the normalised error.
-fn run_case(reference: &dyn Backend, candidate: &dyn Backend, case: &Case) -> Result<f64> {
+/// The contents of a float view as f64, whatever its float dtype.
+fn download_floats(be: &dyn Backend, v: View) -> Result<Vec<f64>> {
+    Ok(match v.dtype {
+        DType::F32 => be.download::<f32>(v)?.iter().map(|&x| x as f64).collect(),
+        DType::BF16 => be.download::<bf16>(v)?.iter().map(|x| x.to_f64()).collect(),
+        DType::U32 => bail!("the case compares a u32 tensor; only float outputs are compared"),
+    })
+}
+
+/// Runs `case` on both backends; returns the worst output's normalised
+/// error and its tolerance (the output whose error is the largest fraction
+/// of its tolerance).
+fn run_case(reference: &dyn Backend, candidate: &dyn Backend, case: &Case) -> Result<(f64, f64)> {
     let r = Placed::new(reference, &case.tensors)?;
     let c = Placed::new(candidate, &case.tensors)?;
     for step in &case.steps {
@@ -87,37 +114,42 @@ fn run_case(reference: &dyn Backend, candidate: &dyn Backend, case: &Case) -> Re
             candidate.execute(&(step.build)(&c.bound()))?;
         }
         for t in &step.copy_to_candidate {
-            let data = reference.download::<f32>(r.views[t.0])?;
-            candidate.upload(c.views[t.0], &data)?;
+            let (rv, cv) = (r.views[t.0], c.views[t.0]);
+            let mut bytes = vec![0u8; rv.bytes()];
+            reference.read_bytes(rv, &mut bytes)?;
+            candidate.write_bytes(cv, &bytes)?;
         }
     }
-    let mut worst = 0.0f64;
-    for t in &case.compare {
-        let (rv, cv) = (r.views[t.0], c.views[t.0]);
-        if rv.dtype != DType::F32 {
-            bail!(
-                "the case compares a {} tensor; only f32 outputs are compared",
-                rv.dtype
-            );
-        }
-        let a = reference.download::<f32>(rv)?;
-        let b = candidate.download::<f32>(cv)?;
-        let scale = a.iter().fold(1e-3f64, |m, x| m.max(x.abs() as f64));
+    let (mut worst, mut worst_tol) = (0.0f64, 0.0f64);
+    for check in &case.compare {
+        let (t, tol) = (check.tensor, check.tol);
+        let a = download_floats(reference, r.views[t.0])?;
+        let b = download_floats(candidate, c.views[t.0])?;
+        let scale = if check.absolute {
+            1.0
+        } else {
+            a.iter().fold(1e-3f64, |m, x| m.max(x.abs()))
+        };
+        let mut err = 0.0f64;
         for (x, y) in a.iter().zip(&b) {
-            let d = (*x as f64 - *y as f64).abs() / scale;
+            let d = (x - y).abs() / scale;
             // A NaN anywhere must fail the case.
-            worst = if d.is_nan() {
+            err = if d.is_nan() {
                 f64::INFINITY
             } else {
-                worst.max(d)
+                err.max(d)
             };
         }
+        if worst_tol == 0.0 || err / tol > worst / worst_tol {
+            (worst, worst_tol) = (err, tol);
+        }
     }
-    Ok(worst)
+    Ok((worst, worst_tol))
 }
 
-/// Runs the named ops (all of them when `ops` is empty) at every shape of
-/// `dims`, candidate against reference. An unknown name is a failed case.
+/// Runs the named ops (all of them when `ops` is empty) at every compute
+/// dtype they support and every shape of `dims`, candidate against
+/// reference. An unknown name is a failed case.
 pub fn check_ops(
     reference: &dyn Backend,
     candidate: &dyn Backend,
@@ -134,19 +166,20 @@ pub fn check_ops(
     };
     for name in names {
         let entry: Option<&Entry> = ENTRIES.iter().find(|e| e.name == name);
-        for d in dims {
+        let dtypes = entry.map_or(&[DType::F32][..], |e| e.dtypes);
+        for (&dtype, d) in dtypes.iter().flat_map(|t| dims.iter().map(move |d| (t, d))) {
             let outcome = match entry {
                 Some(entry) => {
-                    let mut b = CaseBuilder::new(&mut rng);
+                    let mut b = CaseBuilder::new(&mut rng, dtype);
                     (entry.case)(&mut b, *d);
-                    let case = b.finish();
-                    run_case(reference, candidate, &case).map(|err| (err, case.tol))
+                    run_case(reference, candidate, &b.finish())
                 }
                 None => Err(anyhow::anyhow!("the op registry has no op '{name}'")),
             };
             results.push(match outcome {
                 Ok((err, tol)) => CaseResult {
                     op: name.to_string(),
+                    dtype,
                     shape: d.describe(),
                     max_err: err,
                     tol,
@@ -155,6 +188,7 @@ pub fn check_ops(
                 },
                 Err(e) => CaseResult {
                     op: name.to_string(),
+                    dtype,
                     shape: d.describe(),
                     max_err: f64::NAN,
                     tol: 0.0,
@@ -167,11 +201,11 @@ pub fn check_ops(
     results
 }
 
-/// A plain-text table: op, shape, max error, tolerance, verdict.
+/// A plain-text table: op, dtype, shape, max error, tolerance, verdict.
 pub fn format_results(results: &[CaseResult]) -> String {
     let mut s = format!(
-        "{:<15} {:<26} {:>11} {:>9}  result\n",
-        "op", "shape", "max err", "tol"
+        "{:<16} {:<5} {:<26} {:>11} {:>9}  result\n",
+        "op", "dtype", "shape", "max err", "tol"
     );
     for r in results {
         let verdict = match (&r.error, r.passed) {
@@ -180,8 +214,8 @@ pub fn format_results(results: &[CaseResult]) -> String {
             (None, false) => "FAIL".into(),
         };
         s.push_str(&format!(
-            "{:<15} {:<26} {:>11.3e} {:>9.1e}  {verdict}\n",
-            r.op, r.shape, r.max_err, r.tol
+            "{:<16} {:<5} {:<26} {:>11.3e} {:>9.1e}  {verdict}\n",
+            r.op, r.dtype, r.shape, r.max_err, r.tol
         ));
     }
     let passed = results.iter().filter(|r| r.passed).count();

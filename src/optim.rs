@@ -142,6 +142,7 @@ impl AdamW {
                 grads: e.view(g),
                 m: e.view(m),
                 v: e.view(v),
+                copy: None,
                 hp,
             })?;
         }

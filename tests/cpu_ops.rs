@@ -986,6 +986,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1009,6 +1010,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1024,6 +1026,7 @@ fn softmax_xent_matches_reference_with_ignored_rows_and_aliasing() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: ignore,
             grad_scale: scale,
         })
@@ -1052,6 +1055,7 @@ fn softmax_xent_is_stable_for_large_logits() {
             targets: bt.view(),
             rows: N,
             vocab: V,
+            padded_vocab: V,
             ignore_index: u32::MAX,
             grad_scale: 1.0,
         })
@@ -1076,6 +1080,7 @@ fn softmax_xent_rejects_targets_beyond_the_vocabulary() {
             targets: bt.view(),
             rows: 1,
             vocab: V,
+            padded_vocab: V,
             ignore_index: u32::MAX,
             grad_scale: 1.0,
         })
@@ -1108,6 +1113,7 @@ fn adamw_matches_a_hand_computed_step() {
             grads: bg.view(),
             m: m.view(),
             v: v.view(),
+            copy: None,
             hp,
         })
         .unwrap();
@@ -1134,6 +1140,7 @@ fn adamw_matches_a_hand_computed_step() {
             grads: bg.view(),
             m: m.view(),
             v: v.view(),
+            copy: None,
             hp: AdamWStep { step: 2, ..hp },
         })
         .unwrap();

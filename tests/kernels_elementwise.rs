@@ -11,6 +11,7 @@ use dyntie::cuda::{CudaDevice, Device, EmuDevice, KernelBackend};
 use dyntie::mem::{Buffer, DType, View};
 use dyntie::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluFwd};
 use dyntie::ops::elementwise::{Accumulate, Add, CopyView, Fill};
+use dyntie::ops::optimizer::SumSquares;
 use dyntie::ops::{Backend, BackendExt};
 
 const N: usize = 256 * 5 + 37;
@@ -243,15 +244,16 @@ fn bad_shapes_and_missing_kernels_are_errors() {
     assert!(msg.contains("overlaps input a"), "{msg}");
     // A bf16 view where the op only has an f32 kernel.
     let half = be.alloc(DType::BF16, 10).unwrap();
+    let acc = be.alloc(DType::BF16, 1).unwrap();
     let msg = be
-        .run(GeluFwd {
-            out: half.view(),
-            inp: half.view(),
+        .run(SumSquares {
+            acc: acc.view(),
+            x: half.view(),
         })
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("gelu_fwd: out is bf16, but gelu_fwd is only implemented for f32"),
+        msg.contains("sum_squares: acc is bf16, but sum_squares is only implemented for f32"),
         "{msg}"
     );
 }
@@ -283,6 +285,7 @@ fn the_conformance_harness_passes_the_elementwise_ops() {
     let ops = [
         "fill",
         "copy",
+        "cast",
         "add",
         "accumulate",
         "gelu_fwd",

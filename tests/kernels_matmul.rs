@@ -15,7 +15,7 @@ use dyntie::ops::{Backend, BackendExt};
 
 #[test]
 fn the_conformance_harness_passes_the_matmul_ops() {
-    let ops = ["matmul_fwd", "matmul_bwd"];
+    let ops = ["matmul_fwd", "matmul_gelu_fwd", "matmul_bwd"];
     let dims = Dims::standard();
     for (label, be) in backends() {
         assert_conformance(&label, be.as_ref(), &ops, &dims, 21);

@@ -121,6 +121,7 @@ fn softmax_xent_handles_the_gpt2_vocabulary_in_place_and_without_gradient() {
                 targets: v.u[0],
                 rows,
                 vocab,
+                padded_vocab: vocab,
                 ignore_index: u32::MAX,
                 grad_scale,
             };
@@ -159,6 +160,7 @@ fn softmax_xent_rows_narrower_than_a_warp_and_a_bad_target() {
                 targets: v.u[0],
                 rows,
                 vocab,
+                padded_vocab: vocab,
                 ignore_index: 99,
                 grad_scale: 1.0,
             })
@@ -182,6 +184,7 @@ fn softmax_xent_rows_narrower_than_a_warp_and_a_bad_target() {
             targets: t.view(),
             rows: 2,
             vocab: 3,
+            padded_vocab: 3,
             ignore_index: u32::MAX,
             grad_scale: 1.0,
         })
@@ -410,6 +413,7 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
                 grads: v.f[1],
                 m: v.f[2],
                 v: v.f[3],
+                copy: None,
                 hp,
             })?;
             be.run(SumSquares {
@@ -509,6 +513,7 @@ fn bad_shapes_are_errors_naming_the_op() {
         targets: t.view(),
         rows: 2,
         vocab: 10,
+        padded_vocab: 10,
         ignore_index: u32::MAX,
         grad_scale: 1.0,
     }));
@@ -524,6 +529,7 @@ fn bad_shapes_are_errors_naming_the_op() {
         targets: v.slice(40, 2),
         rows: 2,
         vocab: 10,
+        padded_vocab: 10,
         ignore_index: u32::MAX,
         grad_scale: 1.0,
     }));
@@ -546,6 +552,7 @@ fn bad_shapes_are_errors_naming_the_op() {
         grads,
         m: v.slice(16, 8),
         v: v.slice(24, 8),
+        copy: None,
         hp,
     };
     let m = msg(be.run(adamw(v.slice(8, 8), hp)));

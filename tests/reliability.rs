@@ -579,6 +579,28 @@ fn memory_that_is_not_there_is_named_before_anything_is_allocated() {
             "{flag}: too slow"
         );
     }
+    // The benchmarks that train allocate the same memory, and check it the same way.
+    for (what, flag, value) in [
+        ("throughput", "--batch", "1000000000"),
+        ("throughput", "--ctx", "1000000000"),
+        ("memory", "--batch", "100000000000000000"),
+        ("memory", "--ctx", "1000000000"),
+    ] {
+        let mut args = vec![
+            "bench",
+            what,
+            "--preset",
+            "tiny",
+            flag,
+            value,
+            "--backend",
+            "cpu",
+        ];
+        if what == "memory" {
+            args.push("--measure");
+        }
+        fails(&args, &["memory"]);
+    }
     // The paper's model at a context and batch no machine here has memory
     // for: what it needs, what there is, what to change.
     fails(

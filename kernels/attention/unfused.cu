@@ -1,9 +1,12 @@
 // Causal self-attention, the unfused way (the reference path while a fused
 // flash kernel does not exist): the launcher runs the products (scores =
 // q k^T, out = att v, and in the backward datt = dout v^T, dq = ds k,
-// dk = ds^T q, dv = att^T dout) with gemm/simt_f32.cu, one batch entry per
-// (sequence, head), skipping the tiles the causal mask makes zero. This file
-// holds the row-wise softmax between them.
+// dk = ds^T q, dv = att^T dout) with gemm/simt_f32.cu or gemm/mma_bf16.cu,
+// one batch entry per (sequence, head), skipping the tiles the causal mask
+// makes zero. This file
+// holds the row-wise softmax between them, in f32 or bf16 (mixed precision:
+// the products then run on the tensor-core GEMM and store bf16, the softmax
+// computes in float).
 //
 // The [B, heads, T, T] matrix goes through global memory twice per pass. A
 // fused flash-style kernel would instead keep a block of query rows in
@@ -23,8 +26,11 @@
 
 // In place: scaled scores in columns 0..t become probabilities; columns
 // above the diagonal (never computed, or garbage) become exact zeros, as the
-// backward and the att @ v product expect. expf, not __expf: the CPU
-// reference is compared elementwise.
+// backward and the att @ v product expect. Three passes over the row (max,
+// sum of exponentials, then each exponential again times 1 / sum) rather than
+// storing the exponentials in between: in bf16 that store would round each
+// probability twice. expf, not __expf: the CPU reference is compared
+// elementwise.
 template <typename T>
 __device__ void softmax_fwd(T* att, u64 rows, int seq) {
     const u64 row = warp_row();
@@ -36,14 +42,10 @@ __device__ void softmax_fwd(T* att, u64 rows, int seq) {
     for (int i = lane; i <= t; i += 32) mx = fmaxf(mx, to_f32(p[i]));
     mx = warp_max(mx);
     float sum = 0.0f;
-    for (int i = lane; i <= t; i += 32) {
-        const float e = expf(to_f32(p[i]) - mx);
-        p[i] = from_f32<T>(e);
-        sum += e;
-    }
+    for (int i = lane; i <= t; i += 32) sum += expf(to_f32(p[i]) - mx);
     const float inv = 1.0f / warp_sum(sum);
-    // Each lane rescales exactly the entries it wrote above.
-    for (int i = lane; i < seq; i += 32) p[i] = from_f32<T>(i <= t ? to_f32(p[i]) * inv : 0.0f);
+    // Each lane reads and writes only its own entries.
+    for (int i = lane; i < seq; i += 32) p[i] = from_f32<T>(i <= t ? expf(to_f32(p[i]) - mx) * inv : 0.0f);
 }
 
 // Softmax backward, in place on `ds`, which holds d(probabilities) on entry:
@@ -69,5 +71,12 @@ extern "C" __global__ void attention_softmax_fwd_f32(float* att, u64 rows, int s
 
 extern "C" __global__ void attention_softmax_bwd_f32(float* ds, const float* __restrict__ att, u64 rows, int seq,
                                                      float scale) {
+    softmax_bwd(ds, att, rows, seq, scale);
+}
+
+extern "C" __global__ void attention_softmax_fwd_bf16(bf16* att, u64 rows, int seq) { softmax_fwd(att, rows, seq); }
+
+extern "C" __global__ void attention_softmax_bwd_bf16(bf16* ds, const bf16* __restrict__ att, u64 rows, int seq,
+                                                      float scale) {
     softmax_bwd(ds, att, rows, seq, scale);
 }

@@ -1,8 +1,10 @@
 // The bias gradient of a linear layer: column sums of dout.
 //
-// A separate pass rather than a GEMM epilogue so far: it reads dout once
-// more (rows x cols), which is small next to the weight-gradient product.
-// Templated over dout's type T; the gradient is fp32.
+// A separate pass rather than a GEMM epilogue: it reads dout once more
+// (rows x cols), which is small next to the weight-gradient product, and a
+// column sum in the epilogue would need atomics across the M tiles of C.
+// Templated over dout's type T (f32, or bf16 in mixed precision); the
+// gradient is fp32.
 #include "dtype.cuh"
 #include "params.h"
 
@@ -30,5 +32,10 @@ __device__ void bias_grad(float* __restrict__ dbias, const T* __restrict__ dout,
 
 extern "C" __global__ void gemm_bias_grad_f32(float* __restrict__ dbias, const float* __restrict__ dout, int rows,
                                               int cols) {
+    bias_grad(dbias, dout, rows, cols);
+}
+
+extern "C" __global__ void gemm_bias_grad_bf16(float* __restrict__ dbias, const bf16* __restrict__ dout, int rows,
+                                               int cols) {
     bias_grad(dbias, dout, rows, cols);
 }

@@ -2,8 +2,9 @@
 // templated over the stored type T and compute in float: `to_f32` widens a
 // loaded element, `from_f32<T>` narrows a result for storing (bf16: round to
 // nearest even), so that no kernel file knows a storage format. The bf16
-// type itself and its conversions on each side come from common.cuh; the
-// elementwise kernels are instantiated for float only so far, the
+// type itself and its conversions on each side come from common.cuh. Kernel
+// families are instantiated for float and bf16 (mixed precision: bf16
+// activations, fp32 statistics, master weights and weight gradients); the
 // tensor-core GEMM reads bf16.
 #pragma once
 

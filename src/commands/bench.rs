@@ -2,7 +2,7 @@
 //! training throughput with a per-op time breakdown.
 
 use crate::cli::{BenchArgs, BenchWhat};
-use crate::commands::{select_backend, SelectedBackend};
+use crate::commands::{check_memory_with_vocab, select_backend, SelectedBackend};
 use crate::config::RunConfig;
 use crate::cuda::Device;
 use crate::mem::MemStats;
@@ -12,7 +12,7 @@ use crate::ops::profile::{OpStat, ProfiledBackend};
 use crate::ops::Backend;
 use crate::optim::AdamW;
 use crate::rng::HostRng;
-use crate::train::{initial_table, run_dir};
+use crate::train::{initial_table, memory, run_dir};
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::{TieGrad, TieTable};
 use anyhow::{bail, Context, Result};
@@ -46,6 +46,8 @@ fn memory(args: &BenchArgs) -> Result<()> {
     cfg.validate()?;
     let mc = cfg.model.with_default_vocab(GPT2_VOCAB);
     mc.validate()?;
+    // A model beyond counting is an error before its sizes are multiplied out.
+    memory::need(&cfg, mc.vocab_size)?;
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
     let options = cfg.tie_options();
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
@@ -104,6 +106,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
     if args.measure {
         for table in tables {
             let selected = select_backend(cfg.backend)?;
+            check_memory_with_vocab(&cfg, mc.vocab_size, &selected)?;
             let mut runner = StepRunner::new(selected.backend.clone(), &cfg, &mc, table, 1)?;
             runner.step()?;
             measured.push(measure_memory(
@@ -407,12 +410,13 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     if policy.is_dynamic() {
         bail!("--tying dynamic changes the table while training; benchmark a fixed pattern (none, all, every:K, pattern:...)");
     }
+    let selected = select_backend(cfg.backend)?;
+    check_memory_with_vocab(&cfg, mc.vocab_size, &selected)?;
     let table = initial_table(&cfg, &policy, mc.n_layer)?;
     let tie_state = table.state().to_vec();
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
     let counted = MemoryReport::from_table(&mc, &table, false, acts);
 
-    let selected = select_backend(cfg.backend)?;
     let profiled = Arc::new(ProfiledBackend::new(selected.backend.clone()));
     let mut runner = StepRunner::new(profiled.clone(), &cfg, &mc, table, 1)?;
     let mut losses = Vec::new();

@@ -150,6 +150,15 @@ pub fn check_memory(cfg: &RunConfig, selected: &SelectedBackend) -> Result<()> {
         Some(dir) => Dataset::vocab_of(dir).unwrap_or(cfg.model.vocab_size),
         None => SyntheticConfig::default().vocab,
     };
+    check_memory_with_vocab(cfg, vocab, selected)
+}
+
+/// [`check_memory`] for a run whose vocabulary size is already known.
+pub fn check_memory_with_vocab(
+    cfg: &RunConfig,
+    vocab: usize,
+    selected: &SelectedBackend,
+) -> Result<()> {
     match selected.available_memory() {
         Some(available) => memory::check(cfg, vocab, &available),
         None => memory::need(cfg, vocab).map(|_| ()),

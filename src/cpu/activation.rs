@@ -1,7 +1,7 @@
 //! CPU reference of `ops::activation`.
 
 use super::math::{simd, tanh};
-use super::{read, write, CpuOp, CHUNK};
+use super::{read_floats, write_floats, CpuOp, CHUNK};
 use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -10,7 +10,9 @@ impl CpuOp for GeluFwd {
     fn run(&self) -> Result<()> {
         let n = self.out.len;
         // SAFETY (every op of this file): the contract check passed; see `read`.
-        gelu_fwd(unsafe { write(self.out, n) }, unsafe { read(self.inp, n) });
+        let (inp, mut out) = unsafe { (read_floats(self.inp, n), write_floats(self.out, n)) };
+        gelu_fwd(&mut out, &inp);
+        out.store();
         Ok(())
     }
 }
@@ -18,7 +20,10 @@ impl CpuOp for GeluFwd {
 impl CpuOp for GeluBwd {
     fn run(&self) -> Result<()> {
         let n = self.dinp.len;
-        unsafe { gelu_bwd(write(self.dinp, n), read(self.inp, n), read(self.dout, n)) };
+        let (inp, dout) = unsafe { (read_floats(self.inp, n), read_floats(self.dout, n)) };
+        let mut dinp = unsafe { write_floats(self.dinp, n) };
+        gelu_bwd(&mut dinp, &inp, &dout);
+        dinp.store();
         Ok(())
     }
 }
@@ -26,7 +31,7 @@ impl CpuOp for GeluBwd {
 impl CpuOp for GeluErfFwd {
     fn run(&self) -> Result<()> {
         let n = self.out.len;
-        let (out, inp) = unsafe { (write::<f32>(self.out, n), read::<f32>(self.inp, n)) };
+        let (inp, mut out) = unsafe { (read_floats(self.inp, n), write_floats(self.out, n)) };
         out.par_chunks_mut(CHUNK)
             .zip(inp.par_chunks(CHUNK))
             .for_each(|(o, x)| {
@@ -34,6 +39,7 @@ impl CpuOp for GeluErfFwd {
                     *o = (x as f64 * normal_cdf(x as f64)) as f32;
                 }
             });
+        out.store();
         Ok(())
     }
 }
@@ -41,13 +47,8 @@ impl CpuOp for GeluErfFwd {
 impl CpuOp for GeluErfBwd {
     fn run(&self) -> Result<()> {
         let n = self.dinp.len;
-        let (dinp, inp, dout) = unsafe {
-            (
-                write::<f32>(self.dinp, n),
-                read::<f32>(self.inp, n),
-                read::<f32>(self.dout, n),
-            )
-        };
+        let (inp, dout) = unsafe { (read_floats(self.inp, n), read_floats(self.dout, n)) };
+        let mut dinp = unsafe { write_floats(self.dinp, n) };
         dinp.par_chunks_mut(CHUNK)
             .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
             .for_each(|(di, (x, dy))| {
@@ -57,6 +58,7 @@ impl CpuOp for GeluErfBwd {
                     *di = (*di as f64 + dy as f64 * grad) as f32;
                 }
             });
+        dinp.store();
         Ok(())
     }
 }
@@ -64,8 +66,9 @@ impl CpuOp for GeluErfBwd {
 impl CpuOp for DropoutFwd {
     fn run(&self) -> Result<()> {
         let n = self.out.len;
-        let (out, inp) = unsafe { (write(self.out, n), read(self.inp, n)) };
-        dropout(out, inp, self.p, self.seed, self.offset, false);
+        let (inp, mut out) = unsafe { (read_floats(self.inp, n), write_floats(self.out, n)) };
+        dropout(&mut out, &inp, self.p, self.seed, self.offset, false);
+        out.store();
         Ok(())
     }
 }
@@ -73,8 +76,10 @@ impl CpuOp for DropoutFwd {
 impl CpuOp for DropoutBwd {
     fn run(&self) -> Result<()> {
         let n = self.dinp.len;
-        let (dinp, dout) = unsafe { (write(self.dinp, n), read(self.dout, n)) };
-        dropout(dinp, dout, self.p, self.seed, self.offset, true);
+        let dout = unsafe { read_floats(self.dout, n) };
+        let mut dinp = unsafe { write_floats(self.dinp, n) };
+        dropout(&mut dinp, &dout, self.p, self.seed, self.offset, true);
+        dinp.store();
         Ok(())
     }
 }
@@ -82,7 +87,8 @@ impl CpuOp for DropoutBwd {
 const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
 const GELU_A: f32 = 0.044_715;
 
-fn gelu_fwd(out: &mut [f32], inp: &[f32]) {
+/// GELU into `out`; also the fused matmul's epilogue (`cpu/matmul.rs`).
+pub(super) fn gelu_fwd(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
         .for_each(|(o, x)| {

@@ -1,8 +1,12 @@
-//! CPU reference of `ops::attention`.
+//! CPU reference of `ops::attention`. In bf16 it rounds where the kernels
+//! store bf16: the scaled scores, the probabilities and the output in the
+//! forward; `d(att)`, `d(scores)` and each gradient after its product in the
+//! backward (see `ops::attention`).
 
 use super::math::{dot, exp_in_place, max_of, simd};
 use super::matmul::{gemm_raw, Mat};
-use super::{read, write, CpuOp};
+use super::{read_floats, round_bf16, write_floats, CpuOp};
+use crate::mem::DType;
 use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
 use anyhow::Result;
 use gemm::Parallelism;
@@ -11,14 +15,19 @@ use rayon::prelude::*;
 impl CpuOp for AttentionFwd {
     fn run(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.lens();
+        let round = self.qkv.dtype == DType::BF16;
         // SAFETY: the contract check passed; see `read`.
         unsafe {
+            let (mut o, mut a) = (write_floats(self.out, out), write_floats(self.att, att));
             attention_fwd(
-                write(self.out, out),
-                write(self.att, att),
-                read(self.qkv, qkv),
+                &mut o,
+                &mut a,
+                &read_floats(self.qkv, qkv),
                 self.shape,
+                round,
             );
+            o.store();
+            a.store();
         }
         Ok(())
     }
@@ -27,16 +36,22 @@ impl CpuOp for AttentionFwd {
 impl CpuOp for AttentionBwd {
     fn run(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.lens();
+        let round = self.qkv.dtype == DType::BF16;
         // SAFETY: the contract check passed; see `read`.
         unsafe {
+            let mut dqkv = write_floats(self.dqkv, qkv);
+            let mut scratch = write_floats(self.scratch, att);
             attention_bwd(
-                write(self.dqkv, qkv),
-                write(self.scratch, att),
-                read(self.dout, out),
-                read(self.qkv, qkv),
-                read(self.att, att),
+                &mut dqkv,
+                &mut scratch,
+                &read_floats(self.dout, out),
+                &read_floats(self.qkv, qkv),
+                &read_floats(self.att, att),
                 self.shape,
+                round,
             );
+            dqkv.store();
+            scratch.store();
         }
         Ok(())
     }
@@ -60,12 +75,24 @@ impl SharedMut {
     }
 }
 
+/// Rounds a `rows x cols` block at `ptr` (row stride `stride`) to bf16:
+/// one head's columns of a `[T, 3C]` or `[T, C]` tensor after its product.
+///
+/// # Safety
+/// The block must lie in memory this task alone writes.
+unsafe fn round_block(ptr: *mut f32, rows: usize, cols: usize, stride: usize) {
+    for r in 0..rows {
+        round_bf16(std::slice::from_raw_parts_mut(ptr.add(r * stride), cols));
+    }
+}
+
 /// Causal attention, one task per (batch, head). Per head:
 /// `att = softmax(mask(q k^T) / sqrt(hs))`, then `out = att v`, both as
 /// single-threaded gemm calls on strided views of `qkv` (the products also
 /// cover the masked upper triangle, where `att` is zero: twice the minimum
 /// arithmetic, but far faster than scalar loops). Memory: `att` only.
-fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
+/// `round`: round to bf16 where the kernels store bf16.
+fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape, round: bool) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
@@ -107,10 +134,20 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
                 || {
                     for (t, row) in att.chunks_exact_mut(t_len).enumerate() {
                         let (live, masked) = row.split_at_mut(t + 1);
+                        if round {
+                            // The kernel's product stores the scaled scores.
+                            for a in live.iter_mut() {
+                                *a *= scale;
+                            }
+                            round_bf16(live);
+                        }
                         let max = max_of(live);
-                        let inv = 1.0 / exp_in_place(live, max, scale);
-                        for a in live {
+                        let inv = 1.0 / exp_in_place(live, max, if round { 1.0 } else { scale });
+                        for a in live.iter_mut() {
                             *a *= inv;
+                        }
+                        if round {
+                            round_bf16(live);
                         }
                         masked.fill(0.0);
                     }
@@ -131,6 +168,9 @@ fn attention_fwd(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
                     false,
                     Parallelism::None,
                 );
+                if round {
+                    round_block(dst, t_len, hs, c);
+                }
             }
         });
 }
@@ -145,6 +185,7 @@ fn attention_bwd(
     qkv: &[f32],
     att: &[f32],
     s: AttnShape,
+    round: bool,
 ) {
     let (t_len, c, nh) = (s.seq, s.channels, s.heads);
     let hs = c / nh;
@@ -205,15 +246,25 @@ fn attention_bwd(
                     true,
                     Parallelism::None,
                 );
+                if round {
+                    round_block(dv, t, hs, c3);
+                }
             }
             simd(
                 #[inline(always)]
                 || {
                     for (i, (ds, p)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
                         let (live, masked) = ds.split_at_mut(i + 1);
+                        if round {
+                            // The kernel's product stores d(att) in bf16.
+                            round_bf16(live);
+                        }
                         let pdp = dot(&p[..=i], live);
                         for (d, &p) in live.iter_mut().zip(p) {
                             *d = p * (*d - pdp) * scale;
+                        }
+                        if round {
+                            round_bf16(live);
                         }
                         masked.fill(0.0);
                     }
@@ -243,6 +294,10 @@ fn attention_bwd(
                     true,
                     Parallelism::None,
                 );
+                if round {
+                    round_block(dq, t, hs, c3);
+                    round_block(dk, t, hs, c3);
+                }
             }
         });
 }

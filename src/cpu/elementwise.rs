@@ -1,25 +1,45 @@
 //! CPU reference of `ops::elementwise`.
 
-use super::{read, write, CpuOp, CHUNK};
-use crate::ops::elementwise::{Accumulate, Add, CopyView, Fill};
+use super::{read, read_floats, write, write_floats, CpuOp, CHUNK};
+use crate::mem::DType;
+use crate::ops::elementwise::{Accumulate, Add, Cast, CopyView, Fill};
 use anyhow::Result;
+use half::bf16;
 use rayon::prelude::*;
 
 impl CpuOp for Fill {
     fn run(&self) -> Result<()> {
         // SAFETY (every op of this file): the contract check passed; see `read`.
-        fill(unsafe { write(self.dst, self.dst.len) }, self.value);
+        let mut dst = unsafe { write_floats(self.dst, self.dst.len) };
+        fill(&mut dst, self.value);
+        dst.store();
         Ok(())
     }
 }
 
 impl CpuOp for CopyView {
     fn run(&self) -> Result<()> {
-        let n = self.dst.len;
         // The contract allows `dst` to be exactly `src`: nothing to do.
-        if self.dst.addr != self.src.addr {
-            unsafe { write::<f32>(self.dst, n).copy_from_slice(read(self.src, n)) };
+        if self.dst.addr == self.src.addr {
+            return Ok(());
         }
+        // The same dtype on both sides: the values as they are.
+        let n = self.dst.len;
+        match self.dst.dtype {
+            DType::BF16 => unsafe { write::<bf16>(self.dst, n).copy_from_slice(read(self.src, n)) },
+            _ => unsafe { write::<f32>(self.dst, n).copy_from_slice(read(self.src, n)) },
+        }
+        Ok(())
+    }
+}
+
+impl CpuOp for Cast {
+    fn run(&self) -> Result<()> {
+        let n = self.dst.len;
+        let src = unsafe { read_floats(self.src, n) };
+        let mut dst = unsafe { write_floats(self.dst, n) };
+        dst.copy_from_slice(&src);
+        dst.store();
         Ok(())
     }
 }
@@ -27,6 +47,14 @@ impl CpuOp for CopyView {
 impl CpuOp for Add {
     fn run(&self) -> Result<()> {
         let (out, a, b, n) = (self.out, self.a, self.b, self.out.len);
+        if out.dtype == DType::BF16 {
+            // Widened copies: an aliased `out` is read from its own copy.
+            let (x, y) = unsafe { (read_floats(a, n), read_floats(b, n)) };
+            let mut o = unsafe { write_floats(out, n) };
+            add(&mut o, &x, &y);
+            o.store();
+            return Ok(());
+        }
         // `out` may be exactly `a` or `b`: then the op is an accumulation,
         // and only the `&mut` slice of the shared memory is made.
         match (out.addr == a.addr, out.addr == b.addr) {
@@ -44,7 +72,10 @@ impl CpuOp for Add {
 impl CpuOp for Accumulate {
     fn run(&self) -> Result<()> {
         let n = self.dst.len;
-        accumulate(unsafe { write(self.dst, n) }, unsafe { read(self.src, n) });
+        let src = unsafe { read_floats(self.src, n) };
+        let mut dst = unsafe { write_floats(self.dst, n) };
+        accumulate(&mut dst, &src);
+        dst.store();
         Ok(())
     }
 }

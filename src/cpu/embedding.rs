@@ -1,6 +1,6 @@
 //! CPU reference of `ops::embedding`.
 
-use super::{read, write, CpuOp};
+use super::{read, read_floats, write, write_floats, CpuOp};
 use crate::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use crate::ops::{check, Contract};
 use anyhow::Result;
@@ -14,14 +14,16 @@ impl CpuOp for EmbeddingFwd {
         unsafe {
             let tokens = read(self.tokens, n);
             check::token_ids(Self::NAME, tokens, vocab)?;
+            let mut out = write_floats(self.out, n * c);
             embedding_fwd(
-                write(self.out, n * c),
+                &mut out,
                 tokens,
-                read(self.wte, vocab * c),
-                read(self.wpe, self.seq * c),
+                &read_floats(self.wte, vocab * c),
+                &read_floats(self.wpe, self.seq * c),
                 self.seq,
                 c,
             );
+            out.store();
         }
         Ok(())
     }
@@ -35,10 +37,11 @@ impl CpuOp for EmbeddingBwd {
         unsafe {
             let tokens = read(self.tokens, n);
             check::token_ids(Self::NAME, tokens, vocab)?;
+            // The gradients are fp32 in every precision.
             embedding_bwd(
                 write(self.dwte, vocab * c),
                 write(self.dwpe, self.seq * c),
-                read(self.dout, n * c),
+                &read_floats(self.dout, n * c),
                 tokens,
                 self.seq,
                 c,

@@ -1,6 +1,6 @@
 //! CPU reference of `ops::layernorm`.
 
-use super::{read, write, CpuOp};
+use super::{read, read_floats, write, write_floats, CpuOp};
 use crate::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -11,17 +11,20 @@ const ROW_CHUNK: usize = 64;
 impl CpuOp for LayernormFwd {
     fn run(&self) -> Result<()> {
         let (n, c) = (self.rows, self.channels);
-        // SAFETY: the contract check passed; see `read`.
+        // SAFETY: the contract check passed; see `read`. Statistics are
+        // fp32 in every precision; the rest may be bf16 (widened).
         unsafe {
+            let mut out = write_floats(self.out, n * c);
             layernorm_fwd(
-                write(self.out, n * c),
+                &mut out,
                 write(self.mean, n),
                 write(self.rstd, n),
-                read(self.inp, n * c),
-                read(self.weight, c),
-                read(self.bias, c),
+                &read_floats(self.inp, n * c),
+                &read_floats(self.weight, c),
+                &read_floats(self.bias, c),
                 c,
             );
+            out.store();
         }
         Ok(())
     }
@@ -30,19 +33,22 @@ impl CpuOp for LayernormFwd {
 impl CpuOp for LayernormBwd {
     fn run(&self) -> Result<()> {
         let (n, c) = (self.rows, self.channels);
-        // SAFETY: the contract check passed; see `read`.
+        // SAFETY: the contract check passed; see `read`. The weight and
+        // bias gradients, mean and rstd are fp32 in every precision.
         unsafe {
+            let mut dinp = write_floats(self.dinp, n * c);
             layernorm_bwd(
-                write(self.dinp, n * c),
+                &mut dinp,
                 self.dweight.map(|v| write(v, c)),
                 self.dbias.map(|v| write(v, c)),
-                read(self.dout, n * c),
-                read(self.inp, n * c),
-                read(self.weight, c),
+                &read_floats(self.dout, n * c),
+                &read_floats(self.inp, n * c),
+                &read_floats(self.weight, c),
                 read(self.mean, n),
                 read(self.rstd, n),
                 c,
             );
+            dinp.store();
         }
         Ok(())
     }

@@ -1,8 +1,12 @@
 //! CPU reference of `ops::matmul`, and the strided gemm wrapper that
-//! attention's products use too.
+//! attention's products use too. bf16 operands are widened to f32 and the
+//! products computed in f32 by the same code; bf16 outputs are rounded once
+//! at the end (`dinp` after its accumulation), fp32 weight and bias
+//! gradients are accumulated as they are.
 
-use super::{read, write, CpuOp};
-use crate::ops::matmul::{MatmulBwd, MatmulFwd};
+use super::activation::gelu_fwd;
+use super::{read_floats, write, write_floats, CpuOp};
+use crate::ops::matmul::{MatmulBwd, MatmulFwd, MatmulGeluFwd};
 use anyhow::Result;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -12,15 +16,45 @@ impl CpuOp for MatmulFwd {
         let (n, ic, oc) = (self.rows, self.in_ch, self.out_ch);
         // SAFETY: the contract check passed; see `read`.
         unsafe {
+            let mut out = write_floats(self.out, n * oc);
+            let bias = self.bias.map(|b| read_floats(b, oc));
             matmul_fwd(
-                write(self.out, n * oc),
-                read(self.inp, n * ic),
-                read(self.weight, oc * ic),
-                self.bias.map(|b| read(b, oc)),
+                &mut out,
+                &read_floats(self.inp, n * ic),
+                &read_floats(self.weight, oc * ic),
+                bias.as_deref(),
                 n,
                 ic,
                 oc,
             );
+            out.store();
+        }
+        Ok(())
+    }
+}
+
+impl CpuOp for MatmulGeluFwd {
+    fn run(&self) -> Result<()> {
+        let (n, ic, oc) = (self.rows, self.in_ch, self.out_ch);
+        // SAFETY: the contract check passed; see `read`. GELU reads the
+        // fp32 product before `pre` is rounded (bf16), as the GEMM's
+        // epilogue does.
+        unsafe {
+            let mut pre = write_floats(self.pre, n * oc);
+            let bias = self.bias.map(|b| read_floats(b, oc));
+            matmul_fwd(
+                &mut pre,
+                &read_floats(self.inp, n * ic),
+                &read_floats(self.weight, oc * ic),
+                bias.as_deref(),
+                n,
+                ic,
+                oc,
+            );
+            let mut out = write_floats(self.out, n * oc);
+            gelu_fwd(&mut out, &pre);
+            out.store();
+            pre.store();
         }
         Ok(())
     }
@@ -29,19 +63,24 @@ impl CpuOp for MatmulFwd {
 impl CpuOp for MatmulBwd {
     fn run(&self) -> Result<()> {
         let (n, ic, oc) = (self.rows, self.in_ch, self.out_ch);
-        // SAFETY: the contract check passed; see `read`.
+        // SAFETY: the contract check passed; see `read`. `dweight` and
+        // `dbias` are fp32 in every precision.
         unsafe {
+            let mut dinp = self.dinp.map(|v| write_floats(v, n * ic));
             matmul_bwd(
-                self.dinp.map(|v| write(v, n * ic)),
+                dinp.as_deref_mut(),
                 self.dweight.map(|v| write(v, oc * ic)),
                 self.dbias.map(|v| write(v, oc)),
-                read(self.dout, n * oc),
-                read(self.inp, n * ic),
-                read(self.weight, oc * ic),
+                &read_floats(self.dout, n * oc),
+                &read_floats(self.inp, n * ic),
+                &read_floats(self.weight, oc * ic),
                 n,
                 ic,
                 oc,
             );
+            if let Some(d) = dinp {
+                d.store();
+            }
         }
         Ok(())
     }

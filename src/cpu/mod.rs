@@ -10,6 +10,17 @@
 //! Reductions across threads are split into fixed chunks whose partial
 //! results are combined in order, so every result is bit-for-bit the same
 //! however many threads run it (a resumed run must continue exactly).
+//!
+//! **bf16.** The CPU is also the reference of every op's bf16 variant: it
+//! reads the bf16 operands widened to f32 (exactly), computes in f32 (or
+//! f64) by the same code as the fp32 op, and rounds each bf16 output once,
+//! to nearest even ([`FloatsMut::store`]), where the kernel rounds it.
+//! Outputs that stay fp32 in mixed precision (statistics, weight gradients,
+//! losses) are not rounded. Attention rounds its intermediate products too,
+//! as its kernels store them in bf16 (see `cpu/attention.rs`). So a kernel
+//! and this reference differ by fp32 summation order plus at most one bf16
+//! rounding step per output, which is what the conformance tolerances
+//! allow.
 
 mod activation;
 mod attention;
@@ -21,10 +32,14 @@ mod math;
 mod matmul;
 mod optimizer;
 
-use crate::mem::{Element, HostMemory, Memory, View};
+use crate::mem::{DType, Element, HostMemory, Memory, View};
 use crate::ops::registry::for_each_op;
 use crate::ops::{check, Backend, Op};
 use anyhow::Result;
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
+use std::borrow::Cow;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 /// Elements per parallel task for elementwise ops: big enough to amortize
@@ -95,6 +110,91 @@ unsafe fn write<'a, T: Element>(v: View, len: usize) -> &'a mut [T] {
         return &mut [];
     }
     std::slice::from_raw_parts_mut(v.addr as *mut T, len)
+}
+
+/// The first `len` elements of a float view as f32: the memory itself when
+/// it is f32, a widened (exact) copy when it is bf16.
+///
+/// # Safety
+/// As for [`read`].
+unsafe fn read_floats<'a>(v: View, len: usize) -> Cow<'a, [f32]> {
+    match v.dtype {
+        DType::BF16 => {
+            let mut wide = vec![0f32; len];
+            read::<bf16>(v, len).convert_to_f32_slice(&mut wide);
+            Cow::Owned(wide)
+        }
+        _ => Cow::Borrowed(read::<f32>(v, len)),
+    }
+}
+
+/// A float output (or accumulator) as an f32 slice: the memory itself when
+/// it is f32; for bf16 a widened copy of its contents, which
+/// [`FloatsMut::store`] rounds back to nearest even.
+pub(crate) struct FloatsMut<'a> {
+    view: View,
+    data: FloatsData<'a>,
+}
+
+enum FloatsData<'a> {
+    Memory(&'a mut [f32]),
+    Widened(Vec<f32>),
+}
+
+impl FloatsMut<'_> {
+    /// Writes a widened copy back, rounding each value to bf16 (nothing to
+    /// do for f32, whose memory was written directly).
+    fn store(self) {
+        if let FloatsData::Widened(wide) = &self.data {
+            // SAFETY: as when this was made (see `write_floats`).
+            unsafe { write::<bf16>(self.view, wide.len()) }.convert_from_f32_slice(wide);
+        }
+    }
+}
+
+impl Deref for FloatsMut<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &self.data {
+            FloatsData::Memory(m) => m,
+            FloatsData::Widened(w) => w,
+        }
+    }
+}
+
+impl DerefMut for FloatsMut<'_> {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        match &mut self.data {
+            FloatsData::Memory(m) => m,
+            FloatsData::Widened(w) => w,
+        }
+    }
+}
+
+/// The first `len` elements of a float view to write or accumulate into,
+/// as f32 (see [`FloatsMut`]).
+///
+/// # Safety
+/// As for [`write`]; for a bf16 view only the widened copy is borrowed
+/// mutably, so another operand may be the same memory (an allowed alias):
+/// it is read from its own copy.
+unsafe fn write_floats<'a>(v: View, len: usize) -> FloatsMut<'a> {
+    let data = match v.dtype {
+        DType::BF16 => FloatsData::Widened(read_floats(v, len).into_owned()),
+        _ => FloatsData::Memory(write::<f32>(v, len)),
+    };
+    FloatsMut {
+        view: v.slice(0, len),
+        data,
+    }
+}
+
+/// Rounds every value to the nearest bf16 (kept as f32): where a kernel
+/// stores an intermediate result in bf16.
+fn round_bf16(x: &mut [f32]) {
+    for v in x {
+        *v = bf16::from_f32(*v).to_f32();
+    }
 }
 
 impl Backend for CpuBackend {

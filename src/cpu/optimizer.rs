@@ -3,6 +3,8 @@
 use super::{read, write, CpuOp, CHUNK};
 use crate::ops::optimizer::{AdamWStep, Adamw, SumSquares};
 use anyhow::Result;
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 impl CpuOp for Adamw {
@@ -10,13 +12,18 @@ impl CpuOp for Adamw {
         let n = self.params.len;
         // SAFETY: the contract check passed; see `read`.
         unsafe {
+            let params = write(self.params, n);
             adamw(
-                write(self.params, n),
+                params,
                 read(self.grads, n),
                 write(self.m, n),
                 write(self.v, n),
                 self.hp,
-            )
+            );
+            // The bf16 compute copy: the new weights rounded once.
+            if let Some(copy) = self.copy {
+                write::<bf16>(copy, n).convert_from_f32_slice(params);
+            }
         };
         Ok(())
     }

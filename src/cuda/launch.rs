@@ -340,14 +340,20 @@ mod tests {
             e.contains("takes 3 parameters but its launcher passed 2"),
             "{e}"
         );
+        // A dtype the kernel family has no instantiation for.
+        let sum_squares = kernel_id!(optimizer, sum_squares);
+        let args = Args::new()
+            .ptr(View::new(256, 1, DType::F32))
+            .ptr(View::new(512, 10, DType::BF16))
+            .u64(10);
         let e = format!(
             "{:#}",
-            l.launch_1d(&FILL, DType::BF16, 10, fill_args(DType::BF16))
+            l.launch_1d(&sum_squares, DType::BF16, 10, args)
                 .unwrap_err()
         );
         assert!(
-            e.contains("kernel elementwise_fill_bf16")
-                && e.contains("elementwise_fill is built for f32"),
+            e.contains("kernel optimizer_sum_squares_bf16")
+                && e.contains("optimizer_sum_squares is built for f32"),
             "{e}"
         );
         assert_eq!(

@@ -135,7 +135,7 @@ mod tests {
         let id = kernel_id!(elementwise, fill);
         assert_eq!(id.name(DType::F32), "elementwise_fill_f32");
         assert_eq!(id.name(DType::BF16), "elementwise_fill_bf16");
-        assert_eq!(id.dtypes(), "f32");
+        assert_eq!(id.dtypes(), "f32, bf16");
         let params = signature("elementwise_fill_f32").unwrap();
         let types: Vec<ParamType> = params.iter().map(|p| p.ty).collect();
         assert_eq!(
@@ -147,7 +147,9 @@ mod tests {
             ]
         );
         assert_eq!(params[0].name, "dst");
-        assert!(signature("elementwise_fill_bf16").is_none());
+        // An op with an fp32 kernel only.
+        assert_eq!(kernel_id!(optimizer, sum_squares).dtypes(), "f32");
+        assert!(signature("optimizer_sum_squares_bf16").is_none());
     }
 
     #[test]

@@ -643,6 +643,7 @@ impl Gpt2 {
                 targets: tgt,
                 rows: n,
                 vocab,
+                padded_vocab: vocab,
                 ignore_index: IGNORE_INDEX,
                 grad_scale: scale,
             })?;
@@ -703,6 +704,7 @@ impl Gpt2 {
                 targets: tgt.slice(r0, rows),
                 rows,
                 vocab,
+                padded_vocab: vocab,
                 ignore_index: IGNORE_INDEX,
                 grad_scale: train_scale.unwrap_or(1.0),
             })?;

@@ -1,8 +1,8 @@
 //! Activations and dropout: elementwise, each with its backward.
 
-use super::check::{self, input, output, F32_ONLY};
+use super::check::{self, input, output, F32_BF16};
 use super::Contract;
-use crate::mem::View;
+use crate::mem::{DType, View};
 use anyhow::Result;
 
 /// GELU, tanh approximation (GPT-2):
@@ -15,6 +15,7 @@ pub struct GeluFwd {
 
 impl Contract for GeluFwd {
     const NAME: &'static str = "gelu_fwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         unary(Self::NAME, ("out", self.out), ("inp", self.inp))
     }
@@ -33,6 +34,7 @@ pub struct GeluBwd {
 
 impl Contract for GeluBwd {
     const NAME: &'static str = "gelu_bwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         unary_bwd(Self::NAME, self.dinp, self.inp, self.dout)
     }
@@ -51,6 +53,7 @@ pub struct GeluErfFwd {
 
 impl Contract for GeluErfFwd {
     const NAME: &'static str = "gelu_erf_fwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         unary(Self::NAME, ("out", self.out), ("inp", self.inp))
     }
@@ -70,6 +73,7 @@ pub struct GeluErfBwd {
 
 impl Contract for GeluErfBwd {
     const NAME: &'static str = "gelu_erf_bwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         unary_bwd(Self::NAME, self.dinp, self.inp, self.dout)
     }
@@ -93,6 +97,7 @@ pub struct DropoutFwd {
 
 impl Contract for DropoutFwd {
     const NAME: &'static str = "dropout_fwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         check::probability(Self::NAME, "dropout probability", self.p)?;
         unary(Self::NAME, ("out", self.out), ("inp", self.inp))
@@ -115,6 +120,7 @@ pub struct DropoutBwd {
 
 impl Contract for DropoutBwd {
     const NAME: &'static str = "dropout_bwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         check::probability(Self::NAME, "dropout probability", self.p)?;
         unary(Self::NAME, ("dinp", self.dinp), ("dout", self.dout))
@@ -124,12 +130,13 @@ impl Contract for DropoutBwd {
     }
 }
 
-/// An elementwise map `out = f(inp)` over views of one length.
+/// An elementwise map `out = f(inp)` over views of one length, in fp32 or
+/// bf16 (computed in fp32 either way).
 fn unary(op: &str, out: (&'static str, View), inp: (&'static str, View)) -> Result<()> {
     let n = check::same_len(op, &[out, inp])?;
     check::operands(
         op,
-        F32_ONLY,
+        F32_BF16,
         &[output(out.0, out.1, n), input(inp.0, inp.1, n)],
     )
 }
@@ -139,7 +146,7 @@ fn unary_bwd(op: &str, dinp: View, inp: View, dout: View) -> Result<()> {
     let n = check::same_len(op, &[("dinp", dinp), ("inp", inp), ("dout", dout)])?;
     check::operands(
         op,
-        F32_ONLY,
+        F32_BF16,
         &[
             output("dinp", dinp, n),
             input("inp", inp, n),

@@ -1,8 +1,8 @@
 //! Causal multi-head self-attention over a fused `qkv` projection.
 
-use super::check::{self, input, output, F32_ONLY};
+use super::check::{self, input, output, F32_BF16};
 use super::Contract;
-use crate::mem::View;
+use crate::mem::{DType, View};
 use anyhow::Result;
 
 /// Shape of a causal self-attention call.
@@ -37,7 +37,12 @@ impl AttnShape {
 
 /// From `qkv[B, T, 3C]` (q, k, v each `C` wide, split into `heads` heads),
 /// writes `out[B, T, C]` and saves the softmax probabilities
-/// `att[B, heads, T, T]` (zero above the diagonal) for the backward.
+/// `att[B, heads, T, T]` (zero above the diagonal) for the backward. In bf16
+/// every tensor is bf16: the scaled scores `q k^T / sqrt(hs)` are rounded to
+/// bf16 in `att`, the softmax reads them and computes in fp32, the
+/// probabilities are rounded to bf16 and `out = att v` once more; the
+/// backward rounds `d(att) = dout v^T` and `d(scores)` (in `scratch`) and
+/// each gradient it accumulates into `dqkv`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionFwd {
     pub out: View,
@@ -48,11 +53,12 @@ pub struct AttentionFwd {
 
 impl Contract for AttentionFwd {
     const NAME: &'static str = "attention_fwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.checked_lens(Self::NAME)?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("out", self.out, out),
                 output("att", self.att, att),
@@ -79,11 +85,12 @@ pub struct AttentionBwd {
 
 impl Contract for AttentionBwd {
     const NAME: &'static str = "attention_bwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (qkv, out, att) = self.shape.checked_lens(Self::NAME)?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("dqkv", self.dqkv, qkv),
                 output("scratch", self.scratch, att),

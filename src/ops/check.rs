@@ -7,12 +7,36 @@
 //!
 //! Messages name the op and the operand: `layernorm_fwd: weight has 5
 //! elements but the shape needs 6`.
+//!
+//! **Dtypes.** An op computes in one *compute dtype*, one of the float
+//! dtypes its contract lists (`Contract::FLOATS`): fp32, or bf16 in mixed
+//! precision. Each operand either follows the compute dtype (the default:
+//! activations and the weights' compute copies) or has its own set of
+//! allowed dtypes, independent of it ([`Operand::of`], [`Operand::one_of`]):
+//! token ids are u32, LayerNorm statistics, weight gradients, losses and
+//! AdamW's master weights and moments stay fp32 in every precision. So a
+//! bf16 matmul backward reads bf16 `dout`, `inp` and `weight`, accumulates
+//! into bf16 `dinp` and into fp32 `dweight` and `dbias`, and this file is
+//! the only place that says so.
 
 use crate::mem::{DType, View};
 use anyhow::{bail, ensure, Result};
 
-/// The float dtypes of ops that only have an fp32 implementation so far.
+/// The float dtypes of ops that only have an fp32 implementation.
 pub const F32_ONLY: &[DType] = &[DType::F32];
+
+/// The float dtypes of ops that also run in mixed precision.
+pub const F32_BF16: &[DType] = &[DType::F32, DType::BF16];
+
+/// What dtype an operand may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// The op's compute dtype: the same for every such operand, and one of
+    /// the op's float dtypes.
+    Compute,
+    /// Any one of these, whatever the compute dtype.
+    OneOf(&'static [DType]),
+}
 
 /// Whether an operand is read or written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,9 +54,7 @@ pub struct Operand {
     view: Option<View>,
     len: usize,
     access: Access,
-    /// `None`: the op's float dtype (one of the op's supported dtypes, the
-    /// same for every such operand).
-    dtype: Option<DType>,
+    dtype: Want,
     /// Operands this output may be exactly (same address and length).
     may_alias: &'static [&'static str],
 }
@@ -44,7 +66,7 @@ pub fn input(name: &'static str, view: impl Into<Option<View>>, len: usize) -> O
         view: view.into(),
         len,
         access: Access::Read,
-        dtype: None,
+        dtype: Want::Compute,
         may_alias: &[],
     }
 }
@@ -59,10 +81,22 @@ pub fn output(name: &'static str, view: impl Into<Option<View>>, len: usize) -> 
 }
 
 impl Operand {
-    /// A fixed dtype instead of the op's float dtype (token ids: `U32`).
+    /// A fixed dtype instead of the op's compute dtype: `U32` for token ids,
+    /// `F32` for what stays fp32 in every precision.
     pub fn of(self, dtype: DType) -> Self {
+        let set: &'static [DType] = match dtype {
+            DType::F32 => &[DType::F32],
+            DType::BF16 => &[DType::BF16],
+            DType::U32 => &[DType::U32],
+        };
+        self.one_of(set)
+    }
+
+    /// Any of `dtypes`, independent of the op's compute dtype (a cast's
+    /// source).
+    pub fn one_of(self, dtypes: &'static [DType]) -> Self {
         Operand {
-            dtype: Some(dtype),
+            dtype: Want::OneOf(dtypes),
             ..self
         }
     }
@@ -82,20 +116,21 @@ impl Operand {
     }
 }
 
-/// Validates the operands of one call of `op`, whose float operands may be
+/// Validates the operands of one call of `op`, whose compute dtype may be
 /// any one of `floats`: dtypes, lengths, addresses, then overlaps.
 pub fn operands(op: &str, floats: &[DType], operands: &[Operand]) -> Result<()> {
     let mut float: Option<(&str, DType)> = None;
     for o in operands {
         let Some(v) = o.view else { continue };
         match o.dtype {
-            Some(want) => ensure!(
-                v.dtype == want,
-                "{op}: {} is {} but must be {want}",
+            Want::OneOf(set) => ensure!(
+                set.contains(&v.dtype),
+                "{op}: {} is {} but must be {}",
                 o.name,
-                v.dtype
+                v.dtype,
+                names_or(set)
             ),
-            None => match float {
+            Want::Compute => match float {
                 Some((first, dtype)) => ensure!(
                     v.dtype == dtype,
                     "{op}: {} is {} but {first} is {dtype}; they must match",
@@ -280,6 +315,14 @@ fn names(dtypes: &[DType]) -> String {
         .join(", ")
 }
 
+/// "f32", "f32 or bf16".
+fn names_or(dtypes: &[DType]) -> String {
+    match dtypes.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", names(rest)),
+        _ => names(dtypes),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +356,35 @@ mod tests {
         assert!(e.to_string().contains("w is bf16 but x is f32"), "{e}");
         let e = operands("op", F32_ONLY, &[input("t", v(256, 4), 4).of(DType::U32)]).unwrap_err();
         assert!(e.to_string().contains("t is f32 but must be u32"), "{e}");
+        // Per-operand sets: a bf16 op with an fp32 gradient, and a cast's
+        // source of either float type.
+        let b = |addr, len| View::new(addr, len, DType::BF16);
+        operands(
+            "op",
+            F32_BF16,
+            &[
+                input("x", b(256, 4), 4),
+                output("dw", v(512, 4), 4).of(F),
+                input("src", v(1024, 4), 4).one_of(F32_BF16),
+            ],
+        )
+        .unwrap();
+        let e = operands(
+            "op",
+            F32_BF16,
+            &[input("x", b(256, 4), 4), output("dw", b(512, 4), 4).of(F)],
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "op: dw is bf16 but must be f32");
+        let e = operands("op", F32_BF16, &[input("t", v(256, 4), 4).one_of(F32_BF16)]);
+        e.unwrap();
+        let e = operands(
+            "op",
+            F32_ONLY,
+            &[input("t", b(256, 4), 4).one_of(&[F, DType::U32])],
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "op: t is bf16 but must be f32 or u32");
         let e = operands("op", F32_ONLY, &[input("x", v(258, 4), 4)]).unwrap_err();
         assert!(e.to_string().contains("not aligned"), "{e}");
         // Absent and empty operands are fine anywhere.

@@ -1,9 +1,9 @@
-//! Elementwise ops over equal-length views: fill, copy, add, accumulate.
+//! Elementwise ops over equal-length views: fill, copy, cast, add, accumulate.
 
-use super::check::{self, input, output, F32_ONLY};
+use super::check::{self, input, output, F32_BF16};
 use super::Contract;
-use crate::mem::View;
-use anyhow::Result;
+use crate::mem::{DType, View};
+use anyhow::{ensure, Result};
 
 /// `dst[i] = value`.
 #[derive(Clone, Copy, Debug)]
@@ -14,10 +14,11 @@ pub struct Fill {
 
 impl Contract for Fill {
     const NAME: &'static str = "fill";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[output("dst", self.dst, self.dst.len)],
         )
     }
@@ -35,11 +36,12 @@ pub struct CopyView {
 
 impl Contract for CopyView {
     const NAME: &'static str = "copy";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let n = check::same_len(Self::NAME, &[("dst", self.dst), ("src", self.src)])?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("dst", self.dst, n).may_alias(&["src"]),
                 input("src", self.src, n),
@@ -48,6 +50,41 @@ impl Contract for CopyView {
     }
     fn shape(&self) -> String {
         format!("n={}", self.dst.len)
+    }
+}
+
+/// `dst = src` converted to `dst`'s float type (to bf16: round to nearest
+/// even, as the kernels' `from_f32<bf16>` and the `half` crate do; to f32:
+/// exact). Refreshes the bf16 compute copies of fp32 master weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Cast {
+    pub dst: View,
+    pub src: View,
+}
+
+impl Contract for Cast {
+    const NAME: &'static str = "cast";
+    /// `dst`'s dtype; `src` is the other float type.
+    const FLOATS: &'static [DType] = F32_BF16;
+    fn check(&self) -> Result<()> {
+        let n = check::same_len(Self::NAME, &[("dst", self.dst), ("src", self.src)])?;
+        ensure!(
+            self.dst.dtype != self.src.dtype,
+            "{}: dst and src are both {}; a cast converts between f32 and bf16 (copy copies)",
+            Self::NAME,
+            self.dst.dtype
+        );
+        check::operands(
+            Self::NAME,
+            Self::FLOATS,
+            &[
+                output("dst", self.dst, n),
+                input("src", self.src, n).one_of(F32_BF16),
+            ],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("n={} {}->{}", self.dst.len, self.src.dtype, self.dst.dtype)
     }
 }
 
@@ -61,6 +98,7 @@ pub struct Add {
 
 impl Contract for Add {
     const NAME: &'static str = "add";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let n = check::same_len(
             Self::NAME,
@@ -68,7 +106,7 @@ impl Contract for Add {
         )?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("out", self.out, n).may_alias(&["a", "b"]),
                 input("a", self.a, n),
@@ -90,11 +128,12 @@ pub struct Accumulate {
 
 impl Contract for Accumulate {
     const NAME: &'static str = "accumulate";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let n = check::same_len(Self::NAME, &[("dst", self.dst), ("src", self.src)])?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[output("dst", self.dst, n), input("src", self.src, n)],
         )
     }

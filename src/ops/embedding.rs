@@ -1,6 +1,6 @@
 //! Token + position embeddings.
 
-use super::check::{self, input, output, F32_ONLY};
+use super::check::{self, input, output, F32_BF16};
 use super::Contract;
 use crate::mem::{DType, View};
 use anyhow::Result;
@@ -21,13 +21,14 @@ pub struct EmbeddingFwd {
 
 impl Contract for EmbeddingFwd {
     const NAME: &'static str = "embedding_fwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (n, c) = (self.batch * self.seq, self.channels);
         check::nonzero(Self::NAME, "channels", c)?;
         let vocab = self.wte.len / c;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("out", self.out, n * c),
                 input("tokens", self.tokens, n).of(DType::U32),
@@ -41,7 +42,8 @@ impl Contract for EmbeddingFwd {
     }
 }
 
-/// Scatter-adds `dout` into the rows of `dwte` (by token) and `dwpe` (by position).
+/// Scatter-adds `dout` into the rows of `dwte` (by token) and `dwpe` (by
+/// position); the gradients are fp32 in every precision.
 #[derive(Clone, Copy, Debug)]
 pub struct EmbeddingBwd {
     pub dwte: View,
@@ -55,16 +57,17 @@ pub struct EmbeddingBwd {
 
 impl Contract for EmbeddingBwd {
     const NAME: &'static str = "embedding_bwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (n, c) = (self.batch * self.seq, self.channels);
         check::nonzero(Self::NAME, "channels", c)?;
         let vocab = self.dwte.len / c;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
-                output("dwte", self.dwte, vocab * c),
-                output("dwpe", self.dwpe, self.seq * c),
+                output("dwte", self.dwte, vocab * c).of(DType::F32),
+                output("dwpe", self.dwpe, self.seq * c).of(DType::F32),
                 input("dout", self.dout, n * c),
                 input("tokens", self.tokens, n).of(DType::U32),
             ],

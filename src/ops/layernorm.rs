@@ -1,8 +1,8 @@
 //! LayerNorm over rows of `channels`.
 
-use super::check::{self, input, output, F32_ONLY};
+use super::check::{self, input, output, F32_BF16};
 use super::Contract;
-use crate::mem::View;
+use crate::mem::{DType, View};
 use anyhow::Result;
 
 /// LayerNorm epsilon, as in GPT-2 (the kernels receive it as an argument).
@@ -10,7 +10,9 @@ pub const LAYERNORM_EPS: f32 = 1e-5;
 
 /// Normalizes each of `rows` rows of width `channels` (two passes: mean,
 /// then the mean of squared deviations) and applies `weight` and `bias`;
-/// saves `mean` and `rstd` (one per row) for the backward.
+/// saves `mean` and `rstd` (one per row) for the backward. In bf16 the rows,
+/// weights and output are bf16; the statistics are fp32 and everything is
+/// computed in fp32.
 #[derive(Clone, Copy, Debug)]
 pub struct LayernormFwd {
     pub out: View,
@@ -25,15 +27,16 @@ pub struct LayernormFwd {
 
 impl Contract for LayernormFwd {
     const NAME: &'static str = "layernorm_fwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (n, c) = rows_of(Self::NAME, self.rows, self.channels)?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("out", self.out, n * c),
-                output("mean", self.mean, n),
-                output("rstd", self.rstd, n),
+                output("mean", self.mean, n).of(DType::F32),
+                output("rstd", self.rstd, n).of(DType::F32),
                 input("inp", self.inp, n * c),
                 input("weight", self.weight, c),
                 input("bias", self.bias, c),
@@ -46,7 +49,8 @@ impl Contract for LayernormFwd {
 }
 
 /// `dinp += ...`, and `dweight`/`dbias +=` their column sums when given
-/// (`None` for a frozen block).
+/// (`None` for a frozen block). `dweight` and `dbias` are fp32 in every
+/// precision (a slot's gradient).
 #[derive(Clone, Copy, Debug)]
 pub struct LayernormBwd {
     pub dinp: View,
@@ -63,20 +67,21 @@ pub struct LayernormBwd {
 
 impl Contract for LayernormBwd {
     const NAME: &'static str = "layernorm_bwd";
+    const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (n, c) = rows_of(Self::NAME, self.rows, self.channels)?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("dinp", self.dinp, n * c),
-                output("dweight", self.dweight, c),
-                output("dbias", self.dbias, c),
+                output("dweight", self.dweight, c).of(DType::F32),
+                output("dbias", self.dbias, c).of(DType::F32),
                 input("dout", self.dout, n * c),
                 input("inp", self.inp, n * c),
                 input("weight", self.weight, c),
-                input("mean", self.mean, n),
-                input("rstd", self.rstd, n),
+                input("mean", self.mean, n).of(DType::F32),
+                input("rstd", self.rstd, n).of(DType::F32),
             ],
         )
     }

@@ -51,6 +51,11 @@ use std::sync::Arc;
 pub trait Contract: Copy + Into<Op> {
     /// The op's name in tables and messages (`"matmul_fwd"`).
     const NAME: &'static str;
+    /// The compute dtypes the op is implemented for, on every backend (the
+    /// conformance harness runs each of them): [`check::F32_ONLY`] or
+    /// [`check::F32_BF16`]. Which operands follow the compute dtype and which
+    /// keep their own is in `check`.
+    const FLOATS: &'static [DType];
     /// Validates the call: shapes, lengths, dtypes, aliasing, scalars (see
     /// [`check`]). Backends call it (through [`Op::check`]) before anything else.
     fn check(&self) -> Result<()>;

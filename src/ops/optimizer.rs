@@ -2,7 +2,7 @@
 
 use super::check::{self, input, output, F32_ONLY};
 use super::Contract;
-use crate::mem::View;
+use crate::mem::{DType, View};
 use anyhow::Result;
 
 /// Hyper-parameters of one AdamW update (decoupled weight decay, bias
@@ -19,18 +19,23 @@ pub struct AdamWStep {
     pub grad_scale: f32,
 }
 
-/// One AdamW update of `params` from `grads`, moments `m` and `v`.
+/// One AdamW update of `params` from `grads`, moments `m` and `v`, all fp32
+/// in every precision (master weights). In mixed precision `copy` receives
+/// the updated weights rounded to bf16: the compute copy the matmuls read,
+/// written in the same pass.
 #[derive(Clone, Copy, Debug)]
 pub struct Adamw {
     pub params: View,
     pub grads: View,
     pub m: View,
     pub v: View,
+    pub copy: Option<View>,
     pub hp: AdamWStep,
 }
 
 impl Contract for Adamw {
     const NAME: &'static str = "adamw";
+    const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
         check::one_based(Self::NAME, "step", self.hp.step)?;
         let n = check::same_len(
@@ -44,11 +49,12 @@ impl Contract for Adamw {
         )?;
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[
                 output("params", self.params, n),
                 output("m", self.m, n),
                 output("v", self.v, n),
+                output("copy", self.copy, n).of(DType::BF16),
                 input("grads", self.grads, n),
             ],
         )
@@ -67,10 +73,11 @@ pub struct SumSquares {
 
 impl Contract for SumSquares {
     const NAME: &'static str = "sum_squares";
+    const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
         check::operands(
             Self::NAME,
-            F32_ONLY,
+            Self::FLOATS,
             &[output("acc", self.acc, 1), input("x", self.x, self.x.len)],
         )
     }

@@ -9,9 +9,10 @@
 //! [`ENTRIES`]. Nothing else lists the ops. The order is the order of the
 //! conformance table.
 
-use super::case::{tol_for, Bound, CaseBuilder, Dims, Init, TensorId};
+use super::case::{tol_bf16, tol_for, Bound, CaseBuilder, Dims, Init, TensorId, BF16_UNIT};
 use super::Contract;
 use super::{activation, attention, elementwise, embedding, layernorm, loss, matmul, optimizer};
+use crate::mem::DType;
 use anyhow::Result;
 
 /// Calls `$callback! { family::Struct => case, ... }` with every op.
@@ -20,6 +21,7 @@ macro_rules! for_each_op {
         $callback! {
             elementwise::Fill => cases::fill,
             elementwise::CopyView => cases::copy,
+            elementwise::Cast => cases::cast,
             elementwise::Add => cases::add,
             elementwise::Accumulate => cases::accumulate,
             activation::GeluFwd => cases::gelu_fwd,
@@ -33,6 +35,7 @@ macro_rules! for_each_op {
             layernorm::LayernormFwd => cases::layernorm_fwd,
             layernorm::LayernormBwd => cases::layernorm_bwd,
             matmul::MatmulFwd => cases::matmul_fwd,
+            matmul::MatmulGeluFwd => cases::matmul_gelu_fwd,
             matmul::MatmulBwd => cases::matmul_bwd,
             attention::AttentionFwd => cases::attention_fwd,
             attention::AttentionBwd => cases::attention_bwd,
@@ -49,7 +52,11 @@ pub struct Entry {
     pub name: &'static str,
     /// The `ops/` module (and `cpu/`, `cuda/ops/` file) of the op.
     pub family: &'static str,
-    /// Builds the op's conformance case at the given sizes.
+    /// The compute dtypes the op supports (`Contract::FLOATS`); the
+    /// conformance harness runs every one.
+    pub dtypes: &'static [DType],
+    /// Builds the op's conformance case at the given sizes, for the
+    /// builder's compute dtype.
     pub case: fn(&mut CaseBuilder, Dims),
 }
 
@@ -99,6 +106,7 @@ macro_rules! define_ops {
             $(Entry {
                 name: <$family::$op as Contract>::NAME,
                 family: stringify!($family),
+                dtypes: <$family::$op as Contract>::FLOATS,
                 case: $case,
             },)*
         ];
@@ -108,8 +116,16 @@ for_each_op!(define_ops);
 
 /// The conformance case of every op: random inputs at the given sizes (none
 /// a multiple of a kernel's tile), the outputs to compare and the tolerance
-/// of the normalised error (see `crate::conformance`). Outputs and gradients
-/// start from random values, so the `+=` contract is checked too.
+/// of each (see `crate::conformance`). Outputs and gradients start from
+/// random values, so the `+=` contract is checked too.
+///
+/// fp32 tolerances are [`tol_for`] of the reduction length. A bf16 output
+/// rounded once from an fp32 value both backends compute from the same bf16
+/// inputs gets [`CaseBuilder::tol_out`] of that (one rounding on each side,
+/// see `case::tol_bf16`). Where a rounded bf16 value feeds further
+/// arithmetic (GELU of a product, attention's chain of products and
+/// softmax), the case bounds the two backends' difference element by
+/// element from its own inputs (see `bounds`).
 mod cases {
     use super::*;
     use crate::ops::attention::AttnShape;
@@ -129,6 +145,7 @@ mod cases {
             }
             .into()
         });
+        // 0.375 is exact in both dtypes.
         b.compare(&[out], 0.0);
     }
 
@@ -141,6 +158,27 @@ mod cases {
             }
             .into()
         });
+        b.compare(&[out], 0.0);
+    }
+
+    pub fn cast(b: &mut CaseBuilder, d: Dims) {
+        // The destination has the case's dtype, the source the other one.
+        let out = b.random(odd_len(d), 1.0);
+        let values = b.values(odd_len(d), 3.0, 0.0);
+        let x = if b.bf16() {
+            b.floats_f32(values)
+        } else {
+            b.tensor(Init::BF16(values))
+        };
+        b.run(move |t| {
+            elementwise::Cast {
+                dst: t[out],
+                src: t[x],
+            }
+            .into()
+        });
+        // Widening is exact; narrowing rounds the same f32 to nearest even
+        // on both sides.
         b.compare(&[out], 0.0);
     }
 
@@ -164,7 +202,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[out, x], tol_for(1));
+        let tol = b.tol_out(tol_for(1));
+        b.compare(&[out, x], tol);
     }
 
     pub fn accumulate(b: &mut CaseBuilder, d: Dims) {
@@ -176,7 +215,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[dst], tol_for(1));
+        let tol = b.tol_out(tol_for(1));
+        b.compare(&[dst], tol);
     }
 
     pub fn gelu_fwd(b: &mut CaseBuilder, d: Dims) {
@@ -188,7 +228,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[out], 1e-5);
+        let tol = b.tol_out(1e-5);
+        b.compare(&[out], tol);
     }
 
     pub fn gelu_bwd(b: &mut CaseBuilder, d: Dims) {
@@ -202,7 +243,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[dx], 1e-5);
+        let tol = b.tol_out(1e-5);
+        b.compare(&[dx], tol);
     }
 
     /// erfcf within 4 ulp, expf within 2 and a few roundings of products
@@ -219,7 +261,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[out], GELU_ERF_TOL);
+        let tol = b.tol_out(GELU_ERF_TOL);
+        b.compare(&[out], tol);
     }
 
     pub fn gelu_erf_bwd(b: &mut CaseBuilder, d: Dims) {
@@ -233,7 +276,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[dx], GELU_ERF_TOL);
+        let tol = b.tol_out(GELU_ERF_TOL);
+        b.compare(&[dx], tol);
     }
 
     pub fn dropout_fwd(b: &mut CaseBuilder, d: Dims) {
@@ -248,7 +292,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[out], 1e-6);
+        let tol = b.tol_out(1e-6);
+        b.compare(&[out], tol);
     }
 
     pub fn dropout_bwd(b: &mut CaseBuilder, d: Dims) {
@@ -263,7 +308,8 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[dx], 1e-6);
+        let tol = b.tol_out(1e-6);
+        b.compare(&[dx], tol);
     }
 
     pub fn embedding_fwd(b: &mut CaseBuilder, d: Dims) {
@@ -283,12 +329,14 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[out], tol_for(2));
+        let tol = b.tol_out(tol_for(2));
+        b.compare(&[out], tol);
     }
 
     pub fn embedding_bwd(b: &mut CaseBuilder, d: Dims) {
         let (n, c) = (d.batch * d.seq, d.channels);
-        let (dwte, dwpe) = (b.random(d.vocab * c, 1.0), b.random(d.seq * c, 1.0));
+        // The gradients are fp32 in every precision; `dout` is the case's dtype.
+        let (dwte, dwpe) = (b.random_f32(d.vocab * c, 1.0), b.random_f32(d.seq * c, 1.0));
         let dout = b.random(n * c, 1.0);
         // Few distinct ids, so rows collide and the scatter must add.
         let tok = b.tokens(n, d.vocab.min(5));
@@ -304,11 +352,12 @@ mod cases {
             }
             .into()
         });
+        // fp32 sums of the same bf16 values: no rounding to bf16 anywhere.
         b.compare(&[dwte, dwpe], tol_for(n));
     }
 
     /// The tensors of a LayerNorm forward: rows offset from zero, weights
-    /// near one.
+    /// near one. Statistics are fp32 in every precision.
     #[derive(Clone, Copy)]
     struct LayernormCase {
         out: TensorId,
@@ -324,7 +373,11 @@ mod cases {
     impl LayernormCase {
         fn new(b: &mut CaseBuilder, d: Dims) -> Self {
             let (n, c) = (d.batch * d.seq, d.channels);
-            let (out, mean, rstd) = (b.random(n * c, 1.0), b.random(n, 1.0), b.random(n, 1.0));
+            let (out, mean, rstd) = (
+                b.random(n * c, 1.0),
+                b.random_f32(n, 1.0),
+                b.random_f32(n, 1.0),
+            );
             let x = b.values(n * c, 2.0, 0.5);
             let w = b.values(c, 0.2, 1.0);
             LayernormCase {
@@ -357,7 +410,10 @@ mod cases {
     pub fn layernorm_fwd(b: &mut CaseBuilder, d: Dims) {
         let ln = LayernormCase::new(b, d);
         b.run(move |t| ln.fwd(t));
-        b.compare(&[ln.out, ln.mean, ln.rstd], tol_for(d.channels));
+        // Statistics in fp32 from the same inputs; the output rounded once.
+        b.compare(&[ln.mean, ln.rstd], tol_for(d.channels));
+        let tol = b.tol_out(tol_for(d.channels));
+        b.compare(&[ln.out], tol);
     }
 
     pub fn layernorm_bwd(b: &mut CaseBuilder, d: Dims) {
@@ -367,8 +423,8 @@ mod cases {
         b.prepare(move |t| ln.fwd(t), &[ln.mean, ln.rstd]);
         let (dx, dw, db, dy) = (
             b.random(n * c, 1.0),
-            b.random(c, 1.0),
-            b.random(c, 1.0),
+            b.random_f32(c, 1.0),
+            b.random_f32(c, 1.0),
             b.random(n * c, 1.0),
         );
         b.run(move |t| {
@@ -386,7 +442,10 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[dx, dw, db], tol_for(c.max(n)));
+        let tol = tol_for(c.max(n));
+        b.compare(&[dw, db], tol);
+        let tol = b.tol_out(tol);
+        b.compare(&[dx], tol);
     }
 
     /// rows x in -> out, with shapes that fit no tile: (n, c+1) -> 3c-1.
@@ -417,7 +476,36 @@ mod cases {
                 .into()
             });
         }
-        b.compare(&[out, out2], tol_for(ic));
+        let tol = b.tol_out(tol_for(ic));
+        b.compare(&[out, out2], tol);
+    }
+
+    pub fn matmul_gelu_fwd(b: &mut CaseBuilder, d: Dims) {
+        let (n, ic, oc) = matmul_dims(d);
+        let (out, pre) = (b.random(n * oc, 1.0), b.random(n * oc, 1.0));
+        let (xv, wv, bv) = (
+            b.values(n * ic, 1.0, 0.0),
+            b.values(oc * ic, 0.1, 0.0),
+            b.values(oc, 1.0, 0.0),
+        );
+        let gelu_bound = bounds::matmul_gelu(b, &xv, &wv, &bv, [n, ic, oc]);
+        let (x, w, bias) = (b.floats(xv), b.floats(wv), b.floats(bv));
+        b.run(move |t| {
+            matmul::MatmulGeluFwd {
+                out: t[out],
+                pre: t[pre],
+                inp: t[x],
+                weight: t[w],
+                bias: Some(t[bias]),
+                rows: n,
+                in_ch: ic,
+                out_ch: oc,
+            }
+            .into()
+        });
+        let tol = b.tol_out(tol_for(ic));
+        b.compare(&[pre], tol);
+        b.compare_abs(&[out], gelu_bound);
     }
 
     pub fn matmul_bwd(b: &mut CaseBuilder, d: Dims) {
@@ -427,10 +515,11 @@ mod cases {
             b.random(oc * ic, 0.1),
             b.random(n * oc, 1.0),
         );
+        // dinp in the case's dtype; the weight and bias gradients fp32.
         let (dx, dw, db) = (
             b.random(n * ic, 1.0),
-            b.random(oc * ic, 1.0),
-            b.random(oc, 1.0),
+            b.random_f32(oc * ic, 1.0),
+            b.random_f32(oc, 1.0),
         );
         // Then the frozen-block form: only dX.
         let dx2 = b.random(n * ic, 1.0);
@@ -450,7 +539,10 @@ mod cases {
                 .into()
             });
         }
-        b.compare(&[dx, dw, db, dx2], tol_for(n.max(oc)));
+        let tol = tol_for(n.max(oc));
+        b.compare(&[dw, db], tol);
+        let tol = b.tol_out(tol);
+        b.compare(&[dx, dx2], tol);
     }
 
     /// The tensors of an attention forward, outputs filled with garbage.
@@ -463,10 +555,15 @@ mod cases {
     }
 
     impl AttentionCase {
-        fn new(b: &mut CaseBuilder, d: Dims) -> Self {
+        /// `qkv` values are returned too, for the bf16 bounds. In bf16 they
+        /// are scaled by 0.5, so that scores stay near 1 in magnitude and
+        /// the bounds (which grow with the scores) stay tight.
+        fn new(b: &mut CaseBuilder, d: Dims) -> (Self, Vec<f32>) {
             let (n, c) = (d.batch * d.seq, d.channels);
-            AttentionCase {
-                qkv: b.random(n * 3 * c, 1.0),
+            let scale = if b.bf16() { 0.5 } else { 1.0 };
+            let qkv = b.values(n * 3 * c, scale, 0.0);
+            let case = AttentionCase {
+                qkv: b.floats(qkv.clone()),
                 out: b.random(n * c, 1.0),
                 att: b.random(d.batch * d.heads * d.seq * d.seq, 1.0),
                 shape: AttnShape {
@@ -475,7 +572,8 @@ mod cases {
                     channels: c,
                     heads: d.heads,
                 },
-            }
+            };
+            (case, qkv)
         }
 
         fn fwd(&self, t: &Bound) -> Op {
@@ -488,24 +586,38 @@ mod cases {
             .into()
         }
 
-        /// Products of head-size terms, softmax sums of up to `seq`.
+        /// fp32: products of head-size terms, softmax sums of up to `seq`.
         fn tol(&self) -> f64 {
             tol_for(self.shape.seq.max(self.shape.channels / self.shape.heads))
         }
     }
 
     pub fn attention_fwd(b: &mut CaseBuilder, d: Dims) {
-        let a = AttentionCase::new(b, d);
+        let (a, qkv) = AttentionCase::new(b, d);
         b.run(move |t| a.fwd(t));
-        b.compare(&[a.out, a.att], a.tol());
+        if b.bf16() {
+            let q = b.stored(&qkv);
+            let (att, out) = bounds::attention_fwd(&q, a.shape);
+            b.compare_abs(&[a.att], att);
+            b.compare_abs(&[a.out], out);
+        } else {
+            b.compare(&[a.out, a.att], a.tol());
+        }
     }
 
     pub fn attention_bwd(b: &mut CaseBuilder, d: Dims) {
-        let a = AttentionCase::new(b, d);
+        let (a, qkv) = AttentionCase::new(b, d);
         // The probabilities come from the reference forward.
         b.prepare(move |t| a.fwd(t), &[a.att]);
-        let (qkv, out, att) = a.shape.lens();
-        let (dqkv, scratch, dy) = (b.random(qkv, 1.0), b.random(att, 1.0), b.random(out, 1.0));
+        let (qkv_len, out_len, att_len) = a.shape.lens();
+        let dqkv_old = b.values(qkv_len, 1.0, 0.0);
+        let dy_values = b.values(out_len, 1.0, 0.0);
+        let bound = b.bf16().then(|| {
+            let (q, dy, old) = (b.stored(&qkv), b.stored(&dy_values), b.stored(&dqkv_old));
+            bounds::attention_bwd(&q, &dy, &old, a.shape)
+        });
+        let (dqkv, dy) = (b.floats(dqkv_old), b.floats(dy_values));
+        let scratch = b.random(att_len, 1.0);
         b.run(move |t| {
             attention::AttentionBwd {
                 dqkv: t[dqkv],
@@ -517,18 +629,24 @@ mod cases {
             }
             .into()
         });
-        b.compare(&[dqkv], a.tol());
+        match bound {
+            Some(bound) => b.compare_abs(&[dqkv], bound),
+            None => b.compare(&[dqkv], a.tol()),
+        }
     }
 
     pub fn softmax_xent(b: &mut CaseBuilder, d: Dims) {
-        let (n, v) = (d.batch * d.seq, d.vocab);
-        let logits = b.values(n * v, 3.0, 0.0);
+        // Rows padded by 5 columns, as the model pads its vocabulary: the
+        // padding must stay out of the softmax and get a zero gradient.
+        let (n, v, vp) = (d.batch * d.seq, d.vocab, d.vocab + 5);
+        let logits = b.values(n * vp, 3.0, 0.0);
         let logits = b.floats(logits);
         let mut ids = b.ids(n, v);
         ids[n / 2] = u32::MAX; // one ignored row
         let tgt = b.tensor(Init::U32(ids));
-        let (losses, dlogits) = (b.random(n, 1.0), b.random(n * v, 1.0));
-        let losses2 = b.random(n, 1.0);
+        // Losses are fp32 in every precision, the gradient the logits' dtype.
+        let (losses, dlogits) = (b.random_f32(n, 1.0), b.random(n * vp, 1.0));
+        let losses2 = b.random_f32(n, 1.0);
         // Into a separate gradient, then in place over the logits.
         for (losses, dlogits) in [(losses, dlogits), (losses2, logits)] {
             b.run(move |t| {
@@ -539,20 +657,28 @@ mod cases {
                     targets: t[tgt],
                     rows: n,
                     vocab: v,
+                    padded_vocab: vp,
                     ignore_index: u32::MAX,
                     grad_scale: 0.25,
                 }
                 .into()
             });
         }
-        b.compare(&[losses, dlogits, losses2, logits], tol_for(v));
+        // The losses: fp32 from the same inputs, a sum over the vocabulary.
+        b.compare(&[losses, losses2], tol_for(v));
+        let tol = b.tol_out(tol_for(v));
+        b.compare(&[dlogits, logits], tol);
     }
 
     pub fn adamw(b: &mut CaseBuilder, d: Dims) {
+        // fp32 only: master weights and moments. `copy` is the bf16 compute
+        // copy of the updated weights.
         let len = d.channels * d.channels + 5;
         let (p, g, m) = (b.random(len, 0.5), b.random(len, 0.1), b.random(len, 0.01));
         let v: Vec<f32> = b.values(len, 1e-3, 0.0).iter().map(|x| x * x).collect();
         let v = b.floats(v);
+        let copy_values = b.values(len, 1.0, 0.0);
+        let copy = b.tensor(Init::BF16(copy_values));
         let hp = AdamWStep {
             lr: 1e-3,
             beta1: 0.9,
@@ -568,11 +694,14 @@ mod cases {
                 grads: t[g],
                 m: t[m],
                 v: t[v],
+                copy: Some(t[copy]),
                 hp,
             }
             .into()
         });
         b.compare(&[p, m, v], 1e-5);
+        // The copy is the new weights rounded once on each side.
+        b.compare(&[copy], tol_bf16(1e-5));
     }
 
     pub fn sum_squares(b: &mut CaseBuilder, d: Dims) {
@@ -586,5 +715,274 @@ mod cases {
             .into()
         });
         b.compare(&[acc], tol_for(odd_len(d)));
+    }
+
+    /// Element-by-element bounds on how far the two backends' results may
+    /// be apart, where a value rounded to bf16 (or a GELU) feeds further
+    /// arithmetic. Each backend is bounded against the exact result on the
+    /// same stored inputs, computed here in f64; the two are at most twice
+    /// that apart. Ingredients:
+    /// - `u` = 2^-8, the unit roundoff of bf16; `uf` = 2^-24, of fp32.
+    /// - An fp32 sum of `n` products of bf16 values (exact in fp32), in any
+    ///   order, with or without fused multiply-adds, is within
+    ///   `gamma(n) sum |a b|` of the exact sum, `gamma(n) = n uf / (1 - n uf)`
+    ///   (Higham, Accuracy and Stability, 3.1).
+    /// - Rounding to bf16 moves a value by at most `u` of its magnitude.
+    mod bounds {
+        use super::*;
+
+        const U: f64 = BF16_UNIT;
+        const UF: f64 = 1.0 / 16_777_216.0;
+
+        fn gamma(n: usize) -> f64 {
+            let nu = n as f64 * UF;
+            nu / (1.0 - nu)
+        }
+
+        /// `|gelu'| <= 1.13` everywhere (tanh form).
+        const GELU_LIPSCHITZ: f64 = 1.13;
+        const GELU_S: f64 = 0.797_884_560_802_865_4;
+
+        fn gelu(x: f64) -> f64 {
+            0.5 * x * (1.0 + (GELU_S * (x + 0.044_715 * x * x * x)).tanh())
+        }
+
+        /// The fp32 error of evaluating the GELU formula at `x`: six
+        /// roundings in the tanh argument, 4 uf of absolute error for tanh
+        /// (tanhf, or the CPU's `math::tanh`), two for the last products.
+        fn gelu_eval_error(x: f64) -> f64 {
+            let a = x.abs();
+            let arg = 6.0 * UF * GELU_S * (a + 0.044_715 * a.powi(3));
+            0.5 * a * (arg + 4.0 * UF) + 2.0 * UF * gelu(x).abs()
+        }
+
+        /// `matmul_gelu_fwd`'s `out = gelu(v)`, `v` the fp32 value of
+        /// `x w^T + bias` (sum of `ic + 1` terms): each backend's `v` is
+        /// within `sigma = gamma(ic + 1) (sum |x w| + |bias|)` of the exact
+        /// `V`; GELU moves that by at most 1.13 sigma, its own evaluation
+        /// adds `gelu_eval_error`, and in bf16 the output is rounded once
+        /// (`u` of its magnitude). The largest difference is twice the worst
+        /// per-element bound.
+        pub fn matmul_gelu(
+            b: &CaseBuilder,
+            x: &[f32],
+            w: &[f32],
+            bias: &[f32],
+            [n, ic, oc]: [usize; 3],
+        ) -> f64 {
+            let (x, w, bias) = (b.stored(x), b.stored(w), b.stored(bias));
+            let u = if b.bf16() { U } else { 0.0 };
+            let mut worst = 0.0f64;
+            for i in 0..n {
+                for j in 0..oc {
+                    let (mut v, mut mag) = (bias[j], bias[j].abs());
+                    for k in 0..ic {
+                        let p = x[i * ic + k] * w[j * ic + k];
+                        v += p;
+                        mag += p.abs();
+                    }
+                    let sigma = gamma(ic + 1) * mag;
+                    let off = GELU_LIPSCHITZ * sigma + gelu_eval_error(v.abs() + sigma);
+                    worst = worst.max(off + u * (gelu(v).abs() + off));
+                }
+            }
+            2.0 * worst
+        }
+
+        /// The exact forward of one head in f64: scaled scores' magnitudes
+        /// `a[i][j] = scale sum |q k|`, and the probabilities `p[i][j]`
+        /// (`j <= i`).
+        struct Head {
+            p: Vec<f64>,
+            /// Per row: the bound `phi` on `|P_side / P - 1|`.
+            phi: Vec<f64>,
+        }
+
+        /// Indexing of `qkv[B, T, 3C]` (part 0 q, 1 k, 2 v) and `[B, T, C]`.
+        struct Geom {
+            t: usize,
+            c: usize,
+            hs: usize,
+            scale: f64,
+        }
+
+        impl Geom {
+            fn new(s: AttnShape) -> Self {
+                let hs = s.channels / s.heads;
+                Geom {
+                    t: s.seq,
+                    c: s.channels,
+                    hs,
+                    scale: 1.0 / (hs as f64).sqrt(),
+                }
+            }
+            fn qkv(&self, b: usize, part: usize, i: usize, h: usize, dd: usize) -> usize {
+                (b * self.t + i) * 3 * self.c + part * self.c + h * self.hs + dd
+            }
+            fn out(&self, b: usize, i: usize, h: usize, dd: usize) -> usize {
+                (b * self.t + i) * self.c + h * self.hs + dd
+            }
+        }
+
+        /// Scores rounded to bf16: each backend's fp32 score (a sum of `hs`
+        /// products, then times the scale) is within `sigma = scale
+        /// gamma(hs + 1) sum |q k|` of the exact `S`, and after rounding
+        /// within `eps = u (|S| + sigma) + sigma`. The softmax of scores
+        /// each off by at most `eps_i` (the row's largest) is off by a factor
+        /// in `[e^(-2 eps_i), e^(2 eps_i)]`; its fp32 evaluation (exp within
+        /// a few ulp, a sum of up to `T` terms, a product) by a factor within
+        /// `(T + 8) uf`, and the rounding of the probability by `u`. So each
+        /// backend's probability is within `phi_i P` of the exact `P`, with
+        /// `phi_i = e^(2 eps_i) (1 + r) - 1`, `r = u + (T + 8) uf`.
+        fn head(q: &[f64], g: &Geom, b: usize, h: usize) -> Head {
+            let t = g.t;
+            let mut p = vec![0.0; t * t];
+            let mut phi = vec![0.0; t];
+            let r = U + (t + 8) as f64 * UF;
+            for i in 0..t {
+                let mut eps_i = 0.0f64;
+                for j in 0..=i {
+                    let (mut s, mut mag) = (0.0, 0.0);
+                    for dd in 0..g.hs {
+                        let prod = q[g.qkv(b, 0, i, h, dd)] * q[g.qkv(b, 1, j, h, dd)];
+                        s += prod;
+                        mag += prod.abs();
+                    }
+                    let (s, sigma) = (s * g.scale, g.scale * gamma(g.hs + 1) * mag);
+                    eps_i = eps_i.max(U * (s.abs() + sigma) + sigma);
+                    p[i * t + j] = s;
+                }
+                let row = &mut p[i * t..i * t + i + 1];
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = row.iter().map(|s| (s - max).exp()).sum();
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp() / sum;
+                }
+                phi[i] = (2.0 * eps_i).exp() * (1.0 + r) - 1.0;
+            }
+            Head { p, phi }
+        }
+
+        /// (att, out) bounds of `attention_fwd` in bf16. `att`: each backend
+        /// within `phi_i P_ij` of `P_ij` (see [`head`]). `out = round(sum_j
+        /// P_side v_j)`: off by `sum_j phi_i P_ij |v_j|` through the
+        /// probabilities, `gamma(T)` of `sum_j P_side |v_j|` through the fp32
+        /// sum, and `u` of the result by its rounding.
+        pub fn attention_fwd(qkv: &[f64], s: AttnShape) -> (f64, f64) {
+            let g = Geom::new(s);
+            let t = g.t;
+            let (mut att, mut out) = (0.0f64, 0.0f64);
+            for b in 0..s.batch {
+                for h in 0..s.heads {
+                    let hd = head(qkv, &g, b, h);
+                    for i in 0..t {
+                        let phi = hd.phi[i];
+                        for j in 0..=i {
+                            att = att.max(phi * hd.p[i * t + j]);
+                        }
+                        for dd in 0..g.hs {
+                            let (mut o, mut w) = (0.0f64, 0.0f64);
+                            for j in 0..=i {
+                                let v = qkv[g.qkv(b, 2, j, h, dd)];
+                                o += hd.p[i * t + j] * v;
+                                w += hd.p[i * t + j] * v.abs();
+                            }
+                            let off = phi * w + gamma(t) * (1.0 + phi) * w;
+                            out = out.max(off + U * (o.abs() + off));
+                        }
+                    }
+                }
+            }
+            (2.0 * att, 2.0 * out)
+        }
+
+        /// The bound of `attention_bwd`'s `dqkv` in bf16. Both backends read
+        /// the same probabilities `P` (the reference's, copied), at most
+        /// `(1 + phi_i)` times the exact ones: `Pb`.
+        /// - `dP = round(dout v^T)`: within `e1 = u (|dP| + s) + s`, `s =
+        ///   gamma(hs) sum |dout v|`, of the exact product.
+        /// - `rho_i = sum_j P dP` (fp32): within `e_rho = sum_j Pb e1 +
+        ///   gamma(T) sum_j Pb |dP|`.
+        /// - `dS = round(scale P (dP - rho))`: within `eta = scale Pb (e1 +
+        ///   e_rho) (1 + 4 uf) (1 + u) + (u + 3 uf) D`, with `|dS| <= D =
+        ///   scale Pb (|dP| + sum_l Pb |dP_l|)`.
+        /// - `dq_i += sum_j dS k_j`, `dk_j += sum_i dS q_i`: the dS errors
+        ///   weighted by `|k|` (`|q|`), `gamma(T + 1)` of the magnitudes of
+        ///   the sum with the old gradient, then `u` of those for the
+        ///   rounding; `dv_j += sum_i P dout_i` only the last two.
+        pub fn attention_bwd(qkv: &[f64], dout: &[f64], old: &[f64], s: AttnShape) -> f64 {
+            let g = Geom::new(s);
+            let t = g.t;
+            let mut worst = 0.0f64;
+            for b in 0..s.batch {
+                for h in 0..s.heads {
+                    let hd = head(qkv, &g, b, h);
+                    let pb = |i: usize, j: usize| hd.p[i * t + j] * (1.0 + hd.phi[i]);
+                    // dP bound e1 and |dP| for the live entries.
+                    let mut dp = vec![0.0; t * t];
+                    let mut e1 = vec![0.0; t * t];
+                    for i in 0..t {
+                        for j in 0..=i {
+                            let (mut x, mut mag) = (0.0, 0.0);
+                            for dd in 0..g.hs {
+                                let prod = dout[g.out(b, i, h, dd)] * qkv[g.qkv(b, 2, j, h, dd)];
+                                x += prod;
+                                mag += prod.abs();
+                            }
+                            let sg = gamma(g.hs) * mag;
+                            dp[i * t + j] = x.abs();
+                            e1[i * t + j] = U * (x.abs() + sg) + sg;
+                        }
+                    }
+                    // eta (the dS error) and D (the |dS| bound).
+                    let mut eta = vec![0.0; t * t];
+                    let mut dmax = vec![0.0; t * t];
+                    for i in 0..t {
+                        let (mut e_rho, mut mag_rho) = (0.0, 0.0);
+                        for l in 0..=i {
+                            e_rho += pb(i, l) * e1[i * t + l];
+                            mag_rho += pb(i, l) * dp[i * t + l];
+                        }
+                        e_rho += gamma(t) * mag_rho;
+                        for j in 0..=i {
+                            let k = i * t + j;
+                            let dd = g.scale * pb(i, j) * (dp[k] + mag_rho);
+                            eta[k] =
+                                g.scale * pb(i, j) * (e1[k] + e_rho) * (1.0 + 4.0 * UF) * (1.0 + U)
+                                    + (U + 3.0 * UF) * dd;
+                            dmax[k] = dd;
+                        }
+                    }
+                    for dd in 0..g.hs {
+                        // dq_i += sum_{j <= i} dS_ij k_j
+                        for i in 0..t {
+                            let (mut err, mut mag) = (0.0, 0.0);
+                            for j in 0..=i {
+                                let k = qkv[g.qkv(b, 1, j, h, dd)].abs();
+                                err += eta[i * t + j] * k;
+                                mag += (dmax[i * t + j] + eta[i * t + j]) * k;
+                            }
+                            let mag = mag + old[g.qkv(b, 0, i, h, dd)].abs();
+                            worst = worst.max(err + (gamma(t + 1) + U) * mag * (1.0 + U));
+                        }
+                        // dk_j += sum_{i >= j} dS_ij q_i; dv_j += sum_{i >= j} P_ij dout_i
+                        for j in 0..t {
+                            let (mut err, mut mag, mut vmag) = (0.0, 0.0, 0.0);
+                            for i in j..t {
+                                let q = qkv[g.qkv(b, 0, i, h, dd)].abs();
+                                err += eta[i * t + j] * q;
+                                mag += (dmax[i * t + j] + eta[i * t + j]) * q;
+                                vmag += pb(i, j) * dout[g.out(b, i, h, dd)].abs();
+                            }
+                            let mag = mag + old[g.qkv(b, 1, j, h, dd)].abs();
+                            worst = worst.max(err + (gamma(t + 1) + U) * mag * (1.0 + U));
+                            let vmag = vmag + old[g.qkv(b, 2, j, h, dd)].abs();
+                            worst = worst.max((gamma(t + 1) + U) * vmag * (1.0 + U));
+                        }
+                    }
+                }
+            }
+            2.0 * worst
+        }
     }
 }

@@ -7,7 +7,7 @@ use dyntie::conformance::{check_ops, format_results, Dims};
 use dyntie::cpu::CpuBackend;
 use dyntie::cuda::{CudaDevice, EmuConfig, EmuDevice, KernelBackend, ResumeOrder};
 use dyntie::mem::{Buffer, DType};
-use dyntie::ops::{Backend, BackendExt};
+use dyntie::ops::{Backend, BackendExt, ENTRIES};
 use dyntie::rng::HostRng;
 
 /// The emulator with two workers (the CI machine's cores) in `order`.
@@ -42,12 +42,22 @@ pub fn backends() -> Vec<(String, Box<dyn Backend>)> {
     out
 }
 
-/// Asserts that `check_ops` passes every op in `ops` at every one of `dims`
-/// on `be` against the CPU, printing the harness's table when one fails.
+/// Asserts that `check_ops` passes every op in `ops` at every compute dtype
+/// it supports and every one of `dims` on `be` against the CPU, printing the
+/// harness's table when one fails.
 pub fn assert_conformance(label: &str, be: &dyn Backend, ops: &[&str], dims: &[Dims], seed: u64) {
     let cpu = CpuBackend::new();
     let results = check_ops(&cpu, be, ops, dims, seed);
-    assert_eq!(results.len(), ops.len() * dims.len());
+    let dtypes: usize = ops
+        .iter()
+        .map(|op| {
+            let entry = ENTRIES.iter().find(|e| e.name == *op);
+            entry.expect("a registered op").dtypes.len()
+        })
+        .sum();
+    assert_eq!(results.len(), dtypes * dims.len());
+    // Shown with --nocapture: how close each case came to its tolerance.
+    println!("{label}:\n{}", format_results(&results));
     assert!(
         results.iter().all(|r| r.passed),
         "{label}:\n{}",

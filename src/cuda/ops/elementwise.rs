@@ -3,11 +3,13 @@
 use super::{pointwise, KernelOp};
 use crate::cuda::launch::{Args, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
-use crate::ops::elementwise::{Accumulate, Add, CopyView, Fill};
+use crate::ops::elementwise::{Accumulate, Add, Cast, CopyView, Fill};
 use anyhow::Result;
 
 const FILL: KernelId = kernel_id!(elementwise, fill);
 const COPY: KernelId = kernel_id!(elementwise, copy);
+/// Named by the destination's dtype: `elementwise_cast_bf16` reads f32.
+const CAST: KernelId = kernel_id!(elementwise, cast);
 const ADD: KernelId = kernel_id!(elementwise, add);
 const ACCUMULATE: KernelId = kernel_id!(elementwise, accumulate);
 
@@ -27,6 +29,12 @@ impl KernelOp for CopyView {
             return Ok(());
         }
         pointwise(l, &COPY, &[self.dst, self.src])
+    }
+}
+
+impl KernelOp for Cast {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        pointwise(l, &CAST, &[self.dst, self.src])
     }
 }
 

@@ -52,6 +52,7 @@ impl KernelOp for EmbeddingBwd {
             .u32(to_u32("seq", self.seq)?)
             .u32(to_u32("channels", c)?)
             .u32(to_u32("vocabulary", self.dwte.len / c)?);
-        l.launch_1d(&BWD, self.dwte.dtype, self.seq * c, args)
+        // Named by the activations' dtype; the gradients are fp32.
+        l.launch_1d(&BWD, self.dout.dtype, self.seq * c, args)
     }
 }

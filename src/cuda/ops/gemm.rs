@@ -1,19 +1,26 @@
 //! Launchers of kernels/gemm/: the matmul ops, and [`Gemm`], the one
 //! general product that attention's launcher uses too. Every product goes
-//! through [`Gemm::launch`], so that is where the choice of kernel by dtype
-//! and shape belongs. Today every op is fp32 and takes the SIMT kernel; the
-//! bf16 tensor-core kernels are registered here ([`mma_kernel`]) and their
-//! tests launch them through the same checked path (`tests/kernels_gemm_bf16.rs`),
-//! but `Gemm::launch` picks them only once the ops carry bf16 operands
-//! (mixed precision).
+//! through [`Gemm::launch`], which picks the kernel by dtype and shape:
+//! fp32 operands take the SIMT kernel (`gemm_simt_f32`); bf16 operands the
+//! tensor-core kernel (`gemm_mma_<ab>_bf16`, [`mma_kernel`]), in its
+//! cp.async form when the operands' addresses, leading dimensions and batch
+//! strides allow 16-byte copies and in its `_unaligned` form otherwise. The
+//! bf16 kernel's epilogues are used where they apply: bias, GELU keeping
+//! the pre-activation (the MLP's first matmul) and accumulation into an
+//! fp32 C (weight gradients, so that every layer on a slot adds into the
+//! slot's fp32 gradient).
 
 use super::KernelOp;
 use crate::cuda::launch::{to_i32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
-use crate::cuda::params::{GemmParams, BIAS_COLS, BIAS_WARPS, GEMM_DENSE, GEMM_THREADS, GEMM_TILE};
+use crate::cuda::params::{
+    GemmBf16Params, GemmParams, BIAS_COLS, BIAS_WARPS, GEMM_DENSE, GEMM_THREADS, GEMM_TILE, MMA_BM,
+    MMA_BN, MMA_SMEM_BYTES, MMA_THREADS,
+};
 use crate::mem::{DType, View};
-use crate::ops::matmul::{MatmulBwd, MatmulFwd};
-use anyhow::{ensure, Result};
+use crate::ops::activation::GeluFwd;
+use crate::ops::matmul::{MatmulBwd, MatmulFwd, MatmulGeluFwd};
+use anyhow::{bail, ensure, Result};
 
 const SIMT: KernelId = kernel_id!(gemm, simt);
 const BIAS_GRAD: KernelId = kernel_id!(gemm, bias_grad);
@@ -48,15 +55,22 @@ pub struct Gemm {
     pub c: (u64, usize),
     pub a: (u64, usize, bool),
     pub b: (u64, usize, bool),
+    /// `[N]` in the operands' dtype, or 0 for none.
     pub bias: u64,
+    /// bf16 only: `C = gelu(v)` and the pre-activation `v` stored here
+    /// (same layout and type as C), or 0 for no GELU.
+    pub gelu_pre: u64,
     pub alpha: f32,
     pub accumulate: bool,
     pub causal: i32,
     /// (outer count, inner count, [a, b, c] (outer, inner) strides in
     /// elements): grid z runs over outer x inner products.
     pub batch: (usize, usize, [(usize, usize); 3]),
-    /// The element type of every operand.
+    /// The element type of A, B and the bias: picks the kernel.
     pub dtype: DType,
+    /// The element type of C: `dtype`, or f32 for bf16 operands whose
+    /// product accumulates into an fp32 gradient.
+    pub c_dtype: DType,
 }
 
 impl Gemm {
@@ -71,28 +85,48 @@ impl Gemm {
             a,
             b,
             bias: 0,
+            gelu_pre: 0,
             alpha: 1.0,
             accumulate: false,
             causal: GEMM_DENSE,
             batch: (1, 1, [(0, 0); 3]),
             dtype,
+            c_dtype: dtype,
         }
     }
 
     /// Launches the product as `[m, n, k]`, once per batch entry.
     pub fn launch(&self, l: &Launcher, [m, n, k]: [usize; 3]) -> Result<()> {
-        let (outer, inner, s) = self.batch;
+        let (outer, inner, _) = self.batch;
         let batches = outer * inner;
         if m == 0 || n == 0 || batches == 0 {
             return Ok(());
         }
-        let tile = GEMM_TILE as usize;
-        let grid = [n.div_ceil(tile), m.div_ceil(tile), batches];
+        match self.dtype {
+            DType::F32 => self.launch_simt(l, [m, n, k]),
+            DType::BF16 => self.launch_mma(l, [m, n, k]),
+            DType::U32 => bail!("no GEMM multiplies u32 operands"),
+        }
+    }
+
+    /// The grid: N tiles, M tiles, batches; within CUDA's limits.
+    fn grid(&self, [m, n]: [usize; 2], [tile_m, tile_n]: [usize; 2]) -> Result<[u32; 3]> {
+        let batches = self.batch.0 * self.batch.1;
+        let grid = [n.div_ceil(tile_n), m.div_ceil(tile_m), batches];
         ensure!(
             grid[1] <= 65535 && grid[2] <= 65535 && grid[0] <= i32::MAX as usize,
             "a {m} x {n} product over {batches} batches needs a grid of {grid:?} blocks, \
              beyond CUDA's limits"
         );
+        Ok(grid.map(|x| x as u32))
+    }
+
+    fn launch_simt(&self, l: &Launcher, [m, n, k]: [usize; 3]) -> Result<()> {
+        ensure!(
+            self.c_dtype == DType::F32 && self.gelu_pre == 0,
+            "the fp32 GEMM writes an f32 C and has no GELU epilogue"
+        );
+        let s = self.batch.2;
         let p = GemmParams {
             c: self.c.0,
             a: self.a.0,
@@ -114,30 +148,112 @@ impl Gemm {
             trans_b: self.b.2 as i32,
             accumulate: self.accumulate as i32,
             causal: self.causal,
-            batch_inner: inner as i32,
+            batch_inner: self.batch.1 as i32,
             alpha: self.alpha,
         };
+        let tile = GEMM_TILE as usize;
         let dims = LaunchDims {
-            grid: grid.map(|x| x as u32),
+            grid: self.grid([m, n], [tile, tile])?,
             block: [GEMM_THREADS as u32, 1, 1],
             shared_bytes: 0,
         };
-        l.launch(&SIMT, self.dtype, dims, Args::new().params(&p))
+        l.launch(&SIMT, DType::F32, dims, Args::new().params(&p))
     }
+
+    /// Whether the cp.async kernel can take A and B: 16-byte aligned base
+    /// addresses, and leading dimensions and batch strides that keep every
+    /// row 16-byte aligned (multiples of 8 bf16).
+    fn aligned(&self) -> bool {
+        let s = self.batch.2;
+        let rows16 = |x: usize| x.is_multiple_of(8);
+        self.a.0.is_multiple_of(16)
+            && self.b.0.is_multiple_of(16)
+            && rows16(self.a.1)
+            && rows16(self.b.1)
+            && [s[0].0, s[0].1, s[1].0, s[1].1].into_iter().all(rows16)
+    }
+
+    fn launch_mma(&self, l: &Launcher, [m, n, k]: [usize; 3]) -> Result<()> {
+        ensure!(
+            matches!(self.c_dtype, DType::BF16 | DType::F32),
+            "the bf16 GEMM writes a bf16 or f32 C"
+        );
+        ensure!(
+            self.gelu_pre == 0 || !self.accumulate,
+            "the bf16 GEMM's GELU epilogue does not accumulate"
+        );
+        let s = self.batch.2;
+        let p = GemmBf16Params {
+            c: self.c.0,
+            a: self.a.0,
+            b: self.b.0,
+            bias: self.bias,
+            pre: self.gelu_pre,
+            a_outer: s[0].0 as u64,
+            a_inner: s[0].1 as u64,
+            b_outer: s[1].0 as u64,
+            b_inner: s[1].1 as u64,
+            c_outer: s[2].0 as u64,
+            c_inner: s[2].1 as u64,
+            m: to_i32("m", m)?,
+            n: to_i32("n", n)?,
+            k: to_i32("k", k)?,
+            lda: to_i32("lda", self.a.1)?,
+            ldb: to_i32("ldb", self.b.1)?,
+            ldc: to_i32("ldc", self.c.1)?,
+            accumulate: self.accumulate as i32,
+            gelu: (self.gelu_pre != 0) as i32,
+            c_f32: (self.c_dtype == DType::F32) as i32,
+            causal: self.causal,
+            batch_inner: self.batch.1 as i32,
+            alpha: self.alpha,
+        };
+        let dims = LaunchDims {
+            grid: self.grid([m, n], [MMA_BM as usize, MMA_BN as usize])?,
+            block: [MMA_THREADS as u32, 1, 1],
+            shared_bytes: MMA_SMEM_BYTES as u32,
+        };
+        let kernel = mma_kernel(self.a.2, self.b.2, self.aligned());
+        l.launch(kernel, DType::BF16, dims, Args::new().params(&p))
+    }
+}
+
+/// `out[n, oc] = inp[n, ic] @ weight^T + bias` as a [`Gemm`] (weight stored
+/// `[oc, ic]`: nt), in the dtype of `out`.
+fn linear(out: View, inp: View, weight: View, bias: Option<View>, ic: usize, oc: usize) -> Gemm {
+    let mut g = Gemm::new(
+        (out.addr, oc),
+        (inp.addr, ic, false),
+        (weight.addr, ic, true),
+        out.dtype,
+    );
+    g.bias = bias.map_or(0, |b| b.addr);
+    g
 }
 
 impl KernelOp for MatmulFwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
         let (n, ic, oc) = (self.rows, self.in_ch, self.out_ch);
-        // out[n, oc] = inp[n, ic] @ weight^T + bias, weight stored [oc, ic].
-        let mut g = Gemm::new(
-            (self.out.addr, oc),
-            (self.inp.addr, ic, false),
-            (self.weight.addr, ic, true),
-            self.out.dtype,
-        );
-        g.bias = self.bias.map_or(0, |b| b.addr);
-        g.launch(l, [n, oc, ic])
+        linear(self.out, self.inp, self.weight, self.bias, ic, oc).launch(l, [n, oc, ic])
+    }
+}
+
+impl KernelOp for MatmulGeluFwd {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let (n, ic, oc) = (self.rows, self.in_ch, self.out_ch);
+        if self.out.dtype == DType::BF16 {
+            // One launch: the epilogue stores both from the fp32 accumulator.
+            let mut g = linear(self.out, self.inp, self.weight, self.bias, ic, oc);
+            g.gelu_pre = self.pre.addr;
+            return g.launch(l, [n, oc, ic]);
+        }
+        // fp32: the SIMT product into `pre`, then the GELU kernel.
+        linear(self.pre, self.inp, self.weight, self.bias, ic, oc).launch(l, [n, oc, ic])?;
+        GeluFwd {
+            out: self.out.slice(0, n * oc),
+            inp: self.pre.slice(0, n * oc),
+        }
+        .launch(l)
     }
 }
 
@@ -158,13 +274,15 @@ impl KernelOp for MatmulBwd {
         }
         if let Some(dweight) = self.dweight {
             // dweight[oc, ic] += dout^T @ inp[n, ic], dout stored [n, oc]. Tied
-            // blocks accumulate into one slot's dweight this way.
+            // blocks accumulate into one slot's dweight this way; it is fp32
+            // in every precision (the bf16 GEMM's fp32-C epilogue).
             let mut g = Gemm::new(
                 (dweight.addr, ic),
                 (self.dout.addr, oc, true),
                 (self.inp.addr, ic, false),
                 dtype,
             );
+            g.c_dtype = dweight.dtype;
             g.accumulate = true;
             g.launch(l, [oc, ic, n])?;
         }
@@ -175,7 +293,8 @@ impl KernelOp for MatmulBwd {
     }
 }
 
-/// `dbias += ` the column sums of `dout[rows, cols]`.
+/// `dbias += ` the column sums of `dout[rows, cols]` (fp32 `dbias`, `dout`
+/// f32 or bf16).
 fn bias_grad(l: &Launcher, dbias: View, dout: View, rows: usize, cols: usize) -> Result<()> {
     let args = Args::new()
         .ptr(dbias)

@@ -26,6 +26,7 @@ impl KernelOp for SoftmaxXent {
             .ptr(self.logits)
             .ptr(self.targets)
             .u32(to_u32("vocabulary", self.vocab)?)
+            .u32(to_u32("padded vocabulary", self.padded_vocab)?)
             .u32(self.ignore_index)
             .f32(self.grad_scale);
         let dims = LaunchDims::linear(n as u32, XENT_BLOCK);

@@ -10,7 +10,7 @@ mod layernorm;
 mod loss;
 mod optimizer;
 
-pub use gemm::mma_kernel;
+pub use gemm::{mma_kernel, Gemm};
 
 use super::launch::{Args, Launcher};
 use super::module::KernelId;

@@ -22,6 +22,7 @@ impl KernelOp for Adamw {
             .ptr(self.grads)
             .ptr(self.m)
             .ptr(self.v)
+            .opt(self.copy)
             .f32(hp.beta1)
             .f32(hp.beta2)
             .f32(hp.eps)
