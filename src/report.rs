@@ -91,17 +91,7 @@ pub fn render_scatter(
     let height = TOP + 2.0 * PANEL_H + GAP + 20.0;
     let plot_h = 2.0 * PANEL_H;
     let plot_w = WIDTH - LEFT - RIGHT;
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
-<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>
-<text x="{}" y="32" font-size="18" text-anchor="middle">{}</text>
-"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
+    let mut svg = svg_start(height, title);
     svg.push_str("<g id=\"scatter\">\n");
     frame(&mut svg, TOP, plot_h, y_label);
     let finite = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite();
@@ -194,17 +184,7 @@ pub fn render_scatter(
 /// The unique blocks over time and the tie pattern heatmap of one run.
 pub fn render_ties_svg(title: &str, ties: &[TieSnapshot]) -> String {
     let height = TOP + PANEL_H + GAP + HEAT_H + GAP;
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
-<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>
-<text x="{}" y="32" font-size="18" text-anchor="middle">{}</text>
-"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
+    let mut svg = svg_start(height, title);
     let steps = step_range(&ReportData {
         ties,
         ..Default::default()
@@ -236,17 +216,7 @@ fn unique_blocks_panel(svg: &mut String, ties: &[TieSnapshot], steps: (f64, f64)
 /// The whole SVG document.
 pub fn render_svg(data: &ReportData) -> String {
     let height = TOP + 3.0 * (PANEL_H + GAP) + HEAT_H + GAP;
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
-<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>
-<text x="{}" y="32" font-size="18" text-anchor="middle">{}</text>
-"#,
-        WIDTH / 2.0,
-        escape(data.title)
-    );
+    let mut svg = svg_start(height, data.title);
     let steps = step_range(data);
     let mut y = TOP;
     let loss: Vec<(f64, f64)> = data
@@ -589,6 +559,23 @@ fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
+}
+
+/// An SVG document of the report's width and `height`: the white
+/// background and the centred title.
+fn svg_start(height: f64, title: &str) -> String {
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
+<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>
+<text x="{}" y="32" font-size="18" text-anchor="middle">{}</text>
+"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+    svg
 }
 
 fn escape(s: &str) -> String {
