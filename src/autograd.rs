@@ -9,7 +9,7 @@
 //! records those fills on the tape too).
 
 use crate::mem::View;
-use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluFwd};
+use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
 use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
 use crate::ops::elementwise::Fill;
 use crate::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
@@ -95,6 +95,7 @@ pub fn zero_grad(tape: &mut Tape, dst: View) {
     tape.record(move |be| be.run(Fill { dst, value: 0.0 }));
 }
 
+/// `out = wte[tokens] + wpe[positions] (+ token_type)`; see [`EmbeddingFwd`].
 #[allow(clippy::too_many_arguments)]
 pub fn embedding(
     be: &dyn Backend,
@@ -103,6 +104,7 @@ pub fn embedding(
     tokens: View,
     wte: Param,
     wpe: Param,
+    token_type: Option<Param>,
     batch: usize,
     seq: usize,
     channels: usize,
@@ -112,6 +114,7 @@ pub fn embedding(
         tokens,
         wte: wte.val,
         wpe: wpe.val,
+        token_type: token_type.map(|p| p.val),
         batch,
         seq,
         channels,
@@ -121,6 +124,7 @@ pub fn embedding(
             be.run(EmbeddingBwd {
                 dwte,
                 dwpe,
+                dtoken_type: token_type.and_then(|p| p.grad),
                 dout: out.grad,
                 tokens,
                 batch,
@@ -132,8 +136,8 @@ pub fn embedding(
     Ok(())
 }
 
-/// LayerNorm. The backend always wants a bias, so a bias-free model passes a
-/// zero buffer with `grad: None`.
+/// LayerNorm with epsilon `eps`. The backend always wants a bias, so a
+/// bias-free model passes a zero buffer with `grad: None`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm(
     be: &dyn Backend,
@@ -146,6 +150,7 @@ pub fn layernorm(
     bias: Param,
     rows: usize,
     channels: usize,
+    eps: f32,
 ) -> Result<()> {
     be.run(LayernormFwd {
         out: out.val,
@@ -156,6 +161,7 @@ pub fn layernorm(
         bias: bias.val,
         rows,
         channels,
+        eps,
     })?;
     tape.record(move |be| {
         be.run(LayernormBwd {
@@ -242,18 +248,43 @@ pub fn attention(
     Ok(())
 }
 
-pub fn gelu(be: &dyn Backend, tape: &mut Tape, out: Var, inp: Var) -> Result<()> {
-    be.run(GeluFwd {
-        out: out.val,
-        inp: inp.val,
-    })?;
-    tape.record(move |be| {
-        be.run(GeluBwd {
-            dinp: inp.grad,
-            inp: inp.val,
-            dout: out.grad,
-        })
-    });
+/// Which GELU: GPT-2's tanh approximation or BERT's exact erf form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    Tanh,
+    Erf,
+}
+
+pub fn gelu(be: &dyn Backend, tape: &mut Tape, kind: Gelu, out: Var, inp: Var) -> Result<()> {
+    let (dinp, val, dout) = (inp.grad, inp.val, out.grad);
+    match kind {
+        Gelu::Tanh => {
+            be.run(GeluFwd {
+                out: out.val,
+                inp: val,
+            })?;
+            tape.record(move |be| {
+                be.run(GeluBwd {
+                    dinp,
+                    inp: val,
+                    dout,
+                })
+            });
+        }
+        Gelu::Erf => {
+            be.run(GeluErfFwd {
+                out: out.val,
+                inp: val,
+            })?;
+            tape.record(move |be| {
+                be.run(GeluErfBwd {
+                    dinp,
+                    inp: val,
+                    dout,
+                })
+            });
+        }
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use crate::config::{AgentInput, BackendKind, Preset, RunConfig, Schedule};
 use crate::data::{Corpus, Split, TokenizerKind};
+use crate::model::Arch;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::settings::{AgentFlags, AgentSettings};
 use crate::tying::table::{InitTies, TieGrad};
@@ -34,7 +35,7 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Generate text from a trained run.
     Sample(SampleArgs),
-    /// Write a run's weights in another layout (Hugging Face GPT-2).
+    /// Write a run's weights in another layout (Hugging Face GPT-2 or BERT).
     Export(ExportArgs),
     /// Memory and throughput benchmarks.
     Bench(Box<BenchArgs>),
@@ -54,6 +55,10 @@ pub struct ModelFlags {
     /// A TOML file overriding the preset (any subset of config.toml's fields).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Architecture: GPT-2, or a causal BERT (post-LN blocks, erf GELU,
+    /// token-type embeddings, the LM head's transform).
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
     /// Transformer blocks.
     #[arg(long)]
     pub layers: Option<usize>,
@@ -100,6 +105,7 @@ impl ModelFlags {
             cfg.merge_toml_file(path)?;
         }
         let m = &mut cfg.model;
+        set(&mut m.arch, self.arch);
         set(&mut m.n_layer, self.layers);
         set(&mut m.n_embd, self.d_model);
         set(&mut m.n_head, self.heads);
@@ -198,6 +204,7 @@ impl TrainArgs {
         [
             ("--preset", m.preset.is_some()),
             ("--config", m.config.is_some()),
+            ("--arch", m.arch.is_some()),
             ("--layers", m.layers.is_some()),
             ("--d-model", m.d_model.is_some()),
             ("--heads", m.heads.is_some()),
@@ -349,7 +356,7 @@ pub struct ExportArgs {
 /// The layouts of `dyntie export --format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
-    /// Hugging Face GPT2LMHeadModel (config.json, model.safetensors).
+    /// Hugging Face GPT2LMHeadModel or BertLMHeadModel (config.json, model.safetensors).
     Hf,
 }
 crate::choice_text!(ExportFormat, "export format");
@@ -492,6 +499,7 @@ mod tests {
             (&["train", "--agent-input"], "scaled", "raw, normalized"),
             (&["train", "--backend"], "gpu", "auto, cpu, cuda, emu"),
             (&["train", "--preset"], "huge", "tiny, small, gpt2"),
+            (&["bench", "memory", "--arch"], "roberta", "gpt2, bert"),
             (&["eval", "--run", "r", "--split"], "train", "valid, test"),
             (&["eval", "--run", "r", "--task"], "hellaswag", "lambada"),
             (

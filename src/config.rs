@@ -3,7 +3,7 @@
 //! run folder as `config.toml`, so a run can always be repeated exactly.
 
 use crate::data::TokenizerKind;
-use crate::model::ModelConfig;
+use crate::model::{Arch, ModelConfig};
 use crate::tying::agent::StateEncoding;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::settings::AgentSettings;
@@ -34,6 +34,12 @@ pub enum Preset {
     Gpt2Xl,
     /// The paper's setup: 48 blocks x 1600, 16 heads, context 256.
     Paper,
+    /// The paper's causal BERT: transformers' default BertConfig (12 blocks
+    /// x 768, 12 heads, 512 positions) with the GPT-2 vocabulary.
+    Bert,
+    /// A causal BERT of `tiny`'s size: a few seconds on a CPU.
+    #[value(name = "bert-tiny")]
+    BertTiny,
 }
 crate::choice_text!(Preset, "preset");
 
@@ -221,6 +227,7 @@ impl RunConfig {
     /// A preset's configuration. `small` is what `dyntie train` runs with no arguments.
     pub fn for_preset(preset: Preset) -> RunConfig {
         let model = |n_layer, n_embd, n_head, n_ctx| ModelConfig {
+            arch: Arch::Gpt2,
             n_layer,
             n_embd,
             n_head,
@@ -286,6 +293,15 @@ impl RunConfig {
             Preset::Gpt2Medium => cfg.model = model(24, 1024, 16, 1024),
             Preset::Gpt2Large => cfg.model = model(36, 1280, 20, 1024),
             Preset::Gpt2Xl => cfg.model = model(48, 1600, 25, 1024),
+            Preset::Bert => {
+                cfg.model = model(12, 768, 12, 512);
+                cfg.model.arch = Arch::Bert;
+            }
+            Preset::BertTiny => {
+                cfg = RunConfig::for_preset(Preset::Tiny);
+                cfg.preset = preset;
+                cfg.model.arch = Arch::Bert;
+            }
             Preset::Paper => {
                 cfg.model = model(48, 1600, 16, 256);
                 cfg.model.dropout = 0.2;
@@ -301,7 +317,7 @@ impl RunConfig {
         }
         if matches!(
             preset,
-            Preset::Gpt2 | Preset::Gpt2Medium | Preset::Gpt2Large | Preset::Gpt2Xl
+            Preset::Gpt2 | Preset::Gpt2Medium | Preset::Gpt2Large | Preset::Gpt2Xl | Preset::Bert
         ) {
             cfg.train.batch = 8;
             cfg.train.lr = 6e-4;
@@ -498,6 +514,28 @@ mod tests {
         );
         assert_eq!(paper.train.batch, 16);
         assert_eq!(paper.model.dropout, 0.2);
+        let bert = RunConfig::preset("bert").unwrap().model;
+        assert_eq!(
+            (
+                bert.arch,
+                bert.n_layer,
+                bert.n_embd,
+                bert.n_head,
+                bert.n_ctx
+            ),
+            (Arch::Bert, 12, 768, 12, 512)
+        );
+        // BertConfig's hidden_dropout_prob.
+        assert_eq!(bert.dropout, 0.1);
+        let tiny = RunConfig::preset("bert-tiny").unwrap();
+        assert_eq!(tiny.preset, Preset::BertTiny);
+        assert_eq!(
+            tiny.model,
+            ModelConfig {
+                arch: Arch::Bert,
+                ..RunConfig::preset("tiny").unwrap().model
+            }
+        );
     }
 
     #[test]
@@ -536,7 +574,7 @@ mod tests {
     }
 
     /// A config.toml as the first release wrote it: without the fields
-    /// added since (`final_eval_max_windows`, `recompute`, `agent_input`),
+    /// added since (`arch`, `final_eval_max_windows`, `recompute`, `agent_input`),
     /// which take their defaults.
     const FIRST_RELEASE_CONFIG: &str = r#"
 preset = "tiny"
@@ -591,6 +629,7 @@ synthetic_tokens = 50000
         assert_eq!(cfg.train.schedule, Schedule::Cosine);
         assert_eq!(cfg.train.final_eval_max_windows, 0);
         assert!(!cfg.train.recompute);
+        assert_eq!(cfg.model.arch, Arch::Gpt2);
         cfg.validate().unwrap();
         // Written again, it is the same text plus the new fields.
         let again = cfg.to_toml();
@@ -635,6 +674,10 @@ synthetic_tokens = 50000
                 "unknown backend 'gpu': use auto, cpu, cuda or emu",
             ),
             ("[tying]\npolicy = \"sometimes\"\n", "unknown policy"),
+            (
+                "[model]\narch = \"roberta\"\n",
+                "unknown architecture 'roberta': use gpt2 or bert",
+            ),
             ("preset = \"huge\"\n", "unknown preset 'huge'"),
         ] {
             let err = format!("{:#}", cfg.merge_toml_str(toml).unwrap_err());

@@ -5,7 +5,7 @@
 //! (matrices and embeddings decay; biases and LayerNorm weights do not).
 
 use crate::mem::{Buffer, DType, View};
-use crate::model::{Gpt2, ParamEntry};
+use crate::model::{Model, ParamEntry};
 use crate::ops::elementwise::Fill;
 use crate::ops::optimizer::{AdamWStep, Adamw, SumSquares};
 use crate::ops::{Backend, BackendExt};
@@ -61,7 +61,7 @@ impl AdamW {
     }
 
     /// The L2 norm of all gradients, each unique buffer counted once.
-    pub fn grad_norm(&self, model: &Gpt2) -> Result<f32> {
+    pub fn grad_norm(&self, model: &Model) -> Result<f32> {
         let be = model.backend().as_ref();
         let acc = self.norm_acc.view();
         be.run(Fill {
@@ -83,7 +83,7 @@ impl AdamW {
 
     /// One update of every parameter; gradients are multiplied by
     /// `grad_scale` first (see [`clip_scale`]).
-    pub fn update(&mut self, model: &Gpt2, grad_scale: f32) -> Result<()> {
+    pub fn update(&mut self, model: &Model, grad_scale: f32) -> Result<()> {
         self.step += 1;
         let be = model.backend().as_ref();
         let g = model.globals();
@@ -112,7 +112,7 @@ impl AdamW {
 
     /// Clips to `max_norm` (when given) and updates; returns the norm before
     /// clipping.
-    pub fn clip_and_update(&mut self, model: &Gpt2, max_norm: Option<f32>) -> Result<f32> {
+    pub fn clip_and_update(&mut self, model: &Model, max_norm: Option<f32>) -> Result<f32> {
         let norm = self.grad_norm(model)?;
         let scale = max_norm.map_or(1.0, |clip| clip_scale(norm, clip));
         self.update(model, scale)?;

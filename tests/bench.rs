@@ -3,7 +3,7 @@
 
 use dyntie::commands::bench::{flops_per_token, fp32_peak_tflops};
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::ops::profile::ProfiledBackend;
 use dyntie::ops::Backend;
 use dyntie::optim::AdamW;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 fn cfg() -> ModelConfig {
     ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 3,
         n_embd: 32,
         n_head: 4,
@@ -27,7 +28,7 @@ fn cfg() -> ModelConfig {
 fn train(backend: Arc<dyn Backend>) -> (Vec<f32>, Vec<Vec<f32>>) {
     let c = cfg();
     let (b, t) = (2, c.n_ctx);
-    let mut model = Gpt2::new(backend, c.clone(), 7).unwrap();
+    let mut model = Model::new(backend, c.clone(), 7).unwrap();
     let mut opt = AdamW::new(model.backend().as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
     let mut rng = HostRng::new(3);
     let mut ids = || -> Vec<u32> { (0..b * t).map(|_| rng.below(97) as u32).collect() };
@@ -68,7 +69,7 @@ fn profiled_backend_passes_results_through_bitwise() {
 fn profiled_backend_counts_every_op_of_a_step() {
     let profiled = Arc::new(ProfiledBackend::new(Arc::new(CpuBackend::new())));
     let c = cfg();
-    let mut model = Gpt2::new(profiled.clone(), c.clone(), 7).unwrap();
+    let mut model = Model::new(profiled.clone(), c.clone(), 7).unwrap();
     let mut opt = AdamW::new(profiled.as_ref(), 1e-3, 0.9, 0.95, 1e-8, 0.1).unwrap();
     let (b, t) = (2, c.n_ctx);
     let tokens: Vec<u32> = (0..b * t).map(|i| (i % 97) as u32).collect();
@@ -200,6 +201,23 @@ fn bench_memory_paper_config_has_1556m_parameters() {
     assert!(rows[1]["report"]["params"].as_u64().unwrap() < params / 10);
 }
 
+/// The paper's BERT (default BertConfig, GPT-2 vocabulary): the exact
+/// counts are derived by hand in `model::accounting`'s tests.
+#[test]
+fn bench_memory_bert_preset_has_124_7m_parameters() {
+    let r = dyntie(&[
+        "bench", "memory", "--arch", "bert", "--preset", "bert", "--json",
+    ]);
+    assert_eq!(r["model"]["arch"], "bert");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["pattern"], "none");
+    let none = &rows[0]["report"];
+    assert_eq!(none["params"], 124_690_513);
+    assert_eq!(none["block_params"], 7_087_872);
+    assert_eq!(rows[1]["pattern"], "all");
+    assert_eq!(rows[1]["report"]["params"], 39_636_049 + 7_087_872);
+}
+
 #[test]
 fn mfu_denominators_and_flops() {
     assert_eq!(fp32_peak_tflops("NVIDIA H100 PCIe (sm_90)"), Some(51.2));
@@ -215,6 +233,7 @@ fn mfu_denominators_and_flops() {
     assert_eq!(fp32_peak_tflops("Tesla T4"), None);
     // GPT-2 small at T=1024: N = 12 * 12 * 768^2 + 50257 * 768 = 123,532,032.
     let gpt2 = ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 12,
         n_embd: 768,
         n_head: 12,

@@ -170,12 +170,12 @@ mod reference {
     }
 
     /// (out, mean, rstd)
-    pub fn layernorm_fwd(x: &[f64], w: &[f64], b: &[f64], c: usize) -> [Vec<f64>; 3] {
+    pub fn layernorm_fwd(x: &[f64], w: &[f64], b: &[f64], c: usize, eps: f32) -> [Vec<f64>; 3] {
         let (mut out, mut means, mut rstds) = (vec![], vec![], vec![]);
         for row in x.chunks(c) {
             let mean = row.iter().sum::<f64>() / c as f64;
             let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
-            let rstd = 1.0 / (var + LAYERNORM_EPS as f64).sqrt();
+            let rstd = 1.0 / (var + eps as f64).sqrt();
             for i in 0..c {
                 out.push((row[i] - mean) * rstd * w[i] + b[i]);
             }
@@ -186,8 +186,8 @@ mod reference {
     }
 
     /// (dinp, dweight, dbias)
-    pub fn layernorm_bwd(dy: &[f64], x: &[f64], w: &[f64], c: usize) -> [Vec<f64>; 3] {
-        let [_, means, rstds] = layernorm_fwd(x, w, &vec![0.0; c], c);
+    pub fn layernorm_bwd(dy: &[f64], x: &[f64], w: &[f64], c: usize, eps: f32) -> [Vec<f64>; 3] {
+        let [_, means, rstds] = layernorm_fwd(x, w, &vec![0.0; c], c, eps);
         let (mut dx, mut dw, mut db) = (vec![], vec![0.0; c], vec![0.0; c]);
         for (r, (row, dyr)) in x.chunks(c).zip(dy.chunks(c)).enumerate() {
             let norm: Vec<f64> = row.iter().map(|v| (v - means[r]) * rstds[r]).collect();
@@ -392,11 +392,16 @@ fn reference_backwards_match_finite_differences() {
     );
 
     let (x, lw, lb) = (tb.randn(N * C), tb.randn(C), tb.randn(C));
-    let [dx, dlw, dlb] = reference::layernorm_bwd(&w, &x, &lw, C);
+    let [dx, dlw, dlb] = reference::layernorm_bwd(&w, &x, &lw, C, LAYERNORM_EPS);
     fd_check(
         "layernorm",
         &[x, lw, lb],
-        |x| dot(&reference::layernorm_fwd(&x[0], &x[1], &x[2], C)[0], &w),
+        |x| {
+            dot(
+                &reference::layernorm_fwd(&x[0], &x[1], &x[2], C, LAYERNORM_EPS)[0],
+                &w,
+            )
+        },
         &[dx, dlw, dlb],
     );
 
@@ -462,41 +467,63 @@ fn embedding_matches_reference() {
     let tokens = tb.tokens(N, V);
     let (wte, wpe, dout) = (tb.randn(V * C), tb.randn(T * C), tb.randn(N * C));
     let (g_wte, g_wpe) = (tb.randn(V * C), tb.randn(T * C));
+    let (tt, g_tt) = (tb.randn(C), tb.randn(C));
     let tok = tb.up_u32(&tokens);
-    let (bwte, bwpe, bdout) = (tb.up(&wte), tb.up(&wpe), tb.up(&dout));
-    let out = tb.be.alloc(DType::F32, N * C).unwrap();
-    tb.be
-        .run(EmbeddingFwd {
-            out: out.view(),
-            tokens: tok.view(),
-            wte: bwte.view(),
-            wpe: bwpe.view(),
-            batch: B,
-            seq: T,
-            channels: C,
-        })
-        .unwrap();
-    // One addition per element: exact up to one rounding.
-    let want = reference::embedding_fwd(&tokens, &wte, &wpe, C);
-    assert_close("embedding out", &tb.down(&out), &want, EPS32);
+    let (bwte, bwpe, bdout, btt) = (tb.up(&wte), tb.up(&wpe), tb.up(&dout), tb.up(&tt));
+    // GPT-2's embeddings, then BERT's with the token-type row.
+    for with_type in [false, true] {
+        let out = tb.be.alloc(DType::F32, N * C).unwrap();
+        tb.be
+            .run(EmbeddingFwd {
+                out: out.view(),
+                tokens: tok.view(),
+                wte: bwte.view(),
+                wpe: bwpe.view(),
+                token_type: with_type.then(|| btt.view()),
+                batch: B,
+                seq: T,
+                channels: C,
+            })
+            .unwrap();
+        let mut want = reference::embedding_fwd(&tokens, &wte, &wpe, C);
+        if with_type {
+            for (i, w) in want.iter_mut().enumerate() {
+                *w += tt[i % C];
+            }
+        }
+        // One or two additions per element: exact up to two roundings.
+        assert_close("embedding out", &tb.down(&out), &want, 2.0 * EPS32);
 
-    let (dwte, dwpe) = (tb.up(&g_wte), tb.up(&g_wpe));
-    tb.be
-        .run(EmbeddingBwd {
-            dwte: dwte.view(),
-            dwpe: dwpe.view(),
-            dout: bdout.view(),
-            tokens: tok.view(),
-            batch: B,
-            seq: T,
-            channels: C,
-        })
-        .unwrap();
-    let [rwte, rwpe] = reference::embedding_bwd(&dout, &tokens, V, C);
-    // At most N (or B) additions onto each row.
-    let tol = 2.0 * N as f64 * EPS32;
-    assert_close("dwte", &tb.down(&dwte), &plus(&g_wte, &rwte), tol);
-    assert_close("dwpe", &tb.down(&dwpe), &plus(&g_wpe, &rwpe), tol);
+        let (dwte, dwpe, dtt) = (tb.up(&g_wte), tb.up(&g_wpe), tb.up(&g_tt));
+        tb.be
+            .run(EmbeddingBwd {
+                dwte: dwte.view(),
+                dwpe: dwpe.view(),
+                dtoken_type: with_type.then(|| dtt.view()),
+                dout: bdout.view(),
+                tokens: tok.view(),
+                batch: B,
+                seq: T,
+                channels: C,
+            })
+            .unwrap();
+        let [rwte, rwpe] = reference::embedding_bwd(&dout, &tokens, V, C);
+        // At most N (or B) additions onto each row.
+        let tol = 2.0 * N as f64 * EPS32;
+        assert_close("dwte", &tb.down(&dwte), &plus(&g_wte, &rwte), tol);
+        assert_close("dwpe", &tb.down(&dwpe), &plus(&g_wpe, &rwpe), tol);
+        // The token-type row's gradient: the sum of every row of dout.
+        let mut rtt = vec![0.0; C];
+        for (i, d) in dout.iter().enumerate() {
+            rtt[i % C] += d;
+        }
+        let want_tt = if with_type {
+            plus(&g_tt, &rtt)
+        } else {
+            g_tt.clone()
+        };
+        assert_close("dtoken_type", &tb.down(&dtt), &want_tt, tol);
+    }
 }
 
 #[test]
@@ -515,6 +542,7 @@ fn embedding_rejects_out_of_range_tokens() {
             tokens: tok.view(),
             wte: wte.view(),
             wpe: wpe.view(),
+            token_type: None,
             batch: 1,
             seq: 2,
             channels: C,
@@ -525,6 +553,8 @@ fn embedding_rejects_out_of_range_tokens() {
 
 #[test]
 fn layernorm_matches_reference() {
+    // Large enough to change every output: an epsilon left out shows.
+    const TESTED_EPS: f32 = 0.25;
     let mut tb = Bench::new(4);
     let (x, w, b, dy) = (tb.randn(N * C), tb.randn(C), tb.randn(C), tb.randn(N * C));
     let (g_x, g_w, g_b) = (tb.randn(N * C), tb.randn(C), tb.randn(C));
@@ -544,9 +574,10 @@ fn layernorm_matches_reference() {
             bias: bb.view(),
             rows: N,
             channels: C,
+            eps: TESTED_EPS,
         })
         .unwrap();
-    let [rout, rmean, rrstd] = reference::layernorm_fwd(&x, &w, &b, C);
+    let [rout, rmean, rrstd] = reference::layernorm_fwd(&x, &w, &b, C, TESTED_EPS);
     // Sums over C channels.
     let tol = 4.0 * C as f64 * EPS32;
     assert_close("ln out", &tb.down(&out), &rout, tol);
@@ -569,7 +600,7 @@ fn layernorm_matches_reference() {
         })
     };
     bwd(&dx, Some(&dw), Some(&db)).unwrap();
-    let [rdx, rdw, rdb] = reference::layernorm_bwd(&dy, &x, &w, C);
+    let [rdx, rdw, rdb] = reference::layernorm_bwd(&dy, &x, &w, C, TESTED_EPS);
     // dinp sums over C, dweight and dbias over N rows.
     assert_close("ln dinp", &tb.down(&dx), &plus(&g_x, &rdx), tol);
     let tol_rows = 4.0 * N as f64 * EPS32;

@@ -10,7 +10,7 @@ use dyntie::cuda::emu::EmuDevice;
 use dyntie::cuda::KernelBackend;
 use dyntie::doctor::{compare_training, doctor_training_config};
 use dyntie::metrics::read_jsonl;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::ops::Backend;
 use dyntie::train::Trainer;
 use dyntie::tying::policy::TyingPolicy;
@@ -71,10 +71,21 @@ fn a_static_pattern_trains_the_same_on_the_emulated_kernels() {
     check_agreement(&cfg, "pattern");
 }
 
+/// The causal BERT with dynamic tying: the tying code does not know which
+/// architecture it ties, so decisions and losses match as for GPT-2.
+#[test]
+fn bert_with_dynamic_tying_trains_the_same_on_the_emulated_kernels() {
+    let mut cfg = doctor_training_config();
+    cfg.model.arch = Arch::Bert;
+    assert!(cfg.model.dropout > 0.0 && cfg.tying.policy == TyingPolicy::Dynamic);
+    check_agreement(&cfg, "bert");
+}
+
 #[test]
 fn ties_free_and_unties_allocate_device_memory_on_the_emulator() {
     let backend = emu();
     let cfg = ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 4,
         n_embd: 16,
         n_head: 2,
@@ -83,9 +94,9 @@ fn ties_free_and_unties_allocate_device_memory_on_the_emulator() {
         dropout: 0.0,
         bias: true,
     };
-    let mut model = Gpt2::new(backend.clone(), cfg, 1).unwrap();
+    let mut model = Model::new(backend.clone(), cfg, 1).unwrap();
     let slot_bytes = model.slots().slot_of(0).bytes() as u64;
-    let live = |m: &Gpt2| m.backend().mem_stats().live_bytes;
+    let live = |m: &Model| m.backend().mem_stats().live_bytes;
     let start = live(&model);
     model.tie(2, 1).unwrap();
     assert_eq!(live(&model), start - slot_bytes);

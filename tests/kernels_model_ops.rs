@@ -19,6 +19,9 @@ use dyntie::ops::loss::SoftmaxXent;
 use dyntie::ops::optimizer::{AdamWStep, Adamw, SumSquares};
 use dyntie::ops::{Backend, BackendExt};
 
+/// BERT's LayerNorm epsilon: the kernels take it as an argument.
+const BERT_EPS: f32 = 1e-12;
+
 const OPS: [&str; 7] = [
     "embedding_fwd",
     "embedding_bwd",
@@ -240,6 +243,7 @@ fn layernorm_bwd_skips_frozen_gradients_and_loops_over_many_rows() {
             bias: f[2],
             rows,
             channels: c,
+            eps: BERT_EPS,
         })?;
         let bwd = |dinp, dweight, dbias| LayernormBwd {
             dinp,
@@ -304,6 +308,7 @@ fn layernorm_bwd_wider_than_48_kib_of_shared_memory() {
             bias: f[2],
             rows,
             channels: c,
+            eps: BERT_EPS,
         })?;
         be.run(LayernormBwd {
             dinp: f[4],
@@ -335,6 +340,7 @@ fn embedding_bwd_adds_up_a_single_repeated_token() {
             be.run(EmbeddingBwd {
                 dwte: v.f[0],
                 dwpe: v.f[1],
+                dtoken_type: None,
                 dout: v.f[2],
                 tokens: v.u[0],
                 batch,
@@ -359,6 +365,7 @@ fn embedding_fwd_poisons_rows_of_out_of_range_tokens() {
             tokens: tok.view(),
             wte: wte.view(),
             wpe: wpe.view(),
+            token_type: None,
             batch: 1,
             seq,
             channels: c,
@@ -374,6 +381,7 @@ fn embedding_fwd_poisons_rows_of_out_of_range_tokens() {
         be.run(EmbeddingBwd {
             dwte: dwte.view(),
             dwpe: dwpe.view(),
+            dtoken_type: None,
             dout: dout.view(),
             tokens: tok.view(),
             batch: 1,
@@ -449,6 +457,7 @@ fn bad_shapes_are_errors_naming_the_op() {
         bias: v.slice(34, 6),
         rows: 2,
         channels: 6,
+        eps: 1e-5,
     }));
     assert!(
         m.contains("layernorm_fwd: weight has 5 elements but the shape needs 6"),
@@ -578,6 +587,7 @@ fn bad_shapes_are_errors_naming_the_op() {
         tokens: t.view(),
         wte: v.slice(6, 30),
         wpe: v.slice(36, 5),
+        token_type: None,
         batch: 1,
         seq: 2,
         channels: 3,

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::optim::{AdamW, LrSchedule};
 use dyntie::rng::HostRng;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ const PATTERN: [u32; 10] = [3, 1, 4, 1, 5, 9, 2, 6, 5, 8];
 #[test]
 fn tiny_model_learns_a_repeating_sequence() -> Result<()> {
     let cfg = ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 2,
         n_embd: 32,
         n_head: 4,
@@ -26,7 +27,7 @@ fn tiny_model_learns_a_repeating_sequence() -> Result<()> {
         bias: true,
     };
     let (b, t) = (4, 16);
-    let mut model = Gpt2::new(Arc::new(CpuBackend::new()), cfg, 1)?;
+    let mut model = Model::new(Arc::new(CpuBackend::new()), cfg, 1)?;
     let mut opt = AdamW::new(model.backend().as_ref(), 0.0, 0.9, 0.95, 1e-8, 0.1)?;
     let schedule = LrSchedule::WarmupCosine {
         max_lr: 1e-2,

@@ -9,7 +9,7 @@ use anyhow::Result;
 use dyntie::cpu::CpuBackend;
 use dyntie::cuda::EmuDevice;
 use dyntie::cuda::KernelBackend;
-use dyntie::model::{activation_bytes, ActivationPlan, Gpt2, ModelConfig};
+use dyntie::model::{activation_bytes, ActivationPlan, Arch, Model, ModelConfig};
 use dyntie::ops::Backend;
 use std::sync::Arc;
 
@@ -17,7 +17,12 @@ const B: usize = 2;
 const T: usize = 7;
 
 fn cfg(dropout: f32, bias: bool) -> ModelConfig {
+    arch_cfg(Arch::Gpt2, dropout, bias)
+}
+
+fn arch_cfg(arch: Arch, dropout: f32, bias: bool) -> ModelConfig {
     ModelConfig {
+        arch,
         n_layer: 4,
         n_embd: 24,
         n_head: 3,
@@ -44,7 +49,7 @@ fn run(
     cfg: ModelConfig,
     recompute: bool,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>, u64)> {
-    let mut m = Gpt2::new(be.clone(), cfg, 11)?;
+    let mut m = Model::new(be.clone(), cfg, 11)?;
     // Blocks 1 and 3 on block 0's slot: shared gradients accumulate over
     // the recomputed blocks too.
     m.tie(1, 0)?;
@@ -66,12 +71,19 @@ fn run(
 
 #[test]
 fn recomputed_gradients_equal_stored_ones_bit_for_bit_on_the_cpu() -> Result<()> {
-    for (dropout, bias) in [(0.0, true), (0.2, true), (0.1, false)] {
-        let (l0, g0, live0) = run(Arc::new(CpuBackend::new()), cfg(dropout, bias), false)?;
-        let (l1, g1, live1) = run(Arc::new(CpuBackend::new()), cfg(dropout, bias), true)?;
-        assert_eq!(l0, l1, "losses, dropout {dropout}, bias {bias}");
+    for (arch, dropout, bias) in [
+        (Arch::Gpt2, 0.0, true),
+        (Arch::Gpt2, 0.2, true),
+        (Arch::Gpt2, 0.1, false),
+        (Arch::Bert, 0.0, true),
+        (Arch::Bert, 0.2, true),
+    ] {
+        let cfg = arch_cfg(arch, dropout, bias);
+        let (l0, g0, live0) = run(Arc::new(CpuBackend::new()), cfg.clone(), false)?;
+        let (l1, g1, live1) = run(Arc::new(CpuBackend::new()), cfg, true)?;
+        assert_eq!(l0, l1, "losses, {arch}, dropout {dropout}, bias {bias}");
         assert!(g0.iter().flatten().any(|&g| g != 0.0));
-        assert_eq!(g0, g1, "gradients, dropout {dropout}, bias {bias}");
+        assert_eq!(g0, g1, "gradients, {arch}, dropout {dropout}, bias {bias}");
         assert!(live1 < live0, "{live1} bytes with recomputation vs {live0}");
     }
     Ok(())
@@ -96,6 +108,7 @@ fn recomputation_on_the_kernels_matches_the_stored_run() -> Result<()> {
 #[test]
 fn recomputation_keeps_one_residual_stream_per_block() {
     let c = ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 48,
         n_embd: 1600,
         n_head: 16,
@@ -125,6 +138,7 @@ fn recomputation_keeps_one_residual_stream_per_block() {
 #[test]
 fn the_chunked_loss_head_matches_the_whole_one() -> Result<()> {
     let cfg = ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 2,
         n_embd: 8,
         n_head: 2,
@@ -140,9 +154,9 @@ fn the_chunked_loss_head_matches_the_whole_one() -> Result<()> {
     let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 104_729 % 50257) as u32).collect();
     targets[5] = u32::MAX; // an ignored position
                            // Loss, gradients, the logits of two last positions, and the model.
-    type Outcome = (f32, Vec<Vec<f32>>, Vec<f32>, Gpt2);
+    type Outcome = (f32, Vec<Vec<f32>>, Vec<f32>, Model);
     let run = |recompute: bool| -> Result<Outcome> {
-        let mut m = Gpt2::new(Arc::new(CpuBackend::new()), cfg.clone(), 5)?;
+        let mut m = Model::new(Arc::new(CpuBackend::new()), cfg.clone(), 5)?;
         m.set_recompute(recompute);
         m.zero_grads()?;
         let loss = m.forward_backward(&tokens, &targets, b, t, 1, 1.0)?;

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use dyntie::cpu::CpuBackend;
-use dyntie::model::{Gpt2, ModelConfig};
+use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::ops::{Backend, BackendExt};
 use dyntie::optim::AdamW;
 use dyntie::tying::table::{TieGrad, TieMerge, TieOptions, TieTable};
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 fn cfg() -> ModelConfig {
     ModelConfig {
+        arch: Arch::Gpt2,
         n_layer: 3,
         n_embd: 32,
         n_head: 2,
@@ -31,7 +32,7 @@ fn batch() -> (Vec<u32>, Vec<u32>) {
     (tokens, targets)
 }
 
-fn block_names(m: &Gpt2, layer: usize) -> Vec<String> {
+fn block_names(m: &Model, layer: usize) -> Vec<String> {
     m.block_layout()
         .entries()
         .iter()
@@ -40,21 +41,21 @@ fn block_names(m: &Gpt2, layer: usize) -> Vec<String> {
 }
 
 /// Copies block `from` of `src` into block `to` of `dst`.
-fn copy_block(src: &Gpt2, from: usize, dst: &Gpt2, to: usize) -> Result<()> {
+fn copy_block(src: &Model, from: usize, dst: &Model, to: usize) -> Result<()> {
     for (a, b) in block_names(src, from).iter().zip(block_names(dst, to)) {
         dst.write_param(&b, &src.read_param(a)?)?;
     }
     Ok(())
 }
 
-fn copy_globals(src: &Gpt2, dst: &Gpt2) -> Result<()> {
+fn copy_globals(src: &Model, dst: &Model) -> Result<()> {
     for e in src.global_layout().entries() {
         dst.write_param(e.name, &src.read_param(e.name)?)?;
     }
     Ok(())
 }
 
-fn logits(m: &mut Gpt2) -> Result<Vec<f32>> {
+fn logits(m: &mut Model) -> Result<Vec<f32>> {
     let (tokens, _) = batch();
     m.logits_last(&tokens[..T], T)
 }
@@ -62,7 +63,7 @@ fn logits(m: &mut Gpt2) -> Result<Vec<f32>> {
 #[test]
 fn a_tied_block_computes_with_the_weights_written_through_its_source() -> Result<()> {
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
-    let mut tied = Gpt2::new(be.clone(), cfg(), 3)?;
+    let mut tied = Model::new(be.clone(), cfg(), 3)?;
     tied.tie(2, 1)?;
     // Write new weights through block 1's names only.
     for name in block_names(&tied, 1) {
@@ -77,7 +78,7 @@ fn a_tied_block_computes_with_the_weights_written_through_its_source() -> Result
         assert_eq!(tied.read_param(a)?, tied.read_param(&b)?, "{b}");
     }
     // An untied model holding those weights in both blocks computes the same.
-    let mut reference = Gpt2::new(be, cfg(), 99)?;
+    let mut reference = Model::new(be, cfg(), 99)?;
     copy_globals(&tied, &reference)?;
     copy_block(&tied, 0, &reference, 0)?;
     copy_block(&tied, 1, &reference, 1)?;
@@ -93,7 +94,7 @@ fn a_tied_block_computes_with_the_weights_written_through_its_source() -> Result
 #[test]
 fn untie_makes_an_independent_copy() -> Result<()> {
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
-    let mut m = Gpt2::new(be.clone(), cfg(), 4)?;
+    let mut m = Model::new(be.clone(), cfg(), 4)?;
     let mut opt = AdamW::new(be.as_ref(), 1e-2, 0.9, 0.95, 1e-8, 0.0)?;
     let (tokens, targets) = batch();
     // A step while tied gives the slot nonzero AdamW moments to copy.
@@ -133,10 +134,10 @@ fn untie_makes_an_independent_copy() -> Result<()> {
 #[test]
 fn frozen_tie_grad_counts_only_the_owner() -> Result<()> {
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
-    let untied = Gpt2::new(be.clone(), cfg(), 5)?;
+    let untied = Model::new(be.clone(), cfg(), 5)?;
     copy_block(&untied, 1, &untied, 2)?;
     let (tokens, targets) = batch();
-    let grads = |m: &mut Gpt2, layer: usize| -> Result<Vec<Vec<f32>>> {
+    let grads = |m: &mut Model, layer: usize| -> Result<Vec<Vec<f32>>> {
         m.zero_grads()?;
         m.forward_backward(&tokens, &targets, B, T, 0, 1.0)?;
         block_names(m, layer)
@@ -155,7 +156,7 @@ fn frozen_tie_grad_counts_only_the_owner() -> Result<()> {
             ..TieOptions::default()
         };
         let table = TieTable::from_state(&[0, 1, 1], options)?;
-        let mut tied = Gpt2::with_table(be.clone(), cfg(), 6, table)?;
+        let mut tied = Model::with_table(be.clone(), cfg(), 6, table)?;
         copy_globals(&untied, &tied)?;
         copy_block(&untied, 0, &tied, 0)?;
         copy_block(&untied, 1, &tied, 1)?;
@@ -179,11 +180,11 @@ fn frozen_tie_grad_counts_only_the_owner() -> Result<()> {
 #[test]
 fn ties_free_exactly_one_slot_and_untie_allocates_it_again() -> Result<()> {
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
-    let mut m = Gpt2::new(be.clone(), cfg(), 7)?;
+    let mut m = Model::new(be.clone(), cfg(), 7)?;
     let slot_bytes = m.slots().slot_of(0).bytes() as u64;
     assert_eq!(slot_bytes, 16 * cfg().block_params() as u64);
     let live = || be.mem_stats().live_bytes;
-    let check = |m: &Gpt2, n: usize| {
+    let check = |m: &Model, n: usize| {
         m.slots().check().unwrap();
         assert_eq!(m.slots().live_slots().count(), n);
         assert_eq!(m.slots().table().live_slots().len(), n);
@@ -216,7 +217,7 @@ fn ties_free_exactly_one_slot_and_untie_allocates_it_again() -> Result<()> {
 fn merge_on_tie_averages_weights_and_moments() -> Result<()> {
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let (tokens, targets) = batch();
-    let slot_state = |m: &Gpt2, layer: usize| -> Result<Vec<Vec<f32>>> {
+    let slot_state = |m: &Model, layer: usize| -> Result<Vec<Vec<f32>>> {
         let s = m.slots().slot_of(layer);
         [&s.params, &s.adam_m, &s.adam_v]
             .iter()
@@ -229,7 +230,7 @@ fn merge_on_tie_averages_weights_and_moments() -> Result<()> {
             ..TieOptions::default()
         };
         let table = TieTable::new(3, options)?;
-        let mut m = Gpt2::with_table(be.clone(), cfg(), 5, table)?;
+        let mut m = Model::with_table(be.clone(), cfg(), 5, table)?;
         let mut opt = AdamW::new(be.as_ref(), 1e-2, 0.9, 0.95, 1e-8, 0.0)?;
         m.zero_grads()?;
         m.forward_backward(&tokens, &targets, B, T, 1, 1.0)?;
@@ -293,7 +294,7 @@ fn set_tie_state_reaches_the_target_partition() -> Result<()> {
             vec![0, 1, 2, 3, 4, 5],
         ] {
             let table = TieTable::from_state(&start, TieOptions::default())?;
-            let mut m = Gpt2::with_table(be.clone(), c.clone(), 3, table)?;
+            let mut m = Model::with_table(be.clone(), c.clone(), 3, table)?;
             m.set_tie_state(&target)?;
             let got = m.slots().table();
             let want = TieTable::from_state(&target, TieOptions::default())?;

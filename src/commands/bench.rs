@@ -7,7 +7,7 @@ use crate::config::RunConfig;
 use crate::cuda::Device;
 use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
-use crate::model::{activation_bytes, Gpt2, ModelConfig};
+use crate::model::{activation_bytes, Model, ModelConfig};
 use crate::ops::profile::{OpStat, ProfiledBackend};
 use crate::ops::Backend;
 use crate::optim::AdamW;
@@ -131,7 +131,8 @@ fn memory(args: &BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "model: {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{})",
+            "model: {} {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{})",
+            mc.arch,
             mc.n_layer,
             mc.n_embd,
             mc.n_head,
@@ -209,7 +210,7 @@ impl Measured {
 /// One full training step at a time on fixed random tokens: zero the
 /// gradients, forward and backward, clip, AdamW, synchronize.
 struct StepRunner {
-    model: Gpt2,
+    model: Model,
     opt: AdamW,
     tokens: Vec<u32>,
     targets: Vec<u32>,
@@ -228,7 +229,7 @@ impl StepRunner {
         data_seed: u64,
     ) -> Result<StepRunner> {
         let t = &cfg.train;
-        let mut model = Gpt2::with_table(backend, mc.clone(), t.seed, table)?;
+        let mut model = Model::with_table(backend, mc.clone(), t.seed, table)?;
         model.set_recompute(t.recompute);
         let be = model.backend().clone();
         let opt = AdamW::new(be.as_ref(), t.lr, t.beta1, t.beta2, t.eps, t.weight_decay)?;

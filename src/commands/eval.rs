@@ -5,7 +5,7 @@ use super::{argmax, load_run, tokenizer_of};
 use crate::cli::{EvalArgs, EvalTask};
 use crate::config::RunConfig;
 use crate::data::{self, Tokenizer};
-use crate::model::Gpt2;
+use crate::model::Model;
 use crate::train;
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
@@ -51,7 +51,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 /// The loss and perplexity on `--split` of the run's dataset (checked to
 /// be the one it trained on) or of the one `--data` names (checked to use
 /// the run's tokenizer).
-fn perplexity(args: &EvalArgs, cfg: RunConfig, model: &mut Gpt2) -> Result<()> {
+fn perplexity(args: &EvalArgs, cfg: RunConfig, model: &mut Model) -> Result<()> {
     let data = train::open_run_dataset(&cfg, args.data.as_deref().map(Path::new))?;
     ensure!(
         data.vocab_size <= model.config().vocab_size,
@@ -88,7 +88,7 @@ struct Lambada {
     unscored: usize,
 }
 
-fn lambada(model: &mut Gpt2, tok: &Tokenizer, path: &Path) -> Result<Lambada> {
+fn lambada(model: &mut Model, tok: &Tokenizer, path: &Path) -> Result<Lambada> {
     let examples = data::lambada_examples(path, tok)?;
     ensure!(!examples.is_empty(), "{} has no examples", path.display());
     let n_ctx = model.config().n_ctx;

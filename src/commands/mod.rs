@@ -24,7 +24,7 @@ use crate::config::{BackendKind, RunConfig};
 use crate::cpu::CpuBackend;
 use crate::cuda::{self, CudaDevice, Device, EmuDevice, KernelBackend};
 use crate::data::{Dataset, SyntheticConfig, Tokenizer};
-use crate::model::Gpt2;
+use crate::model::Model;
 use crate::ops::Backend;
 use crate::train::memory::{self, Available};
 use crate::train::run_dir;
@@ -171,7 +171,7 @@ pub fn load_run(
     dir: &Path,
     backend: Option<BackendKind>,
     allow_non_finite: bool,
-) -> Result<(RunConfig, Gpt2)> {
+) -> Result<(RunConfig, Model)> {
     let cfg = run_dir::load_config(dir, "--run")?;
     let selected = select_backend(backend.unwrap_or(cfg.backend))?;
     check_memory(&cfg, &selected)?;

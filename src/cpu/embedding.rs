@@ -20,6 +20,7 @@ impl CpuOp for EmbeddingFwd {
                 tokens,
                 &read_floats(self.wte, vocab * c),
                 &read_floats(self.wpe, self.seq * c),
+                self.token_type.map(|v| read_floats(v, c)).as_deref(),
                 self.seq,
                 c,
             );
@@ -41,6 +42,7 @@ impl CpuOp for EmbeddingBwd {
             embedding_bwd(
                 write(self.dwte, vocab * c),
                 write(self.dwpe, self.seq * c),
+                self.dtoken_type.map(|v| write(v, c)),
                 &read_floats(self.dout, n * c),
                 tokens,
                 self.seq,
@@ -51,7 +53,15 @@ impl CpuOp for EmbeddingBwd {
     }
 }
 
-fn embedding_fwd(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], seq: usize, c: usize) {
+fn embedding_fwd(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    token_type: Option<&[f32]>,
+    seq: usize,
+    c: usize,
+) {
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
         .enumerate()
@@ -61,6 +71,11 @@ fn embedding_fwd(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], seq:
             for ((o, e), p) in o.iter_mut().zip(e).zip(p) {
                 *o = e + p;
             }
+            if let Some(tt) = token_type {
+                for (o, t) in o.iter_mut().zip(tt) {
+                    *o += t;
+                }
+            }
         });
 }
 
@@ -69,6 +84,7 @@ fn embedding_fwd(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], seq:
 fn embedding_bwd(
     dwte: &mut [f32],
     dwpe: &mut [f32],
+    mut dtoken_type: Option<&mut [f32]>,
     dout: &[f32],
     tokens: &[u32],
     seq: usize,
@@ -82,6 +98,11 @@ fn embedding_bwd(
         let p = &mut dwpe[(row % seq) * c..][..c];
         for (p, d) in p.iter_mut().zip(d) {
             *p += d;
+        }
+        if let Some(tt) = dtoken_type.as_deref_mut() {
+            for (t, d) in tt.iter_mut().zip(d) {
+                *t += d;
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! CPU reference of `ops::layernorm`.
 
 use super::{read, read_floats, write, write_floats, CpuOp};
-use crate::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
+use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -23,6 +23,7 @@ impl CpuOp for LayernormFwd {
                 &read_floats(self.weight, c),
                 &read_floats(self.bias, c),
                 c,
+                self.eps,
             );
             out.store();
         }
@@ -54,6 +55,7 @@ impl CpuOp for LayernormBwd {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn layernorm_fwd(
     out: &mut [f32],
     mean: &mut [f32],
@@ -62,6 +64,7 @@ fn layernorm_fwd(
     weight: &[f32],
     bias: &[f32],
     c: usize,
+    eps: f32,
 ) {
     out.par_chunks_mut(c)
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
@@ -70,7 +73,7 @@ fn layernorm_fwd(
             let mu = x.iter().sum::<f32>() / c as f32;
             // Two passes: the variance of centred values does not cancel.
             let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-            let rs = 1.0 / (var + LAYERNORM_EPS).sqrt();
+            let rs = 1.0 / (var + eps).sqrt();
             for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
                 *o = (x - mu) * rs * w + b;
             }

@@ -146,12 +146,14 @@ pub fn format_memory_table(rows: &[(&str, &MemoryReport)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Arch;
     use crate::tying::table::{InitTies, TieOptions};
 
     /// The paper's conventional GPT-2: 48 blocks of width 1600, 16 heads,
     /// context 256, GPT-2 vocabulary.
     fn paper() -> ModelConfig {
         ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 48,
             n_embd: 1600,
             n_head: 16,
@@ -176,9 +178,35 @@ mod tests {
         assert!((six.trainable_params as f64 / 1e6 - 265.3).abs() < 0.1);
     }
 
+    /// The paper's causal BERT: transformers' default BertConfig with the
+    /// GPT-2 vocabulary, counted by hand below.
+    #[test]
+    fn the_papers_bert_has_124_7m_parameters() {
+        let shape = crate::config::RunConfig::preset("bert")
+            .unwrap()
+            .model
+            .with_default_vocab(50_257);
+        let (v, c, t, f) = (50_257u64, 768u64, 512u64, 3072u64);
+        // qkv, attention output, its LayerNorm, intermediate, output, its LayerNorm.
+        let block = (c * 3 * c + 3 * c) + (c * c + c) + 2 * c + (c * f + f) + (f * c + c) + 2 * c;
+        assert_eq!(block, 7_087_872);
+        // Word, position and token-type embeddings and their LayerNorm; the
+        // head transform (dense, LayerNorm) and the decoder's bias.
+        let global = v * c + t * c + 2 * c + 2 * c + (c * c + c) + 2 * c + v;
+        assert_eq!(global, 39_636_049);
+        assert_eq!(shape.block_params() as u64, block);
+        assert_eq!(shape.global_params() as u64, global);
+        let r = MemoryReport::from_counts(&shape, 12, 12, false, 0);
+        assert_eq!(r.params, 124_690_513);
+        // Tied down to one slot, as the paper's tied BERT.
+        let one = MemoryReport::from_counts(&shape, 1, 1, false, 0);
+        assert_eq!(one.params, global + block);
+    }
+
     #[test]
     fn bytes_on_a_hand_counted_shape() {
         let shape = ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 4,
             n_embd: 8,
             n_head: 2,

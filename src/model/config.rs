@@ -1,17 +1,65 @@
-//! The model's shape: the one type that the run configuration, the model,
-//! its activation plan, the memory accounting, the benchmarks and the
-//! export all read. It is the `[model]` section of `config.toml`.
-//!
-//! Only GPT-2 exists today; an architecture choice would be a field here.
+//! The model's architecture and shape: the one type that the run
+//! configuration, the model, its activation plan, the memory accounting, the
+//! benchmarks and the export all read. It is the `[model]` section of
+//! `config.toml`.
 
 use super::{BlockLayout, GlobalLayout};
+use crate::autograd::Gelu;
+use crate::ops::layernorm::LAYERNORM_EPS;
 use anyhow::{bail, ensure, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
+
+/// The architecture (`--arch`). Both have the same block parameters (two
+/// LayerNorms, fused qkv, attention output projection, a 4x MLP) and tie
+/// the same way; they differ in where the LayerNorms sit, the GELU, the
+/// embeddings and the head.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Arch {
+    /// GPT-2: pre-LayerNorm blocks, tanh GELU, a final LayerNorm, the
+    /// decoder tied to the token embeddings.
+    #[default]
+    #[value(name = "gpt2")]
+    Gpt2,
+    /// A causal BERT language model (transformers' `BertLMHeadModel` with
+    /// `is_decoder`): post-LayerNorm blocks, exact erf GELU, token-type
+    /// embeddings and a LayerNorm on the embeddings, the LM head's transform
+    /// (dense, GELU, LayerNorm) before the tied decoder, which has a bias.
+    Bert,
+}
+crate::choice_text!(Arch, "architecture");
+
+impl Arch {
+    /// LayerNorm epsilon: GPT-2's 1e-5, BERT's 1e-12.
+    pub fn layernorm_eps(self) -> f32 {
+        match self {
+            Arch::Gpt2 => LAYERNORM_EPS,
+            Arch::Bert => 1e-12,
+        }
+    }
+
+    /// The MLP's (and BERT's head transform's) activation.
+    pub fn gelu(self) -> Gelu {
+        match self {
+            Arch::Gpt2 => Gelu::Tanh,
+            Arch::Bert => Gelu::Erf,
+        }
+    }
+
+    /// Whether the LayerNorms follow the residual adds (BERT) rather than
+    /// open each sublayer (GPT-2).
+    pub fn post_norm(self) -> bool {
+        self == Arch::Bert
+    }
+}
 
 /// The shape of a model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// The architecture (`--arch`); a config.toml without it is GPT-2's.
+    #[serde(default)]
+    pub arch: Arch,
     /// Transformer blocks (`--layers`).
     pub n_layer: usize,
     /// Width (`--d-model`).
@@ -51,6 +99,9 @@ impl ModelConfig {
                 self.n_head,
                 self.n_embd
             );
+        }
+        if self.arch == Arch::Bert && !self.bias {
+            bail!("--arch bert always has biases (bias = false is for gpt2 only)");
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("--dropout {} (dropout) must be in [0, 1)", self.dropout);
@@ -103,7 +154,8 @@ impl ModelConfig {
         BlockLayout::new(self).len()
     }
 
-    /// Parameters that are never tied: wte (also the output head), wpe, ln_f.
+    /// Parameters that are never tied: the embeddings and the head (see
+    /// [`GlobalLayout`]).
     pub fn global_params(&self) -> usize {
         GlobalLayout::new(self).len()
     }
@@ -120,6 +172,7 @@ mod tests {
 
     fn cfg() -> ModelConfig {
         ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 2,
             n_embd: 32,
             n_head: 2,
@@ -136,6 +189,7 @@ mod tests {
         let e = ModelConfig { n_head: 3, ..cfg() }.validate().unwrap_err();
         assert!(e.to_string().contains("n_head"), "{e}");
         let e = ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 0,
             ..cfg()
         }
@@ -181,6 +235,7 @@ mod tests {
     #[test]
     fn gpt2_xl_sizes_match_the_paper() {
         let xl = ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 48,
             n_embd: 1600,
             n_head: 25,

@@ -7,10 +7,14 @@
 //!
 //! Weight decay follows the nanoGPT convention (its original form, with an
 //! Embedding blacklist): the linear layers' weight matrices decay; biases,
-//! LayerNorm weights and the embeddings wte and wpe do not. Since wte is also
-//! the output head, decaying it would shrink the logits of rare tokens.
+//! LayerNorm weights and the embeddings wte, wpe and wtt do not. Since wte is
+//! also the output head, decaying it would shrink the logits of rare tokens.
+//!
+//! Both architectures have the same block layout; in BERT, `ln1` is the
+//! attention output's LayerNorm and `ln2` the MLP output's (post-LN). Their
+//! globals differ (see [`GlobalLayout::new`]).
 
-use super::ModelConfig;
+use super::{Arch, ModelConfig};
 use crate::mem::View;
 
 /// One named tensor inside a buffer.
@@ -46,7 +50,7 @@ impl Builder {
             offset: self.next,
             len,
             shape: shape.to_vec(),
-            decays: shape.len() == 2 && !matches!(name, "wte" | "wpe"),
+            decays: shape.len() == 2 && !matches!(name, "wte" | "wpe" | "wtt"),
         });
         self.next += len;
     }
@@ -121,8 +125,11 @@ impl BlockLayout {
     }
 }
 
-/// The never-tied parameters: `wte[V,C]` (also the output head),
-/// `wpe[n_ctx,C]`, `ln_f.weight[C]` and, with biases, `ln_f.bias[C]`.
+/// BERT's token-type vocabulary (`type_vocab_size`): its embedding table
+/// has two rows, of which dyntie, with no segment ids, uses the first.
+pub const TOKEN_TYPES: usize = 2;
+
+/// The never-tied parameters: the embeddings and what follows the blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GlobalLayout {
     entries: Vec<ParamEntry>,
@@ -130,14 +137,36 @@ pub struct GlobalLayout {
 }
 
 impl GlobalLayout {
+    /// GPT-2: `wte[V,C]` (also the decoder), `wpe[n_ctx,C]`,
+    /// `ln_f.weight[C]` and, with biases, `ln_f.bias[C]`.
+    ///
+    /// BERT: `wte`, `wpe`, `wtt[2,C]` (token types), the embeddings'
+    /// LayerNorm `ln_emb.weight[C]`, `ln_emb.bias[C]`; the LM head's
+    /// transform `head.fc.weight[C,C]`, `head.fc.bias[C]`, `head.ln.weight[C]`,
+    /// `head.ln.bias[C]`; and the decoder's bias `head.decoder.bias[V]`
+    /// (its weight is wte).
     pub fn new(cfg: &ModelConfig) -> Self {
         let c = cfg.n_embd;
         let mut b = Builder::default();
         b.push("wte", &[cfg.vocab_size, c]);
         b.push("wpe", &[cfg.n_ctx, c]);
-        b.push("ln_f.weight", &[c]);
-        if cfg.bias {
-            b.push("ln_f.bias", &[c]);
+        match cfg.arch {
+            Arch::Gpt2 => {
+                b.push("ln_f.weight", &[c]);
+                if cfg.bias {
+                    b.push("ln_f.bias", &[c]);
+                }
+            }
+            Arch::Bert => {
+                b.push("wtt", &[TOKEN_TYPES, c]);
+                b.push("ln_emb.weight", &[c]);
+                b.push("ln_emb.bias", &[c]);
+                b.push("head.fc.weight", &[c, c]);
+                b.push("head.fc.bias", &[c]);
+                b.push("head.ln.weight", &[c]);
+                b.push("head.ln.bias", &[c]);
+                b.push("head.decoder.bias", &[cfg.vocab_size]);
+            }
         }
         GlobalLayout {
             len: b.next,
@@ -174,6 +203,7 @@ mod tests {
 
     fn cfg(bias: bool) -> ModelConfig {
         ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 2,
             n_embd: 8,
             n_head: 2,
@@ -209,6 +239,47 @@ mod tests {
             assert_eq!(l.get("mlp.proj.weight").unwrap().shape, vec![c, 4 * c]);
             assert_eq!(l.get("attn.qkv.bias").is_some(), bias);
         }
+    }
+
+    #[test]
+    fn bert_globals_hold_token_types_and_the_head_transform() {
+        let g = GlobalLayout::new(&ModelConfig {
+            arch: Arch::Bert,
+            ..cfg(true)
+        });
+        let names: Vec<_> = g.entries().iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "wte",
+                "wpe",
+                "wtt",
+                "ln_emb.weight",
+                "ln_emb.bias",
+                "head.fc.weight",
+                "head.fc.bias",
+                "head.ln.weight",
+                "head.ln.bias",
+                "head.decoder.bias"
+            ]
+        );
+        // V C + T C + 2 C + 2 C + (C C + C) + 2 C + V
+        assert_eq!(g.len(), 11 * 8 + 4 * 8 + 16 + 16 + 72 + 16 + 11);
+        let decaying: Vec<_> = g
+            .entries()
+            .iter()
+            .filter(|e| e.decays)
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(decaying, ["head.fc.weight"]);
+        // The same block layout as GPT-2's.
+        assert_eq!(
+            BlockLayout::new(&ModelConfig {
+                arch: Arch::Bert,
+                ..cfg(true)
+            }),
+            BlockLayout::new(&cfg(true))
+        );
     }
 
     #[test]

@@ -1,15 +1,17 @@
-//! GPT-2 over slots: the model configuration, the parameter layouts, the
-//! activation plan, the memory accounting, the model itself and its
+//! The language model over slots: the model configuration, the parameter layouts, the
+//! activation plan, the memory accounting, the blocks, the loss head, the model itself and its
 //! Hugging Face export.
 
 pub mod accounting;
+mod block;
 pub mod config;
-pub mod gpt2;
+pub mod head;
 pub mod hf;
 pub mod layout;
+pub mod lm;
 pub mod plan;
 
-pub use config::ModelConfig;
-pub use gpt2::Gpt2;
+pub use config::{Arch, ModelConfig};
 pub use layout::{BlockLayout, GlobalLayout, ParamEntry};
+pub use lm::Model;
 pub use plan::{activation_bytes, ActivationPlan};

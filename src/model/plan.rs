@@ -16,8 +16,12 @@
 //! more forward pass of the blocks per step. The loss head then also goes by
 //! row chunks (see `head_rows`), so the logits never exist for all rows at
 //! once.
+//!
+//! Both architectures use one plan; BERT adds the embeddings' LayerNorm and
+//! the LM head's transform, and reads the block regions as
+//! [`LayerActs`] says.
 
-use super::ModelConfig;
+use super::{Arch, ModelConfig};
 use crate::mem::{DType, View};
 
 /// Most bytes of logits the chunked loss head (with recomputation) keeps at
@@ -65,7 +69,11 @@ impl Region {
     }
 }
 
-/// Saved activations of one block.
+/// Saved activations of one block. `x_mid` and `x_out` are the residual
+/// stream after each sublayer in both architectures; `ln1` and `ln2` are the
+/// other side of each LayerNorm: its output in GPT-2 (pre-LN, the sublayer's
+/// input), its input in BERT (post-LN, the residual sum
+/// `stream + branch`, which the LayerNorm turns into the stream).
 #[derive(Clone, Copy, Debug)]
 pub struct LayerActs {
     pub ln1: Region,
@@ -85,7 +93,10 @@ pub struct LayerActs {
     pub x_out: Region,
 }
 
-/// Gradients of one block's activations (shared by all blocks).
+/// Gradients of one block's activations (shared by all blocks). In BERT
+/// the stream is cut by LayerNorms, so its gradient needs two buffers:
+/// `g_resid` for the block's input, `ln1` and `x_out`, and `ln2` here for
+/// `x_mid` and `ln2` (`ln1` is then unused).
 #[derive(Clone, Copy, Debug)]
 pub struct LayerGrads {
     pub ln1: Region,
@@ -116,7 +127,16 @@ pub struct ActivationPlan {
     pub x0: Region,
     /// Pre-dropout values (transient, forward only); planned with dropout.
     pub scratch: Option<Region>,
+    /// BERT: the sum of the embeddings, before their LayerNorm.
+    pub emb_sum: Option<Region>,
+    pub emb_mean: Option<Region>,
+    pub emb_rstd: Option<Region>,
     pub layers: Vec<LayerActs>,
+    /// BERT: the LM head's dense layer and its GELU, before `lnf`.
+    pub head_fc: Option<Region>,
+    pub head_gelu: Option<Region>,
+    /// The decoder's input: ln_f's output (GPT-2) or the LM head
+    /// transform's LayerNorm's (BERT).
     pub lnf: Region,
     pub lnf_mean: Region,
     pub lnf_rstd: Region,
@@ -133,13 +153,17 @@ pub struct ActivationPlan {
     pub g_resid: Region,
     /// Gradient of the embeddings before dropout; planned with dropout.
     pub g_emb: Option<Region>,
+    /// BERT: gradients of `emb_sum`, `head_fc` and `head_gelu`.
+    pub g_emb_sum: Option<Region>,
+    pub g_head_fc: Option<Region>,
+    pub g_head_gelu: Option<Region>,
     pub g_lnf: Region,
     pub g_layer: LayerGrads,
-    /// The global gradients (`g_resid`, `g_emb`, `g_lnf`), zeroed at the
-    /// start of every backward.
+    /// The global gradients (all of the above), zeroed at the start of
+    /// every backward.
     pub g_globals: Region,
-    /// `g_resid` and `g_emb` only: the chunked loss head (recomputation)
-    /// writes `g_lnf` during the forward pass, before the backward starts.
+    /// All but `g_lnf`: the chunked loss head (recomputation) writes
+    /// `g_lnf` during the forward pass, before the backward starts.
     pub g_stream: Region,
     pub grad_len: usize,
 }
@@ -150,12 +174,16 @@ impl ActivationPlan {
         let nc = n * c;
         let att = batch * cfg.n_head * seq * seq;
         let dropout = cfg.dropout > 0.0;
+        let bert = cfg.arch == Arch::Bert;
 
         let mut a = Bump::default();
         let tokens = a.take(n);
         let targets = a.take(n);
         let x0 = a.take(nc);
         let scratch = dropout.then(|| a.take(nc));
+        let emb_sum = bert.then(|| a.take(nc));
+        let emb_mean = bert.then(|| a.take(n));
+        let emb_rstd = bert.then(|| a.take(n));
         let block = |a: &mut Bump| LayerActs {
             ln1: a.take(nc),
             ln1_mean: a.take(n),
@@ -183,6 +211,8 @@ impl ActivationPlan {
         } else {
             (0..cfg.n_layer).map(|_| block(&mut a)).collect()
         };
+        let head_fc = bert.then(|| a.take(nc));
+        let head_gelu = bert.then(|| a.take(nc));
         let lnf = a.take(nc);
         let lnf_mean = a.take(n);
         let lnf_rstd = a.take(n);
@@ -200,6 +230,9 @@ impl ActivationPlan {
         let mut g = Bump::default();
         let g_resid = g.take(nc);
         let g_emb = dropout.then(|| g.take(nc));
+        let g_emb_sum = bert.then(|| g.take(nc));
+        let g_head_fc = bert.then(|| g.take(nc));
+        let g_head_gelu = bert.then(|| g.take(nc));
         let g_lnf = g.take(nc);
         let g_stream = Region {
             offset: 0,
@@ -235,7 +268,12 @@ impl ActivationPlan {
             targets,
             x0,
             scratch,
+            emb_sum,
+            emb_mean,
+            emb_rstd,
             layers,
+            head_fc,
+            head_gelu,
             lnf,
             lnf_mean,
             lnf_rstd,
@@ -245,6 +283,9 @@ impl ActivationPlan {
             act_len: a.next,
             g_resid,
             g_emb,
+            g_emb_sum,
+            g_head_fc,
+            g_head_gelu,
             g_lnf,
             g_layer,
             g_globals,
@@ -272,6 +313,7 @@ mod tests {
 
     fn cfg(n_layer: usize) -> ModelConfig {
         ModelConfig {
+            arch: Arch::Gpt2,
             n_layer,
             n_embd: 24,
             n_head: 3,

@@ -236,6 +236,15 @@ pub fn probability(op: &str, what: &str, p: f32) -> Result<()> {
     Ok(())
 }
 
+/// A finite scalar that is not negative (an epsilon).
+pub fn nonnegative(op: &str, what: &str, x: f32) -> Result<()> {
+    ensure!(
+        x >= 0.0 && x.is_finite(),
+        "{op}: {what} {x} must be a finite number >= 0"
+    );
+    Ok(())
+}
+
 /// A counter that starts at 1 (the AdamW step).
 pub fn one_based(op: &str, what: &str, value: u32) -> Result<()> {
     ensure!(value >= 1, "{op}: {what} is 1-based, got 0");

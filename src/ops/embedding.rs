@@ -1,19 +1,22 @@
-//! Token + position embeddings.
+//! Token + position (+ token-type) embeddings.
 
 use super::check::{self, input, output, F32_BF16};
 use super::Contract;
 use crate::mem::{DType, View};
 use anyhow::Result;
 
-/// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`; the vocabulary is
-/// `wte.len / channels`. Token ids must be below it: the data layer
-/// validates them; the CPU also checks, a kernel writes a NaN row instead.
+/// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] (+ token_type[:])`; the
+/// vocabulary is `wte.len / channels`. Token ids must be below it: the data
+/// layer validates them; the CPU also checks, a kernel writes a NaN row
+/// instead. `token_type` is BERT's token-type embedding of type 0, one row
+/// of `channels` added to every position (dyntie has no segment ids).
 #[derive(Clone, Copy, Debug)]
 pub struct EmbeddingFwd {
     pub out: View,
     pub tokens: View,
     pub wte: View,
     pub wpe: View,
+    pub token_type: Option<View>,
     pub batch: usize,
     pub seq: usize,
     pub channels: usize,
@@ -34,6 +37,7 @@ impl Contract for EmbeddingFwd {
                 input("tokens", self.tokens, n).of(DType::U32),
                 input("wte", self.wte, vocab * c),
                 input("wpe", self.wpe, self.seq * c),
+                input("token_type", self.token_type, c),
             ],
         )
     }
@@ -43,11 +47,13 @@ impl Contract for EmbeddingFwd {
 }
 
 /// Scatter-adds `dout` into the rows of `dwte` (by token) and `dwpe` (by
-/// position); the gradients are fp32 in every precision.
+/// position); `dtoken_type`, when given, `+=` the sum of all rows of
+/// `dout`. The gradients are fp32 in every precision.
 #[derive(Clone, Copy, Debug)]
 pub struct EmbeddingBwd {
     pub dwte: View,
     pub dwpe: View,
+    pub dtoken_type: Option<View>,
     pub dout: View,
     pub tokens: View,
     pub batch: usize,
@@ -68,6 +74,7 @@ impl Contract for EmbeddingBwd {
             &[
                 output("dwte", self.dwte, vocab * c).of(DType::F32),
                 output("dwpe", self.dwpe, self.seq * c).of(DType::F32),
+                output("dtoken_type", self.dtoken_type, c).of(DType::F32),
                 input("dout", self.dout, n * c),
                 input("tokens", self.tokens, n).of(DType::U32),
             ],

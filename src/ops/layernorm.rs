@@ -5,12 +5,13 @@ use super::Contract;
 use crate::mem::{DType, View};
 use anyhow::Result;
 
-/// LayerNorm epsilon, as in GPT-2 (the kernels receive it as an argument).
+/// GPT-2's LayerNorm epsilon (BERT's is 1e-12; the model passes its own).
 pub const LAYERNORM_EPS: f32 = 1e-5;
 
 /// Normalizes each of `rows` rows of width `channels` (two passes: mean,
-/// then the mean of squared deviations) and applies `weight` and `bias`;
-/// saves `mean` and `rstd` (one per row) for the backward. In bf16 the rows,
+/// then the mean of squared deviations; `rstd = 1 / sqrt(var + eps)`) and
+/// applies `weight` and `bias`; saves `mean` and `rstd` (one per row) for
+/// the backward, which needs no epsilon of its own. In bf16 the rows,
 /// weights and output are bf16; the statistics are fp32 and everything is
 /// computed in fp32.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +24,7 @@ pub struct LayernormFwd {
     pub bias: View,
     pub rows: usize,
     pub channels: usize,
+    pub eps: f32,
 }
 
 impl Contract for LayernormFwd {
@@ -30,6 +32,7 @@ impl Contract for LayernormFwd {
     const FLOATS: &'static [DType] = F32_BF16;
     fn check(&self) -> Result<()> {
         let (n, c) = rows_of(Self::NAME, self.rows, self.channels)?;
+        check::nonnegative(Self::NAME, "epsilon", self.eps)?;
         check::operands(
             Self::NAME,
             Self::FLOATS,

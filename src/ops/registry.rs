@@ -314,46 +314,56 @@ mod cases {
 
     pub fn embedding_fwd(b: &mut CaseBuilder, d: Dims) {
         let (n, c) = (d.batch * d.seq, d.channels);
-        let out = b.random(n * c, 1.0);
         let tok = b.tokens(n, d.vocab);
         let (wte, wpe) = (b.random(d.vocab * c, 1.0), b.random(d.seq * c, 1.0));
-        b.run(move |t| {
-            embedding::EmbeddingFwd {
-                out: t[out],
-                tokens: t[tok],
-                wte: t[wte],
-                wpe: t[wpe],
-                batch: d.batch,
-                seq: d.seq,
-                channels: c,
-            }
-            .into()
-        });
-        let tol = b.tol_out(tol_for(2));
-        b.compare(&[out], tol);
+        let token_type = b.random(c, 1.0);
+        // GPT-2's (no token type), then BERT's.
+        let (out, out2) = (b.random(n * c, 1.0), b.random(n * c, 1.0));
+        for (out, token_type) in [(out, None), (out2, Some(token_type))] {
+            b.run(move |t| {
+                embedding::EmbeddingFwd {
+                    out: t[out],
+                    tokens: t[tok],
+                    wte: t[wte],
+                    wpe: t[wpe],
+                    token_type: token_type.map(|v| t[v]),
+                    batch: d.batch,
+                    seq: d.seq,
+                    channels: c,
+                }
+                .into()
+            });
+        }
+        let tol = b.tol_out(tol_for(3));
+        b.compare(&[out, out2], tol);
     }
 
     pub fn embedding_bwd(b: &mut CaseBuilder, d: Dims) {
         let (n, c) = (d.batch * d.seq, d.channels);
         // The gradients are fp32 in every precision; `dout` is the case's dtype.
         let (dwte, dwpe) = (b.random_f32(d.vocab * c, 1.0), b.random_f32(d.seq * c, 1.0));
+        let dtoken_type = b.random_f32(c, 1.0);
         let dout = b.random(n * c, 1.0);
         // Few distinct ids, so rows collide and the scatter must add.
         let tok = b.tokens(n, d.vocab.min(5));
-        b.run(move |t| {
-            embedding::EmbeddingBwd {
-                dwte: t[dwte],
-                dwpe: t[dwpe],
-                dout: t[dout],
-                tokens: t[tok],
-                batch: d.batch,
-                seq: d.seq,
-                channels: c,
-            }
-            .into()
-        });
+        // Twice, the second time with BERT's token-type row.
+        for dtoken_type in [None, Some(dtoken_type)] {
+            b.run(move |t| {
+                embedding::EmbeddingBwd {
+                    dwte: t[dwte],
+                    dwpe: t[dwpe],
+                    dtoken_type: dtoken_type.map(|v| t[v]),
+                    dout: t[dout],
+                    tokens: t[tok],
+                    batch: d.batch,
+                    seq: d.seq,
+                    channels: c,
+                }
+                .into()
+            });
+        }
         // fp32 sums of the same bf16 values: no rounding to bf16 anywhere.
-        b.compare(&[dwte, dwpe], tol_for(n));
+        b.compare(&[dwte, dwpe, dtoken_type], tol_for(n));
     }
 
     /// The tensors of a LayerNorm forward: rows offset from zero, weights
@@ -402,6 +412,9 @@ mod cases {
                 bias: t[self.bias],
                 rows: self.rows,
                 channels: self.channels,
+                // Large enough to change every output: a kernel that does
+                // not use the epsilon it is given fails.
+                eps: 0.25,
             }
             .into()
         }

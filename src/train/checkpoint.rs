@@ -11,7 +11,7 @@ use super::run_dir;
 use super::Trainer;
 use crate::checkpoint::{self as files, NamedTensor, TensorMap};
 use crate::config::RunConfig;
-use crate::model::{Gpt2, ParamEntry};
+use crate::model::{Model, ParamEntry};
 use crate::ops::{Backend, BackendExt};
 use crate::optim::AdamWState;
 use crate::rng::HostRng;
@@ -347,7 +347,7 @@ pub fn load_model(
     backend: Arc<dyn Backend>,
     allow_non_finite: bool,
     notes: &mut Vec<String>,
-) -> Result<Gpt2> {
+) -> Result<Model> {
     let mc = cfg.model.clone();
     ensure!(
         mc.vocab_size > 0,
@@ -357,7 +357,7 @@ pub fn load_model(
     let ckpt = newest_good(dir, mc.n_layer, allow_non_finite)?;
     notes.extend(skipped_notes(&ckpt));
     // Evaluation, sampling and export keep full logits (no recomputation).
-    let model = Gpt2::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
+    let model = Model::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
     load_tensors(&model, &ckpt)?;
     Ok(model)
 }
@@ -379,7 +379,7 @@ pub(super) fn skipped_notes(ckpt: &Loaded) -> Vec<String> {
 
 /// Parameters (model.safetensors) and AdamW moments (optimizer.safetensors):
 /// the globals by name, and each live slot as `slot.{k}.{name}`.
-fn collect_tensors(model: &Gpt2) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)> {
+fn collect_tensors(model: &Model) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)> {
     let be = model.backend().as_ref();
     let (mut params, mut moments) = (Vec::new(), Vec::new());
     let mut add = |prefix: String, entries: &[ParamEntry], slot: &Slot| -> Result<()> {
@@ -417,7 +417,7 @@ fn collect_tensors(model: &Gpt2) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)>
 
 /// Loads what [`collect_tensors`] saved into a model built with the same
 /// config and table.
-fn load_tensors(model: &Gpt2, ckpt: &Loaded) -> Result<()> {
+fn load_tensors(model: &Model, ckpt: &Loaded) -> Result<()> {
     let be = model.backend().as_ref();
     let p_path = ckpt.path.join("model.safetensors");
     let o_path = ckpt.path.join("optimizer.safetensors");

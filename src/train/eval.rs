@@ -3,14 +3,14 @@
 
 use super::Trainer;
 use crate::data::{EvalWindows, Split, TokenSource, IGNORE_INDEX};
-use crate::model::Gpt2;
+use crate::model::Model;
 use anyhow::{ensure, Result};
 
 /// Mean loss over the windows of `source` (all of them when `max_windows`
 /// is 0), in batches of `rows`; short batches are padded with ignored rows so
 /// the model keeps one activation plan.
 pub fn evaluate_split(
-    model: &mut Gpt2,
+    model: &mut Model,
     source: TokenSource,
     rows: usize,
     max_windows: usize,

@@ -14,7 +14,7 @@ use crate::config::{RunConfig, Schedule};
 use crate::data::{Batch, Dataset, EvalWindows, Split, TrainBatcher};
 use crate::metrics::{self, JsonlWriter};
 use crate::model::accounting::MemoryReport;
-use crate::model::{activation_bytes, Gpt2};
+use crate::model::{activation_bytes, Model};
 use crate::ops::Backend;
 use crate::optim::{AdamW, LrSchedule};
 use crate::rng::HostRng;
@@ -41,7 +41,7 @@ pub struct Summary {
 pub struct Trainer {
     pub(super) cfg: RunConfig,
     pub(super) dir: PathBuf,
-    pub(super) model: Gpt2,
+    pub(super) model: Model,
     pub(super) opt: AdamW,
     pub(super) schedule: LrSchedule,
     pub(super) data: Dataset,
@@ -93,7 +93,7 @@ impl Trainer {
             cfg.data.tokenizer = data.tokenizer_kind();
         }
         let table = initial_table(&cfg, &cfg.tying.policy, mc.n_layer)?;
-        let model = Gpt2::with_table(backend, mc, cfg.train.seed, table)?;
+        let model = Model::with_table(backend, mc, cfg.train.seed, table)?;
         let trainer = Self::assemble(cfg, dir, model, data, || run_dir::take(dir, force))?;
         run_dir::write_config(dir, &trainer.cfg)?;
         Ok(trainer)
@@ -148,7 +148,7 @@ impl Trainer {
         );
         let data = open_run_dataset(&cfg, None)?;
         let mc = cfg.model.for_dataset(data.vocab_size, &data.name)?;
-        let model = Gpt2::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
+        let model = Model::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
         let logs = ckpt.state.logs;
         let skipped: Vec<PathBuf> = ckpt.skipped.iter().map(|(p, _)| p.clone()).collect();
         // Lines logged after the checkpoint belong to a future that is
@@ -221,7 +221,7 @@ impl Trainer {
     fn assemble(
         cfg: RunConfig,
         dir: &Path,
-        mut model: Gpt2,
+        mut model: Model,
         data: Dataset,
         claim: impl FnOnce() -> Result<RunLock>,
     ) -> Result<Trainer> {
@@ -272,7 +272,7 @@ impl Trainer {
         })
     }
 
-    pub fn model(&self) -> &Gpt2 {
+    pub fn model(&self) -> &Model {
         &self.model
     }
     pub fn step(&self) -> u64 {

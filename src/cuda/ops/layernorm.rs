@@ -4,7 +4,7 @@ use super::KernelOp;
 use crate::cuda::launch::{to_u32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
 use crate::cuda::params::{LAYERNORM_BWD_MAX_GRID, ROW_BLOCK};
-use crate::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
+use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
 use anyhow::Result;
 
 const FWD: KernelId = kernel_id!(layernorm, fwd);
@@ -25,7 +25,7 @@ impl KernelOp for LayernormFwd {
             .ptr(self.bias)
             .u32(rows)
             .u32(to_u32("channels", self.channels)?)
-            .f32(LAYERNORM_EPS);
+            .f32(self.eps);
         let dims = LaunchDims::linear(rows.div_ceil(ROW_BLOCK / 32), ROW_BLOCK);
         l.launch(&FWD, self.out.dtype, dims, args)
     }

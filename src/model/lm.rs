@@ -1,8 +1,10 @@
-//! GPT-2 (pre-LayerNorm, GELU, learned positions, output head tied to wte)
-//! whose blocks read their weights from a [`SlotStore`].
+//! The language model over slots: embeddings, the blocks (each reading its
+//! weights from the slot the tie table gives its layer, see [`SlotStore`]),
+//! and the loss head; its parameters by name, its initialization, and the
+//! forward and backward passes over one activation arena.
 //!
-//! Forward, per block: `x = x + drop(proj(attn(ln1(x))))`, then
-//! `x = x + drop(mlp.proj(gelu(mlp.fc(ln2(x)))))`; before the blocks
+//! GPT-2: pre-LayerNorm blocks (`block.rs`), GELU, learned positions, the
+//! output head tied to wte (`head.rs`). Before the blocks
 //! `x = drop(wte[tok] + wpe[t])`, after them `logits = ln_f(x) @ wte^T`.
 //! Dropout sits on the embeddings and on both residual branches, as in
 //! nanoGPT, but not on the attention probabilities: the backend's fused
@@ -18,14 +20,14 @@
 //! `branch` all share that buffer, and the ops that read the stream (the
 //! LayerNorms) accumulate into it after the branch has consumed it.
 
+use super::block::{BlockParams, BlockRun, DropoutSite, Linear, Norm};
+use super::head::Head;
 use super::plan::{ActivationPlan, Region};
-use super::{BlockLayout, GlobalLayout, ModelConfig};
+use super::{Arch, BlockLayout, GlobalLayout, ModelConfig};
 use crate::autograd::{self, Param, Tape, Var};
 use crate::mem::{Buffer, DType, View};
 use crate::ops::attention::AttnShape;
-use crate::ops::elementwise::{Add, Fill};
-use crate::ops::loss::SoftmaxXent;
-use crate::ops::matmul::{MatmulBwd, MatmulFwd};
+use crate::ops::elementwise::Fill;
 use crate::ops::{Backend, BackendExt};
 use crate::rng::HostRng;
 use crate::tying::slots::{Slot, SlotStore};
@@ -33,8 +35,7 @@ use crate::tying::table::{TieEffect, TieOptions, TieTable};
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::Arc;
 
-/// Targets equal to this are left out of the loss.
-pub const IGNORE_INDEX: u32 = u32::MAX;
+pub use super::head::IGNORE_INDEX;
 
 /// Label of the initialization stream derived from the model seed.
 const INIT_STREAM: u64 = 0x494e_4954; // "INIT"
@@ -46,7 +47,7 @@ struct Arena {
     grads: Buffer,
 }
 
-pub struct Gpt2 {
+pub struct Model {
     backend: Arc<dyn Backend>,
     cfg: ModelConfig,
     block: BlockLayout,
@@ -69,16 +70,16 @@ enum Mode {
     Eval,
 }
 
-impl Gpt2 {
+impl Model {
     /// A model with every block on its own slot, initialized from `seed`
-    /// (see [`Gpt2::init`]).
+    /// (see [`Model::init`]).
     pub fn new(backend: Arc<dyn Backend>, cfg: ModelConfig, seed: u64) -> Result<Self> {
         let table = TieTable::new(cfg.n_layer.max(1), TieOptions::default())?;
         Self::with_table(backend, cfg, seed, table)
     }
 
     /// A model whose blocks sit on the slots of `table` (only the live slots
-    /// are allocated), initialized from `seed` (see [`Gpt2::init`]).
+    /// are allocated), initialized from `seed` (see [`Model::init`]).
     pub fn with_table(
         backend: Arc<dyn Backend>,
         cfg: ModelConfig,
@@ -101,7 +102,7 @@ impl Gpt2 {
         } else {
             Some(backend.alloc(DType::F32, cfg.n_embd)?)
         };
-        let model = Gpt2 {
+        let model = Model {
             backend,
             cfg,
             block,
@@ -171,23 +172,27 @@ impl Gpt2 {
     }
 
     /// Initializes every parameter on the host from one stream derived from
-    /// `seed`, in this order: the global buffer (wte, wpe, ln_f), then the
-    /// slot of layer 0, 1, ..., each in layout order (a layer that does not
-    /// own its slot draws its values too, and drops them, so a tie pattern
-    /// never changes what the other slots get). Linear weights, wte and
-    /// wpe are N(0, 0.02); the residual output projections (attn.proj.weight,
-    /// mlp.proj.weight) N(0, 0.02 / sqrt(2 n_layer)) as in GPT-2; biases 0;
-    /// LayerNorm weights 1. Only the normal draws consume the stream.
+    /// `seed`, in this order: the global buffer, then the slot of layer 0,
+    /// 1, ..., each in layout order (a layer that does not own its slot
+    /// draws its values too, and drops them, so a tie pattern never changes
+    /// what the other slots get). Matrices and embeddings are N(0, 0.02)
+    /// (the initializer range of both GPT-2 and BERT); in GPT-2 the residual
+    /// output projections (attn.proj.weight, mlp.proj.weight) are
+    /// N(0, 0.02 / sqrt(2 n_layer)); biases 0; LayerNorm weights (the only
+    /// one-dimensional weights) 1. Only the normal draws consume the stream.
     pub fn init(&self, seed: u64) -> Result<()> {
         let mut rng = HostRng::derive(seed, INIT_STREAM);
-        let proj_std = 0.02 / (2.0 * self.cfg.n_layer as f64).sqrt();
+        let proj_std = match self.cfg.arch {
+            Arch::Gpt2 => 0.02 / (2.0 * self.cfg.n_layer as f64).sqrt(),
+            Arch::Bert => 0.02,
+        };
         let mut fill = |entries: &[super::ParamEntry], len: usize| {
             let mut host = vec![0f32; len];
             for e in entries {
                 let dst = &mut host[e.offset..e.offset + e.len];
                 let std = match e.name {
                     "attn.proj.weight" | "mlp.proj.weight" => proj_std,
-                    n if n.starts_with("ln") && n.ends_with("weight") => {
+                    n if n.ends_with("weight") && e.shape.len() == 1 => {
                         dst.fill(1.0);
                         continue;
                     }
@@ -226,7 +231,7 @@ impl Gpt2 {
 
     /// One forward and backward pass on `batch` rows of `seq` tokens.
     /// Accumulates `grad_scale` times the gradient of the mean loss into the
-    /// parameter gradients (zero them with [`Gpt2::zero_grads`] before the
+    /// parameter gradients (zero them with [`Model::zero_grads`] before the
     /// first micro-batch) and returns the mean loss over the targets that are
     /// not [`IGNORE_INDEX`].
     pub fn forward_backward(
@@ -290,16 +295,9 @@ impl Gpt2 {
                 // last row's logits alone, into the chunk buffer.
                 let c = self.cfg.n_embd;
                 let x = arena.plan.lnf.f32(arena.acts.view()).slice(last * c, c);
-                let wte = self.global.view(self.globals.params.view(), "wte");
-                self.backend.run(MatmulFwd {
-                    out: logits.slice(0, v),
-                    inp: x,
-                    weight: wte,
-                    bias: None,
-                    rows: 1,
-                    in_ch: c,
-                    out_ch: v,
-                })?;
+                let row = Var { val: x, grad: x };
+                self.head(row, 1)
+                    .decode(self.backend.as_ref(), logits.slice(0, v))?;
                 out.extend(self.backend.download::<f32>(logits.slice(0, v))?);
             } else {
                 out.extend(self.backend.download::<f32>(logits.slice(last * v, v))?);
@@ -348,7 +346,7 @@ impl Gpt2 {
                 e.view(self.globals.grads.view()),
             ));
         }
-        let unknown = || format!("unknown parameter name {name:?} (see Gpt2::param_names)");
+        let unknown = || format!("unknown parameter name {name:?} (see Model::param_names)");
         let rest = name.strip_prefix("h.").with_context(unknown)?;
         let (layer, field) = rest.split_once('.').with_context(unknown)?;
         let layer: usize = layer.parse().ok().with_context(unknown)?;
@@ -504,70 +502,78 @@ impl Gpt2 {
 
         let tok = plan.tokens.u32(acts);
         be.upload(tok, tokens)?;
-        let gp = |name: &str| Param {
-            val: self.global.view(self.globals.params.view(), name),
-            grad: Some(self.global.view(self.globals.grads.view(), name)),
-        };
-        let (wte, wpe) = (gp("wte"), gp("wpe"));
+        let wte = self.global_param("wte");
+        let wpe = self.global_param("wpe");
 
-        // Embeddings, then dropout site 0.
+        // Embeddings (BERT: with the token-type row, then their
+        // LayerNorm), then dropout site 0.
         let x0 = resid(plan.x0);
-        match (dropout, plan.scratch, plan.g_emb) {
-            (Some((p, seed)), Some(scratch), Some(g_emb)) => {
+        let (emb, emb_dropout) = match (dropout, plan.scratch, plan.g_emb) {
+            (Some(d), Some(scratch), Some(g_emb)) => {
                 let emb = Var {
                     val: act(scratch),
                     grad: grad(g_emb),
                 };
-                autograd::embedding(be, tape, emb, tok, wte, wpe, b, t, c)?;
-                autograd::dropout(be, tape, x0, emb, p, seed, site_offset(0))?;
+                (emb, Some(d))
             }
-            _ => autograd::embedding(be, tape, x0, tok, wte, wpe, b, t, c)?,
+            _ => (x0, None),
+        };
+        match self.cfg.arch {
+            Arch::Gpt2 => autograd::embedding(be, tape, emb, tok, wte, wpe, None, b, t, c)?,
+            Arch::Bert => {
+                let planned = "BERT's plan has the embeddings' LayerNorm";
+                let sum = Var {
+                    val: act(plan.emb_sum.expect(planned)),
+                    grad: grad(plan.g_emb_sum.expect(planned)),
+                };
+                // The first of the two token-type rows: type 0 everywhere.
+                let wtt = self.global_param("wtt");
+                let type0 = Param {
+                    val: wtt.val.slice(0, c),
+                    grad: wtt.grad.map(|g| g.slice(0, c)),
+                };
+                autograd::embedding(be, tape, sum, tok, wte, wpe, Some(type0), b, t, c)?;
+                let stats = (
+                    act(plan.emb_mean.expect(planned)),
+                    act(plan.emb_rstd.expect(planned)),
+                );
+                self.global_norm("ln_emb")
+                    .apply(be, tape, emb, stats, sum, n, c)?;
+            }
+        }
+        if let Some((p, seed)) = emb_dropout {
+            autograd::dropout(be, tape, x0, emb, p, seed, site_offset(0))?;
         }
 
         let gl = plan.g_layer;
+        let post_norm = self.cfg.arch.post_norm();
         let mut x = x0;
         for (layer, la) in plan.layers.iter().enumerate() {
-            let slot = self.slots.slot_of(layer);
-            let want_grad = self.slots.grad_enabled(layer);
-            let (pv, gv) = (slot.params.view(), slot.grads.view());
-            let p = |name: &str| Param {
-                val: self.block.view(pv, name),
-                grad: want_grad.then(|| self.block.view(gv, name)),
-            };
-            let pb = |name: &str| {
-                self.block.bias_view(pv, name).map(|val| Param {
-                    val,
-                    grad: want_grad.then(|| self.block.view(gv, name)),
-                })
-            };
             let var = |a: Region, g: Region| Var {
                 val: act(a),
                 grad: grad(g),
             };
             // Pre-dropout outputs of the two branches, with dropout.
             let pre = |g: Option<Region>| plan.scratch.zip(g).map(|(a, g)| var(a, g));
+            // Post-LN: `ln1` is the residual sum on the block's input
+            // stream, and the stream between the sublayers has its own
+            // gradient buffer (see `LayerGrads`).
+            let (ln1, x_mid) = if post_norm {
+                (resid(la.ln1), var(la.x_mid, gl.ln2))
+            } else {
+                (var(la.ln1, gl.ln1), resid(la.x_mid))
+            };
             let block = BlockRun {
-                ln1_weight: p("ln1.weight"),
-                ln1_bias: self.ln_bias(pb("ln1.bias")),
-                qkv_weight: p("attn.qkv.weight"),
-                qkv_bias: pb("attn.qkv.bias"),
-                attn_proj_weight: p("attn.proj.weight"),
-                attn_proj_bias: pb("attn.proj.bias"),
-                ln2_weight: p("ln2.weight"),
-                ln2_bias: self.ln_bias(pb("ln2.bias")),
-                fc_weight: p("mlp.fc.weight"),
-                fc_bias: pb("mlp.fc.bias"),
-                mlp_proj_weight: p("mlp.proj.weight"),
-                mlp_proj_bias: pb("mlp.proj.bias"),
+                params: self.block_params(layer),
                 x,
-                ln1: var(la.ln1, gl.ln1),
+                ln1,
                 ln1_stats: (act(la.ln1_mean), act(la.ln1_rstd)),
                 qkv: var(la.qkv, gl.qkv),
                 att: act(la.att),
                 att_scratch: grad(gl.att_scratch),
                 atty: var(la.atty, gl.atty),
                 attn_pre: pre(gl.attn_branch),
-                x_mid: resid(la.x_mid),
+                x_mid,
                 ln2: var(la.ln2, gl.ln2),
                 ln2_stats: (act(la.ln2_mean), act(la.ln2_rstd)),
                 fc: var(la.fc, gl.fc),
@@ -584,6 +590,8 @@ impl Gpt2 {
                     (site(1 + 2 * layer), site(2 + 2 * layer))
                 }),
                 shape,
+                post_norm,
+                activation: self.cfg.arch.gelu(),
             };
             if plan.recompute && tape.is_recording() {
                 // Forward now without saving for backward; the backward of
@@ -602,128 +610,129 @@ impl Gpt2 {
             x = block.x_out;
         }
 
+        // What the decoder reads: GPT-2's final LayerNorm, or BERT's LM
+        // head transform `LN(gelu(dense(x)))`.
         let lnf = Var {
             val: act(plan.lnf),
             grad: grad(plan.g_lnf),
         };
-        let lnf_bias = self.ln_bias(self.global.get("ln_f.bias").map(|_| gp("ln_f.bias")));
-        let (mf, rf) = (act(plan.lnf_mean), act(plan.lnf_rstd));
-        autograd::layernorm(be, tape, lnf, mf, rf, x, gp("ln_f.weight"), lnf_bias, n, c)?;
-        let vocab = self.cfg.vocab_size;
+        let lnf_stats = (act(plan.lnf_mean), act(plan.lnf_rstd));
+        match self.cfg.arch {
+            Arch::Gpt2 => self
+                .global_norm("ln_f")
+                .apply(be, tape, lnf, lnf_stats, x, n, c)?,
+            Arch::Bert => {
+                let planned = "BERT's plan has the head transform";
+                let fc = Var {
+                    val: act(plan.head_fc.expect(planned)),
+                    grad: grad(plan.g_head_fc.expect(planned)),
+                };
+                let gelu = Var {
+                    val: act(plan.head_gelu.expect(planned)),
+                    grad: grad(plan.g_head_gelu.expect(planned)),
+                };
+                let dense = Linear {
+                    weight: self.global_param("head.fc.weight"),
+                    bias: Some(self.global_param("head.fc.bias")),
+                };
+                dense.apply(be, tape, fc, x, n, c, c)?;
+                autograd::gelu(be, tape, self.cfg.arch.gelu(), gelu, fc)?;
+                self.global_norm("head.ln")
+                    .apply(be, tape, lnf, lnf_stats, gelu, n, c)?;
+            }
+        }
+
+        let head = self.head(lnf, n);
+        let grad_scale = match mode {
+            Mode::Train { grad_scale, .. } => Some(grad_scale),
+            Mode::Eval => None,
+        };
+        let tgt = plan.targets.u32(acts);
+        if let Some(targets) = targets {
+            be.upload(tgt, targets)?;
+        }
+        let (logits, losses) = (act(plan.logits), act(plan.losses));
         if plan.recompute {
-            if let Some(targets) = targets {
-                let tgt = plan.targets.u32(acts);
-                be.upload(tgt, targets)?;
-                self.chunked_head_and_loss(plan, acts, grads, lnf, wte, tgt, mode)?;
+            if targets.is_some() {
+                head.chunked(be, logits, plan.head_rows, losses, tgt, grad_scale)?;
             }
             // Recorded last, so it runs first; g_lnf already holds the head's
             // gradient.
             autograd::zero_grad(tape, grad(plan.g_stream));
-            return Ok(());
+        } else {
+            head.full(be, tape, logits, losses, targets.map(|_| tgt), grad_scale)?;
+            // Recorded last, so it runs first: the global gradients start at zero.
+            autograd::zero_grad(tape, grad(plan.g_globals));
         }
-        // The loss writes the logits' gradient over the logits.
-        let logits = Var {
-            val: act(plan.logits),
-            grad: act(plan.logits),
-        };
-        autograd::linear(be, tape, logits, lnf, wte, None, n, c, vocab)?;
-
-        if let Some(targets) = targets {
-            let tgt = plan.targets.u32(acts);
-            be.upload(tgt, targets)?;
-            let (dlogits, scale) = match mode {
-                Mode::Train { grad_scale, .. } => (Some(logits.val), grad_scale),
-                Mode::Eval => (None, 1.0),
-            };
-            let losses = act(plan.losses);
-            be.run(SoftmaxXent {
-                losses,
-                dlogits,
-                logits: logits.val,
-                targets: tgt,
-                rows: n,
-                vocab,
-                padded_vocab: vocab,
-                ignore_index: IGNORE_INDEX,
-                grad_scale: scale,
-            })?;
-        }
-        // Recorded last, so it runs first: the global gradients start at zero.
-        autograd::zero_grad(tape, grad(plan.g_globals));
         Ok(())
     }
 
-    /// The loss head by chunks of `plan.head_rows` rows, so that the logits
-    /// of all rows never exist at once: per chunk the logits, the per-row
-    /// losses and, in training, at once their gradient and its backward
-    /// through the head (`g_lnf` rows, and `wte`'s gradient `+=`). The loss
-    /// is the last op, so its gradient is known in the forward pass.
-    #[allow(clippy::too_many_arguments)]
-    fn chunked_head_and_loss(
-        &self,
-        plan: &ActivationPlan,
-        acts: View,
-        grads: View,
-        lnf: Var,
-        wte: Param,
-        tgt: View,
-        mode: Mode,
-    ) -> Result<()> {
-        let be = self.backend.as_ref();
-        let (n, c, vocab) = (plan.batch * plan.seq, self.cfg.n_embd, self.cfg.vocab_size);
-        let train_scale = match mode {
-            Mode::Train { grad_scale, .. } => Some(grad_scale),
-            Mode::Eval => None,
+    /// The decoder over `rows` rows of `x`.
+    fn head(&self, x: Var, rows: usize) -> Head {
+        Head {
+            x,
+            wte: self.global_param("wte"),
+            bias: self
+                .global
+                .get("head.decoder.bias")
+                .map(|_| self.global_param("head.decoder.bias")),
+            rows,
+            channels: self.cfg.n_embd,
+            vocab: self.cfg.vocab_size,
+        }
+    }
+
+    /// The global LayerNorm `{name}.weight`, `{name}.bias`.
+    fn global_norm(&self, name: &str) -> Norm {
+        let bias = format!("{name}.bias");
+        Norm {
+            weight: self.global_param(&format!("{name}.weight")),
+            bias: self.ln_bias(self.global.get(&bias).map(|_| self.global_param(&bias))),
+            eps: self.cfg.arch.layernorm_eps(),
+        }
+    }
+
+    /// A global parameter with its gradient.
+    fn global_param(&self, name: &str) -> Param {
+        Param {
+            val: self.global.view(self.globals.params.view(), name),
+            grad: Some(self.global.view(self.globals.grads.view(), name)),
+        }
+    }
+
+    /// Layer `layer`'s parameters, from the slot the tie table gives it;
+    /// without gradients where its slot does not train through it.
+    fn block_params(&self, layer: usize) -> BlockParams {
+        let slot = self.slots.slot_of(layer);
+        let want_grad = self.slots.grad_enabled(layer);
+        let (pv, gv) = (slot.params.view(), slot.grads.view());
+        let p = |name: &str| Param {
+            val: self.block.view(pv, name),
+            grad: want_grad.then(|| self.block.view(gv, name)),
         };
-        let g_lnf = plan.g_lnf.f32(grads);
-        if train_scale.is_some() {
-            be.run(Fill {
-                dst: g_lnf,
-                value: 0.0,
-            })?;
+        let pb = |name: &str| {
+            self.block.bias_view(pv, name).map(|val| Param {
+                val,
+                grad: want_grad.then(|| self.block.view(gv, name)),
+            })
+        };
+        let linear = |name: &str| Linear {
+            weight: p(&format!("{name}.weight")),
+            bias: pb(&format!("{name}.bias")),
+        };
+        let norm = |name: &str| Norm {
+            weight: p(&format!("{name}.weight")),
+            bias: self.ln_bias(pb(&format!("{name}.bias"))),
+            eps: self.cfg.arch.layernorm_eps(),
+        };
+        BlockParams {
+            ln1: norm("ln1"),
+            qkv: linear("attn.qkv"),
+            attn_proj: linear("attn.proj"),
+            ln2: norm("ln2"),
+            fc: linear("mlp.fc"),
+            mlp_proj: linear("mlp.proj"),
         }
-        let losses = plan.losses.f32(acts);
-        let mut r0 = 0;
-        while r0 < n {
-            let rows = plan.head_rows.min(n - r0);
-            let logits = plan.logits.f32(acts).slice(0, rows * vocab);
-            let x = lnf.val.slice(r0 * c, rows * c);
-            be.run(MatmulFwd {
-                out: logits,
-                inp: x,
-                weight: wte.val,
-                bias: None,
-                rows,
-                in_ch: c,
-                out_ch: vocab,
-            })?;
-            be.run(SoftmaxXent {
-                losses: losses.slice(r0, rows),
-                dlogits: train_scale.map(|_| logits),
-                logits,
-                targets: tgt.slice(r0, rows),
-                rows,
-                vocab,
-                padded_vocab: vocab,
-                ignore_index: IGNORE_INDEX,
-                grad_scale: train_scale.unwrap_or(1.0),
-            })?;
-            if train_scale.is_some() {
-                be.run(MatmulBwd {
-                    dinp: Some(g_lnf.slice(r0 * c, rows * c)),
-                    dweight: wte.grad,
-                    dbias: None,
-                    dout: logits,
-                    inp: x,
-                    weight: wte.val,
-                    rows,
-                    in_ch: c,
-                    out_ch: vocab,
-                })?;
-            }
-            r0 += rows;
-        }
-        Ok(())
     }
 
     /// A LayerNorm bias parameter, or the zero stand-in without biases.
@@ -739,193 +748,6 @@ impl Gpt2 {
     }
 }
 
-/// Dropout probability, seed and Philox counter offset of one site.
-#[derive(Clone, Copy)]
-struct DropoutSite {
-    p: f32,
-    seed: u64,
-    offset: u64,
-}
-
-/// One block's forward as plain views: its parameters, where each
-/// activation and its gradient live, and its dropout sites. Everything is
-/// `Copy`, so a backward closure can keep it and run the block again
-/// (recomputation).
-#[derive(Clone, Copy)]
-struct BlockRun {
-    ln1_weight: Param,
-    ln1_bias: Param,
-    qkv_weight: Param,
-    qkv_bias: Option<Param>,
-    attn_proj_weight: Param,
-    attn_proj_bias: Option<Param>,
-    ln2_weight: Param,
-    ln2_bias: Param,
-    fc_weight: Param,
-    fc_bias: Option<Param>,
-    mlp_proj_weight: Param,
-    mlp_proj_bias: Option<Param>,
-    /// The block's input (the residual stream).
-    x: Var,
-    ln1: Var,
-    /// LayerNorm mean and rstd, saved for its backward.
-    ln1_stats: (View, View),
-    qkv: Var,
-    att: View,
-    att_scratch: View,
-    atty: Var,
-    /// The attention branch before dropout (only with dropout).
-    attn_pre: Option<Var>,
-    x_mid: Var,
-    ln2: Var,
-    ln2_stats: (View, View),
-    fc: Var,
-    gelu: Var,
-    mlp_pre: Option<Var>,
-    x_out: Var,
-    /// The per-block gradient workspace, zeroed before the block's backward.
-    workspace: View,
-    /// The attention and MLP branches' dropout sites.
-    dropout: Option<(DropoutSite, DropoutSite)>,
-    shape: AttnShape,
-}
-
-impl BlockRun {
-    /// `x_mid = x + drop(proj(attn(ln1(x))))`,
-    /// `x_out = x_mid + drop(mlp.proj(gelu(mlp.fc(ln2(x_mid)))))`.
-    fn run(&self, be: &dyn Backend, tape: &mut Tape) -> Result<()> {
-        let c = self.shape.channels;
-        let n = self.shape.batch * self.shape.seq;
-        let (m1, r1) = self.ln1_stats;
-        autograd::layernorm(
-            be,
-            tape,
-            self.ln1,
-            m1,
-            r1,
-            self.x,
-            self.ln1_weight,
-            self.ln1_bias,
-            n,
-            c,
-        )?;
-        autograd::linear(
-            be,
-            tape,
-            self.qkv,
-            self.ln1,
-            self.qkv_weight,
-            self.qkv_bias,
-            n,
-            c,
-            3 * c,
-        )?;
-        autograd::attention(
-            be,
-            tape,
-            self.atty,
-            self.att,
-            self.att_scratch,
-            self.qkv,
-            self.shape,
-        )?;
-        let (attn_site, mlp_site) = self.dropout.unzip();
-        Self::branch(
-            be,
-            tape,
-            self.x_mid,
-            self.attn_pre,
-            attn_site,
-            |tape, out| {
-                autograd::linear(
-                    be,
-                    tape,
-                    out,
-                    self.atty,
-                    self.attn_proj_weight,
-                    self.attn_proj_bias,
-                    n,
-                    c,
-                    c,
-                )
-            },
-        )?;
-        be.run(Add {
-            out: self.x_mid.val,
-            a: self.x.val,
-            b: self.x_mid.val,
-        })?;
-
-        let (m2, r2) = self.ln2_stats;
-        autograd::layernorm(
-            be,
-            tape,
-            self.ln2,
-            m2,
-            r2,
-            self.x_mid,
-            self.ln2_weight,
-            self.ln2_bias,
-            n,
-            c,
-        )?;
-        autograd::linear(
-            be,
-            tape,
-            self.fc,
-            self.ln2,
-            self.fc_weight,
-            self.fc_bias,
-            n,
-            c,
-            4 * c,
-        )?;
-        autograd::gelu(be, tape, self.gelu, self.fc)?;
-        Self::branch(be, tape, self.x_out, self.mlp_pre, mlp_site, |tape, out| {
-            autograd::linear(
-                be,
-                tape,
-                out,
-                self.gelu,
-                self.mlp_proj_weight,
-                self.mlp_proj_bias,
-                n,
-                4 * c,
-                c,
-            )
-        })?;
-        be.run(Add {
-            out: self.x_out.val,
-            a: self.x_mid.val,
-            b: self.x_out.val,
-        })?;
-
-        // Runs in backward before this block's ops: the workspace still
-        // holds the block above's gradients.
-        autograd::zero_grad(tape, self.workspace);
-        Ok(())
-    }
-
-    /// A residual branch's last op (`op` writes into the `Var` it is given),
-    /// then its dropout site, leaving the result in `out`.
-    fn branch(
-        be: &dyn Backend,
-        tape: &mut Tape,
-        out: Var,
-        pre: Option<Var>,
-        site: Option<DropoutSite>,
-        op: impl FnOnce(&mut Tape, Var) -> Result<()>,
-    ) -> Result<()> {
-        match (pre, site) {
-            (Some(pre), Some(d)) => {
-                op(tape, pre)?;
-                autograd::dropout(be, tape, out, pre, d.p, d.seed, d.offset)
-            }
-            _ => op(tape, out),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,6 +755,7 @@ mod tests {
 
     fn cfg(dropout: f32, bias: bool) -> ModelConfig {
         ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 2,
             n_embd: 16,
             n_head: 2,
@@ -943,8 +766,8 @@ mod tests {
         }
     }
 
-    fn model(cfg: ModelConfig) -> Gpt2 {
-        Gpt2::new(Arc::new(CpuBackend::new()), cfg, 7).unwrap()
+    fn model(cfg: ModelConfig) -> Model {
+        Model::new(Arc::new(CpuBackend::new()), cfg, 7).unwrap()
     }
 
     fn batch(b: usize, t: usize, v: u32) -> (Vec<u32>, Vec<u32>) {
@@ -1085,7 +908,7 @@ mod tests {
     #[test]
     fn the_model_can_move_between_threads() {
         fn is_send<T: Send>() {}
-        is_send::<Gpt2>();
+        is_send::<Model>();
     }
 
     #[test]
