@@ -6,6 +6,7 @@ use crate::data::{Corpus, Split, TokenizerKind};
 use crate::model::Arch;
 use crate::precision::Precision;
 use crate::tying::policy::TyingPolicy;
+use crate::tying::settings::{AgentFlags, AgentSettings};
 use crate::tying::table::{InitTies, TieGrad};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -41,6 +42,9 @@ pub enum Command {
     Bench(Box<BenchArgs>),
     /// Check the GPU: every kernel against the CPU reference, then a short training run.
     Doctor(DoctorArgs),
+    /// Train a grid of configurations x variants x seeds one run after another
+    /// (resuming where it stopped) and summarise it: tables and figures.
+    Experiment(ExperimentArgs),
 }
 
 /// Model shape flags, shared by `train` and `bench`.
@@ -176,6 +180,8 @@ pub struct TrainArgs {
     /// Reproduce the authors' code instead of the clean reading of the paper.
     #[arg(long = "paper-compat")]
     pub paper_compat: bool,
+    #[command(flatten)]
+    pub agent: AgentFlags,
     /// Steps between validation passes (0: only at the end).
     #[arg(long = "eval-every")]
     pub eval_every: Option<usize>,
@@ -233,6 +239,7 @@ impl TrainArgs {
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
+        .chain(self.agent.given())
         .collect()
     }
 
@@ -254,7 +261,9 @@ impl TrainArgs {
         set(&mut cfg.train.keep_checkpoints, self.keep_checkpoints);
         if self.paper_compat {
             cfg.tying.paper_compat = true;
+            cfg.agent = AgentSettings::paper();
         }
+        self.agent.apply(&mut cfg.agent)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -430,6 +439,25 @@ pub struct DoctorArgs {
     pub sync_launches: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    /// The grid file (TOML: out, seeds, [[config]] and [[variant]] entries with
+    /// train flags; see the documentation of src/experiment/grid.rs).
+    pub grid: PathBuf,
+    /// Print each run's state and command; train nothing, write nothing.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Train nothing: summarise the finished runs.
+    #[arg(long = "summary-only")]
+    pub summary_only: bool,
+    /// Train at most N runs, then summarise and stop.
+    #[arg(long = "max-runs", value_name = "N")]
+    pub max_runs: Option<usize>,
+    /// No progress lines from the trainer.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +477,35 @@ mod tests {
         };
         let cfg = args.resolve().unwrap();
         assert_eq!((cfg.preset, cfg.model.n_layer), (Preset::Tiny, 3));
+
+        let agent = |extra: &[&str]| {
+            let argv = ["dyntie", "train"].iter().chain(extra).copied();
+            let Command::Train(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not train")
+            };
+            args.resolve()
+        };
+        let cfg = agent(&[
+            "--tie-merge",
+            "average",
+            "--decide-until",
+            "0.5",
+            "--epsilon-schedule",
+            "linear:0.25",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.agent.tie_merge,
+            crate::tying::settings::TieMerge::Average
+        );
+        assert_eq!(cfg.agent.decide_until, 0.5);
+        assert_eq!(
+            agent(&["--paper-compat"]).unwrap().agent,
+            AgentSettings::paper()
+        );
+        let err = agent(&["--paper-compat", "--decide-until", "0.5"]).unwrap_err();
+        assert!(err.to_string().contains("--paper-compat"), "{err}");
+        assert!(agent(&["--epsilon-schedule", "linear:2"]).is_err());
 
         let cli =
             Cli::try_parse_from(["dyntie", "train", "--d-model", "30", "--heads", "4"]).unwrap();

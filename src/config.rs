@@ -7,6 +7,7 @@ use crate::model::{Arch, ModelConfig};
 use crate::precision::Precision;
 use crate::tying::agent::StateEncoding;
 use crate::tying::policy::TyingPolicy;
+use crate::tying::settings::AgentSettings;
 use crate::tying::table::{InitTies, TieGrad, TieOptions};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -158,20 +159,23 @@ pub struct TyingSettings {
     pub agent_input: AgentInput,
 }
 
-impl TyingSettings {
+impl RunConfig {
     /// The tie options these settings ask for: `--paper-compat` brings the
-    /// paper code's (frozen ties, untie keeps the alias) but keeps `--init-ties`.
+    /// paper code's (frozen ties, untie keeps the alias) but keeps `--init-ties`;
+    /// otherwise `--tie-grad` and `--tie-merge` apply.
     pub fn tie_options(&self) -> TieOptions {
-        if self.paper_compat {
+        let tying = &self.tying;
+        if tying.paper_compat {
             TieOptions {
-                init: self.init_ties,
+                init: tying.init_ties,
                 ..TieOptions::paper()
             }
         } else {
             TieOptions {
-                init: self.init_ties,
+                init: tying.init_ties,
                 paper_compat: false,
-                tie_grad: self.tie_grad,
+                tie_grad: tying.tie_grad,
+                merge: self.agent.tie_merge,
             }
         }
     }
@@ -215,6 +219,9 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub train: TrainSettings,
     pub tying: TyingSettings,
+    /// The dynamic policy's settings beyond the paper's (see `tying::settings`).
+    #[serde(default = "AgentSettings::legacy")]
+    pub agent: AgentSettings,
     pub data: DataSettings,
 }
 
@@ -272,6 +279,7 @@ impl RunConfig {
                 param_cost: 0.0,
                 agent_input: AgentInput::Raw,
             },
+            agent: AgentSettings::legacy(),
             data: DataSettings {
                 source: "synthetic".into(),
                 synthetic_tokens: 400_000,
@@ -453,6 +461,8 @@ impl RunConfig {
             self.tying.param_cost >= 0.0,
             "a number >= 0",
         )?;
+        self.agent
+            .validate(self.tying.paper_compat, self.tying.param_cost)?;
         self.tying.policy.check_blocks(self.model.n_layer)?;
         Ok(())
     }

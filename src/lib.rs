@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod data;
 pub mod doctor;
+pub mod experiment;
 pub mod mem;
 pub mod metrics;
 pub mod model;

@@ -16,6 +16,7 @@ fn main() {
         Command::Export(args) => commands::export(args),
         Command::Bench(args) => commands::bench(args),
         Command::Doctor(args) => commands::doctor(args),
+        Command::Experiment(args) => commands::experiment(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -64,20 +64,159 @@ const TOP: f64 = 60.0;
 const MAX_COLS: usize = 600;
 const MAX_POINTS: usize = 2000;
 
+/// One group of points in [`render_scatter`]: a variant's runs, with the
+/// mean and its error bars (one standard deviation each way).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScatterSeries {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    pub mean: (f64, f64),
+    pub err: (f64, f64),
+}
+
+/// Colours for series, in order (repeated beyond ten).
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+/// A scatter plot: every run as a small dot, each series' mean as a larger
+/// one with error bars, and a legend on the right.
+pub fn render_scatter(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[ScatterSeries],
+) -> String {
+    let height = TOP + 2.0 * PANEL_H + GAP + 20.0;
+    let plot_h = 2.0 * PANEL_H;
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let mut svg = svg_start(height, title);
+    svg.push_str("<g id=\"scatter\">\n");
+    frame(&mut svg, TOP, plot_h, y_label);
+    let finite = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let mut xs = vec![];
+    let mut ys = vec![];
+    for s in series {
+        for p in s.points.iter().filter(|p| finite(p)) {
+            xs.push(p.0);
+            ys.push(p.1);
+        }
+        if finite(&s.mean) && finite(&s.err) {
+            xs.extend([s.mean.0 - s.err.0, s.mean.0 + s.err.0]);
+            ys.extend([s.mean.1 - s.err.1, s.mean.1 + s.err.1]);
+        }
+    }
+    if xs.is_empty() {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text></g></svg>"##,
+            LEFT + plot_w / 2.0,
+            TOP + plot_h / 2.0
+        );
+        return svg;
+    }
+    let range = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let pad = if hi - lo < 1e-12 {
+            0.5 * lo.abs().max(1.0)
+        } else {
+            0.08 * (hi - lo)
+        };
+        (lo - pad, hi + pad)
+    };
+    let (x0, x1) = range(&xs);
+    let (y0, y1) = range(&ys);
+    let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * plot_w;
+    let py = |y: f64| TOP + plot_h - (y - y0) / (y1 - y0) * plot_h;
+    x_ticks(&mut svg, (x0, x1), TOP + plot_h, x_label);
+    for v in nice_ticks(y0, y1) {
+        let yy = py(v);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e0e0e0"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LEFT + plot_w,
+            LEFT - 6.0,
+            yy + 4.0,
+            fmt_num(v)
+        );
+    }
+    for (k, s) in series.iter().enumerate() {
+        let colour = PALETTE[k % PALETTE.len()];
+        for &(x, y) in s.points.iter().filter(|p| finite(p)) {
+            let _ = writeln!(
+                svg,
+                r#"<circle class="run" cx="{:.1}" cy="{:.1}" r="2.5" fill="{colour}" fill-opacity="0.6"/>"#,
+                px(x),
+                py(y)
+            );
+        }
+        if !(finite(&s.mean) && finite(&s.err)) {
+            continue;
+        }
+        let (mx, my) = (px(s.mean.0), py(s.mean.1));
+        let _ = writeln!(
+            svg,
+            r#"<path class="errorbar" d="M{:.1},{my:.1}H{:.1}M{mx:.1},{:.1}V{:.1}" stroke="{colour}" stroke-width="1.5"/><circle class="mean" cx="{mx:.1}" cy="{my:.1}" r="5" fill="{colour}"/>"#,
+            px(s.mean.0 - s.err.0),
+            px(s.mean.0 + s.err.0),
+            py(s.mean.1 - s.err.1),
+            py(s.mean.1 + s.err.1),
+        );
+        let ly = TOP + 8.0 + k as f64 * 18.0;
+        let lx = WIDTH - RIGHT + 12.0;
+        let _ = writeln!(
+            svg,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="5" fill="{colour}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+            lx + 5.0,
+            ly,
+            lx + 14.0,
+            ly + 4.0,
+            escape(&s.label)
+        );
+    }
+    svg.push_str("</g>\n</svg>\n");
+    svg
+}
+
+/// The unique blocks over time and the tie pattern heatmap of one run.
+pub fn render_ties_svg(title: &str, ties: &[TieSnapshot]) -> String {
+    let height = TOP + PANEL_H + GAP + HEAT_H + GAP;
+    let mut svg = svg_start(height, title);
+    let steps = step_range(&ReportData {
+        ties,
+        ..Default::default()
+    });
+    unique_blocks_panel(&mut svg, ties, steps, TOP);
+    heatmap(&mut svg, ties, TOP + PANEL_H + GAP);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn unique_blocks_panel(svg: &mut String, ties: &[TieSnapshot], steps: (f64, f64), top: f64) {
+    let unique: Vec<(f64, f64)> = ties
+        .iter()
+        .map(|t| (t.step as f64, t.unique_blocks() as f64))
+        .collect();
+    line_panel(
+        svg,
+        "unique-blocks",
+        "unique blocks",
+        &unique,
+        steps,
+        top,
+        false,
+        true,
+        "#2ca02c",
+    );
+}
+
 /// The whole SVG document.
 pub fn render_svg(data: &ReportData) -> String {
     let height = TOP + 3.0 * (PANEL_H + GAP) + HEAT_H + GAP;
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
-<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>
-<text x="{}" y="32" font-size="18" text-anchor="middle">{}</text>
-"#,
-        WIDTH / 2.0,
-        escape(data.title)
-    );
+    let mut svg = svg_start(height, data.title);
     let steps = step_range(data);
     let mut y = TOP;
     let loss: Vec<(f64, f64)> = data
@@ -114,22 +253,7 @@ pub fn render_svg(data: &ReportData) -> String {
         "#d62728",
     );
     y += PANEL_H + GAP;
-    let unique: Vec<(f64, f64)> = data
-        .ties
-        .iter()
-        .map(|t| (t.step as f64, t.unique_blocks() as f64))
-        .collect();
-    line_panel(
-        &mut svg,
-        "unique-blocks",
-        "unique blocks",
-        &unique,
-        steps,
-        y,
-        false,
-        true,
-        "#2ca02c",
-    );
+    unique_blocks_panel(&mut svg, data.ties, steps, y);
     y += PANEL_H + GAP;
     heatmap(&mut svg, data.ties, y);
     svg.push_str("</svg>\n");
@@ -437,6 +561,23 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// An SVG document of the report's width and `height`: the white
+/// background and the centred title.
+fn svg_start(height: f64, title: &str) -> String {
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
+<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>
+<text x="{}" y="32" font-size="18" text-anchor="middle">{}</text>
+"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+    svg
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -577,6 +718,43 @@ mod tests {
         balanced_tags(&svg).unwrap();
         assert!(svg.matches("class=\"cell\"").count() <= 48 * MAX_COLS);
         assert!(svg.len() < 4_000_000, "{} bytes", svg.len());
+    }
+
+    #[test]
+    fn scatter_has_every_run_mean_and_error_bar() {
+        let series = vec![
+            ScatterSeries {
+                label: "none".into(),
+                points: vec![(2.4, 5.0), (2.4, 5.1)],
+                mean: (2.4, 5.05),
+                err: (0.0, 0.07),
+            },
+            ScatterSeries {
+                label: "dyn <a>".into(),
+                points: vec![(0.6, 5.4), (0.8, 5.6), (f64::NAN, 1.0)],
+                mean: (0.7, 5.5),
+                err: (0.14, 0.14),
+            },
+        ];
+        let svg = render_scatter("t", "x", "y", &series);
+        balanced_tags(&svg).unwrap();
+        assert_eq!(svg.matches("class=\"run\"").count(), 4);
+        assert_eq!(svg.matches("class=\"mean\"").count(), 2);
+        assert_eq!(svg.matches("class=\"errorbar\"").count(), 2);
+        assert!(svg.contains("dyn &lt;a&gt;"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        let empty = render_scatter("t", "x", "y", &[]);
+        balanced_tags(&empty).unwrap();
+        assert!(empty.contains("no data"));
+    }
+
+    #[test]
+    fn ties_figure_has_the_unique_blocks_and_the_heatmap() {
+        let (_, _, ties) = sample(6, 40);
+        let svg = render_ties_svg("ties", &ties);
+        balanced_tags(&svg).unwrap();
+        assert!(svg.contains("id=\"unique-blocks\"") && svg.contains("id=\"tie-heatmap\""));
+        assert!(!svg.contains("id=\"train-loss\""));
     }
 
     #[test]

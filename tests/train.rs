@@ -8,6 +8,8 @@ use dyntie::config::{BackendKind, RunConfig, Schedule};
 use dyntie::cpu::CpuBackend;
 use dyntie::metrics::read_jsonl;
 use dyntie::train::{checkpoint_dirs, Trainer};
+use dyntie::tying::reward::RewardBaseline;
+use dyntie::tying::settings::{EpsilonSchedule, RewardSpan};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -133,6 +135,25 @@ fn resume_is_bit_for_bit_with_dynamic_tying_and_dropout() -> Result<()> {
 #[test]
 fn resume_is_bit_for_bit_with_a_static_pattern() -> Result<()> {
     check_resume("pattern:0,1,1", "pat", |_| {})
+}
+
+/// A switch of structure exactly at the resume point (step 10) happens once,
+/// after the resume, as in the uninterrupted run.
+#[test]
+fn resume_is_bit_for_bit_across_a_switch_of_structure() -> Result<()> {
+    check_resume("switch:10:none>all", "switch", |_| {})?;
+    let dir = temp_dir("switch-blocks");
+    create(config("switch:10:none>all", 20), &dir)?.run()?;
+    for r in train_lines(&dir) {
+        let want = if r["step"].as_u64().unwrap() <= 10 {
+            3
+        } else {
+            1
+        };
+        assert_eq!(r["unique_blocks"].as_u64(), Some(want), "{r}");
+    }
+    fs::remove_dir_all(dir)?;
+    Ok(())
 }
 
 /// A kill between the two renames that replace a checkpoint of the same
@@ -275,6 +296,138 @@ fn dynamic_run_with_param_cost_ties_blocks_and_logs_everything() -> Result<()> {
     assert!(svg.trim_start().starts_with("<svg") || svg.starts_with("<?xml"));
     assert!(svg.trim_end().ends_with("</svg>"));
     assert_balanced_xml(&svg);
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--decide-until 0.5` with `--epsilon-schedule linear:0.5`: the agent
+/// decides during the first half of the steps only, with epsilon falling to
+/// its floor over the first half of those decisions, and the table stays
+/// fixed afterwards.
+#[test]
+fn the_table_is_fixed_after_the_decision_phase() -> Result<()> {
+    let dir = temp_dir("phase");
+    let mut cfg = config("dynamic", 40);
+    cfg.model.n_layer = 4;
+    cfg.tying.agent_k = 2;
+    cfg.tying.param_cost = 1.0;
+    cfg.agent.decide_until = 0.5;
+    cfg.agent.epsilon_schedule = EpsilonSchedule::Linear { fraction: 0.5 };
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    // Decisions at steps 0, 2, .., 18; the last one is closed at step 20.
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    let steps: Vec<u64> = ties.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=10).map(|k| 2 * k).collect::<Vec<u64>>());
+    let eps: Vec<f64> = ties
+        .iter()
+        .map(|r| r["epsilon"].as_f64().unwrap())
+        .collect();
+    assert_eq!(eps[0], 1.0);
+    assert!((eps[1] - (1.0 - 0.99 / 5.0)).abs() < 1e-12, "{eps:?}");
+    assert!(eps[5..].iter().all(|&e| e == 0.01), "{eps:?}");
+    let last_table = ties.last().unwrap()["slots_after"].clone();
+    let unique = |slots: &Value| {
+        let mut s: Vec<u64> = slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len() as u64
+    };
+    for r in train_lines(&dir)
+        .iter()
+        .filter(|r| r["step"].as_u64().unwrap() >= 20)
+    {
+        assert_eq!(r["unique_blocks"].as_u64(), Some(unique(&last_table)));
+    }
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--reward-baseline 3`: each decision's record carries the advantage the
+/// agent learned from, the reward minus the baseline of the rewards before.
+#[test]
+fn the_agent_learns_from_the_reward_minus_a_moving_baseline() -> Result<()> {
+    let dir = temp_dir("baseline");
+    let mut cfg = config("dynamic", 24);
+    cfg.tying.agent_k = 2;
+    cfg.agent.reward_baseline = 3;
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    assert_eq!(ties.len(), 11);
+    let mut replay = RewardBaseline::default();
+    for r in &ties {
+        let want = replay.advantage(r["reward"].as_f64().unwrap(), 3);
+        assert_eq!(r["advantage"].as_f64(), Some(want));
+    }
+    assert_eq!(ties[0]["advantage"].as_f64(), Some(0.0));
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--reward immediate`: the reward compares the reward batch just before
+/// and just after the action, so a decision that leaves every block's
+/// weights as they were (keep, re-tie to the same slot, or an untie, which
+/// copies) gets exactly 0, and a tie that moves a block to another slot does not.
+#[test]
+fn the_immediate_reward_sees_only_the_action() -> Result<()> {
+    let dir = temp_dir("immediate");
+    let mut cfg = config("dynamic", 40);
+    cfg.tying.agent_k = 2;
+    cfg.agent.reward = RewardSpan::Immediate;
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    let (mut same, mut changed) = (0, 0);
+    let mut slots = Value::from(vec![0, 1, 2]);
+    for r in &ties {
+        let reward = r["reward"].as_f64().unwrap();
+        let untie_or_keep = r["action"] == r["layer"];
+        if untie_or_keep || r["slots_after"] == slots {
+            assert_eq!(reward, 0.0, "{r}");
+            same += 1;
+        } else {
+            assert_ne!(reward, 0.0, "{r}");
+            changed += 1;
+        }
+        slots = r["slots_after"].clone();
+    }
+    assert!(same > 0 && changed > 0, "{same} unchanged, {changed} moved");
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--param-limit 2` on 4 blocks: the first episode ties blocks until 2
+/// are trainable, and no decision ever takes the count above 2 again.
+#[test]
+fn a_parameter_limit_is_never_exceeded_after_the_first_episode() -> Result<()> {
+    let dir = temp_dir("limit");
+    let mut cfg = config("dynamic", 40);
+    cfg.model.n_layer = 4;
+    cfg.tying.agent_k = 2;
+    cfg.agent.param_limit = 2;
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    let trainable = |r: &Value| {
+        let mut s: Vec<u64> = r["slots_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
+    };
+    let counts: Vec<usize> = ties.iter().map(trainable).collect();
+    assert!(counts[2] <= 2, "{counts:?}");
+    assert!(counts[2..].iter().all(|&c| c <= 2), "{counts:?}");
     fs::remove_dir_all(dir)?;
     Ok(())
 }

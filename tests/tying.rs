@@ -7,7 +7,7 @@ use dyntie::cpu::CpuBackend;
 use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::ops::{Backend, BackendExt};
 use dyntie::optim::AdamW;
-use dyntie::tying::table::{InitTies, TieGrad, TieOptions, TieTable};
+use dyntie::tying::table::{TieGrad, TieMerge, TieOptions, TieTable};
 use std::sync::Arc;
 
 fn cfg() -> ModelConfig {
@@ -152,9 +152,8 @@ fn frozen_tie_grad_counts_only_the_owner() -> Result<()> {
 
     for tie_grad in [TieGrad::Frozen, TieGrad::Shared] {
         let options = TieOptions {
-            init: InitTies::Independent,
-            paper_compat: false,
             tie_grad,
+            ..TieOptions::default()
         };
         let table = TieTable::from_state(&[0, 1, 1], options)?;
         let mut tied = Model::with_table(be.clone(), cfg(), 6, table)?;
@@ -208,5 +207,105 @@ fn ties_free_exactly_one_slot_and_untie_allocates_it_again() -> Result<()> {
     m.untie(2)?;
     assert_eq!(live(), start);
     check(&m, 3);
+    Ok(())
+}
+
+/// `--tie-merge average`: a tie that frees block 2's slot folds it into the
+/// shared one, weights and AdamW moments, weighted by the blocks each slot
+/// served; `replace` keeps the shared slot as it was.
+#[test]
+fn merge_on_tie_averages_weights_and_moments() -> Result<()> {
+    let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    let (tokens, targets) = batch();
+    let slot_state = |m: &Model, layer: usize| -> Result<Vec<Vec<f32>>> {
+        let s = m.slots().slot_of(layer);
+        [&s.params, &s.adam_m, &s.adam_v]
+            .iter()
+            .map(|b| be.download(b.view()))
+            .collect()
+    };
+    for merge in [TieMerge::Average, TieMerge::Replace] {
+        let options = TieOptions {
+            merge,
+            ..TieOptions::default()
+        };
+        let table = TieTable::new(3, options)?;
+        let mut m = Model::with_table(be.clone(), cfg(), 5, table)?;
+        let mut opt = AdamW::new(be.as_ref(), 1e-2, 0.9, 0.95, 1e-8, 0.0)?;
+        m.zero_grads()?;
+        m.forward_backward(&tokens, &targets, B, T, 1, 1.0)?;
+        opt.clip_and_update(&m, None)?;
+        let (one, two) = (slot_state(&m, 1)?, slot_state(&m, 2)?);
+        assert!(one[1].iter().any(|x| *x != 0.0), "moments are still zero");
+        // Slot 1 serves one block, so the two count half each.
+        m.tie(2, 1)?;
+        let merged = slot_state(&m, 2)?;
+        assert_eq!(merged, slot_state(&m, 1)?, "blocks 1 and 2 share a slot");
+        for k in 0..3 {
+            for ((x, a), b) in merged[k].iter().zip(&one[k]).zip(&two[k]) {
+                let want = match merge {
+                    TieMerge::Average => 0.5 * a + 0.5 * b,
+                    TieMerge::Replace => *a,
+                };
+                assert_eq!(*x, want, "tensor {k} with {merge:?}");
+            }
+        }
+        // Now block 0's slot (serving one block) takes the shared slot, which
+        // served two: that one counts for two thirds.
+        let zero = slot_state(&m, 0)?;
+        m.tie(1, 0)?;
+        // Block 2 still uses slot 1, so nothing is freed or merged.
+        assert_eq!(slot_state(&m, 0)?, zero);
+        m.tie(2, 0)?;
+        let all = slot_state(&m, 0)?;
+        for ((x, a), b) in all[0].iter().zip(&zero[0]).zip(&merged[0]) {
+            let want = match merge {
+                TieMerge::Average => (1.0 - 1.0 / 3.0f32) * a + (1.0 / 3.0) * b,
+                TieMerge::Replace => *a,
+            };
+            assert_eq!(*x, want);
+        }
+        m.slots().check()?;
+    }
+    Ok(())
+}
+
+/// Moving a model to a tie state with one action per block realises the
+/// state's partition of blocks into slots, from any starting table.
+#[test]
+fn set_tie_state_reaches_the_target_partition() -> Result<()> {
+    let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+    let mut c = cfg();
+    c.n_layer = 6;
+    let partition = |slots: &[usize]| -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = vec![];
+        for (i, &s) in slots.iter().enumerate() {
+            match slots[..i].iter().position(|&t| t == s) {
+                Some(first) => groups.iter_mut().find(|g| g[0] == first).unwrap().push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        groups
+    };
+    for start in [vec![0, 1, 2, 3, 4, 5], vec![0; 6], vec![0, 0, 2, 0, 4, 2]] {
+        for target in [
+            vec![0, 0, 0, 0, 4, 4],
+            vec![0, 1, 2, 0, 1, 2],
+            vec![0, 1, 2, 3, 4, 5],
+        ] {
+            let table = TieTable::from_state(&start, TieOptions::default())?;
+            let mut m = Model::with_table(be.clone(), c.clone(), 3, table)?;
+            m.set_tie_state(&target)?;
+            let got = m.slots().table();
+            let want = TieTable::from_state(&target, TieOptions::default())?;
+            assert_eq!(got.state(), &target[..]);
+            assert_eq!(
+                partition(got.slots()),
+                partition(want.slots()),
+                "{start:?} -> {target:?}"
+            );
+            m.slots().check()?;
+        }
+    }
     Ok(())
 }

@@ -50,7 +50,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
     // A model beyond counting is an error before its sizes are multiplied out.
     memory::need(&cfg, mc.vocab_size)?;
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
-    let options = cfg.tying.tie_options();
+    let options = cfg.tie_options();
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
     let mut tables: Vec<TieTable> = Vec::new();
     let mut patterns = args.patterns.clone();

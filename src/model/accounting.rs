@@ -147,7 +147,7 @@ pub fn format_memory_table(rows: &[(&str, &MemoryReport)]) -> String {
 mod tests {
     use super::*;
     use crate::model::Arch;
-    use crate::tying::table::{InitTies, TieGrad, TieOptions};
+    use crate::tying::table::{InitTies, TieOptions};
 
     /// The paper's conventional GPT-2: 48 blocks of width 1600, 16 heads,
     /// context 256, GPT-2 vocabulary.
@@ -249,8 +249,7 @@ mod tests {
             48,
             TieOptions {
                 init: InitTies::Zero,
-                paper_compat: true,
-                tie_grad: TieGrad::Frozen,
+                ..TieOptions::paper()
             },
         )
         .unwrap();

@@ -198,6 +198,11 @@ impl Model {
         self.slots.apply_action(self.backend.as_ref(), i, a)
     }
 
+    /// Moves the tie table to state `target` (see [`SlotStore::set_state`]).
+    pub fn set_tie_state(&mut self, target: &[usize]) -> Result<Vec<TieEffect>> {
+        self.slots.set_state(self.backend.as_ref(), target)
+    }
+
     /// Ties block `i` to block `j`'s slot.
     pub fn tie(&mut self, i: usize, j: usize) -> Result<TieEffect> {
         self.slots.tie(self.backend.as_ref(), i, j)

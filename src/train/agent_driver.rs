@@ -10,7 +10,8 @@ use crate::config::RunConfig;
 use crate::data::{Batch, Dataset, TrainBatcher};
 use crate::rng::HostRng;
 use crate::tying::agent::{AgentConfig, Decision, QAgent, TieRecord, Transition};
-use crate::tying::reward;
+use crate::tying::reward::{self, RewardBaseline};
+use crate::tying::settings::RewardSpan;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,9 @@ pub(super) struct DynamicState {
     pending: Option<Pending>,
     /// Draws the random training batch of the paper's reward.
     reward_rng: HostRng,
+    /// `--reward-baseline` (absent from checkpoints written before it).
+    #[serde(default)]
+    baseline: RewardBaseline,
 }
 
 /// A decision whose reward is not known yet.
@@ -36,6 +40,9 @@ struct Pending {
     episode: u64,
     /// Perplexity on the reward batch just before the action.
     ppl_before: f64,
+    /// And just after it, with `--reward immediate`.
+    #[serde(default)]
+    ppl_after_action: Option<f64>,
 }
 
 impl DynamicState {
@@ -49,12 +56,16 @@ impl DynamicState {
         let mut ac = AgentConfig::new(n_layer, HostRng::derive(t.seed, AGENT_STREAM).next_u64());
         ac.paper_compat = cfg.tying.paper_compat;
         ac.encoding = cfg.tying.agent_input.encoding();
+        ac.epsilon_schedule = cfg.agent.epsilon_schedule;
+        ac.explore_draw = cfg.agent.explore_draw;
+        ac.td_target = cfg.agent.td_target;
         Ok(Some(DynamicState {
             agent: QAgent::new(ac)?,
             episode: 0,
             next_layer: 1,
             pending: None,
             reward_rng: HostRng::derive(t.seed, REWARD_STREAM + 100),
+            baseline: RewardBaseline::default(),
         }))
     }
 }
@@ -94,6 +105,14 @@ impl Trainer {
 
     fn agent_step_with(&mut self, d: &mut DynamicState) -> Result<()> {
         let n_layer = self.model.config().n_layer;
+        let (steps, k) = (self.cfg.train.steps as u64, self.cfg.tying.agent_k as u64);
+        let deciding = self.cfg.agent.decides_at(self.step, steps);
+        if !deciding && d.pending.is_none() {
+            // The table is fixed for the rest of the run (`--decide-until`).
+            return Ok(());
+        }
+        d.agent
+            .set_planned_decisions(self.cfg.agent.planned_decisions(steps, k));
         let ppl_now = self.reward_batch_ppl()?;
         if let Some(p) = d.pending.take() {
             let r = if self.cfg.tying.paper_compat {
@@ -115,34 +134,56 @@ impl Trainer {
                 let unique = self.model.slots().table().trainable_slots().len();
                 reward::relative_ppl_reward(
                     p.ppl_before,
-                    ppl_now,
+                    p.ppl_after_action.unwrap_or(ppl_now),
                     self.cfg.tying.param_cost as f64,
                     unique,
+                    self.cfg.agent.param_budget,
                     n_layer,
                 )?
             };
+            let window = self.cfg.agent.reward_baseline;
+            let advantage = (window > 0).then(|| d.baseline.advantage(r, window));
             let table = self.model.slots().table();
             d.agent.learn(&Transition {
                 state: &p.state,
                 layer: p.decision.layer,
                 action: p.decision.action,
-                reward: r,
+                reward: advantage.unwrap_or(r),
                 next_state: table.state(),
             })?;
             // The record carries the table right after that action, which
             // is the table now (nothing else changes it in between).
-            self.ties
-                .write(&TieRecord::new(self.step, p.episode, &p.decision, r, table))?;
+            let mut record = TieRecord::new(self.step, p.episode, &p.decision, r, table);
+            record.advantage = advantage;
+            self.ties.write(&record)?;
+        }
+        if !deciding {
+            return Ok(());
         }
         let layer = d.next_layer;
-        let state = self.model.slots().table().state().to_vec();
-        let decision = d.agent.decide(&state, layer)?;
+        let table = self.model.slots().table();
+        let state = table.state().to_vec();
+        let limit = self.cfg.agent.param_limit;
+        let allowed = if limit > 0 {
+            Some(table.actions_within_limit(layer, limit)?)
+        } else {
+            None
+        };
+        let decision = d.agent.decide_within(&state, layer, allowed.as_deref())?;
         self.model.apply_action(layer, decision.action)?;
+        let immediate =
+            !self.cfg.tying.paper_compat && self.cfg.agent.reward == RewardSpan::Immediate;
+        let ppl_after_action = if immediate {
+            Some(self.reward_batch_ppl()?)
+        } else {
+            None
+        };
         d.pending = Some(Pending {
             state,
             decision,
             episode: d.episode,
             ppl_before: ppl_now,
+            ppl_after_action,
         });
         d.next_layer += 1;
         if d.next_layer >= n_layer {

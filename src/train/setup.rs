@@ -22,13 +22,26 @@ const SYNTHETIC_STREAM: u64 = 6;
 /// The table before training: the policy's fixed pattern, or the dynamic
 /// policy's initial state.
 pub fn initial_table(cfg: &RunConfig, policy: &TyingPolicy, n_layer: usize) -> Result<TieTable> {
-    let options = cfg.tying.tie_options();
+    let options = cfg.tie_options();
     if policy.is_dynamic() {
         return TieTable::new(n_layer, options);
     }
     let seed = HostRng::derive(cfg.train.seed, POLICY_STREAM).next_u64();
     let state = policy.initial_state(n_layer, seed, options.init)?;
     TieTable::from_state(&state, options)
+}
+
+/// The table a `switch:STEP:A>B` policy moves to before training step
+/// `step` (`None` at every other step and for every other policy).
+pub(super) fn switch_target(
+    cfg: &RunConfig,
+    step: u64,
+    n_layer: usize,
+) -> Result<Option<Vec<usize>>> {
+    let seed = HostRng::derive(cfg.train.seed, POLICY_STREAM).next_u64();
+    cfg.tying
+        .policy
+        .switch_at(step, n_layer, seed, cfg.tie_options().init)
 }
 
 /// The synthetic corpus of a run: its generator settings (the token

@@ -7,7 +7,9 @@ use super::checkpoint::{newest_good, skipped_notes};
 use super::interrupt::{self, Interrupted};
 use super::log::{progress_bar, say};
 use super::run_dir::{self, RunLock};
-use super::setup::{initial_table, lr_schedule, open_dataset, open_run_dataset, DATA_STREAM};
+use super::setup::{
+    initial_table, lr_schedule, open_dataset, open_run_dataset, switch_target, DATA_STREAM,
+};
 use crate::config::{RunConfig, Schedule};
 use crate::data::{Batch, Dataset, EvalWindows, Split, TrainBatcher};
 use crate::metrics::{self, JsonlWriter};
@@ -365,6 +367,11 @@ impl Trainer {
             if let Some(signal) = interrupt::requested() {
                 bar.finish_and_clear();
                 return Err(self.stop(signal));
+            }
+            // `--tying switch:STEP:A>B` changes the structure once.
+            let n_layer = self.model.config().n_layer;
+            if let Some(target) = switch_target(&self.cfg, self.step, n_layer)? {
+                self.model.set_tie_state(&target)?;
             }
             if self.dynamic.is_some() && self.step.is_multiple_of(k) {
                 self.agent_step()?;

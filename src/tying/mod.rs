@@ -3,5 +3,6 @@
 pub mod agent;
 pub mod policy;
 pub mod reward;
+pub mod settings;
 pub mod slots;
 pub mod table;

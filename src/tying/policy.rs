@@ -16,6 +16,11 @@
 //! | `pattern:s0,s1,...` | the given vector (length L, s[0] = 0, s[i] <= i) | |
 //!
 //! `dynamic` starts from `--init-ties` and lets the agent change it.
+//!
+//! `switch:STEP:A>B` trains with static policy A until step STEP and with B
+//! from there on (e.g. `switch:1000:none>every:4`): one controlled change
+//! of structure, to measure what ties and unties cost without an agent
+//! (`--tie-merge` says what happens to the weights of a freed slot).
 
 use anyhow::{bail, Context, Result};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
@@ -38,10 +43,15 @@ pub enum TyingPolicy {
     Cyclic(usize),
     Sequence,
     Reverse,
+    /// Static policy `before` until `step`, `after` from then on.
+    Switch {
+        step: u64,
+        before: Box<TyingPolicy>,
+        after: Box<TyingPolicy>,
+    },
 }
 
-const USAGE: &str =
-    "use dynamic, none, all, every:K, random, pattern:0,0,1,..., cyclic:K, sequence or reverse";
+const USAGE: &str = "use dynamic, none, all, every:K, random, pattern:0,0,1,..., cyclic:K, sequence, reverse or switch:STEP:A>B";
 
 /// Parses the `--tying` flag. A pattern's length is checked against the
 /// model by [`TyingPolicy::check_blocks`].
@@ -88,6 +98,29 @@ impl FromStr for TyingPolicy {
             ("pattern", None) => {
                 bail!("--tying pattern needs a state vector, e.g. pattern:0,0,1,1")
             }
+            ("switch", Some(a)) => {
+                let usage = || {
+                    format!("--tying switch:{a}: use switch:STEP:A>B with static policies A and B, e.g. switch:1000:none>every:4")
+                };
+                let (step, rest) = a.split_once(':').with_context(usage)?;
+                let step: u64 = step.trim().parse().with_context(usage)?;
+                let (before, after) = rest.split_once('>').with_context(usage)?;
+                let before: TyingPolicy = before.parse()?;
+                let after: TyingPolicy = after.parse()?;
+                for p in [&before, &after] {
+                    if p.is_dynamic() || matches!(p, TyingPolicy::Switch { .. }) {
+                        bail!("{}", usage());
+                    }
+                }
+                TyingPolicy::Switch {
+                    step,
+                    before: Box::new(before),
+                    after: Box::new(after),
+                }
+            }
+            ("switch", None) => {
+                bail!("--tying switch needs STEP:A>B, e.g. switch:1000:none>every:4")
+            }
             (n, Some(_))
                 if ["dynamic", "none", "all", "random", "sequence", "reverse"].contains(&n) =>
             {
@@ -114,6 +147,11 @@ impl fmt::Display for TyingPolicy {
             TyingPolicy::Cyclic(k) => write!(f, "cyclic:{k}"),
             TyingPolicy::Sequence => f.write_str("sequence"),
             TyingPolicy::Reverse => f.write_str("reverse"),
+            TyingPolicy::Switch {
+                step,
+                before,
+                after,
+            } => write!(f, "switch:{step}:{before}>{after}"),
         }
     }
 }
@@ -136,15 +174,17 @@ impl TyingPolicy {
     /// Checks that the policy fits a model of `n_layer` blocks: a pattern
     /// needs one entry per block.
     pub fn check_blocks(&self, n_layer: usize) -> Result<()> {
-        if let TyingPolicy::Pattern(s) = self {
-            if s.len() != n_layer {
-                bail!(
-                    "--tying {self}: has {} entries but the model has {n_layer} blocks",
-                    s.len()
-                );
+        match self {
+            TyingPolicy::Pattern(s) if s.len() != n_layer => bail!(
+                "--tying {self}: has {} entries but the model has {n_layer} blocks",
+                s.len()
+            ),
+            TyingPolicy::Switch { before, after, .. } => {
+                before.check_blocks(n_layer)?;
+                after.check_blocks(n_layer)
             }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     pub fn is_dynamic(&self) -> bool {
@@ -183,6 +223,7 @@ impl TyingPolicy {
                     .map(|i| rng.below(i as u64 + 1) as usize)
                     .collect()
             }
+            TyingPolicy::Switch { before, .. } => before.initial_state(n_layer, seed, init)?,
             TyingPolicy::Pattern(p) => {
                 if p.len() != n_layer {
                     bail!(
@@ -195,6 +236,23 @@ impl TyingPolicy {
         };
         validate_state(&s)?;
         Ok(s)
+    }
+
+    /// The state a `switch` policy moves to at `step` (`None` at every
+    /// other step and for every other policy).
+    pub fn switch_at(
+        &self,
+        step: u64,
+        n_layer: usize,
+        seed: u64,
+        init: InitTies,
+    ) -> Result<Option<Vec<usize>>> {
+        match self {
+            TyingPolicy::Switch {
+                step: at, after, ..
+            } if *at == step => Ok(Some(after.initial_state(n_layer, seed, init)?)),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -234,6 +292,23 @@ mod tests {
     }
 
     #[test]
+    fn switch_starts_with_one_policy_and_moves_to_the_other_at_its_step() {
+        let p = parse("switch:10:none>every:2", 4).unwrap();
+        assert!(!p.is_dynamic());
+        let init = InitTies::Independent;
+        assert_eq!(p.initial_state(4, 1, init).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(p.switch_at(9, 4, 1, init).unwrap(), None);
+        assert_eq!(p.switch_at(10, 4, 1, init).unwrap(), Some(vec![0, 0, 2, 2]));
+        assert_eq!(p.switch_at(11, 4, 1, init).unwrap(), None);
+        let q = parse("switch:5:all>pattern:0,1,1", 3).unwrap();
+        assert_eq!(q.initial_state(3, 1, init).unwrap(), vec![0, 0, 0]);
+        assert_eq!(
+            parse("none", 3).unwrap().switch_at(0, 3, 1, init).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn dynamic_starts_from_init_ties() {
         let p = parse("dynamic", 4).unwrap();
         assert!(p.is_dynamic());
@@ -267,6 +342,11 @@ mod tests {
         assert!(err("cyclic:-2", 4).contains("positive integer"));
         assert!(err("all:3", 4).contains("takes no argument"));
         assert!(err("tied", 4).contains("unknown policy"));
+        assert!(err("switch:10:none", 4).contains("switch:STEP:A>B"));
+        assert!(err("switch:x:none>all", 4).contains("switch:STEP:A>B"));
+        assert!(err("switch:10:none>dynamic", 4).contains("static policies"));
+        assert!(err("switch:10:none>switch:20:all>none", 4).contains("static policies"));
+        assert!(err("switch", 4).contains("needs STEP:A>B"));
     }
 
     #[test]
@@ -281,6 +361,7 @@ mod tests {
             "cyclic:2",
             "sequence",
             "reverse",
+            "switch:10:none>every:2",
         ] {
             let p: TyingPolicy = flag.parse().unwrap();
             assert_eq!(p.to_string(), flag);

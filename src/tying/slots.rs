@@ -5,7 +5,9 @@
 //! store owns the [`TieTable`] and keeps exactly the slots it references
 //! alive: a tie that leaves a slot without layers drops its four buffers at
 //! once (that is where the memory saving comes from); an untie allocates a
-//! new slot as a copy of the old one's weights and moments. Several layers on
+//! new slot as a copy of the old one's weights and moments (and a tie under
+//! `--tie-merge average` first folds the freed slot into the shared one).
+//! Several layers on
 //! one slot add their gradients into its gradient buffer (`--tie-grad
 //! shared`), or only the owner does (`frozen`, see [`SlotStore::grad_enabled`]).
 //!
@@ -192,6 +194,22 @@ impl SlotStore {
         Ok(effect)
     }
 
+    /// Moves the table to state `target` with one action per block, in
+    /// block order (so each tie resolves to the target's slot), and returns
+    /// the effects.
+    pub fn set_state(&mut self, backend: &dyn Backend, target: &[usize]) -> Result<Vec<TieEffect>> {
+        ensure!(
+            target.len() == self.n_layer(),
+            "a tie state of {} entries for {} blocks",
+            target.len(),
+            self.n_layer()
+        );
+        crate::tying::table::validate_state(target)?;
+        (1..target.len())
+            .map(|i| self.apply_action(backend, i, target[i]))
+            .collect()
+    }
+
     /// Ties block `i` to block `j`'s slot.
     pub fn tie(&mut self, backend: &dyn Backend, i: usize, j: usize) -> Result<TieEffect> {
         let mut table = self.table.clone();
@@ -234,6 +252,28 @@ impl SlotStore {
                 })?;
             }
             self.slots[c.slot] = Some(fresh);
+        }
+        if let Some(m) = effect.merged {
+            let slot = |k: usize| {
+                self.slots[k]
+                    .as_ref()
+                    .expect("a merge joins two live slots")
+            };
+            let (into, from) = (slot(m.into), slot(m.from));
+            // On the host: a merge happens at most once per agent decision.
+            for (dst, src) in [
+                (&into.params, &from.params),
+                (&into.adam_m, &from.adam_m),
+                (&into.adam_v, &from.adam_v),
+            ] {
+                let mut a: Vec<f32> = backend.download(dst.view())?;
+                let b: Vec<f32> = backend.download(src.view())?;
+                let w = m.from_weight;
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x = (1.0 - w) * *x + w * y;
+                }
+                backend.upload(dst.view(), &a)?;
+            }
         }
         if let Some(f) = effect.freed {
             self.slots[f] = None;

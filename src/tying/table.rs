@@ -10,6 +10,8 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+pub use super::settings::TieMerge;
+
 /// How the blocks start (`--init-ties`).
 ///
 /// Checkpoints written before the options had one spelling name the values
@@ -48,6 +50,10 @@ pub struct TieOptions {
     /// former source's slot; `InitTies::Zero` keeps the blocks' own slots.
     pub paper_compat: bool,
     pub tie_grad: TieGrad,
+    /// What a tie that frees a slot does with its weights (`--tie-merge`;
+    /// absent from tables saved before it existed, which replaced).
+    #[serde(default)]
+    pub merge: TieMerge,
 }
 
 impl TieOptions {
@@ -58,6 +64,7 @@ impl TieOptions {
             init: InitTies::Zero,
             paper_compat: true,
             tie_grad: TieGrad::Frozen,
+            merge: TieMerge::Replace,
         }
     }
 }
@@ -68,6 +75,7 @@ impl Default for TieOptions {
             init: InitTies::Independent,
             paper_compat: false,
             tie_grad: TieGrad::Shared,
+            merge: TieMerge::Replace,
         }
     }
 }
@@ -80,18 +88,30 @@ pub struct SlotCopy {
     pub from: usize,
 }
 
-/// What the slot store must do after a table change. Apply `created` before
-/// `freed` (a single change never needs both today, but the order is safe).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Fold slot `from` into slot `into` before `from` is freed:
+/// `into = (1 - from_weight) * into + from_weight * from`, for the weights
+/// and both AdamW moments.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotMerge {
+    pub into: usize,
+    pub from: usize,
+    pub from_weight: f32,
+}
+
+/// What the slot store must do after a table change. Apply `created`, then
+/// `merged`, then `freed` (a single change never needs both a creation and
+/// a free today, but the order is safe).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TieEffect {
     /// A slot that lost its last block: free its parameters, gradients, moments.
     pub freed: Option<usize>,
     pub created: Option<SlotCopy>,
+    pub merged: Option<SlotMerge>,
 }
 
 impl TieEffect {
     pub fn is_noop(&self) -> bool {
-        self.freed.is_none() && self.created.is_none()
+        self.freed.is_none() && self.created.is_none() && self.merged.is_none()
     }
 }
 
@@ -202,7 +222,9 @@ impl TieTable {
         out
     }
 
-    /// Tie block i to block j (j < i): i moves onto j's current slot.
+    /// Tie block i to block j (j < i): i moves onto j's current slot. When
+    /// that frees i's old slot and the options say `average`, the old slot
+    /// is first folded into j's, weighted by the blocks each served.
     pub fn tie(&mut self, i: usize, j: usize) -> Result<TieEffect> {
         self.check_layer(i)?;
         if j >= i {
@@ -213,12 +235,23 @@ impl TieTable {
         if old == new {
             return Ok(TieEffect::default());
         }
+        let served = self.refcount[new];
         self.slot_of[i] = new;
         self.refcount[new] += 1;
         self.refcount[old] -= 1;
+        let freed = (self.refcount[old] == 0).then_some(old);
+        let merged = match (freed, self.options.merge) {
+            (Some(from), TieMerge::Average) => Some(SlotMerge {
+                into: new,
+                from,
+                from_weight: 1.0 / (served + 1) as f32,
+            }),
+            _ => None,
+        };
         Ok(TieEffect {
-            freed: (self.refcount[old] == 0).then_some(old),
+            freed,
             created: None,
+            merged,
         })
     }
 
@@ -246,6 +279,7 @@ impl TieTable {
                 slot: new,
                 from: old,
             }),
+            merged: None,
         })
     }
 
@@ -263,6 +297,29 @@ impl TieTable {
         } else {
             Ok(TieEffect::default())
         }
+    }
+
+    /// For each action of block i (0..=i), whether `--param-limit` allows it:
+    /// it leaves at most `limit` trainable blocks; while the table is above
+    /// the limit, it lowers their number (or, where no action of block i
+    /// can, it does not raise it).
+    pub fn actions_within_limit(&self, i: usize, limit: usize) -> Result<Vec<bool>> {
+        self.check_layer(i)?;
+        let now = self.trainable_slots().len();
+        let after: Vec<usize> = (0..=i)
+            .map(|a| {
+                let mut t = self.clone();
+                t.apply_action(i, a).map(|_| t.trainable_slots().len())
+            })
+            .collect::<Result<_>>()?;
+        if now <= limit {
+            return Ok(after.iter().map(|&u| u <= limit).collect());
+        }
+        let lowers = after.iter().any(|&u| u < now);
+        Ok(after
+            .iter()
+            .map(|&u| if lowers { u < now } else { u <= now })
+            .collect())
     }
 
     /// Verify the table's invariants (after reading it from a checkpoint):
@@ -374,6 +431,58 @@ mod tests {
     }
 
     #[test]
+    fn average_merge_only_when_a_slot_is_freed_weighted_by_its_blocks() {
+        let avg = TieOptions {
+            merge: TieMerge::Average,
+            ..TieOptions::default()
+        };
+        let mut t = TieTable::new(5, avg).unwrap();
+        // Slot 0 served one block: half and half.
+        let e = t.tie(1, 0).unwrap();
+        let half = SlotMerge {
+            into: 0,
+            from: 1,
+            from_weight: 0.5,
+        };
+        assert_eq!((e.freed, e.merged), (Some(1), Some(half)));
+        // Slot 0 now serves two blocks: the newcomer counts for a third.
+        let e = t.tie(2, 1).unwrap();
+        assert_eq!(e.merged.map(|m| (m.into, m.from)), Some((0, 2)));
+        assert!((e.merged.unwrap().from_weight - 1.0 / 3.0).abs() < 1e-7);
+        // Leaving a slot that others keep loses no weights: no merge.
+        t.tie(4, 3).unwrap();
+        let e = t.tie(3, 0).unwrap();
+        assert_eq!(e, TieEffect::default());
+        // An untie copies; it never merges.
+        assert_eq!(t.untie(1).unwrap().merged, None);
+        check_invariants(&t);
+        // Replace never merges.
+        let mut r = TieTable::new(3, TieOptions::default()).unwrap();
+        assert_eq!(r.tie(2, 0).unwrap().merged, None);
+    }
+
+    #[test]
+    fn the_limit_allows_only_actions_that_keep_or_bring_the_table_within_it() {
+        let mut t = TieTable::new(5, TieOptions::default()).unwrap();
+        // 5 trainable blocks, limit 3: block 2 must tie (to 0 or 1).
+        assert_eq!(t.actions_within_limit(2, 3).unwrap(), [true, true, false]);
+        t.tie(2, 0).unwrap();
+        t.tie(3, 1).unwrap();
+        // 3 trainable (slots 0, 1, 4): block 4 may stay or tie; block 2 may
+        // tie anywhere but not become independent again.
+        assert_eq!(t.actions_within_limit(4, 3).unwrap(), [true; 5]);
+        assert_eq!(t.actions_within_limit(2, 3).unwrap(), [true, true, false]);
+        // Block 1 owns slot 1, which block 3 shares: no action of block 1
+        // lowers the count, so above the limit any action that does not
+        // raise it is allowed.
+        let mut u = TieTable::new(4, TieOptions::default()).unwrap();
+        u.tie(3, 1).unwrap();
+        assert_eq!(u.trainable_slots().len(), 3);
+        assert_eq!(u.actions_within_limit(1, 1).unwrap(), [true, true]);
+        assert!(u.actions_within_limit(0, 1).is_err());
+    }
+
+    #[test]
     fn owner_leaving_keeps_the_slot_alive_for_the_others() {
         let mut t = TieTable::new(4, TieOptions::default()).unwrap();
         t.tie(3, 2).unwrap();
@@ -453,7 +562,7 @@ mod tests {
         let now = serde_json::to_string(&o).unwrap();
         assert_eq!(
             now,
-            r#"{"init":"zero","paper_compat":false,"tie_grad":"frozen"}"#
+            r#"{"init":"zero","paper_compat":false,"tie_grad":"frozen","merge":"replace"}"#
         );
         assert_eq!(serde_json::from_str::<TieOptions>(&now).unwrap(), o);
         let e = "both".parse::<TieGrad>().unwrap_err().to_string();
