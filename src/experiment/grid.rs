@@ -338,6 +338,10 @@ pub fn config_differences(recorded: &RunConfig, planned: &RunConfig) -> Vec<Stri
         // A run folder records the vocabulary resolved from the dataset.
         planned.model.vocab_size = recorded.model.vocab_size;
     }
+    if planned.precision.is_none() {
+        // Likewise the precision its backend defaults to.
+        planned.precision = recorded.precision;
+    }
     let mut out = vec![];
     diff_tables(
         "",
