@@ -339,8 +339,15 @@ pub fn config_differences(recorded: &RunConfig, planned: &RunConfig) -> Vec<Stri
         planned.model.vocab_size = recorded.model.vocab_size;
     }
     if planned.precision.is_none() {
-        // Likewise the precision its backend defaults to.
+        // Likewise the precision its backend defaults to, and what it found
+        // in the dataset folder (content hash and tokenizer).
         planned.precision = recorded.precision;
+    }
+    if planned.data.dataset_id.is_none() {
+        planned.data.dataset_id = recorded.data.dataset_id.clone();
+    }
+    if planned.data.tokenizer.is_none() {
+        planned.data.tokenizer = recorded.data.tokenizer;
     }
     let mut out = vec![];
     diff_tables(
@@ -374,6 +381,8 @@ fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::tokenizer::TokenizerKind;
+    use crate::precision::Precision;
 
     const GRID: &str = r#"
 out = "runs"
@@ -469,7 +478,18 @@ seeds = [3]
         recorded.backend = BackendKind::Cuda;
         // A static policy does not use the agent's settings.
         recorded.tying.agent_k = 9;
+        // What the trainer records of the dataset and the backend's default
+        // precision, where the grid does not say.
+        recorded.data.dataset_id = Some("3510f71f28c2db15".into());
+        recorded.data.tokenizer = Some(TokenizerKind::Byte);
+        recorded.precision = Some(Precision::Fp32);
         assert!(config_differences(&recorded, &planned).is_empty());
+        let mut bf16 = planned.clone();
+        bf16.precision = Some(Precision::Bf16);
+        assert_eq!(
+            config_differences(&recorded, &bf16),
+            ["precision: folder \"fp32\" / grid \"bf16\""]
+        );
         recorded.train.lr = 0.5;
         let d = config_differences(&recorded, &planned);
         assert_eq!(d.len(), 1);
