@@ -203,19 +203,37 @@ pub fn linear(
         out_ch,
     })?;
     tape.record(move |be| {
-        be.run(MatmulBwd {
-            dinp: Some(inp.grad),
-            dweight: weight.grad,
-            dbias: bias.and_then(|b| b.grad),
-            dout: out.grad,
-            inp: inp.val,
-            weight: weight.val,
-            rows,
-            in_ch,
-            out_ch,
-        })
+        be.run(linear_bwd(
+            out.grad,
+            inp,
+            weight,
+            bias,
+            [rows, in_ch, out_ch],
+        ))
     });
     Ok(())
+}
+
+/// The backward of `out = inp @ weight^T + bias` from `dout`, the gradient
+/// of `out`: into the input's gradient and (accumulating) the parameters'.
+fn linear_bwd(
+    dout: View,
+    inp: Var,
+    weight: Param,
+    bias: Option<Param>,
+    [rows, in_ch, out_ch]: [usize; 3],
+) -> MatmulBwd {
+    MatmulBwd {
+        dinp: Some(inp.grad),
+        dweight: weight.grad,
+        dbias: bias.and_then(|b| b.grad),
+        dout,
+        inp: inp.val,
+        weight: weight.val,
+        rows,
+        in_ch,
+        out_ch,
+    }
 }
 
 /// `pre = inp @ weight^T + bias`, `out = gelu(pre)` in one op (the MLP's
@@ -250,17 +268,13 @@ pub fn linear_gelu(
             inp: pre.val,
             dout: out.grad,
         })?;
-        be.run(MatmulBwd {
-            dinp: Some(inp.grad),
-            dweight: weight.grad,
-            dbias: bias.and_then(|b| b.grad),
-            dout: pre.grad,
-            inp: inp.val,
-            weight: weight.val,
-            rows,
-            in_ch,
-            out_ch,
-        })
+        be.run(linear_bwd(
+            pre.grad,
+            inp,
+            weight,
+            bias,
+            [rows, in_ch, out_ch],
+        ))
     });
     Ok(())
 }
