@@ -21,13 +21,12 @@
 //! reads as the paper's settings, which is what those runs did.
 
 use anyhow::{bail, ensure, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 /// What a tie does with the weights of the block that joins another's slot
 /// when its own slot is freed by it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum TieMerge {
     /// The block's weights are dropped (the paper).
     #[default]
@@ -37,15 +36,7 @@ pub enum TieMerge {
     Average,
 }
 
-impl TieMerge {
-    pub fn parse(flag: &str) -> Result<Self> {
-        match flag {
-            "replace" => Ok(TieMerge::Replace),
-            "average" => Ok(TieMerge::Average),
-            other => bail!("--tie-merge '{other}' is unknown: use replace or average"),
-        }
-    }
-}
+crate::choice_text!(TieMerge, "tie merge");
 
 /// How the exploration probability falls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -107,8 +98,7 @@ impl From<EpsilonSchedule> for String {
 }
 
 /// How an explored action is drawn.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum ExploreDraw {
     /// Uniform over block i's i+1 actions (the paper).
     #[default]
@@ -119,19 +109,10 @@ pub enum ExploreDraw {
     Balanced,
 }
 
-impl ExploreDraw {
-    pub fn parse(flag: &str) -> Result<Self> {
-        match flag {
-            "uniform" => Ok(ExploreDraw::Uniform),
-            "balanced" => Ok(ExploreDraw::Balanced),
-            other => bail!("--explore-draw '{other}' is unknown: use uniform or balanced"),
-        }
-    }
-}
+crate::choice_text!(ExploreDraw, "explore draw");
 
 /// Whose Q-values the TD target bootstraps from after a decision on block i.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum TdTarget {
     /// The next decision's block (i + 1, or block 1 of the next episode).
     #[default]
@@ -140,19 +121,10 @@ pub enum TdTarget {
     Same,
 }
 
-impl TdTarget {
-    pub fn parse(flag: &str) -> Result<Self> {
-        match flag {
-            "next" => Ok(TdTarget::Next),
-            "same" => Ok(TdTarget::Same),
-            other => bail!("--td-target '{other}' is unknown: use next or same"),
-        }
-    }
-}
+crate::choice_text!(TdTarget, "TD target");
 
 /// What the relative-perplexity reward compares (not used by `--paper-compat`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum RewardSpan {
     /// Before the action and after the k training steps that follow it.
     #[default]
@@ -162,15 +134,7 @@ pub enum RewardSpan {
     Immediate,
 }
 
-impl RewardSpan {
-    pub fn parse(flag: &str) -> Result<Self> {
-        match flag {
-            "interval" => Ok(RewardSpan::Interval),
-            "immediate" => Ok(RewardSpan::Immediate),
-            other => bail!("--reward '{other}' is unknown: use interval or immediate"),
-        }
-    }
-}
+crate::choice_text!(RewardSpan, "reward");
 
 /// `[agent]` in config.toml.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,8 +243,8 @@ pub struct AgentFlags {
     /// What a tie that frees a block's slot does with its weights: replace
     /// (dropped, the paper) or average (folded into the shared slot,
     /// weighted by the blocks on each; AdamW moments too).
-    #[arg(long = "tie-merge")]
-    pub tie_merge: Option<String>,
+    #[arg(long = "tie-merge", value_enum)]
+    pub tie_merge: Option<TieMerge>,
     /// Fraction of the steps during which the agent decides (0, 1]; after
     /// it the tie table stays fixed and no reward is evaluated.
     #[arg(long = "decide-until")]
@@ -291,8 +255,8 @@ pub struct AgentFlags {
     pub epsilon_schedule: Option<String>,
     /// How an explored action is drawn: uniform over the block's actions
     /// (the paper) or balanced ("independent" half the time).
-    #[arg(long = "explore-draw")]
-    pub explore_draw: Option<String>,
+    #[arg(long = "explore-draw", value_enum)]
+    pub explore_draw: Option<ExploreDraw>,
     /// The agent learns from the reward minus a moving baseline over N
     /// rewards (0: off, the paper).
     #[arg(long = "reward-baseline", value_name = "N")]
@@ -303,13 +267,13 @@ pub struct AgentFlags {
     pub param_budget: Option<usize>,
     /// The TD target's bootstrap: next (the next decision's block) or same
     /// (the same block's group, as the authors' code).
-    #[arg(long = "td-target")]
-    pub td_target: Option<String>,
+    #[arg(long = "td-target", value_enum)]
+    pub td_target: Option<TdTarget>,
     /// What the reward compares: interval (the perplexity before the action
     /// and after the k steps that follow) or immediate (just before and just
     /// after the action, no training between).
-    #[arg(long)]
-    pub reward: Option<String>,
+    #[arg(long, value_enum)]
+    pub reward: Option<RewardSpan>,
     /// A hard limit of B trainable blocks: the agent takes only actions that
     /// stay within it (and, while above it, lower the count). 0: none.
     #[arg(long = "param-limit", value_name = "B")]
@@ -319,8 +283,8 @@ pub struct AgentFlags {
 impl AgentFlags {
     /// Overrides `settings` with the flags given.
     pub fn apply(&self, settings: &mut AgentSettings) -> Result<()> {
-        if let Some(m) = &self.tie_merge {
-            settings.tie_merge = TieMerge::parse(m)?;
+        if let Some(m) = self.tie_merge {
+            settings.tie_merge = m;
         }
         if let Some(d) = self.decide_until {
             settings.decide_until = d;
@@ -328,8 +292,8 @@ impl AgentFlags {
         if let Some(e) = &self.epsilon_schedule {
             settings.epsilon_schedule = EpsilonSchedule::parse(e)?;
         }
-        if let Some(d) = &self.explore_draw {
-            settings.explore_draw = ExploreDraw::parse(d)?;
+        if let Some(d) = self.explore_draw {
+            settings.explore_draw = d;
         }
         if let Some(n) = self.reward_baseline {
             settings.reward_baseline = n;
@@ -337,11 +301,11 @@ impl AgentFlags {
         if let Some(b) = self.param_budget {
             settings.param_budget = b;
         }
-        if let Some(t) = &self.td_target {
-            settings.td_target = TdTarget::parse(t)?;
+        if let Some(t) = self.td_target {
+            settings.td_target = t;
         }
-        if let Some(r) = &self.reward {
-            settings.reward = RewardSpan::parse(r)?;
+        if let Some(r) = self.reward {
+            settings.reward = r;
         }
         if let Some(b) = self.param_limit {
             settings.param_limit = b;
@@ -384,20 +348,20 @@ mod tests {
         for bad in ["linear:0", "linear:1.5", "linear:x", "linear", "cosine"] {
             assert!(EpsilonSchedule::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(TieMerge::parse("average").unwrap(), TieMerge::Average);
+        assert_eq!("average".parse::<TieMerge>().unwrap(), TieMerge::Average);
         assert_eq!(
-            ExploreDraw::parse("balanced").unwrap(),
+            "balanced".parse::<ExploreDraw>().unwrap(),
             ExploreDraw::Balanced
         );
-        assert!(ExploreDraw::parse("greedy").is_err());
-        assert_eq!(TdTarget::parse("same").unwrap(), TdTarget::Same);
-        assert!(TdTarget::parse("previous").is_err());
+        assert!("greedy".parse::<ExploreDraw>().is_err());
+        assert_eq!("same".parse::<TdTarget>().unwrap(), TdTarget::Same);
+        assert!("previous".parse::<TdTarget>().is_err());
         assert_eq!(
-            RewardSpan::parse("immediate").unwrap(),
+            "immediate".parse::<RewardSpan>().unwrap(),
             RewardSpan::Immediate
         );
-        assert!(RewardSpan::parse("later").is_err());
-        assert!(TieMerge::parse("mean").is_err());
+        assert!("later".parse::<RewardSpan>().is_err());
+        assert!("mean".parse::<TieMerge>().is_err());
     }
 
     #[test]
