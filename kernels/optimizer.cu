@@ -9,17 +9,36 @@
 #include "grid.cuh"
 #include "reduce.cuh"
 
+// The slots of the step-statistics buffer (src/ops/optimizer.rs, `stat`):
+// a training step sums its loss and squared gradient norm here, and
+// optimizer_finish_step turns them into the clip scale and the skip flag
+// that AdamW reads, so the host reads nothing inside a step.
+enum StepStat {
+    STAT_LOSS = 0,
+    STAT_NORM_SQ = 1,
+    STAT_NORM = 2,
+    STAT_SCALE = 3,
+    STAT_SKIP = 4,
+    STAT_SKIPPED = 5,
+    STAT_SKIPPED_IN_A_ROW = 6,
+};
+
 // One AdamW update, in the reference's order of operations. The host computes
 // the bias corrections once, in double as the reference does, and passes
 // `step_size` = lr / (1 - beta1^t), `bc2_sqrt` = sqrt(1 - beta2^t) and
 // `decay` = 1 - lr * weight_decay, so the kernel needs no pow per element.
 // In mixed precision `copy` (else null) receives the new weights rounded to
 // bf16 in the same pass: the compute copy the matmuls read, refreshed
-// without another read of the fp32 weights.
+// without another read of the fp32 weights. The gradient scale (clipping)
+// and the skip flag are read from the step statistics, so the launch does
+// not wait for the host to learn the gradient norm.
 extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
                                                float* __restrict__ m, float* __restrict__ v,
-                                               bf16* __restrict__ copy, float beta1, float beta2, float eps,
-                                               float decay, float step_size, float bc2_sqrt, float grad_scale, u64 n) {
+                                               bf16* __restrict__ copy, const float* __restrict__ stats,
+                                               float beta1, float beta2, float eps, float decay, float step_size,
+                                               float bc2_sqrt, u64 n) {
+    if (stats[STAT_SKIP] != 0.0f) return;
+    const float grad_scale = stats[STAT_SCALE];
     GRID_STRIDE_LOOP(i, n) {
         const float g = grads[i] * grad_scale;
         const float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -32,24 +51,46 @@ extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const
     }
 }
 
-// acc[0] += sum(x^2). Each thread sums its elements in double, the block
+// acc[0] += scale * sum(f(x)), f(x) = x^2 or x. Each thread sums its elements in double, the block
 // reduces with shuffles and shared memory (still double), and one atomicAdd
 // per block adds the block's total: the reference sums in double, and the
 // only float roundings left are those of the few hundred per-block additions
 // into `acc`. A single-block launch would be exact but would use one SM of
 // the GPU; a second reduction kernel would need a scratch buffer.
-template <typename T>
-__device__ void sum_squares(float* acc, const T* __restrict__ x, u64 n) {
+template <bool SQUARE, typename T>
+__device__ void sum_into(float* acc, const T* __restrict__ x, u64 n, double scale) {
     SMEM(double, warp_totals, [32]);
     double s = 0.0;
     GRID_STRIDE_LOOP(i, n) {
         const double v = to_f32(x[i]);
-        s += v * v;
+        s += SQUARE ? v * v : v;
     }
     const double total = block_sum_to_thread0(s, warp_totals);
-    if (threadIdx.x == 0) atomicAdd(acc, (float)total);
+    if (threadIdx.x == 0) atomicAdd(acc, (float)(total * scale));
 }
 
 extern "C" __global__ void optimizer_sum_squares_f32(float* acc, const float* __restrict__ x, u64 n) {
-    sum_squares(acc, x, n);
+    sum_into<true>(acc, x, n, 1.0);
+}
+
+extern "C" __global__ void optimizer_sum_scaled_f32(float* acc, const float* __restrict__ x, float scale, u64 n) {
+    sum_into<false>(acc, x, n, scale);
+}
+
+// Finite when neither NaN (every comparison false) nor infinite.
+__device__ __forceinline__ bool finite_f32(float x) { return fabsf(x) <= 3.402823466e38f; }
+
+// Closes the step statistics (see FinishStep in src/ops/optimizer.rs): a
+// handful of scalars, so one thread; it runs between the norm and AdamW on
+// the same stream, which orders it without any host involvement.
+extern "C" __global__ void optimizer_finish_step_f32(float* stats, float max_norm, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        const float norm = sqrtf(stats[STAT_NORM_SQ]);
+        const bool bad = !(finite_f32(stats[STAT_LOSS]) && finite_f32(norm));
+        stats[STAT_NORM] = norm;
+        stats[STAT_SCALE] = bad ? 0.0f : max_norm > 0.0f ? fminf(max_norm / (norm + 1e-6f), 1.0f) : 1.0f;
+        stats[STAT_SKIP] = bad ? 1.0f : 0.0f;
+        stats[STAT_SKIPPED] += bad ? 1.0f : 0.0f;
+        stats[STAT_SKIPPED_IN_A_ROW] = bad ? stats[STAT_SKIPPED_IN_A_ROW] + 1.0f : 0.0f;
+    }
 }

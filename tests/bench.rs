@@ -171,9 +171,15 @@ fn bench_throughput_json_parses() {
     assert_eq!(r["step_ms"].as_array().unwrap().len(), 2);
     assert_eq!(
         r["losses"].as_array().unwrap().len(),
-        3,
-        "2 timed + 1 profiled"
+        4,
+        "1 counted + 2 timed + 1 profiled"
     );
+    // A step reads nothing back and never waits for the device.
+    let traffic = &r["traffic"];
+    assert_eq!(traffic["readbacks"], 0, "{traffic}");
+    assert_eq!(traffic["syncs"], 0, "{traffic}");
+    assert_eq!(traffic["uploads"], 2, "tokens and targets: {traffic}");
+    assert!(traffic["launches"].as_u64().unwrap() > 10, "{traffic}");
     assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(r["ms_per_step_min"].as_f64() <= r["ms_per_step_median"].as_f64());
     assert!(r["mfu"].is_null(), "no MFU on the CPU");

@@ -16,13 +16,13 @@ use dyntie::mem::{Buffer, DType, View};
 use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd};
 use dyntie::ops::loss::SoftmaxXent;
-use dyntie::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use dyntie::ops::optimizer::{stat, AdamWStep, Adamw, SumSquares};
 use dyntie::ops::{Backend, BackendExt};
 
 /// BERT's LayerNorm epsilon: the kernels take it as an argument.
 const BERT_EPS: f32 = 1e-12;
 
-const OPS: [&str; 7] = [
+const OPS: [&str; 9] = [
     "embedding_fwd",
     "embedding_bwd",
     "layernorm_fwd",
@@ -30,6 +30,8 @@ const OPS: [&str; 7] = [
     "softmax_xent",
     "adamw",
     "sum_squares",
+    "sum_scaled",
+    "finish_step",
 ];
 
 #[test]
@@ -409,10 +411,10 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
         eps: 1e-8,
         weight_decay: 0.0,
         step: 1,
-        grad_scale: 1.0,
     };
+    let stats = stat::with_scale(1.0, false);
     let results = run_all(
-        &[p, g.clone(), vec![0.0; n], vec![0.0; n], vec![0.25]],
+        &[p, g.clone(), vec![0.0; n], vec![0.0; n], vec![0.25], stats],
         &[],
         &[0, 2, 3, 4],
         &|be, v| {
@@ -422,6 +424,7 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
                 m: v.f[2],
                 v: v.f[3],
                 copy: None,
+                stats: v.f[5],
                 hp,
             })?;
             be.run(SumSquares {
@@ -438,6 +441,40 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
             ((got - exact) / exact).abs() < 1e-6,
             "{label}: sum_squares {got} vs {exact}"
         );
+    }
+}
+
+/// A step flagged as skipped in the statistics changes no weight, moment
+/// or compute copy, on every backend (a partial block included).
+#[test]
+fn adamw_changes_nothing_when_the_step_is_skipped() {
+    let n = 3 * 256 + 5;
+    let (p, g, m) = (random(n, 0.5, 21), random(n, 0.1, 22), random(n, 0.01, 23));
+    let v: Vec<f32> = random(n, 0.01, 24).iter().map(|x| x * x).collect();
+    let hp = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 3,
+    };
+    let inputs = [p, g, m, v, stat::with_scale(0.0, true)];
+    let results = run_all(&inputs, &[], &[0, 2, 3], &|be, v| {
+        be.run(Adamw {
+            params: v.f[0],
+            grads: v.f[1],
+            m: v.f[2],
+            v: v.f[3],
+            copy: None,
+            stats: v.f[4],
+            hp,
+        })
+    });
+    for (label, out) in &results {
+        for (got, want) in out.iter().zip([&inputs[0], &inputs[2], &inputs[3]]) {
+            assert!(got == want, "{label}: a skipped AdamW step wrote");
+        }
     }
 }
 
@@ -554,7 +591,6 @@ fn bad_shapes_are_errors_naming_the_op() {
         eps: 1e-8,
         weight_decay: 0.0,
         step: 0,
-        grad_scale: 1.0,
     };
     let adamw = |grads, hp| Adamw {
         params: v.slice(0, 8),
@@ -562,6 +598,7 @@ fn bad_shapes_are_errors_naming_the_op() {
         m: v.slice(16, 8),
         v: v.slice(24, 8),
         copy: None,
+        stats: v.slice(32, stat::LEN),
         hp,
     };
     let m = msg(be.run(adamw(v.slice(8, 8), hp)));

@@ -1,13 +1,46 @@
-//! The optimizer's passes over parameters: AdamW and the squared norm.
+//! The optimizer's passes over parameters (AdamW, the squared norm) and the
+//! step statistics that let a training step run without reading anything
+//! back: the loss and the gradient norm are summed into a small device
+//! buffer ([`stat`]), [`FinishStep`] turns them into the clip scale and the
+//! skip flag there, and AdamW reads both from it.
 
 use super::check::{self, input, output, F32_ONLY};
 use super::Contract;
 use crate::mem::{DType, View};
 use anyhow::Result;
 
+/// The slots of the step-statistics buffer (fp32, [`stat::LEN`] floats);
+/// kernels/optimizer.cu numbers them the same way.
+pub mod stat {
+    /// The step's mean training loss, summed over its micro-batches.
+    pub const LOSS: usize = 0;
+    /// The sum of squared gradients.
+    pub const NORM_SQ: usize = 1;
+    /// `sqrt(NORM_SQ)`, the gradient norm before clipping.
+    pub const NORM: usize = 2;
+    /// The factor AdamW multiplies gradients by (clipping); 0 when skipped.
+    pub const SCALE: usize = 3;
+    /// 1 when the loss or the norm is not finite: AdamW changes nothing.
+    pub const SKIP: usize = 4;
+    /// Updates skipped so far in the run (exact up to 2^24).
+    pub const SKIPPED: usize = 5;
+    /// Updates skipped since the last applied one.
+    pub const SKIPPED_IN_A_ROW: usize = 6;
+    pub const LEN: usize = 7;
+
+    /// Statistics that give AdamW the clip scale `scale`, or skip it (tests
+    /// and conformance cases).
+    pub fn with_scale(scale: f32, skip: bool) -> Vec<f32> {
+        let mut s = vec![0.0; LEN];
+        s[SCALE] = scale;
+        s[SKIP] = skip as u8 as f32;
+        s
+    }
+}
+
 /// Hyper-parameters of one AdamW update (decoupled weight decay, bias
-/// correction). `step` is 1-based. Gradients are multiplied by `grad_scale`
-/// first (global-norm clipping).
+/// correction). `step` is 1-based. The gradient scale (clipping) and the
+/// skip flag come from the step statistics on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
     pub lr: f32,
@@ -16,13 +49,14 @@ pub struct AdamWStep {
     pub eps: f32,
     pub weight_decay: f32,
     pub step: u32,
-    pub grad_scale: f32,
 }
 
 /// One AdamW update of `params` from `grads`, moments `m` and `v`, all fp32
 /// in every precision (master weights). In mixed precision `copy` receives
 /// the updated weights rounded to bf16: the compute copy the matmuls read,
-/// written in the same pass.
+/// written in the same pass. Gradients are multiplied by
+/// `stats[stat::SCALE]` first; when `stats[stat::SKIP]` is set nothing is
+/// written at all.
 #[derive(Clone, Copy, Debug)]
 pub struct Adamw {
     pub params: View,
@@ -30,6 +64,7 @@ pub struct Adamw {
     pub m: View,
     pub v: View,
     pub copy: Option<View>,
+    pub stats: View,
     pub hp: AdamWStep,
 }
 
@@ -56,6 +91,7 @@ impl Contract for Adamw {
                 output("v", self.v, n),
                 output("copy", self.copy, n).of(DType::BF16),
                 input("grads", self.grads, n),
+                input("stats", self.stats, stat::LEN).of(DType::F32),
             ],
         )
     }
@@ -83,5 +119,56 @@ impl Contract for SumSquares {
     }
     fn shape(&self) -> String {
         format!("n={}", self.x.len)
+    }
+}
+
+/// `acc[0] += scale * sum(x)` (the step's loss from the per-row losses,
+/// which are 0 on ignored targets).
+#[derive(Clone, Copy, Debug)]
+pub struct SumScaled {
+    pub acc: View,
+    pub x: View,
+    pub scale: f32,
+}
+
+impl Contract for SumScaled {
+    const NAME: &'static str = "sum_scaled";
+    const FLOATS: &'static [DType] = F32_ONLY;
+    fn check(&self) -> Result<()> {
+        check::operands(
+            Self::NAME,
+            Self::FLOATS,
+            &[output("acc", self.acc, 1), input("x", self.x, self.x.len)],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("n={}", self.x.len)
+    }
+}
+
+/// Closes a step's statistics on the device: `NORM = sqrt(NORM_SQ)`; when
+/// `LOSS` or `NORM` is not finite the step is skipped (`SKIP = 1`,
+/// `SCALE = 0`, both skip counters advance), else `SCALE` is the clip
+/// factor `min(1, max_norm / (NORM + 1e-6))` (1 when `max_norm` is 0) and
+/// `SKIPPED_IN_A_ROW` returns to 0.
+#[derive(Clone, Copy, Debug)]
+pub struct FinishStep {
+    pub stats: View,
+    pub max_norm: f32,
+}
+
+impl Contract for FinishStep {
+    const NAME: &'static str = "finish_step";
+    const FLOATS: &'static [DType] = F32_ONLY;
+    fn check(&self) -> Result<()> {
+        check::nonnegative(Self::NAME, "max_norm", self.max_norm)?;
+        check::operands(
+            Self::NAME,
+            Self::FLOATS,
+            &[output("stats", self.stats, stat::LEN)],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("max_norm={}", self.max_norm)
     }
 }

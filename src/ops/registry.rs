@@ -44,6 +44,8 @@ macro_rules! for_each_op {
             loss::SoftmaxXent => cases::softmax_xent,
             optimizer::Adamw => cases::adamw,
             optimizer::SumSquares => cases::sum_squares,
+            optimizer::SumScaled => cases::sum_scaled,
+            optimizer::FinishStep => cases::finish_step,
         }
     };
 }
@@ -837,8 +839,9 @@ mod cases {
             eps: 1e-8,
             weight_decay: 0.1,
             step: 7,
-            grad_scale: 0.5,
         };
+        // A clip scale of 0.5, not skipped.
+        let stats = b.floats_f32(optimizer::stat::with_scale(0.5, false));
         b.run(move |t| {
             optimizer::Adamw {
                 params: t[p],
@@ -846,6 +849,7 @@ mod cases {
                 m: t[m],
                 v: t[v],
                 copy: Some(t[copy]),
+                stats: t[stats],
                 hp,
             }
             .into()
@@ -866,6 +870,39 @@ mod cases {
             .into()
         });
         b.compare(&[acc], tol_for(odd_len(d)));
+    }
+
+    pub fn sum_scaled(b: &mut CaseBuilder, d: Dims) {
+        let acc = b.floats(vec![1.5]);
+        let x = b.random(odd_len(d), 1.0);
+        b.run(move |t| {
+            optimizer::SumScaled {
+                acc: t[acc],
+                x: t[x],
+                scale: 0.37,
+            }
+            .into()
+        });
+        b.compare(&[acc], tol_for(odd_len(d)));
+    }
+
+    pub fn finish_step(b: &mut CaseBuilder, _: Dims) {
+        // A finite step that is clipped, after two skipped ones; the
+        // skipping path is tested in the training tests (tests/train.rs).
+        let mut s = vec![0.0; optimizer::stat::LEN];
+        s[optimizer::stat::LOSS] = 3.25;
+        s[optimizer::stat::NORM_SQ] = 6.5;
+        s[optimizer::stat::SKIPPED] = 2.0;
+        s[optimizer::stat::SKIPPED_IN_A_ROW] = 2.0;
+        let stats = b.floats_f32(s);
+        b.run(move |t| {
+            optimizer::FinishStep {
+                stats: t[stats],
+                max_norm: 1.0,
+            }
+            .into()
+        });
+        b.compare(&[stats], 1e-7);
     }
 
     /// Element-by-element bounds on how far the two backends' results may

@@ -3,11 +3,14 @@
 use super::KernelOp;
 use crate::cuda::launch::{Args, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
-use crate::ops::optimizer::{Adamw, SumSquares};
+use crate::mem::DType;
+use crate::ops::optimizer::{stat, Adamw, FinishStep, SumScaled, SumSquares};
 use anyhow::Result;
 
 const ADAMW: KernelId = kernel_id!(optimizer, adamw);
 const SUM_SQUARES: KernelId = kernel_id!(optimizer, sum_squares);
+const SUM_SCALED: KernelId = kernel_id!(optimizer, sum_scaled);
+const FINISH_STEP: KernelId = kernel_id!(optimizer, finish_step);
 
 impl KernelOp for Adamw {
     fn launch(&self, l: &Launcher) -> Result<()> {
@@ -23,13 +26,13 @@ impl KernelOp for Adamw {
             .ptr(self.m)
             .ptr(self.v)
             .opt(self.copy)
+            .ptr(self.stats.slice(0, stat::LEN))
             .f32(hp.beta1)
             .f32(hp.beta2)
             .f32(hp.eps)
             .f32(1.0 - hp.lr * hp.weight_decay)
             .f32((hp.lr as f64 / bc1) as f32)
             .f32(bc2.sqrt() as f32)
-            .f32(hp.grad_scale)
             .u64(n as u64);
         l.launch_1d(&ADAMW, self.params.dtype, n, args)
     }
@@ -43,5 +46,28 @@ impl KernelOp for SumSquares {
             .ptr(self.x)
             .u64(n as u64);
         l.launch_1d(&SUM_SQUARES, self.x.dtype, n, args)
+    }
+}
+
+impl KernelOp for SumScaled {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let n = self.x.len;
+        let args = Args::new()
+            .ptr(self.acc.slice(0, 1))
+            .ptr(self.x)
+            .f32(self.scale)
+            .u64(n as u64);
+        l.launch_1d(&SUM_SCALED, self.x.dtype, n, args)
+    }
+}
+
+impl KernelOp for FinishStep {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        // One element: a single thread does the scalar arithmetic.
+        let args = Args::new()
+            .ptr(self.stats.slice(0, stat::LEN))
+            .f32(self.max_norm)
+            .u64(1);
+        l.launch_1d(&FINISH_STEP, DType::F32, 1, args)
     }
 }
