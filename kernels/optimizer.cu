@@ -29,16 +29,12 @@ enum StepStat {
 // `decay` = 1 - lr * weight_decay, so the kernel needs no pow per element.
 // In mixed precision `copy` (else null) receives the new weights rounded to
 // bf16 in the same pass: the compute copy the matmuls read, refreshed
-// without another read of the fp32 weights. The gradient scale (clipping)
-// and the skip flag are read from the step statistics, so the launch does
-// not wait for the host to learn the gradient norm.
-extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
-                                               float* __restrict__ m, float* __restrict__ v,
-                                               bf16* __restrict__ copy, const float* __restrict__ stats,
-                                               float beta1, float beta2, float eps, float decay, float step_size,
-                                               float bc2_sqrt, u64 n) {
-    if (stats[STAT_SKIP] != 0.0f) return;
-    const float grad_scale = stats[STAT_SCALE];
+// without another read of the fp32 weights. Both AdamW kernels run this
+// function, so they agree bit for bit.
+__device__ __forceinline__ void adamw_tensor(float* __restrict__ params, const float* __restrict__ grads,
+                                             float* __restrict__ m, float* __restrict__ v, bf16* __restrict__ copy,
+                                             float beta1, float beta2, float eps, float decay, float step_size,
+                                             float bc2_sqrt, float grad_scale, u64 n) {
     GRID_STRIDE_LOOP(i, n) {
         const float g = grads[i] * grad_scale;
         const float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -48,6 +44,46 @@ extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const
         const float p = params[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
         params[i] = p;
         if (copy) copy[i] = from_f32<bf16>(p);
+    }
+}
+
+// One tensor. The gradient scale (clipping) and the skip flag are read from
+// the step statistics, so the launch does not wait for the host to learn
+// the gradient norm.
+extern "C" __global__ void optimizer_adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
+                                               float* __restrict__ m, float* __restrict__ v,
+                                               bf16* __restrict__ copy, const float* __restrict__ stats,
+                                               float beta1, float beta2, float eps, float decay, float step_size,
+                                               float bc2_sqrt, u64 n) {
+    if (stats[STAT_SKIP] != 0.0f) return;
+    adamw_tensor(params, grads, m, v, copy, beta1, beta2, eps, decay, step_size, bc2_sqrt, stats[STAT_SCALE], n);
+}
+
+// Every tensor of a step in one launch: `list` holds `count` entries of six
+// 64-bit words (params, grads, m, v, copy or 0, length with bit 63 set when
+// the tensor decays; AdamwTensor::entry in src/ops/optimizer.rs), each word
+// stored as two u32 halves, low first (u32 is the index dtype the backends
+// copy). Every thread walks the entries in order and strides over each
+// tensor: one launch instead of ~150 for GPT-2, at the price of idle threads
+// on the small tensors (biases, LayerNorm weights), a tiny share of the work.
+__device__ __forceinline__ u64 list_word(const u32* __restrict__ list, u64 i) {
+    return (u64)list[2 * i] | ((u64)list[2 * i + 1] << 32);
+}
+
+extern "C" __global__ void optimizer_adamw_multi_f32(const u32* __restrict__ list, u64 count,
+                                                     const float* __restrict__ stats, float beta1, float beta2,
+                                                     float eps, float decay, float step_size, float bc2_sqrt) {
+    if (stats[STAT_SKIP] != 0.0f) return;
+    const float grad_scale = stats[STAT_SCALE];
+    const u64 decays_bit = 1ull << 63;
+    for (u64 e = 0; e < count; ++e) {
+        const u64 base = 6 * e;
+        const u64 len_and_flag = list_word(list, base + 5);
+        adamw_tensor((float*)list_word(list, base), (const float*)list_word(list, base + 1),
+                     (float*)list_word(list, base + 2), (float*)list_word(list, base + 3),
+                     (bf16*)list_word(list, base + 4), beta1, beta2, eps,
+                     (len_and_flag & decays_bit) ? decay : 1.0f, step_size, bc2_sqrt, grad_scale,
+                     len_and_flag & ~decays_bit);
     }
 }
 

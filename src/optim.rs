@@ -5,11 +5,12 @@
 //! (matrices and embeddings decay; biases and LayerNorm weights do not).
 
 use crate::mem::{Buffer, DType, View};
-use crate::model::{Model, ParamEntry};
+use crate::model::Model;
 use crate::ops::elementwise::Fill;
-use crate::ops::optimizer::{stat, AdamWStep, Adamw, FinishStep, SumSquares};
+use crate::ops::optimizer::{
+    adamw_list, stat, AdamWStep, AdamwMulti, AdamwTensor, FinishStep, SumSquares,
+};
 use crate::ops::{Backend, BackendExt};
-use crate::tying::slots::Slot;
 use anyhow::Result;
 
 /// AdamW hyper-parameters, the step counter and the step statistics.
@@ -29,6 +30,18 @@ pub struct AdamW {
     /// gradient norm of the last step, its clip scale and skip flag, and
     /// the skip counters. Read only by [`AdamW::read_stats`].
     stats: Buffer,
+    /// The device list of every tensor the update steps, uploaded again
+    /// only when the live slots change.
+    list: Option<TensorList>,
+}
+
+/// The tensor list of [`AdamwMulti`] on the device, with its host copy.
+#[derive(Debug)]
+struct TensorList {
+    words: Vec<u32>,
+    count: usize,
+    max_len: usize,
+    buffer: Buffer,
 }
 
 /// What a checkpoint saves besides the moments (which live in the slots).
@@ -75,6 +88,7 @@ impl AdamW {
             weight_decay,
             step: 0,
             stats: backend.alloc(DType::F32, stat::LEN)?,
+            list: None,
         })
     }
 
@@ -161,11 +175,21 @@ impl AdamW {
             max_norm: max_norm.unwrap_or(0.0),
         })?;
         self.step += 1;
-        self.update_slot(be, model.global_layout().entries(), model.globals())?;
-        for (_, s) in model.slots().trainable_slots() {
-            self.update_slot(be, model.block_layout().entries(), s)?;
-        }
-        Ok(())
+        let list = self.tensor_list(model)?;
+        be.run(AdamwMulti {
+            list: list.buffer.view(),
+            count: list.count,
+            max_len: list.max_len,
+            stats: self.stats.view(),
+            hp: AdamWStep {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+                step: self.step,
+            },
+        })
     }
 
     /// [`AdamW::clip_and_update_on_device`], then reads the norm back;
@@ -175,29 +199,42 @@ impl AdamW {
         Ok(self.read_stats(model.backend().as_ref())?.norm)
     }
 
-    /// Updates the tensors of one slot, each with its own weight decay; in
-    /// mixed precision the same pass rewrites the slot's compute copy.
-    fn update_slot(&self, be: &dyn Backend, entries: &[ParamEntry], slot: &Slot) -> Result<()> {
-        for e in entries {
-            let hp = AdamWStep {
-                lr: self.lr,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: if e.decays { self.weight_decay } else { 0.0 },
-                step: self.step,
-            };
-            be.run(Adamw {
+    /// The list of every tensor of the globals and of each trainable live
+    /// slot, each with its own weight decay (and in mixed precision its
+    /// compute copy); uploaded when it differs from the last one (at the
+    /// first step and after a change of the tie table).
+    fn tensor_list(&mut self, model: &Model) -> Result<&TensorList> {
+        let mut tensors = Vec::new();
+        let slots = std::iter::once((model.global_layout().entries(), model.globals())).chain(
+            model
+                .slots()
+                .trainable_slots()
+                .map(|(_, s)| (model.block_layout().entries(), s)),
+        );
+        for (entries, slot) in slots {
+            tensors.extend(entries.iter().map(|e| AdamwTensor {
                 params: e.view(slot.params.view()),
                 grads: e.view(slot.grads.view()),
                 m: e.view(slot.adam_m.view()),
                 v: e.view(slot.adam_v.view()),
                 copy: slot.compute.as_ref().map(|c| e.view(c.view())),
-                stats: self.stats.view(),
-                hp,
-            })?;
+                decays: e.decays,
+            }));
         }
-        Ok(())
+        let (words, max_len) = adamw_list(&tensors)?;
+        if self.list.as_ref().is_none_or(|l| l.words != words) {
+            let be = model.backend().as_ref();
+            let buffer = be.alloc(DType::U32, words.len().max(1))?;
+            let view = buffer.view().slice(0, words.len());
+            be.upload(view, &words)?;
+            self.list = Some(TensorList {
+                count: tensors.len(),
+                max_len,
+                words,
+                buffer,
+            });
+        }
+        Ok(self.list.as_ref().expect("built above"))
     }
 }
 

@@ -16,19 +16,20 @@ use dyntie::mem::{Buffer, DType, View};
 use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd};
 use dyntie::ops::loss::SoftmaxXent;
-use dyntie::ops::optimizer::{stat, AdamWStep, Adamw, SumSquares};
+use dyntie::ops::optimizer::{adamw_list, stat, AdamWStep, Adamw, AdamwMulti, SumSquares};
 use dyntie::ops::{Backend, BackendExt};
 
 /// BERT's LayerNorm epsilon: the kernels take it as an argument.
 const BERT_EPS: f32 = 1e-12;
 
-const OPS: [&str; 9] = [
+const OPS: [&str; 10] = [
     "embedding_fwd",
     "embedding_bwd",
     "layernorm_fwd",
     "layernorm_bwd",
     "softmax_xent",
     "adamw",
+    "adamw_multi",
     "sum_squares",
     "sum_scaled",
     "finish_step",
@@ -441,6 +442,98 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
             ((got - exact) / exact).abs() < 1e-6,
             "{label}: sum_squares {got} vs {exact}"
         );
+    }
+}
+
+/// The multi-tensor AdamW is the per-tensor one, bit for bit (both kernels
+/// run one device function per element; the CPU runs the per-tensor
+/// reference per entry), over tensors of lengths that are not multiples of
+/// the block, with and without decay and a bf16 copy.
+#[test]
+fn adamw_multi_equals_the_per_tensor_adamw_bitwise() {
+    let lens = [3 * 256 + 7, 1, 1024 * 256 + 3, 255];
+    let hp = AdamWStep {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 4,
+    };
+    let mut all: Vec<(String, Box<dyn Backend>)> =
+        vec![("cpu".into(), Box::new(CpuBackend::new()))];
+    all.extend(backends());
+    for (label, be) in all {
+        let be = be.as_ref();
+        let stats = put(be, &stat::with_scale(0.7, false));
+        // Two identical sets of tensors: one per-tensor, one multi-tensor.
+        let sets: Vec<Vec<[Buffer; 5]>> = (0..2)
+            .map(|_| {
+                lens.iter()
+                    .enumerate()
+                    .map(|(k, &n)| {
+                        let seed = 40 + 5 * k as u64;
+                        let v: Vec<f32> = random(n, 0.01, seed + 3).iter().map(|x| x * x).collect();
+                        [
+                            put(be, &random(n, 0.5, seed)),
+                            put(be, &random(n, 0.1, seed + 1)),
+                            put(be, &random(n, 0.01, seed + 2)),
+                            put(be, &v),
+                            be.alloc(DType::BF16, n).unwrap(),
+                        ]
+                    })
+                    .collect()
+            })
+            .collect();
+        let tensor = |k: usize, b: &[Buffer; 5]| Adamw {
+            params: b[0].view(),
+            grads: b[1].view(),
+            m: b[2].view(),
+            v: b[3].view(),
+            // Copies on the even tensors only; decay on the first two.
+            copy: k.is_multiple_of(2).then(|| b[4].view()),
+            stats: stats.view(),
+            hp: AdamWStep {
+                weight_decay: if k < 2 { hp.weight_decay } else { 0.0 },
+                ..hp
+            },
+        };
+        for (k, b) in sets[0].iter().enumerate() {
+            be.run(tensor(k, b)).unwrap();
+        }
+        let tensors: Vec<_> = sets[1]
+            .iter()
+            .enumerate()
+            .map(|(k, b)| tensor(k, b).tensor(k < 2))
+            .collect();
+        let (words, max_len) = adamw_list(&tensors).unwrap();
+        let list = put_u32(be, &words);
+        be.run(AdamwMulti {
+            list: list.view().slice(0, words.len()),
+            count: tensors.len(),
+            max_len,
+            stats: stats.view(),
+            hp,
+        })
+        .unwrap();
+        for (k, (a, b)) in sets[0].iter().zip(&sets[1]).enumerate() {
+            for i in 0..4 {
+                let (x, y) = (
+                    be.download::<f32>(a[i].view()),
+                    be.download::<f32>(b[i].view()),
+                );
+                let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(x.unwrap()) == bits(y.unwrap()),
+                    "{label}: tensor {k} operand {i}"
+                );
+            }
+            let (x, y) = (
+                be.download::<half::bf16>(a[4].view()).unwrap(),
+                be.download::<half::bf16>(b[4].view()).unwrap(),
+            );
+            assert!(x == y, "{label}: tensor {k} bf16 copy");
+        }
     }
 }
 

@@ -1,7 +1,10 @@
 //! CPU reference of `ops::optimizer`.
 
 use super::{read, write, CpuOp, CHUNK};
-use crate::ops::optimizer::{stat, AdamWStep, Adamw, FinishStep, SumScaled, SumSquares};
+use crate::mem::{DType, View};
+use crate::ops::optimizer::{
+    stat, AdamWStep, Adamw, AdamwMulti, FinishStep, SumScaled, SumSquares, DECAYS_BIT, ENTRY_WORDS,
+};
 use anyhow::Result;
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
@@ -30,6 +33,38 @@ impl CpuOp for Adamw {
                 write::<bf16>(copy, n).convert_from_f32_slice(params);
             }
         };
+        Ok(())
+    }
+}
+
+impl CpuOp for AdamwMulti {
+    fn run(&self) -> Result<()> {
+        // SAFETY: the contract check passed; see `read`. The entries were
+        // checked when the list was built (`adamw_list`).
+        let words: &[u32] = unsafe { read(self.list, self.count * ENTRY_WORDS * 2) };
+        for entry in words.chunks_exact(ENTRY_WORDS * 2) {
+            let w = |i: usize| entry[2 * i] as u64 | (entry[2 * i + 1] as u64) << 32;
+            let len = (w(5) & !DECAYS_BIT) as usize;
+            let f32_view = |i: usize| View::new(w(i), len, DType::F32);
+            let one = Adamw {
+                params: f32_view(0),
+                grads: f32_view(1),
+                m: f32_view(2),
+                v: f32_view(3),
+                copy: (w(4) != 0).then(|| View::new(w(4), len, DType::BF16)),
+                stats: self.stats,
+                hp: AdamWStep {
+                    weight_decay: if w(5) & DECAYS_BIT != 0 {
+                        self.hp.weight_decay
+                    } else {
+                        0.0
+                    },
+                    ..self.hp
+                },
+            };
+            // The per-tensor reference, element for element.
+            one.run()?;
+        }
         Ok(())
     }
 }

@@ -68,13 +68,60 @@ pub struct Adamw {
     pub hp: AdamWStep,
 }
 
+impl Adamw {
+    /// The tensor this op updates.
+    pub fn tensor(&self, decays: bool) -> AdamwTensor {
+        AdamwTensor {
+            params: self.params,
+            grads: self.grads,
+            m: self.m,
+            v: self.v,
+            copy: self.copy,
+            decays,
+        }
+    }
+}
+
 impl Contract for Adamw {
     const NAME: &'static str = "adamw";
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
         check::one_based(Self::NAME, "step", self.hp.step)?;
-        let n = check::same_len(
+        self.tensor(false).check(Self::NAME)?;
+        check::operands(
             Self::NAME,
+            Self::FLOATS,
+            &[input("stats", self.stats, stat::LEN).of(DType::F32)],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("n={}", self.params.len)
+    }
+}
+
+/// One tensor of a multi-tensor AdamW update ([`AdamwMulti`]): the
+/// operands of [`Adamw`], and whether weight decay applies to it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamwTensor {
+    pub params: View,
+    pub grads: View,
+    pub m: View,
+    pub v: View,
+    pub copy: Option<View>,
+    pub decays: bool,
+}
+
+/// 64-bit words per entry of an [`AdamwMulti`] list.
+pub const ENTRY_WORDS: usize = 6;
+
+/// The bit of an entry's last word that says the tensor decays.
+pub const DECAYS_BIT: u64 = 1 << 63;
+
+impl AdamwTensor {
+    /// The lengths and dtypes [`Adamw`] requires; `op` names the caller.
+    pub fn check(&self, op: &str) -> Result<()> {
+        let n = check::same_len(
+            op,
             &[
                 ("params", self.params),
                 ("grads", self.grads),
@@ -83,20 +130,81 @@ impl Contract for Adamw {
             ],
         )?;
         check::operands(
-            Self::NAME,
-            Self::FLOATS,
+            op,
+            F32_ONLY,
             &[
                 output("params", self.params, n),
                 output("m", self.m, n),
                 output("v", self.v, n),
                 output("copy", self.copy, n).of(DType::BF16),
                 input("grads", self.grads, n),
+            ],
+        )
+    }
+
+    /// The tensor's entry in a device list: the addresses of params,
+    /// grads, m, v and copy (0 for none), then the length with
+    /// [`DECAYS_BIT`] set when it decays.
+    pub fn entry(&self) -> [u64; ENTRY_WORDS] {
+        let len = self.params.len as u64 | if self.decays { DECAYS_BIT } else { 0 };
+        [
+            self.params.addr,
+            self.grads.addr,
+            self.m.addr,
+            self.v.addr,
+            self.copy.map_or(0, |c| c.addr),
+            len,
+        ]
+    }
+}
+
+/// The device list of an [`AdamwMulti`] update: the entries of checked
+/// tensors (each [`AdamwTensor::check`]ed), as u32 pairs (little-endian
+/// 64-bit words, the dtype the backends copy), and the largest length.
+pub fn adamw_list(tensors: &[AdamwTensor]) -> Result<(Vec<u32>, usize)> {
+    let mut words = Vec::with_capacity(tensors.len() * ENTRY_WORDS * 2);
+    let mut max_len = 0;
+    for t in tensors {
+        t.check(AdamwMulti::NAME)?;
+        max_len = max_len.max(t.params.len);
+        for w in t.entry() {
+            words.extend([w as u32, (w >> 32) as u32]);
+        }
+    }
+    Ok((words, max_len))
+}
+
+/// AdamW over many tensors in one pass: `list` holds `count` entries
+/// ([`AdamwTensor::entry`], built by [`adamw_list`] from checked tensors of
+/// this backend; the op cannot check device data, so building the list is
+/// where the operands are validated). Each element is updated exactly as
+/// [`Adamw`] updates it, with `hp.weight_decay` on the entries that decay
+/// and none on the others; `max_len` (the longest tensor) sizes the grid.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamwMulti {
+    pub list: View,
+    pub count: usize,
+    pub max_len: usize,
+    pub stats: View,
+    pub hp: AdamWStep,
+}
+
+impl Contract for AdamwMulti {
+    const NAME: &'static str = "adamw_multi";
+    const FLOATS: &'static [DType] = F32_ONLY;
+    fn check(&self) -> Result<()> {
+        check::one_based(Self::NAME, "step", self.hp.step)?;
+        check::operands(
+            Self::NAME,
+            Self::FLOATS,
+            &[
+                input("list", self.list, self.count * ENTRY_WORDS * 2).of(DType::U32),
                 input("stats", self.stats, stat::LEN).of(DType::F32),
             ],
         )
     }
     fn shape(&self) -> String {
-        format!("n={}", self.params.len)
+        format!("tensors={} max_len={}", self.count, self.max_len)
     }
 }
 
