@@ -219,15 +219,16 @@ impl Contract for SumSquares {
     const NAME: &'static str = "sum_squares";
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
-        check::operands(
-            Self::NAME,
-            Self::FLOATS,
-            &[output("acc", self.acc, 1), input("x", self.x, self.x.len)],
-        )
+        check_sum(Self::NAME, self.acc, self.x)
     }
     fn shape(&self) -> String {
         format!("n={}", self.x.len)
     }
+}
+
+/// The operands of a sum of all of `x` into the one float `acc`.
+fn check_sum(op: &str, acc: View, x: View) -> Result<()> {
+    check::operands(op, F32_ONLY, &[output("acc", acc, 1), input("x", x, x.len)])
 }
 
 /// `acc[0] += scale * sum(x)` (the step's loss from the per-row losses,
@@ -243,11 +244,7 @@ impl Contract for SumScaled {
     const NAME: &'static str = "sum_scaled";
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
-        check::operands(
-            Self::NAME,
-            Self::FLOATS,
-            &[output("acc", self.acc, 1), input("x", self.x, self.x.len)],
-        )
+        check_sum(Self::NAME, self.acc, self.x)
     }
     fn shape(&self) -> String {
         format!("n={}", self.x.len)

@@ -824,6 +824,17 @@ mod cases {
         b.compare(&[dlogits, logits], tol);
     }
 
+    /// The hyper-parameters of both AdamW cases: a step past the first,
+    /// with decay.
+    const ADAMW_CASE: AdamWStep = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 7,
+    };
+
     pub fn adamw(b: &mut CaseBuilder, d: Dims) {
         // fp32 only: master weights and moments. `copy` is the bf16 compute
         // copy of the updated weights.
@@ -833,14 +844,7 @@ mod cases {
         let v = b.floats(v);
         let copy_values = b.values(len, 1.0, 0.0);
         let copy = b.tensor(Init::BF16(copy_values));
-        let hp = AdamWStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            step: 7,
-        };
+        let hp = ADAMW_CASE;
         // A clip scale of 0.5, not skipped.
         let stats = b.floats_f32(optimizer::stat::with_scale(0.5, false));
         b.run(move |t| {
@@ -884,14 +888,7 @@ mod cases {
         }
         let list = b.tensor(Init::Words(words));
         let stats = b.floats_f32(optimizer::stat::with_scale(0.5, false));
-        let hp = AdamWStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            step: 7,
-        };
+        let hp = ADAMW_CASE;
         let max_len = lens[0];
         b.run(move |t| {
             optimizer::AdamwMulti {
