@@ -48,12 +48,11 @@ struct TensorList {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWState {
     pub step: u32,
-    /// Updates skipped so far, and since the last applied one (absent
-    /// from checkpoints written before updates could be skipped).
+    /// Updates skipped so far (absent from checkpoints written before
+    /// updates could be skipped). A checkpoint is never written right
+    /// after a skipped update, so none are skipped in a row.
     #[serde(default)]
     pub skipped: u64,
-    #[serde(default)]
-    pub skipped_in_a_row: u64,
 }
 
 /// The step statistics as the host reads them.
@@ -63,8 +62,6 @@ pub struct StepStats {
     pub loss: f32,
     /// Its gradient norm before clipping.
     pub norm: f32,
-    /// Whether its update was skipped (a non-finite loss or norm).
-    pub skipped_last: bool,
     /// Updates skipped in the run so far.
     pub skipped: u64,
     /// Updates skipped since the last applied one.
@@ -92,21 +89,19 @@ impl AdamW {
         })
     }
 
-    /// The state a checkpoint saves (reads the skip counters back).
-    pub fn state(&self, be: &dyn Backend) -> Result<AdamWState> {
-        let s = self.read_stats(be)?;
-        Ok(AdamWState {
+    /// The state a checkpoint saves, with the skip count of `stats`
+    /// ([`AdamW::read_stats`]).
+    pub fn state(&self, stats: &StepStats) -> AdamWState {
+        AdamWState {
             step: self.step,
-            skipped: s.skipped,
-            skipped_in_a_row: s.skipped_in_a_row,
-        })
+            skipped: stats.skipped,
+        }
     }
 
     pub fn load_state(&mut self, be: &dyn Backend, state: &AdamWState) -> Result<()> {
         self.step = state.step;
         let mut s = vec![0f32; stat::LEN];
         s[stat::SKIPPED] = state.skipped as f32;
-        s[stat::SKIPPED_IN_A_ROW] = state.skipped_in_a_row as f32;
         be.upload(self.stats.view(), &s)
     }
 
@@ -124,14 +119,13 @@ impl AdamW {
         })
     }
 
-    /// Reads the step statistics back: one small download, the only one a
-    /// step has, done at log steps, evaluations and checkpoints.
+    /// Reads the step statistics back: one small download, done at log
+    /// steps and checkpoints, never inside a step.
     pub fn read_stats(&self, be: &dyn Backend) -> Result<StepStats> {
         let s = be.download::<f32>(self.stats.view())?;
         Ok(StepStats {
             loss: s[stat::LOSS],
             norm: s[stat::NORM],
-            skipped_last: s[stat::SKIP] != 0.0,
             skipped: s[stat::SKIPPED] as u64,
             skipped_in_a_row: s[stat::SKIPPED_IN_A_ROW] as u64,
         })

@@ -83,8 +83,8 @@ impl Trainer {
     /// contains: the final one records the logs before the final
     /// evaluation, which a resume of the finished run does again.
     pub(super) fn save_checkpoint_with(&mut self, logs: LogLengths) -> Result<()> {
-        let optimizer = self.opt.state(self.model.backend().as_ref())?;
-        if optimizer.skipped_in_a_row > 0 {
+        let stats = self.opt.read_stats(self.model.backend().as_ref())?;
+        if stats.skipped_in_a_row > 0 {
             // The weights are those of the last applied update, which may
             // be what made this step's loss or gradient non-finite.
             bail!(
@@ -112,7 +112,7 @@ impl Trainer {
             step: self.step,
             tokens_seen: self.tokens_seen,
             elapsed_s: self.elapsed_s,
-            optimizer,
+            optimizer: self.opt.state(&stats),
             batcher_rng: self.batcher.rng().clone(),
             table: self.model.slots().table().clone(),
             dynamic: self.dynamic.clone(),
