@@ -26,7 +26,7 @@
 pub use crate::ops::case::Dims;
 
 use crate::mem::{Buffer, DType, View};
-use crate::ops::case::{Bound, Case, CaseBuilder, Init};
+use crate::ops::case::{Bound, Case, CaseBuilder, Init, Word};
 use crate::ops::registry::Entry;
 use crate::ops::{Backend, BackendExt, ENTRIES};
 use crate::rng::HostRng;
@@ -61,12 +61,13 @@ struct Placed {
 impl Placed {
     fn new(be: &dyn Backend, tensors: &[Init]) -> Result<Placed> {
         let mut buffers = Vec::new();
-        let mut views = Vec::new();
+        let mut views: Vec<View> = Vec::new();
         for t in tensors {
             let (dtype, len) = match t {
                 Init::F32(v) => (DType::F32, v.len()),
                 Init::BF16(v) => (DType::BF16, v.len()),
                 Init::U32(v) => (DType::U32, v.len()),
+                Init::Words(w) => (DType::U32, 2 * w.len()),
             };
             // A backend cannot allocate nothing: at least one element.
             let buf = be.alloc(dtype, len.max(1))?;
@@ -78,6 +79,17 @@ impl Placed {
                     be.upload(view, &rounded)?
                 }
                 Init::U32(v) => be.upload(view, v)?,
+                Init::Words(words) => {
+                    let halves: Vec<u32> = words
+                        .iter()
+                        .map(|w| match *w {
+                            Word::Address(t) => views[t.0].addr,
+                            Word::Value(v) => v,
+                        })
+                        .flat_map(|w| [w as u32, (w >> 32) as u32])
+                        .collect();
+                    be.upload(view, &halves)?
+                }
             }
             buffers.push(buf);
             views.push(view);

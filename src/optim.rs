@@ -4,15 +4,16 @@
 //! many layers share it, applying weight decay per tensor as the layouts say
 //! (matrices and embeddings decay; biases and LayerNorm weights do not).
 
-use crate::mem::{Buffer, DType};
-use crate::model::{Model, ParamEntry};
+use crate::mem::{Buffer, DType, View};
+use crate::model::Model;
 use crate::ops::elementwise::Fill;
-use crate::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use crate::ops::optimizer::{
+    adamw_list, stat, AdamWStep, AdamwMulti, AdamwTensor, FinishStep, SumSquares,
+};
 use crate::ops::{Backend, BackendExt};
-use crate::tying::slots::Slot;
 use anyhow::Result;
 
-/// AdamW hyper-parameters and the step counter.
+/// AdamW hyper-parameters, the step counter and the step statistics.
 #[derive(Debug)]
 pub struct AdamW {
     /// Set from an [`LrSchedule`] before each update.
@@ -21,16 +22,50 @@ pub struct AdamW {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
-    /// Updates done so far (the next update is `step + 1`, 1-based).
+    /// Updates done so far (the next update is `step + 1`, 1-based). A
+    /// skipped update counts too: the bias correction follows the step
+    /// count, as the learning-rate schedule does.
     pub step: u32,
-    /// One float for the global gradient norm.
-    norm_acc: Buffer,
+    /// The step statistics on the device ([`stat`]): the loss and the
+    /// gradient norm of the last step, its clip scale and skip flag, and
+    /// the skip counters. Read only by [`AdamW::read_stats`].
+    stats: Buffer,
+    /// The device list of every tensor the update steps, uploaded again
+    /// only when the live slots change.
+    list: Option<TensorList>,
+}
+
+/// The tensor list of [`AdamwMulti`] on the device, with its host copy.
+#[derive(Debug)]
+struct TensorList {
+    words: Vec<u32>,
+    count: usize,
+    max_len: usize,
+    buffer: Buffer,
 }
 
 /// What a checkpoint saves besides the moments (which live in the slots).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWState {
     pub step: u32,
+    /// Updates skipped so far (absent from checkpoints written before
+    /// updates could be skipped). A checkpoint is never written right
+    /// after a skipped update, so none are skipped in a row.
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+/// The step statistics as the host reads them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// The last step's mean training loss.
+    pub loss: f32,
+    /// Its gradient norm before clipping.
+    pub norm: f32,
+    /// Updates skipped in the run so far.
+    pub skipped: u64,
+    /// Updates skipped since the last applied one.
+    pub skipped_in_a_row: u64,
 }
 
 impl AdamW {
@@ -49,22 +84,58 @@ impl AdamW {
             eps,
             weight_decay,
             step: 0,
-            norm_acc: backend.alloc(DType::F32, 1)?,
+            stats: backend.alloc(DType::F32, stat::LEN)?,
+            list: None,
         })
     }
 
-    pub fn state(&self) -> AdamWState {
-        AdamWState { step: self.step }
+    /// The state a checkpoint saves, with the skip count of `stats`
+    /// ([`AdamW::read_stats`]).
+    pub fn state(&self, stats: &StepStats) -> AdamWState {
+        AdamWState {
+            step: self.step,
+            skipped: stats.skipped,
+        }
     }
 
-    pub fn load_state(&mut self, state: &AdamWState) {
+    pub fn load_state(&mut self, be: &dyn Backend, state: &AdamWState) -> Result<()> {
         self.step = state.step;
+        let mut s = vec![0f32; stat::LEN];
+        s[stat::SKIPPED] = state.skipped as f32;
+        be.upload(self.stats.view(), &s)
     }
 
-    /// The L2 norm of all gradients, each unique buffer counted once.
-    pub fn grad_norm(&self, model: &Model) -> Result<f32> {
+    /// The one float a step's micro-batches add their share of the loss to
+    /// (see [`Model::forward_backward_on_device`]).
+    pub fn loss_sum(&self) -> View {
+        self.stats.view().slice(stat::LOSS, 1)
+    }
+
+    /// Starts a step on the device: the loss sum back to 0.
+    pub fn begin_step(&self, be: &dyn Backend) -> Result<()> {
+        be.run(Fill {
+            dst: self.loss_sum(),
+            value: 0.0,
+        })
+    }
+
+    /// Reads the step statistics back: one small download, done at log
+    /// steps and checkpoints, never inside a step.
+    pub fn read_stats(&self, be: &dyn Backend) -> Result<StepStats> {
+        let s = be.download::<f32>(self.stats.view())?;
+        Ok(StepStats {
+            loss: s[stat::LOSS],
+            norm: s[stat::NORM],
+            skipped: s[stat::SKIPPED] as u64,
+            skipped_in_a_row: s[stat::SKIPPED_IN_A_ROW] as u64,
+        })
+    }
+
+    /// Sums the squared gradients into the statistics, each unique buffer
+    /// counted once.
+    fn sum_grad_squares(&self, model: &Model) -> Result<()> {
         let be = model.backend().as_ref();
-        let acc = self.norm_acc.view();
+        let acc = self.stats.view().slice(stat::NORM_SQ, 1);
         be.run(Fill {
             dst: acc,
             value: 0.0,
@@ -79,64 +150,85 @@ impl AdamW {
                 x: slot.grads.view(),
             })?;
         }
-        Ok(be.download::<f32>(acc)?[0].sqrt())
-    }
-
-    /// One update of every parameter; gradients are multiplied by
-    /// `grad_scale` first (see [`clip_scale`]).
-    pub fn update(&mut self, model: &Model, grad_scale: f32) -> Result<()> {
-        self.step += 1;
-        let be = model.backend().as_ref();
-        self.update_slot(
-            be,
-            model.global_layout().entries(),
-            model.globals(),
-            grad_scale,
-        )?;
-        for (_, s) in model.slots().trainable_slots() {
-            self.update_slot(be, model.block_layout().entries(), s, grad_scale)?;
-        }
         Ok(())
     }
 
-    /// Clips to `max_norm` (when given) and updates; returns the norm before
-    /// clipping.
-    pub fn clip_and_update(&mut self, model: &Model, max_norm: Option<f32>) -> Result<f32> {
-        let norm = self.grad_norm(model)?;
-        let scale = max_norm.map_or(1.0, |clip| clip_scale(norm, clip));
-        self.update(model, scale)?;
-        Ok(norm)
-    }
-
-    /// Updates the tensors of one slot, each with its own weight decay; in
-    /// mixed precision the same pass rewrites the slot's compute copy.
-    fn update_slot(
-        &self,
-        be: &dyn Backend,
-        entries: &[ParamEntry],
-        slot: &Slot,
-        grad_scale: f32,
+    /// The end of a step, all on the device: the gradient norm, the clip
+    /// scale for `max_norm` (when given), the skip flag when the step's
+    /// loss or norm is not finite, and the update of every parameter
+    /// (nothing changes when skipped). Nothing is read back.
+    pub fn clip_and_update_on_device(
+        &mut self,
+        model: &Model,
+        max_norm: Option<f32>,
     ) -> Result<()> {
-        for e in entries {
-            let hp = AdamWStep {
+        let be = model.backend().as_ref();
+        self.sum_grad_squares(model)?;
+        be.run(FinishStep {
+            stats: self.stats.view(),
+            max_norm: max_norm.unwrap_or(0.0),
+        })?;
+        self.step += 1;
+        let list = self.tensor_list(model)?;
+        be.run(AdamwMulti {
+            list: list.buffer.view(),
+            count: list.count,
+            max_len: list.max_len,
+            stats: self.stats.view(),
+            hp: AdamWStep {
                 lr: self.lr,
                 beta1: self.beta1,
                 beta2: self.beta2,
                 eps: self.eps,
-                weight_decay: if e.decays { self.weight_decay } else { 0.0 },
+                weight_decay: self.weight_decay,
                 step: self.step,
-                grad_scale,
-            };
-            be.run(Adamw {
+            },
+        })
+    }
+
+    /// [`AdamW::clip_and_update_on_device`], then reads the norm back;
+    /// returns the norm before clipping.
+    pub fn clip_and_update(&mut self, model: &Model, max_norm: Option<f32>) -> Result<f32> {
+        self.clip_and_update_on_device(model, max_norm)?;
+        Ok(self.read_stats(model.backend().as_ref())?.norm)
+    }
+
+    /// The list of every tensor of the globals and of each trainable live
+    /// slot, each with its own weight decay (and in mixed precision its
+    /// compute copy); uploaded when it differs from the last one (at the
+    /// first step and after a change of the tie table).
+    fn tensor_list(&mut self, model: &Model) -> Result<&TensorList> {
+        let mut tensors = Vec::new();
+        let slots = std::iter::once((model.global_layout().entries(), model.globals())).chain(
+            model
+                .slots()
+                .trainable_slots()
+                .map(|(_, s)| (model.block_layout().entries(), s)),
+        );
+        for (entries, slot) in slots {
+            tensors.extend(entries.iter().map(|e| AdamwTensor {
                 params: e.view(slot.params.view()),
                 grads: e.view(slot.grads.view()),
                 m: e.view(slot.adam_m.view()),
                 v: e.view(slot.adam_v.view()),
                 copy: slot.compute.as_ref().map(|c| e.view(c.view())),
-                hp,
-            })?;
+                decays: e.decays,
+            }));
         }
-        Ok(())
+        let (words, max_len) = adamw_list(&tensors)?;
+        if self.list.as_ref().is_none_or(|l| l.words != words) {
+            let be = model.backend().as_ref();
+            let buffer = be.alloc(DType::U32, words.len().max(1))?;
+            let view = buffer.view().slice(0, words.len());
+            be.upload(view, &words)?;
+            self.list = Some(TensorList {
+                count: tensors.len(),
+                max_len,
+                words,
+                buffer,
+            });
+        }
+        Ok(self.list.as_ref().expect("built above"))
     }
 }
 

@@ -114,9 +114,12 @@ fn profiled_backend_counts_every_op_of_a_step() {
     assert_eq!(calls("embedding_fwd"), 1);
     assert_eq!(calls("embedding_bwd"), 1);
     assert_eq!(calls("softmax_xent"), 1);
-    // One AdamW call per parameter tensor; sum_squares once per buffer.
-    assert_eq!(calls("adamw"), model.param_names().len() as u64);
+    // One AdamW launch for every parameter tensor; sum_squares once per
+    // buffer; the step statistics closed once.
+    assert_eq!(calls("adamw"), 0);
+    assert_eq!(calls("adamw_multi"), 1);
     assert_eq!(calls("sum_squares"), l + 1);
+    assert_eq!(calls("finish_step"), 1);
     // The per-shape matmul rows split the same calls.
     let shape_calls: u64 = profiled.matmul_report().iter().map(|(_, s)| s.calls).sum();
     assert_eq!(
@@ -157,7 +160,7 @@ fn bench_throughput_json_parses() {
         "--steps",
         "2",
         "--warmup",
-        "0",
+        "1",
         "--json",
         "--backend",
         "cpu",
@@ -171,9 +174,15 @@ fn bench_throughput_json_parses() {
     assert_eq!(r["step_ms"].as_array().unwrap().len(), 2);
     assert_eq!(
         r["losses"].as_array().unwrap().len(),
-        3,
-        "2 timed + 1 profiled"
+        5,
+        "1 warm-up + 1 counted + 2 timed + 1 profiled"
     );
+    // A step reads nothing back and never waits for the device.
+    let traffic = &r["traffic"];
+    assert_eq!(traffic["readbacks"], 0, "{traffic}");
+    assert_eq!(traffic["syncs"], 0, "{traffic}");
+    assert_eq!(traffic["uploads"], 2, "tokens and targets: {traffic}");
+    assert!(traffic["launches"].as_u64().unwrap() > 10, "{traffic}");
     assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(r["ms_per_step_min"].as_f64() <= r["ms_per_step_median"].as_f64());
     assert!(r["mfu"].is_null(), "no MFU on the CPU");

@@ -18,7 +18,7 @@ use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
 use dyntie::ops::loss::SoftmaxXent;
 use dyntie::ops::matmul::{MatmulBwd, MatmulFwd};
-use dyntie::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use dyntie::ops::optimizer::{stat, AdamWStep, Adamw, SumSquares};
 use dyntie::ops::BackendExt;
 use dyntie::rng::{attention_dropout_keep, dropout_keep, HostRng};
 
@@ -1233,8 +1233,12 @@ fn adamw_matches_a_hand_computed_step() {
         eps: 1e-8,
         weight_decay: 0.1,
         step: 1,
-        grad_scale: 0.5,
     };
+    let stats: Vec<f64> = stat::with_scale(0.5, false)
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let stats = tb.up(&stats);
     let p0 = [0.5, -1.0, 2.0, 0.0];
     let g = [0.2, -0.4, 0.0, 3.0];
     let (bp, bg) = (tb.up(&p0), tb.up(&g));
@@ -1249,6 +1253,7 @@ fn adamw_matches_a_hand_computed_step() {
             m: m.view(),
             v: v.view(),
             copy: None,
+            stats: stats.view(),
             hp,
         })
         .unwrap();
@@ -1276,6 +1281,7 @@ fn adamw_matches_a_hand_computed_step() {
             m: m.view(),
             v: v.view(),
             copy: None,
+            stats: stats.view(),
             hp: AdamWStep { step: 2, ..hp },
         })
         .unwrap();

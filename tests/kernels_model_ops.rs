@@ -16,20 +16,23 @@ use dyntie::mem::{Buffer, DType, View};
 use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd};
 use dyntie::ops::loss::SoftmaxXent;
-use dyntie::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use dyntie::ops::optimizer::{adamw_list, stat, AdamWStep, Adamw, AdamwMulti, SumSquares};
 use dyntie::ops::{Backend, BackendExt};
 
 /// BERT's LayerNorm epsilon: the kernels take it as an argument.
 const BERT_EPS: f32 = 1e-12;
 
-const OPS: [&str; 7] = [
+const OPS: [&str; 10] = [
     "embedding_fwd",
     "embedding_bwd",
     "layernorm_fwd",
     "layernorm_bwd",
     "softmax_xent",
     "adamw",
+    "adamw_multi",
     "sum_squares",
+    "sum_scaled",
+    "finish_step",
 ];
 
 #[test]
@@ -409,10 +412,10 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
         eps: 1e-8,
         weight_decay: 0.0,
         step: 1,
-        grad_scale: 1.0,
     };
+    let stats = stat::with_scale(1.0, false);
     let results = run_all(
-        &[p, g.clone(), vec![0.0; n], vec![0.0; n], vec![0.25]],
+        &[p, g.clone(), vec![0.0; n], vec![0.0; n], vec![0.25], stats],
         &[],
         &[0, 2, 3, 4],
         &|be, v| {
@@ -422,6 +425,7 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
                 m: v.f[2],
                 v: v.f[3],
                 copy: None,
+                stats: v.f[5],
                 hp,
             })?;
             be.run(SumSquares {
@@ -438,6 +442,132 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
             ((got - exact) / exact).abs() < 1e-6,
             "{label}: sum_squares {got} vs {exact}"
         );
+    }
+}
+
+/// The multi-tensor AdamW is the per-tensor one, bit for bit (both kernels
+/// run one device function per element; the CPU runs the per-tensor
+/// reference per entry), over tensors of lengths that are not multiples of
+/// the block, with and without decay and a bf16 copy.
+#[test]
+fn adamw_multi_equals_the_per_tensor_adamw_bitwise() {
+    let lens = [3 * 256 + 7, 1, 1024 * 256 + 3, 255];
+    let hp = AdamWStep {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 4,
+    };
+    let mut all: Vec<(String, Box<dyn Backend>)> =
+        vec![("cpu".into(), Box::new(CpuBackend::new()))];
+    all.extend(backends());
+    for (label, be) in all {
+        let be = be.as_ref();
+        let stats = put(be, &stat::with_scale(0.7, false));
+        // Two identical sets of tensors: one per-tensor, one multi-tensor.
+        let sets: Vec<Vec<[Buffer; 5]>> = (0..2)
+            .map(|_| {
+                lens.iter()
+                    .enumerate()
+                    .map(|(k, &n)| {
+                        let seed = 40 + 5 * k as u64;
+                        let v: Vec<f32> = random(n, 0.01, seed + 3).iter().map(|x| x * x).collect();
+                        [
+                            put(be, &random(n, 0.5, seed)),
+                            put(be, &random(n, 0.1, seed + 1)),
+                            put(be, &random(n, 0.01, seed + 2)),
+                            put(be, &v),
+                            be.alloc(DType::BF16, n).unwrap(),
+                        ]
+                    })
+                    .collect()
+            })
+            .collect();
+        let tensor = |k: usize, b: &[Buffer; 5]| Adamw {
+            params: b[0].view(),
+            grads: b[1].view(),
+            m: b[2].view(),
+            v: b[3].view(),
+            // Copies on the even tensors only; decay on the first two.
+            copy: k.is_multiple_of(2).then(|| b[4].view()),
+            stats: stats.view(),
+            hp: AdamWStep {
+                weight_decay: if k < 2 { hp.weight_decay } else { 0.0 },
+                ..hp
+            },
+        };
+        for (k, b) in sets[0].iter().enumerate() {
+            be.run(tensor(k, b)).unwrap();
+        }
+        let tensors: Vec<_> = sets[1]
+            .iter()
+            .enumerate()
+            .map(|(k, b)| tensor(k, b).tensor(k < 2))
+            .collect();
+        let (words, max_len) = adamw_list(&tensors).unwrap();
+        let list = put_u32(be, &words);
+        be.run(AdamwMulti {
+            list: list.view().slice(0, words.len()),
+            count: tensors.len(),
+            max_len,
+            stats: stats.view(),
+            hp,
+        })
+        .unwrap();
+        for (k, (a, b)) in sets[0].iter().zip(&sets[1]).enumerate() {
+            for i in 0..4 {
+                let (x, y) = (
+                    be.download::<f32>(a[i].view()),
+                    be.download::<f32>(b[i].view()),
+                );
+                let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(x.unwrap()) == bits(y.unwrap()),
+                    "{label}: tensor {k} operand {i}"
+                );
+            }
+            let (x, y) = (
+                be.download::<half::bf16>(a[4].view()).unwrap(),
+                be.download::<half::bf16>(b[4].view()).unwrap(),
+            );
+            assert!(x == y, "{label}: tensor {k} bf16 copy");
+        }
+    }
+}
+
+/// A step flagged as skipped in the statistics changes no weight, moment
+/// or compute copy, on every backend (a partial block included).
+#[test]
+fn adamw_changes_nothing_when_the_step_is_skipped() {
+    let n = 3 * 256 + 5;
+    let (p, g, m) = (random(n, 0.5, 21), random(n, 0.1, 22), random(n, 0.01, 23));
+    let v: Vec<f32> = random(n, 0.01, 24).iter().map(|x| x * x).collect();
+    let hp = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 3,
+    };
+    let inputs = [p, g, m, v, stat::with_scale(0.0, true)];
+    let results = run_all(&inputs, &[], &[0, 2, 3], &|be, v| {
+        be.run(Adamw {
+            params: v.f[0],
+            grads: v.f[1],
+            m: v.f[2],
+            v: v.f[3],
+            copy: None,
+            stats: v.f[4],
+            hp,
+        })
+    });
+    for (label, out) in &results {
+        for (got, want) in out.iter().zip([&inputs[0], &inputs[2], &inputs[3]]) {
+            assert!(got == want, "{label}: a skipped AdamW step wrote");
+        }
     }
 }
 
@@ -554,7 +684,6 @@ fn bad_shapes_are_errors_naming_the_op() {
         eps: 1e-8,
         weight_decay: 0.0,
         step: 0,
-        grad_scale: 1.0,
     };
     let adamw = |grads, hp| Adamw {
         params: v.slice(0, 8),
@@ -562,6 +691,7 @@ fn bad_shapes_are_errors_naming_the_op() {
         m: v.slice(16, 8),
         v: v.slice(24, 8),
         copy: None,
+        stats: v.slice(32, stat::LEN),
         hp,
     };
     let m = msg(be.run(adamw(v.slice(8, 8), hp)));

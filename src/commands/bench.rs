@@ -8,7 +8,7 @@ use crate::cuda::Device;
 use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
 use crate::model::{activation_bytes, Model, ModelConfig};
-use crate::ops::profile::{OpStat, ProfiledBackend};
+use crate::ops::profile::{HostTraffic, OpStat, ProfiledBackend};
 use crate::ops::Backend;
 use crate::optim::AdamW;
 use crate::rng::HostRng;
@@ -255,21 +255,28 @@ impl StepRunner {
         })
     }
 
-    /// One step; returns its loss.
-    fn step(&mut self) -> Result<f32> {
+    /// Queues one step as the trainer does, with nothing read back.
+    fn queue_step(&mut self) -> Result<()> {
         self.model.zero_grads()?;
-        let loss = self.model.forward_backward(
+        self.opt.begin_step(self.model.backend().as_ref())?;
+        self.model.forward_backward_on_device(
             &self.tokens,
             &self.targets,
             self.batch,
             self.seq,
             self.step,
             1.0,
+            self.opt.loss_sum(),
         )?;
-        self.opt.clip_and_update(&self.model, self.clip)?;
-        self.model.backend().synchronize()?;
+        self.opt.clip_and_update_on_device(&self.model, self.clip)?;
         self.step += 1;
-        Ok(loss)
+        Ok(())
+    }
+
+    /// One step and the read of its loss, which waits for it.
+    fn step(&mut self) -> Result<f32> {
+        self.queue_step()?;
+        Ok(self.opt.read_stats(self.model.backend().as_ref())?.loss)
     }
 }
 
@@ -315,6 +322,9 @@ pub fn flops_per_token(mc: &ModelConfig) -> (u64, f64) {
 #[derive(Debug, Serialize)]
 pub struct ThroughputReport {
     pub backend: String,
+    /// Host-device calls of one training step (forward, backward, clipping,
+    /// AdamW), without the bench's read of the loss after it.
+    pub traffic: HostTraffic,
     pub backend_description: String,
     pub threads: usize,
     pub model: ModelConfig,
@@ -426,6 +436,11 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     for _ in 0..args.warmup {
         losses.push(runner.step()?);
     }
+    // What one step asks of the host, counted on a step of its own.
+    let before = profiled.traffic();
+    runner.queue_step()?;
+    let traffic = profiled.traffic().since(before);
+    losses.push(runner.opt.read_stats(profiled.as_ref())?.loss);
     let mut step_ms = Vec::new();
     for _ in 0..args.steps {
         let start = Instant::now();
@@ -502,6 +517,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         },
         warmup: args.warmup,
         steps: args.steps,
+        traffic,
         tokens_per_step,
         tokens_per_s,
         ms_per_step_median: med,
@@ -560,6 +576,13 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
         s,
         "{} timed steps after {} warm-up: {:.0} tokens/s; ms/step median {:.1}, min {:.1}",
         r.steps, r.warmup, r.tokens_per_s, r.ms_per_step_median, r.ms_per_step_min
+    );
+    let t = &r.traffic;
+    let _ = writeln!(
+        s,
+        "per step: {} launches, {} uploads, {} readbacks, {} synchronizations (the loss read after \
+         each timed step not counted)",
+        t.launches, t.uploads, t.readbacks, t.syncs
     );
     let _ = writeln!(
         s,

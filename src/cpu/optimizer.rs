@@ -1,7 +1,10 @@
 //! CPU reference of `ops::optimizer`.
 
 use super::{read, write, CpuOp, CHUNK};
-use crate::ops::optimizer::{AdamWStep, Adamw, SumSquares};
+use crate::mem::{DType, View};
+use crate::ops::optimizer::{
+    stat, AdamWStep, Adamw, AdamwMulti, FinishStep, SumScaled, SumSquares, DECAYS_BIT, ENTRY_WORDS,
+};
 use anyhow::Result;
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
@@ -12,6 +15,10 @@ impl CpuOp for Adamw {
         let n = self.params.len;
         // SAFETY: the contract check passed; see `read`.
         unsafe {
+            let stats = read::<f32>(self.stats, stat::LEN);
+            if stats[stat::SKIP] != 0.0 {
+                return Ok(());
+            }
             let params = write(self.params, n);
             adamw(
                 params,
@@ -19,6 +26,7 @@ impl CpuOp for Adamw {
                 write(self.m, n),
                 write(self.v, n),
                 self.hp,
+                stats[stat::SCALE],
             );
             // The bf16 compute copy: the new weights rounded once.
             if let Some(copy) = self.copy {
@@ -29,11 +37,43 @@ impl CpuOp for Adamw {
     }
 }
 
+impl CpuOp for AdamwMulti {
+    fn run(&self) -> Result<()> {
+        // SAFETY: the contract check passed; see `read`. The entries were
+        // checked when the list was built (`adamw_list`).
+        let words: &[u32] = unsafe { read(self.list, self.count * ENTRY_WORDS * 2) };
+        for entry in words.chunks_exact(ENTRY_WORDS * 2) {
+            let w = |i: usize| entry[2 * i] as u64 | (entry[2 * i + 1] as u64) << 32;
+            let len = (w(5) & !DECAYS_BIT) as usize;
+            let f32_view = |i: usize| View::new(w(i), len, DType::F32);
+            let one = Adamw {
+                params: f32_view(0),
+                grads: f32_view(1),
+                m: f32_view(2),
+                v: f32_view(3),
+                copy: (w(4) != 0).then(|| View::new(w(4), len, DType::BF16)),
+                stats: self.stats,
+                hp: AdamWStep {
+                    weight_decay: if w(5) & DECAYS_BIT != 0 {
+                        self.hp.weight_decay
+                    } else {
+                        0.0
+                    },
+                    ..self.hp
+                },
+            };
+            // The per-tensor reference, element for element.
+            one.run()?;
+        }
+        Ok(())
+    }
+}
+
 impl CpuOp for SumSquares {
     fn run(&self) -> Result<()> {
         // SAFETY: the contract check passed; see `read`.
         unsafe {
-            let total = sum_squares(read(self.x, self.x.len));
+            let total = chunked_sum(read(self.x, self.x.len), |v| v * v);
             let acc = &mut write::<f32>(self.acc, 1)[0];
             *acc = (*acc as f64 + total) as f32;
         }
@@ -41,7 +81,56 @@ impl CpuOp for SumSquares {
     }
 }
 
-fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamWStep) {
+impl CpuOp for SumScaled {
+    fn run(&self) -> Result<()> {
+        // SAFETY: the contract check passed; see `read`.
+        unsafe {
+            let total = chunked_sum(read(self.x, self.x.len), |v| v);
+            let acc = &mut write::<f32>(self.acc, 1)[0];
+            *acc = (*acc as f64 + total * self.scale as f64) as f32;
+        }
+        Ok(())
+    }
+}
+
+impl CpuOp for FinishStep {
+    fn run(&self) -> Result<()> {
+        // SAFETY: the contract check passed; see `read`.
+        let s = unsafe { write::<f32>(self.stats, stat::LEN) };
+        finish_step(s, self.max_norm);
+        Ok(())
+    }
+}
+
+/// The arithmetic of [`FinishStep`], in the kernel's f32 operations.
+fn finish_step(s: &mut [f32], max_norm: f32) {
+    let norm = s[stat::NORM_SQ].sqrt();
+    let bad = !(s[stat::LOSS].is_finite() && norm.is_finite());
+    s[stat::NORM] = norm;
+    s[stat::SCALE] = if bad {
+        0.0
+    } else if max_norm > 0.0 {
+        crate::optim::clip_scale(norm, max_norm)
+    } else {
+        1.0
+    };
+    s[stat::SKIP] = bad as u8 as f32;
+    s[stat::SKIPPED] += bad as u8 as f32;
+    s[stat::SKIPPED_IN_A_ROW] = if bad {
+        s[stat::SKIPPED_IN_A_ROW] + 1.0
+    } else {
+        0.0
+    };
+}
+
+fn adamw(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    hp: AdamWStep,
+    grad_scale: f32,
+) {
     // Bias corrections in f64, as PyTorch computes them on the host.
     let t = hp.step as i32;
     let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
@@ -56,7 +145,7 @@ fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], hp: Ad
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
         .for_each(|((p, g), (m, v))| {
             for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let g = g * hp.grad_scale;
+                let g = g * grad_scale;
                 *p *= decay;
                 *m = b1 * *m + (1.0 - b1) * g;
                 *v = b2 * *v + (1.0 - b2) * g * g;
@@ -65,11 +154,11 @@ fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], hp: Ad
         });
 }
 
-/// `sum(x^2)` in f64, from fixed chunks summed in order.
-fn sum_squares(x: &[f32]) -> f64 {
+/// `sum(term(x))` in f64, from fixed chunks summed in order.
+fn chunked_sum(x: &[f32], term: impl Fn(f64) -> f64 + Sync) -> f64 {
     let partials: Vec<f64> = x
         .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .map(|c| c.iter().map(|&v| term(v as f64)).sum::<f64>())
         .collect();
     partials.iter().sum()
 }

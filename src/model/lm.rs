@@ -30,6 +30,7 @@ use crate::autograd::{self, Param, Tape, Var};
 use crate::mem::{Buffer, DType, View};
 use crate::ops::attention::{AttnDropout, AttnShape};
 use crate::ops::elementwise::Fill;
+use crate::ops::optimizer::SumScaled;
 use crate::ops::{Backend, BackendExt};
 use crate::precision::Precision;
 use crate::rng::HostRng;
@@ -285,6 +286,47 @@ impl Model {
         dropout_seed: u64,
         grad_scale: f32,
     ) -> Result<f32> {
+        let count = self.train_pass(tokens, targets, batch, seq, dropout_seed, grad_scale)?;
+        let (sum, _) = self.sum_losses(targets)?;
+        Ok((sum / count as f64) as f32)
+    }
+
+    /// [`Model::forward_backward`] that reads nothing back: `grad_scale`
+    /// times the mean loss is added to `loss_sum` (one fp32 on the device)
+    /// instead of being returned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_on_device(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+        dropout_seed: u64,
+        grad_scale: f32,
+        loss_sum: View,
+    ) -> Result<()> {
+        let count = self.train_pass(tokens, targets, batch, seq, dropout_seed, grad_scale)?;
+        let arena = self.arena.as_ref().expect("forward planned the arena");
+        // Ignored targets have a loss of 0, so the plain sum is the sum
+        // over the counted ones.
+        self.backend.run(SumScaled {
+            acc: loss_sum,
+            x: arena.plan.losses.f32(arena.acts.view()),
+            scale: grad_scale / count as f32,
+        })
+    }
+
+    /// The forward and backward pass of both; returns how many targets
+    /// count.
+    fn train_pass(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+        dropout_seed: u64,
+        grad_scale: f32,
+    ) -> Result<usize> {
         let count = self.check_targets(targets, batch, seq)?;
         if count == 0 {
             bail!("every target of this batch is the ignore index; there is no loss to train on");
@@ -298,8 +340,7 @@ impl Model {
         let result = tape.backward(self.backend.as_ref());
         self.tape = tape;
         result?;
-        let (sum, _) = self.sum_losses(targets)?;
-        Ok((sum / count as f64) as f32)
+        Ok(count)
     }
 
     /// The summed loss and the number of non-ignored targets, with no dropout

@@ -100,6 +100,18 @@ pub enum Init {
     /// Stored as bf16 (each value rounded to nearest even).
     BF16(Vec<f32>),
     U32(Vec<u32>),
+    /// 64-bit words stored as u32 pairs, low half first: device addresses
+    /// of earlier tensors of the case, or plain values (the tensor lists of
+    /// multi-tensor ops).
+    Words(Vec<Word>),
+}
+
+/// One word of [`Init::Words`].
+#[derive(Clone, Copy, Debug)]
+pub enum Word {
+    /// Where an earlier tensor of the case lies on the backend under test.
+    Address(TensorId),
+    Value(u64),
 }
 
 /// The views of a case's tensors on one backend, indexed by [`TensorId`].

@@ -1,13 +1,46 @@
-//! The optimizer's passes over parameters: AdamW and the squared norm.
+//! The optimizer's passes over parameters (AdamW, the squared norm) and the
+//! step statistics that let a training step run without reading anything
+//! back: the loss and the gradient norm are summed into a small device
+//! buffer ([`stat`]), [`FinishStep`] turns them into the clip scale and the
+//! skip flag there, and AdamW reads both from it.
 
 use super::check::{self, input, output, F32_ONLY};
 use super::Contract;
 use crate::mem::{DType, View};
 use anyhow::Result;
 
+/// The slots of the step-statistics buffer (fp32, [`stat::LEN`] floats);
+/// kernels/optimizer.cu numbers them the same way.
+pub mod stat {
+    /// The step's mean training loss, summed over its micro-batches.
+    pub const LOSS: usize = 0;
+    /// The sum of squared gradients.
+    pub const NORM_SQ: usize = 1;
+    /// `sqrt(NORM_SQ)`, the gradient norm before clipping.
+    pub const NORM: usize = 2;
+    /// The factor AdamW multiplies gradients by (clipping); 0 when skipped.
+    pub const SCALE: usize = 3;
+    /// 1 when the loss or the norm is not finite: AdamW changes nothing.
+    pub const SKIP: usize = 4;
+    /// Updates skipped so far in the run (exact up to 2^24).
+    pub const SKIPPED: usize = 5;
+    /// Updates skipped since the last applied one.
+    pub const SKIPPED_IN_A_ROW: usize = 6;
+    pub const LEN: usize = 7;
+
+    /// Statistics that give AdamW the clip scale `scale`, or skip it (tests
+    /// and conformance cases).
+    pub fn with_scale(scale: f32, skip: bool) -> Vec<f32> {
+        let mut s = vec![0.0; LEN];
+        s[SCALE] = scale;
+        s[SKIP] = skip as u8 as f32;
+        s
+    }
+}
+
 /// Hyper-parameters of one AdamW update (decoupled weight decay, bias
-/// correction). `step` is 1-based. Gradients are multiplied by `grad_scale`
-/// first (global-norm clipping).
+/// correction). `step` is 1-based. The gradient scale (clipping) and the
+/// skip flag come from the step statistics on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
     pub lr: f32,
@@ -16,13 +49,14 @@ pub struct AdamWStep {
     pub eps: f32,
     pub weight_decay: f32,
     pub step: u32,
-    pub grad_scale: f32,
 }
 
 /// One AdamW update of `params` from `grads`, moments `m` and `v`, all fp32
 /// in every precision (master weights). In mixed precision `copy` receives
 /// the updated weights rounded to bf16: the compute copy the matmuls read,
-/// written in the same pass.
+/// written in the same pass. Gradients are multiplied by
+/// `stats[stat::SCALE]` first; when `stats[stat::SKIP]` is set nothing is
+/// written at all.
 #[derive(Clone, Copy, Debug)]
 pub struct Adamw {
     pub params: View,
@@ -30,7 +64,22 @@ pub struct Adamw {
     pub m: View,
     pub v: View,
     pub copy: Option<View>,
+    pub stats: View,
     pub hp: AdamWStep,
+}
+
+impl Adamw {
+    /// The tensor this op updates.
+    pub fn tensor(&self, decays: bool) -> AdamwTensor {
+        AdamwTensor {
+            params: self.params,
+            grads: self.grads,
+            m: self.m,
+            v: self.v,
+            copy: self.copy,
+            decays,
+        }
+    }
 }
 
 impl Contract for Adamw {
@@ -38,8 +87,41 @@ impl Contract for Adamw {
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
         check::one_based(Self::NAME, "step", self.hp.step)?;
-        let n = check::same_len(
+        self.tensor(false).check(Self::NAME)?;
+        check::operands(
             Self::NAME,
+            Self::FLOATS,
+            &[input("stats", self.stats, stat::LEN).of(DType::F32)],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("n={}", self.params.len)
+    }
+}
+
+/// One tensor of a multi-tensor AdamW update ([`AdamwMulti`]): the
+/// operands of [`Adamw`], and whether weight decay applies to it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamwTensor {
+    pub params: View,
+    pub grads: View,
+    pub m: View,
+    pub v: View,
+    pub copy: Option<View>,
+    pub decays: bool,
+}
+
+/// 64-bit words per entry of an [`AdamwMulti`] list.
+pub const ENTRY_WORDS: usize = 6;
+
+/// The bit of an entry's last word that says the tensor decays.
+pub const DECAYS_BIT: u64 = 1 << 63;
+
+impl AdamwTensor {
+    /// The lengths and dtypes [`Adamw`] requires; `op` names the caller.
+    pub fn check(&self, op: &str) -> Result<()> {
+        let n = check::same_len(
+            op,
             &[
                 ("params", self.params),
                 ("grads", self.grads),
@@ -48,8 +130,8 @@ impl Contract for Adamw {
             ],
         )?;
         check::operands(
-            Self::NAME,
-            Self::FLOATS,
+            op,
+            F32_ONLY,
             &[
                 output("params", self.params, n),
                 output("m", self.m, n),
@@ -59,8 +141,70 @@ impl Contract for Adamw {
             ],
         )
     }
+
+    /// The tensor's entry in a device list: the addresses of params,
+    /// grads, m, v and copy (0 for none), then the length with
+    /// [`DECAYS_BIT`] set when it decays.
+    pub fn entry(&self) -> [u64; ENTRY_WORDS] {
+        let len = self.params.len as u64 | if self.decays { DECAYS_BIT } else { 0 };
+        [
+            self.params.addr,
+            self.grads.addr,
+            self.m.addr,
+            self.v.addr,
+            self.copy.map_or(0, |c| c.addr),
+            len,
+        ]
+    }
+}
+
+/// The device list of an [`AdamwMulti`] update: the entries of checked
+/// tensors (each [`AdamwTensor::check`]ed), as u32 pairs (little-endian
+/// 64-bit words, the dtype the backends copy), and the largest length.
+pub fn adamw_list(tensors: &[AdamwTensor]) -> Result<(Vec<u32>, usize)> {
+    let mut words = Vec::with_capacity(tensors.len() * ENTRY_WORDS * 2);
+    let mut max_len = 0;
+    for t in tensors {
+        t.check(AdamwMulti::NAME)?;
+        max_len = max_len.max(t.params.len);
+        for w in t.entry() {
+            words.extend([w as u32, (w >> 32) as u32]);
+        }
+    }
+    Ok((words, max_len))
+}
+
+/// AdamW over many tensors in one pass: `list` holds `count` entries
+/// ([`AdamwTensor::entry`], built by [`adamw_list`] from checked tensors of
+/// this backend; the op cannot check device data, so building the list is
+/// where the operands are validated). Each element is updated exactly as
+/// [`Adamw`] updates it, with `hp.weight_decay` on the entries that decay
+/// and none on the others; `max_len` (the longest tensor) sizes the grid.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamwMulti {
+    pub list: View,
+    pub count: usize,
+    pub max_len: usize,
+    pub stats: View,
+    pub hp: AdamWStep,
+}
+
+impl Contract for AdamwMulti {
+    const NAME: &'static str = "adamw_multi";
+    const FLOATS: &'static [DType] = F32_ONLY;
+    fn check(&self) -> Result<()> {
+        check::one_based(Self::NAME, "step", self.hp.step)?;
+        check::operands(
+            Self::NAME,
+            Self::FLOATS,
+            &[
+                input("list", self.list, self.count * ENTRY_WORDS * 2).of(DType::U32),
+                input("stats", self.stats, stat::LEN).of(DType::F32),
+            ],
+        )
+    }
     fn shape(&self) -> String {
-        format!("n={}", self.params.len)
+        format!("tensors={} max_len={}", self.count, self.max_len)
     }
 }
 
@@ -75,13 +219,61 @@ impl Contract for SumSquares {
     const NAME: &'static str = "sum_squares";
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
-        check::operands(
-            Self::NAME,
-            Self::FLOATS,
-            &[output("acc", self.acc, 1), input("x", self.x, self.x.len)],
-        )
+        check_sum(Self::NAME, self.acc, self.x)
     }
     fn shape(&self) -> String {
         format!("n={}", self.x.len)
+    }
+}
+
+/// The operands of a sum of all of `x` into the one float `acc`.
+fn check_sum(op: &str, acc: View, x: View) -> Result<()> {
+    check::operands(op, F32_ONLY, &[output("acc", acc, 1), input("x", x, x.len)])
+}
+
+/// `acc[0] += scale * sum(x)` (the step's loss from the per-row losses,
+/// which are 0 on ignored targets).
+#[derive(Clone, Copy, Debug)]
+pub struct SumScaled {
+    pub acc: View,
+    pub x: View,
+    pub scale: f32,
+}
+
+impl Contract for SumScaled {
+    const NAME: &'static str = "sum_scaled";
+    const FLOATS: &'static [DType] = F32_ONLY;
+    fn check(&self) -> Result<()> {
+        check_sum(Self::NAME, self.acc, self.x)
+    }
+    fn shape(&self) -> String {
+        format!("n={}", self.x.len)
+    }
+}
+
+/// Closes a step's statistics on the device: `NORM = sqrt(NORM_SQ)`; when
+/// `LOSS` or `NORM` is not finite the step is skipped (`SKIP = 1`,
+/// `SCALE = 0`, both skip counters advance), else `SCALE` is the clip
+/// factor `min(1, max_norm / (NORM + 1e-6))` (1 when `max_norm` is 0) and
+/// `SKIPPED_IN_A_ROW` returns to 0.
+#[derive(Clone, Copy, Debug)]
+pub struct FinishStep {
+    pub stats: View,
+    pub max_norm: f32,
+}
+
+impl Contract for FinishStep {
+    const NAME: &'static str = "finish_step";
+    const FLOATS: &'static [DType] = F32_ONLY;
+    fn check(&self) -> Result<()> {
+        check::nonnegative(Self::NAME, "max_norm", self.max_norm)?;
+        check::operands(
+            Self::NAME,
+            Self::FLOATS,
+            &[output("stats", self.stats, stat::LEN)],
+        )
+    }
+    fn shape(&self) -> String {
+        format!("max_norm={}", self.max_norm)
     }
 }

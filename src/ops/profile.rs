@@ -9,12 +9,17 @@
 //! op itself rather than to whichever later call happens to wait for it;
 //! that serialization is why profiled steps are slower and are not the
 //! headline timing.
+//!
+//! Whether profiling or not, it counts the traffic between host and device
+//! ([`HostTraffic`]): launches, uploads, readbacks and explicit
+//! synchronizations, each of the last two a point where the host waits for
+//! the device. Tests count them per training step through it.
 
 use super::{Backend, Op};
 use crate::mem::{MemStats, Memory, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -30,8 +35,47 @@ pub struct OpStat {
 /// first question.
 const PER_SHAPE_FAMILY: &str = "matmul";
 
+/// Calls between host and device through a [`ProfiledBackend`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HostTraffic {
+    /// Ops run ([`Backend::execute`]): kernel launches on a GPU.
+    pub launches: u64,
+    /// Host-to-device copies. Today each waits for the copy on CUDA (from
+    /// pageable memory); the emulator and the CPU copy at once.
+    pub uploads: u64,
+    /// Device-to-host copies: each waits for all queued work.
+    pub readbacks: u64,
+    /// Explicit waits for all queued work ([`Backend::synchronize`]).
+    pub syncs: u64,
+}
+
+impl HostTraffic {
+    /// The calls since `earlier`.
+    pub fn since(self, earlier: HostTraffic) -> HostTraffic {
+        HostTraffic {
+            launches: self.launches - earlier.launches,
+            uploads: self.uploads - earlier.uploads,
+            readbacks: self.readbacks - earlier.readbacks,
+            syncs: self.syncs - earlier.syncs,
+        }
+    }
+}
+
+#[derive(Default)]
+struct TrafficCounters {
+    launches: AtomicU64,
+    uploads: AtomicU64,
+    readbacks: AtomicU64,
+    syncs: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 pub struct ProfiledBackend {
     inner: Arc<dyn Backend>,
+    traffic: TrafficCounters,
     enabled: AtomicBool,
     stats: Mutex<BTreeMap<&'static str, OpStat>>,
     matmul_shapes: Mutex<BTreeMap<String, OpStat>>,
@@ -41,6 +85,7 @@ impl ProfiledBackend {
     pub fn new(inner: Arc<dyn Backend>) -> Self {
         ProfiledBackend {
             inner,
+            traffic: TrafficCounters::default(),
             enabled: AtomicBool::new(false),
             stats: Mutex::new(BTreeMap::new()),
             matmul_shapes: Mutex::new(BTreeMap::new()),
@@ -59,6 +104,18 @@ impl ProfiledBackend {
         }
         self.enabled.store(on, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The host-device calls made through this wrapper so far (the waits
+    /// profiling itself adds are not counted).
+    pub fn traffic(&self) -> HostTraffic {
+        let t = &self.traffic;
+        HostTraffic {
+            launches: t.launches.load(Ordering::Relaxed),
+            uploads: t.uploads.load(Ordering::Relaxed),
+            readbacks: t.readbacks.load(Ordering::Relaxed),
+            syncs: t.syncs.load(Ordering::Relaxed),
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -130,15 +187,19 @@ impl Backend for ProfiledBackend {
         self.inner.mem_stats()
     }
     fn write_bytes(&self, dst: View, src: &[u8]) -> Result<()> {
+        count(&self.traffic.uploads);
         self.timed("upload", || None, |b| b.write_bytes(dst, src))
     }
     fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()> {
+        count(&self.traffic.readbacks);
         self.timed("download", || None, |b| b.read_bytes(src, dst))
     }
     fn synchronize(&self) -> Result<()> {
+        count(&self.traffic.syncs);
         self.inner.synchronize()
     }
     fn execute(&self, op: &Op) -> Result<()> {
+        count(&self.traffic.launches);
         let shape =
             || (op.family() == PER_SHAPE_FAMILY).then(|| format!("{} {}", op.name(), op.shape()));
         self.timed(op.name(), shape, |b| b.execute(op))

@@ -9,7 +9,7 @@
 //! [`ENTRIES`]. Nothing else lists the ops. The order is the order of the
 //! conformance table.
 
-use super::case::{tol_bf16, tol_for, Bound, CaseBuilder, Dims, Init, TensorId, BF16_UNIT};
+use super::case::{tol_bf16, tol_for, Bound, CaseBuilder, Dims, Init, TensorId, Word, BF16_UNIT};
 use super::Contract;
 use super::{activation, attention, elementwise, embedding, layernorm, loss, matmul, optimizer};
 use crate::mem::DType;
@@ -43,7 +43,10 @@ macro_rules! for_each_op {
             attention::FlashAttentionBwd => cases::flash_attention_bwd,
             loss::SoftmaxXent => cases::softmax_xent,
             optimizer::Adamw => cases::adamw,
+            optimizer::AdamwMulti => cases::adamw_multi,
             optimizer::SumSquares => cases::sum_squares,
+            optimizer::SumScaled => cases::sum_scaled,
+            optimizer::FinishStep => cases::finish_step,
         }
     };
 }
@@ -821,6 +824,17 @@ mod cases {
         b.compare(&[dlogits, logits], tol);
     }
 
+    /// The hyper-parameters of both AdamW cases: a step past the first,
+    /// with decay.
+    const ADAMW_CASE: AdamWStep = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 7,
+    };
+
     pub fn adamw(b: &mut CaseBuilder, d: Dims) {
         // fp32 only: master weights and moments. `copy` is the bf16 compute
         // copy of the updated weights.
@@ -830,15 +844,9 @@ mod cases {
         let v = b.floats(v);
         let copy_values = b.values(len, 1.0, 0.0);
         let copy = b.tensor(Init::BF16(copy_values));
-        let hp = AdamWStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            step: 7,
-            grad_scale: 0.5,
-        };
+        let hp = ADAMW_CASE;
+        // A clip scale of 0.5, not skipped.
+        let stats = b.floats_f32(optimizer::stat::with_scale(0.5, false));
         b.run(move |t| {
             optimizer::Adamw {
                 params: t[p],
@@ -846,6 +854,7 @@ mod cases {
                 m: t[m],
                 v: t[v],
                 copy: Some(t[copy]),
+                stats: t[stats],
                 hp,
             }
             .into()
@@ -853,6 +862,50 @@ mod cases {
         b.compare(&[p, m, v], 1e-5);
         // The copy is the new weights rounded once on each side.
         b.compare(&[copy], tol_bf16(1e-5));
+    }
+
+    pub fn adamw_multi(b: &mut CaseBuilder, d: Dims) {
+        // Three tensors of lengths that are not multiples of the block:
+        // one decaying with a bf16 copy, one not decaying without, and one
+        // of a single element.
+        let lens = [d.channels * d.channels + 5, 3 * d.channels + 1, 1];
+        let mut words = Vec::new();
+        let mut outputs = Vec::new();
+        for (k, &len) in lens.iter().enumerate() {
+            let (p, g, m) = (b.random(len, 0.5), b.random(len, 0.1), b.random(len, 0.01));
+            let v: Vec<f32> = b.values(len, 1e-3, 0.0).iter().map(|x| x * x).collect();
+            let v = b.floats(v);
+            let copy = (k == 0).then(|| {
+                let c = b.values(len, 1.0, 0.0);
+                b.tensor(Init::BF16(c))
+            });
+            let decays = k == 0;
+            let len_word = len as u64 | if decays { optimizer::DECAYS_BIT } else { 0 };
+            words.extend([p, g, m, v].map(Word::Address));
+            words.push(copy.map_or(Word::Value(0), Word::Address));
+            words.push(Word::Value(len_word));
+            outputs.push((vec![p, m, v], copy));
+        }
+        let list = b.tensor(Init::Words(words));
+        let stats = b.floats_f32(optimizer::stat::with_scale(0.5, false));
+        let hp = ADAMW_CASE;
+        let max_len = lens[0];
+        b.run(move |t| {
+            optimizer::AdamwMulti {
+                list: t[list],
+                count: lens.len(),
+                max_len,
+                stats: t[stats],
+                hp,
+            }
+            .into()
+        });
+        for (fp32, copy) in outputs {
+            b.compare(&fp32, 1e-5);
+            if let Some(c) = copy {
+                b.compare(&[c], tol_bf16(1e-5));
+            }
+        }
     }
 
     pub fn sum_squares(b: &mut CaseBuilder, d: Dims) {
@@ -866,6 +919,39 @@ mod cases {
             .into()
         });
         b.compare(&[acc], tol_for(odd_len(d)));
+    }
+
+    pub fn sum_scaled(b: &mut CaseBuilder, d: Dims) {
+        let acc = b.floats(vec![1.5]);
+        let x = b.random(odd_len(d), 1.0);
+        b.run(move |t| {
+            optimizer::SumScaled {
+                acc: t[acc],
+                x: t[x],
+                scale: 0.37,
+            }
+            .into()
+        });
+        b.compare(&[acc], tol_for(odd_len(d)));
+    }
+
+    pub fn finish_step(b: &mut CaseBuilder, _: Dims) {
+        // A finite step that is clipped, after two skipped ones; the
+        // skipping path is tested in the training tests (tests/train.rs).
+        let mut s = vec![0.0; optimizer::stat::LEN];
+        s[optimizer::stat::LOSS] = 3.25;
+        s[optimizer::stat::NORM_SQ] = 6.5;
+        s[optimizer::stat::SKIPPED] = 2.0;
+        s[optimizer::stat::SKIPPED_IN_A_ROW] = 2.0;
+        let stats = b.floats_f32(s);
+        b.run(move |t| {
+            optimizer::FinishStep {
+                stats: t[stats],
+                max_norm: 1.0,
+            }
+            .into()
+        });
+        b.compare(&[stats], 1e-7);
     }
 
     /// Element-by-element bounds on how far the two backends' results may

@@ -83,6 +83,17 @@ impl Trainer {
     /// contains: the final one records the logs before the final
     /// evaluation, which a resume of the finished run does again.
     pub(super) fn save_checkpoint_with(&mut self, logs: LogLengths) -> Result<()> {
+        let stats = self.opt.read_stats(self.model.backend().as_ref())?;
+        if stats.skipped_in_a_row > 0 {
+            // The weights are those of the last applied update, which may
+            // be what made this step's loss or gradient non-finite.
+            bail!(
+                "training diverged: the update of step {} was skipped (its loss or gradient norm \
+                 is not finite), so no checkpoint was written; {}",
+                self.step,
+                self.how_to_recover()
+            );
+        }
         let (model_t, opt_t) = collect_tensors(&self.model)?;
         for t in model_t.iter().chain(&opt_t) {
             let bad = t.data.iter().filter(|x| !x.is_finite()).count();
@@ -101,7 +112,7 @@ impl Trainer {
             step: self.step,
             tokens_seen: self.tokens_seen,
             elapsed_s: self.elapsed_s,
-            optimizer: self.opt.state(),
+            optimizer: self.opt.state(&stats),
             batcher_rng: self.batcher.rng().clone(),
             table: self.model.slots().table().clone(),
             dynamic: self.dynamic.clone(),
@@ -145,7 +156,9 @@ impl Trainer {
         let state_path = ckpt.path.join("state.json");
         load_tensors(&self.model, &ckpt)?;
         let state = ckpt.state;
-        self.opt.load_state(&state.optimizer);
+        self.opt
+            .load_state(self.model.backend().as_ref(), &state.optimizer)?;
+        self.reported_skips = state.optimizer.skipped;
         self.batcher.set_rng(state.batcher_rng);
         if let Some(d) = &state.dynamic {
             d.agent

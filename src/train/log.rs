@@ -6,6 +6,7 @@ use super::run_dir;
 use super::Trainer;
 use crate::data::Split;
 use crate::metrics;
+use crate::optim::StepStats;
 use crate::report::{self, EvalPoint, LossPoint, ReportData, TieSnapshot};
 use crate::tying::agent::TieRecord;
 use crate::tying::table::TieTable;
@@ -14,16 +15,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 
 impl Trainer {
-    /// A `train` line: loss, learning rate, speed, tying and memory.
-    pub(super) fn log_train(&mut self, loss: f32, norm: f32, tokens_per_s: f64) -> Result<()> {
+    /// A `train` line: loss, learning rate, skipped updates, speed, tying
+    /// and memory.
+    pub(super) fn log_train(&mut self, stats: &StepStats, tokens_per_s: f64) -> Result<()> {
         let (counted, _) = self.memory();
         let mem = self.model.backend().mem_stats();
         self.metrics.write(&serde_json::json!({
             "kind": "train",
             "step": self.step,
-            "loss": loss,
+            "loss": stats.loss,
             "lr": self.opt.lr,
-            "grad_norm": norm,
+            "grad_norm": stats.norm,
+            "skipped_updates": stats.skipped,
             "tokens_per_s": tokens_per_s,
             "tokens": self.tokens_seen,
             "elapsed_s": self.elapsed_s,

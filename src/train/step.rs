@@ -1,12 +1,25 @@
 //! One optimizer step: `grad_accum` micro-batches of forward + backward
 //! with their own dropout seeds, then clipping and AdamW over the unique
-//! live slots.
+//! live slots, all queued on the device with nothing read back.
+//!
+//! The step's loss and gradient norm stay in the optimizer's step
+//! statistics on the device; a step whose loss or norm is not finite is
+//! skipped there (AdamW changes no weight and no moment) and counted. The
+//! host reads the statistics only where it needs them: at log steps and
+//! checkpoints ([`Trainer::read_step_stats`]).
 
 use super::setup::DROPOUT_STREAM;
 use super::Trainer;
-use crate::optim::clip_scale;
+use crate::ops::elementwise::Fill;
+use crate::ops::BackendExt;
+use crate::optim::StepStats;
 use crate::rng::HostRng;
 use anyhow::{bail, Result};
+use std::ops::Range;
+
+/// A run whose last this many updates were all skipped has diverged: it
+/// stops at the next log step rather than train on without learning.
+pub const MAX_SKIPPED_IN_A_ROW: u64 = 8;
 
 /// The dropout seed of one micro-batch: a function of the run seed and the
 /// position in the run only, so a resumed run draws the same masks.
@@ -15,52 +28,65 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 }
 
 impl Trainer {
-    /// One optimizer step; returns (mean loss, gradient norm).
-    pub(super) fn train_step(&mut self) -> Result<(f32, f32)> {
+    /// One optimizer step, queued on the device. A skipped update still
+    /// advances the step, the learning-rate schedule, AdamW's bias
+    /// correction and the data, exactly as an applied one does, so a run
+    /// with a skipped step stays aligned with one without.
+    pub(super) fn train_step(&mut self) -> Result<()> {
         let t = &self.cfg.train;
         let (accum, batch, n_ctx) = (t.grad_accum, t.batch, self.cfg.model.n_ctx);
+        let be = self.model.backend().clone();
         self.opt.lr = self.schedule.lr(self.step as u32);
         self.model.zero_grads()?;
-        let mut loss = 0.0f32;
+        self.opt.begin_step(be.as_ref())?;
         for micro in 0..accum {
             let b = self.batcher.next_batch();
             let seed = dropout_seed(t.seed, self.step, micro);
-            let l = self.model.forward_backward(
+            self.model.forward_backward_on_device(
                 &b.inputs,
                 &b.targets,
                 batch,
                 n_ctx,
                 seed,
                 1.0 / accum as f32,
+                self.opt.loss_sum(),
             )?;
-            loss += l / accum as f32;
         }
-        // A non-finite loss or gradient ends the run before the update, so
-        // the weights in memory stay those of the last step, and no
-        // checkpoint is written from the diverged state.
-        if !loss.is_finite() {
-            bail!(
-                "training diverged: the training loss is {loss} at step {}; {}",
-                self.step,
-                self.how_to_recover()
-            );
+        if self.poisoned_steps.contains(&self.step) {
+            be.run(Fill {
+                dst: self.model.globals().grads.view().slice(0, 1),
+                value: f32::NAN,
+            })?;
         }
-        let norm = self.opt.grad_norm(&self.model)?;
-        if !norm.is_finite() {
-            bail!(
-                "training diverged: the gradient norm is {norm} at step {}; {}",
-                self.step,
-                self.how_to_recover()
-            );
-        }
-        let t = &self.cfg.train;
-        let scale = if t.grad_clip > 0.0 {
-            clip_scale(norm, t.grad_clip)
-        } else {
-            1.0
-        };
-        self.opt.update(&self.model, scale)?;
+        let clip = (t.grad_clip > 0.0).then_some(t.grad_clip);
+        self.opt.clip_and_update_on_device(&self.model, clip)?;
         self.tokens_seen += (accum * batch * n_ctx) as u64;
-        Ok((loss, norm))
+        Ok(())
+    }
+
+    /// Reads the step statistics back (one small download) and stops the
+    /// run when its last [`MAX_SKIPPED_IN_A_ROW`] updates were skipped.
+    pub(super) fn read_step_stats(&self) -> Result<StepStats> {
+        let s = self.opt.read_stats(self.model.backend().as_ref())?;
+        if s.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
+            bail!(
+                "training diverged: the last {} updates up to step {} were skipped (the training \
+                 loss {} or the gradient norm {} is not finite); {}",
+                s.skipped_in_a_row,
+                self.step,
+                s.loss,
+                s.norm,
+                self.how_to_recover()
+            );
+        }
+        Ok(s)
+    }
+
+    /// For tests only: makes one gradient element NaN in each step of
+    /// `steps` (0-based, after the backward passes), so that their updates
+    /// are skipped.
+    #[doc(hidden)]
+    pub fn poison_gradients(&mut self, steps: Range<u64>) {
+        self.poisoned_steps = steps;
     }
 }

@@ -62,6 +62,11 @@ pub struct Trainer {
     pub(super) notes: Vec<String>,
     /// The step of the newest checkpoint on disk (written or resumed from).
     pub(super) last_checkpoint: Option<u64>,
+    /// Skipped updates already reported in a printed line.
+    pub(super) reported_skips: u64,
+    /// A test hook: the steps whose gradients are made NaN
+    /// ([`Trainer::poison_gradients`]); empty otherwise.
+    pub(super) poisoned_steps: std::ops::Range<u64>,
     /// One process at a time in the run folder.
     _lock: RunLock,
 }
@@ -274,6 +279,8 @@ impl Trainer {
             verbose: true,
             notes: Vec::new(),
             last_checkpoint: None,
+            reported_skips: 0,
+            poisoned_steps: 0..0,
             _lock: lock,
         })
     }
@@ -357,63 +364,8 @@ impl Trainer {
     /// final checkpoint and `report.svg`.
     pub fn run(&mut self) -> Result<Summary> {
         interrupt::install()?;
-        let total = self.cfg.train.steps as u64;
         let tc = self.cfg.train.clone();
-        let bar = progress_bar(total, self.step, self.verbose);
-        let k = self.cfg.tying.agent_k as u64;
-        let mut window_start = Instant::now();
-        let mut window_tokens = 0u64;
-        while self.step < total {
-            if let Some(signal) = interrupt::requested() {
-                bar.finish_and_clear();
-                return Err(self.stop(signal));
-            }
-            // `--tying switch:STEP:A>B` changes the structure once.
-            let n_layer = self.model.config().n_layer;
-            if let Some(target) = switch_target(&self.cfg, self.step, n_layer)? {
-                self.model.set_tie_state(&target)?;
-            }
-            if self.dynamic.is_some() && self.step.is_multiple_of(k) {
-                self.agent_step()?;
-            }
-            let started = Instant::now();
-            let before = self.tokens_seen;
-            let (loss, norm) = self.train_step()?;
-            self.step += 1;
-            self.elapsed_s += started.elapsed().as_secs_f64();
-            window_tokens += self.tokens_seen - before;
-            if self.step.is_multiple_of(tc.log_every as u64) || self.step == total {
-                let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                self.log_train(loss, norm, tps)?;
-                let unique = self.model.slots().table().live_slots().len();
-                bar.set_message(format!(
-                    "loss {loss:.3} | {tps:.0} tok/s | blocks {unique}/{}",
-                    self.model.config().n_layer
-                ));
-                window_start = Instant::now();
-                window_tokens = 0;
-            }
-            bar.set_position(self.step);
-            if tc.eval_every > 0
-                && self.step.is_multiple_of(tc.eval_every as u64)
-                && self.step < total
-            {
-                let loss = self.evaluate(Split::Valid, tc.eval_max_windows)?;
-                self.log_eval(Split::Valid, loss)?;
-                say(
-                    &bar,
-                    format!(
-                        "step {:>6}: valid loss {loss:.4}, ppl {:.2}",
-                        self.step,
-                        loss.exp()
-                    ),
-                );
-            }
-            if tc.checkpoint_every > 0 && self.step.is_multiple_of(tc.checkpoint_every as u64) {
-                self.save_checkpoint()?;
-            }
-        }
-        bar.finish_and_clear();
+        self.train_until(tc.steps as u64)?;
         if let Some(signal) = interrupt::requested() {
             return Err(self.stop(signal));
         }
@@ -448,6 +400,85 @@ impl Trainer {
             counted,
             conventional,
         })
+    }
+
+    /// Trains up to step `stop` (at most the configured number of steps),
+    /// with the agent's decisions, logging, evaluation and checkpoints on
+    /// the way, but not the final evaluation of [`Trainer::run`]. Between
+    /// log steps, evaluations, checkpoints and agent decisions nothing is
+    /// read back from the device.
+    pub fn train_until(&mut self, stop: u64) -> Result<()> {
+        let total = self.cfg.train.steps as u64;
+        let stop = stop.min(total);
+        let tc = self.cfg.train.clone();
+        let bar = progress_bar(total, self.step, self.verbose);
+        let k = self.cfg.tying.agent_k as u64;
+        let mut window_start = Instant::now();
+        let mut window_tokens = 0u64;
+        while self.step < stop {
+            if let Some(signal) = interrupt::requested() {
+                bar.finish_and_clear();
+                return Err(self.stop(signal));
+            }
+            // `--tying switch:STEP:A>B` changes the structure once.
+            let n_layer = self.model.config().n_layer;
+            if let Some(target) = switch_target(&self.cfg, self.step, n_layer)? {
+                self.model.set_tie_state(&target)?;
+            }
+            if self.dynamic.is_some() && self.step.is_multiple_of(k) {
+                self.agent_step()?;
+            }
+            let started = Instant::now();
+            let before = self.tokens_seen;
+            self.train_step()?;
+            self.step += 1;
+            self.elapsed_s += started.elapsed().as_secs_f64();
+            window_tokens += self.tokens_seen - before;
+            if self.step.is_multiple_of(tc.log_every as u64) || self.step == total {
+                let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                let stats = self.read_step_stats()?;
+                self.log_train(&stats, tps)?;
+                if stats.skipped > self.reported_skips {
+                    say(
+                        &bar,
+                        format!(
+                            "step {:>6}: {} updates skipped so far (non-finite loss or gradient norm)",
+                            self.step, stats.skipped
+                        ),
+                    );
+                    self.reported_skips = stats.skipped;
+                }
+                let unique = self.model.slots().table().live_slots().len();
+                bar.set_message(format!(
+                    "loss {:.3} | {tps:.0} tok/s | blocks {unique}/{}",
+                    stats.loss,
+                    self.model.config().n_layer
+                ));
+                window_start = Instant::now();
+                window_tokens = 0;
+            }
+            bar.set_position(self.step);
+            if tc.eval_every > 0
+                && self.step.is_multiple_of(tc.eval_every as u64)
+                && self.step < total
+            {
+                let loss = self.evaluate(Split::Valid, tc.eval_max_windows)?;
+                self.log_eval(Split::Valid, loss)?;
+                say(
+                    &bar,
+                    format!(
+                        "step {:>6}: valid loss {loss:.4}, ppl {:.2}",
+                        self.step,
+                        loss.exp()
+                    ),
+                );
+            }
+            if tc.checkpoint_every > 0 && self.step.is_multiple_of(tc.checkpoint_every as u64) {
+                self.save_checkpoint()?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(())
     }
 
     /// After SIGINT or SIGTERM between two steps: the checkpoint of this

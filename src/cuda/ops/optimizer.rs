@@ -3,19 +3,36 @@
 use super::KernelOp;
 use crate::cuda::launch::{Args, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
-use crate::ops::optimizer::{Adamw, SumSquares};
+use crate::mem::DType;
+use crate::ops::optimizer::{
+    stat, AdamWStep, Adamw, AdamwMulti, FinishStep, SumScaled, SumSquares,
+};
 use anyhow::Result;
 
 const ADAMW: KernelId = kernel_id!(optimizer, adamw);
+const ADAMW_MULTI: KernelId = kernel_id!(optimizer, adamw_multi);
 const SUM_SQUARES: KernelId = kernel_id!(optimizer, sum_squares);
+const SUM_SCALED: KernelId = kernel_id!(optimizer, sum_scaled);
+const FINISH_STEP: KernelId = kernel_id!(optimizer, finish_step);
+
+/// The hyper-parameters as both AdamW kernels take them: beta1, beta2, eps,
+/// decay = 1 - lr * weight_decay, step_size = lr / (1 - beta1^t) and
+/// sqrt(1 - beta2^t), the bias corrections in f64 exactly as the CPU
+/// reference computes them.
+fn adamw_scalars(args: Args, hp: &AdamWStep) -> Args {
+    let t = hp.step as i32;
+    let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
+    let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
+    args.f32(hp.beta1)
+        .f32(hp.beta2)
+        .f32(hp.eps)
+        .f32(1.0 - hp.lr * hp.weight_decay)
+        .f32((hp.lr as f64 / bc1) as f32)
+        .f32(bc2.sqrt() as f32)
+}
 
 impl KernelOp for Adamw {
     fn launch(&self, l: &Launcher) -> Result<()> {
-        let hp = self.hp;
-        // Bias corrections in f64, exactly as the CPU reference computes them.
-        let t = hp.step as i32;
-        let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
-        let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
         let n = self.params.len;
         let args = Args::new()
             .ptr(self.params)
@@ -23,15 +40,23 @@ impl KernelOp for Adamw {
             .ptr(self.m)
             .ptr(self.v)
             .opt(self.copy)
-            .f32(hp.beta1)
-            .f32(hp.beta2)
-            .f32(hp.eps)
-            .f32(1.0 - hp.lr * hp.weight_decay)
-            .f32((hp.lr as f64 / bc1) as f32)
-            .f32(bc2.sqrt() as f32)
-            .f32(hp.grad_scale)
-            .u64(n as u64);
+            .ptr(self.stats.slice(0, stat::LEN));
+        let args = adamw_scalars(args, &self.hp).u64(n as u64);
         l.launch_1d(&ADAMW, self.params.dtype, n, args)
+    }
+}
+
+impl KernelOp for AdamwMulti {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(self.list)
+            .u64(self.count as u64)
+            .ptr(self.stats.slice(0, stat::LEN));
+        let args = adamw_scalars(args, &self.hp);
+        l.launch_1d(&ADAMW_MULTI, DType::F32, self.max_len, args)
     }
 }
 
@@ -43,5 +68,28 @@ impl KernelOp for SumSquares {
             .ptr(self.x)
             .u64(n as u64);
         l.launch_1d(&SUM_SQUARES, self.x.dtype, n, args)
+    }
+}
+
+impl KernelOp for SumScaled {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        let n = self.x.len;
+        let args = Args::new()
+            .ptr(self.acc.slice(0, 1))
+            .ptr(self.x)
+            .f32(self.scale)
+            .u64(n as u64);
+        l.launch_1d(&SUM_SCALED, self.x.dtype, n, args)
+    }
+}
+
+impl KernelOp for FinishStep {
+    fn launch(&self, l: &Launcher) -> Result<()> {
+        // One element: a single thread does the scalar arithmetic.
+        let args = Args::new()
+            .ptr(self.stats.slice(0, stat::LEN))
+            .f32(self.max_norm)
+            .u64(1);
+        l.launch_1d(&FINISH_STEP, DType::F32, 1, args)
     }
 }
