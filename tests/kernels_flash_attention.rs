@@ -12,9 +12,9 @@ mod common;
 
 use common::{assert_conformance, backends, emu};
 use dyntie::conformance::Dims;
+use dyntie::cpu::CpuBackend;
 use dyntie::cuda::ResumeOrder;
 use dyntie::mem::DType;
-use dyntie::cpu::CpuBackend;
 use dyntie::ops::attention::{exact, AttentionFwd, AttnDropout, AttnShape, FlashAttentionFwd};
 use dyntie::ops::BackendExt;
 use dyntie::rng::HostRng;
@@ -143,10 +143,19 @@ fn unfused_and_flash_drop_the_same_probabilities() {
     };
     // fp32 sums of 37 terms of size ~1 / (1 - p): far below 1e-4.
     let same = largest_gap(dropout);
-    assert!(same < 1e-4, "unfused vs exact with the same dropout: {same}");
+    assert!(
+        same < 1e-4,
+        "unfused vs exact with the same dropout: {same}"
+    );
     for other in [
-        AttnDropout { seed: 78, ..dropout },
-        AttnDropout { offset: 4, ..dropout },
+        AttnDropout {
+            seed: 78,
+            ..dropout
+        },
+        AttnDropout {
+            offset: 4,
+            ..dropout
+        },
     ] {
         let gap = largest_gap(other);
         assert!(gap > 0.1, "{other:?} dropped the same probabilities: {gap}");

@@ -111,7 +111,10 @@ fn recomputation_with_flash_attention_matches_the_stored_run() -> Result<()> {
     for (arch, dropout) in [(Arch::Gpt2, 0.2), (Arch::Bert, 0.1)] {
         let cfg = arch_cfg(arch, dropout, true);
         let m = Model::new(Arc::new(CpuBackend::new()), cfg.clone(), 1)?;
-        assert_eq!(AttentionPath::choose(bf16, m.config()), AttentionPath::Flash);
+        assert_eq!(
+            AttentionPath::choose(bf16, m.config()),
+            AttentionPath::Flash
+        );
         let (l0, g0, _) = run_in(Arc::new(CpuBackend::new()), cfg.clone(), false, bf16)?;
         let (l1, g1, _) = run_in(Arc::new(CpuBackend::new()), cfg, true, bf16)?;
         assert_eq!(l0, l1, "losses, {arch}, dropout {dropout}");

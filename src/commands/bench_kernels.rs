@@ -508,4 +508,24 @@ mod tests {
         assert_eq!(cut(50257), 128 + 50257 % 97);
         assert_eq!(cut(100), 100);
     }
+
+    /// The flash rows' operands fit their ops' contracts (on a GPU they are
+    /// only timed, so a wrong size would show there first): both run at a
+    /// small shape under the emulator.
+    #[test]
+    fn flash_rows_place_runnable_ops() {
+        let be = crate::cuda::KernelBackend::new(crate::cuda::EmuDevice::new());
+        for kind in [Kind::FlashFwd, Kind::FlashBwd] {
+            let p = Product {
+                model: "small".into(),
+                name: format!("{kind:?}"),
+                kind,
+                dims: [2, 37, 2 * 16, 2],
+            };
+            let placed = place(&be, &p, DType::BF16, 3).unwrap();
+            be.run(placed.op).unwrap();
+            let out = download_f64(&be, &placed.out).unwrap();
+            assert!(out.iter().all(|x| x.is_finite()) && out.iter().any(|&x| x != 0.0));
+        }
+    }
 }

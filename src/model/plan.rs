@@ -28,8 +28,8 @@
 //! [`LayerActs`] says.
 
 use super::{Arch, AttentionPath, ModelConfig};
-use crate::ops::attention::AttnShape;
 use crate::mem::{DType, View};
+use crate::ops::attention::AttnShape;
 
 /// Most bytes of logits the chunked loss head (with recomputation) keeps at
 /// once. Each chunk passes once more over the head's weight gradient (vocab
