@@ -13,40 +13,20 @@ memory-efficient one); the line above the table says which it may use.
     python benches/torch_attention.py [--dyntie bench-kernels.txt]
 
 With --dyntie, the `flash fwd` and `flash bwd` rows of
-`dyntie bench kernels --backend cuda` are read and each row gets dyntie's
+`dyntie bench kernels --backend cuda` are read (as torch_matmul.py reads
+its rows) and each row gets dyntie's
 time and the ratio torch / dyntie (above 1.0: dyntie is faster).
 """
 
 import argparse
-import re
-import time
 
 import torch
 import torch.nn.functional as F
 
+from torch_matmul import dyntie_times, seconds
+
 # (model, batch, heads, seq, head size)
 SHAPES = [("gpt2-124M", 8, 12, 1024, 64), ("paper", 16, 16, 256, 100)]
-
-
-def seconds(f, reps=20):
-    f()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        f()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps
-
-
-def dyntie_times(path):
-    """(model, 'flash fwd' | 'flash bwd') -> ms from dyntie's table."""
-    row = re.compile(r"^(\S+)\s+(flash \S+)\s+bf16\s+\[[^\]]*\]\s+\S+\s+\S+\s+([0-9.]+)\s")
-    times = {}
-    for line in open(path):
-        m = row.match(line)
-        if m:
-            times[(m[1], m[2])] = float(m[3])
-    return times
 
 
 def main():
@@ -69,7 +49,7 @@ def main():
         for op, f, products in (("flash fwd", fwd, 2), ("flash bwd", bwd, 4)):
             s = seconds(f)
             flops = products * 2 * b * h * t * t * d / 2
-            mine = ours.get((model, op))
+            mine = ours.get((model, op, "bf16"))
             tail = f"{mine:>10.3f} {s * 1e3 / mine:>6.2f}" if mine else f"{'-':>10} {'-':>6}"
             shape = f"[{b}, {h}, {t}, {d}]"
             print(f"{model:<10} {op:<10} {shape:>22} {s * 1e3:>9.3f} {flops / s / 1e12:>8.1f} {tail}")

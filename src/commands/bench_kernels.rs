@@ -177,6 +177,13 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
         _ => tol_for(k),
     };
     let [a, b, c, d] = p.dims;
+    // Attention's dims (unused by the linear products).
+    let shape = AttnShape {
+        batch: a,
+        seq: b,
+        channels: c,
+        heads: d,
+    };
     Ok(match p.kind {
         Kind::LinearFwd | Kind::LinearDinp | Kind::LinearDweight => {
             let (n, ic, oc) = (a, b, c);
@@ -236,12 +243,6 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
             }
         }
         Kind::AttnFwd | Kind::AttnBwd => {
-            let shape = AttnShape {
-                batch: a,
-                seq: b,
-                channels: c,
-                heads: d,
-            };
             let (nc, att) = (a * b * c, a * d * b * b);
             let qkv = buf(dtype, 3 * nc)?;
             let probs = buf(dtype, att)?;
@@ -288,12 +289,6 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
             }
         }
         Kind::FlashFwd | Kind::FlashBwd => {
-            let shape = AttnShape {
-                batch: a,
-                seq: b,
-                channels: c,
-                heads: d,
-            };
             let nc = a * b * c;
             let qkv = buf(dtype, 3 * nc)?;
             let (fwd_out, lse, delta) = (
