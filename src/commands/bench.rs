@@ -7,7 +7,7 @@ use crate::config::RunConfig;
 use crate::cuda::Device;
 use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
-use crate::model::{activation_bytes, Model, ModelConfig};
+use crate::model::{activation_bytes, AttentionPath, Model, ModelConfig};
 use crate::ops::profile::{OpStat, ProfiledBackend};
 use crate::ops::Backend;
 use crate::optim::AdamW;
@@ -427,7 +427,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     check_memory_with_vocab(&cfg, mc.vocab_size, &selected)?;
     let table = initial_table(&cfg, &policy, mc.n_layer)?;
     let tie_state = table.state().to_vec();
-    let path = memory::attention_path(&cfg, &mc);
+    let path = AttentionPath::choose(cfg.precision_on(selected.backend.name()), &mc);
     let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute, path) as u64;
     let counted = MemoryReport::from_table(&mc, &table, false, acts);
 
