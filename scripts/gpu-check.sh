@@ -134,6 +134,12 @@ record "bench memory --measure" $?
 timeout "$T_MEM" "$BIN" bench memory "${BENCH[@]}" --backend "$BACKEND" --patterns none all --measure \
     --recompute >>"$OUT/bench-memory.txt" 2>&1
 record "bench memory --measure --recompute" $?
+# The other attention path, measured: the backend's default precision above
+# (cuda bf16: flash; emu fp32: unfused), the other one here.
+other=$([[ $BACKEND == cuda ]] && echo fp32 || echo bf16)
+timeout "$T_MEM" "$BIN" bench memory "${BENCH[@]}" --backend "$BACKEND" --patterns none --measure \
+    --precision "$other" >>"$OUT/bench-memory.txt" 2>&1
+record "bench memory --measure --precision $other" $?
 if [[ $BACKEND == cuda ]]; then
     echo "== compare.sh against PyTorch" >&2
     for tying in none all; do
