@@ -134,6 +134,12 @@ record "bench memory --measure" $?
 timeout "$T_MEM" "$BIN" bench memory "${BENCH[@]}" --backend "$BACKEND" --patterns none all --measure \
     --recompute >>"$OUT/bench-memory.txt" 2>&1
 record "bench memory --measure --recompute" $?
+# The other attention path, measured: the backend's default precision above
+# (cuda bf16: flash; emu fp32: unfused), the other one here.
+other=$([[ $BACKEND == cuda ]] && echo fp32 || echo bf16)
+timeout "$T_MEM" "$BIN" bench memory "${BENCH[@]}" --backend "$BACKEND" --patterns none --measure \
+    --precision "$other" >>"$OUT/bench-memory.txt" 2>&1
+record "bench memory --measure --precision $other" $?
 if [[ $BACKEND == cuda ]]; then
     echo "== compare.sh against PyTorch" >&2
     for tying in none all; do
@@ -157,6 +163,20 @@ if [[ $BACKEND == cuda ]]; then
         >>"$OUT/bench-kernels.txt" 2>&1
     record "torch.matmul shapes" $?
 fi
+# Flash attention's forward and backward (the table's `flash fwd` and `flash
+# bwd` rows: GPT-2 124M B8 H12 T1024 D64, paper B16 H16 T256 D100) beside
+# PyTorch's scaled_dot_product_attention on the same card.
+if [[ $BACKEND == cuda ]]; then
+    echo "### torch scaled_dot_product_attention at the flash rows' shapes" >>"$OUT/bench-kernels.txt"
+    if timeout 60 "$PYTHON" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+        timeout "$T_KERNELS" "$PYTHON" benches/torch_attention.py --dyntie "$OUT/bench-kernels.txt" \
+            >>"$OUT/bench-kernels.txt" 2>&1
+        record "torch sdpa shapes" $?
+    else
+        echo "skipped: $PYTHON has no torch with CUDA" >>"$OUT/bench-kernels.txt"
+        status+=("torch sdpa shapes: skipped ($PYTHON has no torch with CUDA)")
+    fi
+fi
 
 # 5. The summary, last.
 {
@@ -164,6 +184,8 @@ fi
     [[ -s $OUT/nvidia-smi.txt ]] && grep -m1 -E "NVIDIA|Tesla" "$OUT/nvidia-smi.txt" | grep -v "NVIDIA-SMI" | head -1
     echo "kernels: $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/doctor.txt" | tr '\n' ';' || true)"
     echo "training: $(grep '^loss agreement' "$OUT/train-compare.txt" || echo 'no comparison (see train-compare.txt)')"
+    echo "flash attention (model, op, ms; torch sdpa ms and torch / dyntie where timed):"
+    grep -E '^\S+\s+flash (fwd|bwd)' "$OUT/bench-kernels.txt" | sed 's/^/  /' || true
     "$PYTHON" - "$work" <<'PY'
 import json, os, sys
 work = sys.argv[1]

@@ -10,7 +10,9 @@
 
 use crate::mem::View;
 use crate::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluErfBwd, GeluErfFwd, GeluFwd};
-use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnDropout, AttnShape};
+use crate::ops::attention::{
+    AttentionBwd, AttentionFwd, AttnDropout, AttnShape, FlashAttentionBwd, FlashAttentionFwd,
+};
 use crate::ops::elementwise::Fill;
 use crate::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
@@ -308,6 +310,43 @@ pub fn attention(
             dout: out.grad,
             qkv: qkv.val,
             att,
+            shape,
+            dropout,
+        })
+    });
+    Ok(())
+}
+
+/// Flash attention: the same function as [`attention`], saving only the
+/// per-row log-sum-exp `lse[B, heads, T]` (fp32); the backward recomputes
+/// the probabilities from it and `out`, with `delta[B, heads, T]` (fp32) as
+/// its workspace. bf16 only.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention(
+    be: &dyn Backend,
+    tape: &mut Tape,
+    out: Var,
+    lse: View,
+    delta: View,
+    qkv: Var,
+    shape: AttnShape,
+    dropout: Option<AttnDropout>,
+) -> Result<()> {
+    be.run(FlashAttentionFwd {
+        out: out.val,
+        lse,
+        qkv: qkv.val,
+        shape,
+        dropout,
+    })?;
+    tape.record(move |be| {
+        be.run(FlashAttentionBwd {
+            dqkv: qkv.grad,
+            delta,
+            dout: out.grad,
+            out: out.val,
+            lse,
+            qkv: qkv.val,
             shape,
             dropout,
         })

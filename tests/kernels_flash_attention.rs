@@ -12,10 +12,12 @@ mod common;
 
 use common::{assert_conformance, backends, emu};
 use dyntie::conformance::Dims;
+use dyntie::cpu::CpuBackend;
 use dyntie::cuda::ResumeOrder;
 use dyntie::mem::DType;
-use dyntie::ops::attention::{AttnShape, FlashAttentionFwd};
+use dyntie::ops::attention::{exact, AttentionFwd, AttnDropout, AttnShape, FlashAttentionFwd};
 use dyntie::ops::BackendExt;
+use dyntie::rng::HostRng;
 
 const OPS: [&str; 2] = ["flash_attention_fwd", "flash_attention_bwd"];
 
@@ -93,4 +95,69 @@ fn head_sizes_above_128_are_errors_not_panics() {
         msg.contains("head size 130 (130 channels / 1 heads) is above the 128"),
         "{msg}"
     );
+}
+
+/// The unfused path drops the probabilities the flash path drops: the
+/// unfused fp32 forward on the CPU with dropout equals the exact attention
+/// (flash's meaning, against which every flash backend is checked above)
+/// with the same dropout to fp32 accuracy, and is far from it with another
+/// seed or layer offset. So a model that switches paths (fp32 to bf16) keeps
+/// its dropout stream.
+#[test]
+fn unfused_and_flash_drop_the_same_probabilities() {
+    let shape = AttnShape {
+        batch: 2,
+        seq: 37,
+        channels: 2 * 16,
+        heads: 2,
+    };
+    let (qkv_len, out_len, att_len) = shape.lens();
+    let mut rng = HostRng::new(5);
+    let qkv: Vec<f32> = (0..qkv_len).map(|_| rng.normal() as f32).collect();
+    let dropout = AttnDropout {
+        p: 0.3,
+        seed: 77,
+        offset: 2 * 2 * 2, // as layer 2 of a model with B = 2, H = 2
+    };
+    let be = CpuBackend::new();
+    let buf = |len: usize| be.alloc(DType::F32, len).unwrap();
+    let (q, out, att, dropped) = (buf(qkv_len), buf(out_len), buf(att_len), buf(att_len));
+    be.upload(q.view(), &qkv).unwrap();
+    be.run(AttentionFwd {
+        out: out.view(),
+        att: att.view(),
+        dropped: Some(dropped.view()),
+        qkv: q.view(),
+        shape,
+        dropout: Some(dropout),
+    })
+    .unwrap();
+    let got: Vec<f32> = be.download(out.view()).unwrap();
+    let wide: Vec<f64> = qkv.iter().map(|&x| x as f64).collect();
+    let largest_gap = |d: AttnDropout| {
+        let want = exact::forward(&wide, shape, Some(d)).out;
+        got.iter()
+            .zip(&want)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .fold(0.0, f64::max)
+    };
+    // fp32 sums of 37 terms of size ~1 / (1 - p): far below 1e-4.
+    let same = largest_gap(dropout);
+    assert!(
+        same < 1e-4,
+        "unfused vs exact with the same dropout: {same}"
+    );
+    for other in [
+        AttnDropout {
+            seed: 78,
+            ..dropout
+        },
+        AttnDropout {
+            offset: 4,
+            ..dropout
+        },
+    ] {
+        let gap = largest_gap(other);
+        assert!(gap > 0.1, "{other:?} dropped the same probabilities: {gap}");
+    }
 }

@@ -9,8 +9,9 @@ use anyhow::Result;
 use dyntie::cpu::CpuBackend;
 use dyntie::cuda::EmuDevice;
 use dyntie::cuda::KernelBackend;
-use dyntie::model::{activation_bytes, ActivationPlan, Arch, Model, ModelConfig};
+use dyntie::model::{activation_bytes, ActivationPlan, Arch, AttentionPath, Model, ModelConfig};
 use dyntie::ops::Backend;
+use dyntie::precision::Precision;
 use std::sync::Arc;
 
 const B: usize = 2;
@@ -49,7 +50,18 @@ fn run(
     cfg: ModelConfig,
     recompute: bool,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>, u64)> {
+    run_in(be, cfg, recompute, Precision::Fp32)
+}
+
+/// [`run`] in `precision` (bf16: flash attention).
+fn run_in(
+    be: Arc<dyn Backend>,
+    cfg: ModelConfig,
+    recompute: bool,
+    precision: Precision,
+) -> Result<(Vec<f32>, Vec<Vec<f32>>, u64)> {
     let mut m = Model::new(be.clone(), cfg, 11)?;
+    m.set_precision(precision)?;
     // Blocks 1 and 3 on block 0's slot: shared gradients accumulate over
     // the recomputed blocks too.
     m.tie(1, 0)?;
@@ -89,6 +101,41 @@ fn recomputed_gradients_equal_stored_ones_bit_for_bit_on_the_cpu() -> Result<()>
     Ok(())
 }
 
+/// Flash attention (bf16) recomputed: its forward saves only the
+/// log-sum-exp, which the recomputed block writes again; bit for bit on the
+/// CPU, within the flash backward's bf16 roundings (the same on both runs:
+/// no atomics) on the emulated kernels.
+#[test]
+fn recomputation_with_flash_attention_matches_the_stored_run() -> Result<()> {
+    let bf16 = Precision::Bf16;
+    for (arch, dropout) in [(Arch::Gpt2, 0.2), (Arch::Bert, 0.1)] {
+        let cfg = arch_cfg(arch, dropout, true);
+        let m = Model::new(Arc::new(CpuBackend::new()), cfg.clone(), 1)?;
+        assert_eq!(
+            AttentionPath::choose(bf16, m.config()),
+            AttentionPath::Flash
+        );
+        let (l0, g0, _) = run_in(Arc::new(CpuBackend::new()), cfg.clone(), false, bf16)?;
+        let (l1, g1, _) = run_in(Arc::new(CpuBackend::new()), cfg, true, bf16)?;
+        assert_eq!(l0, l1, "losses, {arch}, dropout {dropout}");
+        assert!(g0.iter().flatten().any(|&g| g != 0.0));
+        assert_eq!(g0, g1, "gradients, {arch}, dropout {dropout}");
+    }
+    let emu = || -> Arc<dyn Backend> { Arc::new(KernelBackend::new(EmuDevice::new())) };
+    let (l0, g0, _) = run_in(emu(), cfg(0.1, true), false, bf16)?;
+    let (l1, g1, _) = run_in(emu(), cfg(0.1, true), true, bf16)?;
+    for (a, b) in l0.iter().zip(&l1) {
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "loss {a} vs {b}");
+    }
+    // As in the fp32 test below: only the LayerNorm and embedding weight
+    // gradients' float atomics may add in another order (bf16 activations,
+    // fp32 gradients).
+    for (a, b) in g0.iter().flatten().zip(g1.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-5 * (a.abs() + 1e-3), "grad {a} vs {b}");
+    }
+    Ok(())
+}
+
 #[test]
 fn recomputation_on_the_kernels_matches_the_stored_run() -> Result<()> {
     let emu = || -> Arc<dyn Backend> { Arc::new(KernelBackend::new(EmuDevice::new())) };
@@ -118,12 +165,12 @@ fn recomputation_keeps_one_residual_stream_per_block() {
         bias: true,
     };
     let (full, re) = (
-        activation_bytes(&c, 16, 256, false),
-        activation_bytes(&c, 16, 256, true),
+        activation_bytes(&c, 16, 256, false, AttentionPath::Unfused),
+        activation_bytes(&c, 16, 256, true, AttentionPath::Unfused),
     );
     // The chunked head keeps `head_rows` of the 4096 rows of logits.
     let rows = 16 * 256;
-    let head_rows = ActivationPlan::new(&c, 16, 256, true).head_rows;
+    let head_rows = ActivationPlan::new(&c, 16, 256, true, AttentionPath::Unfused).head_rows;
     assert_eq!(head_rows, 586, "4096 rows in 7 equal chunks of <= 128 MiB");
     let logits_saved = (rows - head_rows) * 50257 * 4;
     // Per block beyond the first: ~16 B*T*C floats plus the attention matrix
@@ -148,7 +195,7 @@ fn the_chunked_loss_head_matches_the_whole_one() -> Result<()> {
         bias: true,
     };
     let (b, t) = (8, 100);
-    let plan = ActivationPlan::new(&cfg, b, t, true);
+    let plan = ActivationPlan::new(&cfg, b, t, true, AttentionPath::Unfused);
     assert!(plan.head_rows < b * t && 2 * plan.head_rows >= b * t);
     let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7919 % 50257) as u32).collect();
     let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 104_729 % 50257) as u32).collect();

@@ -7,10 +7,11 @@ use crate::config::RunConfig;
 use crate::cuda::Device;
 use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
-use crate::model::{activation_bytes, Model, ModelConfig};
+use crate::model::{activation_bytes, AttentionPath, Model, ModelConfig};
 use crate::ops::profile::{HostTraffic, OpStat, ProfiledBackend};
 use crate::ops::Backend;
 use crate::optim::AdamW;
+use crate::precision::Precision;
 use crate::rng::HostRng;
 use crate::train::{initial_table, memory, run_dir};
 use crate::tying::policy::TyingPolicy;
@@ -43,13 +44,19 @@ const GPT2_VOCAB: usize = 50257;
 
 /// Counted training memory for each requested tie pattern.
 fn memory(args: &BenchArgs) -> Result<()> {
-    let cfg = args.model.resolve()?;
+    let mut cfg = args.model.resolve()?;
     cfg.validate()?;
+    if args.measure && cfg.precision.is_none() {
+        // Count in the precision the measured step runs in: it chooses the
+        // attention path, and so what attention stores.
+        cfg.precision = Some(cfg.precision_on(select_backend(cfg.backend)?.backend.name()));
+    }
     let mc = cfg.model.with_default_vocab(GPT2_VOCAB);
     mc.validate()?;
     // A model beyond counting is an error before its sizes are multiplied out.
     memory::need(&cfg, mc.vocab_size)?;
-    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
+    let path = memory::attention_path(&cfg, &mc);
+    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute, path) as u64;
     let options = cfg.tie_options();
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
     let mut tables: Vec<TieTable> = Vec::new();
@@ -127,12 +134,14 @@ fn memory(args: &BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "model": mc, "batch": cfg.train.batch, "recompute": cfg.train.recompute, "rows": out
+                "model": mc, "batch": cfg.train.batch, "recompute": cfg.train.recompute,
+                "attention": path.to_string(), "rows": out
             }))?
         );
     } else {
         println!(
-            "model: {} {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{})",
+            "model: {} {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{}); \
+             attention {path} (precision {})",
             mc.arch,
             mc.n_layer,
             mc.n_embd,
@@ -144,7 +153,8 @@ fn memory(args: &BenchArgs) -> Result<()> {
                 ", activations recomputed"
             } else {
                 ""
-            }
+            },
+            cfg.precision.unwrap_or(Precision::Fp32)
         );
         let refs: Vec<(&str, &MemoryReport)> = rows.iter().map(|(n, r)| (n.as_str(), r)).collect();
         print!("{}", format_memory_table(&refs));
@@ -427,7 +437,8 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     check_memory_with_vocab(&cfg, mc.vocab_size, &selected)?;
     let table = initial_table(&cfg, &policy, mc.n_layer)?;
     let tie_state = table.state().to_vec();
-    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute) as u64;
+    let path = AttentionPath::choose(cfg.precision_on(selected.backend.name()), &mc);
+    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute, path) as u64;
     let counted = MemoryReport::from_table(&mc, &table, false, acts);
 
     let profiled = Arc::new(ProfiledBackend::new(selected.backend.clone()));

@@ -5,7 +5,10 @@
 //! one row per distinct product: the linear layers' forward (`nt`), input
 //! gradient (`nn`) and weight gradient (`tn`, accumulating into fp32), and
 //! attention's forward and backward (its batched products and the softmax
-//! between them, timed as one op). Each row says its FLOPs and the bytes the
+//! between them, timed as one op), and flash attention's (bf16 only; at
+//! GPT-2 124M's B8 H12 T1024 D64 and the paper's D100, the shapes
+//! `benches/torch_attention.py` times PyTorch's `scaled_dot_product_attention`
+//! at). Each row says its FLOPs and the bytes the
 //! product must move at least (operands read once, the result written
 //! once). On a GPU it also times the op and gives TFLOP/s and the fraction
 //! of the card's peak (bf16: `--peak-tflops`, default 790, what cuBLAS
@@ -23,7 +26,9 @@ use crate::config::{Preset, RunConfig};
 use crate::cpu::CpuBackend;
 use crate::mem::{Buffer, DType};
 use crate::model::ModelConfig;
-use crate::ops::attention::{AttentionBwd, AttentionFwd, AttnShape};
+use crate::ops::attention::{
+    AttentionBwd, AttentionFwd, AttnShape, FlashAttentionBwd, FlashAttentionFwd,
+};
 use crate::ops::case::{tol_bf16, tol_for};
 use crate::ops::matmul::{MatmulBwd, MatmulFwd};
 use crate::ops::{Backend, BackendExt, Op};
@@ -49,6 +54,8 @@ enum Kind {
     LinearDweight,
     AttnFwd,
     AttnBwd,
+    FlashFwd,
+    FlashBwd,
 }
 
 impl Product {
@@ -58,8 +65,10 @@ impl Product {
         match self.kind {
             Kind::LinearFwd | Kind::LinearDinp | Kind::LinearDweight => 2.0 * a * b * c,
             // q k^T and att v: 2 products of seq x seq x head_dim per head, half of them masked.
-            Kind::AttnFwd => 2.0 * 2.0 * a * d * b * b * (c / d) / 2.0,
-            Kind::AttnBwd => 4.0 * 2.0 * a * d * b * b * (c / d) / 2.0,
+            // Flash's backward also recomputes q k^T: counted as the
+            // unfused backward (the useful work), as FLOP rates usually are.
+            Kind::AttnFwd | Kind::FlashFwd => 2.0 * 2.0 * a * d * b * b * (c / d) / 2.0,
+            Kind::AttnBwd | Kind::FlashBwd => 4.0 * 2.0 * a * d * b * b * (c / d) / 2.0,
         }
     }
 
@@ -73,6 +82,18 @@ impl Product {
             Kind::LinearDweight => size * (a * c + a * b) + 4.0 * 2.0 * b * c,
             Kind::AttnFwd => size * (a * b * 3.0 * c + a * d * b * b + a * b * c),
             Kind::AttnBwd => size * (2.0 * a * b * 3.0 * c + 2.0 * a * d * b * b + a * b * c),
+            // qkv in, out and the fp32 lse out; nothing of size T x T.
+            Kind::FlashFwd => size * (a * b * 4.0 * c) + 4.0 * a * d * b,
+            // qkv, out and dout in, dqkv out; lse in, D written and read.
+            Kind::FlashBwd => size * (a * b * 8.0 * c) + 4.0 * 3.0 * a * d * b,
+        }
+    }
+
+    /// The dtypes the op runs in: flash is bf16 only.
+    fn dtypes(&self) -> &'static [DType] {
+        match self.kind {
+            Kind::FlashFwd | Kind::FlashBwd => &[DType::BF16],
+            _ => &[DType::F32, DType::BF16],
         }
     }
 }
@@ -101,10 +122,15 @@ fn step_products(model: &str, cfg: &ModelConfig, batch: usize) -> Vec<Product> {
             });
         }
     }
-    for (kind, what) in [(Kind::AttnFwd, "fwd"), (Kind::AttnBwd, "bwd")] {
+    for (kind, name) in [
+        (Kind::AttnFwd, "attention fwd"),
+        (Kind::AttnBwd, "attention bwd"),
+        (Kind::FlashFwd, "flash fwd"),
+        (Kind::FlashBwd, "flash bwd"),
+    ] {
         out.push(Product {
             model: model.into(),
-            name: format!("attention {what}"),
+            name: name.into(),
             kind,
             dims: [batch, cfg.n_ctx, c, cfg.n_head],
         });
@@ -151,6 +177,13 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
         _ => tol_for(k),
     };
     let [a, b, c, d] = p.dims;
+    // Attention's dims (unused by the linear products).
+    let shape = AttnShape {
+        batch: a,
+        seq: b,
+        channels: c,
+        heads: d,
+    };
     Ok(match p.kind {
         Kind::LinearFwd | Kind::LinearDinp | Kind::LinearDweight => {
             let (n, ic, oc) = (a, b, c);
@@ -210,12 +243,6 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
             }
         }
         Kind::AttnFwd | Kind::AttnBwd => {
-            let shape = AttnShape {
-                batch: a,
-                seq: b,
-                channels: c,
-                heads: d,
-            };
             let (nc, att) = (a * b * c, a * d * b * b);
             let qkv = buf(dtype, 3 * nc)?;
             let probs = buf(dtype, att)?;
@@ -259,6 +286,47 @@ fn place(be: &dyn Backend, p: &Product, dtype: DType, seed: u64) -> Result<Place
                 // Not compared (see the module docs).
                 tol: f64::NAN,
                 _keep: vec![qkv, probs, dout, scratch],
+            }
+        }
+        Kind::FlashFwd | Kind::FlashBwd => {
+            let nc = a * b * c;
+            let qkv = buf(dtype, 3 * nc)?;
+            let (fwd_out, lse, delta) = (
+                buf(dtype, nc)?,
+                buf(DType::F32, shape.rows())?,
+                buf(DType::F32, shape.rows())?,
+            );
+            let fwd = FlashAttentionFwd {
+                out: fwd_out.view(),
+                lse: lse.view(),
+                qkv: qkv.view(),
+                shape,
+                dropout: None,
+            };
+            let (op, out, keep) = if p.kind == Kind::FlashFwd {
+                (fwd.into(), fwd_out, vec![qkv, lse, delta])
+            } else {
+                // Backward from the forward's own output and lse.
+                be.run(fwd)?;
+                let (dqkv, dout) = (buf(dtype, 3 * nc)?, buf(dtype, nc)?);
+                let op = FlashAttentionBwd {
+                    dqkv: dqkv.view(),
+                    delta: delta.view(),
+                    dout: dout.view(),
+                    out: fwd_out.view(),
+                    lse: lse.view(),
+                    qkv: qkv.view(),
+                    shape,
+                    dropout: None,
+                };
+                (op.into(), dqkv, vec![qkv, fwd_out, lse, delta, dout])
+            };
+            Placed {
+                op,
+                out,
+                // Not compared (see the module docs).
+                tol: f64::NAN,
+                _keep: keep,
             }
         }
     })
@@ -329,7 +397,7 @@ pub fn kernels(args: &BenchArgs) -> Result<()> {
     );
     let mut failed = Vec::new();
     for p in &products {
-        for dtype in [DType::F32, DType::BF16] {
+        for &dtype in p.dtypes() {
             let size = dtype.size() as f64;
             let (gflop, mb) = (p.flops() / 1e9, p.bytes(size) / 1e6);
             let shape = format!("{:?}", &p.dims[..if p.dims[3] == 0 { 3 } else { 4 }]);
@@ -411,12 +479,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_step_has_fifteen_linear_products_and_two_attention_ops() {
+    fn a_step_has_fifteen_linear_products_and_four_attention_ops() {
         let cfg = RunConfig::for_preset(Preset::Gpt2)
             .model
             .with_default_vocab(50257);
         let p = step_products("gpt2", &cfg, 8);
-        assert_eq!(p.len(), 17);
+        assert_eq!(p.len(), 19);
+        let flash: Vec<_> = p.iter().filter(|p| p.name.starts_with("flash")).collect();
+        assert_eq!(flash.len(), 2);
+        assert!(flash.iter().all(|p| p.dims == [8, 1024, 768, 12]));
+        assert_eq!(flash[0].dtypes(), [DType::BF16]);
         // The head's forward: 8192 rows x 768 -> 50257.
         let head = p.iter().find(|p| p.name == "head fwd").unwrap();
         assert_eq!(head.flops(), 2.0 * 8192.0 * 768.0 * 50257.0);
@@ -430,5 +502,25 @@ mod tests {
         assert!((linear - 6.0 * 8192.0 * params).abs() < 1.0);
         assert_eq!(cut(50257), 128 + 50257 % 97);
         assert_eq!(cut(100), 100);
+    }
+
+    /// The flash rows' operands fit their ops' contracts (on a GPU they are
+    /// only timed, so a wrong size would show there first): both run at a
+    /// small shape under the emulator.
+    #[test]
+    fn flash_rows_place_runnable_ops() {
+        let be = crate::cuda::KernelBackend::new(crate::cuda::EmuDevice::new());
+        for kind in [Kind::FlashFwd, Kind::FlashBwd] {
+            let p = Product {
+                model: "small".into(),
+                name: format!("{kind:?}"),
+                kind,
+                dims: [2, 37, 2 * 16, 2],
+            };
+            let placed = place(&be, &p, DType::BF16, 3).unwrap();
+            be.run(placed.op).unwrap();
+            let out = download_f64(&be, &placed.out).unwrap();
+            assert!(out.iter().all(|x| x.is_finite()) && out.iter().any(|&x| x != 0.0));
+        }
     }
 }

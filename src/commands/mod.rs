@@ -160,9 +160,13 @@ pub fn check_memory_with_vocab(
     vocab: usize,
     selected: &SelectedBackend,
 ) -> Result<()> {
+    // Counted in the precision the run will take on this backend (it
+    // chooses the attention path, and so what attention stores).
+    let mut cfg = cfg.clone();
+    cfg.precision = Some(cfg.precision_on(selected.backend.name()));
     match selected.available_memory() {
-        Some(available) => memory::check(cfg, vocab, &available),
-        None => memory::need(cfg, vocab).map(|_| ()),
+        Some(available) => memory::check(&cfg, vocab, &available),
+        None => memory::need(&cfg, vocab).map(|_| ()),
     }
 }
 

@@ -103,7 +103,7 @@ fn describe(t: &Trainer) {
     let n_params = t.model().global_layout().len() + m.n_layer * t.model().block_layout().len();
     let table = t.model().slots().table();
     println!(
-        "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied), precision {}{}",
+        "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied), precision {}, attention {}{}",
         m.n_layer,
         m.n_embd,
         m.n_head,
@@ -111,6 +111,7 @@ fn describe(t: &Trainer) {
         m.vocab_size,
         n_params as f64 / 1e6,
         t.model().precision(),
+        t.model().attention(),
         if t.model().recompute() {
             "; activations recomputed in backward"
         } else {

@@ -14,12 +14,73 @@
 //! buffer, and the ops that read `x` accumulate into it after the branch has
 //! consumed it (see `lm.rs`).
 
+use super::ModelConfig;
 use crate::autograd::{self, Gelu, Param, Tape, Var};
 use crate::mem::View;
-use crate::ops::attention::{AttnDropout, AttnShape};
+use crate::ops::attention::{AttnDropout, AttnShape, FLASH_MAX_HEAD};
 use crate::ops::elementwise::Add;
 use crate::ops::{Backend, BackendExt};
+use crate::precision::Precision;
 use anyhow::Result;
+use std::fmt;
+
+/// Which attention the blocks run, and so what each layer saves for the
+/// backward. Chosen in one place, [`AttentionPath::choose`], from the
+/// precision; the activation plan sizes its regions by it and a run prints
+/// it beside the precision.
+///
+/// Both paths drop the same probabilities for the same seed: their dropout
+/// ([`AttnDropout`]) is one Philox stream, keyed by (layer offset, sequence,
+/// head, query, key) and never by how the kernels are tiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// Scores, softmax and `att v` as separate ops; saves the probabilities
+    /// `[B, heads, T, T]` and needs a workspace of that size (the forward's
+    /// dropped probabilities, the backward's gradients). fp32's path: the
+    /// reference and the CPU default.
+    Unfused,
+    /// One fused kernel each way (bf16 only); saves the per-row log-sum-exp
+    /// `[B, heads, T]` (fp32) beside the output the next matmul keeps
+    /// anyway, and the backward recomputes the probabilities; its workspace
+    /// is `D = rowsum(dout * out)`, `[B, heads, T]` (fp32).
+    Flash,
+}
+
+impl AttentionPath {
+    /// Flash in bf16 whenever its kernels take the head size (at most
+    /// [`FLASH_MAX_HEAD`]: every preset), else unfused.
+    pub fn choose(precision: Precision, cfg: &ModelConfig) -> AttentionPath {
+        let head = cfg.n_embd / cfg.n_head.max(1);
+        match precision {
+            Precision::Bf16 if head <= FLASH_MAX_HEAD => AttentionPath::Flash,
+            _ => AttentionPath::Unfused,
+        }
+    }
+
+    /// Elements (4 bytes each in the plan) one layer saves for the backward
+    /// besides the output: the probabilities or the log-sum-exp.
+    pub fn saved_len(self, shape: AttnShape) -> usize {
+        match self {
+            AttentionPath::Unfused => shape.lens().2,
+            AttentionPath::Flash => shape.rows(),
+        }
+    }
+
+    /// Elements of the workspace a layer's attention needs (shared by all
+    /// layers, in the gradient arena).
+    pub fn scratch_len(self, shape: AttnShape) -> usize {
+        self.saved_len(shape)
+    }
+}
+
+impl fmt::Display for AttentionPath {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            AttentionPath::Unfused => "unfused",
+            AttentionPath::Flash => "flash",
+        })
+    }
+}
 
 /// Dropout probability, seed and Philox counter offset of one site.
 #[derive(Clone, Copy)]
@@ -124,6 +185,11 @@ pub(super) struct BlockRun {
     /// LayerNorm mean and rstd, saved for its backward.
     pub ln1_stats: (View, View),
     pub qkv: Var,
+    /// Which attention runs; `att` and `att_scratch` are its saved state
+    /// and workspace as [`AttentionPath`] describes (the probabilities and a
+    /// `T x T` workspace in the compute dtype, or the fp32 log-sum-exp and
+    /// `D`).
+    pub attention: AttentionPath,
     pub att: View,
     pub att_scratch: View,
     pub atty: Var,
@@ -224,7 +290,11 @@ impl BlockRun {
         let (n, c) = (self.rows(), self.shape.channels);
         let p = &self.params;
         p.qkv.apply(be, tape, self.qkv, inp, n, c, 3 * c)?;
-        autograd::attention(
+        let attention = match self.attention {
+            AttentionPath::Unfused => autograd::attention,
+            AttentionPath::Flash => autograd::flash_attention,
+        };
+        attention(
             be,
             tape,
             self.atty,

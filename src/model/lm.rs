@@ -22,7 +22,7 @@
 //! `branch` all share that buffer, and the ops that read the stream (the
 //! LayerNorms) accumulate into it after the branch has consumed it.
 
-use super::block::{BlockParams, BlockRun, DropoutSite, Linear, Norm};
+use super::block::{AttentionPath, BlockParams, BlockRun, DropoutSite, Linear, Norm};
 use super::head::Head;
 use super::plan::{ActivationPlan, Region};
 use super::{Arch, BlockLayout, GlobalLayout, ModelConfig};
@@ -165,6 +165,12 @@ impl Model {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The attention the blocks run, chosen from the precision (see
+    /// [`AttentionPath::choose`]).
+    pub fn attention(&self) -> AttentionPath {
+        AttentionPath::choose(self.precision, &self.cfg)
     }
 
     /// Rounds the fp32 weights of the globals and of every live slot into
@@ -512,13 +518,16 @@ impl Model {
     /// Plans and allocates the arenas for `(batch, seq)` unless they exist.
     fn ensure_arena(&mut self, batch: usize, seq: usize) -> Result<()> {
         if let Some(a) = &self.arena {
-            if a.plan.batch == batch && a.plan.seq == seq && a.plan.recompute == self.recompute {
+            let p = &a.plan;
+            let same = (p.batch, p.seq, p.recompute, p.attention)
+                == (batch, seq, self.recompute, self.attention());
+            if same {
                 return Ok(());
             }
         }
         // Free the old arenas first so the peak is the larger of the two.
         self.arena = None;
-        let plan = ActivationPlan::new(&self.cfg, batch, seq, self.recompute);
+        let plan = ActivationPlan::new(&self.cfg, batch, seq, self.recompute, self.attention());
         let acts = self.backend.alloc(DType::F32, plan.act_len)?;
         let grads = self.backend.alloc(DType::F32, plan.grad_len)?;
         self.arena = Some(Arena { plan, acts, grads });
@@ -649,6 +658,14 @@ impl Model {
         }
 
         let gl = plan.g_layer;
+        // The attention's saved state and workspace: in the compute dtype
+        // (probabilities) or fp32 (log-sum-exp and D).
+        let att_dtype = match plan.attention {
+            AttentionPath::Unfused => dt,
+            AttentionPath::Flash => DType::F32,
+        };
+        let att = |r: Region| r.of(acts, att_dtype);
+        let att_scratch = |r: Region| r.of(grads, att_dtype);
         let post_norm = self.cfg.arch.post_norm();
         let mut x = x0;
         for (layer, la) in plan.layers.iter().enumerate() {
@@ -672,8 +689,9 @@ impl Model {
                 ln1,
                 ln1_stats: (stat(la.ln1_mean), stat(la.ln1_rstd)),
                 qkv: var(la.qkv, gl.qkv),
-                att: act(la.att),
-                att_scratch: grad(gl.att_scratch),
+                attention: plan.attention,
+                att: att(la.att),
+                att_scratch: att_scratch(gl.att_scratch),
                 atty: var(la.atty, gl.atty),
                 attn_pre: pre(gl.attn_branch),
                 x_mid,

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod lm;
 pub mod plan;
 
+pub use block::AttentionPath;
 pub use config::{Arch, ModelConfig};
 pub use layout::{BlockLayout, GlobalLayout, ParamEntry};
 pub use lm::Model;

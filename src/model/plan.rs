@@ -17,12 +17,19 @@
 //! row chunks (see `head_rows`), so the logits never exist for all rows at
 //! once.
 //!
+//! What a layer's attention saves depends on its [`AttentionPath`]: the
+//! unfused path keeps the probabilities `B*H*T*T` per layer (and a
+//! workspace of that size in the gradient arena), flash keeps the per-row
+//! log-sum-exp `B*H*T` (and the backward's `D = rowsum(dout * out)` of that
+//! size as workspace); its output is `atty`, which both paths keep.
+//!
 //! Both architectures use one plan; BERT adds the embeddings' LayerNorm and
 //! the LM head's transform, and reads the block regions as
 //! [`LayerActs`] says.
 
-use super::{Arch, ModelConfig};
+use super::{Arch, AttentionPath, ModelConfig};
 use crate::mem::{DType, View};
+use crate::ops::attention::AttnShape;
 
 /// Most bytes of logits the chunked loss head (with recomputation) keeps at
 /// once. Each chunk passes once more over the head's weight gradient (vocab
@@ -92,6 +99,8 @@ pub struct LayerActs {
     pub ln1_mean: Region,
     pub ln1_rstd: Region,
     pub qkv: Region,
+    /// What the attention saves for its backward: the probabilities
+    /// (unfused) or the log-sum-exp (flash); see [`AttentionPath`].
     pub att: Region,
     pub atty: Region,
     /// Residual stream after the attention branch.
@@ -113,6 +122,8 @@ pub struct LayerActs {
 pub struct LayerGrads {
     pub ln1: Region,
     pub qkv: Region,
+    /// The attention's workspace: `T x T` per head (unfused) or `D`, one
+    /// value per row (flash).
     pub att_scratch: Region,
     pub atty: Region,
     /// Before dropout (only planned with dropout; otherwise the branch
@@ -133,6 +144,8 @@ pub struct ActivationPlan {
     /// Blocks share one workspace for everything but `x_out`, and their
     /// backward recomputes it (see the module docs).
     pub recompute: bool,
+    /// Which attention the regions are sized for.
+    pub attention: AttentionPath,
     pub tokens: Region,
     pub targets: Region,
     /// Residual stream after the embeddings.
@@ -181,10 +194,22 @@ pub struct ActivationPlan {
 }
 
 impl ActivationPlan {
-    pub fn new(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> Self {
+    pub fn new(
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        recompute: bool,
+        attention: AttentionPath,
+    ) -> Self {
         let (n, c) = (batch * seq, cfg.n_embd);
         let nc = n * c;
-        let att = batch * cfg.n_head * seq * seq;
+        let shape = AttnShape {
+            batch,
+            seq,
+            channels: c,
+            heads: cfg.n_head,
+        };
+        let (att, att_scratch) = (attention.saved_len(shape), attention.scratch_len(shape));
         let dropout = cfg.dropout > 0.0;
         let bert = cfg.arch == Arch::Bert;
 
@@ -258,7 +283,7 @@ impl ActivationPlan {
         let mut g_layer = LayerGrads {
             ln1: g.take(nc),
             qkv: g.take(3 * nc),
-            att_scratch: g.take(att),
+            att_scratch: g.take(att_scratch),
             atty: g.take(nc),
             attn_branch: dropout.then(|| g.take(nc)),
             ln2: g.take(nc),
@@ -276,6 +301,7 @@ impl ActivationPlan {
             batch,
             seq,
             recompute,
+            attention,
             tokens,
             targets,
             x0,
@@ -313,15 +339,23 @@ impl ActivationPlan {
 }
 
 /// Bytes of activation memory (activations plus their gradients) that one
-/// training step at `(batch, seq)` allocates, with or without recomputation;
-/// independent of tying.
-pub fn activation_bytes(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> usize {
-    ActivationPlan::new(cfg, batch, seq, recompute).bytes()
+/// training step at `(batch, seq)` allocates, with or without recomputation,
+/// with the given attention path; independent of tying.
+pub fn activation_bytes(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    recompute: bool,
+    attention: AttentionPath,
+) -> usize {
+    ActivationPlan::new(cfg, batch, seq, recompute, attention).bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UNFUSED: AttentionPath = AttentionPath::Unfused;
 
     fn cfg(n_layer: usize) -> ModelConfig {
         ModelConfig {
@@ -339,7 +373,7 @@ mod tests {
     #[test]
     fn regions_are_aligned_disjoint_and_grad_arena_does_not_grow_with_depth() {
         let mut cfg = cfg(3);
-        let p = ActivationPlan::new(&cfg, 2, 5, false);
+        let p = ActivationPlan::new(&cfg, 2, 5, false, UNFUSED);
         let mut regions = vec![
             p.tokens,
             p.targets,
@@ -363,18 +397,18 @@ mod tests {
 
         let grad_len = p.grad_len;
         cfg.n_layer = 6;
-        let deeper = ActivationPlan::new(&cfg, 2, 5, false);
+        let deeper = ActivationPlan::new(&cfg, 2, 5, false, UNFUSED);
         assert_eq!(deeper.grad_len, grad_len);
         assert!(deeper.act_len > p.act_len);
-        assert_eq!(activation_bytes(&cfg, 2, 5, false), deeper.bytes());
+        assert_eq!(activation_bytes(&cfg, 2, 5, false, UNFUSED), deeper.bytes());
     }
 
     #[test]
     fn recomputation_keeps_one_block_output_per_layer_beside_one_workspace() {
         let cfg = cfg(4);
         let (full, re) = (
-            ActivationPlan::new(&cfg, 2, 5, false),
-            ActivationPlan::new(&cfg, 2, 5, true),
+            ActivationPlan::new(&cfg, 2, 5, false, UNFUSED),
+            ActivationPlan::new(&cfg, 2, 5, true, UNFUSED),
         );
         let ws = re.layers[0];
         let workspace = [
@@ -414,5 +448,31 @@ mod tests {
         let block_stride = full.layers[1].x_out.offset - full.layers[0].x_out.offset;
         assert_eq!(per_layer + nc, block_stride);
         assert_eq!(re.grad_len, full.grad_len);
+    }
+
+    /// Flash keeps `B*H*T` log-sum-exps per layer where the unfused path
+    /// keeps `B*H*T*T` probabilities, and its workspace shrinks alike;
+    /// nothing else in the plan changes.
+    #[test]
+    fn flash_plans_one_value_per_row_where_unfused_plans_the_probabilities() {
+        let aligned = |len: usize| len.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+        let cfg = cfg(4);
+        // T = 37: B*H*T*T is far above B*H*T even after alignment.
+        let (b, t, h) = (2, 37, cfg.n_head);
+        for recompute in [false, true] {
+            let unfused = ActivationPlan::new(&cfg, b, t, recompute, UNFUSED);
+            let flash = ActivationPlan::new(&cfg, b, t, recompute, AttentionPath::Flash);
+            assert_eq!(flash.attention, AttentionPath::Flash);
+            for (u, f) in unfused.layers.iter().zip(&flash.layers) {
+                assert_eq!((u.att.len, f.att.len), (b * h * t * t, b * h * t));
+            }
+            assert_eq!(unfused.g_layer.att_scratch.len, b * h * t * t);
+            assert_eq!(flash.g_layer.att_scratch.len, b * h * t);
+            let per_layer = aligned(b * h * t * t) - aligned(b * h * t);
+            // With recomputation one workspace holds the only `att`.
+            let layers = if recompute { 1 } else { cfg.n_layer };
+            assert_eq!(unfused.act_len - flash.act_len, layers * per_layer);
+            assert_eq!(unfused.grad_len - flash.grad_len, per_layer);
+        }
     }
 }

@@ -8,7 +8,8 @@
 use super::setup::{initial_table, synthetic_config};
 use crate::config::RunConfig;
 use crate::model::accounting::MemoryReport;
-use crate::model::{activation_bytes, ModelConfig};
+use crate::model::{activation_bytes, AttentionPath, ModelConfig};
+use crate::precision::Precision;
 use crate::tying::policy::TyingPolicy;
 use anyhow::{bail, Result};
 
@@ -48,6 +49,13 @@ fn bound_bytes(m: &ModelConfig, batch: usize, data_bytes: u128) -> u128 {
     let per_block = add(add(mul(17, mul(n, c)), att), add(mul(8, n), 1024));
     let activations = add(mul(add(l, 3), per_block), add(mul(n, v), mul(2, n)));
     add(add(mul(20, params), mul(4, activations)), data_bytes)
+}
+
+/// The attention path `cfg` runs with, as its counted memory assumes: the
+/// one its precision chooses, the unfused path (the larger) while the
+/// precision is not yet known.
+pub fn attention_path(cfg: &RunConfig, mc: &ModelConfig) -> AttentionPath {
+    AttentionPath::choose(cfg.precision.unwrap_or(Precision::Fp32), mc)
 }
 
 /// What a run needs: the counted training memory of its worst table (all
@@ -92,7 +100,8 @@ pub fn need(cfg: &RunConfig, vocab: usize) -> Result<Need> {
             mc.vocab_size
         );
     }
-    let acts = activation_bytes(&mc, batch, mc.n_ctx, cfg.train.recompute) as u64;
+    let path = attention_path(cfg, &mc);
+    let acts = activation_bytes(&mc, batch, mc.n_ctx, cfg.train.recompute, path) as u64;
     let report = if cfg.tying.policy.is_dynamic() {
         MemoryReport::from_counts(&mc, mc.n_layer, mc.n_layer, false, acts)
     } else {

@@ -303,8 +303,8 @@ impl Trainer {
     /// model trained conventionally.
     pub fn memory(&self) -> (MemoryReport, MemoryReport) {
         let mc = self.model.config();
-        let acts =
-            activation_bytes(mc, self.cfg.train.batch, mc.n_ctx, self.cfg.train.recompute) as u64;
+        let (batch, recompute) = (self.cfg.train.batch, self.cfg.train.recompute);
+        let acts = activation_bytes(mc, batch, mc.n_ctx, recompute, self.model.attention()) as u64;
         let n = mc.n_layer;
         let table = self.model.slots().table();
         (
