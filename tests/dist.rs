@@ -203,3 +203,143 @@ fn nccl_says_what_to_install_when_it_is_missing() {
         "{e}"
     );
 }
+
+mod data_parallel {
+    use super::*;
+    use dyntie::dist::all_reduce_gradients;
+    use dyntie::model::{Arch, Model, ModelConfig};
+    use dyntie::tying::table::{TieOptions, TieTable};
+    use std::sync::Arc;
+
+    const B: usize = 4;
+    const T: usize = 7;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Gpt2,
+            n_layer: 4,
+            n_embd: 24,
+            n_head: 3,
+            n_ctx: 8,
+            vocab_size: 29,
+            dropout: 0.0,
+            bias: true,
+        }
+    }
+
+    /// Blocks 1 and 3 on block 0's slot, block 2 on its own.
+    fn model(be: Arc<dyn Backend>) -> Model {
+        let table = TieTable::from_state(&[0, 0, 2, 0], TieOptions::default()).unwrap();
+        Model::with_table(be, cfg(), 5, table).unwrap()
+    }
+
+    fn batch() -> (Vec<u32>, Vec<u32>) {
+        let tokens = (0..B * T).map(|i| ((i * 7 + 3) % 29) as u32).collect();
+        let targets = (0..B * T).map(|i| ((i * 5 + 1) % 29) as u32).collect();
+        (tokens, targets)
+    }
+
+    fn gradients(m: &Model) -> Vec<Vec<f32>> {
+        let be = m.backend().clone();
+        m.gradients_to_reduce()
+            .iter()
+            .map(|&g| be.download::<f32>(g).unwrap())
+            .collect()
+    }
+
+    /// Gradients of `replicas` replicas, each on its own rows of the batch
+    /// and scaled by 1 / replicas, summed by the in-process group; and the
+    /// bytes rank 0 all-reduced.
+    fn data_parallel(replicas: usize, backend: MakeBackend) -> (Vec<Vec<Vec<f32>>>, u64) {
+        let threads: Vec<_> = InProcess::group(replicas)
+            .unwrap()
+            .into_iter()
+            .map(|comm| {
+                thread::spawn(move || {
+                    let be: Arc<dyn Backend> = Arc::from(backend());
+                    let mut m = model(be.clone());
+                    let (tokens, targets) = batch();
+                    let rows = B / replicas;
+                    let mine = comm.rank() * rows * T..(comm.rank() + 1) * rows * T;
+                    m.zero_grads().unwrap();
+                    m.forward_backward(
+                        &tokens[mine.clone()],
+                        &targets[mine],
+                        rows,
+                        T,
+                        9,
+                        1.0 / replicas as f32,
+                    )
+                    .unwrap();
+                    all_reduce_gradients(&comm, be.as_ref(), &m.gradients_to_reduce()).unwrap();
+                    (gradients(&m), comm.stats().all_reduce_bytes)
+                })
+            })
+            .collect();
+        let out: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let bytes = out[0].1;
+        (out.into_iter().map(|(g, _)| g).collect(), bytes)
+    }
+
+    fn whole_batch(backend: MakeBackend) -> (Vec<Vec<f32>>, Vec<usize>) {
+        let be: Arc<dyn Backend> = Arc::from(backend());
+        let mut m = model(be);
+        let (tokens, targets) = batch();
+        m.zero_grads().unwrap();
+        m.forward_backward(&tokens, &targets, B, T, 9, 1.0).unwrap();
+        let bytes = m.gradients_to_reduce().iter().map(|g| g.bytes()).collect();
+        (gradients(&m), bytes)
+    }
+
+    fn replicas_match_one_model_on_the_whole_batch(backend: MakeBackend) {
+        let (want, bytes) = whole_batch(backend);
+        for replicas in [2, 4] {
+            let (got, reduced) = data_parallel(replicas, backend);
+            assert_eq!(
+                reduced,
+                bytes.iter().sum::<usize>() as u64,
+                "the all-reduce moves the globals and the live slots' gradients"
+            );
+            for (rank, grads) in got.iter().enumerate() {
+                for (k, (g, w)) in grads.iter().zip(&want).enumerate() {
+                    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let diff = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    assert!(
+                        diff <= 1e-5 * scale,
+                        "{replicas} replicas, rank {rank}, gradient buffer {k}: max difference \
+                         {diff} against {scale}"
+                    );
+                }
+                assert_eq!(grads, &got[0], "every replica holds the same gradients");
+            }
+        }
+    }
+
+    #[test]
+    fn replicas_on_slices_of_the_batch_sum_to_the_whole_batch_gradient_on_the_cpu() {
+        replicas_match_one_model_on_the_whole_batch(cpu);
+    }
+
+    #[test]
+    fn replicas_on_slices_of_the_batch_sum_to_the_whole_batch_gradient_under_the_emulator() {
+        replicas_match_one_model_on_the_whole_batch(emu);
+    }
+
+    #[test]
+    fn a_tie_shrinks_what_is_all_reduced() {
+        let be: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+        let mut m = model(be.clone());
+        let before: usize = m.gradients_to_reduce().iter().map(|g| g.bytes()).sum();
+        let slot = m.slots().slot_of(2).grads.bytes();
+        m.tie(2, 0).unwrap();
+        let after: usize = m.gradients_to_reduce().iter().map(|g| g.bytes()).sum();
+        assert_eq!(after, before - slot);
+        let single = Single::new();
+        all_reduce_gradients(&single, be.as_ref(), &m.gradients_to_reduce()).unwrap();
+        assert_eq!(
+            single.stats().all_reduce_bytes,
+            0,
+            "one replica sends nothing"
+        );
+    }
+}

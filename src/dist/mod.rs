@@ -66,6 +66,22 @@ pub trait Comm: Send + Sync {
     fn stats(&self) -> CommStats;
 }
 
+/// Sums `grads` (fp32 gradient buffers, e.g. [`Model::gradients_to_reduce`])
+/// over all replicas, in order. Each replica scales its gradient by
+/// `1 / world_size` when it accumulates it, so the sum is the gradient of
+/// the mean loss over the whole batch.
+///
+/// [`Model::gradients_to_reduce`]: crate::model::Model::gradients_to_reduce
+pub fn all_reduce_gradients(comm: &dyn Comm, be: &dyn Backend, grads: &[View]) -> Result<()> {
+    if comm.world_size() == 1 {
+        return Ok(());
+    }
+    for &g in grads {
+        comm.all_reduce_sum(be, g)?;
+    }
+    Ok(())
+}
+
 /// Checks that `value` (a checksum of the tie table, say) is the same on
 /// every rank. On a mismatch every rank returns the same error, which names
 /// how many ranks differ from rank 0 and what `what` is.
