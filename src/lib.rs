@@ -18,6 +18,7 @@ pub mod conformance;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
+pub mod dist;
 pub mod doctor;
 pub mod experiment;
 pub mod mem;

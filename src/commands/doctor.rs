@@ -5,8 +5,10 @@ use super::select_backend;
 use crate::cli::DoctorArgs;
 use crate::config::BackendKind;
 use crate::cpu::CpuBackend;
-use crate::cuda::{self, limits, EmuConfig};
-use crate::ops::Backend;
+use crate::cuda::{self, limits, CudaDevice, EmuConfig};
+use crate::dist::{Comm, Nccl};
+use crate::mem::DType;
+use crate::ops::{Backend, BackendExt};
 use crate::precision::Precision;
 use anyhow::{bail, Result};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 /// with `--emu`, under the emulator), then a short training run on both.
 pub fn doctor(args: &DoctorArgs) -> Result<()> {
     let reference = Arc::new(CpuBackend::new());
+    let mut nccl_device = None;
     let (candidate, gpu): (Arc<dyn Backend>, bool) = if args.emu {
         println!("dyntie doctor: checking the kernels under the CPU emulator");
         let gpu = EmuConfig::default().gpu;
@@ -36,6 +39,7 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
             Ok(selected) => {
                 if let Some(gpu) = &selected.cuda {
                     println!("dyntie doctor: checking {}", gpu.device().description());
+                    nccl_device = Some(gpu.shared_device());
                 }
                 println!(
                     "launch checks: the limits of this GPU; kernel registers and static shared \
@@ -103,13 +107,55 @@ pub fn doctor(args: &DoctorArgs) -> Result<()> {
             }
         };
     }
+    let mut nccl_ok = true;
+    if let Some(device) = nccl_device {
+        nccl_ok = match check_nccl(device, candidate.as_ref()) {
+            Ok(line) => {
+                println!("nccl check: {line}");
+                true
+            }
+            Err(e) => {
+                println!("nccl check: ERROR {e:#}");
+                false
+            }
+        };
+    }
     println!(
         "summary: kernels {} passed, {kernel_failures} failed; training {}",
         results.len() - kernel_failures,
         if train_ok { "agrees" } else { "DISAGREES" }
     );
-    if kernel_failures > 0 || !train_ok {
+    if kernel_failures > 0 || !train_ok || !nccl_ok {
         bail!("dyntie doctor found problems (see the table above)");
     }
     Ok(())
+}
+
+/// A world-size-1 NCCL group on the real library: an all-reduce and a
+/// broadcast that must leave the data as it was. Skipped (with the reason)
+/// where NCCL is not installed.
+fn check_nccl(device: Arc<CudaDevice>, be: &dyn Backend) -> Result<String> {
+    if !Nccl::available() {
+        return Ok(format!(
+            "skipped: {:#}",
+            Nccl::unique_id().expect_err("NCCL is not available")
+        ));
+    }
+    let id = Nccl::unique_id()?;
+    let comm = Nccl::new(device, &id, 0, 1)?;
+    let values = [1.5f32, -2.0, 3.25];
+    let buf = be.alloc(DType::F32, values.len())?;
+    be.upload(buf.view(), &values)?;
+    comm.all_reduce_sum(be, buf.view())?;
+    let summed = be.download::<f32>(buf.view())?;
+    if summed != values {
+        bail!("an all-reduce over one rank changed {values:?} into {summed:?}");
+    }
+    let mut bytes = b"tie table".to_vec();
+    comm.broadcast(be, 0, &mut bytes)?;
+    comm.barrier()?;
+    if bytes != b"tie table" {
+        bail!("a broadcast over one rank changed its bytes");
+    }
+    Ok("world size 1: all-reduce, broadcast and barrier on libnccl agree".into())
 }

@@ -40,6 +40,11 @@ impl<D: Device> KernelBackend<D> {
         &self.device
     }
 
+    /// The device, for what must keep it alive (a communicator on its stream).
+    pub fn shared_device(&self) -> Arc<D> {
+        self.device.clone()
+    }
+
     /// Turns the synchronous debug mode on or off.
     pub fn set_sync_launches(&self, on: bool) {
         self.sync_launches.store(on, Ordering::Relaxed);

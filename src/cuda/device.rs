@@ -293,6 +293,13 @@ impl CudaDevice {
         self.memory.stream()
     }
 
+    /// Makes this GPU's context current on the calling thread and returns
+    /// its compute stream, for a library that queues work on it (NCCL).
+    pub(crate) fn stream_for_libraries(&self) -> Result<sys::CUstream> {
+        self.memory.bind()?;
+        Ok(self.stream().raw())
+    }
+
     fn function(&self, kernel: &str) -> Result<(&'static str, Function)> {
         match self.functions.get_key_value(kernel) {
             Some((&name, &f)) => Ok((name, f)),

@@ -267,6 +267,17 @@ impl Model {
         self.refresh_compute_copies()
     }
 
+    /// The gradients that data-parallel replicas sum before the optimizer
+    /// step: the globals' and each trainable slot's, in slot order (the same
+    /// order on every replica that holds the same tie table). A tie removes
+    /// a slot from this list, so it shrinks the all-reduce as well.
+    pub fn gradients_to_reduce(&self) -> Vec<View> {
+        std::iter::once(&self.globals)
+            .chain(self.slots.trainable_slots().map(|(_, s)| s))
+            .map(|s| s.grads.view())
+            .collect()
+    }
+
     /// Zeroes the gradients of the globals and of every live slot.
     pub fn zero_grads(&self) -> Result<()> {
         for grads in std::iter::once(&self.globals).chain(self.slots.live_slots().map(|(_, s)| s)) {
