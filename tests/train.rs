@@ -9,7 +9,8 @@ use dyntie::cpu::CpuBackend;
 use dyntie::metrics::read_jsonl;
 use dyntie::train::{checkpoint_dirs, Trainer};
 use dyntie::tying::reward::RewardBaseline;
-use dyntie::tying::settings::{EpsilonSchedule, RewardSpan};
+use dyntie::tying::settings::{AgentMoves, EpsilonSchedule, RewardSpan};
+use dyntie::tying::table::InitTies;
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -428,6 +429,60 @@ fn a_parameter_limit_is_never_exceeded_after_the_first_episode() -> Result<()> {
     let counts: Vec<usize> = ties.iter().map(trainable).collect();
     assert!(counts[2] <= 2, "{counts:?}");
     assert!(counts[2..].iter().all(|&c| c <= 2), "{counts:?}");
+    fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// `--agent-moves grow` from one block (`--init-ties zero`): a decision
+/// only ever makes a block independent, never moves it onto other weights,
+/// so the number of unique blocks never falls; with `--param-limit 3` it
+/// stops at 3.
+#[test]
+fn a_growing_agent_only_unties() -> Result<()> {
+    let dir = temp_dir("grow");
+    let mut cfg = config("dynamic", 60);
+    cfg.model.n_layer = 5;
+    cfg.tying.agent_k = 2;
+    cfg.tying.init_ties = InitTies::Zero;
+    cfg.agent.moves = AgentMoves::Grow;
+    cfg.agent.param_limit = 3;
+    cfg.train.checkpoint_every = 0;
+    create(cfg, &dir)?.run()?;
+    let ties = read_jsonl(&dir.join("ties.jsonl"))?;
+    let state = |r: &Value| -> Vec<u64> {
+        r["state_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let unique = |s: &[u64]| {
+        s.iter()
+            .enumerate()
+            .filter(|&(i, &j)| i as u64 == j)
+            .count()
+    };
+    let mut before = vec![0u64; 5];
+    let mut unties = 0;
+    for r in &ties {
+        let after = state(r);
+        for (i, (&b, &a)) in before.iter().zip(&after).enumerate() {
+            assert!(
+                a == b || a == i as u64,
+                "block {i} moved from {b} to {a}: {r}"
+            );
+            unties += usize::from(a != b);
+        }
+        assert!(unique(&after) >= unique(&before), "{before:?} -> {after:?}");
+        assert!(unique(&after) <= 3, "{after:?}");
+        before = after;
+    }
+    assert!(
+        unties > 0,
+        "the agent never untied in {} decisions",
+        ties.len()
+    );
     fs::remove_dir_all(dir)?;
     Ok(())
 }

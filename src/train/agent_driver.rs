@@ -11,7 +11,7 @@ use crate::data::{Batch, Dataset, TrainBatcher};
 use crate::rng::HostRng;
 use crate::tying::agent::{AgentConfig, Decision, QAgent, TieRecord, Transition};
 use crate::tying::reward::{self, RewardBaseline};
-use crate::tying::settings::RewardSpan;
+use crate::tying::settings::{AgentMoves, RewardSpan};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -164,10 +164,27 @@ impl Trainer {
         let table = self.model.slots().table();
         let state = table.state().to_vec();
         let limit = self.cfg.agent.param_limit;
-        let allowed = if limit > 0 {
+        let within_limit = if limit > 0 {
             Some(table.actions_within_limit(layer, limit)?)
         } else {
             None
+        };
+        let growing = match self.cfg.agent.moves {
+            AgentMoves::Any => None,
+            AgentMoves::Grow => Some(table.actions_that_grow(layer)?),
+        };
+        let allowed = match (within_limit, growing) {
+            (Some(limit), Some(grow)) => {
+                let both: Vec<bool> = limit.iter().zip(&grow).map(|(&l, &g)| l && g).collect();
+                // Growing never lowers the count, so above the limit (a
+                // table that started with more blocks) a block stays put.
+                Some(if both.contains(&true) {
+                    both
+                } else {
+                    (0..=layer).map(|a| a == state[layer]).collect()
+                })
+            }
+            (limit, grow) => limit.or(grow),
         };
         let decision = d.agent.decide_within(&state, layer, allowed.as_deref())?;
         self.model.apply_action(layer, decision.action)?;

@@ -11,6 +11,7 @@
 //! | `param_budget` | `0` | B > 0: `--param-cost` is charged only for trainable blocks beyond B |
 //! | `param_limit` | `0` | B > 0: a hard limit: the agent only takes actions that leave at most B trainable blocks (and, while above it, only actions that lower their number) |
 //! | `reward` | `interval` | what the default reward compares: `interval`, the reward batch's perplexity just before the action and after the k steps that follow it; `immediate`, just before and just after the action (the same weights but for the action, so the training steps' noise is not in it) |
+//! | `moves` | `any` | which actions the agent may take: `any` (tie to any earlier block, or independent); `grow`: a block only stays where it is or becomes independent (a copy), so trained weights are never replaced (with `--init-ties zero` the table grows from one block) |
 //! | `td_target` | `same` | the Q-value bootstrapped in the TD target: `next`, the next decision's block (the MDP the loop walks); `same`, the same block's group (the code) |
 //!
 //! `--paper-compat` always bootstraps from the same block, whatever
@@ -136,6 +137,19 @@ pub enum RewardSpan {
 
 crate::choice_text!(RewardSpan, "reward");
 
+/// Which actions the agent may take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum AgentMoves {
+    /// Tie block i to any earlier block, or make it independent (the paper).
+    #[default]
+    Any,
+    /// Keep block i where it is or make it independent: the table only
+    /// grows, and no trained weights are replaced.
+    Grow,
+}
+
+crate::choice_text!(AgentMoves, "agent moves");
+
 /// `[agent]` in config.toml.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default = "AgentSettings::legacy")]
@@ -153,6 +167,7 @@ pub struct AgentSettings {
     pub reward: RewardSpan,
     /// At most this many trainable blocks (a hard limit); 0: none.
     pub param_limit: usize,
+    pub moves: AgentMoves,
 }
 
 impl AgentSettings {
@@ -178,6 +193,7 @@ impl AgentSettings {
             td_target: TdTarget::Next,
             reward: RewardSpan::Interval,
             param_limit: 0,
+            moves: AgentMoves::Any,
         }
     }
 
@@ -207,7 +223,7 @@ impl AgentSettings {
             bail!(
                 "--paper-compat reproduces the authors' code, which has --tie-merge replace, \
                  --decide-until 1, --epsilon-schedule episodes, --explore-draw uniform, \
-                 --reward-baseline 0, --param-budget 0, --param-limit 0 and its own reward \
+                 --reward-baseline 0, --param-budget 0, --param-limit 0, --agent-moves any and its own reward \
                  (no --reward); \
                  drop the others or --paper-compat"
             );
@@ -278,6 +294,12 @@ pub struct AgentFlags {
     /// stay within it (and, while above it, lower the count). 0: none.
     #[arg(long = "param-limit", value_name = "B")]
     pub param_limit: Option<usize>,
+    /// Which actions the agent may take: any (tie to an earlier block or
+    /// independent, the paper) or grow (a block stays or becomes
+    /// independent, so trained weights are never replaced; start from one
+    /// block with --init-ties zero).
+    #[arg(long = "agent-moves", value_enum)]
+    pub agent_moves: Option<AgentMoves>,
 }
 
 impl AgentFlags {
@@ -310,6 +332,9 @@ impl AgentFlags {
         if let Some(b) = self.param_limit {
             settings.param_limit = b;
         }
+        if let Some(m) = self.agent_moves {
+            settings.moves = m;
+        }
         Ok(())
     }
 
@@ -325,6 +350,7 @@ impl AgentFlags {
             ("--td-target", self.td_target.is_some()),
             ("--reward", self.reward.is_some()),
             ("--param-limit", self.param_limit.is_some()),
+            ("--agent-moves", self.agent_moves.is_some()),
         ]
         .into_iter()
         .filter_map(|(f, given)| given.then_some(f))

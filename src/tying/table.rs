@@ -322,6 +322,15 @@ impl TieTable {
             .collect())
     }
 
+    /// For each action of block i (0..=i), whether `--agent-moves grow`
+    /// allows it: keeping block i where it is, or making it independent (a
+    /// copy of the weights it uses). A trained block is never moved onto
+    /// another block's weights.
+    pub fn actions_that_grow(&self, i: usize) -> Result<Vec<bool>> {
+        self.check_layer(i)?;
+        Ok((0..=i).map(|a| a == i || a == self.state[i]).collect())
+    }
+
     /// Verify the table's invariants (after reading it from a checkpoint):
     /// a valid state, slot numbers in range, reference counts that match.
     pub fn check(&self) -> Result<()> {
