@@ -43,7 +43,9 @@ __device__ void embedding_fwd(T* __restrict__ out, const u32* __restrict__ token
 // atomicAdd. The deterministic alternative (sort the positions by token id,
 // then let one thread own each (token, column)) needs a sort and a scratch
 // buffer per step; float atomics to distinct addresses are cheap on L2, and
-// collisions are rare outside frequent tokens.
+// collisions are rare outside frequent tokens. This makes it the one
+// kernel of a training step whose bits depend on the order blocks (and,
+// within a block, threads) run in.
 // The token-type row's gradient (when not null) is the sum of every row:
 // each thread adds its position's batch sum with one atomicAdd, seq of them
 // per column.

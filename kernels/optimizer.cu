@@ -87,30 +87,59 @@ extern "C" __global__ void optimizer_adamw_multi_f32(const u32* __restrict__ lis
     }
 }
 
-// acc[0] += scale * sum(f(x)), f(x) = x^2 or x. Each thread sums its elements in double, the block
-// reduces with shuffles and shared memory (still double), and one atomicAdd
-// per block adds the block's total: the reference sums in double, and the
-// only float roundings left are those of the few hundred per-block additions
-// into `acc`. A single-block launch would be exact but would use one SM of
-// the GPU; a second reduction kernel would need a scratch buffer.
+// acc[0] += scale * sum(f(x)), f(x) = x^2 or x, with the same bits whatever
+// order the blocks run in. Each thread sums its elements in double and the
+// block reduces with shuffles and shared memory (still double, fixed order);
+// thread 0 writes the block's total to `scratch` and counts the block done.
+// The last block to finish (the counter reaches gridDim.x) adds the totals
+// in block order, still in double, rounds once into `acc`, and sets the
+// counter back to 0 for the next launch. A global atomicAdd per block (the
+// earlier shape) rounded in whatever order blocks finished, so two runs of
+// one training step differed in the last bits of the norm; a second launch
+// would also be deterministic but would double the sums' launches (one per
+// gradient buffer and one per micro-batch).
+// `scratch` (SUM_SCRATCH_LEN floats, src/ops/optimizer.rs): a u32 counter,
+// one float of padding, then up to MAX_GRID_1D doubles.
 template <bool SQUARE, typename T>
-__device__ void sum_into(float* acc, const T* __restrict__ x, u64 n, double scale) {
+__device__ void sum_into(float* acc, float* scratch, const T* __restrict__ x, u64 n, double scale) {
     SMEM(double, warp_totals, [32]);
+    SMEM(u32, is_last, [1]);
+    u32* done = (u32*)scratch;
+    volatile double* totals = (volatile double*)(scratch + 2);
     double s = 0.0;
     GRID_STRIDE_LOOP(i, n) {
         const double v = to_f32(x[i]);
         s += SQUARE ? v * v : v;
     }
-    const double total = block_sum_to_thread0(s, warp_totals);
-    if (threadIdx.x == 0) atomicAdd(acc, (float)(total * scale));
+    const double block_total = block_sum_to_thread0(s, warp_totals);
+    if (threadIdx.x == 0) {
+        totals[blockIdx.x] = block_total;
+        // The total is visible to every block before the count says so.
+        __threadfence();
+        is_last[0] = atomicAdd(done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!is_last[0]) return;
+    __threadfence();
+    // Thread t adds totals t, t + blockDim.x, ... and the block reduces in
+    // warp order: a fixed order for a fixed launch shape.
+    double t = 0.0;
+    for (u32 b = threadIdx.x; b < gridDim.x; b += blockDim.x) t += totals[b];
+    const double total = block_sum_to_thread0(t, warp_totals);
+    if (threadIdx.x == 0) {
+        acc[0] = (float)((double)acc[0] + total * scale);
+        *done = 0;
+    }
 }
 
-extern "C" __global__ void optimizer_sum_squares_f32(float* acc, const float* __restrict__ x, u64 n) {
-    sum_into<true>(acc, x, n, 1.0);
+extern "C" __global__ void optimizer_sum_squares_f32(float* acc, float* scratch, const float* __restrict__ x,
+                                                     u64 n) {
+    sum_into<true>(acc, scratch, x, n, 1.0);
 }
 
-extern "C" __global__ void optimizer_sum_scaled_f32(float* acc, const float* __restrict__ x, float scale, u64 n) {
-    sum_into<false>(acc, x, n, scale);
+extern "C" __global__ void optimizer_sum_scaled_f32(float* acc, float* scratch, const float* __restrict__ x,
+                                                    float scale, u64 n) {
+    sum_into<false>(acc, scratch, x, n, scale);
 }
 
 // Finite when neither NaN (every comparison false) nor infinite.

@@ -7,6 +7,10 @@
 #     and, except in the GEMM's _unaligned fallbacks, LDGSTS (cp.async);
 #   - no kernel may touch local memory (LDL/STL: spills or stack arrays)
 #     unless named in SASS_ALLOW_LOCAL (space-separated).
+#   - the kernels whose results must not depend on the order threads and
+#     blocks run in (DETERMINISTIC below: the layernorm backward and the
+#     step's sums) may contain no ATOMS (shared-memory atomics) and no
+#     floating-point global atomics (RED/ATOM/ATOMG .F32/.F64).
 # It prints, per kernel: registers, shared memory, the occupancy its launch
 # size gets on an H100/H200 (from the register and shared-memory counts
 # against sm_90's limits), and the instruction mix of its hot loop (the loop
@@ -79,7 +83,9 @@ work, out_path, commit, gemm_smem, allow = sys.argv[1], sys.argv[2], sys.argv[3]
 
 # (threads per block, dynamic shared bytes) per kernel; 1-D kernels use 256.
 LAUNCH = {"gemm_bias_grad_f32": (512, 0), "loss_softmax_xent_f32": (512, 0),
-          "layernorm_bwd_f32": (256, 2 * 768 * 4)}  # GPT-2's 768 channels
+          "layernorm_bwd_params_f32": (512, 0), "layernorm_bwd_params_bf16": (512, 0)}
+# Name prefixes of the kernels that must be deterministic (no float atomics).
+DETERMINISTIC = ("layernorm_bwd_", "optimizer_sum_")
 # params.h's constants, for the flash attention kernels' launch sizes.
 PARAMS = {}
 for m in re.finditer(r"^constexpr \w+ (\w+) = ([^;]+);", open("kernels/include/params.h").read(), re.M):
@@ -167,6 +173,12 @@ for sass_file in sorted(glob.glob(os.path.join(work, "*.sass"))):
         local = ops["LDL"] + ops["STL"]
         if (local or r["local"] or r["stack"]) and name not in allow:
             errors.append(f"{name}: local memory ({ops['LDL']} LDL, {ops['STL']} STL, {r['stack']} B stack)")
+        if name.startswith(DETERMINISTIC):
+            atoms = ops["ATOMS"]
+            float_atomics = sum(1 for _, t in ins if opcode(t) in ("RED", "ATOM", "ATOMG")
+                                and re.search(r"\.F(32|64)\b", t))
+            if atoms or float_atomics:
+                errors.append(f"{name}: {atoms} ATOMS, {float_atomics} float global atomics in a deterministic kernel")
         threads, dyn = launch(name)
         # cuobjdump's SHARED includes the 1 KiB every block reserves on sm_90.
         static_smem = max(r["shared"] - RESERVED, 0)

@@ -8,7 +8,7 @@ use crate::mem::{Buffer, DType, View};
 use crate::model::Model;
 use crate::ops::elementwise::Fill;
 use crate::ops::optimizer::{
-    adamw_list, stat, AdamWStep, AdamwMulti, AdamwTensor, FinishStep, SumSquares,
+    adamw_list, stat, AdamWStep, AdamwMulti, AdamwTensor, FinishStep, SumSquares, SumTarget,
 };
 use crate::ops::{Backend, BackendExt};
 use anyhow::Result;
@@ -84,7 +84,7 @@ impl AdamW {
             eps,
             weight_decay,
             step: 0,
-            stats: backend.alloc(DType::F32, stat::LEN)?,
+            stats: backend.alloc(DType::F32, stat::BUFFER_LEN)?,
             list: None,
         })
     }
@@ -102,19 +102,30 @@ impl AdamW {
         self.step = state.step;
         let mut s = vec![0f32; stat::LEN];
         s[stat::SKIPPED] = state.skipped as f32;
-        be.upload(self.stats.view(), &s)
+        be.upload(self.stats.view().slice(0, stat::LEN), &s)
     }
 
     /// The one float a step's micro-batches add their share of the loss to
     /// (see [`Model::forward_backward_on_device`]).
-    pub fn loss_sum(&self) -> View {
-        self.stats.view().slice(stat::LOSS, 1)
+    pub fn loss_sum(&self) -> SumTarget {
+        SumTarget {
+            acc: self.stats.view().slice(stat::LOSS, 1),
+            scratch: self.sum_scratch(),
+        }
+    }
+
+    /// The scratch of the step's deterministic sums ([`SumSquares`], and
+    /// the loss's [`crate::ops::optimizer::SumScaled`]).
+    pub fn sum_scratch(&self) -> View {
+        self.stats
+            .view()
+            .slice(stat::SCRATCH, crate::ops::optimizer::SUM_SCRATCH_LEN)
     }
 
     /// Starts a step on the device: the loss sum back to 0.
     pub fn begin_step(&self, be: &dyn Backend) -> Result<()> {
         be.run(Fill {
-            dst: self.loss_sum(),
+            dst: self.loss_sum().acc,
             value: 0.0,
         })
     }
@@ -122,7 +133,7 @@ impl AdamW {
     /// Reads the step statistics back: one small download, done at log
     /// steps and checkpoints, never inside a step.
     pub fn read_stats(&self, be: &dyn Backend) -> Result<StepStats> {
-        let s = be.download::<f32>(self.stats.view())?;
+        let s = be.download::<f32>(self.stats.view().slice(0, stat::LEN))?;
         Ok(StepStats {
             loss: s[stat::LOSS],
             norm: s[stat::NORM],
@@ -136,17 +147,20 @@ impl AdamW {
     fn sum_grad_squares(&self, model: &Model) -> Result<()> {
         let be = model.backend().as_ref();
         let acc = self.stats.view().slice(stat::NORM_SQ, 1);
+        let scratch = self.sum_scratch();
         be.run(Fill {
             dst: acc,
             value: 0.0,
         })?;
         be.run(SumSquares {
             acc,
+            scratch,
             x: model.globals().grads.view(),
         })?;
         for (_, slot) in model.slots().trainable_slots() {
             be.run(SumSquares {
                 acc,
+                scratch,
                 x: slot.grads.view(),
             })?;
         }

@@ -18,7 +18,7 @@ use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd, LAYERNORM_EPS};
 use dyntie::ops::loss::SoftmaxXent;
 use dyntie::ops::matmul::{MatmulBwd, MatmulFwd};
-use dyntie::ops::optimizer::{stat, AdamWStep, Adamw, SumSquares};
+use dyntie::ops::optimizer::{stat, AdamWStep, Adamw, SumSquares, SUM_SCRATCH_LEN};
 use dyntie::ops::BackendExt;
 use dyntie::rng::{attention_dropout_keep, dropout_keep, HostRng};
 
@@ -1304,9 +1304,12 @@ fn sum_squares_accumulates_in_f64() {
     let n = (1 << 24) + 4;
     let x = vec![1.0; n];
     let (acc, bx) = (tb.up(&[0.25]), tb.up(&x));
+    // The kernels' scratch; the CPU does not touch it.
+    let scratch = tb.be.alloc(DType::F32, SUM_SCRATCH_LEN).unwrap();
     tb.be
         .run(SumSquares {
             acc: acc.view(),
+            scratch: scratch.view(),
             x: bx.view(),
         })
         .unwrap();
@@ -1317,6 +1320,7 @@ fn sum_squares_accumulates_in_f64() {
     tb.be
         .run(SumSquares {
             acc: acc.view(),
+            scratch: scratch.view(),
             x: by.view(),
         })
         .unwrap();

@@ -11,7 +11,7 @@ use dyntie::cuda::{CudaDevice, Device, EmuDevice, KernelBackend};
 use dyntie::mem::{Buffer, DType, View};
 use dyntie::ops::activation::{DropoutBwd, DropoutFwd, GeluBwd, GeluFwd};
 use dyntie::ops::elementwise::{Accumulate, Add, CopyView, Fill};
-use dyntie::ops::optimizer::SumSquares;
+use dyntie::ops::optimizer::{SumSquares, SUM_SCRATCH_LEN};
 use dyntie::ops::{Backend, BackendExt};
 
 const N: usize = 256 * 5 + 37;
@@ -245,9 +245,11 @@ fn bad_shapes_and_missing_kernels_are_errors() {
     // A bf16 view where the op only has an f32 kernel.
     let half = be.alloc(DType::BF16, 10).unwrap();
     let acc = be.alloc(DType::BF16, 1).unwrap();
+    let scratch = be.alloc(DType::F32, SUM_SCRATCH_LEN).unwrap();
     let msg = be
         .run(SumSquares {
             acc: acc.view(),
+            scratch: scratch.view(),
             x: half.view(),
         })
         .unwrap_err()

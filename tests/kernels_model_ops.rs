@@ -12,11 +12,14 @@ use common::{assert_conformance, backends, emu, norm_err, put, put_u32, random, 
 use dyntie::conformance::Dims;
 use dyntie::cpu::CpuBackend;
 use dyntie::cuda::ResumeOrder;
+use dyntie::cuda::{EmuConfig, EmuDevice, KernelBackend};
 use dyntie::mem::{Buffer, DType, View};
 use dyntie::ops::embedding::{EmbeddingBwd, EmbeddingFwd};
 use dyntie::ops::layernorm::{LayernormBwd, LayernormFwd};
 use dyntie::ops::loss::SoftmaxXent;
-use dyntie::ops::optimizer::{adamw_list, stat, AdamWStep, Adamw, AdamwMulti, SumSquares};
+use dyntie::ops::optimizer::{
+    adamw_list, stat, AdamWStep, Adamw, AdamwMulti, SumScaled, SumSquares, SUM_SCRATCH_LEN,
+};
 use dyntie::ops::{Backend, BackendExt};
 
 /// BERT's LayerNorm epsilon: the kernels take it as an argument.
@@ -207,8 +210,8 @@ fn softmax_xent_rows_narrower_than_a_warp_and_a_bad_target() {
 
 #[test]
 fn layernorm_bwd_skips_frozen_gradients_and_loops_over_many_rows() {
-    // More rows than the capped grid has warps (264 blocks x 8), so warps
-    // loop; a width that is no multiple of 32.
+    // Many rows, so each warp of the weight-gradient pass (16 warps per
+    // 32 columns) loops over ~135 of them; a width that is no multiple of 32.
     let (rows, c) = (264 * 8 + 45, 37);
     let x = random(rows * c, 2.0, 5);
     let w: Vec<f32> = random(c, 0.2, 6).iter().map(|v| v + 1.0).collect();
@@ -275,9 +278,9 @@ fn layernorm_bwd_skips_frozen_gradients_and_loops_over_many_rows() {
 }
 
 #[test]
-fn layernorm_bwd_wider_than_48_kib_of_shared_memory() {
-    // 2 x 6200 floats of block partials: 49600 bytes, past the 48 KiB a
-    // block gets without the opt-in the launcher makes.
+fn layernorm_bwd_of_very_wide_rows() {
+    // 6200 channels: 194 column blocks of the weight-gradient pass, the last
+    // one partly past the row's end (6200 is no multiple of 32).
     let (rows, c) = (3, 6200);
     let x = random(rows * c, 2.0, 30);
     let w: Vec<f32> = random(c, 0.2, 31).iter().map(|v| v + 1.0).collect();
@@ -415,7 +418,15 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
     };
     let stats = stat::with_scale(1.0, false);
     let results = run_all(
-        &[p, g.clone(), vec![0.0; n], vec![0.0; n], vec![0.25], stats],
+        &[
+            p,
+            g.clone(),
+            vec![0.0; n],
+            vec![0.0; n],
+            vec![0.25],
+            stats,
+            vec![0.0; SUM_SCRATCH_LEN],
+        ],
         &[],
         &[0, 2, 3, 4],
         &|be, v| {
@@ -430,6 +441,7 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
             })?;
             be.run(SumSquares {
                 acc: v.f[4],
+                scratch: v.f[6],
                 x: v.f[1],
             })
         },
@@ -442,6 +454,109 @@ fn adamw_first_step_and_sum_squares_over_many_blocks() {
             ((got - exact) / exact).abs() < 1e-6,
             "{label}: sum_squares {got} vs {exact}"
         );
+    }
+}
+
+/// The kernels that reduce across blocks or warps without float atomics
+/// give the same bits whatever order the emulator runs threads in (forward,
+/// reverse, random) and however many workers take its blocks (so blocks
+/// finish in another order): the layernorm backward (dinp, dweight, dbias)
+/// and both sums, over more blocks than one capped grid. With per-block
+/// atomicAdd in the sums or shared-memory atomics in the layernorm backward
+/// this fails.
+#[test]
+fn layernorm_bwd_and_the_step_sums_are_bitwise_deterministic() {
+    let (rows, c) = (300, 77);
+    let n = 1024 * 256 + 1000;
+    let floats = [
+        random(rows * c, 2.0, 40),
+        random(c, 0.2, 41).iter().map(|v| v + 1.0).collect(),
+        random(c, 0.2, 42),
+        random(rows * c, 1.0, 43),
+        random(rows * c, 1.0, 44),
+        random(c, 1.0, 45),
+        random(c, 1.0, 46),
+        vec![0.0; rows * c],
+        vec![0.0; rows],
+        vec![0.0; rows],
+        random(n, 1.0, 47).iter().map(|v| v * v * v).collect(),
+        vec![0.5, 0.5],
+        vec![0.0; SUM_SCRATCH_LEN],
+    ];
+    // 0 x, 1 w, 2 b, 3 dy, 4 dx, 5 dw, 6 db, 7 out, 8 mean, 9 rstd,
+    // 10 values to sum (cubed: a wide range of magnitudes), 11 the two sums,
+    // 12 their scratch.
+    let run = |be: &dyn Backend| -> Vec<Vec<u32>> {
+        let bufs: Vec<Buffer> = floats.iter().map(|x| put(be, x)).collect();
+        let f: Vec<View> = bufs.iter().map(|b| b.view()).collect();
+        be.run(LayernormFwd {
+            out: f[7],
+            mean: f[8],
+            rstd: f[9],
+            inp: f[0],
+            weight: f[1],
+            bias: f[2],
+            rows,
+            channels: c,
+            eps: BERT_EPS,
+        })
+        .unwrap();
+        be.run(LayernormBwd {
+            dinp: f[4],
+            dweight: Some(f[5]),
+            dbias: Some(f[6]),
+            dout: f[3],
+            inp: f[0],
+            weight: f[1],
+            mean: f[8],
+            rstd: f[9],
+            rows,
+            channels: c,
+        })
+        .unwrap();
+        be.run(SumSquares {
+            acc: f[11].slice(0, 1),
+            scratch: f[12],
+            x: f[10],
+        })
+        .unwrap();
+        be.run(SumScaled {
+            acc: f[11].slice(1, 1),
+            scratch: f[12],
+            x: f[10],
+            scale: 0.37,
+        })
+        .unwrap();
+        [4, 5, 6, 11]
+            .iter()
+            .map(|&i| {
+                let v = be.download::<f32>(f[i]).unwrap();
+                v.iter().map(|x| x.to_bits()).collect()
+            })
+            .collect()
+    };
+    let emu_with = |workers, order| {
+        KernelBackend::new(EmuDevice::with_config(EmuConfig {
+            workers,
+            order,
+            ..EmuConfig::default()
+        }))
+    };
+    let first = run(&emu_with(1, ResumeOrder::Forward));
+    for (workers, order) in [
+        (1, ResumeOrder::Reverse),
+        (2, ResumeOrder::Forward),
+        (4, ResumeOrder::Reverse),
+        (4, ResumeOrder::Random(9)),
+        (3, ResumeOrder::Forward),
+    ] {
+        let got = run(&emu_with(workers, order));
+        for (k, what) in ["dinp", "dweight", "dbias", "sums"].iter().enumerate() {
+            assert!(
+                got[k] == first[k],
+                "{what} under {workers} workers, {order:?}, differs from 1 worker, Forward"
+            );
+        }
     }
 }
 
@@ -623,26 +738,6 @@ fn bad_shapes_are_errors_naming_the_op() {
         m.contains("layernorm_bwd: output dinp overlaps input dout"),
         "{m}"
     );
-    // The weight gradients' block partials need 2 x channels floats of
-    // shared memory: 30000 channels are more than any GPU's 227 KiB.
-    let m = msg(be.run(bwd(
-        g.slice(0, 30_000),
-        g.slice(30_000, 30_000),
-        g.slice(60_000, 30_000),
-        g.slice(60_000, 30_000),
-        g.slice(60_000, 30_000),
-        g.slice(60_000, 1),
-        g.slice(60_000, 1),
-        1,
-        30_000,
-    )));
-    assert!(
-        m.contains("layernorm_bwd [1x30000]: kernel layernorm_bwd_f32")
-            && m.contains("240000 bytes of dynamic + 0 of static shared memory per block")
-            && m.contains("even with the opt-in"),
-        "{m}"
-    );
-
     // dlogits may be the logits themselves, but not half of them.
     let t = be.alloc(DType::U32, 2).unwrap();
     let m = msg(be.run(SoftmaxXent {
@@ -703,8 +798,10 @@ fn bad_shapes_are_errors_naming_the_op() {
         "{m}"
     );
 
+    let scratch = be.alloc(DType::F32, SUM_SCRATCH_LEN).unwrap();
     let m = msg(be.run(SumSquares {
         acc: v.slice(0, 1),
+        scratch: scratch.view(),
         x: v.slice(0, 10),
     }));
     assert!(

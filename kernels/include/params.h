@@ -27,10 +27,10 @@ constexpr u32 MAX_GRID_1D = 1024;
 
 // Threads per block: 8 rows per block.
 constexpr u32 ROW_BLOCK = 256;
-// Cap on layernorm_bwd's grid: every block ends with 2 * channels atomic adds
-// of its partial weight and bias gradients, so keep to about two blocks per
-// H100 SM (132 SMs) and let the warps loop over the remaining rows.
-constexpr u32 LAYERNORM_BWD_MAX_GRID = 264;
+// Threads per block of layernorm_bwd_params (32 columns per block, one
+// warp per 1/16 of the rows): as many loads in flight per block as the
+// narrow grid (channels / 32 blocks) allows.
+constexpr u32 LAYERNORM_PARAMS_BLOCK = 512;
 
 // ---- loss ------------------------------------------------------------------
 

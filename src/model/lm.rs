@@ -30,7 +30,7 @@ use crate::autograd::{self, Param, Tape, Var};
 use crate::mem::{Buffer, DType, View};
 use crate::ops::attention::{AttnDropout, AttnShape};
 use crate::ops::elementwise::Fill;
-use crate::ops::optimizer::SumScaled;
+use crate::ops::optimizer::{SumScaled, SumTarget};
 use crate::ops::{Backend, BackendExt};
 use crate::precision::Precision;
 use crate::rng::HostRng;
@@ -309,8 +309,8 @@ impl Model {
     }
 
     /// [`Model::forward_backward`] that reads nothing back: `grad_scale`
-    /// times the mean loss is added to `loss_sum` (one fp32 on the device)
-    /// instead of being returned.
+    /// times the mean loss is added to `loss_sum.acc` (one fp32 on the
+    /// device) instead of being returned.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward_on_device(
         &mut self,
@@ -320,14 +320,15 @@ impl Model {
         seq: usize,
         dropout_seed: u64,
         grad_scale: f32,
-        loss_sum: View,
+        loss_sum: SumTarget,
     ) -> Result<()> {
         let count = self.train_pass(tokens, targets, batch, seq, dropout_seed, grad_scale)?;
         let arena = self.arena.as_ref().expect("forward planned the arena");
         // Ignored targets have a loss of 0, so the plain sum is the sum
         // over the counted ones.
         self.backend.run(SumScaled {
-            acc: loss_sum,
+            acc: loss_sum.acc,
+            scratch: loss_sum.scratch,
             x: arena.plan.losses.f32(arena.acts.view()),
             scale: grad_scale / count as f32,
         })

@@ -27,6 +27,11 @@ pub mod stat {
     /// Updates skipped since the last applied one.
     pub const SKIPPED_IN_A_ROW: usize = 6;
     pub const LEN: usize = 7;
+    /// Where the scratch of [`super::SumSquares`] and [`super::SumScaled`]
+    /// starts in the statistics buffer (8-byte aligned: it holds doubles).
+    pub const SCRATCH: usize = 8;
+    /// The whole buffer: the statistics, then that scratch.
+    pub const BUFFER_LEN: usize = SCRATCH + super::SUM_SCRATCH_LEN;
 
     /// Statistics that give AdamW the clip scale `scale`, or skip it (tests
     /// and conformance cases).
@@ -208,10 +213,28 @@ impl Contract for AdamwMulti {
     }
 }
 
-/// `acc[0] += sum(x^2)` (the global gradient norm, one buffer at a time).
+/// The fp32 scratch a sum needs on a device: a block counter and one double
+/// per block (kernels/optimizer.cu, `sum_into`), so that the blocks'
+/// partial sums are added in block order, the same bits in every run. The
+/// counter must be 0 before the first sum (a fresh buffer is zeroed) and
+/// each sum leaves it 0; sums that share a scratch must run one after
+/// another (one stream). The CPU backend does not touch it.
+pub const SUM_SCRATCH_LEN: usize = 2 + 2 * crate::cuda::params::MAX_GRID_1D as usize;
+
+/// Where a device sum goes: the one float `acc` and the [`SUM_SCRATCH_LEN`]
+/// floats of `scratch` it uses on the way.
+#[derive(Clone, Copy, Debug)]
+pub struct SumTarget {
+    pub acc: View,
+    pub scratch: View,
+}
+
+/// `acc[0] += sum(x^2)` (the global gradient norm, one buffer at a time),
+/// deterministic: see [`SUM_SCRATCH_LEN`] for `scratch`.
 #[derive(Clone, Copy, Debug)]
 pub struct SumSquares {
     pub acc: View,
+    pub scratch: View,
     pub x: View,
 }
 
@@ -219,7 +242,7 @@ impl Contract for SumSquares {
     const NAME: &'static str = "sum_squares";
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
-        check_sum(Self::NAME, self.acc, self.x)
+        check_sum(Self::NAME, self.acc, self.scratch, self.x)
     }
     fn shape(&self) -> String {
         format!("n={}", self.x.len)
@@ -227,15 +250,24 @@ impl Contract for SumSquares {
 }
 
 /// The operands of a sum of all of `x` into the one float `acc`.
-fn check_sum(op: &str, acc: View, x: View) -> Result<()> {
-    check::operands(op, F32_ONLY, &[output("acc", acc, 1), input("x", x, x.len)])
+fn check_sum(op: &str, acc: View, scratch: View, x: View) -> Result<()> {
+    check::operands(
+        op,
+        F32_ONLY,
+        &[
+            output("acc", acc, 1),
+            output("scratch", scratch, SUM_SCRATCH_LEN).of(DType::F32),
+            input("x", x, x.len),
+        ],
+    )
 }
 
 /// `acc[0] += scale * sum(x)` (the step's loss from the per-row losses,
-/// which are 0 on ignored targets).
+/// which are 0 on ignored targets), deterministic like [`SumSquares`].
 #[derive(Clone, Copy, Debug)]
 pub struct SumScaled {
     pub acc: View,
+    pub scratch: View,
     pub x: View,
     pub scale: f32,
 }
@@ -244,7 +276,7 @@ impl Contract for SumScaled {
     const NAME: &'static str = "sum_scaled";
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
-        check_sum(Self::NAME, self.acc, self.x)
+        check_sum(Self::NAME, self.acc, self.scratch, self.x)
     }
     fn shape(&self) -> String {
         format!("n={}", self.x.len)

@@ -910,10 +910,12 @@ mod cases {
 
     pub fn sum_squares(b: &mut CaseBuilder, d: Dims) {
         let acc = b.floats(vec![1.5]);
+        let scratch = b.floats_f32(vec![0.0; optimizer::SUM_SCRATCH_LEN]);
         let x = b.random(odd_len(d), 1.0);
         b.run(move |t| {
             optimizer::SumSquares {
                 acc: t[acc],
+                scratch: t[scratch],
                 x: t[x],
             }
             .into()
@@ -923,10 +925,12 @@ mod cases {
 
     pub fn sum_scaled(b: &mut CaseBuilder, d: Dims) {
         let acc = b.floats(vec![1.5]);
+        let scratch = b.floats_f32(vec![0.0; optimizer::SUM_SCRATCH_LEN]);
         let x = b.random(odd_len(d), 1.0);
         b.run(move |t| {
             optimizer::SumScaled {
                 acc: t[acc],
+                scratch: t[scratch],
                 x: t[x],
                 scale: 0.37,
             }

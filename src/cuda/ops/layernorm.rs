@@ -1,14 +1,16 @@
-//! Launchers of kernels/layernorm.cu: one warp per row.
+//! Launchers of kernels/layernorm.cu: one warp per row, and the backward's
+//! weight and bias gradients one block per 32 columns.
 
 use super::KernelOp;
 use crate::cuda::launch::{to_u32, Args, LaunchDims, Launcher};
 use crate::cuda::module::{kernel_id, KernelId};
-use crate::cuda::params::{LAYERNORM_BWD_MAX_GRID, ROW_BLOCK};
+use crate::cuda::params::{LAYERNORM_PARAMS_BLOCK, ROW_BLOCK};
 use crate::ops::layernorm::{LayernormBwd, LayernormFwd};
 use anyhow::Result;
 
 const FWD: KernelId = kernel_id!(layernorm, fwd);
-const BWD: KernelId = kernel_id!(layernorm, bwd);
+const BWD_INP: KernelId = kernel_id!(layernorm, bwd_inp);
+const BWD_PARAMS: KernelId = kernel_id!(layernorm, bwd_params);
 
 impl KernelOp for LayernormFwd {
     fn launch(&self, l: &Launcher) -> Result<()> {
@@ -40,8 +42,6 @@ impl KernelOp for LayernormBwd {
         let c = to_u32("channels", self.channels)?;
         let args = Args::new()
             .ptr(self.dinp)
-            .opt(self.dweight)
-            .opt(self.dbias)
             .ptr(self.dout)
             .ptr(self.inp)
             .ptr(self.weight)
@@ -49,15 +49,21 @@ impl KernelOp for LayernormBwd {
             .ptr(self.rstd)
             .u32(rows)
             .u32(c);
-        // The block's partial dweight and dbias live in shared memory.
-        let params = self.dweight.is_some() || self.dbias.is_some();
-        let dims = LaunchDims {
-            shared_bytes: if params { 2 * c * 4 } else { 0 },
-            ..LaunchDims::linear(
-                rows.div_ceil(ROW_BLOCK / 32).min(LAYERNORM_BWD_MAX_GRID),
-                ROW_BLOCK,
-            )
-        };
-        l.launch(&BWD, self.dinp.dtype, dims, args)
+        let dims = LaunchDims::linear(rows.div_ceil(ROW_BLOCK / 32), ROW_BLOCK);
+        l.launch(&BWD_INP, self.dinp.dtype, dims, args)?;
+        if self.dweight.is_none() && self.dbias.is_none() {
+            return Ok(());
+        }
+        let args = Args::new()
+            .opt(self.dweight)
+            .opt(self.dbias)
+            .ptr(self.dout)
+            .ptr(self.inp)
+            .ptr(self.mean)
+            .ptr(self.rstd)
+            .u32(rows)
+            .u32(c);
+        let dims = LaunchDims::linear(c.div_ceil(32), LAYERNORM_PARAMS_BLOCK);
+        l.launch(&BWD_PARAMS, self.dinp.dtype, dims, args)
     }
 }

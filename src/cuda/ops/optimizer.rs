@@ -65,6 +65,7 @@ impl KernelOp for SumSquares {
         let n = self.x.len;
         let args = Args::new()
             .ptr(self.acc.slice(0, 1))
+            .ptr(self.scratch)
             .ptr(self.x)
             .u64(n as u64);
         l.launch_1d(&SUM_SQUARES, self.x.dtype, n, args)
@@ -76,6 +77,7 @@ impl KernelOp for SumScaled {
         let n = self.x.len;
         let args = Args::new()
             .ptr(self.acc.slice(0, 1))
+            .ptr(self.scratch)
             .ptr(self.x)
             .f32(self.scale)
             .u64(n as u64);
