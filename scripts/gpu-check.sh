@@ -197,7 +197,7 @@ for tying in ("none", "all", "none_bf16"):
     p = f"{work}/throughput_{tying}.json"
     if have(p):
         r = json.load(open(p))
-        mfu = f", MFU {100 * r['mfu']:.1f}% of fp32 peak" if r.get("mfu") is not None and not tying.endswith("bf16") else ""
+        mfu = f", MFU {100 * r['mfu']:.1f}% of the {r['precision']} peak" if r.get("mfu") is not None else ""
         print(f"throughput --tying {tying}: {r['tokens_per_s']:.0f} tokens/s, {r['ms_per_step_median']:.1f} ms/step"
               f"{mfu}; peak {r['measured']['peak_bytes'] / mib:.1f} MiB (counted {r['counted']['total_bytes'] / mib:.1f})")
     p = f"{work}/compare_{tying}.json"

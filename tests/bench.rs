@@ -1,12 +1,13 @@
 //! `dyntie bench`: the profiling wrapper, the throughput and memory reports,
 //! and the benchmark scripts' syntax.
 
-use dyntie::commands::bench::{flops_per_token, fp32_peak_tflops};
+use dyntie::commands::bench::{flops_per_token, peak_tflops};
 use dyntie::cpu::CpuBackend;
 use dyntie::model::{Arch, Model, ModelConfig};
 use dyntie::ops::profile::ProfiledBackend;
 use dyntie::ops::Backend;
 use dyntie::optim::AdamW;
+use dyntie::precision::Precision;
 use dyntie::rng::HostRng;
 use std::process::Command;
 use std::sync::Arc;
@@ -120,7 +121,8 @@ fn profiled_backend_counts_every_op_of_a_step() {
     assert_eq!(calls("adamw_multi"), 1);
     assert_eq!(calls("sum_squares"), l + 1);
     assert_eq!(calls("finish_step"), 1);
-    // The per-shape matmul rows split the same calls.
+    // The per-shape matmul rows split the same calls. The decoder is as
+    // wide as the padded vocabulary (97 -> 128).
     let shape_calls: u64 = profiled.matmul_report().iter().map(|(_, s)| s.calls).sum();
     assert_eq!(
         shape_calls,
@@ -129,7 +131,7 @@ fn profiled_backend_counts_every_op_of_a_step() {
     assert!(profiled
         .matmul_report()
         .iter()
-        .any(|(k, s)| k == "matmul_fwd 32x32->97" && s.calls == 1));
+        .any(|(k, s)| k == "matmul_fwd 32x32->128" && s.calls == 1));
     for (name, s) in profiled.report() {
         assert!(s.calls > 0 && s.secs >= 0.0, "{name}: {s:?}");
     }
@@ -235,17 +237,23 @@ fn bench_memory_bert_preset_has_124_7m_parameters() {
 
 #[test]
 fn mfu_denominators_and_flops() {
-    assert_eq!(fp32_peak_tflops("NVIDIA H100 PCIe (sm_90)"), Some(51.2));
+    let peak = |gpu: &str| {
+        (
+            peak_tflops(gpu, Precision::Fp32),
+            peak_tflops(gpu, Precision::Bf16),
+        )
+    };
+    assert_eq!(peak("NVIDIA H100 PCIe (sm_90)"), (Some(51.2), Some(756.0)));
     assert_eq!(
-        fp32_peak_tflops("NVIDIA H100 80GB HBM3 (sm_90)"),
-        Some(66.9)
+        peak("NVIDIA H100 80GB HBM3 (sm_90)"),
+        (Some(66.9), Some(989.4))
     );
-    assert_eq!(fp32_peak_tflops("NVIDIA H200 (sm_90)"), Some(66.9));
+    assert_eq!(peak("NVIDIA H200 (sm_90)"), (Some(66.9), Some(989.4)));
     assert_eq!(
-        fp32_peak_tflops("NVIDIA A100-SXM4-80GB (sm_80)"),
-        Some(19.5)
+        peak("NVIDIA A100-SXM4-80GB (sm_80)"),
+        (Some(19.5), Some(312.0))
     );
-    assert_eq!(fp32_peak_tflops("Tesla T4"), None);
+    assert_eq!(peak("Tesla T4"), (None, None));
     // GPT-2 small at T=1024: N = 12 * 12 * 768^2 + 50257 * 768 = 123,532,032.
     let gpt2 = ModelConfig {
         arch: Arch::Gpt2,
@@ -303,4 +311,42 @@ fn bench_kernels_checks_every_product_under_the_emulator() {
         err.contains("bench kernels times the CUDA kernels"),
         "{err}"
     );
+}
+
+/// What `bench memory` counts is what a training step allocates, in both
+/// precisions: in bf16 that includes the weights' bf16 copies and the
+/// activations at 2 bytes each. The count leaves out only a few small
+/// buffers (the optimizer's tensor list, the step statistics and the
+/// reductions' scratch: about 10 KiB here), hence the 64 KiB allowance.
+#[test]
+fn bench_memory_counts_what_a_step_allocates() {
+    for precision in ["fp32", "bf16"] {
+        let r = dyntie(&[
+            "bench",
+            "memory",
+            "--preset",
+            "tiny",
+            "--vocab",
+            "300",
+            "--backend",
+            "emu",
+            "--precision",
+            precision,
+            "--measure",
+            "--patterns",
+            "none",
+            "--patterns",
+            "all",
+            "--json",
+        ]);
+        for row in r["rows"].as_array().unwrap() {
+            let counted = row["report"]["total_bytes"].as_u64().unwrap();
+            let peak = row["measured"]["peak_bytes"].as_u64().unwrap();
+            assert!(
+                counted <= peak && peak <= counted + (64 << 10),
+                "{precision} {}: counted {counted}, measured peak {peak}",
+                row["pattern"]
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@ use anyhow::Result;
 use dyntie::cpu::CpuBackend;
 use dyntie::cuda::EmuDevice;
 use dyntie::cuda::KernelBackend;
+use dyntie::mem::DType;
 use dyntie::model::{activation_bytes, ActivationPlan, Arch, AttentionPath, Model, ModelConfig};
 use dyntie::ops::Backend;
 use dyntie::precision::Precision;
@@ -165,14 +166,16 @@ fn recomputation_keeps_one_residual_stream_per_block() {
         bias: true,
     };
     let (full, re) = (
-        activation_bytes(&c, 16, 256, false, AttentionPath::Unfused),
-        activation_bytes(&c, 16, 256, true, AttentionPath::Unfused),
+        activation_bytes(&c, 16, 256, false, AttentionPath::Unfused, DType::F32),
+        activation_bytes(&c, 16, 256, true, AttentionPath::Unfused, DType::F32),
     );
     // The chunked head keeps `head_rows` of the 4096 rows of logits.
     let rows = 16 * 256;
-    let head_rows = ActivationPlan::new(&c, 16, 256, true, AttentionPath::Unfused).head_rows;
+    let head_rows =
+        ActivationPlan::new(&c, 16, 256, true, AttentionPath::Unfused, DType::F32).head_rows;
     assert_eq!(head_rows, 586, "4096 rows in 7 equal chunks of <= 128 MiB");
-    let logits_saved = (rows - head_rows) * 50257 * 4;
+    // Logits rows are as wide as the padded vocabulary (50257 -> 50304).
+    let logits_saved = (rows - head_rows) * 50304 * 4;
     // Per block beyond the first: ~16 B*T*C floats plus the attention matrix
     // B*H*T*T without recomputation, one B*T*C with.
     let blocks_saved = full - re - logits_saved;
@@ -195,7 +198,7 @@ fn the_chunked_loss_head_matches_the_whole_one() -> Result<()> {
         bias: true,
     };
     let (b, t) = (8, 100);
-    let plan = ActivationPlan::new(&cfg, b, t, true, AttentionPath::Unfused);
+    let plan = ActivationPlan::new(&cfg, b, t, true, AttentionPath::Unfused, DType::F32);
     assert!(plan.head_rows < b * t && 2 * plan.head_rows >= b * t);
     let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7919 % 50257) as u32).collect();
     let mut targets: Vec<u32> = (0..b * t).map(|i| (i * 104_729 % 50257) as u32).collect();

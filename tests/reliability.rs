@@ -17,7 +17,7 @@ use dyntie::train::checkpoint_dirs;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -306,10 +306,18 @@ fn sigterm_stops_with_a_checkpoint_and_a_second_ctrl_c_quits_at_once() {
     let mut child = spawn(&["train", "--resume", r, "--steps", "2000000"]);
     let at = train_lines(&run).len();
     wait_for_steps(&run, at + 1, &mut child);
+    // Two signals sent back to back can merge into one (standard signals do
+    // not queue), so the second goes once the trainer has taken the first.
     send(&child, "INT");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut err = String::new();
+    while !err.contains("stopping after the current step") {
+        let read = stderr.read_line(&mut err).unwrap();
+        assert!(read > 0, "the trainer ended without taking SIGINT: {err}");
+    }
     send(&child, "INT");
     let out = finish(child, Duration::from_secs(60));
-    let err = text(&out.stderr);
+    stderr.read_to_string(&mut err).unwrap();
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(!err.contains("checkpoint of step"), "{err}");
     assert_eq!(checkpoint_dirs(&run), written, "no new checkpoint");

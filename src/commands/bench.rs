@@ -7,7 +7,7 @@ use crate::config::RunConfig;
 use crate::cuda::Device;
 use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
-use crate::model::{activation_bytes, AttentionPath, Model, ModelConfig};
+use crate::model::{AttentionPath, Model, ModelConfig};
 use crate::ops::profile::{HostTraffic, OpStat, ProfiledBackend};
 use crate::ops::Backend;
 use crate::optim::AdamW;
@@ -55,8 +55,9 @@ fn memory(args: &BenchArgs) -> Result<()> {
     mc.validate()?;
     // A model beyond counting is an error before its sizes are multiplied out.
     memory::need(&cfg, mc.vocab_size)?;
-    let path = memory::attention_path(&cfg, &mc);
-    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute, path) as u64;
+    let path = AttentionPath::choose(memory::counted_precision(&cfg), &mc);
+    let acts = memory::counted_activation_bytes(&cfg, &mc);
+    let copy = memory::counted_precision(&cfg).has_compute_copy();
     let options = cfg.tie_options();
     let mut rows: Vec<(String, MemoryReport)> = Vec::new();
     let mut tables: Vec<TieTable> = Vec::new();
@@ -74,7 +75,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         let table = TieTable::from_state(&state, options)?;
         rows.push((
             policy.to_string(),
-            MemoryReport::from_table(&mc, &table, false, acts),
+            MemoryReport::from_table(&mc, &table, copy, acts),
         ));
         tables.push(table);
     }
@@ -104,7 +105,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         let table = TieTable::from_state(&state, options)?;
         rows.push((
             format!("run {}", dir.display()),
-            MemoryReport::from_table(&mc, &table, false, acts),
+            MemoryReport::from_table(&mc, &table, copy, acts),
         ));
         tables.push(table);
     }
@@ -140,7 +141,7 @@ fn memory(args: &BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "model: {} {} blocks x width {}, {} heads, context {}, vocab {}, batch {} (fp32, AdamW{}); \
+            "model: {} {} blocks x width {}, {} heads, context {}, vocab {}, batch {} ({}, AdamW{}); \
              attention {path} (precision {})",
             mc.arch,
             mc.n_layer,
@@ -149,6 +150,11 @@ fn memory(args: &BenchArgs) -> Result<()> {
             mc.n_ctx,
             mc.vocab_size,
             cfg.train.batch,
+            if copy {
+                "fp32 masters with bf16 copies, bf16 activations"
+            } else {
+                "fp32"
+            },
             if cfg.train.recompute {
                 ", activations recomputed"
             } else {
@@ -290,24 +296,29 @@ impl StepRunner {
     }
 }
 
-/// Peak fp32 throughput without tensor cores (FP32 SIMT, dense), in TFLOP/s,
-/// from NVIDIA's data sheets. The kernels are fp32 SIMT code, so this, not
-/// the TF32/BF16 tensor-core peak, is the honest denominator of their MFU.
-/// More specific names come first (an "H100 PCIe" also contains "H100").
-pub const FP32_PEAK_TFLOPS: &[(&str, f64)] = &[
-    ("H100 PCIe", 51.2),
-    ("H100 NVL", 60.0),
-    ("H100", 66.9), // SXM5 ("NVIDIA H100 80GB HBM3")
-    ("H200", 66.9), // same GH100 SMs and clocks as the H100 SXM
-    ("A100", 19.5),
+/// Dense peak throughput per GPU, in TFLOP/s, from NVIDIA's data sheets:
+/// `(name, fp32 without tensor cores, bf16 on tensor cores without
+/// sparsity)`. MFU divides by the peak of the precision a step runs in: the
+/// fp32 kernels are SIMT code, so the TF32 tensor-core peak would not be an
+/// honest denominator for them; the bf16 GEMMs run on tensor cores. More
+/// specific names come first (an "H100 PCIe" also contains "H100").
+pub const PEAK_TFLOPS: &[(&str, f64, f64)] = &[
+    ("H100 PCIe", 51.2, 756.0),
+    ("H100 NVL", 60.0, 835.0),
+    ("H100", 66.9, 989.4), // SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200", 66.9, 989.4), // same GH100 SMs and clocks as the H100 SXM
+    ("A100", 19.5, 312.0),
 ];
 
-/// The fp32 peak of the named GPU, if it is in [`FP32_PEAK_TFLOPS`].
-pub fn fp32_peak_tflops(gpu_name: &str) -> Option<f64> {
-    FP32_PEAK_TFLOPS
-        .iter()
-        .find(|(k, _)| gpu_name.contains(k))
-        .map(|(_, v)| *v)
+/// The dense peak of the named GPU in `precision`, if it is in
+/// [`PEAK_TFLOPS`].
+pub fn peak_tflops(gpu_name: &str, precision: Precision) -> Option<f64> {
+    PEAK_TFLOPS.iter().find(|(k, ..)| gpu_name.contains(k)).map(
+        |&(_, fp32, bf16)| match precision {
+            Precision::Fp32 => fp32,
+            Precision::Bf16 => bf16,
+        },
+    )
 }
 
 /// Training FLOPs per token, `6 N + 12 L T C` (Kaplan et al. 2020; PaLM
@@ -365,7 +376,9 @@ pub struct ThroughputReport {
     pub flops_n: u64,
     pub flops_per_token: f64,
     pub gpu: Option<String>,
-    pub fp32_peak_tflops: Option<f64>,
+    /// The precision the steps ran in, which chooses the peak.
+    pub precision: Precision,
+    pub peak_tflops: Option<f64>,
     pub mfu: Option<f64>,
     /// Steps run with profiling on (serialized; not part of the timing above).
     pub profiled_steps: usize,
@@ -437,9 +450,10 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     check_memory_with_vocab(&cfg, mc.vocab_size, &selected)?;
     let table = initial_table(&cfg, &policy, mc.n_layer)?;
     let tie_state = table.state().to_vec();
-    let path = AttentionPath::choose(cfg.precision_on(selected.backend.name()), &mc);
-    let acts = activation_bytes(&mc, cfg.train.batch, mc.n_ctx, cfg.train.recompute, path) as u64;
-    let counted = MemoryReport::from_table(&mc, &table, false, acts);
+    cfg.precision = Some(cfg.precision_on(selected.backend.name()));
+    let acts = memory::counted_activation_bytes(&cfg, &mc);
+    let copy = memory::counted_precision(&cfg).has_compute_copy();
+    let counted = MemoryReport::from_table(&mc, &table, copy, acts);
 
     let profiled = Arc::new(ProfiledBackend::new(selected.backend.clone()));
     let mut runner = StepRunner::new(profiled.clone(), &cfg, &mc, table, 1)?;
@@ -505,7 +519,8 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let tokens_per_s = tokens_per_step as f64 / (med / 1e3);
     let (flops_n, fpt) = flops_per_token(&mc);
     let gpu = gpu_name(&selected);
-    let peak = gpu.as_deref().and_then(fp32_peak_tflops);
+    let precision = memory::counted_precision(&cfg);
+    let peak = gpu.as_deref().and_then(|g| peak_tflops(g, precision));
     let mfu = peak.map(|p| fpt * tokens_per_s / (p * 1e12));
     Ok(ThroughputReport {
         backend: selected.backend.name().to_string(),
@@ -543,7 +558,8 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         flops_n,
         flops_per_token: fpt,
         gpu,
-        fp32_peak_tflops: peak,
+        precision,
+        peak_tflops: peak,
         mfu,
         profiled_steps,
         profile_ms_per_step: profile_ms,
@@ -605,12 +621,16 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
         r.peak_rss_bytes
             .map_or("unknown".into(), |b| format!("{:.1} MiB", mib(b)))
     );
-    match (r.mfu, r.fp32_peak_tflops) {
+    match (r.mfu, r.peak_tflops) {
         (Some(mfu), Some(peak)) => {
             let _ = writeln!(
                 s,
-                "MFU {:.1}% of the {peak} TFLOP/s fp32 (non-tensor-core) peak; {:.3} GFLOP/token (6N + 12LTC, N = {} matmul weights)",
+                "MFU {:.1}% of the {peak} TFLOP/s {} peak; {:.3} GFLOP/token (6N + 12LTC, N = {} matmul weights)",
                 mfu * 100.0,
+                match r.precision {
+                    Precision::Fp32 => "fp32 (non-tensor-core)",
+                    Precision::Bf16 => "bf16 tensor-core (dense)",
+                },
                 r.flops_per_token / 1e9,
                 r.flops_n
             );
@@ -620,7 +640,7 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
                 s,
                 "MFU: not reported ({}); {:.3} GFLOP/token (6N + 12LTC, N = {} matmul weights)",
                 match &r.gpu {
-                    Some(g) => format!("no fp32 peak on file for {g}"),
+                    Some(g) => format!("no {} peak on file for {g}", r.precision),
                     None => "not a GPU".into(),
                 },
                 r.flops_per_token / 1e9,

@@ -100,7 +100,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 fn describe(t: &Trainer) {
     let m = t.model().config();
-    let n_params = t.model().global_layout().len() + m.n_layer * t.model().block_layout().len();
+    let n_params = m.total_params();
     let table = t.model().slots().table();
     println!(
         "model: {} blocks x width {}, {} heads, context {}, vocab {} ({:.2} M parameters untied), precision {}, attention {}{}",

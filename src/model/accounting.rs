@@ -24,7 +24,8 @@ pub struct MemoryReport {
     pub params: u64,
     /// Globals + trainable slots.
     pub trainable_params: u64,
-    /// fp32 weights of everything stored, plus the 16-bit copy if any.
+    /// fp32 weights of everything stored, plus the 16-bit copy if any
+    /// (bytes include the vocabulary's padding rows; parameter counts do not).
     pub param_bytes: u64,
     /// fp32 gradients of the trainable parameters.
     pub grad_bytes: u64,
@@ -48,10 +49,13 @@ impl MemoryReport {
         let (block, global) = (shape.block_params() as u64, shape.global_params() as u64);
         let params = global + live_slots as u64 * block;
         let trainable_params = global + trainable_slots as u64 * block;
+        // Bytes count what is allocated: the globals with the vocabulary's
+        // zero padding rows (see `layout::VOCAB_ALIGN`).
+        let padding = (shape.global_elements() - shape.global_params()) as u64;
         let weight_bytes = if low_precision_copy { 4 + 2 } else { 4 };
-        let param_bytes = params * weight_bytes;
-        let grad_bytes = trainable_params * 4;
-        let adam_bytes = trainable_params * 8;
+        let param_bytes = (params + padding) * weight_bytes;
+        let grad_bytes = (trainable_params + padding) * 4;
+        let adam_bytes = (trainable_params + padding) * 8;
         MemoryReport {
             n_layer: shape.n_layer,
             live_slots,
@@ -221,9 +225,12 @@ mod tests {
         let r = MemoryReport::from_counts(&shape, 3, 2, true, 1000);
         assert_eq!(r.params, 936 + 3 * 784);
         assert_eq!(r.trainable_params, 936 + 2 * 784);
-        assert_eq!(r.param_bytes, (936 + 3 * 784) * 6);
-        assert_eq!(r.grad_bytes, (936 + 2 * 784) * 4);
-        assert_eq!(r.adam_bytes, (936 + 2 * 784) * 8);
+        // The bytes hold wte's padding too: 100 rows pad to 128, 28 * 8.
+        assert_eq!(shape.padded_vocab(), 128);
+        assert_eq!(shape.global_elements(), 936 + 28 * 8);
+        assert_eq!(r.param_bytes, (936 + 224 + 3 * 784) * 6);
+        assert_eq!(r.grad_bytes, (936 + 224 + 2 * 784) * 4);
+        assert_eq!(r.adam_bytes, (936 + 224 + 2 * 784) * 8);
         assert_eq!(
             r.total_bytes,
             r.param_bytes + r.grad_bytes + r.adam_bytes + 1000
@@ -274,7 +281,9 @@ mod tests {
                 && lines[1].ends_with("1.00x")
         );
         assert!(lines[2].contains("6/48") && lines[2].contains("12/48"));
-        // fp32 weights of the conventional model: 1,556,382,400 * 4 B.
-        assert!(lines[1].contains(&format!("{:.1}", 1_556_382_400.0 * 4.0 / 1048576.0)));
+        // fp32 weights of the conventional model: 1,556,382,400 * 4 B, plus
+        // wte's 47 padding rows (50257 -> 50304) of 1600.
+        let weights = (1_556_382_400.0 + 47.0 * 1600.0) * 4.0 / 1048576.0;
+        assert!(lines[1].contains(&format!("{weights:.1}")));
     }
 }

@@ -156,9 +156,25 @@ impl ModelConfig {
     }
 
     /// Parameters that are never tied: the embeddings and the head (see
-    /// [`GlobalLayout`]).
+    /// [`GlobalLayout`]), without the vocabulary's padding rows.
     pub fn global_params(&self) -> usize {
+        GlobalLayout::new(self)
+            .entries()
+            .iter()
+            .map(|e| e.numel())
+            .sum()
+    }
+
+    /// Elements the globals' buffer holds: [`Self::global_params`] plus the
+    /// zero rows that pad the vocabulary to [`Self::padded_vocab`].
+    pub fn global_elements(&self) -> usize {
         GlobalLayout::new(self).len()
+    }
+
+    /// The vocabulary the decoder computes with: `vocab_size` rounded up to
+    /// a multiple of [`super::layout::VOCAB_ALIGN`].
+    pub fn padded_vocab(&self) -> usize {
+        self.vocab_size.next_multiple_of(super::layout::VOCAB_ALIGN)
     }
 
     /// Parameters of a conventional (untied) model.

@@ -1,7 +1,9 @@
 //! The loss head: the decoder `logits = x @ wte^T (+ bias)`, tied to the
 //! token embeddings, and the cross-entropy of the logits against the
 //! targets. The architecture decides what `x` is (GPT-2: the final
-//! LayerNorm's output) and whether the decoder has a bias.
+//! LayerNorm's output) and whether the decoder has a bias. The logits are
+//! `padded_vocab` wide; the loss counts the first `vocab` of each row and
+//! gives the rest a zero gradient.
 //!
 //! Two ways to run it: all rows at once, recorded on the tape like any op
 //! (the loss writes the logits' gradient over the logits); or, with
@@ -31,7 +33,11 @@ pub(super) struct Head {
     pub bias: Option<Param>,
     pub rows: usize,
     pub channels: usize,
+    /// The real vocabulary: the classes of the loss.
     pub vocab: usize,
+    /// The decoder's width and the logits' row stride (`wte`'s rows with
+    /// padding; see `layout::VOCAB_ALIGN`).
+    pub padded_vocab: usize,
 }
 
 impl Head {
@@ -60,7 +66,7 @@ impl Head {
             self.bias,
             self.rows,
             self.channels,
-            self.vocab,
+            self.padded_vocab,
         )?;
         if let Some(targets) = targets {
             self.loss(be, logits.val, losses, targets, grad_scale)?;
@@ -80,7 +86,7 @@ impl Head {
         targets: View,
         grad_scale: Option<f32>,
     ) -> Result<()> {
-        let (n, c, vocab) = (self.rows, self.channels, self.vocab);
+        let (n, c, vocab) = (self.rows, self.channels, self.padded_vocab);
         if grad_scale.is_some() {
             be.run(Fill {
                 dst: self.x.grad,
@@ -134,7 +140,7 @@ impl Head {
             bias: self.bias.map(|b| b.val),
             rows: self.rows,
             in_ch: self.channels,
-            out_ch: self.vocab,
+            out_ch: self.padded_vocab,
         })
     }
 
@@ -153,7 +159,7 @@ impl Head {
             targets,
             rows: self.rows,
             vocab: self.vocab,
-            padded_vocab: self.vocab,
+            padded_vocab: self.padded_vocab,
             ignore_index: IGNORE_INDEX,
             grad_scale: grad_scale.unwrap_or(1.0),
         })

@@ -23,17 +23,43 @@ pub struct ParamEntry {
     pub name: &'static str,
     /// Offset in elements from the start of the buffer.
     pub offset: usize,
+    /// Elements the buffer holds for it: `shape`'s product, plus zero rows
+    /// of padding for the vocabulary-sized tensors (see [`VOCAB_ALIGN`]).
     pub len: usize,
+    /// The tensor's shape as saved, exported and counted (no padding).
     pub shape: Vec<usize>,
     /// Whether AdamW applies weight decay to it.
     pub decays: bool,
 }
 
 impl ParamEntry {
+    /// All the elements the buffer holds for it, padding included (what the
+    /// kernels and the optimizer see).
     pub fn view(&self, buffer: View) -> View {
         buffer.slice(self.offset, self.len)
     }
+
+    /// The elements of `shape` alone, without padding (what checkpoints,
+    /// exports and named parameter access see). Padding rows come last.
+    pub fn used_view(&self, buffer: View) -> View {
+        buffer.slice(self.offset, self.numel())
+    }
+
+    /// Elements of `shape`.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
 }
+
+/// The vocabulary the model computes with is the real one rounded up to a
+/// multiple of this (GPT-2's 50257 becomes 50304, as in llm.c): the bf16
+/// GEMM's block tiles are 128 columns wide, so every logits row then starts
+/// 16-byte aligned and no tile of the decoder is ragged. The padding rows of
+/// `wte` (and of BERT's decoder bias) are zero and stay zero: the loss
+/// leaves the padded logits out and writes them a zero gradient, so their
+/// weight gradient is zero too, and neither tensor decays. Checkpoints,
+/// exports and parameter counts never see the padding.
+pub const VOCAB_ALIGN: usize = 128;
 
 /// Appends entries at consecutive offsets.
 #[derive(Default)]
@@ -44,7 +70,11 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, name: &'static str, shape: &[usize]) {
-        let len = shape.iter().product();
+        self.push_padded(name, shape, shape.iter().product());
+    }
+
+    /// An entry that holds `len >= shape.product()` elements.
+    fn push_padded(&mut self, name: &'static str, shape: &[usize], len: usize) {
         self.entries.push(ParamEntry {
             name,
             offset: self.next,
@@ -137,18 +167,19 @@ pub struct GlobalLayout {
 }
 
 impl GlobalLayout {
-    /// GPT-2: `wte[V,C]` (also the decoder), `wpe[n_ctx,C]`,
+    /// GPT-2: `wte[V,C]` (also the decoder; padded to `padded_vocab` rows), `wpe[n_ctx,C]`,
     /// `ln_f.weight[C]` and, with biases, `ln_f.bias[C]`.
     ///
     /// BERT: `wte`, `wpe`, `wtt[2,C]` (token types), the embeddings'
     /// LayerNorm `ln_emb.weight[C]`, `ln_emb.bias[C]`; the LM head's
     /// transform `head.fc.weight[C,C]`, `head.fc.bias[C]`, `head.ln.weight[C]`,
     /// `head.ln.bias[C]`; and the decoder's bias `head.decoder.bias[V]`
-    /// (its weight is wte).
+    /// (its weight is wte; padded like it).
     pub fn new(cfg: &ModelConfig) -> Self {
         let c = cfg.n_embd;
         let mut b = Builder::default();
-        b.push("wte", &[cfg.vocab_size, c]);
+        let padded = cfg.padded_vocab();
+        b.push_padded("wte", &[cfg.vocab_size, c], padded * c);
         b.push("wpe", &[cfg.n_ctx, c]);
         match cfg.arch {
             Arch::Gpt2 => {
@@ -165,7 +196,7 @@ impl GlobalLayout {
                 b.push("head.fc.bias", &[c]);
                 b.push("head.ln.weight", &[c]);
                 b.push("head.ln.bias", &[c]);
-                b.push("head.decoder.bias", &[cfg.vocab_size]);
+                b.push_padded("head.decoder.bias", &[cfg.vocab_size], padded);
             }
         }
         GlobalLayout {
@@ -263,8 +294,12 @@ mod tests {
                 "head.decoder.bias"
             ]
         );
-        // V C + T C + 2 C + 2 C + (C C + C) + 2 C + V
-        assert_eq!(g.len(), 11 * 8 + 4 * 8 + 16 + 16 + 72 + 16 + 11);
+        // V C + T C + 2 C + 2 C + (C C + C) + 2 C + V, with V = 11 padded to
+        // 128 rows of wte and 128 decoder biases in the buffer.
+        let used: usize = g.entries().iter().map(|e| e.numel()).sum();
+        assert_eq!(used, 11 * 8 + 4 * 8 + 16 + 16 + 72 + 16 + 11);
+        assert_eq!(g.len(), used + (128 - 11) * 8 + (128 - 11));
+        assert_eq!(g.get("head.decoder.bias").unwrap().shape, [11]);
         let decaying: Vec<_> = g
             .entries()
             .iter()
@@ -287,7 +322,14 @@ mod tests {
         let g = GlobalLayout::new(&cfg(true));
         let names: Vec<_> = g.entries().iter().map(|e| e.name).collect();
         assert_eq!(names, ["wte", "wpe", "ln_f.weight", "ln_f.bias"]);
-        assert_eq!(g.len(), 11 * 8 + 4 * 8 + 16);
+        // wte holds 128 rows (11 padded to VOCAB_ALIGN); it saves as [11, 8].
+        let wte = g.get("wte").unwrap();
+        assert_eq!(
+            (wte.shape.clone(), wte.numel(), wte.len),
+            (vec![11, 8], 88, 128 * 8)
+        );
+        assert_eq!(g.get("wpe").unwrap().offset, 128 * 8);
+        assert_eq!(g.len(), 128 * 8 + 4 * 8 + 16);
         assert!(!g.get("wte").unwrap().decays && !g.get("wpe").unwrap().decays);
         assert!(!g.get("ln_f.weight").unwrap().decays);
     }

@@ -238,7 +238,8 @@ impl Model {
         let mut fill = |entries: &[super::ParamEntry], len: usize| {
             let mut host = vec![0f32; len];
             for e in entries {
-                let dst = &mut host[e.offset..e.offset + e.len];
+                // Padding rows (after the used elements) stay zero.
+                let dst = &mut host[e.offset..e.offset + e.numel()];
                 let std = match e.name {
                     "attn.proj.weight" | "mlp.proj.weight" => proj_std,
                     n if n.ends_with("weight") && e.shape.len() == 1 => {
@@ -329,7 +330,7 @@ impl Model {
         self.backend.run(SumScaled {
             acc: loss_sum.acc,
             scratch: loss_sum.scratch,
-            x: arena.plan.losses.f32(arena.acts.view()),
+            x: arena.plan.losses.view(arena.acts.view()),
             scale: grad_scale / count as f32,
         })
     }
@@ -386,9 +387,8 @@ impl Model {
         let batch = tokens.len() / seq;
         self.forward(tokens, None, batch, seq, Mode::Eval)?;
         let arena = self.arena.as_ref().expect("forward planned the arena");
-        let dt = self.precision.compute_dtype();
-        let logits = arena.plan.logits.of(arena.acts.view(), dt);
-        let v = self.cfg.vocab_size;
+        let logits = arena.plan.logits.view(arena.acts.view());
+        let (v, stride) = (self.cfg.vocab_size, self.cfg.padded_vocab());
         let mut out = Vec::with_capacity(batch * v);
         for b in 0..batch {
             let last = b * seq + seq - 1;
@@ -396,15 +396,15 @@ impl Model {
                 // The chunked head computed nothing without targets: the
                 // last row's logits alone, into the chunk buffer.
                 let c = self.cfg.n_embd;
-                let x = arena.plan.lnf.of(arena.acts.view(), dt).slice(last * c, c);
+                let x = arena.plan.lnf.view(arena.acts.view()).slice(last * c, c);
                 let row = Var { val: x, grad: x };
                 self.head(row, 1)
-                    .decode(self.backend.as_ref(), logits.slice(0, v))?;
+                    .decode(self.backend.as_ref(), logits.slice(0, stride))?;
                 out.extend(download_f32(self.backend.as_ref(), logits.slice(0, v))?);
             } else {
                 out.extend(download_f32(
                     self.backend.as_ref(),
-                    logits.slice(last * v, v),
+                    logits.slice(last * stride, v),
                 )?);
             }
         }
@@ -419,11 +419,17 @@ impl Model {
             !arena.plan.recompute,
             "the full logits are not kept with activation recomputation (the loss head goes by row chunks); turn it off with set_recompute(false)"
         );
-        let dt = self.precision.compute_dtype();
-        download_f32(
+        let padded = download_f32(
             self.backend.as_ref(),
-            arena.plan.logits.of(arena.acts.view(), dt),
-        )
+            arena.plan.logits.view(arena.acts.view()),
+        )?;
+        // Without the padding columns.
+        let (v, stride) = (self.cfg.vocab_size, self.cfg.padded_vocab());
+        Ok(padded
+            .chunks(stride)
+            .flat_map(|row| &row[..v])
+            .copied()
+            .collect())
     }
 
     // ---- named parameters -------------------------------------------------
@@ -458,7 +464,7 @@ impl Model {
     /// The slot holding a named parameter, its offset and length.
     fn locate(&self, name: &str) -> Result<(&Slot, usize, usize)> {
         if let Some(e) = self.global.get(name) {
-            return Ok((&self.globals, e.offset, e.len));
+            return Ok((&self.globals, e.offset, e.numel()));
         }
         let unknown = || format!("unknown parameter name {name:?} (see Model::param_names)");
         let rest = name.strip_prefix("h.").with_context(unknown)?;
@@ -466,7 +472,7 @@ impl Model {
         let layer: usize = layer.parse().ok().with_context(unknown)?;
         ensure!(layer < self.cfg.n_layer, "{}", unknown());
         let e = self.block.get(field).with_context(unknown)?;
-        Ok((self.slots.slot_of(layer), e.offset, e.len))
+        Ok((self.slots.slot_of(layer), e.offset, e.numel()))
     }
 
     pub fn read_param(&self, name: &str) -> Result<Vec<f32>> {
@@ -515,7 +521,7 @@ impl Model {
         let arena = self.arena.as_ref().expect("forward planned the arena");
         let losses: Vec<f32> = self
             .backend
-            .download(arena.plan.losses.f32(arena.acts.view()))?;
+            .download(arena.plan.losses.view(arena.acts.view()))?;
         let mut sum = 0f64;
         let mut count = 0;
         for (&l, &t) in losses.iter().zip(targets) {
@@ -539,9 +545,17 @@ impl Model {
         }
         // Free the old arenas first so the peak is the larger of the two.
         self.arena = None;
-        let plan = ActivationPlan::new(&self.cfg, batch, seq, self.recompute, self.attention());
-        let acts = self.backend.alloc(DType::F32, plan.act_len)?;
-        let grads = self.backend.alloc(DType::F32, plan.grad_len)?;
+        let plan = ActivationPlan::new(
+            &self.cfg,
+            batch,
+            seq,
+            self.recompute,
+            self.attention(),
+            self.precision.compute_dtype(),
+        );
+        // Allocated as f32 words; each region views its bytes in its dtype.
+        let acts = self.backend.alloc(DType::F32, plan.act_bytes / 4)?;
+        let grads = self.backend.alloc(DType::F32, plan.grad_bytes / 4)?;
         self.arena = Some(Arena { plan, acts, grads });
         Ok(())
     }
@@ -595,14 +609,11 @@ impl Model {
         let arena = self.arena.as_ref().expect("arena planned");
         let plan = &arena.plan;
         let (acts, grads) = (arena.acts.view(), arena.grads.view());
-        // Activations and their gradients in the compute dtype; LayerNorm
-        // statistics and losses fp32 (`stat`); regions that contain others
-        // are zeroed whole.
-        let dt = self.precision.compute_dtype();
-        let act = |r: Region| r.of(acts, dt);
-        let stat = |r: Region| r.f32(acts);
-        let grad = |r: Region| r.of(grads, dt);
-        let grad_whole = |r: Region| r.whole(grads, dt);
+        // Each region carries its dtype (see `plan`): activations and their
+        // gradients in the compute dtype, LayerNorm statistics, losses and
+        // flash's log-sum-exp in fp32.
+        let act = |r: Region| r.view(acts);
+        let grad = |r: Region| r.view(grads);
         let (b, t, c) = (plan.batch, plan.seq, self.cfg.n_embd);
         let n = b * t;
         let shape = AttnShape {
@@ -624,7 +635,7 @@ impl Model {
             grad: g_resid,
         };
 
-        let tok = plan.tokens.u32(acts);
+        let tok = plan.tokens.view(acts);
         be.upload(tok, tokens)?;
         let wte = self.global_param("wte");
         let wpe = self.global_param("wpe");
@@ -658,8 +669,8 @@ impl Model {
                 };
                 autograd::embedding(be, tape, sum, tok, wte, wpe, Some(type0), b, t, c)?;
                 let stats = (
-                    stat(plan.emb_mean.expect(planned)),
-                    stat(plan.emb_rstd.expect(planned)),
+                    act(plan.emb_mean.expect(planned)),
+                    act(plan.emb_rstd.expect(planned)),
                 );
                 self.global_norm("ln_emb")
                     .apply(be, tape, emb, stats, sum, n, c)?;
@@ -670,14 +681,6 @@ impl Model {
         }
 
         let gl = plan.g_layer;
-        // The attention's saved state and workspace: in the compute dtype
-        // (probabilities) or fp32 (log-sum-exp and D).
-        let att_dtype = match plan.attention {
-            AttentionPath::Unfused => dt,
-            AttentionPath::Flash => DType::F32,
-        };
-        let att = |r: Region| r.of(acts, att_dtype);
-        let att_scratch = |r: Region| r.of(grads, att_dtype);
         let post_norm = self.cfg.arch.post_norm();
         let mut x = x0;
         for (layer, la) in plan.layers.iter().enumerate() {
@@ -699,21 +702,21 @@ impl Model {
                 params: self.block_params(layer),
                 x,
                 ln1,
-                ln1_stats: (stat(la.ln1_mean), stat(la.ln1_rstd)),
+                ln1_stats: (act(la.ln1_mean), act(la.ln1_rstd)),
                 qkv: var(la.qkv, gl.qkv),
                 attention: plan.attention,
-                att: att(la.att),
-                att_scratch: att_scratch(gl.att_scratch),
+                att: act(la.att),
+                att_scratch: grad(gl.att_scratch),
                 atty: var(la.atty, gl.atty),
                 attn_pre: pre(gl.attn_branch),
                 x_mid,
                 ln2: var(la.ln2, gl.ln2),
-                ln2_stats: (stat(la.ln2_mean), stat(la.ln2_rstd)),
+                ln2_stats: (act(la.ln2_mean), act(la.ln2_rstd)),
                 fc: var(la.fc, gl.fc),
                 gelu: var(la.gelu, gl.gelu),
                 mlp_pre: pre(gl.mlp_branch),
                 x_out: resid(la.x_out),
-                workspace: grad_whole(gl.all),
+                workspace: grad(gl.all),
                 dropout: dropout.map(|(p, seed)| {
                     let site = |k: usize| DropoutSite {
                         p,
@@ -754,7 +757,7 @@ impl Model {
             val: act(plan.lnf),
             grad: grad(plan.g_lnf),
         };
-        let lnf_stats = (stat(plan.lnf_mean), stat(plan.lnf_rstd));
+        let lnf_stats = (act(plan.lnf_mean), act(plan.lnf_rstd));
         match self.cfg.arch {
             Arch::Gpt2 => self
                 .global_norm("ln_f")
@@ -785,22 +788,22 @@ impl Model {
             Mode::Train { grad_scale, .. } => Some(grad_scale),
             Mode::Eval => None,
         };
-        let tgt = plan.targets.u32(acts);
+        let tgt = plan.targets.view(acts);
         if let Some(targets) = targets {
             be.upload(tgt, targets)?;
         }
-        let (logits, losses) = (act(plan.logits), stat(plan.losses));
+        let (logits, losses) = (act(plan.logits), act(plan.losses));
         if plan.recompute {
             if targets.is_some() {
                 head.chunked(be, logits, plan.head_rows, losses, tgt, grad_scale)?;
             }
             // Recorded last, so it runs first; g_lnf already holds the head's
             // gradient.
-            autograd::zero_grad(tape, grad_whole(plan.g_stream));
+            autograd::zero_grad(tape, grad(plan.g_stream));
         } else {
             head.full(be, tape, logits, losses, targets.map(|_| tgt), grad_scale)?;
             // Recorded last, so it runs first: the global gradients start at zero.
-            autograd::zero_grad(tape, grad_whole(plan.g_globals));
+            autograd::zero_grad(tape, grad(plan.g_globals));
         }
         Ok(())
     }
@@ -817,6 +820,7 @@ impl Model {
             rows,
             channels: self.cfg.n_embd,
             vocab: self.cfg.vocab_size,
+            padded_vocab: self.cfg.padded_vocab(),
         }
     }
 
@@ -973,6 +977,52 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences_without_biases() {
         check_gradients(cfg(0.0, false));
+    }
+
+    /// The vocabulary's padding rows (23 pad to 128) are zero, get a zero
+    /// gradient and are left out of the loss: garbage written into them
+    /// changes neither the loss nor any gradient.
+    #[test]
+    fn the_vocabulary_padding_is_out_of_the_loss_and_gets_no_gradient() {
+        for arch in [Arch::Gpt2, Arch::Bert] {
+            let c = ModelConfig {
+                arch,
+                ..cfg(0.0, true)
+            };
+            let mut m = model(c.clone());
+            let be = m.backend().clone();
+            let (tokens, targets) = batch(2, 6, c.vocab_size as u32);
+            let padding: Vec<View> = ["wte", "head.decoder.bias"]
+                .iter()
+                .filter_map(|name| m.global_layout().get(name))
+                .map(|e| {
+                    let used = e.numel();
+                    e.view(m.globals().params.view()).slice(used, e.len - used)
+                })
+                .collect();
+            assert_eq!(padding.len(), if arch == Arch::Bert { 2 } else { 1 });
+            let run = |m: &mut Model| {
+                m.zero_grads().unwrap();
+                let loss = m.forward_backward(&tokens, &targets, 2, 6, 5, 1.0).unwrap();
+                let grads: Vec<f32> = be.download(m.globals().grads.view()).unwrap();
+                (loss, grads)
+            };
+            for v in &padding {
+                assert!(be.download::<f32>(*v).unwrap().iter().all(|&x| x == 0.0));
+            }
+            let (loss, grads) = run(&mut m);
+            for v in &padding {
+                let garbage: Vec<f32> = (0..v.len).map(|i| 1.0 + i as f32).collect();
+                be.upload(*v, &garbage).unwrap();
+            }
+            let (loss_garbage, grads_garbage) = run(&mut m);
+            assert_eq!(loss, loss_garbage, "{arch:?}");
+            assert_eq!(grads, grads_garbage, "{arch:?}");
+            for e in m.global_layout().entries() {
+                let g = &grads[e.offset + e.numel()..e.offset + e.len];
+                assert!(g.iter().all(|&x| x == 0.0), "{arch:?} {}", e.name);
+            }
+        }
     }
 
     #[test]

@@ -37,54 +37,71 @@ use crate::ops::attention::AttnShape;
 /// logits (1024 rows go as 2 x 512, the paper config's 4096 as 7 x 586).
 pub const HEAD_CHUNK_BYTES: usize = 128 << 20;
 
-/// Offsets are rounded up to 64 elements (256 bytes) so every view is as
-/// aligned as the allocation itself.
-const ALIGN_ELEMS: usize = 64;
+/// Offsets are rounded up to 256 bytes so every view is as aligned as the
+/// allocation itself, whatever its dtype.
+const ALIGN_BYTES: usize = 256;
 
-#[derive(Default)]
+/// Hands out consecutive aligned regions of one arena, sized in bytes: the
+/// activations and their gradients in the compute dtype (bf16 halves them),
+/// statistics and losses in fp32, token ids in u32.
 struct Bump {
     next: usize,
+    compute: DType,
 }
 
 impl Bump {
+    fn new(compute: DType) -> Self {
+        Bump { next: 0, compute }
+    }
+
+    /// `len` elements of the compute dtype.
     fn take(&mut self, len: usize) -> Region {
+        self.take_as(len, self.compute)
+    }
+
+    fn take_as(&mut self, len: usize, dtype: DType) -> Region {
         let r = Region {
             offset: self.next,
             len,
+            dtype,
         };
-        self.next += len.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+        self.next += (len * dtype.size()).next_multiple_of(ALIGN_BYTES);
         r
+    }
+
+    /// Everything taken since byte `start`, as one compute-dtype region (for
+    /// zeroing a region that contains others: zero bits are zero in every
+    /// dtype).
+    fn since(&self, start: usize) -> Region {
+        Region {
+            offset: start,
+            len: (self.next - start) / self.compute.size(),
+            dtype: self.compute,
+        }
     }
 }
 
-/// `len` elements at `offset` inside an arena.
+/// `len` elements of `dtype` at byte `offset` inside an arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
     pub offset: usize,
     pub len: usize,
+    pub dtype: DType,
 }
 
 impl Region {
-    /// The region inside an f32 `arena`.
-    pub fn f32(&self, arena: View) -> View {
-        debug_assert_eq!(arena.dtype, DType::F32);
-        arena.slice(self.offset, self.len)
+    /// The region inside `arena` (any dtype; offsets are in bytes).
+    pub fn view(&self, arena: View) -> View {
+        let size = self.dtype.size();
+        debug_assert_eq!(self.offset % size, 0);
+        arena
+            .reinterpret(self.dtype)
+            .slice(self.offset / size, self.len)
     }
-    /// The region's bytes as u32 (token ids and targets share the arena).
-    pub fn u32(&self, arena: View) -> View {
-        self.f32(arena).reinterpret(DType::U32)
-    }
-    /// The region's `len` elements as `dtype` (f32 or bf16), from its start.
-    /// Regions are planned in 4-byte elements, so a bf16 tensor uses the
-    /// first half of its region: mixed precision does not shrink the arenas
-    /// yet (a plan in bytes per dtype would halve them).
-    pub fn of(&self, arena: View, dtype: DType) -> View {
-        self.f32(arena).reinterpret(dtype).slice(0, self.len)
-    }
-    /// All of the region's bytes as `dtype`: for zeroing a region that
-    /// contains others, whatever their dtype.
-    pub fn whole(&self, arena: View, dtype: DType) -> View {
-        self.f32(arena).reinterpret(dtype)
+
+    /// Bytes from the arena's start to the region's end.
+    pub fn end(&self) -> usize {
+        self.offset + self.len * self.dtype.size()
     }
 }
 
@@ -172,7 +189,8 @@ pub struct ActivationPlan {
     /// recomputation a chunk of about [`HEAD_CHUNK_BYTES`].
     pub head_rows: usize,
     pub losses: Region,
-    pub act_len: usize,
+    /// Bytes of the activation arena.
+    pub act_bytes: usize,
 
     /// Gradient of the residual stream, shared by every layer.
     pub g_resid: Region,
@@ -190,7 +208,8 @@ pub struct ActivationPlan {
     /// All but `g_lnf`: the chunked loss head (recomputation) writes
     /// `g_lnf` during the forward pass, before the backward starts.
     pub g_stream: Region,
-    pub grad_len: usize,
+    /// Bytes of the gradient arena.
+    pub grad_bytes: usize,
 }
 
 impl ActivationPlan {
@@ -200,6 +219,7 @@ impl ActivationPlan {
         seq: usize,
         recompute: bool,
         attention: AttentionPath,
+        compute: DType,
     ) -> Self {
         let (n, c) = (batch * seq, cfg.n_embd);
         let nc = n * c;
@@ -213,25 +233,31 @@ impl ActivationPlan {
         let dropout = cfg.dropout > 0.0;
         let bert = cfg.arch == Arch::Bert;
 
-        let mut a = Bump::default();
-        let tokens = a.take(n);
-        let targets = a.take(n);
+        // The attention's saved state and workspace: the probabilities in the
+        // compute dtype (unfused) or the log-sum-exp and D in fp32 (flash).
+        let att_dtype = match attention {
+            AttentionPath::Unfused => compute,
+            AttentionPath::Flash => DType::F32,
+        };
+        let mut a = Bump::new(compute);
+        let tokens = a.take_as(n, DType::U32);
+        let targets = a.take_as(n, DType::U32);
         let x0 = a.take(nc);
         let scratch = dropout.then(|| a.take(nc));
         let emb_sum = bert.then(|| a.take(nc));
-        let emb_mean = bert.then(|| a.take(n));
-        let emb_rstd = bert.then(|| a.take(n));
+        let emb_mean = bert.then(|| a.take_as(n, DType::F32));
+        let emb_rstd = bert.then(|| a.take_as(n, DType::F32));
         let block = |a: &mut Bump| LayerActs {
             ln1: a.take(nc),
-            ln1_mean: a.take(n),
-            ln1_rstd: a.take(n),
+            ln1_mean: a.take_as(n, DType::F32),
+            ln1_rstd: a.take_as(n, DType::F32),
             qkv: a.take(3 * nc),
-            att: a.take(att),
+            att: a.take_as(att, att_dtype),
             atty: a.take(nc),
             x_mid: a.take(nc),
             ln2: a.take(nc),
-            ln2_mean: a.take(n),
-            ln2_rstd: a.take(n),
+            ln2_mean: a.take_as(n, DType::F32),
+            ln2_rstd: a.take_as(n, DType::F32),
             fc: a.take(4 * nc),
             gelu: a.take(4 * nc),
             x_out: a.take(nc),
@@ -251,51 +277,42 @@ impl ActivationPlan {
         let head_fc = bert.then(|| a.take(nc));
         let head_gelu = bert.then(|| a.take(nc));
         let lnf = a.take(nc);
-        let lnf_mean = a.take(n);
-        let lnf_rstd = a.take(n);
+        let lnf_mean = a.take_as(n, DType::F32);
+        let lnf_rstd = a.take_as(n, DType::F32);
         let head_rows = if recompute {
             // Equal chunks: a short last one would run at a fraction of the
             // speed of the others.
-            let most = (HEAD_CHUNK_BYTES / (4 * cfg.vocab_size)).clamp(1, n);
+            let most = (HEAD_CHUNK_BYTES / (compute.size() * cfg.padded_vocab())).clamp(1, n);
             n.div_ceil(n.div_ceil(most))
         } else {
             n
         };
-        let logits = a.take(head_rows * cfg.vocab_size);
-        let losses = a.take(n);
+        let logits = a.take(head_rows * cfg.padded_vocab());
+        let losses = a.take_as(n, DType::F32);
 
-        let mut g = Bump::default();
+        let mut g = Bump::new(compute);
         let g_resid = g.take(nc);
         let g_emb = dropout.then(|| g.take(nc));
         let g_emb_sum = bert.then(|| g.take(nc));
         let g_head_fc = bert.then(|| g.take(nc));
         let g_head_gelu = bert.then(|| g.take(nc));
+        let g_stream = g.since(0);
         let g_lnf = g.take(nc);
-        let g_stream = Region {
-            offset: 0,
-            len: g_lnf.offset,
-        };
-        let g_globals = Region {
-            offset: 0,
-            len: g.next,
-        };
+        let g_globals = g.since(0);
         let start = g.next;
         let mut g_layer = LayerGrads {
             ln1: g.take(nc),
             qkv: g.take(3 * nc),
-            att_scratch: g.take(att_scratch),
+            att_scratch: g.take_as(att_scratch, att_dtype),
             atty: g.take(nc),
             attn_branch: dropout.then(|| g.take(nc)),
             ln2: g.take(nc),
             fc: g.take(4 * nc),
             gelu: g.take(4 * nc),
             mlp_branch: dropout.then(|| g.take(nc)),
-            all: Region { offset: 0, len: 0 },
+            all: g.since(0),
         };
-        g_layer.all = Region {
-            offset: start,
-            len: g.next - start,
-        };
+        g_layer.all = g.since(start);
 
         ActivationPlan {
             batch,
@@ -318,7 +335,7 @@ impl ActivationPlan {
             logits,
             head_rows,
             losses,
-            act_len: a.next,
+            act_bytes: a.next,
             g_resid,
             g_emb,
             g_emb_sum,
@@ -328,13 +345,13 @@ impl ActivationPlan {
             g_layer,
             g_globals,
             g_stream,
-            grad_len: g.next,
+            grad_bytes: g.next,
         }
     }
 
     /// Bytes of both arenas.
     pub fn bytes(&self) -> usize {
-        (self.act_len + self.grad_len) * 4
+        self.act_bytes + self.grad_bytes
     }
 }
 
@@ -347,8 +364,9 @@ pub fn activation_bytes(
     seq: usize,
     recompute: bool,
     attention: AttentionPath,
+    compute: DType,
 ) -> usize {
-    ActivationPlan::new(cfg, batch, seq, recompute, attention).bytes()
+    ActivationPlan::new(cfg, batch, seq, recompute, attention, compute).bytes()
 }
 
 #[cfg(test)]
@@ -356,6 +374,7 @@ mod tests {
     use super::*;
 
     const UNFUSED: AttentionPath = AttentionPath::Unfused;
+    const F32: DType = DType::F32;
 
     fn cfg(n_layer: usize) -> ModelConfig {
         ModelConfig {
@@ -373,7 +392,7 @@ mod tests {
     #[test]
     fn regions_are_aligned_disjoint_and_grad_arena_does_not_grow_with_depth() {
         let mut cfg = cfg(3);
-        let p = ActivationPlan::new(&cfg, 2, 5, false, UNFUSED);
+        let p = ActivationPlan::new(&cfg, 2, 5, false, UNFUSED, F32);
         let mut regions = vec![
             p.tokens,
             p.targets,
@@ -389,26 +408,29 @@ mod tests {
         }
         regions.sort_by_key(|r| r.offset);
         for w in regions.windows(2) {
-            assert_eq!(w[0].offset % ALIGN_ELEMS, 0);
-            assert!(w[0].offset + w[0].len <= w[1].offset);
+            assert_eq!(w[0].offset % ALIGN_BYTES, 0);
+            assert!(w[0].end() <= w[1].offset);
         }
-        assert!(p.act_len >= regions.last().map(|r| r.offset + r.len).unwrap());
-        assert_eq!(p.g_layer.all.offset + p.g_layer.all.len, p.grad_len);
+        assert!(p.act_bytes >= regions.last().unwrap().end());
+        assert_eq!(p.g_layer.all.end(), p.grad_bytes);
 
-        let grad_len = p.grad_len;
+        let grad_len = p.grad_bytes;
         cfg.n_layer = 6;
-        let deeper = ActivationPlan::new(&cfg, 2, 5, false, UNFUSED);
-        assert_eq!(deeper.grad_len, grad_len);
-        assert!(deeper.act_len > p.act_len);
-        assert_eq!(activation_bytes(&cfg, 2, 5, false, UNFUSED), deeper.bytes());
+        let deeper = ActivationPlan::new(&cfg, 2, 5, false, UNFUSED, F32);
+        assert_eq!(deeper.grad_bytes, grad_len);
+        assert!(deeper.act_bytes > p.act_bytes);
+        assert_eq!(
+            activation_bytes(&cfg, 2, 5, false, UNFUSED, F32),
+            deeper.bytes()
+        );
     }
 
     #[test]
     fn recomputation_keeps_one_block_output_per_layer_beside_one_workspace() {
         let cfg = cfg(4);
         let (full, re) = (
-            ActivationPlan::new(&cfg, 2, 5, false, UNFUSED),
-            ActivationPlan::new(&cfg, 2, 5, true, UNFUSED),
+            ActivationPlan::new(&cfg, 2, 5, false, UNFUSED, F32),
+            ActivationPlan::new(&cfg, 2, 5, true, UNFUSED, F32),
         );
         let ws = re.layers[0];
         let workspace = [
@@ -435,19 +457,18 @@ mod tests {
             shared.sort_by_key(|r| r.offset);
             for r in shared.iter().chain(&outputs) {
                 if *r != l.x_out {
-                    let apart = r.offset + r.len <= l.x_out.offset
-                        || l.x_out.offset + l.x_out.len <= r.offset;
+                    let apart = r.end() <= l.x_out.offset || l.x_out.end() <= r.offset;
                     assert!(apart, "layer {i}'s output overlaps {r:?}");
                 }
             }
         }
         // Per extra layer: one aligned B*T*C region instead of a whole block.
-        let nc = (2 * 5 * 24usize).div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
-        let per_layer = (full.act_len - re.act_len) / (cfg.n_layer - 1);
-        assert_eq!(full.act_len - re.act_len, per_layer * (cfg.n_layer - 1));
+        let nc = (2 * 5 * 24 * 4usize).next_multiple_of(ALIGN_BYTES);
+        let per_layer = (full.act_bytes - re.act_bytes) / (cfg.n_layer - 1);
+        assert_eq!(full.act_bytes - re.act_bytes, per_layer * (cfg.n_layer - 1));
         let block_stride = full.layers[1].x_out.offset - full.layers[0].x_out.offset;
         assert_eq!(per_layer + nc, block_stride);
-        assert_eq!(re.grad_len, full.grad_len);
+        assert_eq!(re.grad_bytes, full.grad_bytes);
     }
 
     /// Flash keeps `B*H*T` log-sum-exps per layer where the unfused path
@@ -455,13 +476,13 @@ mod tests {
     /// nothing else in the plan changes.
     #[test]
     fn flash_plans_one_value_per_row_where_unfused_plans_the_probabilities() {
-        let aligned = |len: usize| len.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+        let aligned = |len: usize| (4 * len).next_multiple_of(ALIGN_BYTES);
         let cfg = cfg(4);
         // T = 37: B*H*T*T is far above B*H*T even after alignment.
         let (b, t, h) = (2, 37, cfg.n_head);
         for recompute in [false, true] {
-            let unfused = ActivationPlan::new(&cfg, b, t, recompute, UNFUSED);
-            let flash = ActivationPlan::new(&cfg, b, t, recompute, AttentionPath::Flash);
+            let unfused = ActivationPlan::new(&cfg, b, t, recompute, UNFUSED, F32);
+            let flash = ActivationPlan::new(&cfg, b, t, recompute, AttentionPath::Flash, F32);
             assert_eq!(flash.attention, AttentionPath::Flash);
             for (u, f) in unfused.layers.iter().zip(&flash.layers) {
                 assert_eq!((u.att.len, f.att.len), (b * h * t * t, b * h * t));
@@ -471,8 +492,57 @@ mod tests {
             let per_layer = aligned(b * h * t * t) - aligned(b * h * t);
             // With recomputation one workspace holds the only `att`.
             let layers = if recompute { 1 } else { cfg.n_layer };
-            assert_eq!(unfused.act_len - flash.act_len, layers * per_layer);
-            assert_eq!(unfused.grad_len - flash.grad_len, per_layer);
+            assert_eq!(unfused.act_bytes - flash.act_bytes, layers * per_layer);
+            assert_eq!(unfused.grad_bytes - flash.grad_bytes, per_layer);
+        }
+    }
+
+    /// In bf16 every activation and activation gradient takes 2 bytes per
+    /// element; LayerNorm statistics, losses, token ids and flash's
+    /// log-sum-exp keep 4. So the arenas are a little over half the fp32
+    /// ones, and exactly the fp32 regions stay the same size.
+    #[test]
+    fn bf16_plans_halve_the_activations_but_not_the_statistics() {
+        let cfg = cfg(3);
+        for path in [UNFUSED, AttentionPath::Flash] {
+            let full = ActivationPlan::new(&cfg, 4, 8, false, path, F32);
+            let half = ActivationPlan::new(&cfg, 4, 8, false, path, DType::BF16);
+            let (f, h) = (full.layers[1], half.layers[1]);
+            for (a, b) in [(f.qkv, h.qkv), (f.fc, h.fc), (f.x_out, h.x_out)] {
+                assert_eq!(
+                    (a.len, a.dtype, b.len, b.dtype),
+                    (b.len, F32, a.len, DType::BF16)
+                );
+            }
+            assert_eq!((h.ln1_mean.dtype, h.ln1_rstd.dtype), (F32, F32));
+            assert_eq!((half.losses.dtype, half.tokens.dtype), (F32, DType::U32));
+            let att_dtype = if path == UNFUSED { DType::BF16 } else { F32 };
+            assert_eq!(h.att.dtype, att_dtype);
+            let ratio = half.bytes() as f64 / full.bytes() as f64;
+            assert!((0.5..0.6).contains(&ratio), "{path:?}: {ratio}");
+            // Regions of the compute dtype never overlap in bf16 either.
+            let mut all: Vec<Region> = half
+                .layers
+                .iter()
+                .flat_map(|l| {
+                    [
+                        l.ln1, l.ln1_mean, l.qkv, l.att, l.atty, l.fc, l.gelu, l.x_out,
+                    ]
+                })
+                .chain([
+                    half.tokens,
+                    half.targets,
+                    half.x0,
+                    half.lnf,
+                    half.logits,
+                    half.losses,
+                ])
+                .collect();
+            all.sort_by_key(|r| r.offset);
+            for w in all.windows(2) {
+                assert!(w[0].end() <= w[1].offset && w[0].offset % ALIGN_BYTES == 0);
+            }
+            assert!(half.act_bytes >= all.last().unwrap().end());
         }
     }
 }

@@ -402,17 +402,17 @@ fn collect_tensors(model: &Model) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>)
             params.push(NamedTensor::new(
                 &name,
                 shape.clone(),
-                be.download(e.view(slot.params.view()))?,
+                be.download(e.used_view(slot.params.view()))?,
             ));
             moments.push(NamedTensor::new(
                 format!("{name}.m"),
                 shape.clone(),
-                be.download(e.view(slot.adam_m.view()))?,
+                be.download(e.used_view(slot.adam_m.view()))?,
             ));
             moments.push(NamedTensor::new(
                 format!("{name}.v"),
                 shape,
-                be.download(e.view(slot.adam_v.view()))?,
+                be.download(e.used_view(slot.adam_v.view()))?,
             ));
         }
         Ok(())
@@ -455,7 +455,7 @@ fn load_tensors(model: &Model, ckpt: &Loaded) -> Result<()> {
                     path.display(),
                     e.shape
                 );
-                be.upload(e.view(buf.view()), data)?;
+                be.upload(e.used_view(buf.view()), data)?;
             }
             expected += 1;
         }

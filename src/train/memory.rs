@@ -37,8 +37,15 @@ pub fn host_available() -> Option<u64> {
 /// An upper bound of every size the model, its activation plan and the
 /// data compute for this run, in bytes (saturating 128-bit arithmetic).
 fn bound_bytes(m: &ModelConfig, batch: usize, data_bytes: u128) -> u128 {
-    let [l, c, h, t, v, b] =
-        [m.n_layer, m.n_embd, m.n_head, m.n_ctx, m.vocab_size, batch].map(|x| x as u128);
+    let [l, c, h, t, v, b] = [
+        m.n_layer,
+        m.n_embd,
+        m.n_head,
+        m.n_ctx,
+        m.padded_vocab(),
+        batch,
+    ]
+    .map(|x| x as u128);
     let (add, mul) = (u128::saturating_add, u128::saturating_mul);
     let params = add(
         mul(l, add(mul(12, mul(c, c)), mul(13, c))),
@@ -51,11 +58,26 @@ fn bound_bytes(m: &ModelConfig, batch: usize, data_bytes: u128) -> u128 {
     add(add(mul(20, params), mul(4, activations)), data_bytes)
 }
 
-/// The attention path `cfg` runs with, as its counted memory assumes: the
-/// one its precision chooses, the unfused path (the larger) while the
-/// precision is not yet known.
-pub fn attention_path(cfg: &RunConfig, mc: &ModelConfig) -> AttentionPath {
-    AttentionPath::choose(cfg.precision.unwrap_or(Precision::Fp32), mc)
+/// The precision `cfg`'s memory is counted in: the one it runs in, fp32
+/// (the larger) while that is not yet known. It chooses the compute dtype
+/// of the activations, the attention path and whether the weights have a
+/// 16-bit compute copy.
+pub fn counted_precision(cfg: &RunConfig) -> Precision {
+    cfg.precision.unwrap_or(Precision::Fp32)
+}
+
+/// The activation bytes `cfg` counts (the arenas of one training step) in
+/// its [`counted_precision`].
+pub fn counted_activation_bytes(cfg: &RunConfig, mc: &ModelConfig) -> u64 {
+    let precision = counted_precision(cfg);
+    activation_bytes(
+        mc,
+        cfg.train.batch,
+        mc.n_ctx,
+        cfg.train.recompute,
+        AttentionPath::choose(precision, mc),
+        precision.compute_dtype(),
+    ) as u64
 }
 
 /// What a run needs: the counted training memory of its worst table (all
@@ -100,13 +122,13 @@ pub fn need(cfg: &RunConfig, vocab: usize) -> Result<Need> {
             mc.vocab_size
         );
     }
-    let path = attention_path(cfg, &mc);
-    let acts = activation_bytes(&mc, batch, mc.n_ctx, cfg.train.recompute, path) as u64;
+    let acts = counted_activation_bytes(cfg, &mc);
+    let copy = counted_precision(cfg).has_compute_copy();
     let report = if cfg.tying.policy.is_dynamic() {
-        MemoryReport::from_counts(&mc, mc.n_layer, mc.n_layer, false, acts)
+        MemoryReport::from_counts(&mc, mc.n_layer, mc.n_layer, copy, acts)
     } else {
         let table = initial_table(cfg, &cfg.tying.policy, mc.n_layer)?;
-        MemoryReport::from_table(&mc, &table, false, acts)
+        MemoryReport::from_table(&mc, &table, copy, acts)
     };
     Ok(Need {
         report,

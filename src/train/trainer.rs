@@ -304,12 +304,18 @@ impl Trainer {
     pub fn memory(&self) -> (MemoryReport, MemoryReport) {
         let mc = self.model.config();
         let (batch, recompute) = (self.cfg.train.batch, self.cfg.train.recompute);
-        let acts = activation_bytes(mc, batch, mc.n_ctx, recompute, self.model.attention()) as u64;
+        let model = &self.model;
+        let (dtype, copy) = (
+            model.precision().compute_dtype(),
+            model.precision().has_compute_copy(),
+        );
+        let acts =
+            activation_bytes(mc, batch, mc.n_ctx, recompute, model.attention(), dtype) as u64;
         let n = mc.n_layer;
         let table = self.model.slots().table();
         (
-            MemoryReport::from_table(mc, table, false, acts),
-            MemoryReport::from_counts(mc, n, n, false, acts),
+            MemoryReport::from_table(mc, table, copy, acts),
+            MemoryReport::from_counts(mc, n, n, copy, acts),
         )
     }
 
