@@ -1,15 +1,16 @@
 //! `dyntie train`: a new run, or the resume of one, then its summary.
 
-use super::{check_memory, select_backend};
+use super::{check_memory, refuse_launcher_environment, replicas_of, select_backend};
 use crate::cli::TrainArgs;
 use crate::metrics::utc_timestamp;
-use crate::train::{run_dir, Trainer};
+use crate::train::{check_split, run_dir, Trainer};
 use anyhow::{ensure, Result};
 use std::path::PathBuf;
 
 /// `dyntie train`.
 pub fn train(args: &TrainArgs) -> Result<()> {
-    let mut trainer = if let Some(dir) = &args.resume {
+    refuse_launcher_environment()?;
+    let (mut trainer, selected) = if let Some(dir) = &args.resume {
         let fixed = args.fixed_on_resume();
         ensure!(
             fixed.is_empty(),
@@ -29,10 +30,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             cfg.train.min_lr = 0.0;
             cfg.validate()?;
         }
+        check_split(cfg.train.batch, args.replicas)?;
         check_memory(&cfg, &selected)?;
         println!("{}", selected.why);
         let moved = args.data.as_deref().map(std::path::Path::new);
-        let mut t = Trainer::resume_from(dir, selected.backend, args.steps, moved)?;
+        let mut t = Trainer::resume_from(dir, selected.backend.clone(), args.steps, moved)?;
         println!("resuming {} at step {}", dir.display(), t.step());
         for note in t.notes() {
             println!("{note}");
@@ -50,7 +52,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         if let Some(lr) = args.lr {
             println!("{}", t.change_lr(lr)?);
         }
-        t
+        (t, selected)
     } else {
         let cfg = args.resolve()?;
         let dir = args
@@ -59,13 +61,33 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
         // Before anything is built: the folder, then the memory.
         run_dir::check_new(&dir, args.force)?;
+        check_split(cfg.train.batch, args.replicas)?;
         let selected = select_backend(cfg.backend)?;
         check_memory(&cfg, &selected)?;
         println!("{}", selected.why);
-        Trainer::create(cfg, selected.backend, &dir, args.force)?
+        let t = Trainer::create(cfg, selected.backend.clone(), &dir, args.force)?;
+        (t, selected)
     };
     describe(&trainer);
-    let s = trainer.run()?;
+    let s =
+        if args.replicas > 1 {
+            let replicas = replicas_of(&selected, args.replicas)?;
+            let batch = trainer.config().train.batch;
+            println!(
+            "{} data-parallel replicas{}, each on {} of the {batch} rows of every batch; rank 0 \
+             decides ties and writes the run folder",
+            args.replicas,
+            if selected.cuda.is_some() {
+                format!(" on GPUs 0..{}", args.replicas - 1)
+            } else {
+                format!(" as threads of this process ({} backend)", selected.backend.name())
+            },
+            batch / args.replicas
+        );
+            trainer.run_replicated(replicas)?
+        } else {
+            trainer.run()?
+        };
     let pct = |a: u64, b: u64| 100.0 * (1.0 - a as f64 / b.max(1) as f64);
     println!(
         "done: {} steps in {:.1} s ({:.0} tokens/s)",
