@@ -1,16 +1,18 @@
 //! `dyntie train`: a new run, or the resume of one, then its summary.
 
-use super::{check_memory, refuse_launcher_environment, replicas_of, select_backend};
+use super::{
+    check_memory, refuse_launcher_environment, replicas_of, select_backend, SelectedBackend,
+};
 use crate::cli::TrainArgs;
 use crate::metrics::utc_timestamp;
-use crate::train::{check_split, run_dir, Trainer};
+use crate::train::{check_split, run_dir, Replicas, Trainer};
 use anyhow::{ensure, Result};
 use std::path::PathBuf;
 
 /// `dyntie train`.
 pub fn train(args: &TrainArgs) -> Result<()> {
     refuse_launcher_environment()?;
-    let (mut trainer, selected) = if let Some(dir) = &args.resume {
+    let (mut trainer, selected, replicas) = if let Some(dir) = &args.resume {
         let fixed = args.fixed_on_resume();
         ensure!(
             fixed.is_empty(),
@@ -32,6 +34,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
         check_split(cfg.train.batch, args.replicas)?;
         check_memory(&cfg, &selected)?;
+        let replicas = replicas_for(args.replicas, &selected)?;
         println!("{}", selected.why);
         let moved = args.data.as_deref().map(std::path::Path::new);
         let mut t = Trainer::resume_from(dir, selected.backend.clone(), args.steps, moved)?;
@@ -52,7 +55,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         if let Some(lr) = args.lr {
             println!("{}", t.change_lr(lr)?);
         }
-        (t, selected)
+        (t, selected, replicas)
     } else {
         let cfg = args.resolve()?;
         let dir = args
@@ -64,30 +67,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         check_split(cfg.train.batch, args.replicas)?;
         let selected = select_backend(cfg.backend)?;
         check_memory(&cfg, &selected)?;
+        let replicas = replicas_for(args.replicas, &selected)?;
         println!("{}", selected.why);
         let t = Trainer::create(cfg, selected.backend.clone(), &dir, args.force)?;
-        (t, selected)
+        (t, selected, replicas)
     };
     describe(&trainer);
-    let s =
-        if args.replicas > 1 {
-            let replicas = replicas_of(&selected, args.replicas)?;
-            let batch = trainer.config().train.batch;
-            println!(
-            "{} data-parallel replicas{}, each on {} of the {batch} rows of every batch; rank 0 \
-             decides ties and writes the run folder",
-            args.replicas,
-            if selected.cuda.is_some() {
-                format!(" on GPUs 0..{}", args.replicas - 1)
-            } else {
-                format!(" as threads of this process ({} backend)", selected.backend.name())
-            },
-            batch / args.replicas
-        );
+    let s = match replicas {
+        Some(replicas) => {
+            describe_replicas(&trainer, &selected, replicas.world_size());
             trainer.run_replicated(replicas)?
-        } else {
-            trainer.run()?
-        };
+        }
+        None => trainer.run()?,
+    };
     let pct = |a: u64, b: u64| 100.0 * (1.0 - a as f64 / b.max(1) as f64);
     println!(
         "done: {} steps in {:.1} s ({:.0} tokens/s)",
@@ -119,6 +111,33 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The other replicas of `--replicas n` (none for one), made before the
+/// run folder is touched, so that a missing GPU or NCCL leaves it as it was.
+fn replicas_for(n: usize, selected: &SelectedBackend) -> Result<Option<Replicas>> {
+    Ok(if n > 1 {
+        Some(replicas_of(selected, n)?)
+    } else {
+        None
+    })
+}
+
+fn describe_replicas(t: &Trainer, selected: &SelectedBackend, n: usize) {
+    let batch = t.config().train.batch;
+    let place = if selected.cuda.is_some() {
+        format!("on GPUs 0..{}", n - 1)
+    } else {
+        format!(
+            "as threads of this process ({} backend)",
+            selected.backend.name()
+        )
+    };
+    println!(
+        "{n} data-parallel replicas {place}, each on {} of the {batch} rows of every batch; \
+         rank 0 decides ties and writes the run folder",
+        batch / n
+    );
+}
 
 fn describe(t: &Trainer) {
     let m = t.model().config();
