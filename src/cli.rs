@@ -201,6 +201,17 @@ pub struct TrainArgs {
     /// run is fully set up).
     #[arg(long)]
     pub force: bool,
+    /// Data-parallel replicas in this process (--gpus is the same flag). On
+    /// cuda one per GPU, GPUs 0..N-1, gradients summed with NCCL; on cpu and
+    /// emu one thread each (for testing). --batch stays the global batch:
+    /// each replica trains on batch/N of its rows, so a step sees the same
+    /// tokens whatever N is. Rank 0 decides ties and broadcasts them, and
+    /// alone writes the run folder. May change on --resume (bit for bit
+    /// only with the same N). Several processes or machines (RANK,
+    /// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR from torchrun or a scheduler) are
+    /// not supported yet and are refused.
+    #[arg(long, visible_alias = "gpus", value_name = "N", default_value_t = 1)]
+    pub replicas: usize,
 }
 
 impl TrainArgs {

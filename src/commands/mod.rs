@@ -25,11 +25,12 @@ use crate::config::{BackendKind, RunConfig};
 use crate::cpu::CpuBackend;
 use crate::cuda::{self, CudaDevice, Device, EmuDevice, KernelBackend};
 use crate::data::{Dataset, SyntheticConfig, Tokenizer};
+use crate::dist::{Comm, Nccl};
 use crate::model::Model;
 use crate::ops::Backend;
 use crate::train::memory::{self, Available};
-use crate::train::run_dir;
-use anyhow::Result;
+use crate::train::{run_dir, Join, Replicas};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -111,6 +112,77 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
             }
         }
     }
+}
+
+/// The other `n - 1` replicas of a data-parallel run whose rank 0 runs on
+/// `selected`: on a GPU, GPUs 1..n, joined with NCCL (the group's id made
+/// here, in rank 0's process, and handed to each replica's thread); on the
+/// CPU or the emulator, backends of the same kind joined in process.
+pub fn replicas_of(selected: &SelectedBackend, n: usize) -> Result<Replicas> {
+    if let Some(first) = &selected.cuda {
+        let id = Nccl::unique_id()
+            .context("--replicas on cuda sums the gradients with NCCL, which is not usable")?;
+        let mut devices = vec![first.shared_device()];
+        let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+        for gpu in 1..n {
+            let kernels = KernelBackend::new(
+                CudaDevice::new(gpu).with_context(|| format!("--replicas {n}: replica {gpu}"))?,
+            );
+            devices.push(kernels.shared_device());
+            backends.push(Arc::new(kernels));
+        }
+        let joins = devices
+            .into_iter()
+            .enumerate()
+            .map(|(rank, device)| {
+                Box::new(move || Ok(Box::new(Nccl::new(device, &id, rank, n)?) as Box<dyn Comm>))
+                    as Join
+            })
+            .collect();
+        return Ok(Replicas {
+            backends,
+            joins,
+            fault: None,
+        });
+    }
+    let backends = (1..n)
+        .map(|_| -> Arc<dyn Backend> {
+            if selected.emu.is_some() {
+                Arc::new(KernelBackend::new(EmuDevice::new()))
+            } else {
+                Arc::new(CpuBackend::new())
+            }
+        })
+        .collect();
+    Replicas::in_process(backends)
+}
+
+/// The variables a launcher such as torchrun sets for each of several
+/// processes. Only data parallelism within one process exists today, so a
+/// run started as one of several processes is refused rather than trained
+/// alone as if it were the whole run.
+pub fn refuse_launcher_environment() -> Result<()> {
+    let get = |name: &str| std::env::var(name).ok();
+    let several = [("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")]
+        .iter()
+        .filter_map(|(name, alone)| {
+            get(name)
+                .filter(|v| v.trim() != *alone)
+                .map(|v| format!("{name}={v}"))
+        })
+        .collect::<Vec<_>>();
+    if !several.is_empty() {
+        bail!(
+            "{} says this process is one of several launched together (torchrun, mpirun, a              cluster scheduler), but dyntie trains with several GPUs only within one process              today: start one process with --replicas N (one replica per GPU of this machine)              and unset {}",
+            several.join(", "),
+            several
+                .iter()
+                .map(|v| v.split('=').next().unwrap_or(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
 
 impl SelectedBackend {

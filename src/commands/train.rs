@@ -1,15 +1,18 @@
 //! `dyntie train`: a new run, or the resume of one, then its summary.
 
-use super::{check_memory, select_backend};
+use super::{
+    check_memory, refuse_launcher_environment, replicas_of, select_backend, SelectedBackend,
+};
 use crate::cli::TrainArgs;
 use crate::metrics::utc_timestamp;
-use crate::train::{run_dir, Trainer};
+use crate::train::{check_split, run_dir, Replicas, Trainer};
 use anyhow::{ensure, Result};
 use std::path::PathBuf;
 
 /// `dyntie train`.
 pub fn train(args: &TrainArgs) -> Result<()> {
-    let mut trainer = if let Some(dir) = &args.resume {
+    refuse_launcher_environment()?;
+    let (mut trainer, selected, replicas) = if let Some(dir) = &args.resume {
         let fixed = args.fixed_on_resume();
         ensure!(
             fixed.is_empty(),
@@ -29,10 +32,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             cfg.train.min_lr = 0.0;
             cfg.validate()?;
         }
+        check_split(cfg.train.batch, args.replicas)?;
         check_memory(&cfg, &selected)?;
+        let replicas = replicas_for(args.replicas, &selected)?;
         println!("{}", selected.why);
         let moved = args.data.as_deref().map(std::path::Path::new);
-        let mut t = Trainer::resume_from(dir, selected.backend, args.steps, moved)?;
+        let mut t = Trainer::resume_from(dir, selected.backend.clone(), args.steps, moved)?;
         println!("resuming {} at step {}", dir.display(), t.step());
         for note in t.notes() {
             println!("{note}");
@@ -50,7 +55,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         if let Some(lr) = args.lr {
             println!("{}", t.change_lr(lr)?);
         }
-        t
+        (t, selected, replicas)
     } else {
         let cfg = args.resolve()?;
         let dir = args
@@ -59,13 +64,22 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
         // Before anything is built: the folder, then the memory.
         run_dir::check_new(&dir, args.force)?;
+        check_split(cfg.train.batch, args.replicas)?;
         let selected = select_backend(cfg.backend)?;
         check_memory(&cfg, &selected)?;
+        let replicas = replicas_for(args.replicas, &selected)?;
         println!("{}", selected.why);
-        Trainer::create(cfg, selected.backend, &dir, args.force)?
+        let t = Trainer::create(cfg, selected.backend.clone(), &dir, args.force)?;
+        (t, selected, replicas)
     };
     describe(&trainer);
-    let s = trainer.run()?;
+    let s = match replicas {
+        Some(replicas) => {
+            describe_replicas(&trainer, &selected, replicas.world_size());
+            trainer.run_replicated(replicas)?
+        }
+        None => trainer.run()?,
+    };
     let pct = |a: u64, b: u64| 100.0 * (1.0 - a as f64 / b.max(1) as f64);
     println!(
         "done: {} steps in {:.1} s ({:.0} tokens/s)",
@@ -97,6 +111,33 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The other replicas of `--replicas n` (none for one), made before the
+/// run folder is touched, so that a missing GPU or NCCL leaves it as it was.
+fn replicas_for(n: usize, selected: &SelectedBackend) -> Result<Option<Replicas>> {
+    Ok(if n > 1 {
+        Some(replicas_of(selected, n)?)
+    } else {
+        None
+    })
+}
+
+fn describe_replicas(t: &Trainer, selected: &SelectedBackend, n: usize) {
+    let batch = t.config().train.batch;
+    let place = if selected.cuda.is_some() {
+        format!("on GPUs 0..{}", n - 1)
+    } else {
+        format!(
+            "as threads of this process ({} backend)",
+            selected.backend.name()
+        )
+    };
+    println!(
+        "{n} data-parallel replicas {place}, each on {} of the {batch} rows of every batch; \
+         rank 0 decides ties and writes the run folder",
+        batch / n
+    );
+}
 
 fn describe(t: &Trainer) {
     let m = t.model().config();

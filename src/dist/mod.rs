@@ -21,9 +21,10 @@
 //! Collectives are called by every rank in the same order with the same
 //! lengths; a mismatch is an error on every rank, not a hang.
 //!
-//! Not yet used by `dyntie train`: the replicas, the bucketed all-reduce
-//! overlapped with the backward pass, `--gpus N` and the launch environment
-//! of several machines are the next steps (see the README's "Several GPUs").
+//! `dyntie train --replicas N` uses it through `train::replicas` (one
+//! process, a thread per replica). Still to come: the all-reduce in buckets
+//! overlapped with the backward pass, and the launch environment of several
+//! processes and machines (see the README's "Several GPUs").
 
 mod in_process;
 mod nccl;

@@ -49,7 +49,7 @@ impl DynamicState {
     /// The state before the first decision of a run with `n_layer` blocks;
     /// `None` when nothing is to decide (a static policy, or one block).
     pub(super) fn start(cfg: &RunConfig, n_layer: usize) -> Result<Option<DynamicState>> {
-        if !(cfg.tying.policy.is_dynamic() && n_layer > 1) {
+        if !has_agent(cfg, n_layer) {
             return Ok(None);
         }
         let t = &cfg.train;
@@ -68,6 +68,12 @@ impl DynamicState {
             baseline: RewardBaseline::default(),
         }))
     }
+}
+
+/// Whether a run of `cfg` with `n_layer` blocks has an agent deciding ties
+/// (a dynamic policy with more than one block).
+pub(super) fn has_agent(cfg: &RunConfig, n_layer: usize) -> bool {
+    cfg.tying.policy.is_dynamic() && n_layer > 1
 }
 
 /// The fixed windows of the training split whose perplexity (in eval mode)
@@ -93,23 +99,25 @@ impl Trainer {
         Ok((sum / count as f64).exp())
     }
 
-    /// Closes the pending decision and makes the next one.
-    pub(super) fn agent_step(&mut self) -> Result<()> {
+    /// Closes the pending decision and makes the next one; returns the
+    /// action applied (block, action), if any. Nothing on a replica other
+    /// than rank 0, which holds no agent.
+    pub(super) fn agent_step(&mut self) -> Result<Option<(usize, usize)>> {
         let Some(mut d) = self.dynamic.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let result = self.agent_step_with(&mut d);
         self.dynamic = Some(d);
         result
     }
 
-    fn agent_step_with(&mut self, d: &mut DynamicState) -> Result<()> {
+    fn agent_step_with(&mut self, d: &mut DynamicState) -> Result<Option<(usize, usize)>> {
         let n_layer = self.model.config().n_layer;
         let (steps, k) = (self.cfg.train.steps as u64, self.cfg.tying.agent_k as u64);
         let deciding = self.cfg.agent.decides_at(self.step, steps);
         if !deciding && d.pending.is_none() {
             // The table is fixed for the rest of the run (`--decide-until`).
-            return Ok(());
+            return Ok(None);
         }
         d.agent
             .set_planned_decisions(self.cfg.agent.planned_decisions(steps, k));
@@ -155,10 +163,10 @@ impl Trainer {
             // is the table now (nothing else changes it in between).
             let mut record = TieRecord::new(self.step, p.episode, &p.decision, r, table);
             record.advantage = advantage;
-            self.ties.write(&record)?;
+            self.files_mut()?.ties.write(&record)?;
         }
         if !deciding {
-            return Ok(());
+            return Ok(None);
         }
         let layer = d.next_layer;
         let table = self.model.slots().table();
@@ -188,6 +196,7 @@ impl Trainer {
         };
         let decision = d.agent.decide_within(&state, layer, allowed.as_deref())?;
         self.model.apply_action(layer, decision.action)?;
+        let applied = (layer, decision.action);
         let immediate =
             !self.cfg.tying.paper_compat && self.cfg.agent.reward == RewardSpan::Immediate;
         let ppl_after_action = if immediate {
@@ -208,6 +217,6 @@ impl Trainer {
             d.episode += 1;
             d.agent.end_episode();
         }
-        Ok(())
+        Ok(Some(applied))
     }
 }

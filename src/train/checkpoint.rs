@@ -74,8 +74,8 @@ impl Trainer {
     /// The current lengths of the run's logs.
     pub(super) fn log_lengths(&self) -> Result<LogLengths> {
         Ok(LogLengths {
-            metrics: self.metrics.byte_len()?,
-            ties: self.ties.byte_len()?,
+            metrics: self.files()?.metrics.byte_len()?,
+            ties: self.files()?.ties.byte_len()?,
         })
     }
 

@@ -15,12 +15,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 
 impl Trainer {
-    /// A `train` line: loss, learning rate, skipped updates, speed, tying
-    /// and memory.
-    pub(super) fn log_train(&mut self, stats: &StepStats, tokens_per_s: f64) -> Result<()> {
+    /// A `train` line: loss, learning rate, skipped updates, speed, tying,
+    /// memory, and with replicas the bytes each step all-reduced (averaged
+    /// over the steps since the last line).
+    pub(super) fn log_train(
+        &mut self,
+        stats: &StepStats,
+        tokens_per_s: f64,
+        all_reduce_bytes_per_step: u64,
+    ) -> Result<()> {
         let (counted, _) = self.memory();
         let mem = self.model.backend().mem_stats();
-        self.metrics.write(&serde_json::json!({
+        let line = serde_json::json!({
             "kind": "train",
             "step": self.step,
             "loss": stats.loss,
@@ -36,18 +42,22 @@ impl Trainer {
             "counted_bytes": counted.total_bytes,
             "live_bytes": mem.live_bytes,
             "peak_bytes": mem.peak_bytes,
-        }))
+            "replicas": self.comm.world_size(),
+            "all_reduce_bytes_per_step": all_reduce_bytes_per_step,
+        });
+        self.files_mut()?.metrics.write(&line)
     }
 
     /// An `eval` line: the split's loss and perplexity.
     pub(super) fn log_eval(&mut self, split: Split, loss: f64) -> Result<()> {
-        self.metrics.write(&serde_json::json!({
+        let line = serde_json::json!({
             "kind": "eval",
             "step": self.step,
             "split": split,
             "loss": loss,
             "ppl": loss.exp(),
-        }))
+        });
+        self.files_mut()?.metrics.write(&line)
     }
 
     /// Draws `report.svg` from the run's metrics and tie decisions.

@@ -18,6 +18,8 @@
 //! - `memory`: the memory a run needs, checked before anything is allocated
 //! - `interrupt`: SIGINT and SIGTERM stop a run after a step, with a checkpoint
 //! - `log`: metrics.jsonl, the progress bar, report.svg
+//! - `replicas`: data-parallel replicas in one process (threads), the
+//!   gradient all-reduce and the tie decisions shared from rank 0
 
 mod agent_driver;
 mod checkpoint;
@@ -25,6 +27,7 @@ mod eval;
 pub mod interrupt;
 mod log;
 pub mod memory;
+mod replicas;
 pub mod run_dir;
 mod setup;
 mod step;
@@ -34,5 +37,6 @@ pub use checkpoint::{checkpoint_dirs, load_model, parse_state_text};
 pub use eval::evaluate_split;
 pub use interrupt::Interrupted;
 pub use log::write_report;
+pub use replicas::{check_split, FaultKind, Join, ReplicaFault, Replicas};
 pub use setup::{initial_table, open_dataset, open_run_dataset, synthetic_config};
 pub use trainer::{Summary, Trainer};

@@ -4,7 +4,8 @@
 
 use crate::config::{RunConfig, Schedule, TrainSettings};
 use crate::data::{Dataset, SyntheticConfig};
-use crate::optim::LrSchedule;
+use crate::ops::Backend;
+use crate::optim::{AdamW, LrSchedule};
 use crate::rng::HostRng;
 use crate::tying::policy::TyingPolicy;
 use crate::tying::table::TieTable;
@@ -111,6 +112,11 @@ pub fn open_run_dataset(cfg: &RunConfig, other: Option<&Path>) -> Result<Dataset
         }
     }
     Ok(data)
+}
+
+/// The optimizer of a run at step 0, on `backend`.
+pub(super) fn adamw(t: &TrainSettings, backend: &dyn Backend) -> Result<AdamW> {
+    AdamW::new(backend, t.lr, t.beta1, t.beta2, t.eps, t.weight_decay)
 }
 
 /// The learning rate of every step of a run of `t.steps` steps.

@@ -39,19 +39,24 @@ impl Trainer {
         self.opt.lr = self.schedule.lr(self.step as u32);
         self.model.zero_grads()?;
         self.opt.begin_step(be.as_ref())?;
+        // With replicas, each trains on its rows of the global batch, with
+        // dropout masks of its own, and the sums over replicas follow.
+        let (rank, replicas) = (self.comm.rank(), self.comm.world_size());
         for micro in 0..accum {
             let b = self.batcher.next_batch();
-            let seed = dropout_seed(t.seed, self.step, micro);
+            let (inputs, targets, rows) = self.my_rows(&b);
+            let seed = dropout_seed(t.seed, self.step, micro * replicas + rank);
             self.model.forward_backward_on_device(
-                &b.inputs,
-                &b.targets,
-                batch,
+                inputs,
+                targets,
+                rows,
                 n_ctx,
                 seed,
-                1.0 / accum as f32,
+                1.0 / (accum * replicas) as f32,
                 self.opt.loss_sum(),
             )?;
         }
+        self.reduce_over_replicas()?;
         if self.poisoned_steps.contains(&self.step) {
             be.run(Fill {
                 dst: self.model.globals().grads.view().slice(0, 1),

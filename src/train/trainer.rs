@@ -6,12 +6,14 @@ use super::agent_driver::{self, DynamicState};
 use super::checkpoint::{newest_good, skipped_notes};
 use super::interrupt::{self, Interrupted};
 use super::log::{progress_bar, say};
+use super::replicas::ReplicaFault;
 use super::run_dir::{self, RunLock};
 use super::setup::{
-    initial_table, lr_schedule, open_dataset, open_run_dataset, switch_target, DATA_STREAM,
+    adamw, initial_table, lr_schedule, open_dataset, open_run_dataset, switch_target, DATA_STREAM,
 };
 use crate::config::{RunConfig, Schedule};
 use crate::data::{Batch, Dataset, EvalWindows, Split, TrainBatcher};
+use crate::dist::{Comm, Single};
 use crate::metrics::{self, JsonlWriter};
 use crate::model::accounting::MemoryReport;
 use crate::model::{activation_bytes, Model};
@@ -53,8 +55,9 @@ pub struct Trainer {
     pub(super) step: u64,
     pub(super) tokens_seen: u64,
     pub(super) elapsed_s: f64,
-    pub(super) metrics: JsonlWriter,
-    pub(super) ties: JsonlWriter,
+    /// The run folder's logs and lock: rank 0's alone (`None` on the other
+    /// replicas of a data-parallel run, which write nothing).
+    pub(super) files: Option<RunFiles>,
     /// Print progress lines (set false in tests).
     pub verbose: bool,
     /// What resuming changed (another `--steps`, checkpoints passed
@@ -67,6 +70,16 @@ pub struct Trainer {
     /// A test hook: the steps whose gradients are made NaN
     /// ([`Trainer::poison_gradients`]); empty otherwise.
     pub(super) poisoned_steps: std::ops::Range<u64>,
+    /// How this replica talks to the others ([`Single`] without replicas).
+    pub(super) comm: Box<dyn Comm>,
+    /// A test hook of data-parallel runs (see `replicas`).
+    pub(super) fault: Option<ReplicaFault>,
+}
+
+/// What rank 0 writes in the run folder while it trains.
+pub(super) struct RunFiles {
+    pub(super) metrics: JsonlWriter,
+    pub(super) ties: JsonlWriter,
     /// One process at a time in the run folder.
     _lock: RunLock,
 }
@@ -239,14 +252,7 @@ impl Trainer {
         model.set_recompute(t.recompute);
         let backend = model.backend().clone();
         model.set_precision(cfg.precision_on(backend.name()))?;
-        let opt = AdamW::new(
-            backend.as_ref(),
-            t.lr,
-            t.beta1,
-            t.beta2,
-            t.eps,
-            t.weight_decay,
-        )?;
+        let opt = adamw(t, backend.as_ref())?;
         let schedule = lr_schedule(t);
         let n_ctx = cfg.model.n_ctx;
         // A split too short to evaluate would otherwise fail only after training.
@@ -262,8 +268,11 @@ impl Trainer {
         let dynamic = DynamicState::start(&cfg, model.config().n_layer)?;
         let lock = claim()?;
         Ok(Trainer {
-            metrics: JsonlWriter::append(&dir.join(run_dir::METRICS))?,
-            ties: JsonlWriter::append(&dir.join(run_dir::TIES))?,
+            files: Some(RunFiles {
+                metrics: JsonlWriter::append(&dir.join(run_dir::METRICS))?,
+                ties: JsonlWriter::append(&dir.join(run_dir::TIES))?,
+                _lock: lock,
+            }),
             dir: dir.to_path_buf(),
             cfg,
             model,
@@ -281,8 +290,23 @@ impl Trainer {
             last_checkpoint: None,
             reported_skips: 0,
             poisoned_steps: 0..0,
-            _lock: lock,
+            comm: Box::new(Single::new()),
+            fault: None,
         })
+    }
+
+    /// Rank 0's run files (an error on any other replica: only rank 0
+    /// writes the run folder).
+    pub(super) fn files(&self) -> Result<&RunFiles> {
+        self.files
+            .as_ref()
+            .context("only rank 0 writes the run folder")
+    }
+
+    pub(super) fn files_mut(&mut self) -> Result<&mut RunFiles> {
+        self.files
+            .as_mut()
+            .context("only rank 0 writes the run folder")
     }
 
     pub fn model(&self) -> &Model {
@@ -421,29 +445,43 @@ impl Trainer {
         let k = self.cfg.tying.agent_k as u64;
         let mut window_start = Instant::now();
         let mut window_tokens = 0u64;
+        // What the steps of the window all-reduced, for the log.
+        let (mut window_steps, mut window_reduced) = (0u64, self.comm.stats().all_reduce_bytes);
+        let n_layer = self.model.config().n_layer;
+        let agent = agent_driver::has_agent(&self.cfg, n_layer);
         while self.step < stop {
-            if let Some(signal) = interrupt::requested() {
+            // Only rank 0 stops on a signal (with a checkpoint); the other
+            // replicas stop when it leaves the group.
+            if let Some(signal) = interrupt::requested().filter(|_| self.is_leader()) {
                 bar.finish_and_clear();
                 return Err(self.stop(signal));
             }
+            self.make_fault()?;
             // `--tying switch:STEP:A>B` changes the structure once.
-            let n_layer = self.model.config().n_layer;
             if let Some(target) = switch_target(&self.cfg, self.step, n_layer)? {
                 self.model.set_tie_state(&target)?;
+                self.check_same_table()?;
             }
-            if self.dynamic.is_some() && self.step.is_multiple_of(k) {
-                self.agent_step()?;
+            if agent && self.step.is_multiple_of(k) {
+                let applied = self.agent_step()?;
+                self.share_tie_decision(applied)?;
             }
             let started = Instant::now();
             let before = self.tokens_seen;
             self.train_step()?;
             self.step += 1;
             self.elapsed_s += started.elapsed().as_secs_f64();
+            if !self.is_leader() {
+                // Logs, evaluations and checkpoints are rank 0's.
+                continue;
+            }
             window_tokens += self.tokens_seen - before;
+            window_steps += 1;
             if self.step.is_multiple_of(tc.log_every as u64) || self.step == total {
                 let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
                 let stats = self.read_step_stats()?;
-                self.log_train(&stats, tps)?;
+                let reduced = self.comm.stats().all_reduce_bytes;
+                self.log_train(&stats, tps, (reduced - window_reduced) / window_steps)?;
                 if stats.skipped > self.reported_skips {
                     say(
                         &bar,
@@ -462,6 +500,7 @@ impl Trainer {
                 ));
                 window_start = Instant::now();
                 window_tokens = 0;
+                (window_steps, window_reduced) = (0, reduced);
             }
             bar.set_position(self.step);
             if tc.eval_every > 0
