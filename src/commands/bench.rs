@@ -591,9 +591,9 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
     let t = &r.traffic;
     let _ = writeln!(
         s,
-        "per step: {} launches, {} uploads, {} readbacks, {} synchronizations (the loss read after \
-         each timed step not counted)",
-        t.launches, t.uploads, t.readbacks, t.syncs
+        "per step: {} launches, {} queued uploads, {} waiting uploads, {} readbacks, {} \
+         synchronizations (the loss read after each timed step not counted)",
+        t.launches, t.queued_uploads, t.uploads, t.readbacks, t.syncs
     );
     let _ = writeln!(
         s,

@@ -10,17 +10,20 @@
 use super::device::Device;
 use super::launch::Launcher;
 use super::ops::dispatch;
+use super::staging::StagingRing;
 use crate::mem::{Memory, View};
 use crate::ops::{check, Backend, Op};
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The environment variable that turns on the synchronous debug mode.
 pub const SYNC_LAUNCHES_ENV: &str = "DYNTIE_SYNC_LAUNCHES";
 
 pub struct KernelBackend<D: Device> {
     device: Arc<D>,
+    /// Pinned buffers that queued uploads go through.
+    staging: Mutex<StagingRing>,
     /// Wait for every kernel as it is launched (the debug mode).
     sync_launches: AtomicBool,
 }
@@ -32,6 +35,7 @@ impl<D: Device> KernelBackend<D> {
         let sync = std::env::var(SYNC_LAUNCHES_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
         KernelBackend {
             device: Arc::new(device),
+            staging: Mutex::new(StagingRing::default()),
             sync_launches: AtomicBool::new(sync),
         }
     }
@@ -69,6 +73,18 @@ impl<D: Device> Backend for KernelBackend<D> {
         self.device.copy_htod(dst.addr, src)
     }
 
+    fn write_bytes_queued(&self, dst: View, src: &[u8]) -> Result<()> {
+        check::host_bytes("upload", dst, src.len())?;
+        let device = self.device.as_ref();
+        self.staging.lock().unwrap().upload(device, dst.addr, src)?;
+        if self.sync_launches() {
+            device
+                .synchronize()
+                .context("a queued upload failed (found by the synchronous debug mode)")?;
+        }
+        Ok(())
+    }
+
     fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()> {
         check::host_bytes("download", src, dst.len())?;
         self.device.copy_dtoh(dst, src.addr)
@@ -85,5 +101,14 @@ impl<D: Device> Backend for KernelBackend<D> {
             &Launcher::new(self.device.as_ref(), self.sync_launches()),
         )
         .with_context(|| format!("{} [{}]", op.name(), op.shape()))
+    }
+}
+
+impl<D: Device> Drop for KernelBackend<D> {
+    fn drop(&mut self) {
+        let staging = self.staging.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Nothing to report to: a failed kernel shows at the next call on
+        // the device, and without it the buffers are gone with the process.
+        let _ = staging.release(self.device.as_ref());
     }
 }

@@ -57,6 +57,25 @@ pub trait Device: Send + Sync + 'static {
     fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()>;
     /// Waits for all queued work; reports errors of kernels that already ran.
     fn synchronize(&self) -> Result<()>;
+    /// `bytes` of page-locked host memory, which the device reads while the
+    /// host goes on ([`Device::copy_htod_async`]); on the emulator ordinary
+    /// memory. Freed with [`Device::free_pinned`], not by a `Buffer`.
+    fn alloc_pinned(&self, bytes: usize) -> Result<u64>;
+    /// Frees what [`Device::alloc_pinned`] returned, once no queued copy
+    /// reads it.
+    fn free_pinned(&self, addr: u64, bytes: usize);
+    /// Queues a copy of `bytes` from pinned host memory at `src` to device
+    /// address `dst`, in order with the launches, and returns at once.
+    ///
+    /// # Safety
+    /// `src` is this device's pinned memory holding `bytes` bytes, `dst` a
+    /// device allocation with room for them, and the host leaves `src`
+    /// unchanged until it has waited for a fence recorded after this call.
+    unsafe fn copy_htod_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    /// Marks the current end of the queue.
+    fn record_fence(&self) -> Result<Fence>;
+    /// Waits until everything queued before `fence` has run.
+    fn wait_fence(&self, fence: Fence) -> Result<()>;
     /// (free, total) bytes of device memory.
     fn mem_info(&self) -> Result<(u64, u64)>;
     /// Wall time of `work` in milliseconds, from a synchronized start to a
@@ -69,6 +88,11 @@ pub trait Device: Send + Sync + 'static {
         Ok(start.elapsed().as_secs_f64() * 1e3)
     }
 }
+
+/// A point in a device's queue ([`Device::record_fence`]); fences of one
+/// device are numbered in the order they were recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence(pub u64);
 
 /// Whether the CUDA driver library (libcuda) can be loaded on this machine.
 pub fn driver_present() -> bool {
@@ -170,6 +194,8 @@ struct Function {
 }
 
 pub struct CudaDevice {
+    /// Declared before `memory`, so its events go before the context.
+    fences: Mutex<Fences>,
     memory: Arc<CudaMemory>,
     modules: Vec<sys::CUmodule>,
     /// Every kernel of every module, resolved when the device opens.
@@ -270,6 +296,7 @@ impl CudaDevice {
             }
         }
         Ok(CudaDevice {
+            fences: Mutex::new(Fences::default()),
             memory,
             modules,
             functions,
@@ -304,6 +331,25 @@ impl CudaDevice {
         match self.functions.get_key_value(kernel) {
             Some((&name, &f)) => Ok((name, f)),
             None => bail!("no GPU kernel named `{kernel}` in the embedded modules"),
+        }
+    }
+}
+
+/// The events behind the recorded fences not yet waited for, oldest first,
+/// and retired ones kept for reuse.
+#[derive(Default)]
+struct Fences {
+    pending: std::collections::VecDeque<(Fence, Event)>,
+    spare: Vec<Event>,
+    recorded: u64,
+}
+
+impl Fences {
+    /// Retires every fence up to `last` (the stream runs in order).
+    fn retire_up_to(&mut self, last: Fence) {
+        while self.pending.front().is_some_and(|(f, _)| *f <= last) {
+            let (_, event) = self.pending.pop_front().expect("checked above");
+            self.spare.push(event);
         }
     }
 }
@@ -442,7 +488,59 @@ impl Device for CudaDevice {
     }
     fn synchronize(&self) -> Result<()> {
         self.memory.bind()?;
-        self.stream().synchronize()
+        self.stream().synchronize()?;
+        let mut fences = self.fences.lock().unwrap();
+        let last = Fence(fences.recorded);
+        fences.retire_up_to(last);
+        Ok(())
+    }
+    fn alloc_pinned(&self, bytes: usize) -> Result<u64> {
+        self.memory.bind()?;
+        // SAFETY: plain page-locked allocation in the current context.
+        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(|e| {
+            driver_err(
+                &format!("cuMemHostAlloc of {bytes} bytes of pinned host memory"),
+                e,
+            )
+        })?;
+        Ok(ptr as u64)
+    }
+    fn free_pinned(&self, addr: u64, _bytes: usize) {
+        if self.memory.bind().is_ok() {
+            // SAFETY: `addr` came from `alloc_pinned`; no queued copy reads it.
+            let _ = unsafe { result::free_host(addr as *mut c_void) };
+        }
+    }
+    unsafe fn copy_htod_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.memory.bind()?;
+        // SAFETY: the caller's contract: `src` is pinned memory of `bytes`
+        // bytes that stays unchanged until a later fence is waited for.
+        let src = std::slice::from_raw_parts(src as *const u8, bytes);
+        result::memcpy_htod_async(dst, src, self.stream().raw())
+            .map_err(|e| driver_err("queued copy to GPU", e))
+    }
+    fn record_fence(&self) -> Result<Fence> {
+        self.memory.bind()?;
+        let mut fences = self.fences.lock().unwrap();
+        let event = match fences.spare.pop() {
+            Some(e) => e,
+            None => Event::fence()?,
+        };
+        event.record(self.stream())?;
+        fences.recorded += 1;
+        let fence = Fence(fences.recorded);
+        fences.pending.push_back((fence, event));
+        Ok(fence)
+    }
+    fn wait_fence(&self, fence: Fence) -> Result<()> {
+        self.memory.bind()?;
+        let mut fences = self.fences.lock().unwrap();
+        // A fence no longer pending has been waited for already.
+        if let Some((_, event)) = fences.pending.iter().find(|(f, _)| *f == fence) {
+            event.wait()?;
+        }
+        fences.retire_up_to(fence);
+        Ok(())
     }
     fn mem_info(&self) -> Result<(u64, u64)> {
         self.memory.bind()?;

@@ -301,6 +301,19 @@ mod tests {
             self.calls.lock().unwrap().push("sync".into());
             bail!("an illegal address was encountered")
         }
+        fn alloc_pinned(&self, _: usize) -> Result<u64> {
+            bail!("no pinned memory")
+        }
+        fn free_pinned(&self, _: u64, _: usize) {}
+        unsafe fn copy_htod_async(&self, _: u64, _: u64, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn record_fence(&self) -> Result<crate::cuda::Fence> {
+            Ok(crate::cuda::Fence(0))
+        }
+        fn wait_fence(&self, _: crate::cuda::Fence) -> Result<()> {
+            Ok(())
+        }
         fn mem_info(&self) -> Result<(u64, u64)> {
             Ok((0, 0))
         }

@@ -625,7 +625,7 @@ impl Model {
         };
 
         let tok = plan.tokens.u32(acts);
-        be.upload(tok, tokens)?;
+        be.upload_queued(tok, tokens)?;
         let wte = self.global_param("wte");
         let wpe = self.global_param("wpe");
 
@@ -787,7 +787,7 @@ impl Model {
         };
         let tgt = plan.targets.u32(acts);
         if let Some(targets) = targets {
-            be.upload(tgt, targets)?;
+            be.upload_queued(tgt, targets)?;
         }
         let (logits, losses) = (act(plan.logits), stat(plan.losses));
         if plan.recompute {

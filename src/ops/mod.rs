@@ -75,6 +75,14 @@ pub trait Backend: Send + Sync {
     /// Copies `src` (exactly `dst`'s bytes) into backend memory; see
     /// [`BackendExt::upload`] for the typed form.
     fn write_bytes(&self, dst: View, src: &[u8]) -> Result<()>;
+    /// Copies `src` into `dst` as [`Backend::write_bytes`] does, without
+    /// the host waiting for the device: on a GPU the bytes go up from a
+    /// pinned staging buffer, queued in order with the ops (the emulator
+    /// models the same queue). `src` may be reused on return. The CPU
+    /// copies at once.
+    fn write_bytes_queued(&self, dst: View, src: &[u8]) -> Result<()> {
+        self.write_bytes(dst, src)
+    }
     /// Copies backend memory into `dst` (exactly `src`'s bytes), after all
     /// queued work; see [`BackendExt::download`].
     fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()>;
@@ -95,6 +103,12 @@ pub trait BackendExt: Backend {
     fn upload<T: Element>(&self, dst: View, src: &[T]) -> Result<()> {
         check::host_copy("upload", dst, T::DTYPE, src.len())?;
         self.write_bytes(dst, bytemuck::cast_slice(src))
+    }
+    /// [`BackendExt::upload`] without waiting for the device
+    /// ([`Backend::write_bytes_queued`]).
+    fn upload_queued<T: Element>(&self, dst: View, src: &[T]) -> Result<()> {
+        check::host_copy("upload", dst, T::DTYPE, src.len())?;
+        self.write_bytes_queued(dst, bytemuck::cast_slice(src))
     }
     /// The contents of `src`, whose dtype must be `T`'s.
     fn download<T: Element>(&self, src: View) -> Result<Vec<T>> {

@@ -11,9 +11,9 @@
 //! headline timing.
 //!
 //! Whether profiling or not, it counts the traffic between host and device
-//! ([`HostTraffic`]): launches, uploads, readbacks and explicit
-//! synchronizations, each of the last two a point where the host waits for
-//! the device. Tests count them per training step through it.
+//! ([`HostTraffic`]): launches, uploads (waiting and queued), readbacks
+//! and explicit synchronizations; a waiting upload, a readback and a
+//! synchronization are each a point where the host waits for the device. Tests count them per training step through it.
 
 use super::{Backend, Op};
 use crate::mem::{MemStats, Memory, View};
@@ -40,9 +40,12 @@ const PER_SHAPE_FAMILY: &str = "matmul";
 pub struct HostTraffic {
     /// Ops run ([`Backend::execute`]): kernel launches on a GPU.
     pub launches: u64,
-    /// Host-to-device copies. Today each waits for the copy on CUDA (from
+    /// Host-to-device copies that wait for the device on CUDA (from
     /// pageable memory); the emulator and the CPU copy at once.
     pub uploads: u64,
+    /// Host-to-device copies queued through a pinned staging buffer
+    /// ([`Backend::write_bytes_queued`]): the host does not wait.
+    pub queued_uploads: u64,
     /// Device-to-host copies: each waits for all queued work.
     pub readbacks: u64,
     /// Explicit waits for all queued work ([`Backend::synchronize`]).
@@ -55,6 +58,7 @@ impl HostTraffic {
         HostTraffic {
             launches: self.launches - earlier.launches,
             uploads: self.uploads - earlier.uploads,
+            queued_uploads: self.queued_uploads - earlier.queued_uploads,
             readbacks: self.readbacks - earlier.readbacks,
             syncs: self.syncs - earlier.syncs,
         }
@@ -65,6 +69,7 @@ impl HostTraffic {
 struct TrafficCounters {
     launches: AtomicU64,
     uploads: AtomicU64,
+    queued_uploads: AtomicU64,
     readbacks: AtomicU64,
     syncs: AtomicU64,
 }
@@ -113,6 +118,7 @@ impl ProfiledBackend {
         HostTraffic {
             launches: t.launches.load(Ordering::Relaxed),
             uploads: t.uploads.load(Ordering::Relaxed),
+            queued_uploads: t.queued_uploads.load(Ordering::Relaxed),
             readbacks: t.readbacks.load(Ordering::Relaxed),
             syncs: t.syncs.load(Ordering::Relaxed),
         }
@@ -189,6 +195,10 @@ impl Backend for ProfiledBackend {
     fn write_bytes(&self, dst: View, src: &[u8]) -> Result<()> {
         count(&self.traffic.uploads);
         self.timed("upload", || None, |b| b.write_bytes(dst, src))
+    }
+    fn write_bytes_queued(&self, dst: View, src: &[u8]) -> Result<()> {
+        count(&self.traffic.queued_uploads);
+        self.timed("queued upload", || None, |b| b.write_bytes_queued(dst, src))
     }
     fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()> {
         count(&self.traffic.readbacks);
