@@ -183,8 +183,8 @@ fn bench_throughput_json_parses() {
     assert_eq!(traffic["syncs"], 0, "{traffic}");
     assert_eq!(traffic["uploads"], 0, "{traffic}");
     assert_eq!(
-        traffic["queued_uploads"], 2,
-        "tokens and targets: {traffic}"
+        traffic["queued_uploads"], 3,
+        "tokens, targets, learning rate: {traffic}"
     );
     assert!(traffic["launches"].as_u64().unwrap() > 10, "{traffic}");
     assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);

@@ -64,6 +64,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         println!("{}", selected.why);
         Trainer::create(cfg, selected.backend, &dir, args.force)?
     };
+    trainer.set_step_graph(!args.model.no_graph);
     describe(&trainer);
     let s = trainer.run()?;
     let pct = |a: u64, b: u64| 100.0 * (1.0 - a as f64 / b.max(1) as f64);

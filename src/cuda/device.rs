@@ -78,6 +78,25 @@ pub trait Device: Send + Sync + 'static {
     fn wait_fence(&self, fence: Fence) -> Result<()>;
     /// (free, total) bytes of device memory.
     fn mem_info(&self) -> Result<(u64, u64)>;
+    /// Whether the device captures queued work into a graph of its own
+    /// ([`Device::begin_capture`]). The emulator does not: the kernel
+    /// backend replays its recorded launch list there (`cuda::graph`).
+    fn captures_graphs(&self) -> bool {
+        false
+    }
+    /// Starts capturing: work queued from now on is recorded, not run.
+    fn begin_capture(&self) -> Result<()> {
+        bail!("the {} device does not capture graphs", self.name())
+    }
+    /// Ends the capture and makes it the graph [`Device::launch_graph`]
+    /// launches, replacing the previous one.
+    fn end_capture(&self) -> Result<()> {
+        bail!("the {} device does not capture graphs", self.name())
+    }
+    /// Queues the captured graph.
+    fn launch_graph(&self) -> Result<()> {
+        bail!("the {} device does not capture graphs", self.name())
+    }
     /// Wall time of `work` in milliseconds, from a synchronized start to a
     /// synchronized end.
     fn time_ms(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
@@ -196,6 +215,8 @@ struct Function {
 pub struct CudaDevice {
     /// Declared before `memory`, so its events go before the context.
     fences: Mutex<Fences>,
+    /// The step graph, once captured (and likewise dropped first).
+    graph: Mutex<Option<Graph>>,
     memory: Arc<CudaMemory>,
     modules: Vec<sys::CUmodule>,
     /// Every kernel of every module, resolved when the device opens.
@@ -297,6 +318,7 @@ impl CudaDevice {
         }
         Ok(CudaDevice {
             fences: Mutex::new(Fences::default()),
+            graph: Mutex::new(None),
             memory,
             modules,
             functions,
@@ -332,6 +354,18 @@ impl CudaDevice {
             Some((&name, &f)) => Ok((name, f)),
             None => bail!("no GPU kernel named `{kernel}` in the embedded modules"),
         }
+    }
+}
+
+/// An instantiated CUDA graph, destroyed on drop.
+struct Graph {
+    exec: sys::CUgraphExec,
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: instantiated in `end_capture`, destroyed once.
+        let _ = unsafe { sys::cuGraphExecDestroy(self.exec) };
     }
 }
 
@@ -546,6 +580,49 @@ impl Device for CudaDevice {
         self.memory.bind()?;
         let (free, total) = result::mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))?;
         Ok((free as u64, total as u64))
+    }
+    fn captures_graphs(&self) -> bool {
+        true
+    }
+    fn begin_capture(&self) -> Result<()> {
+        self.memory.bind()?;
+        // Thread-local: only a wait on this thread (which the kernel
+        // backend refuses while capturing anyway) breaks the capture.
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        // SAFETY: the compute stream of the current context.
+        unsafe { sys::cuStreamBeginCapture_v2(self.stream().raw(), mode) }
+            .result()
+            .map_err(|e| driver_err("cuStreamBeginCapture", e))
+    }
+    fn end_capture(&self) -> Result<()> {
+        self.memory.bind()?;
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: the stream is capturing (begin_capture).
+        unsafe { sys::cuStreamEndCapture(self.stream().raw(), &mut graph) }
+            .result()
+            .map_err(|e| driver_err("cuStreamEndCapture (the captured step was invalidated)", e))?;
+        let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+        // SAFETY: `graph` was just captured; it is destroyed once
+        // instantiated (the executable graph keeps what it needs).
+        let instantiated = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }
+            .result()
+            .map_err(|e| driver_err("cuGraphInstantiate", e));
+        // SAFETY: as above.
+        let _ = unsafe { sys::cuGraphDestroy(graph) };
+        instantiated?;
+        *self.graph.lock().unwrap() = Some(Graph { exec });
+        Ok(())
+    }
+    fn launch_graph(&self) -> Result<()> {
+        self.memory.bind()?;
+        let graph = self.graph.lock().unwrap();
+        let Some(g) = graph.as_ref() else {
+            bail!("no captured graph to launch");
+        };
+        // SAFETY: an instantiated graph of this context, on its stream.
+        unsafe { sys::cuGraphLaunch(g.exec, self.stream().raw()) }
+            .result()
+            .map_err(|e| driver_err("cuGraphLaunch", e))
     }
     /// Timed with events on the compute stream.
     fn time_ms(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<f64> {

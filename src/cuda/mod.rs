@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod device;
 pub mod emu;
+pub mod graph;
 pub mod launch;
 pub mod limits;
 pub mod module;

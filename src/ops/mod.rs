@@ -63,6 +63,30 @@ pub trait Contract: Copy + Into<Op> {
     fn shape(&self) -> String;
 }
 
+/// How a training step ran with respect to the step graph
+/// ([`Backend::begin_graph_step`]; `cuda::graph`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum GraphStep {
+    /// One op at a time: no graph (the CPU, `--no-graph`, the debug mode),
+    /// or the step before a capture.
+    Eager,
+    /// Recorded into a new graph, which was then launched.
+    Captured,
+    /// Matched the graph whole; the graph was launched.
+    Replayed,
+    /// Differed from the graph (e.g. after a re-tie): the step ran one op at
+    /// a time and the next step captures a new graph.
+    FellBack,
+}
+
+/// What the step graph did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GraphCounts {
+    pub captures: u64,
+    pub replays: u64,
+    pub fallbacks: u64,
+}
+
 /// A backend: memory, host copies and the op set.
 pub trait Backend: Send + Sync {
     /// Short name for logs: "cpu", "emu", "cuda".
@@ -90,6 +114,23 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()>;
     /// Runs one op. Implementations call `op.check()` first.
     fn execute(&self, op: &Op) -> Result<()>;
+    /// Starts a training step under the step graph: the ops and queued
+    /// uploads until [`Backend::end_graph_step`] are captured into a graph,
+    /// or checked against the one captured and not run one by one.
+    /// Returns how the step is being run; a backend without graphs runs
+    /// every step as usual.
+    fn begin_graph_step(&self) -> Result<GraphStep> {
+        Ok(GraphStep::Eager)
+    }
+    /// Ends the step begun by [`Backend::begin_graph_step`] (launching the
+    /// graph where it was captured or matched) and says how it ran.
+    fn end_graph_step(&self) -> Result<GraphStep> {
+        Ok(GraphStep::Eager)
+    }
+    /// What the step graph did so far.
+    fn graph_counts(&self) -> GraphCounts {
+        GraphCounts::default()
+    }
 }
 
 /// The typed conveniences over [`Backend`], for every backend and `dyn Backend`.

@@ -36,6 +36,8 @@ impl Trainer {
             "counted_bytes": counted.total_bytes,
             "live_bytes": mem.live_bytes,
             "peak_bytes": mem.peak_bytes,
+            // Of this process (a resumed run counts from its resume).
+            "graph": self.model.backend().graph_counts(),
         }))
     }
 

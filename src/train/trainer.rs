@@ -67,6 +67,8 @@ pub struct Trainer {
     /// A test hook: the steps whose gradients are made NaN
     /// ([`Trainer::poison_gradients`]); empty otherwise.
     pub(super) poisoned_steps: std::ops::Range<u64>,
+    /// Run steps under the step graph ([`Trainer::set_step_graph`]).
+    pub(super) use_graph: bool,
     /// One process at a time in the run folder.
     _lock: RunLock,
 }
@@ -281,6 +283,7 @@ impl Trainer {
             last_checkpoint: None,
             reported_skips: 0,
             poisoned_steps: 0..0,
+            use_graph: true,
             _lock: lock,
         })
     }
