@@ -76,6 +76,8 @@ struct TrafficCounters {
     /// Ops of the step in progress while it runs as a graph.
     graph_step_ops: AtomicU64,
     in_graph_step: AtomicBool,
+    /// Whether the wrapped backend was asked to begin the step in progress.
+    inner_graph_step: AtomicBool,
     uploads: AtomicU64,
     queued_uploads: AtomicU64,
     readbacks: AtomicU64,
@@ -228,9 +230,17 @@ impl Backend for ProfiledBackend {
             || (op.family() == PER_SHAPE_FAMILY).then(|| format!("{} {}", op.name(), op.shape()));
         self.timed(op.name(), shape, |b| b.execute(op))
     }
+    /// While profiling, every op is waited for, which a graph step cannot
+    /// do: the step runs op by op.
     fn begin_graph_step(&self) -> Result<GraphStep> {
-        let how = self.inner.begin_graph_step()?;
         let t = &self.traffic;
+        let graphed = !self.is_enabled();
+        t.inner_graph_step.store(graphed, Ordering::Relaxed);
+        let how = if graphed {
+            self.inner.begin_graph_step()?
+        } else {
+            GraphStep::Eager
+        };
         t.graph_step_ops.store(0, Ordering::Relaxed);
         let in_graph = matches!(how, GraphStep::Captured | GraphStep::Replayed);
         t.in_graph_step.store(in_graph, Ordering::Relaxed);
@@ -239,7 +249,11 @@ impl Backend for ProfiledBackend {
     fn end_graph_step(&self) -> Result<GraphStep> {
         let t = &self.traffic;
         t.in_graph_step.store(false, Ordering::Relaxed);
-        let how = self.inner.end_graph_step()?;
+        let how = if t.inner_graph_step.swap(false, Ordering::Relaxed) {
+            self.inner.end_graph_step()?
+        } else {
+            GraphStep::Eager
+        };
         let ops = t.graph_step_ops.swap(0, Ordering::Relaxed);
         match how {
             GraphStep::Captured | GraphStep::Replayed => count(&t.graph_launches),
