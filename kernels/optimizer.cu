@@ -21,6 +21,9 @@ enum StepStat {
     STAT_SKIP = 4,
     STAT_SKIPPED = 5,
     STAT_SKIPPED_IN_A_ROW = 6,
+    STAT_DECAY = 7,
+    STAT_STEP_SIZE = 8,
+    STAT_BC2_SQRT = 9,
 };
 
 // One AdamW update, in the reference's order of operations. The host computes
@@ -70,11 +73,17 @@ __device__ __forceinline__ u64 list_word(const u32* __restrict__ list, u64 i) {
     return (u64)list[2 * i] | ((u64)list[2 * i + 1] << 32);
 }
 
+// The learning rate and the step count come from the statistics too (the
+// host writes decay, step_size and bc2_sqrt there before each step), so a
+// captured step (a CUDA graph) follows the schedule without re-capture.
 extern "C" __global__ void optimizer_adamw_multi_f32(const u32* __restrict__ list, u64 count,
                                                      const float* __restrict__ stats, float beta1, float beta2,
-                                                     float eps, float decay, float step_size, float bc2_sqrt) {
+                                                     float eps) {
     if (stats[STAT_SKIP] != 0.0f) return;
     const float grad_scale = stats[STAT_SCALE];
+    const float decay = stats[STAT_DECAY];
+    const float step_size = stats[STAT_STEP_SIZE];
+    const float bc2_sqrt = stats[STAT_BC2_SQRT];
     const u64 decays_bit = 1ull << 63;
     for (u64 e = 0; e < count; ++e) {
         const u64 base = 6 * e;

@@ -101,6 +101,11 @@ pub struct ModelFlags {
     /// pass of the blocks per step; the same gradients).
     #[arg(long)]
     pub recompute: bool,
+    /// Launch every op of a training step one by one instead of replaying
+    /// the step captured as one graph (train, bench throughput; for
+    /// debugging, with DYNTIE_SYNC_LAUNCHES=1 to find a failing kernel).
+    #[arg(long = "no-graph")]
+    pub no_graph: bool,
 }
 
 impl ModelFlags {

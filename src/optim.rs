@@ -183,20 +183,26 @@ impl AdamW {
             max_norm: max_norm.unwrap_or(0.0),
         })?;
         self.step += 1;
+        let hp = AdamWStep {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step: self.step,
+        };
+        // The learning rate and the step count go to the device as data
+        // (queued, no wait), not as launch arguments: a captured step
+        // replays with this step's values.
+        let schedule = self.stats.view().slice(stat::DECAY, 3);
+        be.upload_queued(schedule, &hp.schedule())?;
         let list = self.tensor_list(model)?;
         be.run(AdamwMulti {
             list: list.buffer.view(),
             count: list.count,
             max_len: list.max_len,
             stats: self.stats.view(),
-            hp: AdamWStep {
-                lr: self.lr,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: self.weight_decay,
-                step: self.step,
-            },
+            betas: hp.betas(),
         })
     }
 

@@ -580,7 +580,7 @@ fn adamw_multi_equals_the_per_tensor_adamw_bitwise() {
     all.extend(backends());
     for (label, be) in all {
         let be = be.as_ref();
-        let stats = put(be, &stat::with_scale(0.7, false));
+        let stats = put(be, &stat::for_update(0.7, false, &hp));
         // Two identical sets of tensors: one per-tensor, one multi-tensor.
         let sets: Vec<Vec<[Buffer; 5]>> = (0..2)
             .map(|_| {
@@ -628,7 +628,7 @@ fn adamw_multi_equals_the_per_tensor_adamw_bitwise() {
             count: tensors.len(),
             max_len,
             stats: stats.view(),
-            hp,
+            betas: hp.betas(),
         })
         .unwrap();
         for (k, (a, b)) in sets[0].iter().zip(&sets[1]).enumerate() {

@@ -13,7 +13,7 @@ use dyntie::cuda::ResumeOrder;
 use dyntie::metrics::read_jsonl;
 use dyntie::model::Model;
 use dyntie::ops::profile::{HostTraffic, ProfiledBackend};
-use dyntie::ops::{Backend, BackendExt};
+use dyntie::ops::{Backend, BackendExt, GraphCounts};
 use dyntie::train::Trainer;
 use serde_json::Value;
 use std::fs;
@@ -93,11 +93,19 @@ fn between_log_steps_a_step_reads_nothing_back() {
             // A log step reads the step statistics once, in one download.
             assert_eq!(t.readbacks, log_step as u64, "{label} step {step}: {t:?}");
             assert_eq!(t.syncs, 0, "{label} step {step}: {t:?}");
-            // Tokens and targets of 2 micro-batches; at the first step also
-            // AdamW's tensor list.
-            let uploads = 4 + (step == 1) as u64;
-            assert_eq!(t.uploads, uploads, "{label} step {step}: {t:?}");
-            assert!(t.launches > 20, "{label} step {step}: {t:?}");
+            // Tokens and targets of 2 micro-batches and AdamW's learning
+            // rate and step, queued without the host waiting; at the first
+            // step AdamW's tensor list, the one upload that waits.
+            assert_eq!(t.queued_uploads, 5, "{label} step {step}: {t:?}");
+            assert_eq!(t.uploads, (step == 1) as u64, "{label} step {step}: {t:?}");
+            // The emulator runs the first step op by op, captures the
+            // second as a graph and replays it from then on.
+            if label == "emu" && step > 1 {
+                assert_eq!((t.launches, t.graph_launches), (0, 1), "step {step}: {t:?}");
+            } else {
+                assert!(t.launches > 20, "{label} step {step}: {t:?}");
+                assert_eq!(t.graph_launches, 0, "{label} step {step}: {t:?}");
+            }
         }
     }
 }
@@ -143,7 +151,7 @@ fn train_lines(dir: &Path) -> Vec<Value> {
         .filter(|r| r["kind"] == "train")
         .map(|mut r| {
             let o = r.as_object_mut().unwrap();
-            for k in ["tokens_per_s", "elapsed_s", "peak_bytes"] {
+            for k in ["tokens_per_s", "elapsed_s", "peak_bytes", "graph"] {
                 o.remove(k);
             }
             r
@@ -192,6 +200,51 @@ fn emulated_runs_with_the_same_seed_are_bitwise_equal() {
             "{order:?}: the weights or moments differ"
         );
     }
+}
+
+/// The step graph: a run whose steps are captured once and replayed trains
+/// bit for bit as one launched op by op (`--no-graph`), across a re-tie
+/// and a learning rate that changes every step (warm-up, then cosine).
+/// Step 1 runs op by op, step 2 is captured, 3 to 5 replay it; the re-tie
+/// before step 6 moves blocks to other slots, so step 6 differs from the
+/// graph and falls back, step 7 captures again, 8 to 10 replay. A graph
+/// replayed with a stale argument (the old slots' addresses, or the first
+/// step's learning rate) would train other weights.
+#[test]
+fn a_replayed_step_graph_trains_bit_for_bit_as_op_by_op() {
+    let run = |graph: bool| {
+        let dir = temp_dir(&format!("graph-{graph}"));
+        let mut cfg = config("switch:5:none>every:2", 10);
+        cfg.train.log_every = 1;
+        let counted = Arc::new(ProfiledBackend::new(emulator()));
+        let mut t = create(cfg, counted.clone(), &dir);
+        t.set_step_graph(graph);
+        t.run().unwrap();
+        let out = (
+            train_lines(&dir),
+            weights_and_moments(t.model()),
+            counted.graph_counts(),
+            t.model().slots().table().state().to_vec(),
+        );
+        fs::remove_dir_all(&dir).unwrap();
+        out
+    };
+    let (lines, weights, counts, table) = run(true);
+    let (eager_lines, eager_weights, eager_counts, _) = run(false);
+    assert_eq!(eager_counts, GraphCounts::default());
+    let expected = GraphCounts {
+        captures: 2,
+        replays: 6,
+        fallbacks: 1,
+    };
+    assert_eq!(counts, expected);
+    assert_eq!(table, [0, 0, 2], "the re-tie happened");
+    let lrs: std::collections::BTreeSet<String> =
+        lines.iter().map(|l| l["lr"].to_string()).collect();
+    // Warm-up to the peak, then cosine: the peak is held for two steps.
+    assert_eq!(lrs.len(), 9, "the learning rate changes from step to step");
+    assert_same_lines("graph", &lines, &eager_lines);
+    assert!(weights == eager_weights, "the weights or moments differ");
 }
 
 #[test]

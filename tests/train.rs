@@ -66,7 +66,7 @@ fn train_lines(dir: &Path) -> Vec<Value> {
         .filter(|r| r["kind"] == "train")
         .map(|mut r| {
             let o = r.as_object_mut().unwrap();
-            for k in ["tokens_per_s", "elapsed_s", "peak_bytes"] {
+            for k in ["tokens_per_s", "elapsed_s", "peak_bytes", "graph"] {
                 assert!(o.remove(k).is_some(), "train line without {k}");
             }
             r

@@ -9,7 +9,7 @@ use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
 use crate::model::{AttentionPath, Model, ModelConfig};
 use crate::ops::profile::{HostTraffic, OpStat, ProfiledBackend};
-use crate::ops::Backend;
+use crate::ops::{Backend, GraphCounts};
 use crate::optim::AdamW;
 use crate::precision::Precision;
 use crate::rng::HostRng;
@@ -235,6 +235,9 @@ struct StepRunner {
     seq: usize,
     clip: Option<f32>,
     step: u64,
+    /// Steps under the step graph (`cuda::graph`); not with dropout, whose
+    /// seeds change every step.
+    graph: bool,
 }
 
 impl StepRunner {
@@ -268,11 +271,24 @@ impl StepRunner {
             seq,
             clip: (t.grad_clip > 0.0).then_some(t.grad_clip),
             step: 0,
+            graph: mc.dropout == 0.0,
         })
     }
 
     /// Queues one step as the trainer does, with nothing read back.
     fn queue_step(&mut self) -> Result<()> {
+        let be = self.model.backend().clone();
+        if self.graph {
+            be.begin_graph_step()?;
+        }
+        self.queue_ops()?;
+        if self.graph {
+            be.end_graph_step()?;
+        }
+        Ok(())
+    }
+
+    fn queue_ops(&mut self) -> Result<()> {
         self.model.zero_grads()?;
         self.opt.begin_step(self.model.backend().as_ref())?;
         self.model.forward_backward_on_device(
@@ -346,6 +362,9 @@ pub struct ThroughputReport {
     /// Host-device calls of one training step (forward, backward, clipping,
     /// AdamW), without the bench's read of the loss after it.
     pub traffic: HostTraffic,
+    /// What the step graph did over the warm-up and timed steps (all zero
+    /// with --no-graph, with dropout, and on the CPU).
+    pub graph: GraphCounts,
     pub backend_description: String,
     pub threads: usize,
     pub model: ModelConfig,
@@ -457,6 +476,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
 
     let profiled = Arc::new(ProfiledBackend::new(selected.backend.clone()));
     let mut runner = StepRunner::new(profiled.clone(), &cfg, &mc, table, 1)?;
+    runner.graph &= !args.model.no_graph;
     let mut losses = Vec::new();
     for _ in 0..args.warmup {
         losses.push(runner.step()?);
@@ -475,7 +495,10 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     // Memory before profiling, so the report is the plain run's.
     let measured = measure_memory(&selected, selected.backend.mem_stats());
 
-    // The breakdown: a separate profiled step (serialized after each op).
+    let graph = profiled.graph_counts();
+    // The breakdown: a separate profiled step (serialized after each op,
+    // so one op at a time).
+    runner.graph = false;
     let profiled_steps = 1;
     profiled.set_enabled(true)?;
     let start = Instant::now();
@@ -544,6 +567,7 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         warmup: args.warmup,
         steps: args.steps,
         traffic,
+        graph,
         tokens_per_step,
         tokens_per_s,
         ms_per_step_median: med,
@@ -607,9 +631,15 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
     let t = &r.traffic;
     let _ = writeln!(
         s,
-        "per step: {} launches, {} uploads, {} readbacks, {} synchronizations (the loss read after \
-         each timed step not counted)",
-        t.launches, t.uploads, t.readbacks, t.syncs
+        "per step: {} launches, {} graph launches, {} queued uploads, {} waiting uploads, {} \
+         readbacks, {} synchronizations (the loss read after each timed step not counted)",
+        t.launches, t.graph_launches, t.queued_uploads, t.uploads, t.readbacks, t.syncs
+    );
+    let g = &r.graph;
+    let _ = writeln!(
+        s,
+        "step graph: {} captures, {} replays, {} fallbacks",
+        g.captures, g.replays, g.fallbacks
     );
     let _ = writeln!(
         s,

@@ -72,6 +72,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let t = Trainer::create(cfg, selected.backend.clone(), &dir, args.force)?;
         (t, selected, replicas)
     };
+    trainer.set_step_graph(!args.model.no_graph);
     describe(&trainer);
     let s = match replicas {
         Some(replicas) => {

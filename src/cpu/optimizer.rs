@@ -3,7 +3,7 @@
 use super::{read, write, CpuOp, CHUNK};
 use crate::mem::{DType, View};
 use crate::ops::optimizer::{
-    stat, AdamWStep, Adamw, AdamwMulti, FinishStep, SumScaled, SumSquares, DECAYS_BIT, ENTRY_WORDS,
+    stat, AdamWBetas, Adamw, AdamwMulti, FinishStep, SumScaled, SumSquares, DECAYS_BIT, ENTRY_WORDS,
 };
 use anyhow::Result;
 use half::bf16;
@@ -25,7 +25,8 @@ impl CpuOp for Adamw {
                 read(self.grads, n),
                 write(self.m, n),
                 write(self.v, n),
-                self.hp,
+                self.hp.betas(),
+                self.hp.schedule(),
                 stats[stat::SCALE],
             );
             // The bf16 compute copy: the new weights rounded once.
@@ -41,29 +42,46 @@ impl CpuOp for AdamwMulti {
     fn run(&self) -> Result<()> {
         // SAFETY: the contract check passed; see `read`. The entries were
         // checked when the list was built (`adamw_list`).
-        let words: &[u32] = unsafe { read(self.list, self.count * ENTRY_WORDS * 2) };
+        let (words, stats): (&[u32], &[f32]) = unsafe {
+            (
+                read(self.list, self.count * ENTRY_WORDS * 2),
+                read(self.stats, stat::LEN),
+            )
+        };
+        if stats[stat::SKIP] != 0.0 {
+            return Ok(());
+        }
+        let schedule = [
+            stats[stat::DECAY],
+            stats[stat::STEP_SIZE],
+            stats[stat::BC2_SQRT],
+        ];
         for entry in words.chunks_exact(ENTRY_WORDS * 2) {
             let w = |i: usize| entry[2 * i] as u64 | (entry[2 * i + 1] as u64) << 32;
-            let len = (w(5) & !DECAYS_BIT) as usize;
-            let f32_view = |i: usize| View::new(w(i), len, DType::F32);
-            let one = Adamw {
-                params: f32_view(0),
-                grads: f32_view(1),
-                m: f32_view(2),
-                v: f32_view(3),
-                copy: (w(4) != 0).then(|| View::new(w(4), len, DType::BF16)),
-                stats: self.stats,
-                hp: AdamWStep {
-                    weight_decay: if w(5) & DECAYS_BIT != 0 {
-                        self.hp.weight_decay
-                    } else {
-                        0.0
-                    },
-                    ..self.hp
-                },
+            let n = (w(5) & !DECAYS_BIT) as usize;
+            let decay = if w(5) & DECAYS_BIT != 0 {
+                schedule[0]
+            } else {
+                1.0
             };
-            // The per-tensor reference, element for element.
-            one.run()?;
+            let f32_view = |i: usize| View::new(w(i), n, DType::F32);
+            // SAFETY: as above; the entry's views are distinct buffers.
+            unsafe {
+                let params = write(f32_view(0), n);
+                adamw(
+                    params,
+                    read(f32_view(1), n),
+                    write(f32_view(2), n),
+                    write(f32_view(3), n),
+                    self.betas,
+                    [decay, schedule[1], schedule[2]],
+                    stats[stat::SCALE],
+                );
+                if w(4) != 0 {
+                    write::<bf16>(View::new(w(4), n, DType::BF16), n)
+                        .convert_from_f32_slice(params);
+                }
+            }
         }
         Ok(())
     }
@@ -128,17 +146,11 @@ fn adamw(
     grads: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    hp: AdamWStep,
+    betas: AdamWBetas,
+    [decay, step_size, bc2_sqrt]: [f32; 3],
     grad_scale: f32,
 ) {
-    // Bias corrections in f64, as PyTorch computes them on the host.
-    let t = hp.step as i32;
-    let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
-    let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
-    let step_size = (hp.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = 1.0 - hp.lr * hp.weight_decay;
-    let (b1, b2) = (hp.beta1, hp.beta2);
+    let (b1, b2, eps) = (betas.beta1, betas.beta2, betas.eps);
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
@@ -149,7 +161,7 @@ fn adamw(
                 *p *= decay;
                 *m = b1 * *m + (1.0 - b1) * g;
                 *v = b2 * *v + (1.0 - b2) * g * g;
-                *p -= step_size * *m / (v.sqrt() / bc2_sqrt + hp.eps);
+                *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
             }
         });
 }

@@ -57,8 +57,46 @@ pub trait Device: Send + Sync + 'static {
     fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<()>;
     /// Waits for all queued work; reports errors of kernels that already ran.
     fn synchronize(&self) -> Result<()>;
+    /// `bytes` of page-locked host memory, which the device reads while the
+    /// host goes on ([`Device::copy_htod_async`]); on the emulator ordinary
+    /// memory. Freed with [`Device::free_pinned`], not by a `Buffer`.
+    fn alloc_pinned(&self, bytes: usize) -> Result<u64>;
+    /// Frees what [`Device::alloc_pinned`] returned, once no queued copy
+    /// reads it.
+    fn free_pinned(&self, addr: u64, bytes: usize);
+    /// Queues a copy of `bytes` from pinned host memory at `src` to device
+    /// address `dst`, in order with the launches, and returns at once.
+    ///
+    /// # Safety
+    /// `src` is this device's pinned memory holding `bytes` bytes, `dst` a
+    /// device allocation with room for them, and the host leaves `src`
+    /// unchanged until it has waited for a fence recorded after this call.
+    unsafe fn copy_htod_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    /// Marks the current end of the queue.
+    fn record_fence(&self) -> Result<Fence>;
+    /// Waits until everything queued before `fence` has run.
+    fn wait_fence(&self, fence: Fence) -> Result<()>;
     /// (free, total) bytes of device memory.
     fn mem_info(&self) -> Result<(u64, u64)>;
+    /// Whether the device captures queued work into a graph of its own
+    /// ([`Device::begin_capture`]). The emulator does not: the kernel
+    /// backend replays its recorded launch list there (`cuda::graph`).
+    fn captures_graphs(&self) -> bool {
+        false
+    }
+    /// Starts capturing: work queued from now on is recorded, not run.
+    fn begin_capture(&self) -> Result<()> {
+        bail!("the {} device does not capture graphs", self.name())
+    }
+    /// Ends the capture and makes it the graph [`Device::launch_graph`]
+    /// launches, replacing the previous one.
+    fn end_capture(&self) -> Result<()> {
+        bail!("the {} device does not capture graphs", self.name())
+    }
+    /// Queues the captured graph.
+    fn launch_graph(&self) -> Result<()> {
+        bail!("the {} device does not capture graphs", self.name())
+    }
     /// Wall time of `work` in milliseconds, from a synchronized start to a
     /// synchronized end.
     fn time_ms(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
@@ -69,6 +107,11 @@ pub trait Device: Send + Sync + 'static {
         Ok(start.elapsed().as_secs_f64() * 1e3)
     }
 }
+
+/// A point in a device's queue ([`Device::record_fence`]); fences of one
+/// device are numbered in the order they were recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence(pub u64);
 
 /// Whether the CUDA driver library (libcuda) can be loaded on this machine.
 pub fn driver_present() -> bool {
@@ -170,6 +213,10 @@ struct Function {
 }
 
 pub struct CudaDevice {
+    /// Declared before `memory`, so its events go before the context.
+    fences: Mutex<Fences>,
+    /// The step graph, once captured (and likewise dropped first).
+    graph: Mutex<Option<Graph>>,
     memory: Arc<CudaMemory>,
     modules: Vec<sys::CUmodule>,
     /// Every kernel of every module, resolved when the device opens.
@@ -270,6 +317,8 @@ impl CudaDevice {
             }
         }
         Ok(CudaDevice {
+            fences: Mutex::new(Fences::default()),
+            graph: Mutex::new(None),
             memory,
             modules,
             functions,
@@ -304,6 +353,37 @@ impl CudaDevice {
         match self.functions.get_key_value(kernel) {
             Some((&name, &f)) => Ok((name, f)),
             None => bail!("no GPU kernel named `{kernel}` in the embedded modules"),
+        }
+    }
+}
+
+/// An instantiated CUDA graph, destroyed on drop.
+struct Graph {
+    exec: sys::CUgraphExec,
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: instantiated in `end_capture`, destroyed once.
+        let _ = unsafe { sys::cuGraphExecDestroy(self.exec) };
+    }
+}
+
+/// The events behind the recorded fences not yet waited for, oldest first,
+/// and retired ones kept for reuse.
+#[derive(Default)]
+struct Fences {
+    pending: std::collections::VecDeque<(Fence, Event)>,
+    spare: Vec<Event>,
+    recorded: u64,
+}
+
+impl Fences {
+    /// Retires every fence up to `last` (the stream runs in order).
+    fn retire_up_to(&mut self, last: Fence) {
+        while self.pending.front().is_some_and(|(f, _)| *f <= last) {
+            let (_, event) = self.pending.pop_front().expect("checked above");
+            self.spare.push(event);
         }
     }
 }
@@ -442,12 +522,107 @@ impl Device for CudaDevice {
     }
     fn synchronize(&self) -> Result<()> {
         self.memory.bind()?;
-        self.stream().synchronize()
+        self.stream().synchronize()?;
+        let mut fences = self.fences.lock().unwrap();
+        let last = Fence(fences.recorded);
+        fences.retire_up_to(last);
+        Ok(())
+    }
+    fn alloc_pinned(&self, bytes: usize) -> Result<u64> {
+        self.memory.bind()?;
+        // SAFETY: plain page-locked allocation in the current context.
+        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(|e| {
+            driver_err(
+                &format!("cuMemHostAlloc of {bytes} bytes of pinned host memory"),
+                e,
+            )
+        })?;
+        Ok(ptr as u64)
+    }
+    fn free_pinned(&self, addr: u64, _bytes: usize) {
+        if self.memory.bind().is_ok() {
+            // SAFETY: `addr` came from `alloc_pinned`; no queued copy reads it.
+            let _ = unsafe { result::free_host(addr as *mut c_void) };
+        }
+    }
+    unsafe fn copy_htod_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.memory.bind()?;
+        // SAFETY: the caller's contract: `src` is pinned memory of `bytes`
+        // bytes that stays unchanged until a later fence is waited for.
+        let src = std::slice::from_raw_parts(src as *const u8, bytes);
+        result::memcpy_htod_async(dst, src, self.stream().raw())
+            .map_err(|e| driver_err("queued copy to GPU", e))
+    }
+    fn record_fence(&self) -> Result<Fence> {
+        self.memory.bind()?;
+        let mut fences = self.fences.lock().unwrap();
+        let event = match fences.spare.pop() {
+            Some(e) => e,
+            None => Event::fence()?,
+        };
+        event.record(self.stream())?;
+        fences.recorded += 1;
+        let fence = Fence(fences.recorded);
+        fences.pending.push_back((fence, event));
+        Ok(fence)
+    }
+    fn wait_fence(&self, fence: Fence) -> Result<()> {
+        self.memory.bind()?;
+        let mut fences = self.fences.lock().unwrap();
+        // A fence no longer pending has been waited for already.
+        if let Some((_, event)) = fences.pending.iter().find(|(f, _)| *f == fence) {
+            event.wait()?;
+        }
+        fences.retire_up_to(fence);
+        Ok(())
     }
     fn mem_info(&self) -> Result<(u64, u64)> {
         self.memory.bind()?;
         let (free, total) = result::mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))?;
         Ok((free as u64, total as u64))
+    }
+    fn captures_graphs(&self) -> bool {
+        true
+    }
+    fn begin_capture(&self) -> Result<()> {
+        self.memory.bind()?;
+        // Thread-local: only a wait on this thread (which the kernel
+        // backend refuses while capturing anyway) breaks the capture.
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        // SAFETY: the compute stream of the current context.
+        unsafe { sys::cuStreamBeginCapture_v2(self.stream().raw(), mode) }
+            .result()
+            .map_err(|e| driver_err("cuStreamBeginCapture", e))
+    }
+    fn end_capture(&self) -> Result<()> {
+        self.memory.bind()?;
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: the stream is capturing (begin_capture).
+        unsafe { sys::cuStreamEndCapture(self.stream().raw(), &mut graph) }
+            .result()
+            .map_err(|e| driver_err("cuStreamEndCapture (the captured step was invalidated)", e))?;
+        let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+        // SAFETY: `graph` was just captured; it is destroyed once
+        // instantiated (the executable graph keeps what it needs).
+        let instantiated = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }
+            .result()
+            .map_err(|e| driver_err("cuGraphInstantiate", e));
+        // SAFETY: as above.
+        let _ = unsafe { sys::cuGraphDestroy(graph) };
+        instantiated?;
+        *self.graph.lock().unwrap() = Some(Graph { exec });
+        Ok(())
+    }
+    fn launch_graph(&self) -> Result<()> {
+        self.memory.bind()?;
+        let graph = self.graph.lock().unwrap();
+        let Some(g) = graph.as_ref() else {
+            bail!("no captured graph to launch");
+        };
+        // SAFETY: an instantiated graph of this context, on its stream.
+        unsafe { sys::cuGraphLaunch(g.exec, self.stream().raw()) }
+            .result()
+            .map_err(|e| driver_err("cuGraphLaunch", e))
     }
     /// Timed with events on the compute stream.
     fn time_ms(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<f64> {

@@ -1,12 +1,16 @@
 //! `EmuDevice`: host memory plus the CPU kernel emulator (kernels/emu/).
 //!
 //! Kernels run synchronously inside `launch`, so every launch error comes
-//! back from the launch itself. The knobs ([`EmuConfig`]) belong to the
+//! back from the launch itself. Queued copies from pinned staging memory
+//! run at once too, but count as in flight until the host waits past them
+//! (a fence, a synchronize, a readback): a staging buffer rewritten before
+//! then is reported, as a GPU could have read the new bytes. The knobs ([`EmuConfig`]) belong to the
 //! device, not to the process: tests running in parallel threads each make
 //! their own device. Memory comes from kernels/emu/memory.cpp: every
 //! allocation between guard pages and red zones, so out-of-bounds accesses
 //! are reported (that file says what is and is not caught).
 
+use super::device::Fence;
 use super::limits::{self, GpuLimits, KernelResources};
 use super::{Device, LaunchDims};
 use crate::mem::{MemStats, Memory};
@@ -152,11 +156,62 @@ pub fn kernel_names() -> Vec<String> {
     }
 }
 
+/// A copy from pinned memory that a GPU might still be running: the
+/// emulator copies at once, but keeps the bytes it read until the host
+/// waits past the copy, to catch a source rewritten in between.
+struct QueuedCopy {
+    /// Fences recorded before the copy was queued; a later one retires it.
+    after: u64,
+    src: u64,
+    read: Vec<u8>,
+}
+
+/// The emulator's model of the queue between host and device: only what
+/// the host waits for counts as run.
+#[derive(Default)]
+struct EmuQueue {
+    copies: Vec<QueuedCopy>,
+    fences_recorded: u64,
+    /// Live pinned allocations: address and bytes.
+    pinned: HashMap<u64, usize>,
+}
+
+impl EmuQueue {
+    /// Retires the copies queued before fence `upto`, failing when one's
+    /// source was rewritten while it was in flight.
+    fn retire(&mut self, upto: u64) -> Result<()> {
+        let (done, pending) = std::mem::take(&mut self.copies)
+            .into_iter()
+            .partition(|c| c.after < upto);
+        self.copies = pending;
+        for c in done {
+            let (src, n) = (c.src as *const u8, c.read.len());
+            // SAFETY: pinned memory is freed only after its copies retire
+            // (`free_pinned` retires them first).
+            if unsafe { std::slice::from_raw_parts(src, n) } != c.read.as_slice() {
+                bail!(
+                    "staging buffer {:#x} ({n} bytes) was rewritten before the copy that reads it \
+                     had run: a GPU could have copied the new bytes; wait for the fence recorded \
+                     after the copy before writing the buffer again",
+                    c.src
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pinned_layout(bytes: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(bytes.max(1), crate::mem::HOST_ALIGN)
+        .expect("a pinned allocation's size fits a layout")
+}
+
 pub struct EmuDevice {
     memory: Arc<EmuMemory>,
     config: EmuConfig,
     /// Dynamic shared memory each kernel opted in to (set_max_dynamic_shared).
     opt_ins: Mutex<HashMap<String, u32>>,
+    queue: Mutex<EmuQueue>,
 }
 
 impl EmuDevice {
@@ -168,6 +223,7 @@ impl EmuDevice {
             memory: Arc::new(EmuMemory::default()),
             config,
             opt_ins: Mutex::new(HashMap::new()),
+            queue: Mutex::new(EmuQueue::default()),
         }
     }
     pub fn config(&self) -> EmuConfig {
@@ -201,9 +257,12 @@ impl Device for EmuDevice {
         // SAFETY: `dst` lies in a live emulator allocation with room for
         // `src.len()` bytes (checked above).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
-        Ok(())
+        // Waits for all queued work, as on a GPU (from pageable memory).
+        self.synchronize()
     }
     fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        // Waits for all queued work, as on a GPU.
+        self.synchronize()?;
         check_range("copy from the device", src, dst.len())?;
         // SAFETY: as above.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
@@ -278,7 +337,53 @@ impl Device for EmuDevice {
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
+        self.queue.lock().unwrap().retire(u64::MAX)
+    }
+    fn alloc_pinned(&self, bytes: usize) -> Result<u64> {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(pinned_layout(bytes)) };
+        if ptr.is_null() {
+            bail!("out of host memory: could not allocate {bytes} bytes of staging memory");
+        }
+        self.queue.lock().unwrap().pinned.insert(ptr as u64, bytes);
+        Ok(ptr as u64)
+    }
+    fn free_pinned(&self, addr: u64, _bytes: usize) {
+        let mut queue = self.queue.lock().unwrap();
+        // Whatever reads it has run by now (the caller's contract); its
+        // copies are checked before the memory goes.
+        let in_flight = queue.copies.iter().any(|c| c.src == addr);
+        if in_flight && queue.retire(u64::MAX).is_err() {
+            eprintln!("warning: staging buffer {addr:#x} was rewritten while a copy read it");
+        }
+        if let Some(bytes) = queue.pinned.remove(&addr) {
+            // SAFETY: allocated in `alloc_pinned` with this size.
+            unsafe { std::alloc::dealloc(addr as *mut u8, pinned_layout(bytes)) };
+        }
+    }
+    unsafe fn copy_htod_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        let mut queue = self.queue.lock().unwrap();
+        let inside = queue
+            .pinned
+            .iter()
+            .any(|(&a, &n)| a <= src && src + bytes as u64 <= a + n as u64);
+        if !inside {
+            bail!("queued copy to the device: {src:#x} + {bytes} bytes is not pinned staging memory of this device");
+        }
+        check_range("queued copy to the device", dst, bytes)?;
+        let read = std::slice::from_raw_parts(src as *const u8, bytes).to_vec();
+        std::ptr::copy_nonoverlapping(read.as_ptr(), dst as *mut u8, bytes);
+        let after = queue.fences_recorded;
+        queue.copies.push(QueuedCopy { after, src, read });
         Ok(())
+    }
+    fn record_fence(&self) -> Result<Fence> {
+        let mut queue = self.queue.lock().unwrap();
+        queue.fences_recorded += 1;
+        Ok(Fence(queue.fences_recorded))
+    }
+    fn wait_fence(&self, fence: Fence) -> Result<()> {
+        self.queue.lock().unwrap().retire(fence.0)
     }
     fn mem_info(&self) -> Result<(u64, u64)> {
         let text = std::fs::read_to_string("/proc/meminfo")?;

@@ -13,11 +13,13 @@
 //! `cuda::params`).
 
 use super::device::Device;
+use super::graph::{Handled, StepGraph};
 use super::module::{signature, KernelId, ParamType};
 use super::params::{ELEMENTWISE_BLOCK, MAX_GRID_1D};
 use crate::mem::{DType, View};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::ffi::c_void;
+use std::sync::Mutex;
 
 /// Kernel launch geometry, as `cuLaunchKernel` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,7 @@ const MAX_WORDS: usize = 64;
 /// The arguments of one launch, built in the kernel's parameter order. Each
 /// value is stored in 8-byte-aligned words (no allocation); `cuLaunchKernel`
 /// gets a pointer to each.
+#[derive(Clone)]
 pub struct Args {
     words: [u64; MAX_WORDS],
     used: usize,
@@ -168,8 +171,21 @@ impl Args {
         Ok(())
     }
 
+    /// The number of arguments.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The same arguments, word for word (a recorded launch replays only
+    /// when the host would launch it with exactly these).
+    pub(crate) fn same_as(&self, other: &Args) -> bool {
+        self.count == other.count
+            && self.words[..self.used] == other.words[..other.used]
+            && self.slots[..self.count] == other.slots[..other.count]
+    }
+
     /// One pointer per argument, as `cuLaunchKernel` takes them.
-    fn pointers(&mut self) -> [*mut c_void; MAX_ARGS] {
+    pub(crate) fn pointers(&mut self) -> [*mut c_void; MAX_ARGS] {
         let mut ptrs = [std::ptr::null_mut(); MAX_ARGS];
         let base = self.words.as_mut_ptr();
         for (p, &(word, _)) in ptrs.iter_mut().zip(&self.slots[..self.count]) {
@@ -187,11 +203,26 @@ impl Args {
 pub struct Launcher<'a> {
     device: &'a dyn Device,
     sync: bool,
+    /// The step graph that records or checks each launch, if any.
+    graph: Option<&'a Mutex<StepGraph>>,
 }
 
 impl<'a> Launcher<'a> {
     pub fn new(device: &'a dyn Device, sync: bool) -> Self {
-        Launcher { device, sync }
+        Launcher {
+            device,
+            sync,
+            graph: None,
+        }
+    }
+
+    /// A launcher whose launches go through `graph` ([`StepGraph::on_launch`]).
+    pub fn with_graph(device: &'a dyn Device, sync: bool, graph: &'a Mutex<StepGraph>) -> Self {
+        Launcher {
+            device,
+            sync,
+            graph: Some(graph),
+        }
     }
 
     /// Launches `kernel` for `dtype`.
@@ -230,7 +261,7 @@ impl<'a> Launcher<'a> {
         self.launch(kernel, dtype, dims, args)
     }
 
-    fn launch_named(&self, name: &str, dims: LaunchDims, mut args: Args) -> Result<()> {
+    fn launch_named(&self, name: &'static str, dims: LaunchDims, mut args: Args) -> Result<()> {
         args.check(name)?;
         // Without the opt-in a block gets 48 KiB of static and dynamic
         // shared memory together, so any dynamic amount may need it. The
@@ -239,6 +270,12 @@ impl<'a> Launcher<'a> {
         if dims.shared_bytes > 0 {
             self.device
                 .set_max_dynamic_shared(name, dims.shared_bytes)?;
+        }
+        if let Some(graph) = self.graph {
+            let mut graph = graph.lock().unwrap();
+            if graph.on_launch(self.device, name, dims, &args)? == Handled::Done {
+                return Ok(());
+            }
         }
         let mut ptrs = args.pointers();
         // SAFETY: the arguments match the kernel's parameters in number and
@@ -300,6 +337,19 @@ mod tests {
         fn synchronize(&self) -> Result<()> {
             self.calls.lock().unwrap().push("sync".into());
             bail!("an illegal address was encountered")
+        }
+        fn alloc_pinned(&self, _: usize) -> Result<u64> {
+            bail!("no pinned memory")
+        }
+        fn free_pinned(&self, _: u64, _: usize) {}
+        unsafe fn copy_htod_async(&self, _: u64, _: u64, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn record_fence(&self) -> Result<crate::cuda::Fence> {
+            Ok(crate::cuda::Fence(0))
+        }
+        fn wait_fence(&self, _: crate::cuda::Fence) -> Result<()> {
+            Ok(())
         }
         fn mem_info(&self) -> Result<(u64, u64)> {
             Ok((0, 0))

@@ -11,6 +11,9 @@
 //! shared memory from the ptxas report), so a launch the emulator accepts
 //! does not fail on a GPU for lack of resources.
 //!
+//! Token and target uploads go through [`staging`]: pinned host buffers
+//! copied on the compute stream, so queuing a step never waits for the GPU.
+//!
 //! The debug mode `DYNTIE_SYNC_LAUNCHES=1` (or `dyntie doctor
 //! --sync-launches`) waits for every kernel as it is launched, so the first
 //! one that fails is named with its op and shapes instead of surfacing at a
@@ -19,15 +22,17 @@
 pub mod backend;
 pub mod device;
 pub mod emu;
+pub mod graph;
 pub mod launch;
 pub mod limits;
 pub mod module;
 pub mod ops;
 pub mod params;
+pub mod staging;
 pub mod stream;
 
 pub use backend::KernelBackend;
-pub use device::{driver_present, CudaDevice, Device};
+pub use device::{driver_present, CudaDevice, Device, Fence};
 pub use emu::{EmuConfig, EmuDevice, ResumeOrder};
 pub use launch::LaunchDims;
 pub use limits::GpuLimits;

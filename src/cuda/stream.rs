@@ -61,7 +61,7 @@ impl Drop for Stream {
     }
 }
 
-/// A timing event.
+/// A timing or ordering event.
 pub struct Event {
     raw: sys::CUevent,
 }
@@ -71,6 +71,20 @@ impl Event {
         let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
             .map_err(|e| driver_err("cuEventCreate", e))?;
         Ok(Event { raw })
+    }
+
+    /// An event for ordering only (no timestamps, cheaper to record).
+    pub fn fence() -> Result<Event> {
+        let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| driver_err("cuEventCreate", e))?;
+        Ok(Event { raw })
+    }
+
+    /// Waits until the work before the event's last record has run.
+    pub fn wait(&self) -> Result<()> {
+        // SAFETY: a live event of the current context.
+        unsafe { result::event::synchronize(self.raw) }
+            .map_err(|e| driver_err("a GPU kernel failed (found at cuEventSynchronize)", e))
     }
 
     /// Marks the current end of `stream`'s queue.

@@ -636,7 +636,7 @@ impl Model {
         };
 
         let tok = plan.tokens.view(acts);
-        be.upload(tok, tokens)?;
+        be.upload_queued(tok, tokens)?;
         let wte = self.global_param("wte");
         let wpe = self.global_param("wpe");
 
@@ -790,7 +790,7 @@ impl Model {
         };
         let tgt = plan.targets.view(acts);
         if let Some(targets) = targets {
-            be.upload(tgt, targets)?;
+            be.upload_queued(tgt, targets)?;
         }
         let (logits, losses) = (act(plan.logits), act(plan.losses));
         if plan.recompute {

@@ -63,6 +63,30 @@ pub trait Contract: Copy + Into<Op> {
     fn shape(&self) -> String;
 }
 
+/// How a training step ran with respect to the step graph
+/// ([`Backend::begin_graph_step`]; `cuda::graph`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum GraphStep {
+    /// One op at a time: no graph (the CPU, `--no-graph`, the debug mode),
+    /// or the step before a capture.
+    Eager,
+    /// Recorded into a new graph, which was then launched.
+    Captured,
+    /// Matched the graph whole; the graph was launched.
+    Replayed,
+    /// Differed from the graph (e.g. after a re-tie): the step ran one op at
+    /// a time and the next step captures a new graph.
+    FellBack,
+}
+
+/// What the step graph did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GraphCounts {
+    pub captures: u64,
+    pub replays: u64,
+    pub fallbacks: u64,
+}
+
 /// A backend: memory, host copies and the op set.
 pub trait Backend: Send + Sync {
     /// Short name for logs: "cpu", "emu", "cuda".
@@ -75,6 +99,14 @@ pub trait Backend: Send + Sync {
     /// Copies `src` (exactly `dst`'s bytes) into backend memory; see
     /// [`BackendExt::upload`] for the typed form.
     fn write_bytes(&self, dst: View, src: &[u8]) -> Result<()>;
+    /// Copies `src` into `dst` as [`Backend::write_bytes`] does, without
+    /// the host waiting for the device: on a GPU the bytes go up from a
+    /// pinned staging buffer, queued in order with the ops (the emulator
+    /// models the same queue). `src` may be reused on return. The CPU
+    /// copies at once.
+    fn write_bytes_queued(&self, dst: View, src: &[u8]) -> Result<()> {
+        self.write_bytes(dst, src)
+    }
     /// Copies backend memory into `dst` (exactly `src`'s bytes), after all
     /// queued work; see [`BackendExt::download`].
     fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()>;
@@ -82,6 +114,23 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()>;
     /// Runs one op. Implementations call `op.check()` first.
     fn execute(&self, op: &Op) -> Result<()>;
+    /// Starts a training step under the step graph: the ops and queued
+    /// uploads until [`Backend::end_graph_step`] are captured into a graph,
+    /// or checked against the one captured and not run one by one.
+    /// Returns how the step is being run; a backend without graphs runs
+    /// every step as usual.
+    fn begin_graph_step(&self) -> Result<GraphStep> {
+        Ok(GraphStep::Eager)
+    }
+    /// Ends the step begun by [`Backend::begin_graph_step`] (launching the
+    /// graph where it was captured or matched) and says how it ran.
+    fn end_graph_step(&self) -> Result<GraphStep> {
+        Ok(GraphStep::Eager)
+    }
+    /// What the step graph did so far.
+    fn graph_counts(&self) -> GraphCounts {
+        GraphCounts::default()
+    }
 }
 
 /// The typed conveniences over [`Backend`], for every backend and `dyn Backend`.
@@ -95,6 +144,12 @@ pub trait BackendExt: Backend {
     fn upload<T: Element>(&self, dst: View, src: &[T]) -> Result<()> {
         check::host_copy("upload", dst, T::DTYPE, src.len())?;
         self.write_bytes(dst, bytemuck::cast_slice(src))
+    }
+    /// [`BackendExt::upload`] without waiting for the device
+    /// ([`Backend::write_bytes_queued`]).
+    fn upload_queued<T: Element>(&self, dst: View, src: &[T]) -> Result<()> {
+        check::host_copy("upload", dst, T::DTYPE, src.len())?;
+        self.write_bytes_queued(dst, bytemuck::cast_slice(src))
     }
     /// The contents of `src`, whose dtype must be `T`'s.
     fn download<T: Element>(&self, src: View) -> Result<Vec<T>> {

@@ -26,10 +26,20 @@ pub mod stat {
     pub const SKIPPED: usize = 5;
     /// Updates skipped since the last applied one.
     pub const SKIPPED_IN_A_ROW: usize = 6;
-    pub const LEN: usize = 7;
+    /// The update's schedule ([`super::AdamWStep::schedule`]), which the
+    /// host writes before each step (a queued upload) and
+    /// [`super::AdamwMulti`] reads, so that a captured step (a CUDA graph)
+    /// follows the learning rate and the step count without re-capture:
+    /// `1 - lr * weight_decay`,
+    pub const DECAY: usize = 7;
+    /// `lr / (1 - beta1^t)`,
+    pub const STEP_SIZE: usize = 8;
+    /// and `sqrt(1 - beta2^t)`.
+    pub const BC2_SQRT: usize = 9;
+    pub const LEN: usize = 10;
     /// Where the scratch of [`super::SumSquares`] and [`super::SumScaled`]
     /// starts in the statistics buffer (8-byte aligned: it holds doubles).
-    pub const SCRATCH: usize = 8;
+    pub const SCRATCH: usize = 10;
     /// The whole buffer: the statistics, then that scratch.
     pub const BUFFER_LEN: usize = SCRATCH + super::SUM_SCRATCH_LEN;
 
@@ -39,6 +49,14 @@ pub mod stat {
         let mut s = vec![0.0; LEN];
         s[SCALE] = scale;
         s[SKIP] = skip as u8 as f32;
+        s
+    }
+
+    /// [`with_scale`], with the schedule of the update `hp` for
+    /// [`super::AdamwMulti`].
+    pub fn for_update(scale: f32, skip: bool, hp: &super::AdamWStep) -> Vec<f32> {
+        let mut s = with_scale(scale, skip);
+        s[DECAY..LEN].copy_from_slice(&hp.schedule());
         s
     }
 }
@@ -54,6 +72,40 @@ pub struct AdamWStep {
     pub eps: f32,
     pub weight_decay: f32,
     pub step: u32,
+}
+
+impl AdamWStep {
+    /// What the update takes from the learning rate and the step count:
+    /// `[1 - lr * weight_decay, lr / (1 - beta1^t), sqrt(1 - beta2^t)]`,
+    /// the bias corrections in f64 as PyTorch computes them on the host.
+    /// Every backend's AdamW applies these same floats.
+    pub fn schedule(&self) -> [f32; 3] {
+        let t = self.step as i32;
+        let bc1 = 1.0 - (self.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(t);
+        [
+            1.0 - self.lr * self.weight_decay,
+            (self.lr as f64 / bc1) as f32,
+            bc2.sqrt() as f32,
+        ]
+    }
+
+    /// The constant part, as [`AdamwMulti`] takes it.
+    pub fn betas(&self) -> AdamWBetas {
+        AdamWBetas {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
+}
+
+/// The hyper-parameters of [`AdamwMulti`] that stay fixed over a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWBetas {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
 }
 
 /// One AdamW update of `params` from `grads`, moments `m` and `v`, all fp32
@@ -183,22 +235,23 @@ pub fn adamw_list(tensors: &[AdamwTensor]) -> Result<(Vec<u32>, usize)> {
 /// ([`AdamwTensor::entry`], built by [`adamw_list`] from checked tensors of
 /// this backend; the op cannot check device data, so building the list is
 /// where the operands are validated). Each element is updated exactly as
-/// [`Adamw`] updates it, with `hp.weight_decay` on the entries that decay
-/// and none on the others; `max_len` (the longest tensor) sizes the grid.
+/// [`Adamw`] updates it, with the learning rate, weight decay and step
+/// count of the schedule in `stats` (from [`stat::DECAY`] on; no decay on
+/// the entries that do not decay); `max_len` (the longest tensor) sizes
+/// the grid.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamwMulti {
     pub list: View,
     pub count: usize,
     pub max_len: usize,
     pub stats: View,
-    pub hp: AdamWStep,
+    pub betas: AdamWBetas,
 }
 
 impl Contract for AdamwMulti {
     const NAME: &'static str = "adamw_multi";
     const FLOATS: &'static [DType] = F32_ONLY;
     fn check(&self) -> Result<()> {
-        check::one_based(Self::NAME, "step", self.hp.step)?;
         check::operands(
             Self::NAME,
             Self::FLOATS,

@@ -11,11 +11,11 @@
 //! headline timing.
 //!
 //! Whether profiling or not, it counts the traffic between host and device
-//! ([`HostTraffic`]): launches, uploads, readbacks and explicit
-//! synchronizations, each of the last two a point where the host waits for
-//! the device. Tests count them per training step through it.
+//! ([`HostTraffic`]): launches, uploads (waiting and queued), readbacks
+//! and explicit synchronizations; a waiting upload, a readback and a
+//! synchronization are each a point where the host waits for the device. Tests count them per training step through it.
 
-use super::{Backend, Op};
+use super::{Backend, GraphCounts, GraphStep, Op};
 use crate::mem::{MemStats, Memory, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -38,11 +38,17 @@ const PER_SHAPE_FAMILY: &str = "matmul";
 /// Calls between host and device through a [`ProfiledBackend`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HostTraffic {
-    /// Ops run ([`Backend::execute`]): kernel launches on a GPU.
+    /// Ops run one by one ([`Backend::execute`]): kernel launches on a GPU.
+    /// The ops of a step that ran as a graph are not counted here.
     pub launches: u64,
-    /// Host-to-device copies. Today each waits for the copy on CUDA (from
+    /// Steps launched as one graph (captured or replayed).
+    pub graph_launches: u64,
+    /// Host-to-device copies that wait for the device on CUDA (from
     /// pageable memory); the emulator and the CPU copy at once.
     pub uploads: u64,
+    /// Host-to-device copies queued through a pinned staging buffer
+    /// ([`Backend::write_bytes_queued`]): the host does not wait.
+    pub queued_uploads: u64,
     /// Device-to-host copies: each waits for all queued work.
     pub readbacks: u64,
     /// Explicit waits for all queued work ([`Backend::synchronize`]).
@@ -54,7 +60,9 @@ impl HostTraffic {
     pub fn since(self, earlier: HostTraffic) -> HostTraffic {
         HostTraffic {
             launches: self.launches - earlier.launches,
+            graph_launches: self.graph_launches - earlier.graph_launches,
             uploads: self.uploads - earlier.uploads,
+            queued_uploads: self.queued_uploads - earlier.queued_uploads,
             readbacks: self.readbacks - earlier.readbacks,
             syncs: self.syncs - earlier.syncs,
         }
@@ -64,7 +72,14 @@ impl HostTraffic {
 #[derive(Default)]
 struct TrafficCounters {
     launches: AtomicU64,
+    graph_launches: AtomicU64,
+    /// Ops of the step in progress while it runs as a graph.
+    graph_step_ops: AtomicU64,
+    in_graph_step: AtomicBool,
+    /// Whether the wrapped backend was asked to begin the step in progress.
+    inner_graph_step: AtomicBool,
     uploads: AtomicU64,
+    queued_uploads: AtomicU64,
     readbacks: AtomicU64,
     syncs: AtomicU64,
 }
@@ -112,7 +127,9 @@ impl ProfiledBackend {
         let t = &self.traffic;
         HostTraffic {
             launches: t.launches.load(Ordering::Relaxed),
+            graph_launches: t.graph_launches.load(Ordering::Relaxed),
             uploads: t.uploads.load(Ordering::Relaxed),
+            queued_uploads: t.queued_uploads.load(Ordering::Relaxed),
             readbacks: t.readbacks.load(Ordering::Relaxed),
             syncs: t.syncs.load(Ordering::Relaxed),
         }
@@ -190,6 +207,10 @@ impl Backend for ProfiledBackend {
         count(&self.traffic.uploads);
         self.timed("upload", || None, |b| b.write_bytes(dst, src))
     }
+    fn write_bytes_queued(&self, dst: View, src: &[u8]) -> Result<()> {
+        count(&self.traffic.queued_uploads);
+        self.timed("queued upload", || None, |b| b.write_bytes_queued(dst, src))
+    }
     fn read_bytes(&self, src: View, dst: &mut [u8]) -> Result<()> {
         count(&self.traffic.readbacks);
         self.timed("download", || None, |b| b.read_bytes(src, dst))
@@ -199,9 +220,51 @@ impl Backend for ProfiledBackend {
         self.inner.synchronize()
     }
     fn execute(&self, op: &Op) -> Result<()> {
-        count(&self.traffic.launches);
+        let t = &self.traffic;
+        count(if t.in_graph_step.load(Ordering::Relaxed) {
+            &t.graph_step_ops
+        } else {
+            &t.launches
+        });
         let shape =
             || (op.family() == PER_SHAPE_FAMILY).then(|| format!("{} {}", op.name(), op.shape()));
         self.timed(op.name(), shape, |b| b.execute(op))
+    }
+    /// While profiling, every op is waited for, which a graph step cannot
+    /// do: the step runs op by op.
+    fn begin_graph_step(&self) -> Result<GraphStep> {
+        let t = &self.traffic;
+        let graphed = !self.is_enabled();
+        t.inner_graph_step.store(graphed, Ordering::Relaxed);
+        let how = if graphed {
+            self.inner.begin_graph_step()?
+        } else {
+            GraphStep::Eager
+        };
+        t.graph_step_ops.store(0, Ordering::Relaxed);
+        let in_graph = matches!(how, GraphStep::Captured | GraphStep::Replayed);
+        t.in_graph_step.store(in_graph, Ordering::Relaxed);
+        Ok(how)
+    }
+    fn end_graph_step(&self) -> Result<GraphStep> {
+        let t = &self.traffic;
+        t.in_graph_step.store(false, Ordering::Relaxed);
+        let how = if t.inner_graph_step.swap(false, Ordering::Relaxed) {
+            self.inner.end_graph_step()?
+        } else {
+            GraphStep::Eager
+        };
+        let ops = t.graph_step_ops.swap(0, Ordering::Relaxed);
+        match how {
+            GraphStep::Captured | GraphStep::Replayed => count(&t.graph_launches),
+            // Run one by one after all.
+            GraphStep::FellBack | GraphStep::Eager => {
+                t.launches.fetch_add(ops, Ordering::Relaxed);
+            }
+        }
+        Ok(how)
+    }
+    fn graph_counts(&self) -> GraphCounts {
+        self.inner.graph_counts()
     }
 }

@@ -887,8 +887,8 @@ mod cases {
             outputs.push((vec![p, m, v], copy));
         }
         let list = b.tensor(Init::Words(words));
-        let stats = b.floats_f32(optimizer::stat::with_scale(0.5, false));
-        let hp = ADAMW_CASE;
+        let stats = b.floats_f32(optimizer::stat::for_update(0.5, false, &ADAMW_CASE));
+        let betas = ADAMW_CASE.betas();
         let max_len = lens[0];
         b.run(move |t| {
             optimizer::AdamwMulti {
@@ -896,7 +896,7 @@ mod cases {
                 count: lens.len(),
                 max_len,
                 stats: t[stats],
-                hp,
+                betas,
             }
             .into()
         });

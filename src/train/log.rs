@@ -44,6 +44,8 @@ impl Trainer {
             "peak_bytes": mem.peak_bytes,
             "replicas": self.comm.world_size(),
             "all_reduce_bytes_per_step": all_reduce_bytes_per_step,
+            // Of this process (a resumed run counts from its resume).
+            "graph": self.model.backend().graph_counts(),
         });
         self.files_mut()?.metrics.write(&line)
     }

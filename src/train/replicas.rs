@@ -246,6 +246,7 @@ impl Trainer {
             poisoned_steps: 0..0,
             comm: Box::new(Single::new()),
             fault: None,
+            use_graph: false,
         })
     }
 

@@ -33,6 +33,34 @@ impl Trainer {
     /// correction and the data, exactly as an applied one does, so a run
     /// with a skipped step stays aligned with one without.
     pub(super) fn train_step(&mut self) -> Result<()> {
+        let be = self.model.backend().clone();
+        let graph = self.step_graph_applies();
+        if graph {
+            be.begin_graph_step()?;
+        }
+        self.queue_step()?;
+        if graph {
+            be.end_graph_step()?;
+        }
+        Ok(())
+    }
+
+    /// Whether this step runs under the step graph (captured once and
+    /// replayed, see `cuda::graph`). Not with `--no-graph`, nor with
+    /// dropout: its seeds are launch arguments that change every step, so
+    /// every replay would fall back (they would have to move to device
+    /// memory first). Nor on a step of the NaN test hook. Nor with
+    /// replicas: their all-reduce (host threads, or NCCL calls) is not
+    /// among the launches a graph records, so it is not captured yet.
+    fn step_graph_applies(&self) -> bool {
+        self.use_graph
+            && self.cfg.model.dropout == 0.0
+            && !self.poisoned_steps.contains(&self.step)
+            && self.comm.world_size() == 1
+    }
+
+    /// The work of one step, queued on the device.
+    fn queue_step(&mut self) -> Result<()> {
         let t = &self.cfg.train;
         let (accum, batch, n_ctx) = (t.grad_accum, t.batch, self.cfg.model.n_ctx);
         let be = self.model.backend().clone();
@@ -85,6 +113,12 @@ impl Trainer {
             );
         }
         Ok(s)
+    }
+
+    /// Runs every step one op at a time (`--no-graph`) or, where the backend
+    /// can, as a graph captured once and replayed (the default).
+    pub fn set_step_graph(&mut self, on: bool) {
+        self.use_graph = on;
     }
 
     /// For tests only: makes one gradient element NaN in each step of

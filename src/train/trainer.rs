@@ -74,6 +74,8 @@ pub struct Trainer {
     pub(super) comm: Box<dyn Comm>,
     /// A test hook of data-parallel runs (see `replicas`).
     pub(super) fault: Option<ReplicaFault>,
+    /// Run steps under the step graph ([`Trainer::set_step_graph`]).
+    pub(super) use_graph: bool,
 }
 
 /// What rank 0 writes in the run folder while it trains.
@@ -292,6 +294,7 @@ impl Trainer {
             poisoned_steps: 0..0,
             comm: Box::new(Single::new()),
             fault: None,
+            use_graph: true,
         })
     }
 

@@ -15,20 +15,18 @@ const SUM_SQUARES: KernelId = kernel_id!(optimizer, sum_squares);
 const SUM_SCALED: KernelId = kernel_id!(optimizer, sum_scaled);
 const FINISH_STEP: KernelId = kernel_id!(optimizer, finish_step);
 
-/// The hyper-parameters as both AdamW kernels take them: beta1, beta2, eps,
-/// decay = 1 - lr * weight_decay, step_size = lr / (1 - beta1^t) and
-/// sqrt(1 - beta2^t), the bias corrections in f64 exactly as the CPU
-/// reference computes them.
+/// The hyper-parameters as the per-tensor kernel takes them: beta1, beta2,
+/// eps, then decay, step_size and sqrt(1 - beta2^t)
+/// ([`AdamWStep::schedule`]). The multi-tensor kernel reads the last three
+/// from the step statistics instead.
 fn adamw_scalars(args: Args, hp: &AdamWStep) -> Args {
-    let t = hp.step as i32;
-    let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
-    let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
+    let [decay, step_size, bc2_sqrt] = hp.schedule();
     args.f32(hp.beta1)
         .f32(hp.beta2)
         .f32(hp.eps)
-        .f32(1.0 - hp.lr * hp.weight_decay)
-        .f32((hp.lr as f64 / bc1) as f32)
-        .f32(bc2.sqrt() as f32)
+        .f32(decay)
+        .f32(step_size)
+        .f32(bc2_sqrt)
 }
 
 impl KernelOp for Adamw {
@@ -54,8 +52,10 @@ impl KernelOp for AdamwMulti {
         let args = Args::new()
             .ptr(self.list)
             .u64(self.count as u64)
-            .ptr(self.stats.slice(0, stat::LEN));
-        let args = adamw_scalars(args, &self.hp);
+            .ptr(self.stats.slice(0, stat::LEN))
+            .f32(self.betas.beta1)
+            .f32(self.betas.beta2)
+            .f32(self.betas.eps);
         l.launch_1d(&ADAMW_MULTI, DType::F32, self.max_len, args)
     }
 }
