@@ -86,7 +86,7 @@ impl Head {
         targets: View,
         grad_scale: Option<f32>,
     ) -> Result<()> {
-        let (n, c, vocab) = (self.rows, self.channels, self.padded_vocab);
+        let (n, c, width) = (self.rows, self.channels, self.padded_vocab);
         if grad_scale.is_some() {
             be.run(Fill {
                 dst: self.x.grad,
@@ -104,7 +104,7 @@ impl Head {
                 rows,
                 ..*self
             };
-            let logits = logits.slice(0, rows * vocab);
+            let logits = logits.slice(0, rows * width);
             part.decode(be, logits)?;
             part.loss(
                 be,
@@ -123,7 +123,7 @@ impl Head {
                     weight: self.wte.val,
                     rows,
                     in_ch: c,
-                    out_ch: vocab,
+                    out_ch: width,
                 })?;
             }
             r0 += rows;

@@ -310,7 +310,8 @@ impl ActivationPlan {
             fc: g.take(4 * nc),
             gelu: g.take(4 * nc),
             mlp_branch: dropout.then(|| g.take(nc)),
-            all: g.since(0),
+            // Set below, once every region of the workspace is taken.
+            all: g.since(g.next),
         };
         g_layer.all = g.since(start);
 
