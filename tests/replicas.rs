@@ -3,7 +3,8 @@
 //! the whole batch, with the same tie decisions; a failing replica or a
 //! tie table that drifts stops the whole run with an error, never a hang;
 //! a resume with the same replicas is bit for bit; the binary trains with
-//! replicas and refuses what it cannot do.
+//! replicas and refuses what it cannot do. (Replicas as separate processes:
+//! tests/launch.rs.)
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -339,14 +340,13 @@ fn the_binary_trains_with_replicas_and_refuses_what_it_cannot_do() {
         .output()
         .unwrap();
     failed(
-        "a run launched as one of several processes",
+        "a launched process that does not know where rank 0 is",
         &launched,
-        &[
-            "WORLD_SIZE=2",
-            "RANK=1",
-            "--replicas N",
-            "only within one process",
-        ],
+        &["WORLD_SIZE is set but MASTER_ADDR is not"],
+    );
+    assert!(
+        !launched_out.exists(),
+        "nothing is written for a refused run"
     );
     let _ = fs::remove_dir_all(root);
 }

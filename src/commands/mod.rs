@@ -30,7 +30,7 @@ use crate::model::Model;
 use crate::ops::Backend;
 use crate::train::memory::{self, Available};
 use crate::train::{run_dir, Join, Replicas};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -64,6 +64,12 @@ impl SelectedBackend {
 
 /// The one place a `--backend` value becomes a backend.
 pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
+    select_backend_on(kind, 0)
+}
+
+/// [`select_backend`] on GPU `ordinal` of this machine (a launched run's
+/// `LOCAL_RANK`) where the backend is CUDA.
+pub fn select_backend_on(kind: BackendKind, ordinal: usize) -> Result<SelectedBackend> {
     let cpu = |why: String| SelectedBackend {
         backend: Arc::new(CpuBackend::new()),
         why,
@@ -93,7 +99,7 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
             })
         }
         BackendKind::Cuda => {
-            let dev = CudaDevice::new(0)?;
+            let dev = CudaDevice::new(ordinal)?;
             let why = format!("backend cuda on {}", dev.description());
             Ok(gpu(dev, why))
         }
@@ -103,7 +109,7 @@ pub fn select_backend(kind: BackendKind) -> Result<SelectedBackend> {
                     "backend cpu (auto: no CUDA driver on this machine)".into()
                 ));
             }
-            match CudaDevice::new(0) {
+            match CudaDevice::new(ordinal) {
                 Ok(dev) => {
                     let why = format!("backend cuda (auto: found {})", dev.description());
                     Ok(gpu(dev, why))
@@ -155,34 +161,6 @@ pub fn replicas_of(selected: &SelectedBackend, n: usize) -> Result<Replicas> {
         })
         .collect();
     Replicas::in_process(backends)
-}
-
-/// The variables a launcher such as torchrun sets for each of several
-/// processes. Only data parallelism within one process exists today, so a
-/// run started as one of several processes is refused rather than trained
-/// alone as if it were the whole run.
-pub fn refuse_launcher_environment() -> Result<()> {
-    let get = |name: &str| std::env::var(name).ok();
-    let several = [("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")]
-        .iter()
-        .filter_map(|(name, alone)| {
-            get(name)
-                .filter(|v| v.trim() != *alone)
-                .map(|v| format!("{name}={v}"))
-        })
-        .collect::<Vec<_>>();
-    if !several.is_empty() {
-        bail!(
-            "{} says this process is one of several launched together (torchrun, mpirun, a              cluster scheduler), but dyntie trains with several GPUs only within one process              today: start one process with --replicas N (one replica per GPU of this machine)              and unset {}",
-            several.join(", "),
-            several
-                .iter()
-                .map(|v| v.split('=').next().unwrap_or(v))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    Ok(())
 }
 
 impl SelectedBackend {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{bail, Result};
 
-use super::{check_all_reduce, Comm, CommStats};
+use super::{check_all_reduce, sum_in_rank_order, Comm, CommStats};
 use crate::mem::View;
 use crate::ops::{Backend, BackendExt};
 
@@ -137,18 +137,8 @@ impl Comm for InProcess {
             format!("all-reduce of {} floats", buf.len),
             bytemuck::cast_slice(&mine).to_vec(),
         )?;
-        // Rank order on every rank: the same sum, bit for bit.
-        let floats = |bytes: &[u8]| -> Vec<f32> {
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        let mut sum = floats(&all[0].1);
-        for (_, bytes) in &all[1..] {
-            sum.iter_mut().zip(floats(bytes)).for_each(|(s, v)| *s += v);
-        }
-        be.upload(buf, &sum)?;
+        let bytes: Vec<Vec<u8>> = all.iter().map(|(_, b)| b.clone()).collect();
+        be.upload(buf, &sum_in_rank_order(&bytes))?;
         let mut stats = self.stats.lock().unwrap();
         stats.all_reduces += 1;
         stats.all_reduce_bytes += buf.bytes() as u64;

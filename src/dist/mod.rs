@@ -16,23 +16,30 @@
 //!   sums, in rank order); it works over any backend, so data-parallel
 //!   training is tested on the CPU and under the emulator;
 //! - [`Nccl`]: NVIDIA's collective library through cudarc, loaded at run
-//!   time like the driver, on the device's compute stream.
+//!   time like the driver, on the device's compute stream;
+//! - [`Tcp`]: replicas as separate processes (on one machine or several,
+//!   launched by torchrun or a scheduler: [`Launch`]), joined over TCP; the
+//!   collectives of CPU and emulator runs, and the way NCCL's group id
+//!   reaches every process of a GPU run.
 //!
 //! Collectives are called by every rank in the same order with the same
 //! lengths; a mismatch is an error on every rank, not a hang.
 //!
 //! `dyntie train --replicas N` uses it through `train::replicas` (one
-//! process, a thread per replica). Still to come: the all-reduce in buckets
-//! overlapped with the backward pass, and the launch environment of several
-//! processes and machines (see the README's "Several GPUs").
+//! process, a thread per replica); a run launched as several processes
+//! (`RANK`, `WORLD_SIZE`, ...) through `commands::train`. Still to come: the
+//! all-reduce in buckets overlapped with the backward pass (see the
+//! README's "Several GPUs").
 
 mod in_process;
 mod nccl;
 mod single;
+mod tcp;
 
 pub use in_process::InProcess;
 pub use nccl::Nccl;
 pub use single::Single;
+pub use tcp::{Launch, Tcp, DEFAULT_JOIN_TIMEOUT};
 
 use anyhow::{bail, Result};
 
@@ -122,6 +129,25 @@ fn check_all_reduce(buf: View) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Native-endian fp32 values from bytes (any alignment).
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The element-wise sum of every rank's fp32 bytes, rank 0's first, then
+/// rank 1's, ...: the same order, so the same bits, on every rank and in
+/// every implementation that sums on the host.
+fn sum_in_rank_order(all: &[Vec<u8>]) -> Vec<f32> {
+    let mut sum = floats(&all[0]);
+    for bytes in &all[1..] {
+        sum.iter_mut().zip(floats(bytes)).for_each(|(s, v)| *s += v);
+    }
+    sum
 }
 
 /// FNV-1a over `bytes`: a checksum of small host data (a tie table) that is

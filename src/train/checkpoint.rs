@@ -13,7 +13,7 @@ use crate::checkpoint::{self as files, NamedTensor, TensorMap};
 use crate::config::RunConfig;
 use crate::model::{Model, ParamEntry};
 use crate::ops::{Backend, BackendExt};
-use crate::optim::AdamWState;
+use crate::optim::{AdamWState, StepStats};
 use crate::rng::HostRng;
 use crate::tying::slots::Slot;
 use crate::tying::table::TieTable;
@@ -107,17 +107,7 @@ impl Trainer {
                 );
             }
         }
-        let state = TrainState {
-            format_version: STATE_VERSION,
-            step: self.step,
-            tokens_seen: self.tokens_seen,
-            elapsed_s: self.elapsed_s,
-            optimizer: self.opt.state(&stats),
-            batcher_rng: self.batcher.rng().clone(),
-            table: self.model.slots().table().clone(),
-            dynamic: self.dynamic.clone(),
-            logs: Some(logs),
-        };
+        let state = self.train_state(&stats, Some(logs));
         let root = self.dir.join(run_dir::CHECKPOINTS);
         fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
         files::write_dir_atomically(
@@ -130,6 +120,33 @@ impl Trainer {
         )?;
         self.last_checkpoint = Some(self.step);
         prune(&root, self.cfg.train.keep_checkpoints)
+    }
+
+    /// Everything but the tensors that a checkpoint of this moment holds.
+    fn train_state(&self, stats: &StepStats, logs: Option<LogLengths>) -> TrainState {
+        TrainState {
+            format_version: STATE_VERSION,
+            step: self.step,
+            tokens_seen: self.tokens_seen,
+            elapsed_s: self.elapsed_s,
+            optimizer: self.opt.state(stats),
+            batcher_rng: self.batcher.rng().clone(),
+            table: self.model.slots().table().clone(),
+            dynamic: self.dynamic.clone(),
+            logs,
+        }
+    }
+
+    /// The checkpoint of this moment in memory, as the files it would
+    /// write: what another replica is built from ([`Snapshot::load`]).
+    pub(super) fn snapshot(&self) -> Result<Snapshot> {
+        let stats = self.opt.read_stats(self.model.backend().as_ref())?;
+        let (model_t, opt_t) = collect_tensors(&self.model)?;
+        Ok(Snapshot {
+            model: files::safetensors_bytes(&model_t)?,
+            optimizer: files::safetensors_bytes(&opt_t)?,
+            state: serde_json::to_vec(&self.train_state(&stats, None))?,
+        })
     }
 
     /// What to do after a divergence: where the last good checkpoint is and
@@ -176,6 +193,61 @@ impl Trainer {
         self.elapsed_s = state.elapsed_s;
         self.last_checkpoint = Some(state.step);
         Ok(())
+    }
+}
+
+/// A checkpoint's three files in memory ([`Trainer::snapshot`]).
+pub(super) struct Snapshot {
+    pub(super) model: Vec<u8>,
+    pub(super) optimizer: Vec<u8>,
+    pub(super) state: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Reads the snapshot back as a checkpoint of a model of `n_layer`
+    /// blocks; `from` names where it came from in errors.
+    pub(super) fn load(&self, from: &Path, n_layer: usize) -> Result<Loaded> {
+        let state: TrainState = serde_json::from_slice(&self.state)
+            .with_context(|| format!("{}: the state is corrupt", from.display()))?;
+        let state = check_state(state, n_layer)
+            .with_context(|| format!("{} is not usable", from.display()))?;
+        Ok(Loaded {
+            path: from.to_path_buf(),
+            state,
+            params: files::parse_safetensors(&self.model, &from.join("model.safetensors"))?,
+            moments: files::parse_safetensors(
+                &self.optimizer,
+                &from.join("optimizer.safetensors"),
+            )?,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// The snapshot as one message: each file's length, then its bytes.
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in [&self.model, &self.optimizer, &self.state] {
+            out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// Reads what [`Snapshot::to_bytes`] wrote.
+    pub(super) fn from_bytes(mut bytes: &[u8]) -> Result<Snapshot> {
+        let mut part = || -> Result<Vec<u8>> {
+            ensure!(bytes.len() >= 8, "a replica state cut short");
+            let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            ensure!(bytes.len() - 8 >= len, "a replica state cut short");
+            let out = bytes[8..8 + len].to_vec();
+            bytes = &bytes[8 + len..];
+            Ok(out)
+        };
+        Ok(Snapshot {
+            model: part()?,
+            optimizer: part()?,
+            state: part()?,
+        })
     }
 }
 

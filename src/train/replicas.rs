@@ -34,13 +34,12 @@
 //! event recorded on the compute stream; a tied slot is reduced after the
 //! earliest block that shares it, and the globals last.
 
-use super::setup::adamw;
+use super::checkpoint::Snapshot;
 use super::trainer::Summary;
 use super::Trainer;
 use crate::data::Batch;
 use crate::dist::{all_reduce_gradients, checksum, same_on_every_rank, Comm, InProcess, Single};
-use crate::model::Model;
-use crate::ops::{Backend, BackendExt};
+use crate::ops::Backend;
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::{Arc, Mutex};
 
@@ -209,45 +208,66 @@ impl Trainer {
     }
 
     /// A replica of this trainer (rank 0, built and resumed as usual) on
-    /// `backend`: the same configuration, tie table, weights, moments,
-    /// optimizer state, data position and step; no agent and no run folder.
+    /// `backend`, built the way a replica in another process is: from this
+    /// trainer's configuration and snapshot.
     fn replica_on(&self, backend: Arc<dyn Backend>) -> Result<Trainer> {
-        let m = &self.model;
-        let mut model = Model::with_table(
-            backend,
-            m.config().clone(),
-            self.cfg.train.seed,
-            m.slots().table().clone(),
-        )?;
-        model.set_recompute(m.recompute());
-        model.set_precision(m.precision())?;
-        copy_weights(m, &model)?;
-        let mut opt = adamw(&self.cfg.train, model.backend().as_ref())?;
-        let stats = self.opt.read_stats(m.backend().as_ref())?;
-        opt.load_state(model.backend().as_ref(), &self.opt.state(&stats))?;
-        Ok(Trainer {
-            cfg: self.cfg.clone(),
-            dir: self.dir.clone(),
-            model,
-            opt,
-            schedule: self.schedule.clone(),
-            data: self.data.clone(),
-            batcher: self.batcher.clone(),
-            dynamic: None,
-            reward_batch: self.reward_batch.clone(),
-            step: self.step,
-            tokens_seen: self.tokens_seen,
-            elapsed_s: self.elapsed_s,
-            files: None,
-            verbose: false,
-            notes: Vec::new(),
-            last_checkpoint: self.last_checkpoint,
-            reported_skips: self.reported_skips,
-            poisoned_steps: 0..0,
-            comm: Box::new(Single::new()),
-            fault: None,
-            use_graph: false,
-        })
+        Trainer::follower(self.cfg.clone(), &self.dir, backend, &self.snapshot()?)
+    }
+
+    /// What rank 0 of a run launched as several processes sends every
+    /// other process: the run folder's name, the configuration and a
+    /// snapshot of the state (weights, moments, optimizer, data position,
+    /// tie table), so that a fresh run and a resumed one start the same way
+    /// on every rank ([`Trainer::from_leader_message`]).
+    pub fn leader_message(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for part in [
+            self.dir.display().to_string().into_bytes(),
+            self.cfg.to_toml().into_bytes(),
+        ] {
+            out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            out.extend_from_slice(&part);
+        }
+        out.extend_from_slice(&self.snapshot()?.to_bytes());
+        Ok(out)
+    }
+
+    /// A replica on `backend` from rank 0's [`Trainer::leader_message`].
+    /// Its dataset is opened where rank 0's configuration says (every
+    /// machine needs it at that path).
+    pub fn from_leader_message(message: &[u8], backend: Arc<dyn Backend>) -> Result<Trainer> {
+        let mut rest = message;
+        let mut part = || -> Result<String> {
+            ensure!(rest.len() >= 8, "rank 0's message is cut short");
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            ensure!(rest.len() - 8 >= len, "rank 0's message is cut short");
+            let text = String::from_utf8(rest[8..8 + len].to_vec())?;
+            rest = &rest[8 + len..];
+            Ok(text)
+        };
+        let dir = std::path::PathBuf::from(part()?);
+        let cfg =
+            crate::config::RunConfig::from_toml_str(&part()?).context("rank 0's configuration")?;
+        let snapshot = Snapshot::from_bytes(rest)?;
+        Trainer::follower(cfg, &dir, backend, &snapshot)
+    }
+
+    /// Makes this trainer rank `comm.rank()` of the group `comm`.
+    pub fn join_group(&mut self, comm: Box<dyn Comm>) {
+        self.comm = comm;
+    }
+
+    /// Trains as a replica that is not rank 0 (no agent, no run folder, no
+    /// evaluation) until the run's last step. A Ctrl-C is left to rank 0,
+    /// which stops with a checkpoint; this replica then stops because rank
+    /// 0 left the group.
+    pub fn train_as_follower(&mut self) -> Result<()> {
+        ensure!(
+            !self.is_leader(),
+            "rank 0 trains with Trainer::run, not as a follower"
+        );
+        super::interrupt::install()?;
+        self.train_until(self.cfg.train.steps as u64)
     }
 
     /// [`Trainer::run`] with `replicas`: this trainer is rank 0 and runs on
@@ -321,26 +341,4 @@ impl Trainer {
             _ => summary,
         }
     }
-}
-
-/// Copies the fp32 weights and AdamW moments of `from` into `to`, a model
-/// of the same configuration and tie table on another backend.
-fn copy_weights(from: &Model, to: &Model) -> Result<()> {
-    let (src, dst) = (from.backend().as_ref(), to.backend().as_ref());
-    let pairs = std::iter::once((from.globals(), to.globals())).chain(
-        from.slots()
-            .live_slots()
-            .zip(to.slots().live_slots())
-            .map(|((_, a), (_, b))| (a, b)),
-    );
-    for (a, b) in pairs {
-        for (x, y) in [
-            (&a.params, &b.params),
-            (&a.adam_m, &b.adam_m),
-            (&a.adam_v, &b.adam_v),
-        ] {
-            dst.upload(y.view(), &src.download::<f32>(x.view())?)?;
-        }
-    }
-    to.refresh_compute_copies()
 }

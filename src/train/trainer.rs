@@ -3,7 +3,7 @@
 //! optimizer steps, logging, evaluation and checkpoints on the way).
 
 use super::agent_driver::{self, DynamicState};
-use super::checkpoint::{newest_good, skipped_notes};
+use super::checkpoint::{newest_good, skipped_notes, Snapshot};
 use super::interrupt::{self, Interrupted};
 use super::log::{progress_bar, say};
 use super::replicas::ReplicaFault;
@@ -86,6 +86,17 @@ pub(super) struct RunFiles {
     _lock: RunLock,
 }
 
+impl RunFiles {
+    /// Opens the logs of run folder `dir`, taken with `lock`.
+    fn open(dir: &Path, lock: RunLock) -> Result<RunFiles> {
+        Ok(RunFiles {
+            metrics: JsonlWriter::append(&dir.join(run_dir::METRICS))?,
+            ties: JsonlWriter::append(&dir.join(run_dir::TIES))?,
+            _lock: lock,
+        })
+    }
+}
+
 impl Trainer {
     /// A new run in `dir`: a folder that does not exist, an empty one, or
     /// with `force` a run folder, whose old run is removed only once the
@@ -117,7 +128,9 @@ impl Trainer {
         }
         let table = initial_table(&cfg, &cfg.tying.policy, mc.n_layer)?;
         let model = Model::with_table(backend, mc, cfg.train.seed, table)?;
-        let trainer = Self::assemble(cfg, dir, model, data, || run_dir::take(dir, force))?;
+        let mut trainer = Self::assemble(cfg, dir, model, data)?;
+        // The folder is taken after everything else was built and checked.
+        trainer.files = Some(RunFiles::open(dir, run_dir::take(dir, force)?)?);
         run_dir::write_config(dir, &trainer.cfg)?;
         Ok(trainer)
     }
@@ -201,7 +214,8 @@ impl Trainer {
                     .with_context(|| format!("cannot move {} aside", path.display()))?;
             }
         }
-        let mut t = Self::assemble(cfg, dir, model, data, move || Ok(lock))?;
+        let mut t = Self::assemble(cfg, dir, model, data)?;
+        t.files = Some(RunFiles::open(dir, lock)?);
         t.restore(ckpt)?;
         // The checkpoint wrote the fp32 weights.
         t.model.refresh_compute_copies()?;
@@ -240,16 +254,33 @@ impl Trainer {
         Ok(t)
     }
 
-    /// The trainer of `cfg` at step 0 around a model just built for it.
-    /// `claim` takes the run folder; it runs after everything else has been
-    /// built and checked, and before the logs are opened.
-    fn assemble(
+    /// A replica of another trainer (rank 0 of a data-parallel run) from
+    /// its configuration and a [`Snapshot`] of its state, on `backend`:
+    /// the same tie table, weights, moments, optimizer state, data position
+    /// and step; no agent (rank 0 decides) and no run folder (rank 0 writes
+    /// it). `dir` is rank 0's folder, named in messages only.
+    pub(super) fn follower(
         cfg: RunConfig,
         dir: &Path,
-        mut model: Model,
-        data: Dataset,
-        claim: impl FnOnce() -> Result<RunLock>,
+        backend: Arc<dyn Backend>,
+        snapshot: &Snapshot,
     ) -> Result<Trainer> {
+        let data = open_run_dataset(&cfg, None)?;
+        let mc = cfg.model.for_dataset(data.vocab_size, &data.name)?;
+        let ckpt = snapshot.load(&dir.join("(rank 0's state)"), mc.n_layer)?;
+        let model = Model::with_table(backend, mc, cfg.train.seed, ckpt.state.table.clone())?;
+        let mut t = Self::assemble(cfg, dir, model, data)?;
+        t.restore(ckpt)?;
+        t.model.refresh_compute_copies()?;
+        t.dynamic = None;
+        t.verbose = false;
+        Ok(t)
+    }
+
+    /// The trainer of `cfg` at step 0 around a model just built for it,
+    /// without its run folder (the caller takes it, once everything else
+    /// has been built and checked, and opens the logs: [`RunFiles::open`]).
+    fn assemble(cfg: RunConfig, dir: &Path, mut model: Model, data: Dataset) -> Result<Trainer> {
         let t = &cfg.train;
         model.set_recompute(t.recompute);
         let backend = model.backend().clone();
@@ -268,13 +299,8 @@ impl Trainer {
         )?;
         let reward_batch = agent_driver::reward_batch(&cfg, &data)?;
         let dynamic = DynamicState::start(&cfg, model.config().n_layer)?;
-        let lock = claim()?;
         Ok(Trainer {
-            files: Some(RunFiles {
-                metrics: JsonlWriter::append(&dir.join(run_dir::METRICS))?,
-                ties: JsonlWriter::append(&dir.join(run_dir::TIES))?,
-                _lock: lock,
-            }),
+            files: None,
             dir: dir.to_path_buf(),
             cfg,
             model,
