@@ -430,6 +430,12 @@ pub struct BenchArgs {
     /// --backend emu, at cut-down sizes).
     #[arg(long)]
     pub check: bool,
+    /// Also time N data-parallel replicas (throughput; --gpus is the same
+    /// flag): each trains --batch rows per step (weak scaling) on its own
+    /// GPU, or as a thread on the CPU and the emulator, and the report adds
+    /// tokens/s per replica and the scaling efficiency against one.
+    #[arg(long, visible_alias = "gpus", value_name = "N", default_value_t = 1)]
+    pub replicas: usize,
     /// The card's measured bf16 peak in TFLOP/s for the fraction column
     /// (kernels; default 790, cuBLAS at 8192^3 on an H100/H200; fp32 rows
     /// use the nominal 67).

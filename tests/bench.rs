@@ -168,6 +168,8 @@ fn bench_throughput_json_parses() {
         "cpu",
         "--tying",
         "all",
+        "--replicas",
+        "2",
     ]);
     assert_eq!(r["backend"], "cpu");
     assert_eq!(r["model"]["vocab_size"], 50257, "vocab 0 means GPT-2's");
@@ -205,6 +207,16 @@ fn bench_throughput_json_parses() {
         "the weights alone are {} bytes",
         4 * params
     );
+    // Two replicas: what they summed per step is what the memory table
+    // counts for this tie pattern.
+    let scaling = &r["scaling"];
+    assert_eq!(scaling["replicas"], 2);
+    assert_eq!(scaling["step_ms"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        scaling["all_reduce_bytes_per_step"],
+        r["counted"]["all_reduce_bytes"]
+    );
+    assert!(scaling["efficiency"].as_f64().unwrap() > 0.0);
     let ops = r["ops"].as_array().unwrap();
     assert!(ops.iter().any(|o| o["op"] == "matmul_fwd"));
     let share: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();

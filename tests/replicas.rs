@@ -296,6 +296,27 @@ fn a_resume_with_the_same_replicas_is_bit_for_bit() -> Result<()> {
     Ok(())
 }
 
+/// The bytes the replicas sum per step, as the comm counted them, are the
+/// trainable gradients and the loss that `bench memory` counts, and fewer
+/// when blocks are tied.
+#[test]
+fn the_bytes_all_reduced_per_step_are_the_counted_ones_and_drop_with_ties() {
+    let mut reduced = Vec::new();
+    for policy in ["none", "all"] {
+        let dir = temp_dir(&format!("volume-{policy}"));
+        let mut cfg = config(2);
+        cfg.tying.policy = policy.parse().unwrap();
+        let summary = train(cfg, &dir, cpu, 2, None).unwrap();
+        let line = train_lines(&dir).pop().unwrap();
+        let per_step = line["all_reduce_bytes_per_step"].as_u64().unwrap();
+        assert_eq!(per_step, summary.counted.all_reduce_bytes, "{policy}");
+        reduced.push(per_step);
+        let _ = fs::remove_dir_all(dir);
+    }
+    // Three blocks on one slot: two blocks' gradients fewer.
+    assert!(reduced[1] < reduced[0], "{reduced:?}");
+}
+
 #[test]
 fn the_binary_trains_with_replicas_and_refuses_what_it_cannot_do() {
     use cli::*;

@@ -2,9 +2,10 @@
 //! training throughput with a per-op time breakdown.
 
 use crate::cli::{BenchArgs, BenchWhat};
-use crate::commands::{check_memory_with_vocab, select_backend, SelectedBackend};
+use crate::commands::{check_memory_with_vocab, replicas_of, select_backend, SelectedBackend};
 use crate::config::RunConfig;
 use crate::cuda::Device;
+use crate::dist::{all_reduce_gradients, Comm, CommStats};
 use crate::mem::MemStats;
 use crate::model::accounting::{format_memory_table, MemoryReport};
 use crate::model::{AttentionPath, Model, ModelConfig};
@@ -236,8 +237,10 @@ struct StepRunner {
     clip: Option<f32>,
     step: u64,
     /// Steps under the step graph (`cuda::graph`); not with dropout, whose
-    /// seeds change every step.
+    /// seeds change every step, nor with replicas.
     graph: bool,
+    /// With replicas: how this one sums its gradients with the others'.
+    comm: Option<Box<dyn Comm>>,
 }
 
 impl StepRunner {
@@ -272,6 +275,7 @@ impl StepRunner {
             clip: (t.grad_clip > 0.0).then_some(t.grad_clip),
             step: 0,
             graph: mc.dropout == 0.0,
+            comm: None,
         })
     }
 
@@ -291,15 +295,21 @@ impl StepRunner {
     fn queue_ops(&mut self) -> Result<()> {
         self.model.zero_grads()?;
         self.opt.begin_step(self.model.backend().as_ref())?;
+        let replicas = self.comm.as_ref().map_or(1, |c| c.world_size());
         self.model.forward_backward_on_device(
             &self.tokens,
             &self.targets,
             self.batch,
             self.seq,
             self.step,
-            1.0,
+            1.0 / replicas as f32,
             self.opt.loss_sum(),
         )?;
+        if let Some(comm) = &self.comm {
+            let be = self.model.backend().as_ref();
+            all_reduce_gradients(comm.as_ref(), be, &self.model.gradients_to_reduce())?;
+            comm.all_reduce_sum(be, self.opt.loss_sum().acc)?;
+        }
         self.opt.clip_and_update_on_device(&self.model, self.clip)?;
         self.step += 1;
         Ok(())
@@ -405,6 +415,8 @@ pub struct ThroughputReport {
     pub ops: Vec<OpRow>,
     /// The matmul rows of `ops`, split by shape (`rows x in -> out`).
     pub matmul_shapes: Vec<OpRow>,
+    /// With --replicas N: the same step on N data-parallel replicas.
+    pub scaling: Option<ScalingReport>,
 }
 
 /// The AdamW and clipping settings of the run (constant learning rate).
@@ -496,6 +508,21 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
     let measured = measure_memory(&selected, selected.backend.mem_stats());
 
     let graph = profiled.graph_counts();
+    let tokens_per_step = cfg.train.batch * mc.n_ctx;
+    let med = median(&step_ms);
+    let tokens_per_s = tokens_per_step as f64 / (med / 1e3);
+    let scaling = if args.replicas > 1 {
+        Some(measure_scaling(
+            args,
+            &cfg,
+            &mc,
+            &selected,
+            &runner.model.slots().table().clone(),
+            tokens_per_s,
+        )?)
+    } else {
+        None
+    };
     // The breakdown: a separate profiled step (serialized after each op,
     // so one op at a time).
     runner.graph = false;
@@ -537,9 +564,6 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         })
         .collect();
 
-    let tokens_per_step = cfg.train.batch * mc.n_ctx;
-    let med = median(&step_ms);
-    let tokens_per_s = tokens_per_step as f64 / (med / 1e3);
     let (flops_n, fpt) = flops_per_token(&mc);
     let gpu = gpu_name(&selected);
     let precision = memory::counted_precision(&cfg);
@@ -589,6 +613,97 @@ pub fn run_throughput(args: &BenchArgs) -> Result<ThroughputReport> {
         profile_ms_per_step: profile_ms,
         ops,
         matmul_shapes,
+        scaling,
+    })
+}
+
+/// Data-parallel replicas timed together ([`ThroughputReport::scaling`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct ScalingReport {
+    pub replicas: usize,
+    /// Rows per replica per step (the bench's --batch: weak scaling).
+    pub batch_per_replica: usize,
+    /// Rank 0's step times (every step ends with the replicas' all-reduce).
+    pub step_ms: Vec<f64>,
+    pub ms_per_step_median: f64,
+    /// All replicas together.
+    pub tokens_per_s: f64,
+    pub tokens_per_s_per_replica: f64,
+    /// Tokens/s per replica over one replica's alone.
+    pub efficiency: f64,
+    /// What each step summed over the replicas (gradients and the loss).
+    pub all_reduce_bytes_per_step: u64,
+}
+
+/// Times `args.replicas` replicas training `table` together: rank 0 on the
+/// selected backend, the others on the backends of `--replicas` in
+/// training (GPUs 1..N, or threads with backends of their own), each on its
+/// own random batch of --batch rows, the gradients summed every step.
+fn measure_scaling(
+    args: &BenchArgs,
+    cfg: &RunConfig,
+    mc: &ModelConfig,
+    selected: &SelectedBackend,
+    table: &TieTable,
+    single_tokens_per_s: f64,
+) -> Result<ScalingReport> {
+    let n = args.replicas;
+    let others = replicas_of(selected, n)?;
+    let backends = std::iter::once(selected.backend.clone()).chain(others.backends);
+    let results: Vec<Result<(Vec<f64>, CommStats)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = backends
+            .zip(others.joins)
+            .enumerate()
+            .map(|(rank, (backend, join))| {
+                scope.spawn(move || -> Result<(Vec<f64>, CommStats)> {
+                    let comm = join()?;
+                    let mut runner =
+                        StepRunner::new(backend, cfg, mc, table.clone(), 1 + rank as u64)?;
+                    runner.graph = false;
+                    runner.comm = Some(comm);
+                    for _ in 0..args.warmup {
+                        runner.step()?;
+                    }
+                    let before = runner.comm.as_ref().unwrap().stats();
+                    let mut step_ms = Vec::new();
+                    for _ in 0..args.steps {
+                        let start = Instant::now();
+                        runner.step()?;
+                        step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+                    }
+                    let after = runner.comm.as_ref().unwrap().stats();
+                    let moved = CommStats {
+                        all_reduce_bytes: after.all_reduce_bytes - before.all_reduce_bytes,
+                        ..after
+                    };
+                    Ok((step_ms, moved))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a replica thread panicked"))
+            })
+            .collect()
+    });
+    let mut results = results.into_iter();
+    let (step_ms, moved) = results.next().expect("rank 0")?;
+    for (rank, r) in results.enumerate() {
+        r.with_context(|| format!("replica {} of the scaling bench", rank + 1))?;
+    }
+    let med = median(&step_ms);
+    let tokens_per_s = (n * cfg.train.batch * mc.n_ctx) as f64 / (med / 1e3);
+    Ok(ScalingReport {
+        replicas: n,
+        batch_per_replica: cfg.train.batch,
+        ms_per_step_median: med,
+        step_ms,
+        tokens_per_s,
+        tokens_per_s_per_replica: tokens_per_s / n as f64,
+        efficiency: tokens_per_s / n as f64 / single_tokens_per_s,
+        all_reduce_bytes_per_step: moved.all_reduce_bytes / args.steps as u64,
     })
 }
 
@@ -635,6 +750,20 @@ pub fn format_throughput(r: &ThroughputReport) -> String {
          readbacks, {} synchronizations (the loss read after each timed step not counted)",
         t.launches, t.graph_launches, t.queued_uploads, t.uploads, t.readbacks, t.syncs
     );
+    if let Some(sc) = &r.scaling {
+        let _ = writeln!(
+            s,
+            "{} replicas of {} rows each: {:.0} tokens/s, {:.0} per replica ({:.0}% of one alone); \
+             ms/step median {:.1}; {:.2} MiB all-reduced per step",
+            sc.replicas,
+            sc.batch_per_replica,
+            sc.tokens_per_s,
+            sc.tokens_per_s_per_replica,
+            sc.efficiency * 100.0,
+            sc.ms_per_step_median,
+            mib(sc.all_reduce_bytes_per_step)
+        );
+    }
     let g = &r.graph;
     let _ = writeln!(
         s,

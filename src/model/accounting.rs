@@ -34,6 +34,10 @@ pub struct MemoryReport {
     /// As planned by the model (independent of tying).
     pub activation_bytes: u64,
     pub total_bytes: u64,
+    /// What data-parallel replicas sum per step: every trainable gradient
+    /// (the globals and the trainable slots, so it drops as blocks tie)
+    /// and the step's loss.
+    pub all_reduce_bytes: u64,
 }
 
 impl MemoryReport {
@@ -69,6 +73,7 @@ impl MemoryReport {
             adam_bytes,
             activation_bytes,
             total_bytes: param_bytes + grad_bytes + adam_bytes + activation_bytes,
+            all_reduce_bytes: grad_bytes + 4,
         }
     }
 
@@ -107,6 +112,7 @@ pub fn format_memory_table(rows: &[(&str, &MemoryReport)]) -> String {
         "activ. MiB",
         "total MiB",
         "vs first",
+        "all-reduce MiB/step",
     ];
     let base = rows.first().map(|r| r.1.total_bytes.max(1)).unwrap_or(1);
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -123,6 +129,7 @@ pub fn format_memory_table(rows: &[(&str, &MemoryReport)]) -> String {
             mib(r.activation_bytes),
             mib(r.total_bytes),
             format!("{:.2}x", r.total_bytes as f64 / base as f64),
+            mib(r.all_reduce_bytes),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
