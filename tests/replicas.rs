@@ -14,13 +14,15 @@ use dyntie::checkpoint;
 use dyntie::config::{BackendKind, RunConfig, Schedule};
 use dyntie::cpu::CpuBackend;
 use dyntie::cuda::{EmuDevice, KernelBackend};
+use dyntie::dist::{Comm, CommStats, InProcess};
+use dyntie::mem::View;
 use dyntie::metrics::read_jsonl;
 use dyntie::ops::Backend;
-use dyntie::train::{checkpoint_dirs, FaultKind, ReplicaFault, Replicas, Summary, Trainer};
+use dyntie::train::{checkpoint_dirs, FaultKind, Join, ReplicaFault, Replicas, Summary, Trainer};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -292,6 +294,86 @@ fn a_resume_with_the_same_replicas_is_bit_for_bit() -> Result<()> {
     }
     for d in [a, b] {
         let _ = fs::remove_dir_all(d);
+    }
+    Ok(())
+}
+
+/// A comm that notes every all-reduce (its length, and whether it was
+/// handed over during the backward pass) and passes it on.
+struct Noted {
+    inner: InProcess,
+    calls: Arc<Mutex<Vec<(usize, bool)>>>,
+}
+
+impl Comm for Noted {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_sum(&self, be: &dyn Backend, buf: View) -> Result<()> {
+        self.calls.lock().unwrap().push((buf.len, false));
+        self.inner.all_reduce_sum(be, buf)
+    }
+    fn all_reduce_sum_overlapped(&self, be: &dyn Backend, buf: View) -> Result<()> {
+        self.calls.lock().unwrap().push((buf.len, true));
+        self.inner.all_reduce_sum(be, buf)
+    }
+    fn broadcast(&self, be: &dyn Backend, root: usize, bytes: &mut Vec<u8>) -> Result<()> {
+        self.inner.broadcast(be, root, bytes)
+    }
+    fn barrier(&self) -> Result<()> {
+        self.inner.barrier()
+    }
+    fn stats(&self) -> CommStats {
+        self.inner.stats()
+    }
+}
+
+/// Each trainable slot's gradient is summed as soon as the backward pass
+/// has left the lowest block on it, the last blocks' slots first (while
+/// the pass goes on, with NCCL on a stream of its own); the globals, whose
+/// gradient the embedding completes at the very end, and the loss follow.
+#[test]
+fn slots_are_summed_as_the_backward_pass_completes_them() -> Result<()> {
+    for (policy, overlapped_slots) in [("none", 3), ("pattern:0,1,1", 2), ("all", 1)] {
+        let dir = temp_dir(&format!("order-{}", policy.replace([':', ','], "-")));
+        let mut cfg = config(1);
+        cfg.tying.policy = policy.parse().unwrap();
+        let mut t = Trainer::create(cfg, cpu(), &dir, false)?;
+        t.verbose = false;
+        let (block, globals) = (
+            t.model().block_layout().len(),
+            t.model().global_layout().len(),
+        );
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let joins = InProcess::group(2)?
+            .into_iter()
+            .map(|inner| {
+                let calls = calls.clone();
+                Box::new(move || Ok(Box::new(Noted { inner, calls }) as Box<dyn Comm>)) as Join
+            })
+            .collect();
+        t.run_replicated(Replicas {
+            backends: vec![cpu()],
+            joins,
+            fault: None,
+        })?;
+        // Both ranks note into one list, each call once per rank.
+        let calls = calls.lock().unwrap().clone();
+        let mut expected = vec![(block, true); overlapped_slots];
+        expected.extend([(globals, false), (1, false)]);
+        let mut both: Vec<(usize, bool)> = expected.iter().flat_map(|&c| [c, c]).collect();
+        let mut seen = calls.clone();
+        both.sort_unstable();
+        seen.sort_unstable();
+        assert_eq!(seen, both, "{policy}: {calls:?}");
+        // In order: every overlapped sum before the globals' and the loss's.
+        let last_overlapped = calls.iter().rposition(|c| c.1).unwrap();
+        let first_plain = calls.iter().position(|c| !c.1).unwrap();
+        assert!(last_overlapped < first_plain, "{policy}: {calls:?}");
+        let _ = fs::remove_dir_all(dir);
     }
     Ok(())
 }

@@ -80,6 +80,10 @@ impl Event {
         Ok(Event { raw })
     }
 
+    pub fn raw(&self) -> sys::CUevent {
+        self.raw
+    }
+
     /// Waits until the work before the event's last record has run.
     pub fn wait(&self) -> Result<()> {
         // SAFETY: a live event of the current context.

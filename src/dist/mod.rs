@@ -27,9 +27,10 @@
 //!
 //! `dyntie train --replicas N` uses it through `train::replicas` (one
 //! process, a thread per replica); a run launched as several processes
-//! (`RANK`, `WORLD_SIZE`, ...) through `commands::train`. Still to come: the
-//! all-reduce in buckets overlapped with the backward pass (see the
-//! README's "Several GPUs").
+//! (`RANK`, `WORLD_SIZE`, ...) through `commands::train`. The gradients
+//! are summed one slot at a time as the backward pass completes them
+//! ([`Comm::all_reduce_sum_overlapped`], from `Model::set_grad_ready`), the
+//! globals and the loss after it.
 
 mod in_process;
 mod nccl;
@@ -66,6 +67,19 @@ pub trait Comm: Send + Sync {
     /// Replaces the fp32 buffer `buf` of backend `be` by its sum over all
     /// ranks. Every rank gets the same bits.
     fn all_reduce_sum(&self, be: &dyn Backend, buf: View) -> Result<()>;
+    /// [`Comm::all_reduce_sum`] of a gradient that is complete while the
+    /// backward pass goes on. An implementation may queue it beside the
+    /// rest of the pass (NCCL: on a stream of its own, after an event on
+    /// the compute stream) as long as [`Comm::wait_overlapped`] orders the
+    /// compute stream after it. By default it is the plain all-reduce.
+    fn all_reduce_sum_overlapped(&self, be: &dyn Backend, buf: View) -> Result<()> {
+        self.all_reduce_sum(be, buf)
+    }
+    /// Makes the work queued after this call on `be` wait for every
+    /// [`Comm::all_reduce_sum_overlapped`] before it.
+    fn wait_overlapped(&self, _be: &dyn Backend) -> Result<()> {
+        Ok(())
+    }
     /// Makes every rank's `bytes` equal to rank `root`'s (their lengths may
     /// differ before the call). Host bytes: an agent action, a checksum.
     fn broadcast(&self, be: &dyn Backend, root: usize, bytes: &mut Vec<u8>) -> Result<()>;

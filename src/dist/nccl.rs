@@ -13,9 +13,12 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::nccl::{result, sys};
 
 use super::{check_all_reduce, Comm, CommStats};
+use crate::cuda::stream::{driver_err, Event, Stream};
 use crate::cuda::{CudaDevice, Device};
 use crate::mem::{Buffer, DType, View};
 use crate::ops::Backend;
+use cudarc::driver::result as driver;
+use cudarc::driver::sys::{CUevent_wait_flags, CUstream};
 
 /// The bytes that name one group of ranks; rank 0 makes them
 /// ([`Nccl::unique_id`]) and every other rank must receive them.
@@ -30,6 +33,18 @@ pub struct Nccl {
     /// Four bytes of device memory for the barrier and broadcast lengths.
     scratch: Buffer,
     stats: Mutex<CommStats>,
+    /// Made at the first overlapped all-reduce.
+    overlap: Mutex<Option<Overlap>>,
+}
+
+/// Where the all-reduces that overlap the backward pass run: a stream of
+/// their own, so the compute stream goes on with the next blocks while
+/// NCCL sums a finished slot; `ready` orders each after the kernels that
+/// completed its gradient, `done` orders the optimizer after all of them.
+struct Overlap {
+    stream: Stream,
+    ready: Event,
+    done: Event,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread, one call at a
@@ -103,6 +118,7 @@ impl Nccl {
             device,
             scratch,
             stats: Mutex::new(CommStats::default()),
+            overlap: Mutex::new(None),
         })
     }
 
@@ -113,6 +129,28 @@ impl Nccl {
                 be.name()
             );
         }
+        Ok(())
+    }
+
+    /// Queues an fp32 sum of `buf` over the ranks on `stream`.
+    fn queue_all_reduce(&self, buf: View, stream: CUstream) -> Result<()> {
+        // SAFETY: `buf` is fp32 device memory of this GPU (checked by the
+        // callers), reduced in place on a stream of this device.
+        unsafe {
+            result::all_reduce(
+                buf.addr as *const _,
+                buf.addr as *mut _,
+                buf.len,
+                sys::ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                stream as sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| nccl_err("ncclAllReduce", e))?;
+        let mut stats = self.stats.lock().unwrap();
+        stats.all_reduces += 1;
+        stats.all_reduce_bytes += buf.bytes() as u64;
         Ok(())
     }
 
@@ -157,24 +195,56 @@ impl Comm for Nccl {
         check_all_reduce(buf)?;
         self.check_backend(be)?;
         let stream = self.device.stream_for_libraries()?;
-        // SAFETY: `buf` is fp32 device memory of this GPU (checked above),
-        // reduced in place on the device's stream.
-        unsafe {
-            result::all_reduce(
-                buf.addr as *const _,
-                buf.addr as *mut _,
-                buf.len,
-                sys::ncclDataType_t::ncclFloat32,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                stream as sys::cudaStream_t,
-            )
+        self.queue_all_reduce(buf, stream)
+    }
+
+    fn all_reduce_sum_overlapped(&self, be: &dyn Backend, buf: View) -> Result<()> {
+        check_all_reduce(buf)?;
+        self.check_backend(be)?;
+        let compute = self.device.stream_for_libraries()?;
+        let mut overlap = self.overlap.lock().unwrap();
+        if overlap.is_none() {
+            *overlap = Some(Overlap {
+                stream: Stream::new()?,
+                ready: Event::fence()?,
+                done: Event::fence()?,
+            });
         }
-        .map_err(|e| nccl_err("ncclAllReduce", e))?;
-        let mut stats = self.stats.lock().unwrap();
-        stats.all_reduces += 1;
-        stats.all_reduce_bytes += buf.bytes() as u64;
-        Ok(())
+        let o = overlap.as_ref().expect("made above");
+        // SAFETY: live events and streams of this device's context (bound
+        // by `stream_for_libraries`). A wait takes the event's latest
+        // record, so one event serves every slot in turn.
+        unsafe {
+            driver::event::record(o.ready.raw(), compute)
+                .map_err(|e| driver_err("cuEventRecord", e))?;
+            driver::stream::wait_event(
+                o.stream.raw(),
+                o.ready.raw(),
+                CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+            .map_err(|e| driver_err("cuStreamWaitEvent", e))?;
+        }
+        self.queue_all_reduce(buf, o.stream.raw())
+    }
+
+    fn wait_overlapped(&self, be: &dyn Backend) -> Result<()> {
+        self.check_backend(be)?;
+        let overlap = self.overlap.lock().unwrap();
+        let Some(o) = overlap.as_ref() else {
+            return Ok(());
+        };
+        let compute = self.device.stream_for_libraries()?;
+        // SAFETY: as in `all_reduce_sum_overlapped`.
+        unsafe {
+            driver::event::record(o.done.raw(), o.stream.raw())
+                .map_err(|e| driver_err("cuEventRecord", e))?;
+            driver::stream::wait_event(
+                compute,
+                o.done.raw(),
+                CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+            .map_err(|e| driver_err("cuStreamWaitEvent", e))
+        }
     }
 
     fn broadcast(&self, be: &dyn Backend, root: usize, bytes: &mut Vec<u8>) -> Result<()> {

@@ -68,7 +68,13 @@ pub struct Model {
     /// `crate::precision`).
     precision: Precision,
     tape: Tape,
+    /// Called in the backward pass with each trainable slot's gradient as
+    /// soon as it is complete ([`Model::set_grad_ready`]).
+    grad_ready: Option<GradReady>,
 }
+
+/// What [`Model::set_grad_ready`] calls with a complete slot gradient.
+pub type GradReady = Arc<dyn Fn(&dyn Backend, View) -> Result<()> + Send + Sync>;
 
 /// What a forward pass is for.
 #[derive(Clone, Copy)]
@@ -121,6 +127,7 @@ impl Model {
             recompute: false,
             precision: Precision::Fp32,
             tape: Tape::new(),
+            grad_ready: None,
         };
         model.init(seed)?;
         Ok(model)
@@ -277,6 +284,28 @@ impl Model {
             .chain(self.slots.trainable_slots().map(|(_, s)| s))
             .map(|s| s.grads.view())
             .collect()
+    }
+
+    /// From the next training pass on, calls `hook` in the backward pass
+    /// with the gradient of each trainable slot as soon as no block is left
+    /// to add to it: right after the backward of the lowest block on the
+    /// slot, so the last blocks' slots come first. Data-parallel replicas
+    /// start summing a slot over the replicas there, while the backward
+    /// pass goes on. The globals' gradient is complete only at the end of
+    /// the pass and is not handed over. `None` stops it (the hook is kept
+    /// until then, with whatever it holds).
+    pub fn set_grad_ready(&mut self, hook: Option<GradReady>) {
+        self.grad_ready = hook;
+    }
+
+    /// The gradient of block `layer`'s slot if the backward of `layer`
+    /// completes it: the block sends its slot a gradient and no earlier
+    /// block does.
+    fn slot_completed_by(&self, layer: usize) -> Option<View> {
+        let slot = self.slots.slot_index(layer);
+        let earlier =
+            (0..layer).any(|j| self.slots.slot_index(j) == slot && self.slots.grad_enabled(j));
+        (self.slots.grad_enabled(layer) && !earlier).then(|| self.slots.slot_of(layer).grads.view())
     }
 
     /// Zeroes the gradients of the globals and of every live slot.
@@ -734,6 +763,12 @@ impl Model {
                 post_norm,
                 activation: self.cfg.arch.gelu(),
             };
+            // Recorded before the block, so it runs after the block's backward.
+            if let Some(hook) = self.grad_ready.clone().filter(|_| tape.is_recording()) {
+                if let Some(grads) = self.slot_completed_by(layer) {
+                    tape.record(move |be| hook(be, grads));
+                }
+            }
             if plan.recompute && tape.is_recording() {
                 // Forward now without saving for backward; the backward of
                 // this block runs its forward again (into the shared

@@ -14,5 +14,5 @@ pub mod plan;
 pub use block::AttentionPath;
 pub use config::{Arch, ModelConfig};
 pub use layout::{BlockLayout, GlobalLayout, ParamEntry};
-pub use lm::Model;
+pub use lm::{GradReady, Model};
 pub use plan::{activation_bytes, ActivationPlan};

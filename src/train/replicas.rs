@@ -39,6 +39,8 @@ use super::trainer::Summary;
 use super::Trainer;
 use crate::data::Batch;
 use crate::dist::{all_reduce_gradients, checksum, same_on_every_rank, Comm, InProcess, Single};
+use crate::mem::View;
+use crate::model::GradReady;
 use crate::ops::Backend;
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::{Arc, Mutex};
@@ -129,15 +131,41 @@ impl Trainer {
         (&b.inputs[span.clone()], &b.targets[span], rows)
     }
 
+    /// With replicas, the hook that sums each slot's gradient over the
+    /// replicas as soon as the backward pass has completed it (see
+    /// `Model::set_grad_ready`), and the addresses of those it summed.
+    pub(super) fn overlapped_reduce(&self) -> Option<(GradReady, Arc<Mutex<Vec<u64>>>)> {
+        if self.comm.world_size() == 1 {
+            return None;
+        }
+        let (comm, done) = (self.comm.clone(), Arc::new(Mutex::new(Vec::new())));
+        let summed = done.clone();
+        let hook: GradReady = Arc::new(move |be: &dyn Backend, grads: View| {
+            comm.all_reduce_sum_overlapped(be, grads)?;
+            summed.lock().unwrap().push(grads.addr);
+            Ok(())
+        });
+        Some((hook, done))
+    }
+
     /// Sums the step's gradients and loss over the replicas (nothing with
-    /// one replica).
-    pub(super) fn reduce_over_replicas(&self) -> Result<()> {
+    /// one replica): those the backward pass has not handed over already
+    /// (`summed`: the globals, at least), then the loss; and orders what
+    /// follows after every sum.
+    pub(super) fn reduce_over_replicas(&self, summed: &[u64]) -> Result<()> {
         if self.comm.world_size() == 1 {
             return Ok(());
         }
         let be = self.model.backend().as_ref();
-        all_reduce_gradients(self.comm.as_ref(), be, &self.model.gradients_to_reduce())?;
-        self.comm.all_reduce_sum(be, self.opt.loss_sum().acc)
+        let rest: Vec<View> = self
+            .model
+            .gradients_to_reduce()
+            .into_iter()
+            .filter(|g| !summed.contains(&g.addr))
+            .collect();
+        all_reduce_gradients(self.comm.as_ref(), be, &rest)?;
+        self.comm.all_reduce_sum(be, self.opt.loss_sum().acc)?;
+        self.comm.wait_overlapped(be)
     }
 
     /// After rank 0's agent step: rank 0 sends the action it applied (or
@@ -254,7 +282,7 @@ impl Trainer {
 
     /// Makes this trainer rank `comm.rank()` of the group `comm`.
     pub fn join_group(&mut self, comm: Box<dyn Comm>) {
-        self.comm = comm;
+        self.comm = Arc::from(comm);
     }
 
     /// Trains as a replica that is not rank 0 (no agent, no run folder, no
@@ -306,7 +334,7 @@ impl Trainer {
             for (i, (mut f, join)) in followers.into_iter().zip(joins).enumerate() {
                 scope.spawn(move || {
                     let result = join().and_then(|comm| {
-                        f.comm = comm;
+                        f.comm = Arc::from(comm);
                         f.train_until(total)
                     });
                     if let Err(e) = result {
@@ -318,7 +346,7 @@ impl Trainer {
                 });
             }
             let result = leader_join().and_then(|comm| {
-                self.comm = comm;
+                self.comm = Arc::from(comm);
                 self.run()
             });
             if result.is_err() {
@@ -326,7 +354,7 @@ impl Trainer {
             }
             // Leave the group (so a waiting replica errors instead of
             // waiting for ever) before the threads are joined.
-            self.comm = Box::new(Single::new());
+            self.comm = Arc::new(Single::new());
             result
         });
         self.fault = None;

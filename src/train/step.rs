@@ -70,11 +70,18 @@ impl Trainer {
         // With replicas, each trains on its rows of the global batch, with
         // dropout masks of its own, and the sums over replicas follow.
         let (rank, replicas) = (self.comm.rank(), self.comm.world_size());
+        // The last micro-batch completes the gradients: with replicas, each
+        // slot's is summed over them as soon as the backward pass leaves it.
+        let overlap = self.overlapped_reduce();
         for micro in 0..accum {
             let b = self.batcher.next_batch();
             let (inputs, targets, rows) = self.my_rows(&b);
             let seed = dropout_seed(t.seed, self.step, micro * replicas + rank);
-            self.model.forward_backward_on_device(
+            if micro + 1 == accum {
+                self.model
+                    .set_grad_ready(overlap.as_ref().map(|(hook, _)| hook.clone()));
+            }
+            let pass = self.model.forward_backward_on_device(
                 inputs,
                 targets,
                 rows,
@@ -82,9 +89,13 @@ impl Trainer {
                 seed,
                 1.0 / (accum * replicas) as f32,
                 self.opt.loss_sum(),
-            )?;
+            );
+            // The hook holds the comm: drop it with the step.
+            self.model.set_grad_ready(None);
+            pass?;
         }
-        self.reduce_over_replicas()?;
+        let summed = overlap.map_or_else(Vec::new, |(_, done)| done.lock().unwrap().clone());
+        self.reduce_over_replicas(&summed)?;
         if self.poisoned_steps.contains(&self.step) {
             be.run(Fill {
                 dst: self.model.globals().grads.view().slice(0, 1),

@@ -71,7 +71,7 @@ pub struct Trainer {
     /// ([`Trainer::poison_gradients`]); empty otherwise.
     pub(super) poisoned_steps: std::ops::Range<u64>,
     /// How this replica talks to the others ([`Single`] without replicas).
-    pub(super) comm: Box<dyn Comm>,
+    pub(super) comm: Arc<dyn Comm>,
     /// A test hook of data-parallel runs (see `replicas`).
     pub(super) fault: Option<ReplicaFault>,
     /// Run steps under the step graph ([`Trainer::set_step_graph`]).
@@ -318,7 +318,7 @@ impl Trainer {
             last_checkpoint: None,
             reported_skips: 0,
             poisoned_steps: 0..0,
-            comm: Box::new(Single::new()),
+            comm: Arc::new(Single::new()),
             fault: None,
             use_graph: true,
         })
