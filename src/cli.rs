@@ -212,9 +212,10 @@ pub struct TrainArgs {
     /// each replica trains on batch/N of its rows, so a step sees the same
     /// tokens whatever N is. Rank 0 decides ties and broadcasts them, and
     /// alone writes the run folder. May change on --resume (bit for bit
-    /// only with the same N). Several processes or machines (RANK,
-    /// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR from torchrun or a scheduler) are
-    /// not supported yet and are refused.
+    /// only with the same N). For several processes or machines, launch
+    /// one process per replica with RANK, WORLD_SIZE, LOCAL_RANK,
+    /// MASTER_ADDR and MASTER_PORT set (as torchrun does) and leave N at 1;
+    /// see the README's "Several processes and machines".
     #[arg(long, visible_alias = "gpus", value_name = "N", default_value_t = 1)]
     pub replicas: usize,
 }
