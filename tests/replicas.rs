@@ -172,6 +172,10 @@ fn replicas_train_like_one(backend: MakeBackend, replicas: usize, steps: usize, 
         reordering < 1e-5,
         "{tag}: the reordered sums should differ by rounding only ({reordering:e})"
     );
+    assert!(
+        gap < 1e-5,
+        "{tag}: {replicas} replicas' losses differ by {gap:e} (relative) from one replica's"
+    );
     let rounding = reordering.max(f32::EPSILON as f64);
     assert!(
         gap <= 10.0 * rounding,
