@@ -161,10 +161,17 @@ fn train_launched(args: &TrainArgs, launch: &Launch) -> Result<()> {
             bytes
         })
         .collect();
-    println!(
-        "rank {rank} of {world}: joining rank 0 at {}:{}",
-        launch.master_addr, launch.master_port
-    );
+    if rank == 0 {
+        println!(
+            "rank 0 of {world}: waiting on port {} for the other ranks",
+            launch.master_port
+        );
+    } else {
+        println!(
+            "rank {rank} of {world}: joining rank 0 at {}:{}",
+            launch.master_addr, launch.master_port
+        );
+    }
     let group = Tcp::join(launch, checksum(&command), Launch::join_timeout()?)?;
     if rank == 0 {
         let built = build(args, launch.local_rank, world);
