@@ -41,23 +41,6 @@ fn spawn_rank(args: &[&str], rank: usize, world: usize, port: u16) -> Child {
         .expect("cannot start dyntie")
 }
 
-/// Waits for `child`, killing it after `limit`: a hang fails the test.
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "a process hung for {limit:?}:\n{}\n{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// Runs `args` as `world` processes; returns each rank's output.
 fn launch(args: &[&str], world: usize) -> Vec<Output> {

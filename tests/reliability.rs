@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every file under `dir` and its bytes.
@@ -58,22 +58,6 @@ fn spawn(args: &[&str]) -> Child {
         .expect("cannot start dyntie")
 }
 
-/// Waits for `child` to end (killing it after `limit`) and collects its output.
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "dyntie did not end within {limit:?}:\n{}",
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// The `train` lines of a run's metrics.jsonl.
 fn train_lines(run: &Path) -> Vec<Value> {

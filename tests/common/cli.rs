@@ -6,7 +6,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// A fresh scratch folder for one test.
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -116,4 +117,23 @@ pub fn prepared(root: &Path) -> PathBuf {
         s(&dir),
     ]);
     dir
+}
+
+/// Waits for `child` to end, killing it after `limit` (a hang fails the
+/// test), and collects its output.
+pub fn finish(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "dyntie did not end within {limit:?}:\n{}\n{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
