@@ -41,7 +41,6 @@ fn spawn_rank(args: &[&str], rank: usize, world: usize, port: u16) -> Child {
         .expect("cannot start dyntie")
 }
 
-
 /// Runs `args` as `world` processes; returns each rank's output.
 fn launch(args: &[&str], world: usize) -> Vec<Output> {
     let port = free_port();

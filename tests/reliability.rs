@@ -58,7 +58,6 @@ fn spawn(args: &[&str]) -> Child {
         .expect("cannot start dyntie")
 }
 
-
 /// The `train` lines of a run's metrics.jsonl.
 fn train_lines(run: &Path) -> Vec<Value> {
     read_jsonl(&run.join("metrics.jsonl"))
