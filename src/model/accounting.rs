@@ -285,12 +285,18 @@ mod tests {
         assert!(
             lines[1].starts_with("none")
                 && lines[1].contains("1556.38")
-                && lines[1].ends_with("1.00x")
+                && lines[1].contains("1.00x")
         );
         assert!(lines[2].contains("6/48") && lines[2].contains("12/48"));
         // fp32 weights of the conventional model: 1,556,382,400 * 4 B, plus
         // wte's 47 padding rows (50257 -> 50304) of 1600.
         let weights = (1_556_382_400.0 + 47.0 * 1600.0) * 4.0 / 1048576.0;
         assert!(lines[1].contains(&format!("{weights:.1}")));
+        // The last column: what replicas sum per step, every trainable
+        // gradient (all 48 blocks here) and the loss.
+        let reduced = ((1_556_382_400u64 + 47 * 1600) * 4 + 4) as f64 / 1048576.0;
+        assert!(lines[1].ends_with(&format!("{reduced:.1}")), "{}", lines[1]);
+        assert_eq!(a.all_reduce_bytes, (1_556_382_400 + 47 * 1600) * 4 + 4);
+        assert!(b.all_reduce_bytes < a.all_reduce_bytes, "6 trainable blocks of 48");
     }
 }
