@@ -297,6 +297,9 @@ mod tests {
         let reduced = ((1_556_382_400u64 + 47 * 1600) * 4 + 4) as f64 / 1048576.0;
         assert!(lines[1].ends_with(&format!("{reduced:.1}")), "{}", lines[1]);
         assert_eq!(a.all_reduce_bytes, (1_556_382_400 + 47 * 1600) * 4 + 4);
-        assert!(b.all_reduce_bytes < a.all_reduce_bytes, "6 trainable blocks of 48");
+        assert!(
+            b.all_reduce_bytes < a.all_reduce_bytes,
+            "6 trainable blocks of 48"
+        );
     }
 }
